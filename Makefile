@@ -1,0 +1,44 @@
+# pool-managerd. Quick start: `make demo`, then `make test`.
+# Needs Go (go.mod's version) and gcc (cgo, for go-nvml). Everything else is
+# fetched by the go command.
+
+SHELL := /bin/bash
+GO ?= go
+BIN := bin
+VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+LDFLAGS := -X github.com/poolmanagerd/pool-managerd/internal/cli.version=$(VERSION)
+
+.PHONY: all build demo test unit lint fmt bench fuzz golden clean
+
+all: build
+
+build: ## Build pool-managerd into bin/.
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/pool-managerd ./cmd/pool-managerd
+
+demo: build ## Walk through the main job on the examples.
+	./scripts/demo.sh $(BIN)/pool-managerd
+
+test: lint ## The whole suite: vet, staticcheck, unit, CLI, golden and BDD tests.
+	$(GO) test -count=1 ./...
+
+unit: ## Tests only, no linters.
+	$(GO) test ./...
+
+lint: ## gofmt, go vet and staticcheck must be clean.
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$unformatted" ]; then echo "gofmt would change: $$unformatted"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+bench: build ## Benchmarks: validate against cue vet at 100, 1,000 and 10,000 pools.
+	$(GO) test -run '^$$' -bench . -benchmem ./schema/...
+	./scripts/bench-validate.sh $(BIN)/pool-managerd
+
+fuzz: ## Fuzz the loader for a minute.
+	$(GO) test -run '^$$' -fuzz FuzzLoad -fuzztime 60s ./schema
+
+clean:
+	rm -rf $(BIN)

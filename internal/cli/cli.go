@@ -1,0 +1,129 @@
+// Package cli is the pool-managerd command line: one file per subcommand,
+// flags parsed into plain structs, errors printed once, and documented exit
+// codes (0 success, 1 failure or invalid config, 2 usage error).
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+// Exit codes of every pool-managerd command.
+const (
+	ExitOK      = 0
+	ExitFailure = 1
+	ExitUsage   = 2
+)
+
+// exitError carries an exit code, and a message unless the command printed its own.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string {
+	if e.err == nil {
+		return ""
+	}
+	return e.err.Error()
+}
+
+func (e *exitError) Unwrap() error { return e.err }
+
+// usageError marks an error in how the command was called.
+func usageError(format string, args ...any) error {
+	return &exitError{code: ExitUsage, err: fmt.Errorf(format, args...)}
+}
+
+// silentExit ends the command with code after it printed what it had to say.
+func silentExit(code int) error { return &exitError{code: code} }
+
+// Main runs pool-managerd with args and returns its exit code.
+func Main(args []string, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	root := newRootCommand(stdout, stderr)
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return ExitOK
+	}
+	var ee *exitError
+	if errors.As(err, &ee) {
+		if ee.err != nil {
+			fmt.Fprintf(stderr, "pool-managerd: %v\n", ee.err)
+		}
+		if ee.code == ExitUsage {
+			fmt.Fprintln(stderr, "Run 'pool-managerd --help' for usage.")
+		}
+		return ee.code
+	}
+	fmt.Fprintf(stderr, "pool-managerd: %v\n", err)
+	if isCobraUsageError(err) {
+		fmt.Fprintln(stderr, "Run 'pool-managerd --help' for usage.")
+		return ExitUsage
+	}
+	return ExitFailure
+}
+
+// isCobraUsageError reports errors cobra returns for bad flags and arguments,
+// which it raises before a command's RunE.
+func isCobraUsageError(err error) bool {
+	var u *usageFlagError
+	return errors.As(err, &u)
+}
+
+// usageFlagError wraps flag and argument errors found by cobra.
+type usageFlagError struct{ err error }
+
+func (e *usageFlagError) Error() string { return e.err.Error() }
+func (e *usageFlagError) Unwrap() error { return e.err }
+
+func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "pool-managerd",
+		Short: "Declarative reconciler for GPU inference pools",
+		Long: `pool-managerd runs LLM inference engines (llama.cpp llama-server, vLLM, TGI) on
+the GPUs of a node, as declared in CUE files that you keep in Git.
+
+A config directory declares each node's GPUs under "nodes" and the pools
+under "pools": which engine serves which model, on which GPUs (the device
+mask), and how the model is split across GPUs of different sizes.
+
+Start with:
+  pool-managerd validate ./config     check the config, as a PR check would
+  pool-managerd version               print the version
+
+Exit codes: 0 success, 1 failure or invalid config, 2 usage error.`,
+		SilenceErrors: true,
+		SilenceUsage:  true,
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageFlagError{err} })
+	root.AddCommand(newVersionCommand(), newValidateCommand())
+	for _, c := range root.Commands() {
+		wrapArgs(c)
+	}
+	return root
+}
+
+// wrapArgs marks cobra's argument-count errors as usage errors.
+func wrapArgs(c *cobra.Command) {
+	if c.Args == nil {
+		return
+	}
+	check := c.Args
+	c.Args = func(cmd *cobra.Command, args []string) error {
+		if err := check(cmd, args); err != nil {
+			return &usageFlagError{err}
+		}
+		return nil
+	}
+}

@@ -1,0 +1,319 @@
+package schema
+
+import (
+	"fmt"
+	"math"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// RatioTolerance is how far split ratios may be off: their sum from 1, an
+// even split from 1/n, the smallest GPU's ratio above its cap.
+const RatioTolerance = 1e-3
+
+// checkDesired runs the checks that need more than one pool or the declared
+// inventory. Pools and nodes in broken (already reported) are left out.
+func checkDesired(d *Desired, broken map[string]bool) Diagnostics {
+	c := &checker{d: d, flags: newFlagChecker()}
+	for _, name := range d.SortedNodeNames() {
+		if !broken["nodes."+name] {
+			c.node(d.Nodes[name])
+		}
+	}
+	var ok []*Pool
+	for _, id := range d.SortedPoolIDs() {
+		p := d.Pools[id]
+		if broken["pools."+id] {
+			continue
+		}
+		if node, found := d.Nodes[p.Node]; found && broken["nodes."+node.Name] {
+			continue
+		}
+		if c.pool(p) {
+			ok = append(ok, p)
+		}
+	}
+	c.sharing(ok)
+	c.ports(ok)
+	return c.diags
+}
+
+type checker struct {
+	d     *Desired
+	flags *flagChecker
+	diags Diagnostics
+}
+
+func (c *checker) poolProblem(p *Pool, field, format string, args ...any) {
+	path := "pools." + p.ID
+	if field != "" {
+		path += "." + field
+	}
+	c.diags = append(c.diags, Diagnostic{Pos: p.Source.Of(field), Path: path, Message: fmt.Sprintf(format, args...)})
+}
+
+func (c *checker) node(n *Node) {
+	seen := map[string]int{}
+	for i, g := range n.GPUs {
+		if g.UUID == "" {
+			continue
+		}
+		if first, dup := seen[g.UUID]; dup {
+			field := fmt.Sprintf("gpus[%d].uuid", i)
+			c.diags = append(c.diags, Diagnostic{Pos: n.Source.Of(field), Path: "nodes." + n.Name + "." + field,
+				Message: fmt.Sprintf("GPU %d has the same uuid as GPU %d", g.Index, n.GPUs[first].Index)})
+			continue
+		}
+		seen[g.UUID] = i
+	}
+}
+
+// pool checks one pool against its node; it reports whether the pool is
+// sound enough for the checks across pools.
+func (c *checker) pool(p *Pool) bool {
+	for _, f := range c.flags.check(p) {
+		c.poolProblem(p, f.path, "%s", f.message)
+	}
+	node, ok := c.d.Nodes[p.Node]
+	if !ok {
+		c.poolProblem(p, "node", "node %q is not declared under nodes (declared: %s); declare its GPUs, for example with the output of pool-managerd inventory", p.Node, listOrNone(c.d.SortedNodeNames()))
+		return false
+	}
+	gpus := make([]GPU, 0, len(p.Devices))
+	for i, idx := range p.Devices {
+		g, ok := node.GPU(idx)
+		if !ok {
+			c.poolProblem(p, fmt.Sprintf("devices[%d]", i), "GPU %d is not on node %s (it has %s)", idx, node.Name, gpuIndexList(node))
+			continue
+		}
+		gpus = append(gpus, g)
+	}
+	if len(gpus) != len(p.Devices) || (len(p.Split) > 0 && len(p.Split) != len(p.Devices)) {
+		return false
+	}
+	return c.split(p, gpus)
+}
+
+// split checks the pool's split against the sizes of its masked GPUs.
+func (c *checker) split(p *Pool, gpus []GPU) bool {
+	sound := true
+	n := len(gpus)
+	if p.Engine != EngineLlamaCpp && len(p.Split) > 0 {
+		for _, r := range p.Split {
+			if math.Abs(r-1/float64(n)) > RatioTolerance {
+				c.poolProblem(p, "split", "%s shards a model evenly across its GPUs; remove split or make every ratio %s", p.Engine, formatRatio(1/float64(n)))
+				return false
+			}
+		}
+	}
+	var total, smallest int64 = 0, math.MaxInt64
+	for _, g := range gpus {
+		total += g.VRAM
+		smallest = min(smallest, g.VRAM)
+	}
+	mixed := false
+	for _, g := range gpus {
+		mixed = mixed || g.VRAM != smallest
+	}
+	if mixed && len(p.Split) == 0 && p.Engine == EngineLlamaCpp {
+		c.poolProblem(p, "devices", "the masked GPUs differ in size (%s): write split explicitly, for example split: %s", gpuSizes(gpus), proportionalSplit(gpus, total))
+		return false
+	}
+	split := p.EffectiveSplit()
+	if mixed {
+		limit := float64(smallest) / float64(total)
+		for i, g := range gpus {
+			if g.VRAM != smallest || split[i] <= limit+RatioTolerance {
+				continue
+			}
+			field := fmt.Sprintf("split[%d]", i)
+			if len(p.Split) == 0 {
+				field = "devices"
+			}
+			c.poolProblem(p, field, "GPU %d (%s) would take %s of the model, more than its share of the mask's VRAM (%s of %s = %s): the smallest GPU caps the split; give it at most %s%s",
+				g.Index, humanBytes(g.VRAM), formatRatio(split[i]), humanBytes(g.VRAM), humanBytes(total), formatRatio(limit), formatRatio(limit), evenHint(p))
+			sound = false
+		}
+	}
+	if p.VRAM > 0 {
+		for i, g := range gpus {
+			part := int64(float64(p.VRAM) * split[i])
+			if part > g.VRAM {
+				c.poolProblem(p, "vram", "GPU %d (%s) would hold %s of the pool's %s (ratio %s), more than its memory; move the split toward larger GPUs, add GPUs to devices, or lower vram",
+					g.Index, humanBytes(g.VRAM), humanBytes(part), humanBytes(p.VRAM), formatRatio(split[i]))
+				sound = false
+			}
+		}
+	}
+	return sound
+}
+
+func evenHint(p *Pool) string {
+	if p.Engine == EngineLlamaCpp {
+		return ""
+	}
+	return fmt.Sprintf(" (%s shards evenly, so mask GPUs of one size)", p.Engine)
+}
+
+type gpuRef struct {
+	node  string
+	index int
+}
+
+type gpuUser struct {
+	pool *Pool
+	// field is the devices entry that names the GPU.
+	field string
+	ratio float64
+}
+
+// sharing checks that a GPU is in two pools only when both allow sharing
+// and their declared VRAM fits in it.
+func (c *checker) sharing(pools []*Pool) {
+	users := map[gpuRef][]gpuUser{}
+	var refs []gpuRef
+	for _, p := range pools {
+		split := p.EffectiveSplit()
+		for i, idx := range p.Devices {
+			ref := gpuRef{p.Node, idx}
+			if len(users[ref]) == 0 {
+				refs = append(refs, ref)
+			}
+			users[ref] = append(users[ref], gpuUser{pool: p, field: fmt.Sprintf("devices[%d]", i), ratio: split[i]})
+		}
+	}
+	sort.Slice(refs, func(i, j int) bool {
+		if refs[i].node != refs[j].node {
+			return refs[i].node < refs[j].node
+		}
+		return refs[i].index < refs[j].index
+	})
+	for _, ref := range refs {
+		us := users[ref]
+		if len(us) < 2 {
+			continue
+		}
+		ids := make([]string, len(us))
+		for i, u := range us {
+			ids[i] = u.pool.ID
+		}
+		allShare := true
+		for _, u := range us {
+			if !u.pool.Share {
+				allShare = false
+				c.poolProblem(u.pool, u.field, "GPU %d of node %s is also in %s; a GPU belongs to one pool unless every pool on it sets share: true",
+					ref.index, ref.node, others(ids, u.pool.ID))
+			}
+		}
+		if !allShare {
+			continue
+		}
+		gpu, _ := c.d.Nodes[ref.node].GPU(ref.index)
+		var need int64
+		var parts []string
+		undeclared := false
+		for _, u := range us {
+			if u.pool.VRAM == 0 {
+				undeclared = true
+				c.poolProblem(u.pool, u.field, "GPU %d of node %s is shared with %s: pools that share a GPU declare vram so that the fit can be checked",
+					ref.index, ref.node, others(ids, u.pool.ID))
+				continue
+			}
+			part := int64(float64(u.pool.VRAM) * u.ratio)
+			need += part
+			parts = append(parts, fmt.Sprintf("%s %s", u.pool.ID, humanBytes(part)))
+		}
+		if !undeclared && need > gpu.VRAM {
+			for _, u := range us {
+				c.poolProblem(u.pool, u.field, "GPU %d of node %s (%s) is shared by %s: %s in all does not fit",
+					ref.index, ref.node, humanBytes(gpu.VRAM), strings.Join(parts, ", "), humanBytes(need))
+			}
+		}
+	}
+}
+
+// ports checks that no two pools of a node ask for the same port.
+func (c *checker) ports(pools []*Pool) {
+	type key struct {
+		node string
+		port int
+	}
+	first := map[key]*Pool{}
+	for _, p := range pools {
+		if p.Port == 0 {
+			continue
+		}
+		k := key{p.Node, p.Port}
+		if other, dup := first[k]; dup {
+			c.poolProblem(p, "port", "port %d is already used by pool %s on node %s", p.Port, other.ID, p.Node)
+			continue
+		}
+		first[k] = p
+	}
+}
+
+func others(ids []string, self string) string {
+	var out []string
+	for _, id := range ids {
+		if id != self {
+			out = append(out, "pool "+id)
+		}
+	}
+	return strings.Join(out, ", ")
+}
+
+func listOrNone(names []string) string {
+	if len(names) == 0 {
+		return "none"
+	}
+	return strings.Join(names, ", ")
+}
+
+func gpuIndexList(n *Node) string {
+	idx := make([]string, len(n.GPUs))
+	for i, g := range n.GPUs {
+		idx[i] = strconv.Itoa(g.Index)
+	}
+	if len(idx) == 1 {
+		return "GPU " + idx[0]
+	}
+	return "GPUs " + strings.Join(idx, ", ")
+}
+
+func gpuSizes(gpus []GPU) string {
+	parts := make([]string, len(gpus))
+	for i, g := range gpus {
+		parts[i] = fmt.Sprintf("GPU %d: %s", g.Index, humanBytes(g.VRAM))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// proportionalSplit suggests a split by VRAM share, rounded down to two
+// decimals for every GPU but the largest, which takes the rest.
+func proportionalSplit(gpus []GPU, total int64) string {
+	largest := 0
+	for i, g := range gpus {
+		if g.VRAM > gpus[largest].VRAM {
+			largest = i
+		}
+	}
+	ratios := make([]float64, len(gpus))
+	rest := 1.0
+	for i, g := range gpus {
+		if i != largest {
+			ratios[i] = math.Floor(float64(g.VRAM)/float64(total)*100) / 100
+			rest -= ratios[i]
+		}
+	}
+	ratios[largest] = math.Round(rest*100) / 100
+	parts := make([]string, len(ratios))
+	for i, r := range ratios {
+		parts[i] = formatRatio(r)
+	}
+	return "[" + strings.Join(parts, ", ") + "]"
+}
+
+func formatRatio(r float64) string {
+	return strconv.FormatFloat(math.Floor(r*1000+1e-9)/1000, 'f', -1, 64)
+}

@@ -1,0 +1,349 @@
+package schema
+
+import (
+	"context"
+	_ "embed"
+	"fmt"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"cuelang.org/go/cue"
+	"cuelang.org/go/cue/ast"
+	"cuelang.org/go/cue/build"
+	"cuelang.org/go/cue/cuecontext"
+	cueerrors "cuelang.org/go/cue/errors"
+	"cuelang.org/go/cue/parser"
+)
+
+// SchemaFileName is the name of the embedded schema file, as it appears in the repository.
+const SchemaFileName = "poolmanagerd.cue"
+
+// PackageName is the CUE package of the schema and of every config file that has a package clause.
+const PackageName = "poolmanagerd"
+
+//go:embed poolmanagerd.cue
+var schemaSource []byte
+
+// Source returns the CUE schema, for `cue vet` and for people.
+func SchemaSource() []byte { return append([]byte(nil), schemaSource...) }
+
+// schemaPath is the file name the schema carries in CUE positions; it cannot
+// collide with a config file, whose names all start with the config directory.
+const schemaPath = "<schema>/" + SchemaFileName
+
+// Load reads the config directory tree at dir as one CUE package, checks it
+// against the schema and the declared inventories, and returns the desired
+// state. Problems with the config are returned together as Diagnostics,
+// sorted and without duplicates; a dir that is not a directory gives an error
+// wrapping ErrNotDirectory; cancelling ctx stops the load.
+func Load(ctx context.Context, dir string) (*Desired, error) {
+	files, err := collectFiles(ctx, dir)
+	if err != nil {
+		return nil, err
+	}
+	diags := files.diags
+	if len(files.files) == 0 && len(diags) == 0 {
+		msg := "no .cue files found"
+		if files.ignored > 0 {
+			msg = fmt.Sprintf("no .cue files found (%d other files ignored)", files.ignored)
+		}
+		return nil, Diagnostics{{Pos: Pos{File: dir}, Message: msg}}
+	}
+	d, evalDiags := evaluate(files.files)
+	diags = append(diags, evalDiags...)
+	if len(diags) > 0 {
+		return nil, diags.normalize()
+	}
+	return d, nil
+}
+
+// evaluate builds the schema and every file as one CUE instance, evaluates it
+// once, and reads the desired state out of it.
+func evaluate(files []sourceFile) (*Desired, Diagnostics) {
+	var diags Diagnostics
+	schemaFile, err := parser.ParseFile(schemaPath, schemaSource)
+	if err != nil {
+		panic(fmt.Sprintf("embedded schema does not parse: %v", err))
+	}
+	inst := build.NewContext().NewInstance("", nil)
+	inst.PkgName = PackageName
+	if err := inst.AddSyntax(schemaFile); err != nil {
+		panic(fmt.Sprintf("embedded schema: %v", err))
+	}
+	names := map[string]bool{}
+	for _, f := range files {
+		syntax, err := parser.ParseFile(f.name, f.data)
+		if err != nil {
+			diags = append(diags, cueDiagnostics(err, nil)...)
+			continue
+		}
+		switch pkg := syntax.PackageName(); pkg {
+		case "":
+			syntax.Decls = append([]ast.Decl{&ast.Package{Name: ast.NewIdent(PackageName)}}, syntax.Decls...)
+		case PackageName:
+		default:
+			diags = append(diags, Diagnostic{Pos: posOf(syntax.Pos()), Message: fmt.Sprintf("package %s: config files belong to package %s (or have no package clause)", pkg, PackageName)})
+			continue
+		}
+		if err := inst.AddSyntax(syntax); err != nil {
+			diags = append(diags, Diagnostic{Pos: Pos{File: f.name}, Message: err.Error()})
+			continue
+		}
+		names[f.name] = true
+	}
+	if len(diags) > 0 {
+		return nil, diags
+	}
+	value := cuecontext.New().BuildInstance(inst)
+	r := &reader{posResolver: &posResolver{root: value, userFiles: names}, broken: map[string]bool{}}
+	if err := value.Validate(cue.Concrete(true)); err != nil {
+		r.collectErrors(value)
+	}
+	d := r.desired(value)
+	for _, f := range files {
+		d.Files = append(d.Files, f.rel)
+	}
+	r.diags = append(r.diags, checkDesired(d, r.broken)...)
+	if len(r.diags) > 0 {
+		return nil, r.diags
+	}
+	return d, nil
+}
+
+// reader turns an evaluated config into typed Go values, recording a
+// diagnostic for every field that is missing or wrong.
+type reader struct {
+	*posResolver
+	diags Diagnostics
+	// broken holds the pools and nodes ("pools.x", "nodes.y") that have
+	// errors already: the checks across pools and nodes leave them out.
+	broken map[string]bool
+}
+
+func (r *reader) add(pos Pos, path, format string, args ...any) {
+	r.diags = append(r.diags, Diagnostic{Pos: pos, Path: path, Message: fmt.Sprintf(format, args...)})
+}
+
+// hiddenFieldOwner maps the schema's hidden check fields to the field they check.
+var hiddenFieldOwner = map[string]string{
+	"_splitLength": "split",
+	"_splitSum":    "split",
+	"_splitSumOK":  "split",
+	"_gpuIndices":  "gpus",
+}
+
+// collectErrors walks the evaluated config down to the deepest values that
+// fail validation and records their errors, so that every independent
+// mistake is reported, not just the first. Missing and incomplete fields are
+// left to the typed reading, which reports them whatever else failed.
+func (r *reader) collectErrors(root cue.Value) {
+	var walk func(v cue.Value) bool
+	walk = func(v cue.Value) bool {
+		err := v.Validate(cue.Concrete(true))
+		if err == nil {
+			return false
+		}
+		found := false
+		var it interface {
+			Next() bool
+			Value() cue.Value
+		}
+		switch v.IncompleteKind() {
+		case cue.StructKind:
+			if fields, err := v.Fields(cue.Hidden(true)); err == nil {
+				it = definitionSkipper{fields}
+			}
+		case cue.ListKind:
+			if list, err := v.List(); err == nil {
+				it = &list
+			}
+		}
+		if it != nil {
+			for it.Next() {
+				if walk(it.Value()) {
+					found = true
+				}
+			}
+		}
+		if !found {
+			for _, e := range cueerrors.Errors(err) {
+				if isIncomplete(e) {
+					continue
+				}
+				found = true
+				r.addCUEError(e)
+			}
+		}
+		return found
+	}
+	walk(root)
+}
+
+type definitionSkipper struct{ *cue.Iterator }
+
+func (d definitionSkipper) Next() bool {
+	for d.Iterator.Next() {
+		if !d.Selector().IsDefinition() {
+			return true
+		}
+	}
+	return false
+}
+
+func isIncomplete(e cueerrors.Error) bool {
+	msg := e.Error()
+	return strings.Contains(msg, "incomplete value") || strings.Contains(msg, "field is required but not present") ||
+		strings.Contains(msg, "non-concrete value")
+}
+
+func (r *reader) addCUEError(e cueerrors.Error) {
+	path := cueerrors.Path(e)
+	remapped := false
+	for i, sel := range path {
+		if owner, ok := hiddenFieldOwner[sel]; ok {
+			path = append(append([]string(nil), path[:i]...), owner)
+			remapped = true
+			break
+		}
+	}
+	if len(path) >= 2 {
+		r.broken[path[0]+"."+unquote(path[1])] = true
+	}
+	var pos Pos
+	if !remapped {
+		for _, p := range cueerrors.Positions(e) {
+			if r.userFiles[p.Filename()] {
+				pos = posOf(p)
+				break
+			}
+		}
+	}
+	if pos.File == "" {
+		pos = r.posAt(selectors(path))
+	}
+	format, args := e.Msg()
+	msg := fmt.Sprintf(format, args...)
+	if strings.HasSuffix(msg, "errors in empty disjunction:") {
+		return // a heading; the disjuncts' own errors follow
+	}
+	if msg == "field not allowed" && len(path) > 0 {
+		msg = fmt.Sprintf("unknown field %s", unquote(path[len(path)-1]))
+	}
+	r.add(pos, formatPath(path), "%s", msg)
+}
+
+// posResolver finds where values of an evaluated config are written.
+type posResolver struct {
+	root      cue.Value
+	userFiles map[string]bool
+}
+
+// posAt returns where the value at path, or its nearest parent, is written in a config file.
+func (pr *posResolver) posAt(path []cue.Selector) Pos {
+	for n := len(path); n >= 0; n-- {
+		if p := pr.userPos(pr.root.LookupPath(cue.MakePath(path[:n]...))); p.File != "" {
+			return p
+		}
+	}
+	return Pos{}
+}
+
+func selectors(path []string) []cue.Selector {
+	sels := make([]cue.Selector, 0, len(path))
+	for _, s := range path {
+		sels = append(sels, selectorOf(s))
+	}
+	return sels
+}
+
+// formatPath writes a CUE error path the way diagnostics name fields:
+// pools.x.split[1], nodes.gpu-01.gpus[0].vram.
+func formatPath(path []string) string {
+	var b strings.Builder
+	for _, s := range path {
+		if _, err := strconv.Atoi(s); err == nil {
+			fmt.Fprintf(&b, "[%s]", s)
+			continue
+		}
+		if b.Len() > 0 {
+			b.WriteByte('.')
+		}
+		b.WriteString(unquote(s))
+	}
+	return b.String()
+}
+
+func selectorOf(s string) cue.Selector {
+	if strings.HasPrefix(s, "_") {
+		return cue.Hid(s, "_")
+	}
+	var idx int
+	if _, err := fmt.Sscanf(s, "%d", &idx); err == nil && fmt.Sprint(idx) == s {
+		return cue.Index(idx)
+	}
+	return cue.Str(unquote(s))
+}
+
+func unquote(s string) string {
+	if len(s) >= 2 && s[0] == '"' && s[len(s)-1] == '"' {
+		return s[1 : len(s)-1]
+	}
+	return s
+}
+
+// userPos returns where a value is written in a config file (not in the schema).
+func (pr *posResolver) userPos(v cue.Value) Pos {
+	if !v.Exists() {
+		return Pos{}
+	}
+	if p := v.Pos(); pr.userFiles[p.Filename()] {
+		return posOf(p)
+	}
+	var best Pos
+	if op, args := v.Expr(); op == cue.AndOp {
+		for _, a := range args {
+			if p := a.Pos(); pr.userFiles[p.Filename()] {
+				if pp := posOf(p); best.File == "" || comparePos(pp, best) < 0 {
+					best = pp
+				}
+			}
+		}
+	}
+	return best
+}
+
+func posOf(p interface {
+	Filename() string
+	Line() int
+	Column() int
+}) Pos {
+	return Pos{File: filepath.ToSlash(p.Filename()), Line: p.Line(), Column: p.Column()}
+}
+
+// cueDiagnostics converts a CUE error (a syntax error, say) to diagnostics at its positions.
+func cueDiagnostics(err error, userFiles map[string]bool) Diagnostics {
+	var out Diagnostics
+	for _, e := range cueerrors.Errors(err) {
+		var pos Pos
+		for _, p := range cueerrors.Positions(e) {
+			if userFiles == nil || userFiles[p.Filename()] {
+				pos = posOf(p)
+				break
+			}
+		}
+		format, args := e.Msg()
+		out = append(out, Diagnostic{Pos: pos, Message: fmt.Sprintf(format, args...)})
+	}
+	return out
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

@@ -1,0 +1,287 @@
+package schema
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"cuelang.org/go/cue"
+)
+
+// desired reads nodes and pools out of the evaluated config. Values that CUE
+// already reported are skipped; missing or non-concrete fields are reported here.
+func (r *reader) desired(root cue.Value) *Desired {
+	d := &Desired{Nodes: map[string]*Node{}, Pools: map[string]*Pool{}}
+	top, err := root.Fields()
+	if err != nil {
+		return d
+	}
+	for top.Next() {
+		switch name := top.Selector().Unquoted(); name {
+		case "nodes":
+			r.eachField(top.Value(), func(key string, v cue.Value) {
+				d.Nodes[key] = r.node(key, v)
+			})
+		case "pools":
+			r.eachField(top.Value(), func(key string, v cue.Value) {
+				d.Pools[key] = r.pool(key, v)
+			})
+		default:
+			r.add(r.userPos(top.Value()), name, "unknown top-level field %s; a config declares nodes and pools", name)
+		}
+	}
+	return d
+}
+
+func (r *reader) eachField(v cue.Value, fn func(key string, v cue.Value)) {
+	it, err := v.Fields()
+	if err != nil {
+		return
+	}
+	for it.Next() {
+		fn(it.Selector().Unquoted(), it.Value())
+	}
+}
+
+// object reads the fields of one node or pool, reporting missing and
+// non-concrete values at the object's position.
+type object struct {
+	r *reader
+	// owner is the node or pool the object belongs to ("nodes.x", "pools.y");
+	// prefix is the object's own path ("nodes.x.gpus[0]").
+	owner, prefix string
+	v             cue.Value
+}
+
+func (o *object) path(field string) string { return o.prefix + "." + field }
+
+func (o *object) markBroken() { o.r.broken[o.owner] = true }
+
+// requiredHints explain required fields whose need is not obvious.
+var requiredHints = map[string]string{
+	"vram": " (vllm and tgi pools declare their total VRAM need, e.g. vram: 40Gi)",
+}
+
+// get returns the concrete value of a field. ok is false when the field is
+// absent (reported when required), not concrete (reported), or wrong (CUE reported it).
+func (o *object) get(field string, required bool) (cue.Value, bool) {
+	v := o.v.LookupPath(cue.ParsePath(field))
+	if !v.Exists() {
+		if parent, _, nested := strings.Cut(field, "."); nested && !o.v.LookupPath(cue.ParsePath(parent)).Exists() {
+			field = parent // report the missing parent, not each of its fields
+		}
+		if required {
+			o.markBroken()
+			o.r.add(o.r.userPos(o.v), o.path(field), "missing required field %s", field)
+		}
+		return v, false
+	}
+	if err := v.Err(); err != nil {
+		o.markBroken()
+		switch {
+		case strings.Contains(err.Error(), "field is required but not present"):
+			o.r.add(o.r.userPos(o.v), o.path(field), "missing required field %s%s", field, requiredHints[field])
+		case isIncompleteErr(err):
+			o.reportIncomplete(field, v, required)
+		}
+		return v, false
+	}
+	if d, ok := v.Default(); ok {
+		v = d
+	}
+	if !v.IsConcrete() {
+		if v.IncompleteKind()&(cue.StructKind|cue.ListKind) != 0 && v.IncompleteKind()&^(cue.StructKind|cue.ListKind) == 0 {
+			return v, true // a struct or list: its elements are read one by one
+		}
+		o.markBroken()
+		o.reportIncomplete(field, v, required)
+		return v, false
+	}
+	return v, true
+}
+
+func (o *object) reportIncomplete(field string, v cue.Value, required bool) {
+	pos := o.r.userPos(v)
+	if pos.File == "" {
+		pos = o.r.userPos(o.v)
+	}
+	if required && pos == o.r.userPos(o.v) {
+		o.r.add(pos, o.path(field), "missing required field %s", field)
+		return
+	}
+	o.r.add(pos, o.path(field), "%s must be a concrete value, not %v", field, v)
+}
+
+func isIncompleteErr(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, "incomplete value") || strings.Contains(msg, "field is required but not present") ||
+		strings.Contains(msg, "non-concrete value")
+}
+
+func (o *object) str(field string, required bool) string {
+	v, ok := o.get(field, required)
+	if !ok {
+		return ""
+	}
+	s, err := v.String()
+	if err != nil {
+		o.markBroken()
+		return ""
+	}
+	return s
+}
+
+func (o *object) int64(field string, required bool) int64 {
+	v, ok := o.get(field, required)
+	if !ok {
+		return 0
+	}
+	n, err := v.Int64()
+	if err != nil {
+		o.markBroken()
+		return 0
+	}
+	return n
+}
+
+func (o *object) float(field string) float64 {
+	v, ok := o.get(field, true)
+	if !ok {
+		return 0
+	}
+	f, err := v.Float64()
+	if err != nil {
+		o.markBroken()
+		return 0
+	}
+	return f
+}
+
+func (o *object) boolean(field string) bool {
+	v, ok := o.get(field, true)
+	if !ok {
+		return false
+	}
+	b, err := v.Bool()
+	if err != nil {
+		o.markBroken()
+	}
+	return b
+}
+
+func (o *object) duration(field string) time.Duration {
+	s := o.str(field, true)
+	if s == "" {
+		return 0
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		// The schema checks durations; this is a safety net for a schema edit.
+		o.markBroken()
+		o.r.add(o.r.userPos(o.v.LookupPath(cue.ParsePath(field))), o.path(field), "invalid duration %q: %v", s, err)
+	}
+	return d
+}
+
+// list calls fn for each element of a list field, with its index.
+func (o *object) list(field string, required bool, fn func(i int, v cue.Value)) {
+	v, ok := o.get(field, required)
+	if !ok {
+		return
+	}
+	it, err := v.List()
+	if err != nil {
+		o.markBroken()
+		return
+	}
+	for i := 0; it.Next(); i++ {
+		el := it.Value()
+		if el.Err() != nil || !el.IsConcrete() {
+			o.markBroken()
+			if el.Err() == nil || isIncompleteErr(el.Err()) {
+				o.r.add(o.r.userPos(el), fmt.Sprintf("%s[%d]", o.path(field), i), "%s[%d] must be a concrete value, not %v", field, i, el)
+			}
+			continue
+		}
+		fn(i, el)
+	}
+}
+
+func (r *reader) node(name string, v cue.Value) *Node {
+	o := &object{r: r, owner: "nodes." + name, prefix: "nodes." + name, v: v}
+	n := &Node{Name: name, Source: Source{resolver: r.posResolver, path: []cue.Selector{cue.Str("nodes"), cue.Str(name)}}}
+	o.list("gpus", true, func(i int, g cue.Value) {
+		gpu := &object{r: r, owner: o.owner, prefix: fmt.Sprintf("%s.gpus[%d]", o.prefix, i), v: g}
+		n.GPUs = append(n.GPUs, GPU{
+			Index: int(gpu.int64("index", true)),
+			UUID:  gpu.str("uuid", false),
+			Model: gpu.str("model", false),
+			VRAM:  gpu.int64("vram", true),
+		})
+	})
+	return n
+}
+
+func (r *reader) pool(id string, v cue.Value) *Pool {
+	o := &object{r: r, owner: "pools." + id, prefix: "pools." + id, v: v}
+	p := &Pool{
+		ID:     id,
+		Node:   o.str("node", true),
+		Engine: Engine(o.str("engine", true)),
+		Model: Model{
+			Path: o.str("model.path", true),
+			Ctx:  int(o.int64("model.ctx", true)),
+		},
+		Port:   int(o.int64("port", false)),
+		VRAM:   o.int64("vram", false),
+		Share:  o.boolean("share"),
+		Source: Source{resolver: r.posResolver, path: []cue.Selector{cue.Str("pools"), cue.Str(id)}},
+		Restart: RestartPolicy{
+			InitialBackoff: o.duration("restart.initialBackoff"),
+			MaxBackoff:     o.duration("restart.maxBackoff"),
+			Jitter:         o.float("restart.jitter"),
+			ResetAfter:     o.duration("restart.resetAfter"),
+			StartupTimeout: o.duration("restart.startupTimeout"),
+			DrainTimeout:   o.duration("restart.drainTimeout"),
+			StopGrace:      o.duration("restart.stopGrace"),
+			Breaker: Breaker{
+				Failures: int(o.int64("restart.breaker.failures", true)),
+				Window:   o.duration("restart.breaker.window"),
+				Cooldown: o.duration("restart.breaker.cooldown"),
+			},
+		},
+	}
+	if (p.Engine == EngineVLLM || p.Engine == EngineTGI) && p.VRAM == 0 {
+		o.markBroken()
+		r.add(r.userPos(v), o.path("vram"), "missing required field vram%s", requiredHints["vram"])
+	}
+	o.list("devices", true, func(_ int, v cue.Value) {
+		n, err := v.Int64()
+		if err == nil {
+			p.Devices = append(p.Devices, int(n))
+		}
+	})
+	o.list("split", false, func(_ int, v cue.Value) {
+		f, err := v.Float64()
+		if err == nil {
+			p.Split = append(p.Split, f)
+		}
+	})
+	o.list("flags", true, func(_ int, v cue.Value) {
+		s, err := v.String()
+		if err == nil {
+			p.Flags = append(p.Flags, s)
+		}
+	})
+	if env, ok := o.get("env", true); ok {
+		r.eachField(env, func(key string, v cue.Value) {
+			if s, err := v.String(); err == nil {
+				if p.Env == nil {
+					p.Env = map[string]string{}
+				}
+				p.Env[key] = s
+			}
+		})
+	}
+	return p
+}

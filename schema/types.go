@@ -1,0 +1,185 @@
+package schema
+
+import (
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"cuelang.org/go/cue"
+)
+
+// Engine names the inference engine of a pool.
+type Engine string
+
+// The engines pool-managerd knows how to run.
+const (
+	EngineLlamaCpp Engine = "llamacpp"
+	EngineVLLM     Engine = "vllm"
+	EngineTGI      Engine = "tgi"
+)
+
+// Desired is the desired state of a fleet: every node's declared inventory and
+// every pool, as read from one config directory.
+type Desired struct {
+	// Nodes by name.
+	Nodes map[string]*Node
+	// Pools by id.
+	Pools map[string]*Pool
+	// Files are the config files the state was read from, relative to the config directory, sorted.
+	Files []string
+}
+
+// Node is one node's declared GPU inventory.
+type Node struct {
+	Name string
+	GPUs []GPU
+	Source Source `json:"-"`
+}
+
+// GPU is one GPU of a node's declared inventory.
+type GPU struct {
+	Index int
+	UUID  string `json:",omitempty"`
+	Model string `json:",omitempty"`
+	// VRAM is the total memory in bytes.
+	VRAM int64
+}
+
+// GPU returns the GPU with the given NVML index.
+func (n *Node) GPU(index int) (GPU, bool) {
+	for _, g := range n.GPUs {
+		if g.Index == index {
+			return g, true
+		}
+	}
+	return GPU{}, false
+}
+
+// Model is the model a pool serves.
+type Model struct {
+	// Path is the absolute path of the model file or directory.
+	Path string
+	// Ctx is the context size in tokens.
+	Ctx int
+}
+
+// Pool is one inference pool: an engine process serving a model on a set of GPUs.
+type Pool struct {
+	ID     string
+	Node   string
+	Engine Engine
+	Model  Model
+	// Devices is the device mask: NVML indices of the GPUs the pool may use.
+	Devices []int
+	// Split is each masked GPU's share of the model, in the order of Devices;
+	// nil when the schema leaves it out (an even split).
+	Split []float64 `json:",omitempty"`
+	// Flags are extra engine arguments, appended after the managed ones.
+	Flags []string `json:",omitempty"`
+	// Env is extra environment for the engine.
+	Env map[string]string `json:",omitempty"`
+	// Port is the engine's port; 0 means one is assigned at start.
+	Port int `json:",omitempty"`
+	// VRAM is the declared total VRAM need in bytes; 0 when not declared.
+	VRAM int64 `json:",omitempty"`
+	// Share allows the pool's GPUs to hold other sharing pools.
+	Share   bool `json:",omitempty"`
+	Restart RestartPolicy
+	// Source records where the pool and its fields are written, for error messages.
+	Source Source `json:"-"`
+}
+
+// RestartPolicy holds the backoff and circuit breaker settings of a pool.
+type RestartPolicy struct {
+	InitialBackoff time.Duration
+	MaxBackoff     time.Duration
+	Jitter         float64
+	ResetAfter     time.Duration
+	StartupTimeout time.Duration
+	DrainTimeout   time.Duration
+	StopGrace      time.Duration
+	Breaker        Breaker
+}
+
+// Breaker holds the circuit breaker settings of a pool.
+type Breaker struct {
+	Failures int
+	Window   time.Duration
+	Cooldown time.Duration
+}
+
+// EffectiveSplit returns the pool's split, or the even split when none is written.
+func (p *Pool) EffectiveSplit() []float64 {
+	if len(p.Split) > 0 {
+		return p.Split
+	}
+	even := make([]float64, len(p.Devices))
+	for i := range even {
+		even[i] = 1 / float64(len(p.Devices))
+	}
+	return even
+}
+
+// Source says where a pool or node and its fields are written in the config
+// files. Positions are worked out when asked for: only error messages need them.
+type Source struct {
+	resolver *posResolver
+	path     []cue.Selector
+}
+
+// Of returns where the field path of the pool or node is written ("devices",
+// "split[1]", "flags[2]", "env.NAME", "" for the pool itself), falling back to
+// its parent fields and then to the pool itself.
+func (s Source) Of(field string) Pos {
+	if s.resolver == nil {
+		return Pos{}
+	}
+	sels := append([]cue.Selector(nil), s.path...)
+	for _, part := range strings.Split(field, ".") {
+		if part == "" {
+			continue
+		}
+		name, rest, _ := strings.Cut(part, "[")
+		sels = append(sels, cue.Str(name))
+		for rest != "" {
+			idx, after, _ := strings.Cut(rest, "]")
+			n, err := strconv.Atoi(idx)
+			if err != nil {
+				break
+			}
+			sels = append(sels, cue.Index(n))
+			_, rest, _ = strings.Cut(after, "[")
+		}
+	}
+	return s.resolver.posAt(sels)
+}
+
+// SortedPoolIDs returns the pool ids in order.
+func (d *Desired) SortedPoolIDs() []string {
+	ids := make([]string, 0, len(d.Pools))
+	for id := range d.Pools {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return ids
+}
+
+// SortedNodeNames returns the node names in order.
+func (d *Desired) SortedNodeNames() []string {
+	names := make([]string, 0, len(d.Nodes))
+	for n := range d.Nodes {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// GPUCount returns the number of GPUs declared over all nodes.
+func (d *Desired) GPUCount() int {
+	n := 0
+	for _, node := range d.Nodes {
+		n += len(node.GPUs)
+	}
+	return n
+}
