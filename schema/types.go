@@ -32,8 +32,8 @@ type Desired struct {
 
 // Node is one node's declared GPU inventory.
 type Node struct {
-	Name string
-	GPUs []GPU
+	Name   string
+	GPUs   []GPU
 	Source Source `json:"-"`
 }
 
