@@ -26,7 +26,7 @@ const PackageName = "poolmanagerd"
 //go:embed poolmanagerd.cue
 var schemaSource []byte
 
-// Source returns the CUE schema, for `cue vet` and for people.
+// SchemaSource returns the CUE schema, for `cue vet` and for people.
 func SchemaSource() []byte { return append([]byte(nil), schemaSource...) }
 
 // schemaPath is the file name the schema carries in CUE positions; it cannot

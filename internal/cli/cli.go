@@ -98,6 +98,7 @@ mask), and how the model is split across GPUs of different sizes.
 
 Start with:
   pool-managerd validate ./config     check the config, as a PR check would
+  pool-managerd schema                print the CUE schema, for cue vet
   pool-managerd version               print the version
 
 Exit codes: 0 success, 1 failure or invalid config, 2 usage error.`,
@@ -107,7 +108,7 @@ Exit codes: 0 success, 1 failure or invalid config, 2 usage error.`,
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageFlagError{err} })
-	root.AddCommand(newVersionCommand(), newValidateCommand())
+	root.AddCommand(newVersionCommand(), newValidateCommand(), newSchemaCommand())
 	for _, c := range root.Commands() {
 		wrapArgs(c)
 	}
