@@ -1,0 +1,97 @@
+// Package features runs the executable specification of pool-managerd: the
+// Gherkin scenarios in this folder, each tagged with the requirement IDs of
+// docs/requirements.md that it shows, driven through the real binaries.
+//
+//	go test ./features                                     # every scenario, strict
+//	LLORCH_BDD_FEATURE_PATH=features/validation.feature go test ./features
+//	go test ./features -godog.tags=@PM-1002                # by tag
+package features
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/cucumber/godog"
+	"github.com/cucumber/godog/colors"
+)
+
+// FeaturePathEnv narrows a run to one feature file or folder, as in the original harness.
+const FeaturePathEnv = "LLORCH_BDD_FEATURE_PATH"
+
+// harness holds what every scenario shares: the binaries built once per run.
+type harness struct {
+	// bin is the folder holding pool-managerd.
+	bin string
+	// repo is the repository root, for the examples.
+	repo string
+}
+
+func (h *harness) poolManagerd() string { return filepath.Join(h.bin, "pool-managerd") }
+
+var opts = godog.Options{Output: colors.Colored(os.Stdout), Format: "pretty", Strict: true}
+
+func init() {
+	godog.BindCommandLineFlags("godog.", &opts)
+}
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	os.Exit(m.Run())
+}
+
+func buildHarness(t *testing.T) *harness {
+	t.Helper()
+	repo, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := t.TempDir()
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/pool-managerd")
+	cmd.Dir = repo
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build pool-managerd: %v\n%s", err, out)
+	}
+	return &harness{bin: bin, repo: repo}
+}
+
+// featurePaths returns the features to run: LLORCH_BDD_FEATURE_PATH (relative to
+// the repository root or absolute) when set, else this folder.
+func featurePaths(repo string) ([]string, error) {
+	p := os.Getenv(FeaturePathEnv)
+	if p == "" {
+		return []string{"."}, nil
+	}
+	if !filepath.IsAbs(p) {
+		p = filepath.Join(repo, p)
+	}
+	if _, err := os.Stat(p); err != nil {
+		return nil, fmt.Errorf("%s=%s: %w", FeaturePathEnv, os.Getenv(FeaturePathEnv), err)
+	}
+	return []string{p}, nil
+}
+
+func TestFeatures(t *testing.T) {
+	h := buildHarness(t)
+	paths, err := featurePaths(h.repo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := opts
+	o.Paths = paths
+	o.TestingT = t
+	suite := godog.TestSuite{
+		Name: "pool-managerd",
+		ScenarioInitializer: func(sc *godog.ScenarioContext) {
+			w := &world{h: h}
+			w.register(sc)
+		},
+		Options: &o,
+	}
+	if code := suite.Run(); code != 0 {
+		t.Fatalf("godog exited with %d (undefined, pending or ambiguous steps fail in strict mode)", code)
+	}
+}
