@@ -54,6 +54,16 @@ func (c *checker) poolProblem(p *Pool, field, format string, args ...any) {
 }
 
 func (c *checker) node(n *Node) {
+	indices := map[int]int{}
+	for i, g := range n.GPUs {
+		if first, dup := indices[g.Index]; dup {
+			field := fmt.Sprintf("gpus[%d].index", i)
+			c.diags = append(c.diags, Diagnostic{Pos: n.Source.Of(field), Path: "nodes." + n.Name + "." + field,
+				Message: fmt.Sprintf("GPU index %d is declared twice (gpus[%d] and gpus[%d]); each GPU of a node has its own NVML index", g.Index, first, i)})
+			continue
+		}
+		indices[g.Index] = i
+	}
 	seen := map[string]int{}
 	for i, g := range n.GPUs {
 		if g.UUID == "" {

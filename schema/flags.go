@@ -77,6 +77,10 @@ func (c *flagChecker) checkLlama(flags []string) []flagProblem {
 		if !ok {
 			if strings.HasPrefix(arg, "-") {
 				problem("llama-server has no such option (it would exit with \"error: invalid argument: %s\")", arg)
+				// Its values, if any, cannot be told from options: skip to the next option.
+				for i+1 < len(flags) && !strings.HasPrefix(flags[i+1], "-") {
+					i++
+				}
 			} else {
 				problem("a value without an option; llama-server takes the model from model.path")
 			}
@@ -170,14 +174,14 @@ type dashRule struct {
 }
 
 func managed(instead string) func(string) string {
-	return func(string) string { return "pool-managerd sets this itself; " + instead }
+	return func(string) string { return "is set by pool-managerd itself; " + instead }
 }
 
 func spillIfPositive(value string) string {
 	if f, err := strconv.ParseFloat(value, 64); err == nil && f <= 0 {
 		return ""
 	}
-	return cpuSpill
+	return strings.Replace(cpuSpill, "would run", "runs", 1)
 }
 
 var vllmRules = []dashRule{
@@ -193,7 +197,7 @@ var vllmRules = []dashRule{
 	{[]string{"--swap-space"}, spillIfPositive},
 	{[]string{"--device"}, func(v string) string {
 		if strings.EqualFold(v, "cpu") {
-			return cpuSpill
+			return strings.Replace(cpuSpill, "would run", "runs", 1)
 		}
 		return ""
 	}},
@@ -228,7 +232,7 @@ func checkDashFlags(flags []string, engine string, rules []dashRule) []flagProbl
 				continue
 			}
 			if msg := r.reject(value); msg != "" {
-				out = append(out, flagProblem{path: flagPath(i), message: fmt.Sprintf("%q: %s option %s", arg, engine, msg)})
+				out = append(out, flagProblem{path: flagPath(i), message: fmt.Sprintf("%q: this %s option %s", arg, engine, msg)})
 			}
 		}
 	}

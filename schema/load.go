@@ -5,6 +5,7 @@ import (
 	_ "embed"
 	"fmt"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -120,6 +121,8 @@ type reader struct {
 	// broken holds the pools and nodes ("pools.x", "nodes.y") that have
 	// errors already: the checks across pools and nodes leave them out.
 	broken map[string]bool
+	// cueErrors collects CUE's errors before they become diagnostics.
+	cueErrors []cueDiagnostic
 }
 
 func (r *reader) add(pos Pos, path, format string, args ...any) {
@@ -179,6 +182,7 @@ func (r *reader) collectErrors(root cue.Value) {
 		return found
 	}
 	walk(root)
+	r.flushCUEErrors()
 }
 
 type definitionSkipper struct{ *cue.Iterator }
@@ -192,11 +196,7 @@ func (d definitionSkipper) Next() bool {
 	return false
 }
 
-func isIncomplete(e cueerrors.Error) bool {
-	msg := e.Error()
-	return strings.Contains(msg, "incomplete value") || strings.Contains(msg, "field is required but not present") ||
-		strings.Contains(msg, "non-concrete value")
-}
+func isIncomplete(e cueerrors.Error) bool { return isIncompleteErr(e) }
 
 func (r *reader) addCUEError(e cueerrors.Error) {
 	path := cueerrors.Path(e)
@@ -208,30 +208,121 @@ func (r *reader) addCUEError(e cueerrors.Error) {
 			break
 		}
 	}
+	// The key fields the schema derives (a node's name, a pool's id) are
+	// reported at the key the user wrote.
+	if len(path) == 3 && ((path[0] == "nodes" && path[2] == "name") || (path[0] == "pools" && path[2] == "id")) {
+		path = path[:2]
+	}
 	if len(path) >= 2 {
 		r.broken[path[0]+"."+unquote(path[1])] = true
 	}
 	var pos Pos
-	if !remapped {
-		for _, p := range cueerrors.Positions(e) {
-			if r.userFiles[p.Filename()] {
+	userPositions := 0
+	for _, p := range cueerrors.Positions(e) {
+		if r.userFiles[p.Filename()] {
+			userPositions++
+			if pos.File == "" && !remapped {
 				pos = posOf(p)
-				break
 			}
 		}
 	}
 	if pos.File == "" {
 		pos = r.posAt(selectors(path))
 	}
-	format, args := e.Msg()
-	msg := fmt.Sprintf(format, args...)
+	msg := cueMessage(e)
 	if strings.HasSuffix(msg, "errors in empty disjunction:") {
 		return // a heading; the disjuncts' own errors follow
 	}
-	if msg == "field not allowed" && len(path) > 0 {
-		msg = fmt.Sprintf("unknown field %s", unquote(path[len(path)-1]))
+	r.cueErrors = append(r.cueErrors, cueDiagnostic{
+		Diagnostic:    Diagnostic{Pos: pos, Path: formatPath(path), Message: friendlyMessage(path, msg)},
+		userPositions: userPositions,
+	})
+}
+
+// cueDiagnostic is a CUE error turned into a diagnostic, with what is needed
+// to drop the noise of failed disjunctions.
+type cueDiagnostic struct {
+	Diagnostic
+	// userPositions counts the error's positions in config files.
+	userPositions int
+}
+
+// flushCUEErrors adds the CUE errors as diagnostics. When one value
+// conflicts with several branches of a disjunction (an enum, say) CUE
+// reports each; if some of those conflicts are between values written in
+// config files, only those are kept: the others name schema values nobody wrote.
+func (r *reader) flushCUEErrors() {
+	best := map[string]int{}
+	for _, d := range r.cueErrors {
+		if strings.HasPrefix(d.Message, "conflicting values") {
+			best[d.Path] = max(best[d.Path], d.userPositions)
+		}
 	}
-	r.add(pos, formatPath(path), "%s", msg)
+	for _, d := range r.cueErrors {
+		if strings.HasPrefix(d.Message, "conflicting values") && d.userPositions < best[d.Path] {
+			continue
+		}
+		r.diags = append(r.diags, d.Diagnostic)
+	}
+	r.cueErrors = nil
+}
+
+// cueMessage returns an error's message without the path CUE puts in front.
+func cueMessage(e cueerrors.Error) string {
+	msg := e.Error()
+	if prefix := strings.Join(cueerrors.Path(e), ".") + ": "; strings.HasPrefix(msg, prefix) {
+		return msg[len(prefix):]
+	}
+	format, args := e.Msg()
+	return fmt.Sprintf(format, args...)
+}
+
+var (
+	uniqueItemsError = regexp.MustCompile(`does not satisfy list\.UniqueItems\): equal value \((.*)\) at position (\d+) and (\d+)`)
+	minItemsError    = regexp.MustCompile(`does not satisfy list\.MinItems\((\d+)\)`)
+	structConflict   = regexp.MustCompile(`^conflicting values (.*) and \{.*\(mismatched types (\w+) and struct\)$`)
+	listConflict     = regexp.MustCompile(`^conflicting values (.*) and \[.*\(mismatched types (\w+) and list\)$`)
+)
+
+// friendlyMessage rewrites the messages of CUE's builtin validators and of
+// type conflicts with the schema's structs into what a person can act on.
+func friendlyMessage(path []string, msg string) string {
+	field := ""
+	if len(path) > 0 {
+		field = unquote(path[len(path)-1])
+	}
+	parent := ""
+	if len(path) > 1 {
+		parent = unquote(path[len(path)-2])
+	}
+	switch {
+	case msg == "field not allowed" && parent == "env":
+		return fmt.Sprintf("%q is not a valid environment variable name (letters, digits and _, not starting with a digit)", field)
+	case msg == "field not allowed":
+		return fmt.Sprintf("unknown field %s", field)
+	}
+	if m := uniqueItemsError.FindStringSubmatch(msg); m != nil {
+		if field == "devices" {
+			return fmt.Sprintf("devices lists GPU %s twice (at positions %s and %s)", m[1], m[2], m[3])
+		}
+		return fmt.Sprintf("%s lists %s twice (at positions %s and %s)", field, m[1], m[2], m[3])
+	}
+	if m := minItemsError.FindStringSubmatch(msg); m != nil {
+		switch field {
+		case "devices":
+			return "devices must list at least one GPU"
+		case "gpus":
+			return "a node declares at least one GPU"
+		}
+		return fmt.Sprintf("%s must have at least %s elements", field, m[1])
+	}
+	if m := structConflict.FindStringSubmatch(msg); m != nil {
+		return fmt.Sprintf("%s must be a struct ({...}), not %s %s", field, m[2], m[1])
+	}
+	if m := listConflict.FindStringSubmatch(msg); m != nil {
+		return fmt.Sprintf("%s must be a list ([...]), not %s %s", field, m[2], m[1])
+	}
+	return msg
 }
 
 // posResolver finds where values of an evaluated config are written.

@@ -2,6 +2,7 @@ package schema
 
 import (
 	"fmt"
+	"math"
 	"strings"
 	"time"
 
@@ -67,8 +68,15 @@ var requiredHints = map[string]string{
 func (o *object) get(field string, required bool) (cue.Value, bool) {
 	v := o.v.LookupPath(cue.ParsePath(field))
 	if !v.Exists() {
-		if parent, _, nested := strings.Cut(field, "."); nested && !o.v.LookupPath(cue.ParsePath(parent)).Exists() {
-			field = parent // report the missing parent, not each of its fields
+		if parent, _, nested := strings.Cut(field, "."); nested {
+			pv := o.v.LookupPath(cue.ParsePath(parent))
+			if pv.Exists() && pv.Err() != nil {
+				o.markBroken()
+				return v, false // the parent is wrong, and reported as such
+			}
+			if !pv.Exists() {
+				field = parent // report the missing parent, not each of its fields
+			}
 		}
 		if required {
 			o.markBroken()
@@ -112,10 +120,16 @@ func (o *object) reportIncomplete(field string, v cue.Value, required bool) {
 	o.r.add(pos, o.path(field), "%s must be a concrete value, not %v", field, v)
 }
 
+// isIncompleteErr reports CUE errors about values not given (missing,
+// required, not concrete): the typed reading reports those itself.
 func isIncompleteErr(err error) bool {
 	msg := err.Error()
-	return strings.Contains(msg, "incomplete value") || strings.Contains(msg, "field is required but not present") ||
-		strings.Contains(msg, "non-concrete value")
+	for _, s := range []string{"incomplete value", "field is required but not present", "required field missing", "non-concrete value"} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
 }
 
 func (o *object) str(field string, required bool) string {
@@ -125,7 +139,7 @@ func (o *object) str(field string, required bool) string {
 	}
 	s, err := v.String()
 	if err != nil {
-		o.markBroken()
+		o.valueProblem(field, v, err)
 		return ""
 	}
 	return s
@@ -138,10 +152,21 @@ func (o *object) int64(field string, required bool) int64 {
 	}
 	n, err := v.Int64()
 	if err != nil {
-		o.markBroken()
+		o.valueProblem(field, v, err)
 		return 0
 	}
 	return n
+}
+
+// valueProblem reports a value CUE accepted that Go cannot hold (an integer
+// beyond 64 bits, say).
+func (o *object) valueProblem(field string, v cue.Value, err error) {
+	o.markBroken()
+	msg := err.Error()
+	if strings.Contains(msg, "out of range") || strings.Contains(msg, "overflow") || strings.Contains(msg, "rounded") {
+		msg = fmt.Sprintf("%v is out of range (at most %d)", v, int64(math.MaxInt64))
+	}
+	o.r.add(o.r.userPos(v), o.path(field), "%s", msg)
 }
 
 func (o *object) float(field string) float64 {
@@ -151,7 +176,7 @@ func (o *object) float(field string) float64 {
 	}
 	f, err := v.Float64()
 	if err != nil {
-		o.markBroken()
+		o.valueProblem(field, v, err)
 		return 0
 	}
 	return f
@@ -164,7 +189,7 @@ func (o *object) boolean(field string) bool {
 	}
 	b, err := v.Bool()
 	if err != nil {
-		o.markBroken()
+		o.valueProblem(field, v, err)
 	}
 	return b
 }
@@ -183,8 +208,9 @@ func (o *object) duration(field string) time.Duration {
 	return d
 }
 
-// list calls fn for each element of a list field, with its index.
-func (o *object) list(field string, required bool, fn func(i int, v cue.Value)) {
+// list calls fn for each element of a list field, with its index and the
+// element's path; fn returns an error for a value it cannot read.
+func (o *object) list(field string, required bool, fn func(i int, v cue.Value) error) {
 	v, ok := o.get(field, required)
 	if !ok {
 		return
@@ -203,14 +229,16 @@ func (o *object) list(field string, required bool, fn func(i int, v cue.Value)) 
 			}
 			continue
 		}
-		fn(i, el)
+		if err := fn(i, el); err != nil {
+			o.valueProblem(fmt.Sprintf("%s[%d]", field, i), el, err)
+		}
 	}
 }
 
 func (r *reader) node(name string, v cue.Value) *Node {
 	o := &object{r: r, owner: "nodes." + name, prefix: "nodes." + name, v: v}
 	n := &Node{Name: name, Source: Source{resolver: r.posResolver, path: []cue.Selector{cue.Str("nodes"), cue.Str(name)}}}
-	o.list("gpus", true, func(i int, g cue.Value) {
+	o.list("gpus", true, func(i int, g cue.Value) error {
 		gpu := &object{r: r, owner: o.owner, prefix: fmt.Sprintf("%s.gpus[%d]", o.prefix, i), v: g}
 		n.GPUs = append(n.GPUs, GPU{
 			Index: int(gpu.int64("index", true)),
@@ -218,6 +246,7 @@ func (r *reader) node(name string, v cue.Value) *Node {
 			Model: gpu.str("model", false),
 			VRAM:  gpu.int64("vram", true),
 		})
+		return nil
 	})
 	return n
 }
@@ -251,27 +280,24 @@ func (r *reader) pool(id string, v cue.Value) *Pool {
 			},
 		},
 	}
-	if (p.Engine == EngineVLLM || p.Engine == EngineTGI) && p.VRAM == 0 {
+	if (p.Engine == EngineVLLM || p.Engine == EngineTGI) && !v.LookupPath(cue.ParsePath("vram")).Exists() {
 		o.markBroken()
 		r.add(r.userPos(v), o.path("vram"), "missing required field vram%s", requiredHints["vram"])
 	}
-	o.list("devices", true, func(_ int, v cue.Value) {
+	o.list("devices", true, func(_ int, v cue.Value) error {
 		n, err := v.Int64()
-		if err == nil {
-			p.Devices = append(p.Devices, int(n))
-		}
+		p.Devices = append(p.Devices, int(n))
+		return err
 	})
-	o.list("split", false, func(_ int, v cue.Value) {
+	o.list("split", false, func(_ int, v cue.Value) error {
 		f, err := v.Float64()
-		if err == nil {
-			p.Split = append(p.Split, f)
-		}
+		p.Split = append(p.Split, f)
+		return err
 	})
-	o.list("flags", true, func(_ int, v cue.Value) {
+	o.list("flags", true, func(_ int, v cue.Value) error {
 		s, err := v.String()
-		if err == nil {
-			p.Flags = append(p.Flags, s)
-		}
+		p.Flags = append(p.Flags, s)
+		return err
 	})
 	if env, ok := o.get("env", true); ok {
 		r.eachField(env, func(key string, v cue.Value) {
