@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // RatioTolerance is how far split ratios may be off: their sum from 1, an
@@ -85,6 +86,7 @@ func (c *checker) pool(p *Pool) bool {
 	for _, f := range c.flags.check(p) {
 		c.poolProblem(p, f.path, "%s", f.message)
 	}
+	c.restart(p)
 	node, ok := c.d.Nodes[p.Node]
 	if !ok {
 		c.poolProblem(p, "node", "node %q is not declared under nodes (declared: %s); declare its GPUs, for example with the output of pool-managerd inventory", p.Node, listOrNone(c.d.SortedNodeNames()))
@@ -103,6 +105,28 @@ func (c *checker) pool(p *Pool) bool {
 		return false
 	}
 	return c.split(p, gpus)
+}
+
+// restart checks the restart policy's durations: each positive, and the backoff's cap above its start.
+func (c *checker) restart(p *Pool) {
+	r := p.Restart
+	durations := []struct {
+		field string
+		d     time.Duration
+	}{
+		{"restart.initialBackoff", r.InitialBackoff}, {"restart.maxBackoff", r.MaxBackoff},
+		{"restart.resetAfter", r.ResetAfter}, {"restart.startupTimeout", r.StartupTimeout},
+		{"restart.drainTimeout", r.DrainTimeout}, {"restart.stopGrace", r.StopGrace},
+		{"restart.breaker.window", r.Breaker.Window}, {"restart.breaker.cooldown", r.Breaker.Cooldown},
+	}
+	for _, f := range durations {
+		if f.d <= 0 {
+			c.poolProblem(p, f.field, "%s must be a positive duration, not %v", f.field, f.d)
+		}
+	}
+	if r.InitialBackoff > 0 && r.MaxBackoff > 0 && r.MaxBackoff < r.InitialBackoff {
+		c.poolProblem(p, "restart.maxBackoff", "restart.maxBackoff (%v) is below restart.initialBackoff (%v); the backoff starts at initialBackoff and doubles up to maxBackoff", r.MaxBackoff, r.InitialBackoff)
+	}
 }
 
 // split checks the pool's split against the sizes of its masked GPUs.

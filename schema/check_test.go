@@ -139,3 +139,33 @@ func TestNodeMissing(t *testing.T) {
 		t.Errorf("position %v, want line 1 column 18 (the node value)", diags[0].Pos)
 	}
 }
+
+func TestRestartDurations(t *testing.T) {
+	tests := []struct {
+		name, restart string
+		wantPath, wantMsg string
+	}{
+		{name: "defaults"},
+		{name: "negative", restart: `initialBackoff: "-1s"`, wantPath: "pools.p.restart.initialBackoff", wantMsg: "must be a positive duration, not -1s"},
+		{name: "zero window", restart: `breaker: window: "0s"`, wantPath: "pools.p.restart.breaker.window", wantMsg: "must be a positive duration"},
+		{name: "cap below start", restart: `initialBackoff: "2m", maxBackoff: "30s"`, wantPath: "pools.p.restart.maxBackoff", wantMsg: "is below restart.initialBackoff"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			src := "pools: p: {node: \"box\", engine: \"llamacpp\", model: path: \"/m.gguf\", devices: [0], restart: {" + tt.restart + "}}\n"
+			_, diags, _ := loadConfig(t, map[string]string{"nodes.cue": mixedNode, "pools.cue": src})
+			if tt.wantPath == "" {
+				if len(diags) != 0 {
+					t.Fatalf("want valid, got:\n%v", diags)
+				}
+				return
+			}
+			if len(diags) != 1 || diags[0].Path != tt.wantPath || !strings.Contains(diags[0].Message, tt.wantMsg) {
+				t.Fatalf("got %v, want one diagnostic %s: ...%s...", diags, tt.wantPath, tt.wantMsg)
+			}
+			if diags[0].Pos.Line != 1 {
+				t.Errorf("position %v, want line 1", diags[0].Pos)
+			}
+		})
+	}
+}

@@ -52,7 +52,7 @@ func collectFiles(ctx context.Context, dir string) (collected, error) {
 	if !info.IsDir() {
 		return out, fmt.Errorf("%w: %s is a file; give the directory that holds the config", ErrNotDirectory, dir)
 	}
-	w := walker{ctx: ctx, root: dir, out: &out, active: map[fileID]string{}}
+	w := walker{ctx: ctx, root: dir, out: &out, active: map[fileID]string{}, seen: map[fileID]string{}}
 	if err := w.walkDir(dir, "", info); err != nil {
 		return out, err
 	}
@@ -76,6 +76,23 @@ type walker struct {
 	out  *collected
 	// active holds the directories on the current path, to detect loops.
 	active map[fileID]string
+	// seen holds every directory and file read so far: one reachable by two
+	// paths (through symbolic links) is read once, so a tree of links that
+	// fans out cannot make the walk exponential.
+	seen map[fileID]string
+}
+
+// firstVisit records a directory or file and reports whether it is new.
+func (w *walker) firstVisit(info fs.FileInfo, rel string) bool {
+	id, ok := idOf(info)
+	if !ok {
+		return true
+	}
+	if _, dup := w.seen[id]; dup {
+		return false
+	}
+	w.seen[id] = rel
+	return true
 }
 
 func (w *walker) fileProblem(rel, format string, args ...any) {
@@ -97,6 +114,9 @@ func (w *walker) walkDir(path, rel string, info fs.FileInfo) error {
 		w.active[id] = rel
 		defer delete(w.active, id)
 	}
+	if !w.firstVisit(info, rel) {
+		return nil // already read through another path
+	}
 	entries, err := os.ReadDir(path)
 	if err != nil {
 		w.fileProblem(rel, "cannot read directory: %v", unwrapPathError(err))
@@ -117,9 +137,8 @@ func (w *walker) walkDir(path, rel string, info fs.FileInfo) error {
 		if info.Mode()&fs.ModeSymlink != 0 {
 			target, err := os.Stat(childPath)
 			if err != nil {
-				if strings.HasSuffix(name, ".cue") || errors.Is(err, syscall.ELOOP) {
-					w.fileProblem(childRel, "cannot follow symlink: %v", unwrapPathError(err))
-				}
+				// A broken link may be a config folder that went missing: say so.
+				w.fileProblem(childRel, "cannot follow symlink: %v", unwrapPathError(err))
 				continue
 			}
 			info = target
@@ -135,6 +154,8 @@ func (w *walker) walkDir(path, rel string, info fs.FileInfo) error {
 			w.fileProblem(childRel, "not a regular file (%s); a config file must be a plain file", info.Mode().Type())
 		case info.Size() > MaxFileSize:
 			w.fileProblem(childRel, "file is %s, over the %s limit for a config file", humanBytes(info.Size()), humanBytes(MaxFileSize))
+		case !w.firstVisit(info, childRel):
+			// The same file through another link: read once.
 		default:
 			data, err := readLimited(childPath, MaxFileSize)
 			if err != nil {

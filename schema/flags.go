@@ -274,7 +274,10 @@ func (c *flagChecker) checkEnv(p *Pool) []flagProblem {
 	return out
 }
 
-// llamaEnvProblem checks a LLAMA_ARG_* variable, which llama-server reads as the option of that name.
+// llamaEnvProblem checks a LLAMA_ARG_* variable, which llama-server reads as
+// the option of that name. A switch is set by a true value ("1", "true",
+// "on", "enabled"); for a switch that has a --no- twin (--kv-offload and
+// --no-kv-offload share LLAMA_ARG_KV_OFFLOAD) a false value means the twin.
 func (c *flagChecker) llamaEnvProblem(name, value string) string {
 	for _, opt := range c.llama.Options() {
 		if opt.EnvName() != name || opt.Arity == llamaargs.Removed {
@@ -283,10 +286,25 @@ func (c *flagChecker) llamaEnvProblem(name, value string) string {
 		var values []string
 		if opt.Arity != llamaargs.Switch {
 			values = []string{value}
+		} else if isFalse(value) {
+			twin, ok := c.llama.Lookup("--no-" + strings.TrimPrefix(opt.Canonical(), "--"))
+			if !ok {
+				continue // the switch is off: nothing is set
+			}
+			opt = twin
 		}
 		if msg := c.llamaProblem(opt, values); msg != "" {
-			return fmt.Sprintf("llama-server reads %s as %s: %s", name, opt.Canonical(), msg)
+			return fmt.Sprintf("llama-server reads %s=%s as %s: %s", name, value, opt.Canonical(), msg)
 		}
 	}
 	return ""
+}
+
+// isFalse reports the values llama-server reads as false for a switch variable.
+func isFalse(v string) bool {
+	switch strings.ToLower(strings.TrimSpace(v)) {
+	case "0", "false", "off", "no", "disabled":
+		return true
+	}
+	return false
 }

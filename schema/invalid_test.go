@@ -346,7 +346,7 @@ var invalidCases = []invalidCase{
 		{"pools.cue", 8, 29, "pools.chat.env.CUDA_VISIBLE_DEVICES", "pool-managerd sets CUDA_VISIBLE_DEVICES from devices (the device mask); use devices instead"},
 	}},
 	{name: "env-llama-arg-n-gpu-layers", want: []invalidDiag{
-		{"pools.cue", 8, 31, "pools.chat.env.LLAMA_ARG_N_GPU_LAYERS", "llama-server reads LLAMA_ARG_N_GPU_LAYERS as --n-gpu-layers: pool-managerd passes --n-gpu-layers 999"},
+		{"pools.cue", 8, 31, "pools.chat.env.LLAMA_ARG_N_GPU_LAYERS", "llama-server reads LLAMA_ARG_N_GPU_LAYERS=20 as --n-gpu-layers: pool-managerd passes --n-gpu-layers 999"},
 	}},
 
 	// ---- Go-level: vllm and tgi flags ----

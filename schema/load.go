@@ -40,6 +40,7 @@ const schemaPath = "<schema>/" + SchemaFileName
 // sorted and without duplicates; a dir that is not a directory gives an error
 // wrapping ErrNotDirectory; cancelling ctx stops the load.
 func Load(ctx context.Context, dir string) (*Desired, error) {
+	dir = filepath.Clean(dir)
 	files, err := collectFiles(ctx, dir)
 	if err != nil {
 		return nil, err
@@ -88,6 +89,10 @@ func evaluate(files []sourceFile) (*Desired, Diagnostics) {
 			diags = append(diags, Diagnostic{Pos: posOf(syntax.Pos()), Message: fmt.Sprintf("package %s: config files belong to package %s (or have no package clause)", pkg, PackageName)})
 			continue
 		}
+		if problems := checkSyntax(syntax); len(problems) > 0 {
+			diags = append(diags, problems...)
+			continue
+		}
 		if err := inst.AddSyntax(syntax); err != nil {
 			diags = append(diags, Diagnostic{Pos: Pos{File: f.name}, Message: err.Error()})
 			continue
@@ -98,7 +103,7 @@ func evaluate(files []sourceFile) (*Desired, Diagnostics) {
 		return nil, diags
 	}
 	value := cuecontext.New().BuildInstance(inst)
-	r := &reader{posResolver: &posResolver{root: value, userFiles: names}, broken: map[string]bool{}}
+	r := &reader{posResolver: &posResolver{root: value, userFiles: names, fallback: files[0].name}, broken: map[string]bool{}}
 	if err := value.Validate(cue.Concrete(true)); err != nil {
 		r.collectErrors(value)
 	}
@@ -111,6 +116,31 @@ func evaluate(files []sourceFile) (*Desired, Diagnostics) {
 		return nil, r.diags
 	}
 	return d, nil
+}
+
+// checkSyntax refuses what a config file may not hold, before evaluation:
+// imports other than CUE's standard library (there is no module to resolve
+// them from) and values embedded at the top level (a config declares fields;
+// an embedded struct would spread its fields over the whole package).
+func checkSyntax(f *ast.File) Diagnostics {
+	var out Diagnostics
+	for _, decl := range f.Decls {
+		switch d := decl.(type) {
+		case *ast.ImportDecl:
+			for _, spec := range d.Specs {
+				path, err := strconv.Unquote(spec.Path.Value)
+				if err != nil {
+					continue // the parser reports malformed paths
+				}
+				if first, _, _ := strings.Cut(path, "/"); strings.Contains(first, ".") {
+					out = append(out, Diagnostic{Pos: posOf(spec.Pos()), Message: fmt.Sprintf("import %q: config files may import only CUE's standard library (such as \"list\" or \"strings\")", path)})
+				}
+			}
+		case *ast.EmbedDecl:
+			out = append(out, Diagnostic{Pos: posOf(d.Pos()), Message: "a value embedded at the top level of a config file; declare fields instead (nodes: ..., pools: ...)"})
+		}
+	}
+	return out
 }
 
 // reader turns an evaluated config into typed Go values, recording a
@@ -233,6 +263,11 @@ func (r *reader) addCUEError(e cueerrors.Error) {
 	if strings.HasSuffix(msg, "errors in empty disjunction:") {
 		return // a heading; the disjuncts' own errors follow
 	}
+	if strings.Contains(msg, "(:"+PackageName+")") {
+		// A schema message whose interpolation met a value that is not
+		// concrete; the typed reading reports that value itself.
+		return
+	}
 	r.cueErrors = append(r.cueErrors, cueDiagnostic{
 		Diagnostic:    Diagnostic{Pos: pos, Path: formatPath(path), Message: friendlyMessage(path, msg)},
 		userPositions: userPositions,
@@ -329,6 +364,8 @@ func friendlyMessage(path []string, msg string) string {
 type posResolver struct {
 	root      cue.Value
 	userFiles map[string]bool
+	// fallback is the file named when nothing better is known: every diagnostic names a file.
+	fallback string
 }
 
 // posAt returns where the value at path, or its nearest parent, is written in a config file.
@@ -338,7 +375,7 @@ func (pr *posResolver) posAt(path []cue.Selector) Pos {
 			return p
 		}
 	}
-	return Pos{}
+	return Pos{File: pr.fallback}
 }
 
 func selectors(path []string) []cue.Selector {

@@ -28,7 +28,11 @@ func (r *reader) desired(root cue.Value) *Desired {
 				d.Pools[key] = r.pool(key, v)
 			})
 		default:
-			r.add(r.userPos(top.Value()), name, "unknown top-level field %s; a config declares nodes and pools", name)
+			pos := r.userPos(top.Value())
+			if pos.File == "" {
+				pos = Pos{File: r.fallback}
+			}
+			r.add(pos, name, "unknown top-level field %s; a config declares nodes and pools", name)
 		}
 	}
 	return d
@@ -301,12 +305,21 @@ func (r *reader) pool(id string, v cue.Value) *Pool {
 	})
 	if env, ok := o.get("env", true); ok {
 		r.eachField(env, func(key string, v cue.Value) {
-			if s, err := v.String(); err == nil {
-				if p.Env == nil {
-					p.Env = map[string]string{}
-				}
-				p.Env[key] = s
+			s, err := v.String()
+			if err != nil || !v.IsConcrete() {
+				o.markBroken()
+				r.add(r.userPos(v), o.path("env."+key), "env %s must be a string value, not %v", key, v)
+				return
 			}
+			if strings.ContainsRune(s, 0) {
+				o.markBroken()
+				r.add(r.userPos(v), o.path("env."+key), "env %s contains a NUL byte, which no environment can hold", key)
+				return
+			}
+			if p.Env == nil {
+				p.Env = map[string]string{}
+			}
+			p.Env[key] = s
 		})
 	}
 	return p

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -76,7 +77,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 // which it raises before a command's RunE.
 func isCobraUsageError(err error) bool {
 	var u *usageFlagError
-	return errors.As(err, &u)
+	return errors.As(err, &u) || strings.HasPrefix(err.Error(), "unknown command ")
 }
 
 // usageFlagError wraps flag and argument errors found by cobra.
