@@ -142,7 +142,7 @@ func TestNodeMissing(t *testing.T) {
 
 func TestRestartDurations(t *testing.T) {
 	tests := []struct {
-		name, restart string
+		name, restart     string
 		wantPath, wantMsg string
 	}{
 		{name: "defaults"},
