@@ -1,6 +1,8 @@
 package schema
 
 import (
+	"encoding/json"
+	"fmt"
 	"sort"
 	"strconv"
 	"strings"
@@ -23,27 +25,27 @@ const (
 // every pool, as read from one config directory.
 type Desired struct {
 	// Nodes by name.
-	Nodes map[string]*Node
+	Nodes map[string]*Node `json:"nodes"`
 	// Pools by id.
-	Pools map[string]*Pool
+	Pools map[string]*Pool `json:"pools"`
 	// Files are the config files the state was read from, relative to the config directory, sorted.
-	Files []string
+	Files []string `json:"files"`
 }
 
 // Node is one node's declared GPU inventory.
 type Node struct {
-	Name   string
-	GPUs   []GPU
+	Name   string `json:"name"`
+	GPUs   []GPU  `json:"gpus"`
 	Source Source `json:"-"`
 }
 
 // GPU is one GPU of a node's declared inventory.
 type GPU struct {
-	Index int
-	UUID  string `json:",omitempty"`
-	Model string `json:",omitempty"`
+	Index int    `json:"index"`
+	UUID  string `json:"uuid,omitempty"`
+	Model string `json:"model,omitempty"`
 	// VRAM is the total memory in bytes.
-	VRAM int64
+	VRAM int64 `json:"vram"`
 }
 
 // GPU returns the GPU with the given NVML index.
@@ -59,33 +61,33 @@ func (n *Node) GPU(index int) (GPU, bool) {
 // Model is the model a pool serves.
 type Model struct {
 	// Path is the absolute path of the model file or directory.
-	Path string
+	Path string `json:"path"`
 	// Ctx is the context size in tokens.
-	Ctx int
+	Ctx int `json:"ctx"`
 }
 
 // Pool is one inference pool: an engine process serving a model on a set of GPUs.
 type Pool struct {
-	ID     string
-	Node   string
-	Engine Engine
-	Model  Model
+	ID     string `json:"id"`
+	Node   string `json:"node"`
+	Engine Engine `json:"engine"`
+	Model  Model  `json:"model"`
 	// Devices is the device mask: NVML indices of the GPUs the pool may use.
-	Devices []int
+	Devices []int `json:"devices"`
 	// Split is each masked GPU's share of the model, in the order of Devices;
 	// nil when the schema leaves it out (an even split).
-	Split []float64 `json:",omitempty"`
+	Split []float64 `json:"split,omitempty"`
 	// Flags are extra engine arguments, appended after the managed ones.
-	Flags []string `json:",omitempty"`
+	Flags []string `json:"flags,omitempty"`
 	// Env is extra environment for the engine.
-	Env map[string]string `json:",omitempty"`
+	Env map[string]string `json:"env,omitempty"`
 	// Port is the engine's port; 0 means one is assigned at start.
-	Port int `json:",omitempty"`
+	Port int `json:"port,omitempty"`
 	// VRAM is the declared total VRAM need in bytes; 0 when not declared.
-	VRAM int64 `json:",omitempty"`
+	VRAM int64 `json:"vram,omitempty"`
 	// Share allows the pool's GPUs to hold other sharing pools.
-	Share   bool `json:",omitempty"`
-	Restart RestartPolicy
+	Share   bool          `json:"share,omitempty"`
+	Restart RestartPolicy `json:"restart"`
 	// Source records where the pool and its fields are written, for error messages.
 	Source Source `json:"-"`
 }
@@ -100,6 +102,60 @@ type RestartPolicy struct {
 	DrainTimeout   time.Duration
 	StopGrace      time.Duration
 	Breaker        Breaker
+}
+
+// restartJSON is RestartPolicy as JSON: durations as Go duration strings, as in the config.
+type restartJSON struct {
+	InitialBackoff string      `json:"initialBackoff"`
+	MaxBackoff     string      `json:"maxBackoff"`
+	Jitter         float64     `json:"jitter"`
+	ResetAfter     string      `json:"resetAfter"`
+	StartupTimeout string      `json:"startupTimeout"`
+	DrainTimeout   string      `json:"drainTimeout"`
+	StopGrace      string      `json:"stopGrace"`
+	Breaker        breakerJSON `json:"breaker"`
+}
+
+type breakerJSON struct {
+	Failures int    `json:"failures"`
+	Window   string `json:"window"`
+	Cooldown string `json:"cooldown"`
+}
+
+// MarshalJSON writes durations as duration strings ("1m0s").
+func (r RestartPolicy) MarshalJSON() ([]byte, error) {
+	return json.Marshal(restartJSON{
+		InitialBackoff: r.InitialBackoff.String(), MaxBackoff: r.MaxBackoff.String(), Jitter: r.Jitter,
+		ResetAfter: r.ResetAfter.String(), StartupTimeout: r.StartupTimeout.String(),
+		DrainTimeout: r.DrainTimeout.String(), StopGrace: r.StopGrace.String(),
+		Breaker: breakerJSON{Failures: r.Breaker.Failures, Window: r.Breaker.Window.String(), Cooldown: r.Breaker.Cooldown.String()},
+	})
+}
+
+// UnmarshalJSON reads what MarshalJSON writes.
+func (r *RestartPolicy) UnmarshalJSON(data []byte) error {
+	var j restartJSON
+	if err := json.Unmarshal(data, &j); err != nil {
+		return err
+	}
+	var out RestartPolicy
+	for _, f := range []struct {
+		s string
+		d *time.Duration
+	}{
+		{j.InitialBackoff, &out.InitialBackoff}, {j.MaxBackoff, &out.MaxBackoff}, {j.ResetAfter, &out.ResetAfter},
+		{j.StartupTimeout, &out.StartupTimeout}, {j.DrainTimeout, &out.DrainTimeout}, {j.StopGrace, &out.StopGrace},
+		{j.Breaker.Window, &out.Breaker.Window}, {j.Breaker.Cooldown, &out.Breaker.Cooldown},
+	} {
+		d, err := time.ParseDuration(f.s)
+		if err != nil {
+			return fmt.Errorf("restart policy: %w", err)
+		}
+		*f.d = d
+	}
+	out.Jitter, out.Breaker.Failures = j.Jitter, j.Breaker.Failures
+	*r = out
+	return nil
 }
 
 // Breaker holds the circuit breaker settings of a pool.

@@ -1,0 +1,174 @@
+package reconcile
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"reflect"
+	"sort"
+	"strings"
+	"unicode"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/poolmanagerd/pool-managerd/schema"
+)
+
+// SpecHash identifies a pool spec: two specs with the same hash run the same engine.
+func SpecHash(p *schema.Pool) string { return hashJSON(p) }
+
+// DesiredHash identifies the desired state of a node.
+func DesiredHash(d Desired) string { return hashJSON(d) }
+
+// ObservedHash identifies what a plan decided from: the GPUs (identity,
+// size, health and the processes on them), the engines and the pools'
+// restart states. Memory use, which moves all the time, is left out.
+func ObservedHash(o Observed) string {
+	type device struct {
+		Index int
+		UUID  string
+		Total uint64
+		Lost  bool
+		PIDs  []int
+	}
+	view := struct {
+		Node    string
+		Source  string
+		GPUs    []device
+		Engines map[string]Engine
+		Pools   map[string]PoolStatus
+	}{Node: o.Node, Source: o.Source, Engines: o.Engines, Pools: o.Pools}
+	for _, d := range o.GPUs {
+		dev := device{Index: d.Index, UUID: d.UUID, Total: d.MemoryTotal, Lost: d.Lost}
+		for _, p := range d.Processes {
+			dev.PIDs = append(dev.PIDs, p.PID)
+		}
+		sort.Ints(dev.PIDs)
+		view.GPUs = append(view.GPUs, dev)
+	}
+	return hashJSON(view)
+}
+
+func hashJSON(v any) string {
+	data, err := json.Marshal(v)
+	if err != nil {
+		// Only plain data is hashed: an error is a programming defect.
+		panic(fmt.Sprintf("reconcile: hash: %v", err))
+	}
+	sum := sha256.Sum256(data)
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// inPlaceFields are the spec fields that change nothing in the engine
+// process: they are applied by updating the record, without a restart.
+var inPlaceFields = []string{"restart", "share", "vram"}
+
+// inPlace reports whether every changed field can be applied without a restart.
+func inPlace(fields []FieldChange) bool {
+	if len(fields) == 0 {
+		return false
+	}
+	for _, f := range fields {
+		ok := false
+		for _, prefix := range inPlaceFields {
+			if f.Path == prefix || strings.HasPrefix(f.Path, prefix+".") {
+				ok = true
+			}
+		}
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// diffSpecs lists the fields that differ between the running spec and the
+// desired one, named as in the config (model.ctx, restart.maxBackoff).
+func diffSpecs(old, new *schema.Pool) []FieldChange {
+	if old == nil || new == nil {
+		return nil
+	}
+	var r fieldReporter
+	cmp.Equal(*old, *new, cmp.Reporter(&r), cmp.FilterPath(func(p cmp.Path) bool {
+		sf, ok := p.Last().(cmp.StructField)
+		return ok && sf.Name() == "Source"
+	}, cmp.Ignore()))
+	sort.SliceStable(r.changes, func(i, j int) bool { return r.changes[i].Path < r.changes[j].Path })
+	return r.changes
+}
+
+// fieldReporter collects go-cmp's differences as config field paths. A list
+// that changes length is reported as one change of the whole list.
+type fieldReporter struct {
+	path    cmp.Path
+	changes []FieldChange
+	// seen keeps a list reported once when several of its elements differ.
+	seen map[string]bool
+}
+
+func (r *fieldReporter) PushStep(ps cmp.PathStep) { r.path = append(r.path, ps) }
+func (r *fieldReporter) PopStep()                 { r.path = r.path[:len(r.path)-1] }
+
+func (r *fieldReporter) Report(rs cmp.Result) {
+	if rs.Equal() {
+		return
+	}
+	path, vx, vy := configPath(r.path)
+	if r.seen == nil {
+		r.seen = map[string]bool{}
+	}
+	if r.seen[path] {
+		return
+	}
+	r.seen[path] = true
+	change := FieldChange{Path: path, Old: render(vx), New: render(vy)}
+	if path == "vram" && vx.CanInt() && vy.CanInt() {
+		change.Old, change.New = gib(uint64(vx.Int())), gib(uint64(vy.Int()))
+	}
+	r.changes = append(r.changes, change)
+}
+
+// configPath turns a go-cmp path into the config's field path. Slice
+// elements are reported as the whole slice (so that a mask [0, 1] → [1]
+// reads as one change); map entries as map.key.
+func configPath(path cmp.Path) (string, reflect.Value, reflect.Value) {
+	var parts []string
+	vx, vy := path.Last().Values()
+	for i, step := range path {
+		switch s := step.(type) {
+		case cmp.StructField:
+			parts = append(parts, configName(s.Name()))
+		case cmp.MapIndex:
+			parts = append(parts, fmt.Sprint(s.Key()))
+		case cmp.SliceIndex:
+			vx, vy = path[i-1].Values()
+			return strings.Join(parts, "."), vx, vy
+		}
+	}
+	return strings.Join(parts, "."), vx, vy
+}
+
+// configName turns a Go field name into the config's: InitialBackoff → initialBackoff, VRAM → vram.
+func configName(goName string) string {
+	if strings.ToUpper(goName) == goName {
+		return strings.ToLower(goName)
+	}
+	r := []rune(goName)
+	r[0] = unicode.ToLower(r[0])
+	return string(r)
+}
+
+func render(v reflect.Value) string {
+	if !v.IsValid() {
+		return "(none)"
+	}
+	if s, ok := v.Interface().(fmt.Stringer); ok && v.Kind() != reflect.Struct {
+		return fmt.Sprintf("%q", s.String())
+	}
+	data, err := json.Marshal(v.Interface())
+	if err != nil {
+		return fmt.Sprint(v.Interface())
+	}
+	return string(data)
+}

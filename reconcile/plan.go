@@ -1,0 +1,583 @@
+package reconcile
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
+	"github.com/poolmanagerd/pool-managerd/schema"
+)
+
+// FormatVersion is the version of the plan's JSON format (docs/plan-format.md).
+const FormatVersion = 1
+
+// Action is what a plan does to one pool.
+type Action string
+
+// The actions of a plan, in the order apply runs them.
+const (
+	// Delete stops an engine whose pool is gone from the config (or from this node).
+	Delete Action = "delete"
+	// Replace stops the running engine and starts one with the new spec.
+	Replace Action = "replace"
+	// Update records a change that needs no restart (restart policy, sharing, declared VRAM).
+	Update Action = "update"
+	// Restart starts again an engine that crashed or fails its health check.
+	Restart Action = "restart"
+	// Create starts an engine for a pool that has none.
+	Create Action = "create"
+	// Adopt takes over a running engine that matches its pool but is not in the state file.
+	Adopt Action = "adopt"
+	// Blocked: the pool will not run, and why.
+	Blocked Action = "blocked"
+)
+
+// Symbol is the action's mark in the text rendering.
+func (a Action) Symbol() string {
+	switch a {
+	case Create:
+		return "+"
+	case Update:
+		return "~"
+	case Replace:
+		return "-/+"
+	case Delete:
+		return "-"
+	case Restart:
+		return "↻"
+	case Adopt:
+		return "←"
+	case Blocked:
+		return "!"
+	}
+	return "?"
+}
+
+func (a Action) order() int {
+	for i, x := range []Action{Delete, Replace, Update, Restart, Create, Adopt, Blocked} {
+		if a == x {
+			return i
+		}
+	}
+	return 99
+}
+
+// Change is one pool's line in a plan.
+type Change struct {
+	Action Action        `json:"action"`
+	Pool   string        `json:"pool"`
+	Engine schema.Engine `json:"engine,omitempty"`
+	// Devices is the pool's device mask (the running engine's, for a delete).
+	Devices []int `json:"devices,omitempty"`
+	// Reasons say why, for people; apply never reads them.
+	Reasons []string `json:"reasons,omitempty"`
+	// Fields are the spec fields that differ from the running engine's (update, replace).
+	Fields []FieldChange `json:"fields,omitempty"`
+	// Blocker says why a blocked pool will not run.
+	Blocker *Blocker `json:"blocker,omitempty"`
+	// NotBefore is when the backoff allows a restart.
+	NotBefore *time.Time `json:"notBefore,omitempty"`
+	// Need is the VRAM the start needs on each masked GPU, against what is free.
+	Need []GPUNeed `json:"need,omitempty"`
+	// PID is the running engine's process (delete, replace, adopt).
+	PID int `json:"pid,omitempty"`
+	// Spec is the pool spec to run (create, replace, update, restart, adopt).
+	Spec *schema.Pool `json:"spec,omitempty"`
+	// SpecHash identifies Spec.
+	SpecHash string `json:"specHash,omitempty"`
+}
+
+// FieldChange is one field of a pool spec that changes, with its old and new value as JSON.
+type FieldChange struct {
+	Path string `json:"path"`
+	Old  string `json:"old"`
+	New  string `json:"new"`
+}
+
+// Blocker is why a pool will not run: an error class, a message and a hint a person can act on.
+type Blocker struct {
+	Class   string `json:"class"`
+	Message string `json:"message"`
+	Hint    string `json:"hint,omitempty"`
+}
+
+// The classes of blockers found at plan time.
+const (
+	ClassInsufficientVRAM  = "insufficient_vram"
+	ClassCircuitOpen       = "circuit_open"
+	ClassMaskConflict      = "mask_conflict"
+	ClassInventory         = "inventory_mismatch"
+	ClassUnknownNeed       = "unknown_vram_need"
+	ClassGPULost           = "gpu_lost"
+	ClassUnknownGPU        = "unknown_gpu"
+	ClassForeignProcess    = "foreign_process"
+	ClassMaskViolation     = "mask_violation"
+	ClassEngineUnreachable = "engine_unhealthy"
+)
+
+// GPUNeed is a start's VRAM need on one GPU against what will be free for it.
+type GPUNeed struct {
+	Index int    `json:"index"`
+	UUID  string `json:"uuid,omitempty"`
+	Need  uint64 `json:"need"`
+	// Free is the GPU's free memory plus what this plan frees on it before the
+	// start, less what earlier starts of the plan take.
+	Free uint64 `json:"free"`
+}
+
+// NodePlan is what pool-managerd will do on a node, and why: the result of Plan.
+type NodePlan struct {
+	FormatVersion int    `json:"formatVersion"`
+	Node          string `json:"node"`
+	// Source says where the GPUs were observed.
+	Source    string    `json:"source"`
+	CreatedAt time.Time `json:"createdAt"`
+	// DesiredHash and ObservedHash identify the states the plan was made
+	// from; apply refuses a plan whose states have changed since.
+	DesiredHash  string   `json:"desiredHash"`
+	ObservedHash string   `json:"observedHash"`
+	Changes      []Change `json:"changes"`
+	// Unchanged lists the pools that need nothing, with what they are doing.
+	Unchanged []Unchanged `json:"unchanged"`
+	// Warnings are findings that change nothing: a process outside its mask,
+	// a GPU the config does not declare.
+	Warnings []string `json:"warnings"`
+	Summary  Summary  `json:"summary"`
+}
+
+// Unchanged is a pool that needs nothing.
+type Unchanged struct {
+	Pool   string `json:"pool"`
+	PID    int    `json:"pid,omitempty"`
+	Status string `json:"status"`
+}
+
+// Summary counts a plan's changes.
+type Summary struct {
+	Create     int `json:"create"`
+	Update     int `json:"update"`
+	Replace    int `json:"replace"`
+	Delete     int `json:"delete"`
+	Restart    int `json:"restart"`
+	Adopt      int `json:"adopt"`
+	Blocked    int `json:"blocked"`
+	Unchanged  int `json:"unchanged"`
+	OtherNodes int `json:"otherNodes"`
+}
+
+// HasChanges reports whether applying the plan would do anything.
+func (p *NodePlan) HasChanges() bool {
+	for _, c := range p.Changes {
+		if c.Action != Blocked {
+			return true
+		}
+	}
+	return false
+}
+
+// Plan works out what to do on the node: a pure function of the desired
+// state, the observed state and the time.
+func Plan(desired Desired, observed Observed, now time.Time) *NodePlan {
+	p := &planner{
+		desired:  desired,
+		observed: observed,
+		now:      now,
+		owned:    observed.ownedPIDs(),
+		free:     map[int]uint64{},
+	}
+	return p.plan()
+}
+
+type planner struct {
+	desired  Desired
+	observed Observed
+	now      time.Time
+	// owned maps the pids of live engines to their pools.
+	owned map[int]string
+	// free tracks each GPU's memory free for starts as the plan goes: the
+	// observed free memory, plus what stops free, less what starts take.
+	free     map[int]uint64
+	changes  []Change
+	warnings []string
+	// badGPUs are GPUs whose declared and observed inventories differ, with why.
+	badGPUs map[int]string
+}
+
+func (p *planner) plan() *NodePlan {
+	for _, d := range p.observed.GPUs {
+		p.free[d.Index] = d.MemoryFree
+	}
+	p.checkInventory()
+	p.checkProcesses()
+
+	var unchanged []Unchanged
+	// Stops first: they free memory that starts may need.
+	for _, id := range sortedKeys(p.observed.Engines) {
+		e := p.observed.Engines[id]
+		if _, wanted := p.desired.Pools[id]; wanted {
+			continue
+		}
+		reason := "pool is no longer in the config"
+		if p.desired.OtherPools > 0 && e.Spec != nil && e.Spec.Node != p.desired.Node {
+			reason = fmt.Sprintf("pool now belongs to node %s", e.Spec.Node)
+		}
+		c := Change{Action: Delete, Pool: id, PID: e.PID, Reasons: []string{reason}}
+		if e.Spec != nil {
+			c.Engine, c.Devices = e.Spec.Engine, e.Spec.Devices
+		}
+		if !e.Alive {
+			c.PID = 0
+			c.Reasons = append(c.Reasons, "its engine is not running: only its record is removed")
+		}
+		p.release(e)
+		p.changes = append(p.changes, c)
+	}
+	var starts []string
+	for _, id := range sortedKeys(p.desired.Pools) {
+		pool := p.desired.Pools[id]
+		e, known := p.observed.Engines[id]
+		if !known {
+			starts = append(starts, id)
+			continue
+		}
+		if u, done := p.running(pool, e); done {
+			if u != nil {
+				unchanged = append(unchanged, *u)
+			}
+			continue
+		}
+		starts = append(starts, id)
+	}
+	for _, id := range starts {
+		p.start(p.desired.Pools[id])
+	}
+	sort.SliceStable(p.changes, func(i, j int) bool {
+		a, b := p.changes[i], p.changes[j]
+		if a.Action.order() != b.Action.order() {
+			return a.Action.order() < b.Action.order()
+		}
+		return a.Pool < b.Pool
+	})
+	sort.Slice(unchanged, func(i, j int) bool { return unchanged[i].Pool < unchanged[j].Pool })
+	out := &NodePlan{
+		FormatVersion: FormatVersion,
+		Node:          p.desired.Node,
+		Source:        p.observed.Source,
+		CreatedAt:     p.now.UTC(),
+		DesiredHash:   DesiredHash(p.desired),
+		ObservedHash:  ObservedHash(p.observed),
+		Changes:       p.changes,
+		Unchanged:     unchanged,
+		Warnings:      p.warnings,
+	}
+	if out.Changes == nil {
+		out.Changes = []Change{}
+	}
+	if out.Unchanged == nil {
+		out.Unchanged = []Unchanged{}
+	}
+	if out.Warnings == nil {
+		out.Warnings = []string{}
+	}
+	out.Summary = summarize(out, p.desired.OtherPools)
+	return out
+}
+
+func summarize(p *NodePlan, otherPools int) Summary {
+	s := Summary{Unchanged: len(p.Unchanged), OtherNodes: otherPools}
+	for _, c := range p.Changes {
+		switch c.Action {
+		case Create:
+			s.Create++
+		case Update:
+			s.Update++
+		case Replace:
+			s.Replace++
+		case Delete:
+			s.Delete++
+		case Restart:
+			s.Restart++
+		case Adopt:
+			s.Adopt++
+		case Blocked:
+			s.Blocked++
+		}
+	}
+	return s
+}
+
+// running decides about a pool whose engine is known. It returns done when
+// the decision is made here (no change, update, adopt, or a replace that
+// has been queued as a start), with the pool's unchanged line if any.
+func (p *planner) running(pool *schema.Pool, e Engine) (*Unchanged, bool) {
+	hash := SpecHash(pool)
+	switch {
+	case !e.Alive:
+		return nil, false // a restart or a create: decided with the starts
+	case e.SpecHash != hash:
+		fields := diffSpecs(e.Spec, pool)
+		if e.Spec != nil && inPlace(fields) {
+			p.changes = append(p.changes, Change{Action: Update, Pool: pool.ID, Engine: pool.Engine, Devices: pool.Devices,
+				PID: e.PID, Fields: fields, Spec: pool, SpecHash: hash,
+				Reasons: []string{"only fields that need no restart changed; the engine keeps running"}})
+			return nil, true
+		}
+		return nil, false
+	case e.Health == HealthFailing:
+		return nil, false
+	case !e.Recorded:
+		p.changes = append(p.changes, Change{Action: Adopt, Pool: pool.ID, Engine: pool.Engine, Devices: pool.Devices, PID: e.PID,
+			Spec: pool, SpecHash: hash,
+			Reasons: []string{fmt.Sprintf("engine pid %d runs this pool's spec but is not in the state file (found by its marker)", e.PID)}})
+		return nil, true
+	}
+	status := "running, healthy"
+	if e.Health == HealthLoading {
+		status = "running, loading its model"
+	} else if e.Health == "" {
+		status = "running"
+	}
+	return &Unchanged{Pool: pool.ID, PID: e.PID, Status: status}, true
+}
+
+// start plans a create, restart or replace of a pool, or blocks it.
+func (p *planner) start(pool *schema.Pool) {
+	e, known := p.observed.Engines[pool.ID]
+	hash := SpecHash(pool)
+	c := Change{Pool: pool.ID, Engine: pool.Engine, Devices: pool.Devices, Spec: pool, SpecHash: hash}
+	switch {
+	case !known:
+		c.Action = Create
+		c.Reasons = []string{"no engine runs this pool"}
+	case e.Alive && e.SpecHash != hash:
+		c.Action = Replace
+		c.PID = e.PID
+		c.Fields = diffSpecs(e.Spec, pool)
+		if e.Spec == nil {
+			c.Reasons = []string{"the running engine was started from another spec (its fields are not recorded)"}
+		} else {
+			c.Reasons = []string{"fields that need a new engine changed"}
+		}
+		p.release(e)
+	case e.Alive:
+		c.Action = Restart
+		c.PID = e.PID
+		c.Reasons = []string{fmt.Sprintf("engine pid %d fails its health check", e.PID)}
+		p.release(e)
+	case e.Intent:
+		c.Action = Create
+		c.Reasons = []string{"an earlier start was recorded but no engine process was found"}
+	default:
+		c.Action = Restart
+		reason := "the engine is not running"
+		if e.Exit != "" {
+			reason = "the engine " + e.Exit
+		}
+		c.Reasons = []string{reason}
+		if e.SpecHash != hash {
+			c.Action = Replace
+			c.Fields = diffSpecs(e.Spec, pool)
+			c.Reasons = append(c.Reasons, "and its spec changed")
+		}
+	}
+	if b := p.blocked(pool, &c); b != nil {
+		c.Blocker = b
+		c.Reasons = append(c.Reasons, "blocked: "+b.Message)
+		if c.Action == Replace || c.Action == Restart {
+			// The running engine stays as it is: nothing to free.
+			if e.Alive {
+				p.reclaim(e)
+			}
+		}
+		c.Action = Blocked
+	}
+	p.changes = append(p.changes, c)
+}
+
+// blocked says why a start cannot go ahead, or nil; it books the VRAM of a
+// start that can, so later starts in the plan see less free memory.
+func (p *planner) blocked(pool *schema.Pool, c *Change) *Blocker {
+	status := p.observed.Pools[pool.ID]
+	if (c.Action == Restart || c.Action == Replace) && status.BreakerOpen {
+		if p.now.Before(status.BreakerRetryAt) {
+			return &Blocker{Class: ClassCircuitOpen,
+				Message: fmt.Sprintf("circuit open after %d failures in %v (half-open try at %s)", status.Failures, pool.Restart.Breaker.Window, status.BreakerRetryAt.UTC().Format(time.RFC3339)),
+				Hint:    fmt.Sprintf("fix the config or run pool-managerd reset %s", pool.ID)}
+		}
+		c.Reasons = append(c.Reasons, "circuit half-open: one try")
+	}
+	if c.Action == Restart && p.now.Before(status.NextRetry) {
+		t := status.NextRetry.UTC()
+		c.NotBefore = &t
+		c.Reasons = append(c.Reasons, fmt.Sprintf("backoff: not before %s (in %v)", t.Format(time.RFC3339), status.NextRetry.Sub(p.now).Round(time.Second)))
+	}
+	for _, idx := range pool.Devices {
+		if why, bad := p.badGPUs[idx]; bad {
+			return &Blocker{Class: ClassInventory, Message: why, Hint: "update the node's declared GPUs (pool-managerd inventory prints them) or check the hardware"}
+		}
+		d, ok := p.observed.device(idx)
+		switch {
+		case !ok:
+			return &Blocker{Class: ClassUnknownGPU, Message: fmt.Sprintf("GPU %d is not on this node (observed GPUs: %s)", idx, deviceList(p.observed.GPUs)),
+				Hint: "change devices, or declare the node's real GPUs"}
+		case d.Lost:
+			return &Blocker{Class: ClassGPULost, Message: fmt.Sprintf("GPU %d (%s) is lost: the driver reports it off the bus or in need of a reset", idx, d.UUID),
+				Hint: "reset the GPU (nvidia-smi -r) or reboot; check dmesg for Xid errors"}
+		}
+		for _, proc := range d.Processes {
+			if _, ours := p.owned[proc.PID]; !ours {
+				return &Blocker{Class: ClassForeignProcess,
+					Message: fmt.Sprintf("GPU %d holds a process pool-managerd does not own (pid %d, %s)", idx, proc.PID, gib(proc.UsedBytes)),
+					Hint:    "stop that process or take the GPU out of devices"}
+			}
+		}
+	}
+	need, known := p.desired.Needs[pool.ID]
+	if !known || need.Err != "" || len(need.PerGPU) != len(pool.Devices) {
+		msg := "the VRAM need is unknown"
+		if need.Err != "" {
+			msg = "the VRAM need is unknown: " + need.Err
+		}
+		return &Blocker{Class: ClassUnknownNeed, Message: msg, Hint: "make the model file readable, or declare vram for the pool"}
+	}
+	c.Need = make([]GPUNeed, len(pool.Devices))
+	for i, idx := range pool.Devices {
+		d, _ := p.observed.device(idx)
+		c.Need[i] = GPUNeed{Index: idx, UUID: d.UUID, Need: need.PerGPU[i], Free: p.free[idx]}
+	}
+	for i, idx := range pool.Devices {
+		if n := c.Need[i]; n.Need > n.Free {
+			d, _ := p.observed.device(idx)
+			return &Blocker{Class: ClassInsufficientVRAM,
+				Message: fmt.Sprintf("insufficient VRAM on GPU %d (%s, %s): needs %s at ctx %d, %s free", idx, d.Name, gib(d.MemoryTotal), gib(n.Need), pool.Model.Ctx, gib(n.Free)),
+				Hint:    vramHint(pool)}
+		}
+	}
+	for i, idx := range pool.Devices {
+		p.free[idx] -= c.Need[i].Need
+	}
+	return nil
+}
+
+func vramHint(pool *schema.Pool) string {
+	if len(pool.Devices) > 1 && pool.Engine == schema.EngineLlamaCpp {
+		return "lower ctx, move the split toward the larger GPU, or pick a smaller quantisation"
+	}
+	return "lower ctx, add GPUs to devices, or pick a smaller model or quantisation"
+}
+
+// release counts the memory a stopped engine frees.
+func (p *planner) release(e Engine) {
+	for idx, b := range p.observed.heldBy(e) {
+		p.free[idx] += b
+	}
+}
+
+// reclaim undoes release when a stop does not happen after all.
+func (p *planner) reclaim(e Engine) {
+	for idx, b := range p.observed.heldBy(e) {
+		p.free[idx] -= min(b, p.free[idx])
+	}
+}
+
+// checkInventory compares the declared inventory with the observed GPUs.
+func (p *planner) checkInventory() {
+	p.badGPUs = map[int]string{}
+	decl := p.desired.Declared
+	if decl == nil || strings.HasPrefix(p.observed.Source, "declared") {
+		return
+	}
+	for _, g := range decl.GPUs {
+		d, ok := p.observed.device(g.Index)
+		switch {
+		case !ok:
+			p.badGPUs[g.Index] = fmt.Sprintf("declared inventory differs from the observed one: GPU %d is declared but not observed", g.Index)
+		case g.UUID != "" && !strings.EqualFold(g.UUID, d.UUID):
+			p.badGPUs[g.Index] = fmt.Sprintf("declared inventory differs from the observed one: GPU %d is declared as %s, observed %s", g.Index, g.UUID, d.UUID)
+		case !d.Lost && !closeEnough(uint64(g.VRAM), d.MemoryTotal):
+			p.badGPUs[g.Index] = fmt.Sprintf("declared inventory differs from the observed one: GPU %d is declared with %s, observed %s (%s)", g.Index, gib(uint64(g.VRAM)), gib(d.MemoryTotal), d.Name)
+		}
+	}
+	for _, d := range p.observed.GPUs {
+		if _, ok := decl.GPU(d.Index); !ok {
+			p.warnings = append(p.warnings, fmt.Sprintf("GPU %d (%s, %s) is not in node %s's declared inventory", d.Index, d.Name, gib(d.MemoryTotal), decl.Name))
+		}
+	}
+	for _, idx := range sortedInts(p.badGPUs) {
+		p.warnings = append(p.warnings, p.badGPUs[idx])
+	}
+}
+
+// closeEnough allows the few percent that drivers report below a card's nominal size.
+func closeEnough(declared, observed uint64) bool {
+	diff := float64(declared) - float64(observed)
+	if diff < 0 {
+		diff = -diff
+	}
+	return diff <= 0.05*float64(declared)
+}
+
+// checkProcesses warns of engine processes on GPUs outside their masks and of processes nobody owns.
+func (p *planner) checkProcesses() {
+	for _, d := range p.observed.GPUs {
+		for _, proc := range d.Processes {
+			id, ours := p.owned[proc.PID]
+			if !ours {
+				if users := p.poolsOn(d.Index); len(users) > 0 {
+					p.warnings = append(p.warnings, fmt.Sprintf("GPU %d holds a process pool-managerd does not own (pid %d, %s), in the mask of %s", d.Index, proc.PID, gib(proc.UsedBytes), strings.Join(users, ", ")))
+				}
+				continue
+			}
+			spec := p.observed.Engines[id].Spec
+			if spec != nil && !containsInt(spec.Devices, d.Index) {
+				p.warnings = append(p.warnings, fmt.Sprintf("pool %s: engine process %d holds %s on GPU %d, outside its mask %v", id, proc.PID, gib(proc.UsedBytes), d.Index, spec.Devices))
+			}
+		}
+	}
+}
+
+func (p *planner) poolsOn(index int) []string {
+	var out []string
+	for _, id := range sortedKeys(p.desired.Pools) {
+		if containsInt(p.desired.Pools[id].Devices, index) {
+			out = append(out, "pool "+id)
+		}
+	}
+	return out
+}
+
+func containsInt(list []int, x int) bool {
+	for _, v := range list {
+		if v == x {
+			return true
+		}
+	}
+	return false
+}
+
+func sortedInts[V any](m map[int]V) []int {
+	out := make([]int, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Ints(out)
+	return out
+}
+
+func deviceList(devs []gpu.Device) string {
+	if len(devs) == 0 {
+		return "none"
+	}
+	parts := make([]string, len(devs))
+	for i, d := range devs {
+		parts[i] = fmt.Sprint(d.Index)
+	}
+	return strings.Join(parts, ", ")
+}
+
+// gib formats bytes as GiB with one decimal, as people read GPU memory.
+func gib(b uint64) string {
+	return fmt.Sprintf("%.1f GiB", float64(b)/(1<<30))
+}

@@ -1,0 +1,175 @@
+// Package reconcile decides what to do on a node and does it. Plan is a pure
+// function of the desired state, the observed state and the time: no I/O, no
+// goroutines, no clock, so its output is deterministic and golden-tested.
+//
+//	 config ──schema.Load──▶ Desired ──┐
+//	                                    ├──▶ Plan ──▶ Changes (create, update, replace,
+//	 GPUs + state file ──observe──▶ Observed ┘          delete, restart, adopt, blocked)
+//
+// The reasons attached to a change are for people; the change's action and
+// spec are what apply acts on.
+package reconcile
+
+import (
+	"sort"
+	"time"
+
+	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
+	"github.com/poolmanagerd/pool-managerd/schema"
+)
+
+// Desired is what one node should run: its pools, its declared inventory and
+// each pool's VRAM need.
+type Desired struct {
+	// Node is the node being planned.
+	Node string `json:"node"`
+	// Declared is the node's declared inventory; nil when the config declares none.
+	Declared *schema.Node `json:"declared,omitempty"`
+	// Pools are the pools of this node, by id.
+	Pools map[string]*schema.Pool `json:"pools"`
+	// Needs is each pool's VRAM need, by pool id.
+	Needs map[string]Need `json:"needs"`
+	// OtherPools counts the config's pools that belong to other nodes.
+	OtherPools int `json:"otherPools"`
+}
+
+// Need is a pool's VRAM need on each GPU of its mask.
+type Need struct {
+	// PerGPU is the need on each masked GPU in bytes, in the order of the pool's devices.
+	PerGPU []uint64 `json:"perGPU,omitempty"`
+	// Source says where the numbers come from: "gguf" (estimated from the model file) or "declared".
+	Source string `json:"source,omitempty"`
+	// Err says why the need is unknown (a missing model file, say); the pool is then blocked.
+	Err string `json:"error,omitempty"`
+}
+
+// DesiredFor selects one node's pools from a config; needs are filled in by the caller.
+func DesiredFor(cfg *schema.Desired, node string) Desired {
+	d := Desired{Node: node, Pools: map[string]*schema.Pool{}, Needs: map[string]Need{}, Declared: cfg.Nodes[node]}
+	for id, p := range cfg.Pools {
+		if p.Node == node {
+			d.Pools[id] = p
+		} else {
+			d.OtherPools++
+		}
+	}
+	return d
+}
+
+// Health is what an engine's health endpoint says.
+type Health string
+
+// Engine health as observed.
+const (
+	// HealthOK: the engine answered its health check; the model is loaded.
+	HealthOK Health = "ok"
+	// HealthLoading: the engine is up but still loading its model (llama-server
+	// answers 503, vLLM and TGI refuse connections).
+	HealthLoading Health = "loading"
+	// HealthFailing: the engine answers that it is unhealthy, or stopped answering after it was Ready.
+	HealthFailing Health = "failing"
+)
+
+// Observed is what pool-managerd sees on the node at one moment.
+type Observed struct {
+	Node string `json:"node"`
+	// Source says where the GPUs were observed: nvml, sim:DIR or declared.
+	Source string `json:"source"`
+	// GPUs are the node's devices, sorted by index.
+	GPUs []gpu.Device `json:"gpus"`
+	// Engines are the engine processes pool-managerd knows of, by pool id.
+	Engines map[string]Engine `json:"engines,omitempty"`
+	// Pools holds each pool's restart state, by pool id.
+	Pools map[string]PoolStatus `json:"pools,omitempty"`
+}
+
+// Engine is an engine process as observed: from the state file, checked
+// against the live process and its health endpoint, or found by its marker.
+type Engine struct {
+	Pool       string `json:"pool"`
+	Generation int64  `json:"generation"`
+	// SpecHash is the hash of the pool spec the engine was started with.
+	SpecHash string `json:"specHash"`
+	// Spec is that pool spec, when the state file has it.
+	Spec *schema.Pool `json:"spec,omitempty"`
+	PID  int          `json:"pid,omitempty"`
+	Port int          `json:"port,omitempty"`
+	// PIDs are the processes of the engine's session (vLLM workers and TGI
+	// shards are children): the ones that may hold its GPU memory.
+	PIDs []int `json:"pids,omitempty"`
+	// Alive: the process runs (same pid and start time; not a zombie).
+	Alive  bool   `json:"alive"`
+	Health Health `json:"health,omitempty"`
+	// Recorded: the engine is in the state file. An engine found only by the
+	// marker in its environment (a crash between spawn and record) is not.
+	Recorded bool `json:"recorded"`
+	// Intent: a start was recorded but no process was seen for it.
+	Intent bool `json:"intent,omitempty"`
+	// Exit says how a dead engine ended, when known.
+	Exit string `json:"exit,omitempty"`
+}
+
+// PoolStatus is a pool's restart state: backoff and circuit breaker.
+type PoolStatus struct {
+	// NextRetry is when the backoff allows the next start.
+	NextRetry time.Time `json:"nextRetry,omitempty"`
+	// Failures counts the failures in the breaker's window.
+	Failures int `json:"failures,omitempty"`
+	// BreakerOpen: the circuit breaker stopped the restarts.
+	BreakerOpen bool `json:"breakerOpen,omitempty"`
+	// BreakerRetryAt is when an open breaker allows one half-open try.
+	BreakerRetryAt time.Time `json:"breakerRetryAt,omitempty"`
+	// LastError is the last failure, for people.
+	LastError string `json:"lastError,omitempty"`
+}
+
+// device returns the observed GPU with the given index.
+func (o *Observed) device(index int) (gpu.Device, bool) {
+	for _, d := range o.GPUs {
+		if d.Index == index {
+			return d, true
+		}
+	}
+	return gpu.Device{}, false
+}
+
+// ownedPIDs maps every pid of every live engine to its pool.
+func (o *Observed) ownedPIDs() map[int]string {
+	owned := map[int]string{}
+	for id, e := range o.Engines {
+		if !e.Alive {
+			continue
+		}
+		owned[e.PID] = id
+		for _, pid := range e.PIDs {
+			owned[pid] = id
+		}
+	}
+	return owned
+}
+
+// heldBy returns the memory the engine's processes hold on each GPU, by index.
+func (o *Observed) heldBy(e Engine) map[int]uint64 {
+	pids := map[int]bool{e.PID: true}
+	for _, p := range e.PIDs {
+		pids[p] = true
+	}
+	held := map[int]uint64{}
+	for _, d := range o.GPUs {
+		for _, p := range d.Processes {
+			if pids[p.PID] {
+				held[d.Index] += p.UsedBytes
+			}
+		}
+	}
+	return held
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
