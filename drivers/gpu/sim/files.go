@@ -1,0 +1,511 @@
+// Package sim is a simulated GPU node that lives in a directory, so that
+// separate processes (pool-managerd's commands, the daemon, a stand-in
+// engine, tests) see and change the same GPUs.
+//
+// The node is served through the very NVML adapter of package nvml, over
+// go-nvml's mock server: Open reads the directory on every NVML call.
+//
+// The directory holds:
+//
+//	node.json          the GPUs: index, name, memory in bytes, UUID (written by Init)
+//	claims/<pid>.json  memory an engine process holds on GPUs (Claim, Release);
+//	                   counted only while the process is alive
+//	foreign/<index>-<pid>.json
+//	                   memory held by a process pool-managerd does not own (Foreign,
+//	                   ClearForeign); counted whether or not the pid is alive
+//	events.log         injected Xid errors, one JSON object a line (InjectXid)
+//	lost/<index>       present while the GPU is lost (Lose, Restore)
+//
+// Every file is written atomically (a temporary file renamed into place),
+// except events.log, which is appended to one whole line at a time.
+package sim
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// GiB is 2^30 bytes.
+const GiB = 1 << 30
+
+// The files and directories of a simulated node.
+const (
+	nodeFile   = "node.json"
+	claimsDir  = "claims"
+	foreignDir = "foreign"
+	eventsFile = "events.log"
+	lostDir    = "lost"
+)
+
+// ErrNotInitialised means the directory holds no simulated node.
+var ErrNotInitialised = errors.New("simulated node not initialised")
+
+// ErrExists means Init found a simulated node already in the directory.
+var ErrExists = errors.New("simulated node already exists")
+
+// GPUSpec describes one simulated GPU.
+type GPUSpec struct {
+	Name        string `json:"name"`
+	MemoryBytes uint64 `json:"memoryBytes"`
+	// UUID is the GPU's UUID; when empty, Init makes one from the index and
+	// the name (the same every time).
+	UUID string `json:"uuid,omitempty"`
+}
+
+// DefaultGPUs returns the demo node: an RTX 3090 (24 GiB) and an RTX 3060
+// (12 GiB), with the UUIDs of examples/mixed-24-12.
+func DefaultGPUs() []GPUSpec {
+	return []GPUSpec{
+		{Name: "NVIDIA GeForce RTX 3090", MemoryBytes: 24 * GiB, UUID: "GPU-8a1f7c3e-52d4-4b9a-9e61-3f0c2d7b5a18"},
+		{Name: "NVIDIA GeForce RTX 3060", MemoryBytes: 12 * GiB, UUID: "GPU-c47e2b90-1d6a-4f35-8b2e-7a9d0e4f6c21"},
+	}
+}
+
+// nodeGPU is one GPU of node.json.
+type nodeGPU struct {
+	Index       int    `json:"index"`
+	Name        string `json:"name"`
+	MemoryBytes uint64 `json:"memoryBytes"`
+	UUID        string `json:"uuid"`
+}
+
+type nodeDesc struct {
+	GPUs []nodeGPU `json:"gpus"`
+}
+
+// claimFile is claims/<pid>.json.
+type claimFile struct {
+	PID int `json:"pid"`
+	// StartTime is the process's start time (field 22 of /proc/PID/stat)
+	// when it claimed, so that a reused pid does not inherit the claim; 0
+	// when the process was not alive then.
+	StartTime uint64 `json:"startTime"`
+	// GPUs maps GPU index to bytes held.
+	GPUs map[int]uint64 `json:"gpus"`
+}
+
+// foreignFile is foreign/<index>-<pid>.json.
+type foreignFile struct {
+	Index int    `json:"index"`
+	PID   int    `json:"pid"`
+	Bytes uint64 `json:"bytes"`
+}
+
+// eventLine is one line of events.log.
+type eventLine struct {
+	Index int       `json:"index"`
+	Xid   uint64    `json:"xid"`
+	Time  time.Time `json:"time"`
+}
+
+var uuidPattern = regexp.MustCompile(`^GPU-[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+
+// stableUUID makes a GPU UUID from the index and name.
+func stableUUID(index int, name string) string {
+	sum := sha256.Sum256([]byte(fmt.Sprintf("pool-managerd sim GPU %d %s", index, name)))
+	h := hex.EncodeToString(sum[:16])
+	return "GPU-" + h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
+}
+
+// Init creates a simulated node with the given GPUs (indices in order) in
+// dir, creating dir if needed. It refuses to replace an existing node: see
+// Reset.
+func Init(dir string, gpus []GPUSpec) error {
+	desc, err := describe(gpus)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(filepath.Join(dir, nodeFile)); err == nil {
+		return fmt.Errorf("%w in %s; reset it to start over", ErrExists, dir)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("simulated node %s: %w", dir, err)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("simulated node: %w", err)
+	}
+	return writeJSON(dir, nodeFile, desc)
+}
+
+// Reset makes dir a fresh simulated node with the given GPUs: the node's
+// files (claims, foreign holds, events, lost GPUs) are removed, nothing
+// else in dir is touched.
+func Reset(dir string, gpus []GPUSpec) error {
+	if _, err := describe(gpus); err != nil {
+		return err
+	}
+	for _, name := range []string{nodeFile, claimsDir, foreignDir, eventsFile, lostDir} {
+		if err := os.RemoveAll(filepath.Join(dir, name)); err != nil {
+			return fmt.Errorf("resetting simulated node: %w", err)
+		}
+	}
+	return Init(dir, gpus)
+}
+
+func describe(gpus []GPUSpec) (nodeDesc, error) {
+	if len(gpus) == 0 {
+		return nodeDesc{}, errors.New("simulated node: at least one GPU is needed")
+	}
+	var desc nodeDesc
+	seen := map[string]int{}
+	for i, g := range gpus {
+		if strings.TrimSpace(g.Name) == "" {
+			return nodeDesc{}, fmt.Errorf("simulated GPU %d: no name", i)
+		}
+		if g.MemoryBytes == 0 {
+			return nodeDesc{}, fmt.Errorf("simulated GPU %d (%s): no memory", i, g.Name)
+		}
+		uuid := g.UUID
+		if uuid == "" {
+			uuid = stableUUID(i, g.Name)
+		} else if !uuidPattern.MatchString(uuid) {
+			return nodeDesc{}, fmt.Errorf("simulated GPU %d: uuid %q does not look like GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx", i, uuid)
+		}
+		if j, dup := seen[strings.ToLower(uuid)]; dup {
+			return nodeDesc{}, fmt.Errorf("simulated GPU %d has the same uuid as GPU %d", i, j)
+		}
+		seen[strings.ToLower(uuid)] = i
+		desc.GPUs = append(desc.GPUs, nodeGPU{Index: i, Name: g.Name, MemoryBytes: g.MemoryBytes, UUID: uuid})
+	}
+	return desc, nil
+}
+
+// GPUs returns the GPUs of the simulated node in dir, with their UUIDs.
+func GPUs(dir string) ([]GPUSpec, error) {
+	desc, err := readNode(dir)
+	if err != nil {
+		return nil, err
+	}
+	specs := make([]GPUSpec, len(desc.GPUs))
+	for i, g := range desc.GPUs {
+		specs[i] = GPUSpec{Name: g.Name, MemoryBytes: g.MemoryBytes, UUID: g.UUID}
+	}
+	return specs, nil
+}
+
+// Claim records that process pid holds claims[index] bytes on each GPU,
+// replacing what it held before. The memory counts only while the process
+// lives. An empty claims releases.
+func Claim(dir string, pid int, claims map[int]uint64) error {
+	if pid <= 0 {
+		return fmt.Errorf("simulated node: claim by invalid pid %d", pid)
+	}
+	if len(claims) == 0 {
+		return Release(dir, pid)
+	}
+	desc, err := readNode(dir)
+	if err != nil {
+		return err
+	}
+	for index := range claims {
+		if err := desc.check(dir, index); err != nil {
+			return err
+		}
+	}
+	c := claimFile{PID: pid, GPUs: claims}
+	if st, ok := procStart(pid); ok {
+		c.StartTime = st
+	}
+	return writeJSON(dir, filepath.Join(claimsDir, strconv.Itoa(pid)+".json"), c)
+}
+
+// Release forgets the claims of process pid.
+func Release(dir string, pid int) error {
+	if _, err := readNode(dir); err != nil {
+		return err
+	}
+	err := os.Remove(filepath.Join(dir, claimsDir, strconv.Itoa(pid)+".json"))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("simulated node: %w", err)
+	}
+	return nil
+}
+
+// Foreign records that a process pool-managerd does not own (pid may be
+// made up) holds bytes on GPU index; 0 bytes removes the hold. Foreign holds
+// are shown whether or not the pid is alive.
+func Foreign(dir string, index int, pid int, bytes uint64) error {
+	if pid <= 0 {
+		return fmt.Errorf("simulated node: foreign hold by invalid pid %d", pid)
+	}
+	desc, err := readNode(dir)
+	if err != nil {
+		return err
+	}
+	if err := desc.check(dir, index); err != nil {
+		return err
+	}
+	name := filepath.Join(foreignDir, fmt.Sprintf("%d-%d.json", index, pid))
+	if bytes == 0 {
+		err := os.Remove(filepath.Join(dir, name))
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("simulated node: %w", err)
+		}
+		return nil
+	}
+	return writeJSON(dir, name, foreignFile{Index: index, PID: pid, Bytes: bytes})
+}
+
+// ClearForeign removes every foreign hold.
+func ClearForeign(dir string) error {
+	if _, err := readNode(dir); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(filepath.Join(dir, foreignDir)); err != nil {
+		return fmt.Errorf("simulated node: %w", err)
+	}
+	return nil
+}
+
+// InjectXid makes the driver report Xid error xid on GPU index. Only event
+// streams already started see it.
+func InjectXid(dir string, index int, xid uint64) error {
+	desc, err := readNode(dir)
+	if err != nil {
+		return err
+	}
+	if err := desc.check(dir, index); err != nil {
+		return err
+	}
+	line, err := json.Marshal(eventLine{Index: index, Xid: xid, Time: time.Now().UTC()})
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(filepath.Join(dir, eventsFile), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return fmt.Errorf("simulated node: %w", err)
+	}
+	// One write of a whole line: readers never see half of it as a line.
+	if _, err := f.Write(append(line, '\n')); err != nil {
+		f.Close()
+		return fmt.Errorf("simulated node: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("simulated node: %w", err)
+	}
+	return nil
+}
+
+// Lose makes GPU index lost: NVML calls on it fail with ERROR_GPU_IS_LOST
+// and event streams report it lost.
+func Lose(dir string, index int) error {
+	desc, err := readNode(dir)
+	if err != nil {
+		return err
+	}
+	if err := desc.check(dir, index); err != nil {
+		return err
+	}
+	return writeJSON(dir, filepath.Join(lostDir, strconv.Itoa(index)), struct {
+		Time time.Time `json:"time"`
+	}{time.Now().UTC()})
+}
+
+// Restore brings a lost GPU back.
+func Restore(dir string, index int) error {
+	desc, err := readNode(dir)
+	if err != nil {
+		return err
+	}
+	if err := desc.check(dir, index); err != nil {
+		return err
+	}
+	err = os.Remove(filepath.Join(dir, lostDir, strconv.Itoa(index)))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("simulated node: %w", err)
+	}
+	return nil
+}
+
+func (d nodeDesc) check(dir string, index int) error {
+	if index < 0 || index >= len(d.GPUs) {
+		return fmt.Errorf("simulated node %s has no GPU %d (it has %d: 0 to %d)", dir, index, len(d.GPUs), len(d.GPUs)-1)
+	}
+	return nil
+}
+
+// writeJSON writes v to dir/name atomically, creating the parent directory.
+func writeJSON(dir, name string, v any) error {
+	data, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	data = append(data, '\n')
+	path := filepath.Join(dir, name)
+	parent := filepath.Dir(path)
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return fmt.Errorf("simulated node: %w", err)
+	}
+	f, err := os.CreateTemp(parent, ".tmp-*")
+	if err != nil {
+		return fmt.Errorf("simulated node: %w", err)
+	}
+	tmp := f.Name()
+	_, werr := f.Write(data)
+	cerr := f.Close()
+	if werr == nil {
+		werr = cerr
+	}
+	if werr == nil {
+		werr = os.Chmod(tmp, 0o644)
+	}
+	if werr == nil {
+		werr = os.Rename(tmp, path)
+	}
+	if werr != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("simulated node: writing %s: %w", path, werr)
+	}
+	return nil
+}
+
+// notInitialisedError is the error for a directory without a node.
+type notInitialisedError struct{ dir string }
+
+func (e notInitialisedError) Error() string {
+	return fmt.Sprintf("simulated node %s not initialised; run pool-managerd sim init %s", e.dir, e.dir)
+}
+
+func (e notInitialisedError) Is(target error) bool { return target == ErrNotInitialised }
+
+func notInitialised(dir string) error { return notInitialisedError{dir} }
+
+// readNode reads and checks node.json.
+func readNode(dir string) (nodeDesc, error) {
+	path := filepath.Join(dir, nodeFile)
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nodeDesc{}, notInitialised(dir)
+	} else if err != nil {
+		return nodeDesc{}, fmt.Errorf("simulated node: %w", err)
+	}
+	var desc nodeDesc
+	if err := strictUnmarshal(data, &desc); err != nil {
+		return nodeDesc{}, fmt.Errorf("simulated node: %s is corrupt: %w", path, err)
+	}
+	if len(desc.GPUs) == 0 {
+		return nodeDesc{}, fmt.Errorf("simulated node: %s is corrupt: no GPUs", path)
+	}
+	for i, g := range desc.GPUs {
+		switch {
+		case g.Index != i:
+			return nodeDesc{}, fmt.Errorf("simulated node: %s is corrupt: GPU %d has index %d", path, i, g.Index)
+		case g.Name == "" || g.MemoryBytes == 0:
+			return nodeDesc{}, fmt.Errorf("simulated node: %s is corrupt: GPU %d has no name or no memory", path, i)
+		case !uuidPattern.MatchString(g.UUID):
+			return nodeDesc{}, fmt.Errorf("simulated node: %s is corrupt: GPU %d has uuid %q", path, i, g.UUID)
+		}
+	}
+	return desc, nil
+}
+
+func strictUnmarshal(data []byte, v any) error {
+	dec := json.NewDecoder(strings.NewReader(string(data)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return errors.New("trailing data")
+	}
+	return nil
+}
+
+// listJSON returns the names of the *.json files of dir/sub, sorted;
+// temporary files are left out. A missing directory has none.
+func listJSON(dir, sub string) ([]string, error) {
+	entries, err := os.ReadDir(filepath.Join(dir, sub))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	} else if err != nil {
+		return nil, fmt.Errorf("simulated node: %w", err)
+	}
+	var names []string
+	for _, e := range entries {
+		if e.Type().IsRegular() && !strings.HasPrefix(e.Name(), ".") && strings.HasSuffix(e.Name(), ".json") {
+			names = append(names, e.Name())
+		}
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
+// readClaims reads every claim file. A file removed while reading is skipped.
+func readClaims(dir string, desc nodeDesc) ([]claimFile, error) {
+	names, err := listJSON(dir, claimsDir)
+	if err != nil {
+		return nil, err
+	}
+	var claims []claimFile
+	for _, name := range names {
+		path := filepath.Join(dir, claimsDir, name)
+		data, err := os.ReadFile(path)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		} else if err != nil {
+			return nil, fmt.Errorf("simulated node: %w", err)
+		}
+		var c claimFile
+		if err := strictUnmarshal(data, &c); err != nil {
+			return nil, fmt.Errorf("simulated node: %s is corrupt: %w", path, err)
+		}
+		if strconv.Itoa(c.PID)+".json" != name {
+			return nil, fmt.Errorf("simulated node: %s is corrupt: it holds the claim of pid %d", path, c.PID)
+		}
+		for index := range c.GPUs {
+			if index < 0 || index >= len(desc.GPUs) {
+				return nil, fmt.Errorf("simulated node: %s is corrupt: no GPU %d", path, index)
+			}
+		}
+		claims = append(claims, c)
+	}
+	return claims, nil
+}
+
+// readForeign reads every foreign hold.
+func readForeign(dir string, desc nodeDesc) ([]foreignFile, error) {
+	names, err := listJSON(dir, foreignDir)
+	if err != nil {
+		return nil, err
+	}
+	var holds []foreignFile
+	for _, name := range names {
+		path := filepath.Join(dir, foreignDir, name)
+		data, err := os.ReadFile(path)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		} else if err != nil {
+			return nil, fmt.Errorf("simulated node: %w", err)
+		}
+		var h foreignFile
+		if err := strictUnmarshal(data, &h); err != nil {
+			return nil, fmt.Errorf("simulated node: %s is corrupt: %w", path, err)
+		}
+		if h.Index < 0 || h.Index >= len(desc.GPUs) {
+			return nil, fmt.Errorf("simulated node: %s is corrupt: no GPU %d", path, h.Index)
+		}
+		holds = append(holds, h)
+	}
+	return holds, nil
+}
+
+// isLost reports whether GPU index is lost.
+func isLost(dir string, index int) (bool, error) {
+	_, err := os.Stat(filepath.Join(dir, lostDir, strconv.Itoa(index)))
+	if err == nil {
+		return true, nil
+	} else if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	return false, fmt.Errorf("simulated node: %w", err)
+}

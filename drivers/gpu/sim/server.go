@@ -1,0 +1,432 @@
+package sim
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	gonvml "github.com/NVIDIA/go-nvml/pkg/nvml"
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/gpus"
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/server"
+
+	"github.com/poolmanagerd/pool-managerd/drivers/gpu/nvml"
+)
+
+// pollInterval is how often an event set looks at events.log while waiting.
+const pollInterval = 50 * time.Millisecond
+
+// Open serves the simulated node in dir through the NVML adapter. The GPUs
+// are read from node.json now; claims, foreign holds, events and lost GPUs
+// are read from dir on every NVML call, so changes made by other processes
+// are seen.
+func Open(dir string) (*nvml.Node, error) {
+	lib, err := newLibrary(dir)
+	if err != nil {
+		return nil, err
+	}
+	return nvml.New(lib)
+}
+
+// library is go-nvml's mock server wired to the directory.
+type library struct {
+	*server.Server
+	dir string
+
+	mu      sync.Mutex
+	lastErr error
+}
+
+// LastError returns the reason of the last call that failed with
+// ERROR_UNKNOWN (a file of the node could not be read), and forgets it. The
+// nvml adapter adds it to its errors.
+func (l *library) LastError() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	err := l.lastErr
+	l.lastErr = nil
+	return err
+}
+
+// failed records err and returns the NVML code for it.
+func (l *library) failed(err error) gonvml.Return {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lastErr = err
+	return gonvml.ERROR_UNKNOWN
+}
+
+func newLibrary(dir string) (*library, error) {
+	desc, err := readNode(dir)
+	if err != nil {
+		return nil, err
+	}
+	// Read everything once, so that a corrupt file is reported here, by name.
+	if _, err := readClaims(dir, desc); err != nil {
+		return nil, err
+	}
+	if _, err := readForeign(dir, desc); err != nil {
+		return nil, err
+	}
+	if err := checkEvents(dir); err != nil {
+		return nil, err
+	}
+
+	configs := make([]gpus.Config, len(desc.GPUs))
+	for i, g := range desc.GPUs {
+		configs[i] = gpus.Config{
+			Name:     g.Name,
+			MemoryMB: g.MemoryBytes >> 20,
+		}
+	}
+	srv, err := server.New(server.WithGPUs(configs...), server.WithDriverVersion("sim"), server.WithNVMLVersion("sim"))
+	if err != nil {
+		return nil, fmt.Errorf("simulated node %s: %w", dir, err)
+	}
+	l := &library{Server: srv, dir: dir}
+	for i, d := range srv.Devices {
+		dev := d.(*server.Device)
+		dev.UUID = desc.GPUs[i].UUID
+		l.wireDevice(dev)
+	}
+	l.wireServer()
+	return l, nil
+}
+
+// wireServer sets the library-level functions the mock server leaves out.
+func (l *library) wireServer() {
+	s := l.Server
+	s.EventSetCreateFunc = func() (gonvml.EventSet, gonvml.Return) {
+		return l.newEventSet()
+	}
+	s.EventSetWaitFunc = func(set gonvml.EventSet, timeoutms uint32) (gonvml.EventData, gonvml.Return) {
+		return set.Wait(timeoutms)
+	}
+	s.EventSetFreeFunc = func(set gonvml.EventSet) gonvml.Return {
+		return set.Free()
+	}
+	s.DeviceGetMemoryInfoFunc = func(d gonvml.Device) (gonvml.Memory, gonvml.Return) {
+		return d.GetMemoryInfo()
+	}
+	s.DeviceGetComputeRunningProcessesFunc = func(d gonvml.Device) ([]gonvml.ProcessInfo, gonvml.Return) {
+		return d.GetComputeRunningProcesses()
+	}
+	s.DeviceRegisterEventsFunc = func(d gonvml.Device, types uint64, set gonvml.EventSet) gonvml.Return {
+		return d.RegisterEvents(types, set)
+	}
+	s.DeviceGetUUIDFunc = func(d gonvml.Device) (string, gonvml.Return) { return d.GetUUID() }
+	s.DeviceGetNameFunc = func(d gonvml.Device) (string, gonvml.Return) { return d.GetName() }
+	s.DeviceGetIndexFunc = func(d gonvml.Device) (int, gonvml.Return) { return d.GetIndex() }
+	s.ErrorStringFunc = func(r gonvml.Return) string { return r.Error() }
+}
+
+// lost returns ERROR_GPU_IS_LOST when GPU index is lost, SUCCESS when not.
+func (l *library) lost(index int) gonvml.Return {
+	lost, err := isLost(l.dir, index)
+	if err != nil {
+		return l.failed(err)
+	}
+	if lost {
+		return gonvml.ERROR_GPU_IS_LOST
+	}
+	return gonvml.SUCCESS
+}
+
+// wireDevice makes the device's calls fail while it is lost and reads its
+// memory and processes from the directory.
+func (l *library) wireDevice(d *server.Device) {
+	index := d.Index
+	getIndex, getUUID, getName := d.GetIndexFunc, d.GetUUIDFunc, d.GetNameFunc
+	d.GetIndexFunc = func() (int, gonvml.Return) {
+		if ret := l.lost(index); ret != gonvml.SUCCESS {
+			return 0, ret
+		}
+		return getIndex()
+	}
+	d.GetUUIDFunc = func() (string, gonvml.Return) {
+		if ret := l.lost(index); ret != gonvml.SUCCESS {
+			return "", ret
+		}
+		return getUUID()
+	}
+	d.GetNameFunc = func() (string, gonvml.Return) {
+		if ret := l.lost(index); ret != gonvml.SUCCESS {
+			return "", ret
+		}
+		return getName()
+	}
+	d.GetMemoryInfoFunc = func() (gonvml.Memory, gonvml.Return) {
+		if ret := l.lost(index); ret != gonvml.SUCCESS {
+			return gonvml.Memory{}, ret
+		}
+		total, procs, err := l.usage(index)
+		if err != nil {
+			return gonvml.Memory{}, l.failed(err)
+		}
+		var used uint64
+		for _, p := range procs {
+			used += p.UsedGpuMemory
+		}
+		free := uint64(0)
+		if used < total {
+			free = total - used
+		}
+		return gonvml.Memory{Total: total, Used: used, Free: free}, gonvml.SUCCESS
+	}
+	d.GetComputeRunningProcessesFunc = func() ([]gonvml.ProcessInfo, gonvml.Return) {
+		if ret := l.lost(index); ret != gonvml.SUCCESS {
+			return nil, ret
+		}
+		_, procs, err := l.usage(index)
+		if err != nil {
+			return nil, l.failed(err)
+		}
+		return procs, gonvml.SUCCESS
+	}
+	d.RegisterEventsFunc = func(types uint64, set gonvml.EventSet) gonvml.Return {
+		if ret := l.lost(index); ret != gonvml.SUCCESS {
+			return ret
+		}
+		es, ok := l.eventSetOf(set)
+		if !ok {
+			return gonvml.ERROR_INVALID_ARGUMENT
+		}
+		if types&^gonvml.EventTypeXidCriticalError != 0 {
+			return gonvml.ERROR_NOT_SUPPORTED
+		}
+		es.register(index, types)
+		return gonvml.SUCCESS
+	}
+}
+
+// usage reads GPU index's total memory and the processes holding memory on
+// it: live claimants and foreign holds.
+func (l *library) usage(index int) (uint64, []gonvml.ProcessInfo, error) {
+	desc, err := readNode(l.dir)
+	if err != nil {
+		return 0, nil, err
+	}
+	if index >= len(desc.GPUs) {
+		return 0, nil, fmt.Errorf("simulated node %s: GPU %d is gone from %s", l.dir, index, nodeFile)
+	}
+	claims, err := readClaims(l.dir, desc)
+	if err != nil {
+		return 0, nil, err
+	}
+	holds, err := readForeign(l.dir, desc)
+	if err != nil {
+		return 0, nil, err
+	}
+	var procs []gonvml.ProcessInfo
+	add := func(pid int, bytes uint64) {
+		procs = append(procs, gonvml.ProcessInfo{
+			Pid:               uint32(pid),
+			UsedGpuMemory:     bytes,
+			GpuInstanceId:     0xFFFFFFFF,
+			ComputeInstanceId: 0xFFFFFFFF,
+		})
+	}
+	for _, c := range claims {
+		if bytes, ok := c.GPUs[index]; ok && alive(c) {
+			add(c.PID, bytes)
+		}
+	}
+	for _, h := range holds {
+		if h.Index == index {
+			add(h.PID, h.Bytes)
+		}
+	}
+	return desc.GPUs[index].MemoryBytes, procs, nil
+}
+
+// eventSet is a simulated NVML event set: it delivers the Xid errors
+// appended to events.log after it was created, for the GPUs registered.
+type eventSet struct {
+	*mock.EventSet
+	l *library
+
+	mu         sync.Mutex
+	registered map[int]uint64 // GPU index -> event types
+	offset     int64          // of the first byte of events.log not yet read
+	pending    []eventLine
+	freed      bool
+}
+
+func (l *library) newEventSet() (gonvml.EventSet, gonvml.Return) {
+	es := &eventSet{l: l, registered: map[int]uint64{}}
+	size, err := eventsSize(l.dir)
+	if err != nil {
+		return nil, l.failed(err)
+	}
+	es.offset = size
+	es.EventSet = &mock.EventSet{
+		WaitFunc: es.wait,
+		FreeFunc: func() gonvml.Return {
+			es.mu.Lock()
+			defer es.mu.Unlock()
+			es.freed = true
+			return gonvml.SUCCESS
+		},
+	}
+	return es, gonvml.SUCCESS
+}
+
+func (l *library) eventSetOf(set gonvml.EventSet) (*eventSet, bool) {
+	es, ok := set.(*eventSet)
+	return es, ok && es.l == l
+}
+
+func (es *eventSet) register(index int, types uint64) {
+	es.mu.Lock()
+	defer es.mu.Unlock()
+	es.registered[index] |= types
+}
+
+// wait returns the next event for a registered GPU, polling events.log until
+// the timeout; ERROR_TIMEOUT when none came.
+func (es *eventSet) wait(timeoutms uint32) (gonvml.EventData, gonvml.Return) {
+	deadline := time.Now().Add(time.Duration(timeoutms) * time.Millisecond)
+	for {
+		ev, ret, ok := es.next()
+		if ok {
+			return ev, ret
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return gonvml.EventData{}, gonvml.ERROR_TIMEOUT
+		}
+		time.Sleep(min(left, pollInterval))
+	}
+}
+
+// next reads new lines of events.log and returns the first event for a
+// registered GPU, if any.
+func (es *eventSet) next() (gonvml.EventData, gonvml.Return, bool) {
+	es.mu.Lock()
+	defer es.mu.Unlock()
+	if es.freed {
+		return gonvml.EventData{}, gonvml.ERROR_UNINITIALIZED, true
+	}
+	if len(es.pending) == 0 {
+		if err := es.read(); err != nil {
+			return gonvml.EventData{}, es.l.failed(err), true
+		}
+	}
+	for len(es.pending) > 0 {
+		e := es.pending[0]
+		es.pending = es.pending[1:]
+		if es.registered[e.Index]&gonvml.EventTypeXidCriticalError == 0 {
+			continue
+		}
+		return gonvml.EventData{
+			Device:            es.l.Devices[e.Index],
+			EventType:         gonvml.EventTypeXidCriticalError,
+			EventData:         e.Xid,
+			GpuInstanceId:     0xFFFFFFFF,
+			ComputeInstanceId: 0xFFFFFFFF,
+		}, gonvml.SUCCESS, true
+	}
+	return gonvml.EventData{}, gonvml.SUCCESS, false
+}
+
+// read appends the whole lines written to events.log since the last read to
+// pending.
+func (es *eventSet) read() error {
+	path := filepath.Join(es.l.dir, eventsFile)
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		es.offset = 0
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("simulated node: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("simulated node: %w", err)
+	}
+	if st.Size() < es.offset { // reset: start over
+		es.offset = 0
+	}
+	if st.Size() == es.offset {
+		return nil
+	}
+	data := make([]byte, st.Size()-es.offset)
+	n, err := f.ReadAt(data, es.offset)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("simulated node: %w", err)
+	}
+	data = data[:n]
+	// Only whole lines: a line being written is read next time.
+	end := bytes.LastIndexByte(data, '\n')
+	if end < 0 {
+		return nil
+	}
+	// A corrupt line is skipped (and reported), not read again and again.
+	lines, err := parseEvents(path, data[:end+1])
+	es.offset += int64(end + 1)
+	for _, e := range lines {
+		if e.Index >= 0 && e.Index < len(es.l.Devices) {
+			es.pending = append(es.pending, e)
+		}
+	}
+	if err != nil && len(es.pending) == 0 {
+		return err
+	}
+	return nil
+}
+
+// parseEvents parses whole lines of events.log; the error is about the
+// first corrupt line, the others are returned all the same.
+func parseEvents(path string, data []byte) ([]eventLine, error) {
+	var lines []eventLine
+	var first error
+	for line := range bytes.Lines(data) {
+		line = bytes.TrimSpace(line)
+		if len(line) == 0 {
+			continue
+		}
+		var e eventLine
+		if err := json.Unmarshal(line, &e); err != nil {
+			if first == nil {
+				first = fmt.Errorf("simulated node: %s is corrupt: line %q: %w", path, line, err)
+			}
+			continue
+		}
+		lines = append(lines, e)
+	}
+	return lines, first
+}
+
+// eventsSize returns the size of events.log, 0 when there is none.
+func eventsSize(dir string) (int64, error) {
+	st, err := os.Stat(filepath.Join(dir, eventsFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	} else if err != nil {
+		return 0, fmt.Errorf("simulated node: %w", err)
+	}
+	return st.Size(), nil
+}
+
+// checkEvents reads events.log through, so that a corrupt one is reported by Open.
+func checkEvents(dir string) error {
+	path := filepath.Join(dir, eventsFile)
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("simulated node: %w", err)
+	}
+	if end := bytes.LastIndexByte(data, '\n'); end >= 0 {
+		_, err = parseEvents(path, data[:end+1])
+	}
+	return err
+}
