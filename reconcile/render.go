@@ -173,4 +173,3 @@ func ReadJSON(r io.Reader) (*NodePlan, error) {
 	}
 	return &p, nil
 }
-
