@@ -98,9 +98,12 @@ under "pools": which engine serves which model, on which GPUs (the device
 mask), and how the model is split across GPUs of different sizes.
 
 Start with:
-  pool-managerd validate ./config     check the config, as a PR check would
-  pool-managerd schema                print the CUE schema, for cue vet
-  pool-managerd version               print the version
+  pool-managerd validate ./config                  check the config, as a PR check would
+  pool-managerd plan ./config --gpus declared      what a fresh node would run
+  pool-managerd inventory > config/nodes/$(hostname).cue
+                                                   declare this node's GPUs
+  pool-managerd plan ./config                      what would change on this node
+  pool-managerd sim init /tmp/node                 a simulated node, for --gpus sim:/tmp/node
 
 Exit codes: 0 success, 1 failure or invalid config, 2 usage error.`,
 		SilenceErrors: true,
@@ -109,7 +112,7 @@ Exit codes: 0 success, 1 failure or invalid config, 2 usage error.`,
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageFlagError{err} })
-	root.AddCommand(newVersionCommand(), newValidateCommand(), newSchemaCommand())
+	root.AddCommand(newVersionCommand(), newValidateCommand(), newSchemaCommand(), newPlanCommand(), newInventoryCommand(), newSimCommand())
 	for _, c := range root.Commands() {
 		wrapArgs(c)
 	}

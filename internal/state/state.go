@@ -17,6 +17,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/poolmanagerd/pool-managerd/schema"
 )
 
 // CurrentVersion is the version of the state file this pool-managerd reads
@@ -60,6 +62,10 @@ type Engine struct {
 	// Intent is set when the record is written before the spawn: the spawn
 	// may not have happened, so the engine is to be looked for by its marker.
 	Intent bool `json:"intent,omitzero"`
+	// ReadyAt is when the engine first passed its health check; zero while it preloads.
+	ReadyAt time.Time `json:"readyAt,omitzero"`
+	// Spec is the pool spec the engine was started from, for field-level plan reasons.
+	Spec *schema.Pool `json:"spec,omitzero"`
 }
 
 // PoolRecord is a pool's restart and circuit breaker history.
@@ -71,8 +77,10 @@ type PoolRecord struct {
 	LastError           *ErrorRecord `json:"lastError,omitzero"`
 	BreakerOpenedAt     time.Time    `json:"breakerOpenedAt,omitzero"`
 	BreakerOpenCount    int          `json:"breakerOpenCount,omitzero"`
-	BreakerState        string       `json:"breakerState,omitzero"`
-	Restarts            int          `json:"restarts,omitzero"`
+	// BreakerRetryAt is when an open breaker allows its half-open try.
+	BreakerRetryAt time.Time `json:"breakerRetryAt,omitzero"`
+	BreakerState   string    `json:"breakerState,omitzero"`
+	Restarts       int       `json:"restarts,omitzero"`
 }
 
 // ErrorRecord is the last error of a pool.

@@ -1,0 +1,86 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"regexp"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
+)
+
+var nodeNamePattern = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+
+func newInventoryCommand() *cobra.Command {
+	var gpus, node string
+	cmd := &cobra.Command{
+		Use:   "inventory",
+		Short: "Print this node's GPUs as CUE, ready to commit beside the pools",
+		Long: `inventory reads the node's GPUs (from NVML, or a simulated node) and prints them as a
+CUE node declaration. Commit it in the config repository (nodes/NAME.cue) so that
+validate and plan can check device masks and split ratios without the hardware.`,
+		Example: `  pool-managerd inventory > config/nodes/$(hostname).cue
+  pool-managerd inventory --gpus sim:/tmp/node --node gpu-01`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			src, err := parseGPUSource(gpus)
+			if err != nil {
+				return err
+			}
+			if src.Kind == "declared" {
+				return usageError("--gpus declared: inventory reads real or simulated GPUs (nvml or sim:DIR)")
+			}
+			if node == "" {
+				node = defaultNode()
+			}
+			if !nodeNamePattern.MatchString(node) {
+				return usageError("node name %q is not a lowercase DNS label; name the node with --node", node)
+			}
+			n, err := src.open(nil)
+			if err != nil {
+				return fmt.Errorf("inventory: %w", err)
+			}
+			defer n.Close()
+			devices, err := n.Devices(cmd.Context())
+			if err != nil {
+				return fmt.Errorf("inventory: %w", err)
+			}
+			return writeInventory(cmd.OutOrStdout(), node, src.String(), devices)
+		},
+	}
+	cmd.Flags().StringVar(&gpus, "gpus", "nvml", "where the GPUs are read from: nvml or sim:DIR")
+	cmd.Flags().StringVar(&node, "node", "", "the node's name in the config (default: the host name)")
+	return cmd
+}
+
+// writeInventory prints a node declaration in CUE.
+func writeInventory(w io.Writer, node, source string, devices []gpu.Device) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "package poolmanagerd\n\n// The GPUs of %s, as read by pool-managerd inventory (%s).\n", node, source)
+	fmt.Fprintf(&b, "nodes: %q: gpus: [\n", node)
+	for _, d := range devices {
+		if d.Lost {
+			fmt.Fprintf(&b, "\t// GPU %d (%s) is lost: the driver reports it off the bus; reset it and run inventory again.\n", d.Index, d.UUID)
+			continue
+		}
+		fmt.Fprintf(&b, "\t{index: %d, uuid: %q, model: %q, vram: %s},\n", d.Index, d.UUID, d.Name, cueBytes(d.MemoryTotal))
+	}
+	b.WriteString("]\n")
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// cueBytes writes a size with CUE's largest exact multiplier.
+func cueBytes(n uint64) string {
+	for _, m := range []struct {
+		unit string
+		size uint64
+	}{{"Ti", 1 << 40}, {"Gi", 1 << 30}, {"Mi", 1 << 20}, {"Ki", 1 << 10}} {
+		if n >= m.size && n%m.size == 0 {
+			return fmt.Sprintf("%d%s", n/m.size, m.unit)
+		}
+	}
+	return fmt.Sprint(n)
+}

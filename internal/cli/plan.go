@@ -1,0 +1,222 @@
+package cli
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/poolmanagerd/pool-managerd/internal/observe"
+	"github.com/poolmanagerd/pool-managerd/reconcile"
+	"github.com/poolmanagerd/pool-managerd/schema"
+)
+
+// planOptions are the parsed arguments of `pool-managerd plan`.
+type planOptions struct {
+	Dir              string
+	GPUs             gpuSource
+	StateDir         string
+	Node             string
+	DetailedExitCode bool
+	Out              string
+	Format           string
+}
+
+// DefaultStateDir is where pool-managerd keeps its state file, engine logs and lock.
+const DefaultStateDir = "/var/lib/pool-managerd"
+
+func parsePlanArgs(args []string, gpus, stateDir, node, out, format string, detailed bool) (planOptions, error) {
+	o := planOptions{Dir: ".", StateDir: stateDir, Node: node, Out: out, Format: format, DetailedExitCode: detailed}
+	if len(args) == 1 {
+		o.Dir = args[0]
+	}
+	src, err := parseGPUSource(gpus)
+	if err != nil {
+		return o, err
+	}
+	o.GPUs = src
+	if o.Format != "text" && o.Format != "json" {
+		return o, usageError("--format %q: want text or json", o.Format)
+	}
+	if o.Node == "" && o.GPUs.Kind != "declared" {
+		o.Node = defaultNode()
+	}
+	if o.Out != "" && o.Node == "" {
+		return o, usageError("--out saves the plan of one node: name it with --node")
+	}
+	return o, nil
+}
+
+func newPlanCommand() *cobra.Command {
+	var gpus, stateDir, node, out, format string
+	var detailed bool
+	cmd := &cobra.Command{
+		Use:   "plan [DIR]",
+		Short: "Show what pool-managerd would change on a node, and why",
+		Long: `plan compares the config in DIR (default: the current directory) with what the node
+really runs — its GPUs (NVML, a simulated node, or the config's declared inventory)
+and the engines recorded in the state directory, checked against live processes
+and their health endpoints — and prints the changes, like terraform plan:
+
+  +   create    start an engine for a pool that has none
+  ~   update    a change that needs no restart (restart policy, sharing)
+  -/+ replace   a change that needs a new engine (model, mask, split, flags, ...)
+  -   delete    stop an engine whose pool is gone
+  ↻   restart   start again an engine that crashed or fails its health check
+  ←   adopt     take over a running engine the state file does not know
+  !   blocked   will not run, with the reason and a hint (not enough VRAM, ...)
+
+Nothing is changed. --out saves the plan for 'pool-managerd apply FILE'.
+With --gpus declared it needs no GPU and no state: a pull-request check of what a
+fresh node would run (every declared node unless --node is given).
+
+Exit codes: 0 success (with --detailed-exitcode: no changes), 1 error,
+2 usage error (with --detailed-exitcode: changes to make).`,
+		Example: `  pool-managerd plan ./config --gpus declared                 # PR check, every node
+  pool-managerd plan ./config --gpus sim:/tmp/node --state-dir /tmp/state --node gpu-01
+  pool-managerd plan ./config --out plan.json && pool-managerd apply plan.json`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			opts, err := parsePlanArgs(args, gpus, stateDir, node, out, format, detailed)
+			if err != nil {
+				return err
+			}
+			return runPlan(cmd, opts)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&gpus, "gpus", "nvml", gpusFlagHelp)
+	f.StringVar(&stateDir, "state-dir", DefaultStateDir, "state directory (state file, engine logs); a missing one is a fresh node")
+	f.StringVar(&node, "node", "", "node to plan (default: the host name; with --gpus declared: every declared node)")
+	f.StringVar(&out, "out", "", "save the plan as JSON to this file, for apply")
+	f.StringVar(&format, "format", "text", "output format: text or json")
+	f.BoolVar(&detailed, "detailed-exitcode", false, "exit 0 when there are no changes, 2 when there are, 1 on error")
+	return cmd
+}
+
+func runPlan(cmd *cobra.Command, opts planOptions) error {
+	ctx := cmd.Context()
+	cfg, err := schema.Load(ctx, opts.Dir)
+	if err != nil {
+		return configError(opts.Dir, err)
+	}
+	nodes := []string{opts.Node}
+	if opts.Node == "" {
+		nodes = cfg.SortedNodeNames()
+	}
+	changes := false
+	var out bytes.Buffer
+	for i, node := range nodes {
+		plan, err := planNode(cmd, cfg, node, opts)
+		if err != nil {
+			return err
+		}
+		changes = changes || plan.HasChanges()
+		if i > 0 && opts.Format == "text" {
+			out.WriteString("\n")
+		}
+		switch opts.Format {
+		case "json":
+			err = reconcile.WriteJSON(&out, plan)
+		default:
+			err = reconcile.WriteText(&out, plan, reconcile.TextOptions{Color: isTerminal(cmd.OutOrStdout())})
+		}
+		if err != nil {
+			return err
+		}
+		if opts.Out != "" {
+			if err := savePlan(opts.Out, plan); err != nil {
+				return err
+			}
+			fmt.Fprintf(&out, "\nSaved the plan to %s; apply it with: pool-managerd apply %s\n", opts.Out, opts.Out)
+		}
+	}
+	if _, err := cmd.OutOrStdout().Write(out.Bytes()); err != nil {
+		return err
+	}
+	if opts.DetailedExitCode && changes {
+		return silentExit(2)
+	}
+	return nil
+}
+
+// planNode observes one node and plans it.
+func planNode(cmd *cobra.Command, cfg *schema.Desired, node string, opts planOptions) (*reconcile.NodePlan, error) {
+	ctx := cmd.Context()
+	declaredNode := cfg.Nodes[node]
+	if opts.GPUs.Kind == "declared" && declaredNode == nil {
+		return nil, fmt.Errorf("plan: node %q is not declared in %s (declared: %s)", node, opts.Dir, strings.Join(cfg.SortedNodeNames(), ", "))
+	}
+	gpus, err := opts.GPUs.open(declaredNode)
+	if err != nil {
+		return nil, fmt.Errorf("plan: %w", err)
+	}
+	defer gpus.Close()
+	desired := reconcile.DesiredFor(cfg, node)
+	observe.Needs(ctx, &desired)
+	obsOpts := observe.Options{Node: node, GPUs: gpus, Source: opts.GPUs.String()}
+	if opts.GPUs.Kind != "declared" {
+		obsOpts.StateDir = opts.StateDir
+		obsOpts.ScanProcesses = true
+	}
+	observed, err := observe.Observe(ctx, obsOpts)
+	if err != nil {
+		return nil, fmt.Errorf("plan: %w", err)
+	}
+	return reconcile.Plan(desired, observed, time.Now()), nil
+}
+
+// configError turns a load failure into the command's error: the diagnostics, one a line.
+func configError(dir string, err error) error {
+	var diags schema.Diagnostics
+	if errors.As(err, &diags) {
+		return fmt.Errorf("the config in %s is invalid (%d problems; see pool-managerd validate %s):\n%w", dir, len(diags), dir, err)
+	}
+	if errors.Is(err, schema.ErrNotDirectory) {
+		return &exitError{code: ExitUsage, err: fmt.Errorf("%s: %w", dir, err)}
+	}
+	return err
+}
+
+// savePlan writes a plan file atomically.
+func savePlan(path string, plan *reconcile.NodePlan) error {
+	var buf bytes.Buffer
+	if err := reconcile.WriteJSON(&buf, plan); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".plan-*.json")
+	if err != nil {
+		return fmt.Errorf("save plan: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(buf.Bytes()); err != nil {
+		tmp.Close()
+		return fmt.Errorf("save plan: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("save plan: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("save plan: %w", err)
+	}
+	return nil
+}
+
+// isTerminal reports whether w is a terminal (for colour); NO_COLOR turns colour off.
+func isTerminal(w io.Writer) bool {
+	if os.Getenv("NO_COLOR") != "" {
+		return false
+	}
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	info, err := f.Stat()
+	return err == nil && info.Mode()&os.ModeCharDevice != 0
+}

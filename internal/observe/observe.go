@@ -1,0 +1,255 @@
+// Package observe gathers what a node really looks like — its GPUs, the
+// engines in the state file checked against live processes and their health
+// endpoints, engines found by the marker in their environment — into the
+// reconcile.Observed that the pure planner works on. All the I/O of planning
+// lives here and in the drivers.
+package observe
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/vram"
+	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
+	"github.com/poolmanagerd/pool-managerd/internal/proc"
+	"github.com/poolmanagerd/pool-managerd/internal/state"
+	"github.com/poolmanagerd/pool-managerd/reconcile"
+	"github.com/poolmanagerd/pool-managerd/schema"
+)
+
+// MarkerEnv is the environment variable every engine pool-managerd starts
+// carries, so that a scan of /proc finds an engine that a crash kept out of
+// the state file. Its value is Marker's.
+const MarkerEnv = "POOL_MANAGERD_ENGINE"
+
+// Marker identifies an engine: its node, pool, generation and spec hash.
+type Marker struct {
+	Node       string
+	Pool       string
+	Generation int64
+	SpecHash   string
+}
+
+// String is the marker's value: node/pool/generation/spechash.
+func (m Marker) String() string {
+	return fmt.Sprintf("%s/%s/%d/%s", m.Node, m.Pool, m.Generation, m.SpecHash)
+}
+
+// ParseMarker reads a marker's value.
+func ParseMarker(s string) (Marker, error) {
+	parts := strings.SplitN(s, "/", 4)
+	if len(parts) != 4 {
+		return Marker{}, fmt.Errorf("engine marker %q: want node/pool/generation/spechash", s)
+	}
+	gen, err := strconv.ParseInt(parts[2], 10, 64)
+	if err != nil {
+		return Marker{}, fmt.Errorf("engine marker %q: generation: %w", s, err)
+	}
+	return Marker{Node: parts[0], Pool: parts[1], Generation: gen, SpecHash: parts[3]}, nil
+}
+
+// Options say where to look.
+type Options struct {
+	// Node is the node being observed.
+	Node string
+	// GPUs is the node's GPUs; Source names them for people (nvml, sim:DIR, declared).
+	GPUs   gpu.Node
+	Source string
+	// StateDir holds the state file; empty means none (declared mode: nothing runs).
+	StateDir string
+	// ScanProcesses looks through /proc for engines by their marker. Off in
+	// declared mode, where nothing on this machine belongs to the node.
+	ScanProcesses bool
+	// Health probes an engine's health endpoint; nil means HTTPHealth.
+	Health func(ctx context.Context, port int, readyBefore bool) reconcile.Health
+}
+
+// Observe reads the node's GPUs, the state file and the live processes.
+// A missing state directory is a fresh node; a corrupt state file is an error.
+func Observe(ctx context.Context, opts Options) (reconcile.Observed, error) {
+	obs := reconcile.Observed{Node: opts.Node, Source: opts.Source, Engines: map[string]reconcile.Engine{}, Pools: map[string]reconcile.PoolStatus{}}
+	devices, err := opts.GPUs.Devices(ctx)
+	if err != nil {
+		return obs, fmt.Errorf("observe GPUs (%s): %w", opts.Source, err)
+	}
+	obs.GPUs = devices
+	health := opts.Health
+	if health == nil {
+		health = HTTPHealth
+	}
+	st := state.New()
+	if opts.StateDir != "" {
+		st, err = state.Store{Dir: opts.StateDir}.Load()
+		if err != nil {
+			return obs, err
+		}
+	}
+	for id, rec := range st.Engines {
+		obs.Engines[id] = engineOf(ctx, rec, st.Pools[id], health)
+	}
+	for id, rec := range st.Pools {
+		obs.Pools[id] = reconcile.PoolStatus{
+			NextRetry:      rec.NextRetry,
+			Failures:       len(rec.Failures),
+			BreakerOpen:    rec.BreakerState == "open" || rec.BreakerState == "half-open",
+			BreakerRetryAt: rec.BreakerRetryAt,
+			LastError:      lastError(rec),
+		}
+	}
+	if opts.ScanProcesses {
+		if err := scanMarkers(ctx, opts.Node, obs.Engines, health); err != nil {
+			return obs, err
+		}
+	}
+	return obs, nil
+}
+
+func lastError(rec state.PoolRecord) string {
+	if rec.LastError == nil {
+		return ""
+	}
+	return rec.LastError.Message
+}
+
+// engineOf checks a recorded engine against its live process and health endpoint.
+func engineOf(ctx context.Context, rec state.Engine, pool state.PoolRecord, health func(context.Context, int, bool) reconcile.Health) reconcile.Engine {
+	e := reconcile.Engine{
+		Pool: rec.Pool, Generation: rec.Generation, SpecHash: rec.SpecHash, Spec: rec.Spec,
+		PID: rec.PID, Port: rec.Port, Recorded: true,
+	}
+	if rec.PID == 0 {
+		e.Intent = rec.Intent
+		return e
+	}
+	if !proc.Alive(rec.PID, rec.StartTicks) {
+		if pool.LastError != nil {
+			e.Exit = pool.LastError.Message
+		}
+		return e
+	}
+	e.Alive = true
+	e.PIDs = sessionOf(rec.PID)
+	e.Health = health(ctx, rec.Port, !rec.ReadyAt.IsZero())
+	return e
+}
+
+// sessionOf lists the processes of an engine's session (its workers and shards).
+func sessionOf(pid int) []int {
+	info, err := proc.Stat(pid)
+	if err != nil {
+		return []int{pid}
+	}
+	pids, err := proc.Session(info.Session)
+	if err != nil || len(pids) == 0 {
+		return []int{pid}
+	}
+	return pids
+}
+
+// scanMarkers adds the live engines of this node that the state file does
+// not know (or knows under an older generation).
+func scanMarkers(ctx context.Context, node string, engines map[string]reconcile.Engine, health func(context.Context, int, bool) reconcile.Health) error {
+	found, err := proc.FindByEnv(MarkerEnv)
+	if err != nil {
+		return fmt.Errorf("scan processes for engines: %w", err)
+	}
+	pids := make([]int, 0, len(found))
+	for pid := range found {
+		pids = append(pids, pid)
+	}
+	sort.Ints(pids)
+	for _, pid := range pids {
+		m, err := ParseMarker(found[pid])
+		if err != nil || m.Node != node {
+			continue
+		}
+		info, err := proc.Stat(pid)
+		if err != nil || info.State == 'Z' || info.Session != pid {
+			continue // gone, or a worker of an engine (the leader is the one)
+		}
+		if e, ok := engines[m.Pool]; ok && e.Alive {
+			continue
+		}
+		port := 0
+		if args, err := proc.Cmdline(pid); err == nil {
+			port = portOf(args)
+		}
+		engines[m.Pool] = reconcile.Engine{
+			Pool: m.Pool, Generation: m.Generation, SpecHash: m.SpecHash, PID: pid, Port: port,
+			PIDs: sessionOf(pid), Alive: true, Health: health(ctx, port, false),
+		}
+	}
+	return nil
+}
+
+// portOf finds the --port of an engine's command line.
+func portOf(args []string) int {
+	for i, a := range args {
+		if a == "--port" && i+1 < len(args) {
+			p, _ := strconv.Atoi(args[i+1])
+			return p
+		}
+		if v, ok := strings.CutPrefix(a, "--port="); ok {
+			p, _ := strconv.Atoi(v)
+			return p
+		}
+	}
+	return 0
+}
+
+// HTTPHealth asks an engine's /health on 127.0.0.1. llama-server answers 503
+// "Loading model" while loading; vLLM and TGI refuse connections until
+// loaded, which counts as loading until the engine has once been Ready.
+func HTTPHealth(ctx context.Context, port int, readyBefore bool) reconcile.Health {
+	if port == 0 {
+		return ""
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/health", port), nil)
+	if err != nil {
+		return reconcile.HealthFailing
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		var op *net.OpError
+		if errors.As(err, &op) && !readyBefore {
+			return reconcile.HealthLoading
+		}
+		return reconcile.HealthFailing
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	switch {
+	case resp.StatusCode == http.StatusOK:
+		return reconcile.HealthOK
+	case resp.StatusCode == http.StatusServiceUnavailable && strings.Contains(string(body), "Loading model"):
+		return reconcile.HealthLoading
+	default:
+		return reconcile.HealthFailing
+	}
+}
+
+// Needs works out each pool's VRAM need: declared, or estimated from its GGUF file.
+func Needs(ctx context.Context, d *reconcile.Desired) {
+	for id, p := range d.Pools {
+		d.Needs[id] = NeedOf(ctx, p)
+	}
+}
+
+// NeedOf is one pool's VRAM need; an error is recorded in the need, and blocks the pool.
+func NeedOf(ctx context.Context, p *schema.Pool) reconcile.Need {
+	est, err := vram.For(ctx, p)
+	if err != nil {
+		return reconcile.Need{Err: err.Error()}
+	}
+	return reconcile.Need{PerGPU: est.PerGPU, Source: est.Source}
+}
