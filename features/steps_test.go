@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/cucumber/godog"
+
+	"github.com/poolmanagerd/pool-managerd/internal/ggufgen"
 )
 
 // world is one scenario's state: a workspace folder with a config
@@ -26,6 +28,136 @@ type world struct {
 	stdout string
 	stderr string
 	status int
+	// previous is the stdout of the run before the last.
+	previous string
+	// golden is the output of the golden plan tests.
+	golden string
+}
+
+func (w *world) simDir() string { return filepath.Join(w.workspace, "node") }
+
+func (w *world) simulatedNode() error {
+	if err := w.run("sim init SIMDIR"); err != nil {
+		return err
+	}
+	return w.exitStatus(0)
+}
+
+func (w *world) ggufModel(path, shape string) error {
+	m := ggufgen.Llama7B()
+	if shape == "Llama 70B" {
+		m = ggufgen.Llama70B()
+	}
+	full := filepath.Join(w.workspace, path)
+	if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+		return err
+	}
+	_, err := ggufgen.Write(full, m)
+	return err
+}
+
+func (w *world) runAgain(args string) error { return w.run(args) }
+
+// samePlan compares the last two plans, but for the time each was made.
+func (w *world) samePlan() error {
+	strip := regexp.MustCompile(`"createdAt": "[^"]*"`)
+	a, b := strip.ReplaceAllString(w.previous, ""), strip.ReplaceAllString(w.stdout, "")
+	if a != b {
+		return fmt.Errorf("the two plans differ:\n%s\n---\n%s", w.previous, w.stdout)
+	}
+	return nil
+}
+
+// jsonPlan is the part of the plan format the steps read.
+type jsonPlan struct {
+	FormatVersion int    `json:"formatVersion"`
+	Node          string `json:"node"`
+	DesiredHash   string `json:"desiredHash"`
+	ObservedHash  string `json:"observedHash"`
+	Changes       []struct {
+		Action string `json:"action"`
+		Pool   string `json:"pool"`
+	} `json:"changes"`
+}
+
+func decodePlan(data []byte) (jsonPlan, error) {
+	var p jsonPlan
+	err := json.Unmarshal(data, &p)
+	return p, err
+}
+
+func (w *world) jsonPlanHeader(version int) error {
+	p, err := decodePlan([]byte(w.stdout))
+	if err != nil {
+		return fmt.Errorf("not a JSON plan: %w\n%s", err, w.output())
+	}
+	if p.FormatVersion != version || !strings.HasPrefix(p.DesiredHash, "sha256:") || !strings.HasPrefix(p.ObservedHash, "sha256:") {
+		return fmt.Errorf("plan header: version %d, hashes %q %q", p.FormatVersion, p.DesiredHash, p.ObservedHash)
+	}
+	return nil
+}
+
+func (w *world) jsonPlanChange(action, pool string) error {
+	p, err := decodePlan([]byte(w.stdout))
+	if err != nil {
+		return fmt.Errorf("not a JSON plan: %w\n%s", err, w.output())
+	}
+	for _, c := range p.Changes {
+		if c.Action == action && c.Pool == pool {
+			return nil
+		}
+	}
+	return fmt.Errorf("no %s change for pool %s in %+v", action, pool, p.Changes)
+}
+
+func (w *world) savedPlan(name, node string) error {
+	data, err := os.ReadFile(filepath.Join(w.workspace, name))
+	if err != nil {
+		return err
+	}
+	p, err := decodePlan(data)
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	if p.Node != node || p.FormatVersion != 1 || !strings.HasPrefix(p.DesiredHash, "sha256:") || !strings.HasPrefix(p.ObservedHash, "sha256:") {
+		return fmt.Errorf("%s: node %q version %d hashes %q %q", name, p.Node, p.FormatVersion, p.DesiredHash, p.ObservedHash)
+	}
+	return nil
+}
+
+func (w *world) goldenTests() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "go", "test", "-count=1", "-run", "^TestGolden$", "-v", "./reconcile")
+	cmd.Dir = w.h.repo
+	out, err := cmd.CombinedOutput()
+	w.golden = string(out)
+	if err != nil {
+		return fmt.Errorf("golden tests failed: %w\n%s", err, out)
+	}
+	return nil
+}
+
+func (w *world) goldenPassed(minCases int) error {
+	passed := strings.Count(w.golden, "--- PASS: TestGolden/")
+	if passed < minCases {
+		return fmt.Errorf("%d golden cases passed, want at least %d\n%s", passed, minCases, w.golden)
+	}
+	cases, err := os.ReadDir(filepath.Join(w.h.repo, "testdata", "golden"))
+	if err != nil {
+		return err
+	}
+	for _, c := range cases {
+		if !c.IsDir() {
+			continue
+		}
+		for _, f := range []string{"desired", "observed.json", "plan.txt", "plan.json"} {
+			if _, err := os.Stat(filepath.Join(w.h.repo, "testdata", "golden", c.Name(), f)); err != nil {
+				return fmt.Errorf("golden case %s: %w", c.Name(), err)
+			}
+		}
+	}
+	return nil
 }
 
 func (w *world) register(sc *godog.ScenarioContext) {
@@ -43,9 +175,18 @@ func (w *world) register(sc *godog.ScenarioContext) {
 	sc.Step(`^a node "([^"]*)" with GPUs of (\d+) GiB and (\d+) GiB$`, w.twoGPUNode)
 	sc.Step(`^a llama\.cpp pool "([^"]*)" on GPUs (\d+) and (\d+) with split \[([^\]]*)\]$`, w.splitPool)
 	sc.Step(`^a llama\.cpp pool "([^"]*)" on GPU (\d+) with flags (.*)$`, w.flagPool)
+	sc.Step(`^a simulated node with an RTX 3090 \(24 GiB\) and an RTX 3060 \(12 GiB\)$`, w.simulatedNode)
+	sc.Step(`^a GGUF model file "([^"]*)" shaped like (Llama 7B|Llama 70B)$`, w.ggufModel)
 	sc.Step(`^I run "pool-managerd ([^"]*)"$`, w.run)
+	sc.Step(`^I run "pool-managerd ([^"]*)" again$`, w.runAgain)
+	sc.Step(`^both runs printed the same plan$`, w.samePlan)
+	sc.Step(`^the JSON plan has format version (\d+) and the hashes of the states it was made from$`, w.jsonPlanHeader)
+	sc.Step(`^the JSON plan has a "([^"]*)" change for pool "([^"]*)"$`, w.jsonPlanChange)
+	sc.Step(`^the file "([^"]*)" holds a plan for node "([^"]*)"$`, w.savedPlan)
+	sc.Step(`^the golden plan tests run$`, w.goldenTests)
+	sc.Step(`^they pass, with at least (\d+) cases, each with its config, observed state and both renderings$`, w.goldenPassed)
 	sc.Step(`^the exit status is (\d+)$`, w.exitStatus)
-	sc.Step(`^stdout contains "([^"]*)"$`, w.stdoutContains)
+	sc.Step(`^stdout contains "(.*)"$`, w.stdoutContains)
 	sc.Step(`^stdout matches "([^"]*)"$`, w.stdoutMatches)
 	sc.Step(`^stderr contains "([^"]*)"$`, w.stderrContains)
 	sc.Step(`^an error is reported at "([^"]*)" containing "(.*)"$`, w.errorAt)
@@ -83,8 +224,9 @@ func (w *world) writeFile(rel, content string) error {
 	return os.WriteFile(w.path(rel), []byte(content), 0o644)
 }
 
+// configFile writes a config file; WORKSPACE in it stands for the scenario's workspace.
 func (w *world) configFile(rel string, doc *godog.DocString) error {
-	return w.writeFile(rel, doc.Content)
+	return w.writeFile(rel, strings.ReplaceAll(doc.Content, "WORKSPACE", w.workspace))
 }
 
 func (w *world) twoGPUNode(name string, a, b int) error {
@@ -120,9 +262,13 @@ pools: %q: {
 `, id, poolNode, gpu, flags))
 }
 
-// run runs pool-managerd in the workspace; the word CONFIG stands for the config directory.
+// run runs pool-managerd in the workspace. In its arguments CONFIG stands
+// for the config directory, SIM for the simulated node (sim:DIR), SIMDIR for
+// its directory and STATE for the state directory.
 func (w *world) run(args string) error {
-	argv := strings.Fields(strings.ReplaceAll(args, "CONFIG", w.config))
+	w.previous = w.stdout
+	args = strings.NewReplacer("CONFIG", w.config, "SIMDIR", w.simDir(), "SIM", "sim:"+w.simDir(), "STATE", filepath.Join(w.workspace, "state")).Replace(args)
+	argv := strings.Fields(args)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, w.h.poolManagerd(), argv...)
@@ -153,6 +299,7 @@ func (w *world) exitStatus(want int) error {
 }
 
 func (w *world) stdoutContains(s string) error {
+	s = strings.ReplaceAll(s, `\"`, `"`)
 	if !strings.Contains(w.stdout, s) {
 		return fmt.Errorf("stdout does not contain %q\n%s", s, w.output())
 	}

@@ -492,6 +492,8 @@ func (p *planner) checkInventory() {
 	for _, g := range decl.GPUs {
 		d, ok := p.observed.device(g.Index)
 		switch {
+		case ok && d.Lost:
+			// A lost GPU reports neither UUID nor memory: blocked as lost, not as a mismatch.
 		case !ok:
 			p.badGPUs[g.Index] = fmt.Sprintf("declared inventory differs from the observed one: GPU %d is declared but not observed", g.Index)
 		case g.UUID != "" && !strings.EqualFold(g.UUID, d.UUID):
