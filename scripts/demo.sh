@@ -3,7 +3,7 @@
 # Usage: scripts/demo.sh PATH-TO-pool-managerd
 set -euo pipefail
 
-pm=${1:-bin/pool-managerd}
+pm=$(realpath "${1:-bin/pool-managerd}")
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -43,8 +43,9 @@ say "A home-lab box: RTX 3090 (24 GiB) + RTX 3060 (12 GiB)" \
 	"This is the mixed example's inventory and the pool that spans both cards." \
 	"The split is explicit, and the 12 GiB card's ratio stays under its share of the" \
 	"mask's VRAM (12 of 36 GiB = 0.333): the smallest GPU caps the split."
-grep -h -A3 'gpus' examples/mixed-24-12/nodes/*.cue | head -8
-grep -h -B2 -A2 'split' examples/mixed-24-12/pools/*.cue | head -12
+sed -n '/^nodes:/,$p' examples/mixed-24-12/nodes/gpu-01.cue | sed 's/^/   | /'
+echo
+sed -n '/^pools:/,/split:/p' examples/mixed-24-12/pools/llama70b.cue | grep -v '^\s*//' | sed 's/^/   | /'
 
 say "A deliberately broken copy" \
 	"We copy the mixed example and add one file with four mistakes a person might make:" \
@@ -83,10 +84,34 @@ say "The same errors as GitHub Actions annotations" \
 (cd "$work" && run "$pm" validate --format github broken)
 
 say "And as JSON, for tools"
-(cd "$work" && "$pm" validate --format json broken | head -20)
+(cd "$work" && "$pm" validate --format json broken >"$work/report.json" || true)
+head -20 "$work/report.json"
 echo "   ..."
+
+say "A simulated GPU node" \
+	"No GPU here? pool-managerd ships a simulated node, served through the same NVML code" \
+	"as real hardware. This one is the home lab: an RTX 3090 and an RTX 3060."
+run "$pm" sim init "$work/node"
+run "$pm" inventory --gpus "sim:$work/node" --node gpu-01
+
+say "Plan: what would change on the node, and why" \
+	"plan compares the config with the node's GPUs and the engines in the state directory" \
+	"(none yet: a fresh node). Each start shows what it needs on each GPU against what is free."
+run "$pm" plan examples/mixed-24-12 --gpus "sim:$work/node" --state-dir "$work/state" --node gpu-01
+
+say "Something else grabs GPU 1" \
+	"A process pool-managerd does not own now holds 2 GiB on the 3060. The plan refuses to start" \
+	"a pool there and says why, instead of finding out when the engine runs out of memory."
+run "$pm" sim hold "$work/node" --gpu 1 --size 2Gi --pid 4242
+run "$pm" plan examples/mixed-24-12 --gpus "sim:$work/node" --state-dir "$work/state" --node gpu-01
+run "$pm" sim hold "$work/node" --gpu 1 --size 0 --pid 4242
+
+say "The pull-request view: plan every declared node, no GPU needed" \
+	"--gpus declared plans against the config's declared inventories, with nothing running;" \
+	"--detailed-exitcode exits 2 when there is something to do."
+run "$pm" plan examples/fleet --gpus declared --detailed-exitcode
 
 say "Usage mistakes are told apart from invalid configs" "A directory that does not exist is a usage error: exit status 2."
 run "$pm" validate "$work/does-not-exist"
 
-printf '\n%sDone.%s validate is ready for PR checks; see README.md for the config reference.\n' "$bold" "$plain"
+printf '\n%sDone.%s validate and plan are ready for PR checks; see README.md for the config reference.\n' "$bold" "$plain"

@@ -60,7 +60,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		if ee.err != nil {
 			fmt.Fprintf(stderr, "pool-managerd: %v\n", ee.err)
 		}
-		if ee.code == ExitUsage {
+		if ee.code == ExitUsage && ee.err != nil {
 			fmt.Fprintln(stderr, "Run 'pool-managerd --help' for usage.")
 		}
 		return ee.code
