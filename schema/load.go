@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 
 	"cuelang.org/go/cue"
 	"cuelang.org/go/cue/ast"
@@ -65,16 +66,7 @@ func Load(ctx context.Context, dir string) (*Desired, error) {
 // once, and reads the desired state out of it.
 func evaluate(files []sourceFile) (*Desired, Diagnostics) {
 	var diags Diagnostics
-	schemaFile, err := parser.ParseFile(schemaPath, schemaSource)
-	if err != nil {
-		panic(fmt.Sprintf("embedded schema does not parse: %v", err))
-	}
-	inst := build.NewContext().NewInstance("", nil)
-	inst.PkgName = PackageName
-	if err := inst.AddSyntax(schemaFile); err != nil {
-		panic(fmt.Sprintf("embedded schema: %v", err))
-	}
-	names := map[string]bool{}
+	var parsed []parsedFile
 	for _, f := range files {
 		syntax, err := parser.ParseFile(f.name, f.data)
 		if err != nil {
@@ -93,29 +85,96 @@ func evaluate(files []sourceFile) (*Desired, Diagnostics) {
 			diags = append(diags, problems...)
 			continue
 		}
-		if err := inst.AddSyntax(syntax); err != nil {
-			diags = append(diags, Diagnostic{Pos: Pos{File: f.name}, Message: err.Error()})
-			continue
-		}
-		names[f.name] = true
+		parsed = append(parsed, parsedFile{name: f.name, size: len(f.data), syntax: syntax})
 	}
 	if len(diags) > 0 {
 		return nil, diags
 	}
-	value := cuecontext.New().BuildInstance(inst)
-	r := &reader{posResolver: &posResolver{root: value, userFiles: names, fallback: files[0].name}, broken: map[string]bool{}}
-	if err := value.Validate(cue.Concrete(true)); err != nil {
-		r.collectErrors(value)
+	groups := partition(parsed)
+	results := make([]groupResult, len(groups))
+	var wg sync.WaitGroup
+	for i, g := range groups {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i] = evaluateGroup(g, files[0].name)
+		}()
 	}
-	d := r.desired(value)
+	wg.Wait()
+	d := &Desired{Nodes: map[string]*Node{}, Pools: map[string]*Pool{}}
+	broken := map[string]bool{}
+	for _, res := range results {
+		diags = append(diags, res.diags...)
+		for k, v := range res.desired.Nodes {
+			d.Nodes[k] = v
+		}
+		for k, v := range res.desired.Pools {
+			d.Pools[k] = v
+		}
+		for k := range res.broken {
+			broken[k] = true
+		}
+	}
 	for _, f := range files {
 		d.Files = append(d.Files, f.rel)
 	}
-	r.diags = append(r.diags, checkDesired(d, r.broken)...)
-	if len(r.diags) > 0 {
-		return nil, r.diags
+	diags = append(diags, checkDesired(d, broken)...)
+	if len(diags) > 0 {
+		return nil, diags
 	}
 	return d, nil
+}
+
+// parsedFile is a config file parsed and checked, ready to evaluate.
+type parsedFile struct {
+	name   string
+	size   int
+	syntax *ast.File
+}
+
+// groupResult is what evaluating one group of files gives.
+type groupResult struct {
+	desired *Desired
+	diags   Diagnostics
+	broken  map[string]bool
+}
+
+// evaluateGroup builds the schema and a group of files as one CUE instance,
+// evaluates it once, and reads the desired state out of it.
+func evaluateGroup(files []parsedFile, fallback string) groupResult {
+	schemaFile, err := parser.ParseFile(schemaPath, schemaSource)
+	if err != nil {
+		panic(fmt.Sprintf("embedded schema does not parse: %v", err))
+	}
+	inst := build.NewContext().NewInstance("", nil)
+	inst.PkgName = PackageName
+	if err := inst.AddSyntax(schemaFile); err != nil {
+		panic(fmt.Sprintf("embedded schema: %v", err))
+	}
+	var diags Diagnostics
+	names := map[string]bool{}
+	syntaxes := make([]*ast.File, 0, len(files))
+	for _, f := range files {
+		if err := inst.AddSyntax(f.syntax); err != nil {
+			diags = append(diags, Diagnostic{Pos: Pos{File: f.name}, Message: err.Error()})
+			continue
+		}
+		names[f.name] = true
+		syntaxes = append(syntaxes, f.syntax)
+	}
+	if len(diags) > 0 {
+		return groupResult{desired: &Desired{}, diags: diags}
+	}
+	value := cuecontext.New().BuildInstance(inst)
+	r := &reader{posResolver: &posResolver{root: value, userFiles: names, fallback: fallback}, broken: map[string]bool{},
+		paths: map[string]cue.Path{}, keys: scanKeys(syntaxes)}
+	if err := value.Validate(cue.Concrete(true)); err != nil {
+		r.collectErrors(value)
+	} else {
+		r.valid = true
+	}
+	d := r.desired(value)
+	return groupResult{desired: d, diags: r.diags, broken: r.broken}
 }
 
 // checkSyntax refuses what a config file may not hold, before evaluation:
@@ -153,6 +212,87 @@ type reader struct {
 	broken map[string]bool
 	// cueErrors collects CUE's errors before they become diagnostics.
 	cueErrors []cueDiagnostic
+	// valid: the whole config passed CUE's validation, so the typed reading
+	// can skip its checks for missing and non-concrete values.
+	valid bool
+	// paths caches parsed field paths: the same few are read for every pool.
+	paths map[string]cue.Path
+	// keys are the node names and pool ids, when the files' syntax tells them.
+	keys configKeys
+}
+
+// pathOf returns the parsed path of a field such as "restart.breaker.failures".
+func (r *reader) pathOf(field string) cue.Path {
+	p, ok := r.paths[field]
+	if !ok {
+		p = cue.ParsePath(field)
+		r.paths[field] = p
+	}
+	return p
+}
+
+// configKeys are the keys of the top-level nodes and pools structs; nil
+// when the syntax does not tell them plainly (a comprehension, a reference).
+type configKeys struct {
+	nodes, pools []string
+}
+
+// scanKeys reads the node names and pool ids from the files' syntax:
+// `pools: id: {...}` and `pools: {id: {...}}` with literal labels.
+func scanKeys(files []*ast.File) configKeys {
+	found := map[string]map[string]bool{"nodes": {}, "pools": {}}
+	plain := true
+	for _, f := range files {
+		for _, decl := range f.Decls {
+			switch d := decl.(type) {
+			case *ast.Package, *ast.ImportDecl, *ast.CommentGroup, *ast.Attribute:
+			case *ast.Field:
+				name, _, err := ast.LabelName(d.Label)
+				if err != nil {
+					plain = false
+					continue
+				}
+				keys, tracked := found[name]
+				if !tracked {
+					continue
+				}
+				lit, ok := d.Value.(*ast.StructLit)
+				if !ok {
+					plain = false
+					continue
+				}
+				for _, elt := range lit.Elts {
+					field, ok := elt.(*ast.Field)
+					if !ok {
+						if _, comment := elt.(*ast.CommentGroup); !comment {
+							plain = false
+						}
+						continue
+					}
+					key, isIdent, err := ast.LabelName(field.Label)
+					if err != nil || (isIdent && strings.HasPrefix(key, "#")) || strings.HasPrefix(key, "_") {
+						plain = false
+						continue
+					}
+					keys[key] = true
+				}
+			default:
+				plain = false
+			}
+		}
+	}
+	if !plain {
+		return configKeys{}
+	}
+	sorted := func(m map[string]bool) []string {
+		out := make([]string, 0, len(m))
+		for k := range m {
+			out = append(out, k)
+		}
+		sort.Strings(out)
+		return out
+	}
+	return configKeys{nodes: sorted(found["nodes"]), pools: sorted(found["pools"])}
 }
 
 func (r *reader) add(pos Pos, path, format string, args ...any) {

@@ -20,11 +20,11 @@ func (r *reader) desired(root cue.Value) *Desired {
 	for top.Next() {
 		switch name := top.Selector().Unquoted(); name {
 		case "nodes":
-			r.eachField(top.Value(), func(key string, v cue.Value) {
+			r.eachKey(top.Value(), r.keys.nodes, func(key string, v cue.Value) {
 				d.Nodes[key] = r.node(key, v)
 			})
 		case "pools":
-			r.eachField(top.Value(), func(key string, v cue.Value) {
+			r.eachKey(top.Value(), r.keys.pools, func(key string, v cue.Value) {
 				d.Pools[key] = r.pool(key, v)
 			})
 		default:
@@ -36,6 +36,21 @@ func (r *reader) desired(root cue.Value) *Desired {
 		}
 	}
 	return d
+}
+
+// eachKey calls fn for each field of a struct. When the keys are known from
+// the files' syntax it looks them up directly: iterating a struct of
+// thousands of fields sorts them, which grows faster than linearly.
+func (r *reader) eachKey(v cue.Value, keys []string, fn func(key string, v cue.Value)) {
+	if keys == nil {
+		r.eachField(v, fn)
+		return
+	}
+	for _, k := range keys {
+		if fv := v.LookupPath(cue.MakePath(cue.Str(k))); fv.Exists() {
+			fn(k, fv)
+		}
+	}
 }
 
 func (r *reader) eachField(v cue.Value, fn func(key string, v cue.Value)) {
@@ -70,10 +85,14 @@ var requiredHints = map[string]string{
 // get returns the concrete value of a field. ok is false when the field is
 // absent (reported when required), not concrete (reported), or wrong (CUE reported it).
 func (o *object) get(field string, required bool) (cue.Value, bool) {
-	v := o.v.LookupPath(cue.ParsePath(field))
+	v := o.v.LookupPath(o.r.pathOf(field))
+	if o.r.valid {
+		// The whole config validated: every field is there and concrete, or an absent optional one.
+		return v, v.Exists()
+	}
 	if !v.Exists() {
 		if parent, _, nested := strings.Cut(field, "."); nested {
-			pv := o.v.LookupPath(cue.ParsePath(parent))
+			pv := o.v.LookupPath(o.r.pathOf(parent))
 			if pv.Exists() && pv.Err() != nil {
 				o.markBroken()
 				return v, false // the parent is wrong, and reported as such
@@ -207,7 +226,7 @@ func (o *object) duration(field string) time.Duration {
 	if err != nil {
 		// The schema checks durations; this is a safety net for a schema edit.
 		o.markBroken()
-		o.r.add(o.r.userPos(o.v.LookupPath(cue.ParsePath(field))), o.path(field), "invalid duration %q: %v", s, err)
+		o.r.add(o.r.userPos(o.v.LookupPath(o.r.pathOf(field))), o.path(field), "invalid duration %q: %v", s, err)
 	}
 	return d
 }
@@ -284,7 +303,7 @@ func (r *reader) pool(id string, v cue.Value) *Pool {
 			},
 		},
 	}
-	if (p.Engine == EngineVLLM || p.Engine == EngineTGI) && !v.LookupPath(cue.ParsePath("vram")).Exists() {
+	if (p.Engine == EngineVLLM || p.Engine == EngineTGI) && !v.LookupPath(r.pathOf("vram")).Exists() {
 		o.markBroken()
 		r.add(r.userPos(v), o.path("vram"), "missing required field vram%s", requiredHints["vram"])
 	}
