@@ -98,4 +98,3 @@ func TestPartitionedLoadEqualsWhole(t *testing.T) {
 		}
 	}
 }
-
