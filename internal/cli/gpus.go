@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
@@ -17,6 +18,8 @@ import (
 type gpuSource struct {
 	Kind string // "nvml", "sim" or "declared"
 	Dir  string // for sim
+	// auto: the default simulated node, created with the demo's GPUs when missing.
+	auto bool
 }
 
 func (g gpuSource) String() string {
@@ -26,22 +29,35 @@ func (g gpuSource) String() string {
 	return g.Kind
 }
 
-const gpusFlagHelp = "where the GPUs are read from: nvml (the NVIDIA driver), sim:DIR (a simulated node, see pool-managerd sim) or declared (the config's declared inventory, nothing running)"
+const gpusFlagHelp = "where the GPUs are read from: nvml (the NVIDIA driver), sim:DIR (a simulated node, see pool-managerd sim; plain sim: a default one with an RTX 3090 and an RTX 3060) or declared (the config's declared inventory, nothing running)"
 
 func parseGPUSource(s string) (gpuSource, error) {
 	switch {
 	case s == "nvml" || s == "declared":
 		return gpuSource{Kind: s}, nil
+	case s == "sim":
+		return gpuSource{Kind: "sim", Dir: DefaultSimDir(), auto: true}, nil
 	case strings.HasPrefix(s, "sim:") && len(s) > len("sim:"):
 		return gpuSource{Kind: "sim", Dir: strings.TrimPrefix(s, "sim:")}, nil
 	}
-	return gpuSource{}, usageError("--gpus %q: want nvml, sim:DIR or declared", s)
+	return gpuSource{}, usageError("--gpus %q: want nvml, sim, sim:DIR or declared", s)
+}
+
+// DefaultSimDir is the simulated node that plain --gpus sim uses, created on
+// first use with the demo's GPUs (an RTX 3090 and an RTX 3060).
+func DefaultSimDir() string {
+	return filepath.Join(os.TempDir(), fmt.Sprintf("pool-managerd-sim-%d", os.Getuid()))
 }
 
 // open opens the GPUs of a node; declared needs the node's declared inventory.
 func (g gpuSource) open(node *schema.Node) (gpu.Node, error) {
 	switch g.Kind {
 	case "sim":
+		if g.auto {
+			if err := sim.Init(g.Dir, sim.DefaultGPUs()); err != nil && !errors.Is(err, sim.ErrExists) {
+				return nil, fmt.Errorf("create the default simulated node: %w", err)
+			}
+		}
 		n, err := sim.Open(g.Dir)
 		if err != nil {
 			return nil, fmt.Errorf("open simulated node: %w", err)

@@ -26,13 +26,15 @@ type planOptions struct {
 	DetailedExitCode bool
 	Out              string
 	Format           string
+	// nodeGiven: --node was given (not defaulted to the host name).
+	nodeGiven bool
 }
 
 // DefaultStateDir is where pool-managerd keeps its state file, engine logs and lock.
 const DefaultStateDir = "/var/lib/pool-managerd"
 
 func parsePlanArgs(args []string, gpus, stateDir, node, out, format string, detailed bool) (planOptions, error) {
-	o := planOptions{Dir: ".", StateDir: stateDir, Node: node, Out: out, Format: format, DetailedExitCode: detailed}
+	o := planOptions{Dir: ".", StateDir: stateDir, Node: node, Out: out, Format: format, DetailedExitCode: detailed, nodeGiven: node != ""}
 	if len(args) == 1 {
 		o.Dir = args[0]
 	}
@@ -109,6 +111,10 @@ func runPlan(cmd *cobra.Command, opts planOptions) error {
 	nodes := []string{opts.Node}
 	if opts.Node == "" {
 		nodes = cfg.SortedNodeNames()
+	} else if opts.GPUs.Kind == "sim" && !opts.nodeGiven && cfg.Nodes[opts.Node] == nil && len(cfg.Nodes) == 1 {
+		// Trying a config on the simulated node: plan its one node, whatever this host is called.
+		nodes = cfg.SortedNodeNames()
+		fmt.Fprintf(cmd.ErrOrStderr(), "note: this host (%s) is not a node of the config; planning its only node, %s, on the simulated GPUs (--node to choose)\n", opts.Node, nodes[0])
 	}
 	changes := false
 	var out bytes.Buffer
