@@ -36,7 +36,7 @@ Feature: Planning what a node will run, before anything changes
   Scenario: A saved plan records the states it was made from
     When I run "pool-managerd plan CONFIG --gpus SIM --state-dir STATE --node gpu-01 --out plan.json"
     Then the exit status is 0
-    And stdout contains "Saved the plan to plan.json; apply it with: pool-managerd apply plan.json"
+    And stderr contains "Saved the plan to plan.json; apply it with: pool-managerd apply plan.json"
     And the file "plan.json" holds a plan for node "gpu-01"
 
   @PM-1012

@@ -423,7 +423,7 @@ func (p *planner) blocked(pool *schema.Pool, c *Change) *Blocker {
 			return &Blocker{Class: ClassUnknownGPU, Message: fmt.Sprintf("GPU %d is not on this node (observed GPUs: %s)", idx, deviceList(p.observed.GPUs)),
 				Hint: "change devices, or declare the node's real GPUs"}
 		case d.Lost:
-			return &Blocker{Class: ClassGPULost, Message: fmt.Sprintf("GPU %d (%s) is lost: the driver reports it off the bus or in need of a reset", idx, d.UUID),
+			return &Blocker{Class: ClassGPULost, Message: fmt.Sprintf("GPU %d is lost: the driver reports it off the bus or in need of a reset", idx),
 				Hint: "reset the GPU (nvidia-smi -r) or reboot; check dmesg for Xid errors"}
 		}
 		for _, proc := range d.Processes {

@@ -145,7 +145,11 @@ func SummaryLine(p *NodePlan) string {
 	}
 	line += fmt.Sprintf(" %d unchanged.", s.Unchanged)
 	if s.OtherNodes > 0 {
-		line += fmt.Sprintf(" %d pools of other nodes not planned here.", s.OtherNodes)
+		noun := "pools"
+		if s.OtherNodes == 1 {
+			noun = "pool"
+		}
+		line += fmt.Sprintf(" %d %s of other nodes not planned here.", s.OtherNodes, noun)
 	}
 	return line
 }

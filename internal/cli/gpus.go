@@ -49,8 +49,9 @@ func DefaultSimDir() string {
 	return filepath.Join(os.TempDir(), fmt.Sprintf("pool-managerd-sim-%d", os.Getuid()))
 }
 
-// open opens the GPUs of a node; declared needs the node's declared inventory.
-func (g gpuSource) open(node *schema.Node) (gpu.Node, error) {
+// open opens the GPUs of a node; declared needs the node's declared
+// inventory. declaredOK says whether the command takes --gpus declared, for the hint.
+func (g gpuSource) open(node *schema.Node, declaredOK bool) (gpu.Node, error) {
 	switch g.Kind {
 	case "sim":
 		if g.auto {
@@ -67,8 +68,11 @@ func (g gpuSource) open(node *schema.Node) (gpu.Node, error) {
 		return declared.New(node), nil
 	default:
 		n, err := nvml.Open()
-		if errors.Is(err, gpu.ErrNoDriver) {
+		if errors.Is(err, gpu.ErrNoDriver) && declaredOK {
 			return nil, fmt.Errorf("%w\nhint: on a machine without NVIDIA GPUs use --gpus declared (the config's declared GPUs, as a PR check does) or --gpus sim:DIR (a simulated node)", err)
+		}
+		if errors.Is(err, gpu.ErrNoDriver) {
+			return nil, fmt.Errorf("%w\nhint: on a machine without NVIDIA GPUs use --gpus sim:DIR (a simulated node, see pool-managerd sim)", err)
 		}
 		return n, err
 	}

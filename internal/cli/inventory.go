@@ -38,7 +38,7 @@ validate and plan can check device masks and split ratios without the hardware.`
 			if !nodeNamePattern.MatchString(node) {
 				return usageError("node name %q is not a lowercase DNS label; name the node with --node", node)
 			}
-			n, err := src.open(nil)
+			n, err := src.open(nil, false)
 			if err != nil {
 				return fmt.Errorf("inventory: %w", err)
 			}
@@ -62,7 +62,7 @@ func writeInventory(w io.Writer, node, source string, devices []gpu.Device) erro
 	fmt.Fprintf(&b, "nodes: %q: gpus: [\n", node)
 	for _, d := range devices {
 		if d.Lost {
-			fmt.Fprintf(&b, "\t// GPU %d (%s) is lost: the driver reports it off the bus; reset it and run inventory again.\n", d.Index, d.UUID)
+			fmt.Fprintf(&b, "\t// GPU %d is lost: the driver reports it off the bus; reset it and run inventory again.\n", d.Index)
 			continue
 		}
 		fmt.Fprintf(&b, "\t{index: %d, uuid: %q, model: %q, vram: %s},\n", d.Index, d.UUID, d.Name, cueBytes(d.MemoryTotal))

@@ -115,6 +115,8 @@ func runPlan(cmd *cobra.Command, opts planOptions) error {
 		// Trying a config on the simulated node: plan its one node, whatever this host is called.
 		nodes = cfg.SortedNodeNames()
 		fmt.Fprintf(cmd.ErrOrStderr(), "note: this host (%s) is not a node of the config; planning its only node, %s, on the simulated GPUs (--node to choose)\n", opts.Node, nodes[0])
+	} else if cfg.Nodes[opts.Node] == nil {
+		fmt.Fprintf(cmd.ErrOrStderr(), "warning: node %q is not declared in %s, so none of its pools run here (declared: %s); name the node with --node\n", opts.Node, opts.Dir, strings.Join(cfg.SortedNodeNames(), ", "))
 	}
 	changes := false
 	var out bytes.Buffer
@@ -140,7 +142,8 @@ func runPlan(cmd *cobra.Command, opts planOptions) error {
 			if err := savePlan(opts.Out, plan); err != nil {
 				return err
 			}
-			fmt.Fprintf(&out, "\nSaved the plan to %s; apply it with: pool-managerd apply %s\n", opts.Out, opts.Out)
+			// On stderr, so that --format json leaves stdout one JSON document.
+			defer fmt.Fprintf(cmd.ErrOrStderr(), "Saved the plan to %s; apply it with: pool-managerd apply %s\n", opts.Out, opts.Out)
 		}
 	}
 	if _, err := cmd.OutOrStdout().Write(out.Bytes()); err != nil {
@@ -159,7 +162,7 @@ func planNode(cmd *cobra.Command, cfg *schema.Desired, node string, opts planOpt
 	if opts.GPUs.Kind == "declared" && declaredNode == nil {
 		return nil, fmt.Errorf("plan: node %q is not declared in %s (declared: %s)", node, opts.Dir, strings.Join(cfg.SortedNodeNames(), ", "))
 	}
-	gpus, err := opts.GPUs.open(declaredNode)
+	gpus, err := opts.GPUs.open(declaredNode, true)
 	if err != nil {
 		return nil, fmt.Errorf("plan: %w", err)
 	}
@@ -182,7 +185,7 @@ func planNode(cmd *cobra.Command, cfg *schema.Desired, node string, opts planOpt
 func configError(dir string, err error) error {
 	var diags schema.Diagnostics
 	if errors.As(err, &diags) {
-		return fmt.Errorf("the config in %s is invalid (%d problems; see pool-managerd validate %s):\n%w", dir, len(diags), dir, err)
+		return fmt.Errorf("the config in %s is invalid (%s; see pool-managerd validate %s):\n%w", dir, plural(len(diags), "problem"), dir, err)
 	}
 	if errors.Is(err, schema.ErrNotDirectory) {
 		return &exitError{code: ExitUsage, err: fmt.Errorf("%s: %w", dir, err)}
@@ -206,6 +209,9 @@ func savePlan(path string, plan *reconcile.NodePlan) error {
 		return fmt.Errorf("save plan: %w", err)
 	}
 	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("save plan: %w", err)
+	}
+	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
 		return fmt.Errorf("save plan: %w", err)
 	}
 	if err := os.Rename(tmp.Name(), path); err != nil {

@@ -1,7 +1,9 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 
@@ -55,6 +57,9 @@ func newSimInitCommand() *cobra.Command {
 				init = sim.Reset
 			}
 			if err := init(args[0], gpus); err != nil {
+				if errors.Is(err, sim.ErrExists) {
+					return fmt.Errorf("sim init: %w (use --reset to replace it)", err)
+				}
 				return fmt.Errorf("sim init: %w", err)
 			}
 			for i, g := range gpus {
@@ -93,6 +98,9 @@ func parseSize(s string) (uint64, error) {
 	if err != nil || n == 0 {
 		return 0, fmt.Errorf("size %q: want a positive number with Ki, Mi, Gi or Ti", s)
 	}
+	if n > math.MaxUint64/mult {
+		return 0, fmt.Errorf("size %q is too large", s)
+	}
 	return n * mult, nil
 }
 
@@ -104,6 +112,9 @@ func newSimHoldCommand() *cobra.Command {
 		Short: "Make a process pool-managerd does not own hold memory on a GPU (--size 0 releases it)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if pid <= 0 {
+				return usageError("--pid %d: want a positive process id", pid)
+			}
 			n := uint64(0)
 			if size != "0" {
 				var err error

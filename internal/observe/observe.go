@@ -49,6 +49,11 @@ func ParseMarker(s string) (Marker, error) {
 	if len(parts) != 4 {
 		return Marker{}, fmt.Errorf("engine marker %q: want node/pool/generation/spechash", s)
 	}
+	for i, what := range []string{"node", "pool", "", "spec hash"} {
+		if what != "" && parts[i] == "" {
+			return Marker{}, fmt.Errorf("engine marker %q: empty %s", s, what)
+		}
+	}
 	gen, err := strconv.ParseInt(parts[2], 10, 64)
 	if err != nil {
 		return Marker{}, fmt.Errorf("engine marker %q: generation: %w", s, err)
@@ -240,6 +245,9 @@ func HTTPHealth(ctx context.Context, port int, readyBefore bool) reconcile.Healt
 
 // Needs works out each pool's VRAM need: declared, or estimated from its GGUF file.
 func Needs(ctx context.Context, d *reconcile.Desired) {
+	if d.Needs == nil {
+		d.Needs = map[string]reconcile.Need{}
+	}
 	for id, p := range d.Pools {
 		d.Needs[id] = NeedOf(ctx, p)
 	}

@@ -1,0 +1,703 @@
+package observe
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
+	"github.com/poolmanagerd/pool-managerd/internal/proc"
+	"github.com/poolmanagerd/pool-managerd/internal/state"
+	"github.com/poolmanagerd/pool-managerd/reconcile"
+	"github.com/poolmanagerd/pool-managerd/schema"
+)
+
+func TestMarkerRoundTrip(t *testing.T) {
+	for _, m := range []Marker{
+		{Node: "gpu-01", Pool: "chat", Generation: 3, SpecHash: "sha256:abc"},
+		{Node: "n", Pool: "p", Generation: 0, SpecHash: "sha256:" + strings.Repeat("f", 64)},
+		{Node: "gpu-02", Pool: "llama-70b", Generation: 1 << 40, SpecHash: "sha256:x"},
+		// The spec hash is the rest of the value, slashes and all.
+		{Node: "gpu-01", Pool: "chat", Generation: 7, SpecHash: "sha256:a/b"},
+	} {
+		s := m.String()
+		got, err := ParseMarker(s)
+		if err != nil {
+			t.Errorf("ParseMarker(%q): %v", s, err)
+			continue
+		}
+		if got != m {
+			t.Errorf("ParseMarker(%q) = %+v, want %+v", s, got, m)
+		}
+	}
+	if got, want := (Marker{Node: "gpu-01", Pool: "chat", Generation: 3, SpecHash: "sha256:x"}).String(), "gpu-01/chat/3/sha256:x"; got != want {
+		t.Errorf("String() = %q, want %q", got, want)
+	}
+}
+
+func TestParseMarker(t *testing.T) {
+	for _, tc := range []struct {
+		in      string
+		want    Marker
+		wantErr string
+	}{
+		{in: "gpu-01/chat/3/sha256:x", want: Marker{Node: "gpu-01", Pool: "chat", Generation: 3, SpecHash: "sha256:x"}},
+		{in: "gpu-01/chat/-1/sha256:x", want: Marker{Node: "gpu-01", Pool: "chat", Generation: -1, SpecHash: "sha256:x"}},
+		{in: "", wantErr: `engine marker "": want node/pool/generation/spechash`},
+		{in: "gpu-01", wantErr: `engine marker "gpu-01": want node/pool/generation/spechash`},
+		{in: "gpu-01/chat/3", wantErr: `engine marker "gpu-01/chat/3": want node/pool/generation/spechash`},
+		{in: "gpu-01/chat/three/sha256:x", wantErr: `engine marker "gpu-01/chat/three/sha256:x": generation: strconv.ParseInt: parsing "three": invalid syntax`},
+		{in: "gpu-01/chat//sha256:x", wantErr: `engine marker "gpu-01/chat//sha256:x": generation: `},
+		{in: "gpu-01/chat/99999999999999999999/sha256:x", wantErr: "value out of range"},
+		{in: "gpu-01/chat/1.5/sha256:x", wantErr: "invalid syntax"},
+	} {
+		got, err := ParseMarker(tc.in)
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("ParseMarker(%q) = %+v, %v; want an error containing %q", tc.in, got, err, tc.wantErr)
+			}
+			if got != (Marker{}) {
+				t.Errorf("ParseMarker(%q) with an error returned %+v, want the zero Marker", tc.in, got)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("ParseMarker(%q) = %+v, %v; want %+v", tc.in, got, err, tc.want)
+		}
+	}
+}
+
+func TestPortOf(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want int
+	}{
+		{nil, 0},
+		{[]string{"llama-server", "--model", "/m.gguf"}, 0},
+		{[]string{"llama-server", "--port", "8080"}, 8080},
+		{[]string{"llama-server", "--host", "127.0.0.1", "--port", "8081", "--ctx-size", "4096"}, 8081},
+		{[]string{"vllm", "serve", "--port=8082"}, 8082},
+		{[]string{"text-generation-launcher", "--port", "8083", "--port", "9"}, 8083},
+		{[]string{"llama-server", "--port=8084", "--port", "9"}, 8084},
+		{[]string{"llama-server", "--port"}, 0},
+		{[]string{"llama-server", "--port", "http"}, 0},
+		{[]string{"llama-server", "--port="}, 0},
+		{[]string{"llama-server", "-port", "8085"}, 0},
+		{[]string{"llama-server", "--ports", "8086"}, 0},
+	} {
+		if got := portOf(tc.args); got != tc.want {
+			t.Errorf("portOf(%q) = %d, want %d", tc.args, got, tc.want)
+		}
+	}
+}
+
+// serverPort starts an HTTP server on 127.0.0.1 that answers /health with
+// status and body, and returns its port.
+func serverPort(t *testing.T, status int, body string) int {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/health" || r.Method != http.MethodGet {
+			http.Error(w, "wrong request "+r.Method+" "+r.URL.Path, http.StatusNotFound)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		fmt.Fprint(w, body)
+	}))
+	t.Cleanup(srv.Close)
+	return srv.Listener.Addr().(*net.TCPAddr).Port
+}
+
+// closedPort returns a port on 127.0.0.1 that nothing listens on.
+func closedPort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return port
+}
+
+func TestHTTPHealth(t *testing.T) {
+	const loading = `{"error":{"message":"Loading model","type":"unavailable_error","code":503}}`
+	ok := serverPort(t, http.StatusOK, `{"status":"ok"}`)
+	okEmpty := serverPort(t, http.StatusOK, "")
+	llamaLoading := serverPort(t, http.StatusServiceUnavailable, loading)
+	unavailable := serverPort(t, http.StatusServiceUnavailable, `{"error":{"message":"no slot available","type":"unavailable_error","code":503}}`)
+	unavailableEmpty := serverPort(t, http.StatusServiceUnavailable, "")
+	internal := serverPort(t, http.StatusInternalServerError, loading)
+	notFound := serverPort(t, http.StatusNotFound, "")
+	closed := closedPort(t)
+
+	for _, tc := range []struct {
+		name        string
+		port        int
+		readyBefore bool
+		want        reconcile.Health
+	}{
+		{"200", ok, false, reconcile.HealthOK},
+		{"200 after ready", ok, true, reconcile.HealthOK},
+		{"200 without body", okEmpty, false, reconcile.HealthOK},
+		{"503 loading model", llamaLoading, false, reconcile.HealthLoading},
+		{"503 loading model after ready", llamaLoading, true, reconcile.HealthLoading},
+		{"503 other", unavailable, false, reconcile.HealthFailing},
+		{"503 empty", unavailableEmpty, false, reconcile.HealthFailing},
+		{"500 with the loading body", internal, false, reconcile.HealthFailing},
+		{"404", notFound, false, reconcile.HealthFailing},
+		{"refused, never ready", closed, false, reconcile.HealthLoading},
+		{"refused after ready", closed, true, reconcile.HealthFailing},
+		{"no port", 0, false, ""},
+		{"no port after ready", 0, true, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := HTTPHealth(context.Background(), tc.port, tc.readyBefore); got != tc.want {
+				t.Errorf("HTTPHealth(port %d, readyBefore %v) = %q, want %q", tc.port, tc.readyBefore, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestHTTPHealthCanceled(t *testing.T) {
+	port := serverPort(t, http.StatusOK, "")
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if got := HTTPHealth(ctx, port, true); got != reconcile.HealthFailing {
+		t.Errorf("HTTPHealth with a canceled context = %q, want %q", got, reconcile.HealthFailing)
+	}
+}
+
+// fakeNode is a gpu.Node with fixed devices.
+type fakeNode struct {
+	devices []gpu.Device
+	err     error
+}
+
+var _ gpu.Node = (*fakeNode)(nil)
+
+func (n *fakeNode) Devices(context.Context) ([]gpu.Device, error) {
+	if n.err != nil {
+		return nil, n.err
+	}
+	return slices.Clone(n.devices), nil
+}
+
+func (n *fakeNode) Events(ctx context.Context) (<-chan gpu.Event, error) {
+	ch := make(chan gpu.Event)
+	go func() {
+		<-ctx.Done()
+		close(ch)
+	}()
+	return ch, nil
+}
+
+func (n *fakeNode) Close() error { return nil }
+
+var fakeDevices = []gpu.Device{
+	{Index: 0, UUID: "GPU-0", Name: "Fake 24", MemoryTotal: 24 << 30, MemoryFree: 24 << 30},
+	{Index: 1, UUID: "GPU-1", Name: "Fake 12", MemoryTotal: 12 << 30, MemoryUsed: 1 << 30, MemoryFree: 11 << 30,
+		Processes: []gpu.Process{{PID: 4242, UsedBytes: 1 << 30}}},
+}
+
+// healthStub records the ports it is asked about and answers with answer.
+type healthStub struct {
+	mu     sync.Mutex
+	answer reconcile.Health
+	calls  map[int]bool // port → readyBefore
+}
+
+func newHealthStub(answer reconcile.Health) *healthStub {
+	return &healthStub{answer: answer, calls: map[int]bool{}}
+}
+
+func (h *healthStub) check(_ context.Context, port int, readyBefore bool) reconcile.Health {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.calls[port] = readyBefore
+	return h.answer
+}
+
+func (h *healthStub) called() map[int]bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return maps.Clone(h.calls)
+}
+
+// startChild starts a process in a session of its own (its pid is its session
+// and process group id), with extra environment; the test kills its process
+// group and waits for it when it ends.
+func startChild(t *testing.T, env []string, setsid bool, name string, args ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: setsid}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	pid := cmd.Process.Pid
+	t.Cleanup(func() {
+		if setsid {
+			_ = syscall.Kill(-pid, syscall.SIGKILL)
+		}
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if setsid {
+			// Whatever the group started is gone too.
+			waitFor(t, fmt.Sprintf("session %d to end", pid), func() bool {
+				pids, err := proc.Session(pid)
+				if err != nil {
+					return false
+				}
+				for _, p := range pids {
+					if info, err := proc.Stat(p); err == nil && info.State != 'Z' && info.State != 'X' {
+						return false
+					}
+				}
+				return true
+			})
+		}
+	})
+	return cmd
+}
+
+// waitFor polls cond for up to ten seconds.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// waitForEnv waits until the child's environment (as /proc shows it after its
+// exec) has the marker.
+func waitForEnv(t *testing.T, pid int, want string) {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("pid %d to show %s=%s", pid, MarkerEnv, want), func() bool {
+		env, err := proc.Environ(pid)
+		return err == nil && env[MarkerEnv] == want
+	})
+}
+
+func startTicks(t *testing.T, pid int) uint64 {
+	t.Helper()
+	info, err := proc.Stat(pid)
+	if err != nil {
+		t.Fatalf("stat %d: %v", pid, err)
+	}
+	return info.StartTicks
+}
+
+// deadPID returns the pid and start ticks of a process that has exited and been reaped.
+func deadPID(t *testing.T) (int, uint64) {
+	t.Helper()
+	cmd := exec.Command("sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	ticks := startTicks(t, pid)
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	if proc.Alive(pid, ticks) {
+		t.Fatalf("pid %d is alive after it was killed and reaped", pid)
+	}
+	return pid, ticks
+}
+
+func saveState(t *testing.T, dir string, st *state.State) {
+	t.Helper()
+	if err := (state.Store{Dir: dir}).Save(st); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// testNode is a node name no other test's engines use.
+func testNode(t *testing.T) string {
+	return fmt.Sprintf("observe-%d-%s", os.Getpid(), strings.ToLower(strings.NewReplacer("/", "-", "_", "-").Replace(t.Name())))
+}
+
+func TestObserveLiveRecordedEngine(t *testing.T) {
+	child := startChild(t, nil, true, "sleep", "30")
+	pid := child.Process.Pid
+	dir := t.TempDir()
+	st := state.New()
+	st.Engines["chat"] = state.Engine{
+		Pool: "chat", Generation: 2, SpecHash: "sha256:x", PID: pid, StartTicks: startTicks(t, pid),
+		Port: 18081, ReadyAt: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC),
+	}
+	st.Engines["loading"] = state.Engine{
+		Pool: "loading", Generation: 1, SpecHash: "sha256:y", PID: pid, StartTicks: startTicks(t, pid), Port: 18082,
+	}
+	saveState(t, dir, st)
+
+	health := newHealthStub(reconcile.HealthOK)
+	obs, err := Observe(context.Background(), Options{
+		Node: testNode(t), GPUs: &fakeNode{devices: fakeDevices}, Source: "fake", StateDir: dir, Health: health.check,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if obs.Node != testNode(t) || obs.Source != "fake" {
+		t.Errorf("Observe: node %q, source %q", obs.Node, obs.Source)
+	}
+	if diff := cmp.Diff(fakeDevices, obs.GPUs); diff != "" {
+		t.Errorf("GPUs (-want +got):\n%s", diff)
+	}
+	e, ok := obs.Engines["chat"]
+	if !ok {
+		t.Fatalf("no engine for chat: %+v", obs.Engines)
+	}
+	want := reconcile.Engine{
+		Pool: "chat", Generation: 2, SpecHash: "sha256:x", PID: pid, Port: 18081,
+		PIDs: []int{pid}, Alive: true, Health: reconcile.HealthOK, Recorded: true,
+	}
+	if diff := cmp.Diff(want, e); diff != "" {
+		t.Errorf("engine (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(map[int]bool{18081: true, 18082: false}, health.called()); diff != "" {
+		t.Errorf("health checks, port → readyBefore (-want +got):\n%s", diff)
+	}
+	if len(obs.Pools) != 0 {
+		t.Errorf("pools: %+v, want none", obs.Pools)
+	}
+}
+
+func TestObserveDeadRecordedEngine(t *testing.T) {
+	pid, ticks := deadPID(t)
+	dir := t.TempDir()
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	spec := &schema.Pool{ID: "chat", Node: "n", Engine: schema.EngineLlamaCpp, Devices: []int{1}, VRAM: 4 << 30}
+	st := state.New()
+	st.Engines["chat"] = state.Engine{Pool: "chat", Generation: 4, SpecHash: "sha256:x", PID: pid, StartTicks: ticks, Port: 18090, Spec: spec}
+	// A live pid with the wrong start time is another process: not the engine.
+	st.Engines["reused"] = state.Engine{Pool: "reused", Generation: 1, SpecHash: "sha256:y", PID: os.Getpid(), StartTicks: 1, Port: 18091}
+	st.Pools["chat"] = state.PoolRecord{
+		Failures:            []time.Time{t0, t0.Add(time.Minute)},
+		ConsecutiveFailures: 2,
+		NextRetry:           t0.Add(2 * time.Minute),
+		LastError:           &state.ErrorRecord{Class: "crash", Message: "exited with status 1", Time: t0},
+		BreakerState:        "half-open",
+		BreakerRetryAt:      t0.Add(time.Hour),
+	}
+	st.Pools["quiet"] = state.PoolRecord{Restarts: 3}
+	saveState(t, dir, st)
+
+	health := newHealthStub(reconcile.HealthOK)
+	obs, err := Observe(context.Background(), Options{
+		Node: testNode(t), GPUs: &fakeNode{}, Source: "fake", StateDir: dir, Health: health.check,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantEngines := map[string]reconcile.Engine{
+		"chat": {Pool: "chat", Generation: 4, SpecHash: "sha256:x", Spec: spec, PID: pid, Port: 18090,
+			Recorded: true, Exit: "exited with status 1"},
+		"reused": {Pool: "reused", Generation: 1, SpecHash: "sha256:y", PID: os.Getpid(), Port: 18091, Recorded: true},
+	}
+	if diff := cmp.Diff(wantEngines, obs.Engines, cmp.AllowUnexported(schema.Source{})); diff != "" {
+		t.Errorf("engines (-want +got):\n%s", diff)
+	}
+	wantPools := map[string]reconcile.PoolStatus{
+		"chat": {NextRetry: t0.Add(2 * time.Minute), Failures: 2, BreakerOpen: true, BreakerRetryAt: t0.Add(time.Hour),
+			LastError: "exited with status 1"},
+		"quiet": {},
+	}
+	if diff := cmp.Diff(wantPools, obs.Pools); diff != "" {
+		t.Errorf("pools (-want +got):\n%s", diff)
+	}
+	if calls := health.called(); len(calls) != 0 {
+		t.Errorf("health checked for dead engines: %v", calls)
+	}
+}
+
+func TestObserveIntent(t *testing.T) {
+	dir := t.TempDir()
+	st := state.New()
+	st.Engines["new"] = state.Engine{Pool: "new", Generation: 1, SpecHash: "sha256:z", Intent: true}
+	saveState(t, dir, st)
+	health := newHealthStub(reconcile.HealthOK)
+	obs, err := Observe(context.Background(), Options{Node: testNode(t), GPUs: &fakeNode{}, Source: "fake", StateDir: dir, Health: health.check})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := reconcile.Engine{Pool: "new", Generation: 1, SpecHash: "sha256:z", Recorded: true, Intent: true}
+	if diff := cmp.Diff(want, obs.Engines["new"]); diff != "" {
+		t.Errorf("engine (-want +got):\n%s", diff)
+	}
+	if calls := health.called(); len(calls) != 0 {
+		t.Errorf("health checked for an intent: %v", calls)
+	}
+}
+
+func TestObserveScanProcesses(t *testing.T) {
+	node := testNode(t)
+	dir := t.TempDir()
+
+	// A recorded, live engine of pool chat.
+	recorded := startChild(t, nil, true, "sleep", "30")
+	recPID := recorded.Process.Pid
+
+	// An engine of pool scanned that the state file does not know: a shell
+	// (the session leader, with --port on its command line) and its worker.
+	scannedMarker := Marker{Node: node, Pool: "scanned", Generation: 3, SpecHash: "sha256:x"}.String()
+	scanned := startChild(t, []string{MarkerEnv + "=" + scannedMarker}, true,
+		"sh", "-c", "sleep 30; exit 0", "engine", "--port", "18123")
+	scannedPID := scanned.Process.Pid
+
+	// Another engine of chat, by its marker: the live recorded one wins.
+	chatMarker := Marker{Node: node, Pool: "chat", Generation: 5, SpecHash: "sha256:z"}.String()
+	dup := startChild(t, []string{MarkerEnv + "=" + chatMarker}, true, "sleep", "30")
+
+	// An engine of another node, and a marked process that leads no session.
+	otherMarker := Marker{Node: node + "-other", Pool: "foreign", Generation: 1, SpecHash: "sha256:o"}.String()
+	other := startChild(t, []string{MarkerEnv + "=" + otherMarker}, true, "sleep", "30")
+	workerMarker := Marker{Node: node, Pool: "worker", Generation: 1, SpecHash: "sha256:w"}.String()
+	worker := startChild(t, []string{MarkerEnv + "=" + workerMarker}, false, "sleep", "30")
+
+	// A dead recorded engine of pool revived, and a live unrecorded one found by its marker.
+	deadPid, deadTicks := deadPID(t)
+	revivedMarker := Marker{Node: node, Pool: "revived", Generation: 8, SpecHash: "sha256:r"}.String()
+	revived := startChild(t, []string{MarkerEnv + "=" + revivedMarker}, true, "sleep", "30")
+
+	waitForEnv(t, scannedPID, scannedMarker)
+	waitForEnv(t, dup.Process.Pid, chatMarker)
+	waitForEnv(t, other.Process.Pid, otherMarker)
+	waitForEnv(t, worker.Process.Pid, workerMarker)
+	waitForEnv(t, revived.Process.Pid, revivedMarker)
+	var scannedPIDs []int
+	waitFor(t, "the shell to start its worker", func() bool {
+		pids, err := proc.Session(scannedPID)
+		if err != nil || len(pids) != 2 {
+			return false
+		}
+		for _, p := range pids {
+			if env, err := proc.Environ(p); err != nil || env[MarkerEnv] != scannedMarker {
+				return false
+			}
+			if args, err := proc.Cmdline(p); err != nil || len(args) == 0 {
+				return false
+			}
+		}
+		scannedPIDs = pids
+		return true
+	})
+	if args, err := proc.Cmdline(scannedPID); err != nil || portOf(args) != 18123 {
+		t.Fatalf("the shell's command line: %q, %v", args, err)
+	}
+
+	st := state.New()
+	st.Engines["chat"] = state.Engine{Pool: "chat", Generation: 2, SpecHash: "sha256:c", PID: recPID, StartTicks: startTicks(t, recPID), Port: 18100}
+	st.Engines["revived"] = state.Engine{Pool: "revived", Generation: 7, SpecHash: "sha256:r", PID: deadPid, StartTicks: deadTicks, Port: 18101}
+	saveState(t, dir, st)
+
+	health := newHealthStub(reconcile.HealthLoading)
+	obs, err := Observe(context.Background(), Options{
+		Node: node, GPUs: &fakeNode{devices: fakeDevices}, Source: "fake", StateDir: dir, ScanProcesses: true, Health: health.check,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]reconcile.Engine{
+		"chat": {Pool: "chat", Generation: 2, SpecHash: "sha256:c", PID: recPID, Port: 18100, PIDs: []int{recPID},
+			Alive: true, Health: reconcile.HealthLoading, Recorded: true},
+		"scanned": {Pool: "scanned", Generation: 3, SpecHash: "sha256:x", PID: scannedPID, Port: 18123, PIDs: scannedPIDs,
+			Alive: true, Health: reconcile.HealthLoading},
+		"revived": {Pool: "revived", Generation: 8, SpecHash: "sha256:r", PID: revived.Process.Pid, PIDs: []int{revived.Process.Pid},
+			Alive: true, Health: reconcile.HealthLoading},
+	}
+	if diff := cmp.Diff(want, obs.Engines); diff != "" {
+		t.Errorf("engines (-want +got):\n%s", diff)
+	}
+	if !slices.Contains(obs.Engines["scanned"].PIDs, scannedPID) {
+		t.Errorf("scanned engine's PIDs %v lack its leader %d", obs.Engines["scanned"].PIDs, scannedPID)
+	}
+	// The recorded engine has no readyAt and the found ones were never seen
+	// ready: none counts as once ready. The revived one's port is unknown
+	// (its command line has no --port).
+	if diff := cmp.Diff(map[int]bool{18100: false, 18123: false, 0: false}, health.called()); diff != "" {
+		t.Errorf("health checks, port → readyBefore (-want +got):\n%s", diff)
+	}
+
+	// Without ScanProcesses, only the state file counts.
+	obs, err = Observe(context.Background(), Options{Node: node, GPUs: &fakeNode{}, Source: "fake", StateDir: dir, Health: health.check})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := sortedEngineKeys(obs.Engines); !slices.Equal(got, []string{"chat", "revived"}) {
+		t.Errorf("engines without a scan: %v, want chat and revived", got)
+	}
+	if e := obs.Engines["revived"]; e.Alive || !e.Recorded || e.PID != deadPid {
+		t.Errorf("revived without a scan: %+v, want its dead record", e)
+	}
+}
+
+func sortedEngineKeys(m map[string]reconcile.Engine) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+func TestObserveFreshNode(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		stateDir func(t *testing.T) string
+	}{
+		{"missing state dir", func(t *testing.T) string { return filepath.Join(t.TempDir(), "state") }},
+		{"empty state dir", func(t *testing.T) string { return t.TempDir() }},
+		{"no state dir", func(*testing.T) string { return "" }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := tc.stateDir(t)
+			health := newHealthStub(reconcile.HealthOK)
+			obs, err := Observe(context.Background(), Options{
+				Node: "n", GPUs: &fakeNode{devices: fakeDevices}, Source: "fake", StateDir: dir, Health: health.check,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := reconcile.Observed{Node: "n", Source: "fake", GPUs: fakeDevices,
+				Engines: map[string]reconcile.Engine{}, Pools: map[string]reconcile.PoolStatus{}}
+			if diff := cmp.Diff(want, obs); diff != "" {
+				t.Errorf("observed (-want +got):\n%s", diff)
+			}
+			if dir != "" {
+				if _, err := os.Stat(filepath.Join(dir, state.FileName)); !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("Observe wrote a state file: %v", err)
+				}
+			}
+		})
+	}
+	// A missing directory is not created.
+	dir := filepath.Join(t.TempDir(), "state")
+	if _, err := Observe(context.Background(), Options{Node: "n", GPUs: &fakeNode{}, StateDir: dir}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Observe created the state directory: %v", err)
+	}
+}
+
+func TestObserveBadStateFile(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		content string
+		is      error
+		wantMsg string
+	}{
+		{"corrupt", "{not json", state.ErrCorrupt, "is corrupt: line 1, column 2: "},
+		{"empty", "", state.ErrCorrupt, "is corrupt"},
+		{"no version", `{"engines": {}, "pools": {}}`, state.ErrCorrupt, "no version"},
+		{"newer version", `{"version": 99, "engines": {}, "pools": {}}`, state.ErrUnknownVersion, "has unknown version 99"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, state.FileName)
+			if err := os.WriteFile(path, []byte(tc.content), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			_, err := Observe(context.Background(), Options{Node: "n", GPUs: &fakeNode{}, Source: "fake", StateDir: dir})
+			if !errors.Is(err, tc.is) {
+				t.Fatalf("Observe: %v, want an error wrapping %v", err, tc.is)
+			}
+			if !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), tc.wantMsg) {
+				t.Errorf("Observe: %v, want the path %s and %q", err, path, tc.wantMsg)
+			}
+			data, err := os.ReadFile(path)
+			if err != nil || string(data) != tc.content {
+				t.Errorf("the state file changed: %q, %v", data, err)
+			}
+		})
+	}
+}
+
+func TestObserveGPUError(t *testing.T) {
+	boom := errors.New("boom")
+	_, err := Observe(context.Background(), Options{Node: "n", GPUs: &fakeNode{err: boom}, Source: "sim:/x"})
+	if !errors.Is(err, boom) || !strings.Contains(err.Error(), "observe GPUs (sim:/x)") {
+		t.Errorf("Observe: %v, want observe GPUs (sim:/x) wrapping boom", err)
+	}
+}
+
+func TestNeeds(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "missing.gguf")
+	d := reconcile.Desired{
+		Node: "n",
+		Pools: map[string]*schema.Pool{
+			"split": {ID: "split", Engine: schema.EngineLlamaCpp, Model: schema.Model{Path: missing, Ctx: 4096},
+				Devices: []int{0, 1}, Split: []float64{0.75, 0.25}, VRAM: 16 << 30},
+			"even":  {ID: "even", Engine: schema.EngineVLLM, Devices: []int{0, 1, 2}, VRAM: 3 << 30},
+			"one":   {ID: "one", Engine: schema.EngineTGI, Devices: []int{1}, VRAM: 5 << 30},
+			"gguf":  {ID: "gguf", Engine: schema.EngineLlamaCpp, Model: schema.Model{Path: missing, Ctx: 4096}, Devices: []int{0}},
+			"vllm":  {ID: "vllm", Engine: schema.EngineVLLM, Model: schema.Model{Path: "/models/x"}, Devices: []int{0}},
+			"short": {ID: "short", Engine: schema.EngineVLLM, Devices: []int{0, 1}, Split: []float64{1}, VRAM: 1 << 30},
+		},
+		Needs: map[string]reconcile.Need{},
+	}
+	Needs(context.Background(), &d)
+
+	declared := map[string]reconcile.Need{
+		"split": {PerGPU: []uint64{12 << 30, 4 << 30}, Source: "declared"},
+		"even":  {PerGPU: []uint64{1 << 30, 1 << 30, 1 << 30}, Source: "declared"},
+		"one":   {PerGPU: []uint64{5 << 30}, Source: "declared"},
+	}
+	for id, want := range declared {
+		if diff := cmp.Diff(want, d.Needs[id]); diff != "" {
+			t.Errorf("need of %s (-want +got):\n%s", id, diff)
+		}
+	}
+	for id, wantErr := range map[string][]string{
+		"gguf":  {missing, "declare vram"},
+		"vllm":  {"vram must be declared for a vllm pool"},
+		"short": {"a split of 1 shares for 2 devices"},
+	} {
+		n, ok := d.Needs[id]
+		if !ok {
+			t.Errorf("no need for %s", id)
+			continue
+		}
+		if n.PerGPU != nil || n.Source != "" {
+			t.Errorf("need of %s: %+v, want only an error", id, n)
+		}
+		for _, w := range wantErr {
+			if !strings.Contains(n.Err, w) {
+				t.Errorf("need of %s: error %q, want it to mention %q", id, n.Err, w)
+			}
+		}
+	}
+	if len(d.Needs) != len(d.Pools) {
+		t.Errorf("%d needs for %d pools", len(d.Needs), len(d.Pools))
+	}
+
+	// NeedOf is the same for one pool.
+	if diff := cmp.Diff(declared["split"], NeedOf(context.Background(), d.Pools["split"])); diff != "" {
+		t.Errorf("NeedOf(split) (-want +got):\n%s", diff)
+	}
+	if n := NeedOf(context.Background(), d.Pools["gguf"]); !strings.Contains(n.Err, missing) {
+		t.Errorf("NeedOf(gguf).Err = %q, want it to mention %s", n.Err, missing)
+	}
+}
