@@ -89,6 +89,7 @@ Exit codes: 0 success (with --detailed-exitcode: no changes), 1 error,
 			if err != nil {
 				return err
 			}
+			tuneGCForOneShot()
 			return runPlan(cmd, opts)
 		},
 	}

@@ -64,6 +64,7 @@ Exit codes: 0 valid, 1 invalid, 2 usage error (such as DIR not being a directory
 			if err != nil {
 				return err
 			}
+			tuneGCForOneShot()
 			return runValidate(cmd, opts)
 		},
 	}
