@@ -21,31 +21,48 @@ func SpecHash(p *schema.Pool) string { return hashJSON(p) }
 // DesiredHash identifies the desired state of a node.
 func DesiredHash(d Desired) string { return hashJSON(d) }
 
-// ObservedHash identifies what a plan decided from: the GPUs (identity,
-// size, health and the processes on them), the engines and the pools'
-// restart states. Memory use, which moves all the time, is left out.
+// ObservedHash identifies what a plan decides from: the GPUs (identity,
+// size, health), the processes pool-managerd does not own on them, the
+// engines (identity, spec, whether they live and fail) and the pools'
+// restart states. What moves while an engine loads — memory use, its
+// workers' pids, loading versus healthy — is left out, so that a plan saved
+// during a preload is not stale by the time it is applied.
 func ObservedHash(o Observed) string {
 	type device struct {
-		Index int
-		UUID  string
-		Total uint64
-		Lost  bool
-		PIDs  []int
+		Index   int
+		UUID    string
+		Total   uint64
+		Lost    bool
+		Foreign []int
+	}
+	type engine struct {
+		Generation               int64
+		SpecHash                 string
+		PID                      int
+		Alive, Failing, Recorded bool
+		Intent                   bool
 	}
 	view := struct {
 		Node    string
 		Source  string
 		GPUs    []device
-		Engines map[string]Engine
+		Engines map[string]engine
 		Pools   map[string]PoolStatus
-	}{Node: o.Node, Source: o.Source, Engines: o.Engines, Pools: o.Pools}
+	}{Node: o.Node, Source: o.Source, Engines: map[string]engine{}, Pools: o.Pools}
+	owned := o.ownedPIDs()
 	for _, d := range o.GPUs {
 		dev := device{Index: d.Index, UUID: d.UUID, Total: d.MemoryTotal, Lost: d.Lost}
 		for _, p := range d.Processes {
-			dev.PIDs = append(dev.PIDs, p.PID)
+			if _, ours := owned[p.PID]; !ours {
+				dev.Foreign = append(dev.Foreign, p.PID)
+			}
 		}
-		sort.Ints(dev.PIDs)
+		sort.Ints(dev.Foreign)
 		view.GPUs = append(view.GPUs, dev)
+	}
+	for id, e := range o.Engines {
+		view.Engines[id] = engine{Generation: e.Generation, SpecHash: e.SpecHash, PID: e.PID, Alive: e.Alive,
+			Failing: e.Health == HealthFailing, Recorded: e.Recorded, Intent: e.Intent}
 	}
 	return hashJSON(view)
 }

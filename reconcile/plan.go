@@ -152,6 +152,8 @@ type Unchanged struct {
 	Pool   string `json:"pool"`
 	PID    int    `json:"pid,omitempty"`
 	Status string `json:"status"`
+	// Health is the engine's health: loading while it preloads (apply waits for it).
+	Health Health `json:"health,omitempty"`
 }
 
 // Summary counts a plan's changes.
@@ -250,9 +252,11 @@ func (p *planner) plan() *NodePlan {
 		}
 		starts = append(starts, id)
 	}
+	var startChanges []Change
 	for _, id := range starts {
-		p.start(p.desired.Pools[id])
+		startChanges = append(startChanges, p.startChange(p.desired.Pools[id]))
 	}
+	p.changes = append(p.changes, p.bookVRAM(startChanges)...)
 	sort.SliceStable(p.changes, func(i, j int) bool {
 		a, b := p.changes[i], p.changes[j]
 		if a.Action.order() != b.Action.order() {
@@ -318,7 +322,7 @@ func (p *planner) running(pool *schema.Pool, e Engine) (*Unchanged, bool) {
 		return nil, false // a restart or a create: decided with the starts
 	case e.SpecHash != hash:
 		fields := diffSpecs(e.Spec, pool)
-		if e.Spec != nil && inPlace(fields) {
+		if e.Spec != nil && inPlace(fields) && e.Health != HealthFailing {
 			p.changes = append(p.changes, Change{Action: Update, Pool: pool.ID, Engine: pool.Engine, Devices: pool.Devices,
 				PID: e.PID, Fields: fields, Spec: pool, SpecHash: hash,
 				Reasons: []string{"only fields that need no restart changed; the engine keeps running"}})
@@ -339,11 +343,13 @@ func (p *planner) running(pool *schema.Pool, e Engine) (*Unchanged, bool) {
 	} else if e.Health == "" {
 		status = "running"
 	}
-	return &Unchanged{Pool: pool.ID, PID: e.PID, Status: status}, true
+	return &Unchanged{Pool: pool.ID, PID: e.PID, Status: status, Health: e.Health}, true
 }
 
-// start plans a create, restart or replace of a pool, or blocks it.
-func (p *planner) start(pool *schema.Pool) {
+// startChange decides the create, restart or replace of a pool, with the
+// blockers that do not depend on memory; the VRAM is booked afterwards,
+// once every stop's memory is counted.
+func (p *planner) startChange(pool *schema.Pool) Change {
 	e, known := p.observed.Engines[pool.ID]
 	hash := SpecHash(pool)
 	c := Change{Pool: pool.ID, Engine: pool.Engine, Devices: pool.Devices, Spec: pool, SpecHash: hash}
@@ -355,17 +361,18 @@ func (p *planner) start(pool *schema.Pool) {
 		c.Action = Replace
 		c.PID = e.PID
 		c.Fields = diffSpecs(e.Spec, pool)
-		if e.Spec == nil {
+		switch {
+		case e.Spec == nil:
 			c.Reasons = []string{"the running engine was started from another spec (its fields are not recorded)"}
-		} else {
+		case e.Health == HealthFailing:
+			c.Reasons = []string{fmt.Sprintf("engine pid %d fails its health check, and its spec changed", e.PID)}
+		default:
 			c.Reasons = []string{"fields that need a new engine changed"}
 		}
-		p.release(e)
 	case e.Alive:
 		c.Action = Restart
 		c.PID = e.PID
 		c.Reasons = []string{fmt.Sprintf("engine pid %d fails its health check", e.PID)}
-		p.release(e)
 	case e.Intent:
 		c.Action = Create
 		c.Reasons = []string{"an earlier start was recorded but no engine process was found"}
@@ -382,31 +389,37 @@ func (p *planner) start(pool *schema.Pool) {
 			c.Reasons = append(c.Reasons, "and its spec changed")
 		}
 	}
-	if b := p.blocked(pool, &c); b != nil {
-		c.Blocker = b
-		c.Reasons = append(c.Reasons, "blocked: "+b.Message)
-		if c.Action == Replace || c.Action == Restart {
-			// The running engine stays as it is: nothing to free.
-			if e.Alive {
-				p.reclaim(e)
-			}
-		}
-		c.Action = Blocked
+	if b := p.precheck(pool, &c, known && e.SpecHash != hash); b != nil {
+		p.block(&c, b)
 	}
-	p.changes = append(p.changes, c)
+	return c
 }
 
-// blocked says why a start cannot go ahead, or nil; it books the VRAM of a
-// start that can, so later starts in the plan see less free memory.
-func (p *planner) blocked(pool *schema.Pool, c *Change) *Blocker {
+func (p *planner) block(c *Change, b *Blocker) {
+	c.Blocker = b
+	c.Reasons = append(c.Reasons, "blocked: "+b.Message)
+	c.Action = Blocked
+	c.PID = 0
+	c.Need = nil
+}
+
+// precheck says why a start cannot go ahead, whatever the memory: an open
+// circuit (unless the config changed, which closes it), the backoff, a GPU
+// that is lost, unknown or not as declared, a process pool-managerd does
+// not own, an unknown need.
+func (p *planner) precheck(pool *schema.Pool, c *Change, specChanged bool) *Blocker {
 	status := p.observed.Pools[pool.ID]
-	if (c.Action == Restart || c.Action == Replace) && status.BreakerOpen {
-		if p.now.Before(status.BreakerRetryAt) {
+	if status.BreakerOpen {
+		switch {
+		case specChanged:
+			c.Reasons = append(c.Reasons, "the config changed: the circuit breaker closes")
+		case p.now.Before(status.BreakerRetryAt):
 			return &Blocker{Class: ClassCircuitOpen,
 				Message: fmt.Sprintf("circuit open after %d failures in %v (half-open try at %s)", status.Failures, pool.Restart.Breaker.Window, status.BreakerRetryAt.UTC().Format(time.RFC3339)),
 				Hint:    fmt.Sprintf("fix the config or run pool-managerd reset %s", pool.ID)}
+		default:
+			c.Reasons = append(c.Reasons, "circuit half-open: one try")
 		}
-		c.Reasons = append(c.Reasons, "circuit half-open: one try")
 	}
 	if c.Action == Restart && p.now.Before(status.NextRetry) {
 		t := status.NextRetry.UTC()
@@ -414,17 +427,20 @@ func (p *planner) blocked(pool *schema.Pool, c *Change) *Blocker {
 		c.Reasons = append(c.Reasons, fmt.Sprintf("backoff: not before %s (in %v)", t.Format(time.RFC3339), status.NextRetry.Sub(p.now).Round(time.Second)))
 	}
 	for _, idx := range pool.Devices {
-		if why, bad := p.badGPUs[idx]; bad {
-			return &Blocker{Class: ClassInventory, Message: why, Hint: "update the node's declared GPUs (pool-managerd inventory prints them) or check the hardware"}
-		}
 		d, ok := p.observed.device(idx)
 		switch {
-		case !ok:
-			return &Blocker{Class: ClassUnknownGPU, Message: fmt.Sprintf("GPU %d is not on this node (observed GPUs: %s)", idx, deviceList(p.observed.GPUs)),
-				Hint: "change devices, or declare the node's real GPUs"}
-		case d.Lost:
+		case ok && d.Lost:
 			return &Blocker{Class: ClassGPULost, Message: fmt.Sprintf("GPU %d is lost: the driver reports it off the bus or in need of a reset", idx),
 				Hint: "reset the GPU (nvidia-smi -r) or reboot; check dmesg for Xid errors"}
+		case !ok:
+			if why, bad := p.badGPUs[idx]; bad {
+				return &Blocker{Class: ClassInventory, Message: why, Hint: "update the node's declared GPUs (pool-managerd inventory prints them) or check the hardware"}
+			}
+			return &Blocker{Class: ClassUnknownGPU, Message: fmt.Sprintf("GPU %d is not on this node (observed GPUs: %s)", idx, deviceList(p.observed.GPUs)),
+				Hint: "change devices, or declare the node's real GPUs"}
+		}
+		if why, bad := p.badGPUs[idx]; bad {
+			return &Blocker{Class: ClassInventory, Message: why, Hint: "update the node's declared GPUs (pool-managerd inventory prints them) or check the hardware"}
 		}
 		for _, proc := range d.Processes {
 			if _, ours := p.owned[proc.PID]; !ours {
@@ -448,21 +464,146 @@ func (p *planner) blocked(pool *schema.Pool, c *Change) *Blocker {
 		}
 		return &Blocker{Class: ClassUnknownNeed, Message: msg, Hint: "make the model file readable, or declare vram for the pool"}
 	}
-	c.Need = make([]GPUNeed, len(pool.Devices))
-	for i, idx := range pool.Devices {
-		d, _ := p.observed.device(idx)
-		c.Need[i] = GPUNeed{Index: idx, UUID: d.UUID, Need: need.PerGPU[i], Free: p.free[idx]}
+	return nil
+}
+
+// bookVRAM checks each start's need against the memory free for it: the
+// GPUs' free memory, plus what every stop of the plan frees (apply stops
+// first, and a replace or restart stops its own engine), less what earlier
+// starts take. A replace or restart blocked for memory keeps its engine, so
+// its memory is not freed after all: booking is redone without it until it
+// settles, and then each such pool is tried again, in case the memory of
+// another one kept running was what it lacked.
+func (p *planner) bookVRAM(starts []Change) []Change {
+	keeps := map[string]bool{} // replaces and restarts whose engines keep running
+	out, _ := p.bookSettled(starts, keeps)
+	for _, c := range starts {
+		if !keeps[c.Pool] {
+			continue
+		}
+		delete(keeps, c.Pool)
+		if trial, grew := p.bookSettled(starts, keeps); !grew {
+			out = trial
+			continue
+		}
+		keeps[c.Pool] = true
 	}
-	for i, idx := range pool.Devices {
-		if n := c.Need[i]; n.Need > n.Free {
-			d, _ := p.observed.device(idx)
-			return &Blocker{Class: ClassInsufficientVRAM,
-				Message: fmt.Sprintf("insufficient VRAM on GPU %d (%s, %s): needs %s at ctx %d, %s free", idx, d.Name, gib(d.MemoryTotal), gib(n.Need), pool.Model.Ctx, gib(n.Free)),
-				Hint:    vramHint(pool)}
+	return out
+}
+
+// bookSettled books the starts, adding to keeps every replace or restart
+// that does not fit until none is added; grew says whether keeps grew.
+func (p *planner) bookSettled(starts []Change, keeps map[string]bool) ([]Change, bool) {
+	grew := false
+	for {
+		out, failed := p.book(starts, keeps)
+		if failed == "" {
+			return out, grew
+		}
+		keeps[failed] = true
+		grew = true
+	}
+}
+
+// book makes one booking pass. It stops at the first replace or restart
+// that does not fit (its engine must keep running) and returns its pool.
+func (p *planner) book(starts []Change, keeps map[string]bool) ([]Change, string) {
+	free := map[int]uint64{}
+	for idx, f := range p.free {
+		free[idx] = f
+	}
+	for _, c := range starts {
+		if c.Action != Blocked && c.PID != 0 && !keeps[c.Pool] {
+			for idx, b := range p.observed.heldBy(p.observed.Engines[c.Pool]) {
+				free[idx] += b
+			}
 		}
 	}
-	for i, idx := range pool.Devices {
-		p.free[idx] -= c.Need[i].Need
+	out := make([]Change, len(starts))
+	copy(out, starts)
+	// Pools that run now (replaces, restarts) are placed first: the memory
+	// their own engines free is theirs before any new pool's.
+	order := make([]int, 0, len(starts))
+	for pass := 0; pass < 2; pass++ {
+		for i, c := range starts {
+			if (c.PID != 0) == (pass == 0) {
+				order = append(order, i)
+			}
+		}
+	}
+	for _, i := range order {
+		c := starts[i]
+		if c.Action == Blocked {
+			continue
+		}
+		if keeps[c.Pool] {
+			continue // placed last, below
+		}
+		need, ok := p.desired.Needs[c.Pool]
+		if !ok || need.Err != "" {
+			continue // a pull-request check: not known here
+		}
+		out[i].Need = make([]GPUNeed, len(c.Spec.Devices))
+		for j, idx := range c.Spec.Devices {
+			d, _ := p.observed.device(idx)
+			out[i].Need[j] = GPUNeed{Index: idx, UUID: d.UUID, Need: need.PerGPU[j], Free: free[idx]}
+		}
+		if b := p.vramBlocker(out[i], free); b != nil {
+			if c.PID != 0 {
+				return nil, c.Pool
+			}
+			p.block(&out[i], b)
+			continue
+		}
+		for j, idx := range c.Spec.Devices {
+			free[idx] -= need.PerGPU[j]
+		}
+	}
+	// The replaces and restarts that did not fit in their turn: each still
+	// goes ahead if what is left, with its own engine's memory, holds it;
+	// else its engine keeps running and it is blocked.
+	for i, c := range starts {
+		if !keeps[c.Pool] || c.Action == Blocked {
+			continue
+		}
+		withOwn := map[int]uint64{}
+		for idx, f := range free {
+			withOwn[idx] = f
+		}
+		for idx, b := range p.observed.heldBy(p.observed.Engines[c.Pool]) {
+			withOwn[idx] += b
+		}
+		if b := p.vramBlocker(c, withOwn); b != nil {
+			p.block(&out[i], b)
+			continue
+		}
+		need := p.desired.Needs[c.Pool]
+		out[i].Need = make([]GPUNeed, len(c.Spec.Devices))
+		for j, idx := range c.Spec.Devices {
+			d, _ := p.observed.device(idx)
+			out[i].Need[j] = GPUNeed{Index: idx, UUID: d.UUID, Need: need.PerGPU[j], Free: withOwn[idx]}
+		}
+		for idx := range withOwn {
+			free[idx] = withOwn[idx]
+		}
+		for j, idx := range c.Spec.Devices {
+			free[idx] -= need.PerGPU[j]
+		}
+	}
+	return out, ""
+}
+
+// vramBlocker says which masked GPU lacks the memory for a start, or nil.
+func (p *planner) vramBlocker(c Change, free map[int]uint64) *Blocker {
+	need := p.desired.Needs[c.Pool]
+	for j, idx := range c.Spec.Devices {
+		if j >= len(need.PerGPU) || need.PerGPU[j] <= free[idx] {
+			continue
+		}
+		d, _ := p.observed.device(idx)
+		return &Blocker{Class: ClassInsufficientVRAM,
+			Message: fmt.Sprintf("insufficient VRAM on GPU %d (%s, %s): needs %s at ctx %d, %s free", idx, d.Name, gib(d.MemoryTotal), gib(need.PerGPU[j]), c.Spec.Model.Ctx, gib(free[idx])),
+			Hint:    vramHint(c.Spec)}
 	}
 	return nil
 }
@@ -478,13 +619,6 @@ func vramHint(pool *schema.Pool) string {
 func (p *planner) release(e Engine) {
 	for idx, b := range p.observed.heldBy(e) {
 		p.free[idx] += b
-	}
-}
-
-// reclaim undoes release when a stop does not happen after all.
-func (p *planner) reclaim(e Engine) {
-	for idx, b := range p.observed.heldBy(e) {
-		p.free[idx] -= min(b, p.free[idx])
 	}
 }
 

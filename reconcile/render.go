@@ -169,11 +169,22 @@ func ReadJSON(r io.Reader) (*NodePlan, error) {
 	if err := dec.Decode(&p); err != nil {
 		return nil, fmt.Errorf("decode plan: %w", err)
 	}
+	if dec.More() {
+		return nil, fmt.Errorf("decode plan: more than one JSON document (a plan file holds the plan of one node)")
+	}
 	if p.FormatVersion != FormatVersion {
 		return nil, fmt.Errorf("plan format version %d: this pool-managerd reads version %d", p.FormatVersion, FormatVersion)
 	}
 	if p.Node == "" || p.DesiredHash == "" || p.ObservedHash == "" {
 		return nil, fmt.Errorf("decode plan: node, desiredHash and observedHash are required")
+	}
+	for i, c := range p.Changes {
+		if c.Action.order() == 99 {
+			return nil, fmt.Errorf("decode plan: change %d (pool %s): unknown action %q", i, c.Pool, c.Action)
+		}
+		if c.Action != Delete && c.Action != Blocked && c.Spec == nil {
+			return nil, fmt.Errorf("decode plan: change %d (pool %s): %s without a spec", i, c.Pool, c.Action)
+		}
 	}
 	return &p, nil
 }

@@ -43,6 +43,28 @@ type Need struct {
 	Err string `json:"error,omitempty"`
 }
 
+// DesiredByNode splits a config by node in one pass: each declared node's
+// desired state (needs are filled in by the caller).
+func DesiredByNode(cfg *schema.Desired) map[string]Desired {
+	out := map[string]Desired{}
+	for name, n := range cfg.Nodes {
+		out[name] = Desired{Node: name, Declared: n, Pools: map[string]*schema.Pool{}, Needs: map[string]Need{}}
+	}
+	for id, p := range cfg.Pools {
+		d, ok := out[p.Node]
+		if !ok {
+			d = Desired{Node: p.Node, Pools: map[string]*schema.Pool{}, Needs: map[string]Need{}}
+		}
+		d.Pools[id] = p
+		out[p.Node] = d
+	}
+	for name, d := range out {
+		d.OtherPools = len(cfg.Pools) - len(d.Pools)
+		out[name] = d
+	}
+	return out
+}
+
 // DesiredFor selects one node's pools from a config; needs are filled in by the caller.
 func DesiredFor(cfg *schema.Desired, node string) Desired {
 	d := Desired{Node: node, Pools: map[string]*schema.Pool{}, Needs: map[string]Need{}, Declared: cfg.Nodes[node]}

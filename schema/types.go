@@ -1,6 +1,7 @@
 package schema
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"sort"
@@ -135,8 +136,10 @@ func (r RestartPolicy) MarshalJSON() ([]byte, error) {
 // UnmarshalJSON reads what MarshalJSON writes.
 func (r *RestartPolicy) UnmarshalJSON(data []byte) error {
 	var j restartJSON
-	if err := json.Unmarshal(data, &j); err != nil {
-		return err
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&j); err != nil {
+		return fmt.Errorf("restart policy: %w", err)
 	}
 	var out RestartPolicy
 	for _, f := range []struct {

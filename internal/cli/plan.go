@@ -121,8 +121,13 @@ func runPlan(cmd *cobra.Command, opts planOptions) error {
 	}
 	changes := false
 	var out bytes.Buffer
+	byNode := reconcile.DesiredByNode(cfg)
 	for i, node := range nodes {
-		plan, err := planNode(cmd, cfg, node, opts)
+		desired, ok := byNode[node]
+		if !ok {
+			desired = reconcile.DesiredFor(cfg, node)
+		}
+		plan, err := planNode(cmd, cfg, desired, opts)
 		if err != nil {
 			return err
 		}
@@ -157,8 +162,9 @@ func runPlan(cmd *cobra.Command, opts planOptions) error {
 }
 
 // planNode observes one node and plans it.
-func planNode(cmd *cobra.Command, cfg *schema.Desired, node string, opts planOptions) (*reconcile.NodePlan, error) {
+func planNode(cmd *cobra.Command, cfg *schema.Desired, desired reconcile.Desired, opts planOptions) (*reconcile.NodePlan, error) {
 	ctx := cmd.Context()
+	node := desired.Node
 	declaredNode := cfg.Nodes[node]
 	if opts.GPUs.Kind == "declared" && declaredNode == nil {
 		return nil, fmt.Errorf("plan: node %q is not declared in %s (declared: %s)", node, opts.Dir, strings.Join(cfg.SortedNodeNames(), ", "))
@@ -168,7 +174,6 @@ func planNode(cmd *cobra.Command, cfg *schema.Desired, node string, opts planOpt
 		return nil, fmt.Errorf("plan: %w", err)
 	}
 	defer gpus.Close()
-	desired := reconcile.DesiredFor(cfg, node)
 	observe.Needs(ctx, &desired)
 	obsOpts := observe.Options{Node: node, GPUs: gpus, Source: opts.GPUs.String()}
 	if opts.GPUs.Kind != "declared" {
