@@ -1,0 +1,363 @@
+// Package preset turns a pool into the command line and environment of its
+// engine process: llama.cpp's llama-server, vLLM or TGI's
+// text-generation-launcher. It does no I/O beyond finding the engine binaries
+// (exec.LookPath, os.Stat); starting the process is the supervisor's job.
+//
+// Every engine gets, whatever the pool says:
+//
+//   - CUDA_DEVICE_ORDER=PCI_BUS_ID, so that CUDA numbers GPUs as NVML does;
+//   - CUDA_VISIBLE_DEVICES = the pool's masked GPUs in the order of its
+//     devices (and of its split): GPU UUIDs for llama.cpp and TGI, NVML
+//     indices for vLLM, which parses the entries as integers and crashes on
+//     UUIDs;
+//   - the engine marker (MarkerEnv), by which a scan of /proc finds it;
+//   - a bind to 127.0.0.1 on the given port, the model and its context size;
+//   - the shard count (vLLM, TGI) or tensor split (llama.cpp) of the mask.
+//
+// The pool's own flags come last and its env after the managed variables
+// (the schema's checks refuse flags and variables that would override them).
+// Of pool-managerd's own environment only PATH, HOME, LANG, LC_*, TZ and
+// TMPDIR reach the engine.
+package preset
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/vram"
+	"github.com/poolmanagerd/pool-managerd/schema"
+)
+
+// MarkerEnv is the variable that carries the engine marker. It is the same as
+// observe.MarkerEnv; it is repeated here because observe imports reconcile,
+// which may import this package (a test keeps the two equal).
+const MarkerEnv = "POOL_MANAGERD_ENGINE"
+
+// SimDirEnv tells a stand-in engine where the simulated node keeps its state
+// (set only when Options.SimDir is).
+const SimDirEnv = "POOL_MANAGERD_SIM_DIR"
+
+// Host is the address every engine binds to.
+const Host = "127.0.0.1"
+
+// HealthStyle is how an engine behaves before its model is loaded, which is
+// what a health check during preload must expect.
+type HealthStyle int
+
+const (
+	// LlamaServer engines listen at once and answer 503 ("Loading model")
+	// on every route until the model is loaded, then GET /health gives 200.
+	LlamaServer HealthStyle = iota + 1
+	// RefuseUntilLoaded engines (vLLM, TGI) do not listen until the model is
+	// loaded: a refused connection during preload is not a failure.
+	RefuseUntilLoaded
+)
+
+// String names the style.
+func (h HealthStyle) String() string {
+	switch h {
+	case LlamaServer:
+		return "llama-server"
+	case RefuseUntilLoaded:
+		return "refuse-until-loaded"
+	}
+	return "HealthStyle(" + strconv.Itoa(int(h)) + ")"
+}
+
+// Command is how to start one pool's engine.
+type Command struct {
+	// Path is the engine binary, absolute.
+	Path string
+	// Args are the arguments after the program name (argv[1:]).
+	Args []string
+	// Env is the engine's whole environment, KEY=VALUE sorted by key.
+	Env []string
+	// Health says what the engine's health endpoint does while it loads.
+	Health HealthStyle
+}
+
+// Argv is the engine's whole command line: Path, then Args. It is what
+// /proc/PID/cmdline of the started engine reads.
+func (c Command) Argv() []string {
+	return append([]string{c.Path}, c.Args...)
+}
+
+// The default engine binaries, looked up in PATH.
+const (
+	DefaultLlamaCpp = "llama-server"
+	DefaultVLLM     = "vllm"
+	DefaultTGI      = "text-generation-launcher"
+)
+
+// Binaries are the engine programs. An empty field means the default name;
+// a value without a slash is looked up in PATH, one with a slash is a path
+// (made absolute).
+type Binaries struct {
+	LlamaCpp, VLLM, TGI string
+}
+
+// ErrBinary is wrapped by the errors of Binaries.Path and Binaries.Check.
+var ErrBinary = errors.New("engine binary not usable")
+
+// BinaryError says which engine binary is missing or not executable.
+type BinaryError struct {
+	Engine schema.Engine
+	// Path is the configured value (a name or a path).
+	Path string
+	// Reason says what is wrong ("not found in PATH", "not executable", ...).
+	Reason string
+}
+
+func (e *BinaryError) Error() string {
+	return fmt.Sprintf("%s engine binary %q: %s; install it, or configure the %s binary with an absolute path or a name found in PATH",
+		e.Engine, e.Path, e.Reason, e.Engine)
+}
+
+// Unwrap makes errors.Is(err, ErrBinary) true.
+func (e *BinaryError) Unwrap() error { return ErrBinary }
+
+// name returns the configured binary of engine e, or its default.
+func (b Binaries) name(e schema.Engine) (string, error) {
+	var v, def string
+	switch e {
+	case schema.EngineLlamaCpp:
+		v, def = b.LlamaCpp, DefaultLlamaCpp
+	case schema.EngineVLLM:
+		v, def = b.VLLM, DefaultVLLM
+	case schema.EngineTGI:
+		v, def = b.TGI, DefaultTGI
+	default:
+		return "", fmt.Errorf("unknown engine %q", e)
+	}
+	if v == "" {
+		v = def
+	}
+	return v, nil
+}
+
+// Path returns the absolute path of engine e's binary, checking that it is
+// an executable file.
+func (b Binaries) Path(e schema.Engine) (string, error) {
+	name, err := b.name(e)
+	if err != nil {
+		return "", err
+	}
+	fail := func(reason string) error { return &BinaryError{Engine: e, Path: name, Reason: reason} }
+	path := name
+	if !strings.Contains(name, "/") {
+		p, err := exec.LookPath(name)
+		if err != nil {
+			return "", fail("not found in PATH")
+		}
+		path = p
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", fail(err.Error())
+	}
+	fi, err := os.Stat(abs)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return "", fail("no such file")
+	case err != nil:
+		return "", fail(err.Error())
+	case fi.IsDir():
+		return "", fail("is a directory")
+	case fi.Mode()&0o111 == 0:
+		return "", fail("not executable (mode " + fi.Mode().Perm().String() + ")")
+	}
+	return abs, nil
+}
+
+// Check checks that the binary of each engine named exists and is
+// executable; every problem is reported, joined.
+func (b Binaries) Check(engines ...schema.Engine) error {
+	var errs []error
+	seen := map[schema.Engine]bool{}
+	for _, e := range engines {
+		if seen[e] {
+			continue
+		}
+		seen[e] = true
+		if _, err := b.Path(e); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// GPU is one GPU of a pool's device mask.
+type GPU struct {
+	// Index is the NVML index (PCI bus order).
+	Index int
+	// UUID is the GPU's UUID ("GPU-...").
+	UUID string
+}
+
+// Options are the inputs of Build that do not come from the pool.
+type Options struct {
+	// SimDir, when set, is passed to the engine as POOL_MANAGERD_SIM_DIR: the
+	// stand-in engine claims memory on the simulated node kept there.
+	SimDir string
+	// Environ is pool-managerd's environment, from which PATH, HOME, LANG,
+	// LC_*, TZ and TMPDIR are passed on; nil means os.Environ().
+	Environ []string
+}
+
+// passed reports whether a variable of pool-managerd's environment reaches the engine.
+func passed(key string) bool {
+	switch key {
+	case "PATH", "HOME", "LANG", "TZ", "TMPDIR":
+		return true
+	}
+	return strings.HasPrefix(key, "LC_")
+}
+
+// managedEnv are the variables Build sets; a pool may not set them.
+var managedEnv = []string{"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", MarkerEnv, SimDirEnv}
+
+// Build returns the command that runs pool p's engine on gpus (the pool's
+// masked GPUs, in the order of p.Devices) listening on port, marked with
+// marker (observe.Marker's value).
+func Build(p *schema.Pool, gpus []GPU, port int, b Binaries, marker string, opts Options) (Command, error) {
+	fail := func(format string, args ...any) (Command, error) {
+		return Command{}, fmt.Errorf("pool %s: "+format, append([]any{p.ID}, args...)...)
+	}
+	if len(gpus) == 0 || len(gpus) != len(p.Devices) {
+		return fail("%d GPUs given for a mask of %d devices", len(gpus), len(p.Devices))
+	}
+	for i, g := range gpus {
+		if g.Index != p.Devices[i] {
+			return fail("GPU %d given for device %d of the mask %v", g.Index, i, p.Devices)
+		}
+	}
+	if port <= 0 || port > 65535 {
+		return fail("port %d out of range", port)
+	}
+	if p.Port != 0 && port != p.Port {
+		return fail("port %d given, but the pool names port %d", port, p.Port)
+	}
+	if marker == "" {
+		return fail("no engine marker")
+	}
+	if p.Model.Path == "" || p.Model.Ctx <= 0 {
+		return fail("model path %q, ctx %d", p.Model.Path, p.Model.Ctx)
+	}
+	for _, k := range managedEnv {
+		if _, ok := p.Env[k]; ok {
+			return fail("env %s is set by pool-managerd", k)
+		}
+	}
+	path, err := b.Path(p.Engine)
+	if err != nil {
+		return fail("%w", err)
+	}
+
+	n := strconv.Itoa(len(gpus))
+	portArg := strconv.Itoa(port)
+	ctxArg := strconv.Itoa(p.Model.Ctx)
+	cmd := Command{Path: path}
+	var visible []string
+	switch p.Engine {
+	case schema.EngineLlamaCpp:
+		cmd.Health = LlamaServer
+		cmd.Args = []string{
+			"--model", p.Model.Path,
+			"--host", Host,
+			"--port", portArg,
+			"--ctx-size", ctxArg,
+			"--n-gpu-layers", strconv.Itoa(vram.GPULayers),
+			"--fit", "off",
+			"--split-mode", "layer",
+		}
+		if len(gpus) > 1 {
+			split := p.EffectiveSplit()
+			if len(split) != len(gpus) {
+				return fail("split %v for %d devices", split, len(gpus))
+			}
+			parts := make([]string, len(split))
+			for i, r := range split {
+				parts[i] = strconv.FormatFloat(r, 'g', -1, 64)
+			}
+			cmd.Args = append(cmd.Args, "--tensor-split", strings.Join(parts, ","))
+		}
+		visible, err = uuids(gpus)
+	case schema.EngineVLLM:
+		cmd.Health = RefuseUntilLoaded
+		cmd.Args = []string{
+			"serve", p.Model.Path,
+			"--host", Host,
+			"--port", portArg,
+			"--tensor-parallel-size", n,
+			"--max-model-len", ctxArg,
+		}
+		for _, g := range gpus {
+			visible = append(visible, strconv.Itoa(g.Index))
+		}
+	case schema.EngineTGI:
+		cmd.Health = RefuseUntilLoaded
+		cmd.Args = []string{
+			"--model-id", p.Model.Path,
+			"--hostname", Host,
+			"--port", portArg,
+			"--num-shard", n,
+			"--max-total-tokens", ctxArg,
+		}
+		visible, err = uuids(gpus)
+	default:
+		return fail("unknown engine %q", p.Engine)
+	}
+	if err != nil {
+		return fail("%w", err)
+	}
+	cmd.Args = append(cmd.Args, p.Flags...)
+
+	env := map[string]string{}
+	environ := opts.Environ
+	if environ == nil {
+		environ = os.Environ()
+	}
+	for _, kv := range environ {
+		if k, v, ok := strings.Cut(kv, "="); ok && passed(k) {
+			env[k] = v
+		}
+	}
+	for k, v := range p.Env {
+		env[k] = v
+	}
+	env["CUDA_VISIBLE_DEVICES"] = strings.Join(visible, ",")
+	env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+	env[MarkerEnv] = marker
+	if opts.SimDir != "" {
+		env[SimDirEnv] = opts.SimDir
+	}
+	keys := make([]string, 0, len(env))
+	for k := range env {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	cmd.Env = make([]string, len(keys))
+	for i, k := range keys {
+		cmd.Env[i] = k + "=" + env[k]
+	}
+	return cmd, nil
+}
+
+// uuids lists the GPUs' UUIDs, which llama.cpp and TGI take in CUDA_VISIBLE_DEVICES.
+func uuids(gpus []GPU) ([]string, error) {
+	out := make([]string, len(gpus))
+	for i, g := range gpus {
+		if g.UUID == "" {
+			return nil, fmt.Errorf("GPU %d has no UUID", g.Index)
+		}
+		out[i] = g.UUID
+	}
+	return out, nil
+}
