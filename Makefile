@@ -33,9 +33,10 @@ lint: ## gofmt, go vet and staticcheck must be clean.
 fmt:
 	gofmt -w $$(git ls-files '*.go')
 
-bench: build ## Benchmarks: validate against cue vet at 100, 1,000 and 10,000 pools.
-	$(GO) test -run '^$$' -bench . -benchmem ./schema/...
-	./scripts/bench-validate.sh $(BIN)/pool-managerd
+bench: build ## Benchmarks: load, validate against cue vet, and plan, at 100, 1,000 and 10,000 pools.
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime 3x ./schema/...
+	$(GO) test -run '^$$' -bench Plan -benchtime 3x ./reconcile
+	BENCH_STRICT=1 ./scripts/bench-validate.sh $(BIN)/pool-managerd
 
 fuzz: ## Fuzz the loader for a minute.
 	$(GO) test -run '^$$' -fuzz FuzzLoad -fuzztime 60s ./schema
