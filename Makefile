@@ -12,8 +12,9 @@ LDFLAGS := -X github.com/poolmanagerd/pool-managerd/internal/cli.version=$(VERSI
 
 all: build
 
-build: ## Build pool-managerd into bin/.
+build: ## Build pool-managerd and the stand-in engine into bin/.
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/pool-managerd ./cmd/pool-managerd
+	$(GO) build -o $(BIN)/fake-engine ./cmd/fake-engine
 
 demo: build ## Walk through the main job on the examples.
 	./scripts/demo.sh $(BIN)/pool-managerd
