@@ -131,6 +131,9 @@ type GPUNeed struct {
 type NodePlan struct {
 	FormatVersion int    `json:"formatVersion"`
 	Node          string `json:"node"`
+	// Config is the config directory the plan was made from (absolute), so
+	// that apply can check the config has not changed since.
+	Config string `json:"config,omitempty"`
 	// Source says where the GPUs were observed.
 	Source    string    `json:"source"`
 	CreatedAt time.Time `json:"createdAt"`

@@ -131,6 +131,9 @@ func runPlan(cmd *cobra.Command, opts planOptions) error {
 		if err != nil {
 			return err
 		}
+		if abs, err := filepath.Abs(opts.Dir); err == nil {
+			plan.Config = abs
+		}
 		changes = changes || plan.HasChanges()
 		if i > 0 && opts.Format == "text" {
 			out.WriteString("\n")

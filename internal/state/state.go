@@ -66,6 +66,8 @@ type Engine struct {
 	ReadyAt time.Time `json:"readyAt,omitzero"`
 	// Spec is the pool spec the engine was started from, for field-level plan reasons.
 	Spec *schema.Pool `json:"spec,omitzero"`
+	// Argv is the engine's command line, checked when a later run adopts it.
+	Argv []string `json:"argv,omitzero"`
 }
 
 // PoolRecord is a pool's restart and circuit breaker history.

@@ -1,0 +1,245 @@
+// Package local runs engines as processes on this machine: it turns a pool
+// into a command (package preset), starts, adopts and stops it (package
+// supervisor), and asks its health endpoint. It is the engine driver that
+// reconcile's executor uses.
+package local
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/preset"
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/supervisor"
+	"github.com/poolmanagerd/pool-managerd/internal/observe"
+	"github.com/poolmanagerd/pool-managerd/internal/proc"
+	"github.com/poolmanagerd/pool-managerd/internal/state"
+	"github.com/poolmanagerd/pool-managerd/reconcile"
+)
+
+// Driver starts and adopts engine processes.
+type Driver struct {
+	Binaries preset.Binaries
+	// LogDir holds one log file per pool (POOL.log, rotated by size).
+	LogDir      string
+	LogMaxBytes int64
+	LogKeep     int
+	// SimDir is the simulated node the engines run on, when there is one.
+	SimDir string
+}
+
+var _ reconcile.Engines = (*Driver)(nil)
+
+// DefaultLogMaxBytes is the size at which an engine's log is rotated at its next start.
+const DefaultLogMaxBytes = 64 << 20
+
+func (d *Driver) logPath(pool string) string { return filepath.Join(d.LogDir, pool+".log") }
+
+// Start builds the pool's command and starts it.
+func (d *Driver) Start(ctx context.Context, req reconcile.StartRequest) (reconcile.Process, error) {
+	port := req.Pool.Port
+	if port == 0 {
+		p, err := freePort()
+		if err != nil {
+			return nil, fmt.Errorf("pick a port for pool %s: %w", req.Pool.ID, err)
+		}
+		port = p
+	}
+	gpus := make([]preset.GPU, len(req.GPUs))
+	for i, g := range req.GPUs {
+		gpus[i] = preset.GPU{Index: g.Index, UUID: g.UUID}
+	}
+	cmd, err := preset.Build(req.Pool, gpus, port, d.Binaries, req.Marker, preset.Options{SimDir: d.SimDir})
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(d.LogDir, 0o755); err != nil {
+		return nil, fmt.Errorf("log directory: %w", err)
+	}
+	maxBytes, keep := d.LogMaxBytes, d.LogKeep
+	if maxBytes <= 0 {
+		maxBytes = DefaultLogMaxBytes
+	}
+	if keep <= 0 {
+		keep = 3
+	}
+	h, err := supervisor.Start(ctx, supervisor.Spec{Path: cmd.Path, Args: cmd.Args, Env: cmd.Env,
+		LogPath: d.logPath(req.Pool.ID), LogMaxBytes: maxBytes, LogKeep: keep})
+	if err != nil {
+		return nil, err
+	}
+	return &process{h: h, port: port, logPath: d.logPath(req.Pool.ID), argv: cmd.Argv(), llama: cmd.Health == preset.LlamaServer}, nil
+}
+
+// Adopt takes over a running engine: by its recorded pid, start time and
+// command line, or — for an engine found by its marker, not yet recorded —
+// by its pid and what /proc says of it.
+func (d *Driver) Adopt(_ context.Context, rec state.Engine) (reconcile.Process, error) {
+	ticks, argv := rec.StartTicks, rec.Argv
+	if ticks == 0 {
+		info, err := proc.Stat(rec.PID)
+		if err != nil {
+			return nil, err
+		}
+		ticks = info.StartTicks
+	}
+	if len(argv) == 0 {
+		a, err := proc.Cmdline(rec.PID)
+		if err != nil {
+			return nil, err
+		}
+		argv = a
+	}
+	h, err := supervisor.Adopt(rec.PID, ticks, argv)
+	if err != nil {
+		return nil, err
+	}
+	port := rec.Port
+	if port == 0 {
+		port = portOf(argv)
+	}
+	logPath := rec.LogPath
+	if logPath == "" {
+		logPath = d.logPath(rec.Pool)
+	}
+	llama := rec.Spec == nil || rec.Spec.Engine == "llamacpp"
+	return &process{h: h, port: port, logPath: logPath, argv: argv, llama: llama}, nil
+}
+
+func portOf(argv []string) int {
+	for i, a := range argv {
+		if a == "--port" && i+1 < len(argv) {
+			var p int
+			fmt.Sscan(argv[i+1], &p)
+			return p
+		}
+	}
+	return 0
+}
+
+// freePort asks the kernel for a free port on 127.0.0.1.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+type process struct {
+	h       *supervisor.Handle
+	port    int
+	logPath string
+	argv    []string
+	// llama: llama-server's /slots can be drained; vLLM and TGI have none.
+	llama bool
+	once  sync.Once
+}
+
+func (p *process) PID() int                { return p.h.PID() }
+func (p *process) StartTicks() uint64      { return p.h.StartTicks() }
+func (p *process) Port() int               { return p.port }
+func (p *process) LogPath() string         { return p.logPath }
+func (p *process) Argv() []string          { return p.argv }
+func (p *process) Exited() <-chan struct{} { return p.h.Done() }
+func (p *process) Health(ctx context.Context) reconcile.Health {
+	return observe.HTTPHealth(ctx, p.port, false)
+}
+
+func (p *process) Exit() reconcile.ExitStatus {
+	e, ok := p.h.Exited()
+	if !ok {
+		return reconcile.ExitStatus{}
+	}
+	return reconcile.ExitStatus{Code: e.Code, Signal: e.Signal}
+}
+
+func (p *process) Session() []int {
+	pids, err := p.h.Session()
+	if err != nil {
+		return []int{p.h.PID()}
+	}
+	return pids
+}
+
+// Stop drains (llama-server: until no slot is processing), then SIGTERM, then SIGKILL after grace.
+func (p *process) Stop(ctx context.Context, drain, grace time.Duration) error {
+	spec := supervisor.StopSpec{DrainTimeout: drain, Grace: grace}
+	if p.llama && drain > 0 {
+		spec.Drain = func(ctx context.Context) error { return drainSlots(ctx, p.port) }
+	}
+	_, err := p.h.Stop(ctx, spec)
+	return err
+}
+
+// drainSlots waits until no slot of a llama-server is processing a request.
+func drainSlots(ctx context.Context, port int) error {
+	for {
+		busy, err := busySlots(ctx, port)
+		if err != nil || busy == 0 {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func busySlots(ctx context.Context, port int) (int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/slots", port), nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, nil // not answering: nothing to drain
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, nil
+	}
+	var slots []struct {
+		IsProcessing bool `json:"is_processing"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&slots); err != nil {
+		return 0, nil
+	}
+	n := 0
+	for _, s := range slots {
+		if s.IsProcessing {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// LogTail returns the last 16 KiB of the engine's log.
+func (p *process) LogTail() string {
+	f, err := os.Open(p.logPath)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	const tail = 16 << 10
+	if info, err := f.Stat(); err == nil && info.Size() > tail {
+		if _, err := f.Seek(-tail, io.SeekEnd); err != nil {
+			return ""
+		}
+	}
+	data, err := io.ReadAll(f)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return ""
+	}
+	return string(data)
+}

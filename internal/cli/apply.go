@@ -1,0 +1,316 @@
+package cli
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/local"
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/preset"
+	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
+	"github.com/poolmanagerd/pool-managerd/internal/observe"
+	"github.com/poolmanagerd/pool-managerd/internal/state"
+	"github.com/poolmanagerd/pool-managerd/reconcile"
+	"github.com/poolmanagerd/pool-managerd/schema"
+)
+
+// engineFlags are the engine binaries, set by flags shared by apply and serve.
+type engineFlags struct {
+	llama, vllm, tgi string
+}
+
+func (e *engineFlags) register(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&e.llama, "llama-server", envOr("POOL_MANAGERD_LLAMA_SERVER", preset.DefaultLlamaCpp), "llama.cpp's llama-server binary (path, or a name looked up in PATH)")
+	cmd.Flags().StringVar(&e.vllm, "vllm", envOr("POOL_MANAGERD_VLLM", preset.DefaultVLLM), "vLLM's vllm binary")
+	cmd.Flags().StringVar(&e.tgi, "tgi", envOr("POOL_MANAGERD_TGI", preset.DefaultTGI), "TGI's text-generation-launcher binary")
+}
+
+func (e *engineFlags) binaries() preset.Binaries {
+	return preset.Binaries{LlamaCpp: e.llama, VLLM: e.vllm, TGI: e.tgi}
+}
+
+func envOr(key, fallback string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return fallback
+}
+
+// nodeFlags are the flags that say which node and where its state is.
+type nodeFlags struct {
+	gpus, stateDir, node string
+}
+
+func (n *nodeFlags) register(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&n.gpus, "gpus", "nvml", gpusFlagHelp)
+	cmd.Flags().StringVar(&n.stateDir, "state-dir", DefaultStateDir, "state directory: state file, engine logs, lock")
+	cmd.Flags().StringVar(&n.node, "node", "", "this node's name in the config (default: the host name)")
+}
+
+func (n *nodeFlags) parse() (gpuSource, string, error) {
+	src, err := parseGPUSource(n.gpus)
+	if err != nil {
+		return src, "", err
+	}
+	if src.Kind == "declared" {
+		return src, "", usageError("--gpus declared: this command runs engines, on real or simulated GPUs (nvml or sim:DIR)")
+	}
+	node := n.node
+	if node == "" {
+		node = defaultNode()
+	}
+	return src, node, nil
+}
+
+func newApplyCommand() *cobra.Command {
+	var nf nodeFlags
+	var ef engineFlags
+	var autoApprove bool
+	cmd := &cobra.Command{
+		Use:   "apply [DIR | PLANFILE]",
+		Short: "Start, replace and stop engines so that the node runs what the config says",
+		Long: `apply makes the node run its pools: it plans (as plan does), shows the plan, asks for a
+confirmation on a terminal, then stops what must go first (freeing GPUs), updates,
+and starts engines in parallel, each waited on until its model is loaded and its
+GPU memory is where its device mask says (Ready) or it failed. Engines keep running
+after apply exits.
+
+With PLANFILE (from plan --out) it applies exactly that plan, without asking, and
+refuses it when the config or the node changed since it was made.
+
+Only one writer at a time: apply takes an exclusive lock on the state directory.
+
+Exit codes: 0 every pool Ready (or nothing to do), 1 a pool failed or is blocked,
+or an error, 2 usage error.`,
+		Example: `  pool-managerd apply ./config --gpus sim:/tmp/node --state-dir /tmp/state --llama-server bin/fake-engine
+  pool-managerd plan ./config --out plan.json && pool-managerd apply plan.json`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			src, node, err := nf.parse()
+			if err != nil {
+				return err
+			}
+			target := "."
+			if len(args) == 1 {
+				target = args[0]
+			}
+			return runApply(cmd, target, src, node, nf.stateDir, ef.binaries(), autoApprove, nf.node != "")
+		},
+	}
+	nf.register(cmd)
+	ef.register(cmd)
+	cmd.Flags().BoolVar(&autoApprove, "auto-approve", false, "apply without asking")
+	return cmd
+}
+
+// nodeSession is everything a command that changes a node holds: the lock,
+// the GPUs, the config and what was observed.
+type nodeSession struct {
+	lock     *state.DirLock
+	gpus     gpu.Node
+	cfg      *schema.Desired
+	desired  reconcile.Desired
+	observed reconcile.Observed
+}
+
+func (s *nodeSession) close() {
+	if s.gpus != nil {
+		s.gpus.Close()
+	}
+	if s.lock != nil {
+		s.lock.Unlock()
+	}
+}
+
+// lockState takes the state directory's lock, creating the directory.
+func lockState(dir string) (*state.DirLock, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("state directory: %w", err)
+	}
+	l, err := state.Lock(dir)
+	if errors.Is(err, state.ErrLocked) {
+		return nil, fmt.Errorf("%w\nhint: another apply, or the daemon, is changing this node; wait for it, or stop it", err)
+	}
+	return l, err
+}
+
+func openNodeSession(cmd *cobra.Command, configDir string, src gpuSource, node, stateDir string, nodeGiven bool) (*nodeSession, error) {
+	ctx := cmd.Context()
+	s := &nodeSession{}
+	lock, err := lockState(stateDir)
+	if err != nil {
+		return nil, err
+	}
+	s.lock = lock
+	cfg, err := schema.Load(ctx, configDir)
+	if err != nil {
+		s.close()
+		return nil, configError(configDir, err)
+	}
+	s.cfg = cfg
+	if src.Kind == "sim" && !nodeGiven && cfg.Nodes[node] == nil && len(cfg.Nodes) == 1 {
+		node = cfg.SortedNodeNames()[0]
+		fmt.Fprintf(cmd.ErrOrStderr(), "note: this host is not a node of the config; running its only node, %s, on the simulated GPUs (--node to choose)\n", node)
+	}
+	if cfg.Nodes[node] == nil {
+		fmt.Fprintf(cmd.ErrOrStderr(), "warning: node %q is not declared in %s, so none of its pools run here (declared: %s); name the node with --node\n", node, configDir, strings.Join(cfg.SortedNodeNames(), ", "))
+	}
+	if s.gpus, err = src.open(cfg.Nodes[node], false); err != nil {
+		s.close()
+		return nil, err
+	}
+	s.desired = reconcile.DesiredFor(cfg, node)
+	observe.Needs(ctx, &s.desired)
+	s.observed, err = observe.Observe(ctx, observe.Options{Node: node, GPUs: s.gpus, Source: src.String(), StateDir: stateDir, ScanProcesses: true})
+	if err != nil {
+		s.close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func runApply(cmd *cobra.Command, target string, src gpuSource, node, stateDir string, bins preset.Binaries, autoApprove, nodeGiven bool) error {
+	ctx := cmd.Context()
+	out := cmd.OutOrStdout()
+	var saved *reconcile.NodePlan
+	configDir := target
+	if info, err := os.Stat(target); err == nil && !info.IsDir() {
+		f, err := os.Open(target)
+		if err != nil {
+			return err
+		}
+		saved, err = reconcile.ReadJSON(f)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("apply %s: %w", target, err)
+		}
+		if saved.Config == "" {
+			return fmt.Errorf("apply %s: the plan does not say which config it was made from; make it with pool-managerd plan --out", target)
+		}
+		configDir, node, nodeGiven = saved.Config, saved.Node, true
+	}
+	s, err := openNodeSession(cmd, configDir, src, node, stateDir, nodeGiven)
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	plan := saved
+	if saved != nil {
+		if err := reconcile.CheckFresh(saved, s.desired, s.observed); err != nil {
+			return fmt.Errorf("apply %s: %w", target, err)
+		}
+	} else {
+		plan = reconcile.Plan(s.desired, s.observed, time.Now())
+		if err := reconcile.WriteText(out, plan, reconcile.TextOptions{Color: isTerminal(out)}); err != nil {
+			return err
+		}
+	}
+	loading := false
+	for _, u := range plan.Unchanged {
+		loading = loading || u.Health == reconcile.HealthLoading
+	}
+	if !plan.HasChanges() && !loading {
+		fmt.Fprintln(out, "Nothing to do: the node runs what the config says.")
+		if plan.Summary.Blocked > 0 {
+			return silentExit(ExitFailure)
+		}
+		return nil
+	}
+	if saved == nil && !autoApprove {
+		ok, err := confirm(cmd)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			fmt.Fprintln(out, "Apply cancelled.")
+			return silentExit(ExitFailure)
+		}
+	}
+	if err := bins.Check(startingEngines(plan)...); err != nil {
+		return fmt.Errorf("apply: %w\nhint: set the engine's binary with --llama-server, --vllm or --tgi (or POOL_MANAGERD_LLAMA_SERVER, ...)", err)
+	}
+	driver := &local.Driver{Binaries: bins, LogDir: filepath.Join(stateDir, "logs")}
+	if src.Kind == "sim" {
+		driver.SimDir = src.Dir
+	}
+	var mu sync.Mutex
+	x := &reconcile.Executor{
+		Node: plan.Node, GPUs: s.gpus, Engines: driver, Store: state.Store{Dir: stateDir},
+		Now: time.Now, Rand: rand.Float64,
+		Report: func(e reconcile.Event) {
+			mu.Lock()
+			defer mu.Unlock()
+			fmt.Fprintf(out, "%s  %-12s %-10s %s\n", e.Time.Format("15:04:05.000"), e.Pool, e.Phase, e.Message)
+			if e.Failure != nil && e.Failure.HintFor() != "" {
+				fmt.Fprintf(out, "%s  %-12s %-10s hint: %s\n", e.Time.Format("15:04:05.000"), e.Pool, "", e.Failure.HintFor())
+			}
+		},
+	}
+	fmt.Fprintln(out)
+	res, err := x.Apply(ctx, plan)
+	if err != nil {
+		return fmt.Errorf("apply: %w", err)
+	}
+	writeOutcomes(out, res)
+	if res.Failed() {
+		return silentExit(ExitFailure)
+	}
+	return nil
+}
+
+// startingEngines lists the engines the plan starts, whose binaries must exist.
+func startingEngines(plan *reconcile.NodePlan) []schema.Engine {
+	seen := map[schema.Engine]bool{}
+	var out []schema.Engine
+	for _, c := range plan.Changes {
+		switch c.Action {
+		case reconcile.Create, reconcile.Replace, reconcile.Restart:
+			if c.Spec != nil && !seen[c.Spec.Engine] {
+				seen[c.Spec.Engine] = true
+				out = append(out, c.Spec.Engine)
+			}
+		}
+	}
+	return out
+}
+
+func writeOutcomes(w io.Writer, res reconcile.Result) {
+	ready, failed := 0, 0
+	for _, o := range res.Outcomes {
+		switch o.Phase {
+		case reconcile.Ready:
+			ready++
+		case reconcile.Failed, reconcile.Unready:
+			failed++
+		}
+	}
+	fmt.Fprintf(w, "\nApply done: %d Ready, %d failed or blocked, %d stopped.\n", ready, failed, len(res.Outcomes)-ready-failed)
+	for _, o := range res.Outcomes {
+		if o.Failure != nil {
+			fmt.Fprintf(w, "  %s: %s (%s): %s\n", o.Pool, o.Phase, o.Failure.Class, o.Failure.Message)
+		}
+	}
+}
+
+// confirm asks on a terminal whether to go ahead.
+func confirm(cmd *cobra.Command) (bool, error) {
+	in, ok := cmd.InOrStdin().(*os.File)
+	if !ok || !isTerminal(in) {
+		return false, usageError("apply asks for a confirmation on a terminal; use --auto-approve, or apply a saved plan")
+	}
+	fmt.Fprint(cmd.OutOrStdout(), "\nApply these changes? Only 'yes' goes ahead: ")
+	line, err := bufio.NewReader(in).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return false, err
+	}
+	return strings.TrimSpace(line) == "yes", nil
+}

@@ -1,0 +1,358 @@
+package reconcile
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
+	"github.com/poolmanagerd/pool-managerd/internal/state"
+	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
+	"github.com/poolmanagerd/pool-managerd/schema"
+)
+
+// Engines is what apply needs of the engine driver: start an engine for a
+// pool, or take over one that runs already.
+type Engines interface {
+	Start(ctx context.Context, req StartRequest) (Process, error)
+	Adopt(ctx context.Context, rec state.Engine) (Process, error)
+}
+
+// StartRequest is one engine start.
+type StartRequest struct {
+	Pool *schema.Pool
+	// GPUs are the pool's masked GPUs, in the order of its devices.
+	GPUs []gpu.Device
+	// Marker goes into the engine's environment (see observe.MarkerEnv).
+	Marker string
+}
+
+// Process is a running engine.
+type Process interface {
+	PID() int
+	StartTicks() uint64
+	Port() int
+	LogPath() string
+	// Argv is the engine's command line, recorded to check it on adoption.
+	Argv() []string
+	// Exited is closed, after Exit is set, when the process ends.
+	Exited() <-chan struct{}
+	Exit() ExitStatus
+	// Session lists the processes of the engine's session (its workers hold GPU memory).
+	Session() []int
+	// Health asks the engine's health endpoint.
+	Health(ctx context.Context) Health
+	// Stop drains the engine (waits for busy slots up to drain), sends
+	// SIGTERM to its session, and SIGKILL after grace.
+	Stop(ctx context.Context, drain, grace time.Duration) error
+	// LogTail returns the end of the engine's log, for CUDA errors.
+	LogTail() string
+}
+
+// ExitStatus is how an engine process ended.
+type ExitStatus struct {
+	Code   int    `json:"code"`
+	Signal string `json:"signal,omitempty"`
+}
+
+func (e ExitStatus) String() string {
+	if e.Signal != "" {
+		return "was killed by " + e.Signal
+	}
+	return fmt.Sprintf("exited with status %d", e.Code)
+}
+
+// Store is the state file.
+type Store interface {
+	Load() (*state.State, error)
+	Save(*state.State) error
+}
+
+// Executor applies plans on one node: it stops, starts and adopts engines,
+// waits for each started pool to be Ready, and records everything in the
+// state file as it goes, so that a crash at any point is recovered by the
+// next run (intent recorded before a spawn, the engine's marker, its pid).
+type Executor struct {
+	Node    string
+	GPUs    gpu.Node
+	Engines Engines
+	Store   Store
+	// Now and Rand are the clock and random source (jitter).
+	Now  func() time.Time
+	Rand func() float64
+	// HealthEvery is the health poll interval during preload (≤ 100 ms).
+	HealthEvery time.Duration
+	// Report receives progress, one event per transition; may be nil.
+	Report func(Event)
+
+	mu sync.Mutex
+	st *state.State
+}
+
+// Event is a transition of a pool during apply, for progress output and logs.
+type Event struct {
+	Time  time.Time
+	Pool  string
+	Phase Phase
+	// Message says what happened, for people.
+	Message string
+	// Failure is set when the pool failed.
+	Failure *restart.Failure
+}
+
+// Phase is where a pool is in its lifecycle.
+type Phase string
+
+// The phases of a pool.
+//
+//	Pending ──start──▶ Preloading ──health ok, placement ok──▶ Ready
+//	   ▲                  │ exit, timeout, CUDA error,            │ exit, health
+//	   │                  ▼ spillover, mask violation            ▼ failing
+//	   └── backoff ◀── Unready ◀──────────────────────────────────┘
+//	                     │ breaker opens
+//	                     ▼
+//	                   Failed (until the half-open try, a config change or reset)
+//	Draining: between the decision to stop and the engine's exit.
+const (
+	Pending    Phase = "Pending"
+	Preloading Phase = "Preloading"
+	Ready      Phase = "Ready"
+	Unready    Phase = "Unready"
+	Draining   Phase = "Draining"
+	Failed     Phase = "Failed"
+	Stopped    Phase = "Stopped"
+)
+
+// Outcome is how one pool ended an apply.
+type Outcome struct {
+	Pool    string           `json:"pool"`
+	Action  Action           `json:"action"`
+	Phase   Phase            `json:"phase"`
+	PID     int              `json:"pid,omitempty"`
+	Failure *restart.Failure `json:"failure,omitempty"`
+}
+
+// Result is what an apply did.
+type Result struct {
+	Outcomes []Outcome
+}
+
+// Failed reports whether any pool failed or stayed blocked.
+func (r Result) Failed() bool {
+	for _, o := range r.Outcomes {
+		if o.Phase == Failed || o.Phase == Unready {
+			return true
+		}
+	}
+	return false
+}
+
+// ErrStale is returned when a saved plan no longer matches the states it was made from.
+var ErrStale = errors.New("the plan is stale")
+
+// CheckFresh refuses a plan whose desired or observed state changed since it was made.
+func CheckFresh(p *NodePlan, desired Desired, observed Observed) error {
+	var changed []string
+	if DesiredHash(desired) != p.DesiredHash {
+		changed = append(changed, "the config changed")
+	}
+	if ObservedHash(observed) != p.ObservedHash {
+		changed = append(changed, "the node changed (engines or GPUs)")
+	}
+	if len(changed) > 0 {
+		return fmt.Errorf("%w: %s since it was made at %s; make a new plan", ErrStale, strings.Join(changed, " and "), p.CreatedAt.Format(time.RFC3339))
+	}
+	return nil
+}
+
+func (x *Executor) now() time.Time { return x.Now() }
+
+func (x *Executor) report(pool string, phase Phase, f *restart.Failure, format string, args ...any) {
+	if x.Report != nil {
+		x.Report(Event{Time: x.now(), Pool: pool, Phase: phase, Message: fmt.Sprintf(format, args...), Failure: f})
+	}
+}
+
+// mutate changes the state under the lock and saves it atomically.
+func (x *Executor) mutate(fn func(st *state.State)) error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	fn(x.st)
+	return x.Store.Save(x.st)
+}
+
+// Apply carries out a plan. Stops run first (they free GPUs), then updates,
+// then starts, adoptions and restarts in parallel, each waited on until
+// Ready or failed; pools that were still loading when planned are waited on too.
+func (x *Executor) Apply(ctx context.Context, plan *NodePlan) (Result, error) {
+	st, err := x.Store.Load()
+	if err != nil {
+		return Result{}, err
+	}
+	x.st = st
+	var res Result
+	var resMu sync.Mutex
+	add := func(o Outcome) {
+		resMu.Lock()
+		res.Outcomes = append(res.Outcomes, o)
+		resMu.Unlock()
+	}
+	// Stops: deletes, and replaces' old engines, in parallel.
+	var wg sync.WaitGroup
+	errs := make(chan error, len(plan.Changes))
+	for _, c := range plan.Changes {
+		if c.Action != Delete && c.Action != Replace && !(c.Action == Restart && c.PID != 0) {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := x.stop(ctx, c); err != nil {
+				errs <- err
+			}
+			if c.Action == Delete {
+				add(Outcome{Pool: c.Pool, Action: Delete, Phase: Stopped})
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		return res, err
+	}
+	for _, c := range plan.Changes {
+		if c.Action == Update {
+			if err := x.update(c); err != nil {
+				return res, err
+			}
+			add(Outcome{Pool: c.Pool, Action: Update, Phase: Ready, PID: c.PID})
+		}
+	}
+	for _, c := range plan.Changes {
+		if c.Action == Blocked {
+			add(x.blocked(c))
+		}
+	}
+	for _, c := range plan.Changes {
+		switch c.Action {
+		case Create, Replace, Restart, Adopt:
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				add(x.start(ctx, c))
+			}()
+		}
+	}
+	for _, u := range plan.Unchanged {
+		if u.Health == HealthLoading {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				add(x.awaitLoading(ctx, u.Pool))
+			}()
+		}
+	}
+	wg.Wait()
+	sort.Slice(res.Outcomes, func(i, j int) bool { return res.Outcomes[i].Pool < res.Outcomes[j].Pool })
+	return res, ctx.Err()
+}
+
+// stop stops the running engine of a delete or replace.
+func (x *Executor) stop(ctx context.Context, c Change) error {
+	x.mu.Lock()
+	rec, known := x.st.Engines[c.Pool]
+	x.mu.Unlock()
+	if known && rec.PID != 0 && c.PID != 0 {
+		x.report(c.Pool, Draining, nil, "stopping engine pid %d", rec.PID)
+		p, err := x.Engines.Adopt(ctx, rec)
+		if err == nil {
+			policy := restartPolicyOf(rec.Spec, c.Spec)
+			if err := p.Stop(ctx, policy.DrainTimeout, policy.StopGrace); err != nil {
+				return fmt.Errorf("stop pool %s (pid %d): %w", c.Pool, rec.PID, err)
+			}
+		}
+	}
+	return x.mutate(func(st *state.State) {
+		delete(st.Engines, c.Pool)
+		if c.Action == Delete {
+			delete(st.Pools, c.Pool)
+		}
+	})
+}
+
+func restartPolicyOf(specs ...*schema.Pool) schema.RestartPolicy {
+	for _, s := range specs {
+		if s != nil {
+			return s.Restart
+		}
+	}
+	return schema.RestartPolicy{DrainTimeout: 30 * time.Second, StopGrace: 10 * time.Second}
+}
+
+// update records a spec change that needs no restart.
+func (x *Executor) update(c Change) error {
+	return x.mutate(func(st *state.State) {
+		rec := st.Engines[c.Pool]
+		rec.Spec, rec.SpecHash = c.Spec, c.SpecHash
+		st.Engines[c.Pool] = rec
+		x.report(c.Pool, Ready, nil, "updated in place; the engine keeps running")
+	})
+}
+
+func (x *Executor) blocked(c Change) Outcome {
+	f := &restart.Failure{Class: c.Blocker.Class, Message: c.Blocker.Message}
+	phase := Unready
+	if c.Blocker.Class == ClassCircuitOpen {
+		phase = Failed
+	}
+	if c.Blocker.Class == ClassInsufficientVRAM && c.Spec != nil {
+		// Found before anything was spawned: a failure for backoff and breaker all the same.
+		x.failed(c.Spec, restart.Failure{Class: restart.ClassInsufficientVRAM, Message: c.Blocker.Message})
+	}
+	x.report(c.Pool, phase, f, "blocked: %s", c.Blocker.Message)
+	return Outcome{Pool: c.Pool, Action: Blocked, Phase: phase, Failure: f}
+}
+
+// tracker restores a pool's backoff and breaker from the state.
+func (x *Executor) tracker(pool *schema.Pool) *restart.Tracker {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return restart.FromRecord(pool.Restart, x.st.Pools[pool.ID], x.Rand)
+}
+
+func (x *Executor) saveTracker(pool string, t *restart.Tracker) error {
+	return x.mutate(func(st *state.State) { st.Pools[pool] = t.Record() })
+}
+
+// failed records a failure in the pool's tracker and reports it.
+func (x *Executor) failed(pool *schema.Pool, f restart.Failure) Outcome {
+	t := x.tracker(pool)
+	t.Failed(x.now(), f)
+	_ = x.saveTracker(pool.ID, t)
+	phase := Unready
+	if t.BreakerState() == restart.Open {
+		phase = Failed
+	}
+	fc := f
+	if fc.Hint == "" {
+		fc.Hint = restart.Hint(f.Class)
+	}
+	d := t.Decide(x.now())
+	x.report(pool.ID, phase, &fc, "%s; next try %s", f.Message, describeDecision(d))
+	return Outcome{Pool: pool.ID, Phase: phase, Failure: &fc}
+}
+
+func describeDecision(d restart.Decision) string {
+	switch d.Action {
+	case restart.Blocked:
+		return "only after a reset or a config change (circuit open)"
+	case restart.Wait:
+		return fmt.Sprintf("in %v", d.Delay.Round(time.Second))
+	default:
+		return "now"
+	}
+}

@@ -1,0 +1,255 @@
+package reconcile
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
+	"github.com/poolmanagerd/pool-managerd/internal/state"
+	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
+	"github.com/poolmanagerd/pool-managerd/schema"
+)
+
+// start runs one pool's start: the VRAM check (nothing is spawned when the
+// GPUs lack the memory), the intent recorded, the spawn with the marker, the
+// pid recorded, the preload watched until healthy, the placement verified.
+func (x *Executor) start(ctx context.Context, c Change) Outcome {
+	pool := c.Spec
+	if c.Action == Adopt {
+		return x.adopt(ctx, c)
+	}
+	if c.NotBefore != nil {
+		if wait := c.NotBefore.Sub(x.now()); wait > 0 {
+			x.report(pool.ID, Unready, nil, "waiting %v for the backoff", wait.Round(time.Millisecond))
+			select {
+			case <-ctx.Done():
+				return Outcome{Pool: pool.ID, Action: c.Action, Phase: Unready}
+			case <-time.After(wait):
+			}
+		}
+	}
+	masked, err := x.maskedGPUs(ctx, pool)
+	if err != nil {
+		return x.outcome(c, x.failed(pool, restart.Failure{Class: restart.ClassDriverReset, Message: err.Error()}))
+	}
+	if f := checkVRAM(pool, c.Need, masked); f != nil {
+		return x.outcome(c, x.failed(pool, *f))
+	}
+	now := x.now()
+	var gen int64
+	if err := x.mutate(func(st *state.State) {
+		gen = st.Engines[pool.ID].Generation + 1
+		st.Engines[pool.ID] = state.Engine{Pool: pool.ID, Generation: gen, SpecHash: c.SpecHash, Spec: pool, Intent: true, StartedAt: now}
+	}); err != nil {
+		return x.outcome(c, x.failed(pool, restart.Failure{Class: restart.ClassSpawnFailed, Message: "record the start: " + err.Error()}))
+	}
+	t := x.tracker(pool)
+	t.Started(now)
+	_ = x.saveTracker(pool.ID, t)
+	marker := fmt.Sprintf("%s/%s/%d/%s", x.Node, pool.ID, gen, c.SpecHash)
+	x.report(pool.ID, Preloading, nil, "starting %s on %s", pool.Engine, gpuWord(pool.Devices))
+	p, err := x.Engines.Start(ctx, StartRequest{Pool: pool, GPUs: masked, Marker: marker})
+	if err != nil {
+		_ = x.mutate(func(st *state.State) { delete(st.Engines, pool.ID) })
+		return x.outcome(c, x.failed(pool, restart.Failure{Class: restart.ClassSpawnFailed, Message: err.Error()}))
+	}
+	if err := x.mutate(func(st *state.State) {
+		rec := st.Engines[pool.ID]
+		rec.PID, rec.StartTicks, rec.Port, rec.LogPath, rec.Argv, rec.Intent = p.PID(), p.StartTicks(), p.Port(), p.LogPath(), p.Argv(), false
+		st.Engines[pool.ID] = rec
+	}); err != nil {
+		return x.outcome(c, x.failed(pool, restart.Failure{Class: restart.ClassSpawnFailed, Message: "record the engine: " + err.Error()}))
+	}
+	x.report(pool.ID, Preloading, nil, "engine pid %d on port %d is loading its model", p.PID(), p.Port())
+	return x.outcome(c, x.awaitReady(ctx, pool, p, now))
+}
+
+func (x *Executor) outcome(c Change, o Outcome) Outcome {
+	o.Action = c.Action
+	return o
+}
+
+// maskedGPUs returns the pool's GPUs as observed now, in device order.
+func (x *Executor) maskedGPUs(ctx context.Context, pool *schema.Pool) ([]gpu.Device, error) {
+	devices, err := x.GPUs.Devices(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read GPUs: %w", err)
+	}
+	out := make([]gpu.Device, 0, len(pool.Devices))
+	for _, idx := range pool.Devices {
+		found := false
+		for _, d := range devices {
+			if d.Index == idx {
+				if d.Lost {
+					return nil, fmt.Errorf("GPU %d is lost", idx)
+				}
+				out = append(out, d)
+				found = true
+			}
+		}
+		if !found {
+			return nil, fmt.Errorf("GPU %d is not on this node", idx)
+		}
+	}
+	return out, nil
+}
+
+// checkVRAM fails fast when a masked GPU lacks the memory the pool needs.
+func checkVRAM(pool *schema.Pool, need []GPUNeed, masked []gpu.Device) *restart.Failure {
+	for i, n := range need {
+		if i >= len(masked) {
+			break
+		}
+		if d := masked[i]; n.Need > d.MemoryFree {
+			return &restart.Failure{Class: restart.ClassInsufficientVRAM,
+				Message: fmt.Sprintf("insufficient VRAM on GPU %d (%s, %s): needs %s at ctx %d, %s free", d.Index, d.Name, gib(d.MemoryTotal), gib(n.Need), pool.Model.Ctx, gib(d.MemoryFree))}
+		}
+	}
+	return nil
+}
+
+// awaitReady watches a preloading engine until its health check passes and
+// its GPU memory is where its mask says, or it fails.
+func (x *Executor) awaitReady(ctx context.Context, pool *schema.Pool, p Process, startedAt time.Time) Outcome {
+	every := x.HealthEvery
+	if every <= 0 || every > 100*time.Millisecond {
+		every = 100 * time.Millisecond
+	}
+	deadline := startedAt.Add(pool.Restart.StartupTimeout)
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return Outcome{Pool: pool.ID, Phase: Preloading, PID: p.PID()}
+		case <-p.Exited():
+			return x.failed(pool, exitFailure(p, "while loading its model"))
+		case <-tick.C:
+		}
+		if p.Health(ctx) == HealthOK {
+			break
+		}
+		if x.now().After(deadline) {
+			_ = p.Stop(ctx, 0, pool.Restart.StopGrace)
+			return x.failed(pool, restart.Failure{Class: restart.ClassHealthTimeout,
+				Message: fmt.Sprintf("engine pid %d did not pass its health check within %v", p.PID(), pool.Restart.StartupTimeout)})
+		}
+	}
+	if f := x.checkPlacement(ctx, pool, p); f != nil {
+		_ = p.Stop(ctx, 0, pool.Restart.StopGrace)
+		return x.failed(pool, *f)
+	}
+	now := x.now()
+	t := x.tracker(pool)
+	t.Ready(now)
+	_ = x.mutate(func(st *state.State) {
+		rec := st.Engines[pool.ID]
+		rec.ReadyAt = now
+		st.Engines[pool.ID] = rec
+		st.Pools[pool.ID] = t.Record()
+	})
+	x.report(pool.ID, Ready, nil, "Ready: engine pid %d on port %d, model loaded in %v", p.PID(), p.Port(), now.Sub(startedAt).Round(time.Millisecond))
+	return Outcome{Pool: pool.ID, Phase: Ready, PID: p.PID()}
+}
+
+// exitFailure classifies an engine's exit: a CUDA error in its log, a signal, an exit code.
+func exitFailure(p Process, when string) restart.Failure {
+	exit := p.Exit()
+	tail := p.LogTail()
+	if line := cudaErrorLine(tail); line != "" {
+		return restart.Failure{Class: restart.ClassCUDAError, Message: fmt.Sprintf("engine pid %d %s %s (%s); log: %s", p.PID(), exit, when, line, p.LogPath()), ExitCode: exit.Code, Signal: exit.Signal}
+	}
+	if exit.Signal != "" {
+		return restart.Failure{Class: restart.ClassSignaled, Message: fmt.Sprintf("engine pid %d %s %s; log: %s", p.PID(), exit, when, p.LogPath()), Signal: exit.Signal}
+	}
+	return restart.Failure{Class: restart.ClassExited, Message: fmt.Sprintf("engine pid %d %s %s; log: %s", p.PID(), exit, when, p.LogPath()), ExitCode: exit.Code}
+}
+
+// cudaErrorLine finds the line of a CUDA error in an engine's log.
+func cudaErrorLine(log string) string {
+	for _, line := range strings.Split(log, "\n") {
+		if strings.Contains(line, "CUDA error") || strings.Contains(line, "cudaErrorMemoryAllocation") {
+			return strings.TrimSpace(line)
+		}
+	}
+	return ""
+}
+
+// checkPlacement verifies that the engine's processes hold memory on its
+// masked GPUs and on no others; none at all means it runs on the CPU.
+func (x *Executor) checkPlacement(ctx context.Context, pool *schema.Pool, p Process) *restart.Failure {
+	devices, err := x.GPUs.Devices(ctx)
+	if err != nil {
+		return &restart.Failure{Class: restart.ClassDriverReset, Message: "read GPUs: " + err.Error()}
+	}
+	session := map[int]bool{}
+	for _, pid := range p.Session() {
+		session[pid] = true
+	}
+	session[p.PID()] = true
+	var onMask, outside uint64
+	var where []string
+	for _, d := range devices {
+		for _, proc := range d.Processes {
+			if !session[proc.PID] {
+				continue
+			}
+			if containsInt(pool.Devices, d.Index) {
+				onMask += proc.UsedBytes
+			} else {
+				outside += proc.UsedBytes
+				where = append(where, fmt.Sprintf("%s on GPU %d (pid %d)", gib(proc.UsedBytes), d.Index, proc.PID))
+			}
+		}
+	}
+	switch {
+	case outside > 0:
+		return &restart.Failure{Class: restart.ClassMaskViolation,
+			Message: fmt.Sprintf("engine pid %d holds %s, outside its mask %v", p.PID(), strings.Join(where, ", "), pool.Devices)}
+	case onMask == 0:
+		return &restart.Failure{Class: restart.ClassCPUSpillover,
+			Message: fmt.Sprintf("engine pid %d passed its health check but holds no memory on GPUs %v: it runs on the CPU", p.PID(), pool.Devices)}
+	}
+	return nil
+}
+
+// adopt takes over a running engine that matches its pool.
+func (x *Executor) adopt(ctx context.Context, c Change) Outcome {
+	pool := c.Spec
+	m := x.markerOf(c)
+	rec := state.Engine{Pool: pool.ID, Generation: m, SpecHash: c.SpecHash, Spec: pool, PID: c.PID, StartedAt: x.now()}
+	p, err := x.Engines.Adopt(ctx, rec)
+	if err != nil {
+		return x.outcome(c, x.failed(pool, restart.Failure{Class: restart.ClassExited, Message: fmt.Sprintf("adopt engine pid %d: %v", c.PID, err)}))
+	}
+	rec.StartTicks, rec.Port, rec.LogPath, rec.Argv = p.StartTicks(), p.Port(), p.LogPath(), p.Argv()
+	if err := x.mutate(func(st *state.State) { st.Engines[pool.ID] = rec }); err != nil {
+		return x.outcome(c, Outcome{Pool: pool.ID, Phase: Unready})
+	}
+	x.report(pool.ID, Preloading, nil, "adopted engine pid %d", p.PID())
+	return x.outcome(c, x.awaitReady(ctx, pool, p, rec.StartedAt))
+}
+
+func (x *Executor) markerOf(c Change) int64 {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.st.Engines[c.Pool].Generation + 1
+}
+
+// awaitLoading waits for an engine that was already loading when the plan was made.
+func (x *Executor) awaitLoading(ctx context.Context, id string) Outcome {
+	x.mu.Lock()
+	rec, ok := x.st.Engines[id]
+	x.mu.Unlock()
+	if !ok || rec.Spec == nil {
+		return Outcome{Pool: id, Phase: Preloading}
+	}
+	p, err := x.Engines.Adopt(ctx, rec)
+	if err != nil {
+		return x.failed(rec.Spec, restart.Failure{Class: restart.ClassExited, Message: fmt.Sprintf("engine pid %d: %v", rec.PID, err)})
+	}
+	x.report(id, Preloading, nil, "engine pid %d is still loading its model", rec.PID)
+	return x.awaitReady(ctx, rec.Spec, p, rec.StartedAt)
+}
