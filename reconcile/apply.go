@@ -88,9 +88,32 @@ type Executor struct {
 	HealthEvery time.Duration
 	// Report receives progress, one event per transition; may be nil.
 	Report func(Event)
+	// Step, when set, is called as a start passes each of its steps (the
+	// Step* constants), after what the step records is saved. Crash-safety
+	// tests use it to kill the process there.
+	Step func(pool, step string)
 
 	mu sync.Mutex
 	st *state.State
+	// reserved is the memory booked on each GPU by starts in flight, not yet
+	// seen in the GPUs' used memory: parallel starts do not both take the same bytes.
+	reserved map[int]uint64
+}
+
+// The steps of a start, in order, for Executor.Step.
+const (
+	StepStopped       = "stopped"        // an engine to replace is stopped and its record removed
+	StepIntent        = "intent"         // the intent to start is recorded
+	StepSpawned       = "spawned"        // the engine process runs, its pid not yet recorded
+	StepRecorded      = "recorded"       // its pid, start time and argv are recorded
+	StepHealthy       = "healthy"        // it passed its health check, placement not yet verified
+	StepReadyRecorded = "ready-recorded" // Ready is recorded
+)
+
+func (x *Executor) step(pool, step string) {
+	if x.Step != nil {
+		x.Step(pool, step)
+	}
 }
 
 // Event is a transition of a pool during apply, for progress output and logs.
@@ -276,12 +299,14 @@ func (x *Executor) stop(ctx context.Context, c Change) error {
 			}
 		}
 	}
-	return x.mutate(func(st *state.State) {
+	err := x.mutate(func(st *state.State) {
 		delete(st.Engines, c.Pool)
 		if c.Action == Delete {
 			delete(st.Pools, c.Pool)
 		}
 	})
+	x.step(c.Pool, StepStopped)
+	return err
 }
 
 func restartPolicyOf(specs ...*schema.Pool) schema.RestartPolicy {
@@ -290,7 +315,17 @@ func restartPolicyOf(specs ...*schema.Pool) schema.RestartPolicy {
 			return s.Restart
 		}
 	}
-	return schema.RestartPolicy{DrainTimeout: 30 * time.Second, StopGrace: 10 * time.Second}
+	return DefaultRestartPolicy()
+}
+
+// DefaultRestartPolicy is the schema's default restart policy, for records
+// that lack their spec.
+func DefaultRestartPolicy() schema.RestartPolicy {
+	return schema.RestartPolicy{
+		InitialBackoff: time.Second, MaxBackoff: time.Minute, Jitter: 0.1, ResetAfter: 5 * time.Minute,
+		StartupTimeout: 10 * time.Minute, DrainTimeout: 30 * time.Second, StopGrace: 10 * time.Second,
+		Breaker: schema.Breaker{Failures: 5, Window: 10 * time.Minute, Cooldown: 5 * time.Minute},
+	}
 }
 
 // update records a spec change that needs no restart.

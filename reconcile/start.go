@@ -34,9 +34,10 @@ func (x *Executor) start(ctx context.Context, c Change) Outcome {
 	if err != nil {
 		return x.outcome(c, x.failed(pool, restart.Failure{Class: restart.ClassDriverReset, Message: err.Error()}))
 	}
-	if f := checkVRAM(pool, c.Need, masked); f != nil {
+	if f := x.reserve(pool, c.Need, masked); f != nil {
 		return x.outcome(c, x.failed(pool, *f))
 	}
+	defer x.unreserve(c.Need)
 	now := x.now()
 	var gen int64
 	if err := x.mutate(func(st *state.State) {
@@ -45,6 +46,7 @@ func (x *Executor) start(ctx context.Context, c Change) Outcome {
 	}); err != nil {
 		return x.outcome(c, x.failed(pool, restart.Failure{Class: restart.ClassSpawnFailed, Message: "record the start: " + err.Error()}))
 	}
+	x.step(pool.ID, StepIntent)
 	t := x.tracker(pool)
 	t.Started(now)
 	_ = x.saveTracker(pool.ID, t)
@@ -55,6 +57,7 @@ func (x *Executor) start(ctx context.Context, c Change) Outcome {
 		_ = x.mutate(func(st *state.State) { delete(st.Engines, pool.ID) })
 		return x.outcome(c, x.failed(pool, restart.Failure{Class: restart.ClassSpawnFailed, Message: err.Error()}))
 	}
+	x.step(pool.ID, StepSpawned)
 	if err := x.mutate(func(st *state.State) {
 		rec := st.Engines[pool.ID]
 		rec.PID, rec.StartTicks, rec.Port, rec.LogPath, rec.Argv, rec.Intent = p.PID(), p.StartTicks(), p.Port(), p.LogPath(), p.Argv(), false
@@ -62,6 +65,7 @@ func (x *Executor) start(ctx context.Context, c Change) Outcome {
 	}); err != nil {
 		return x.outcome(c, x.failed(pool, restart.Failure{Class: restart.ClassSpawnFailed, Message: "record the engine: " + err.Error()}))
 	}
+	x.step(pool.ID, StepRecorded)
 	x.report(pool.ID, Preloading, nil, "engine pid %d on port %d is loading its model", p.PID(), p.Port())
 	return x.outcome(c, x.awaitReady(ctx, pool, p, now))
 }
@@ -96,18 +100,37 @@ func (x *Executor) maskedGPUs(ctx context.Context, pool *schema.Pool) ([]gpu.Dev
 	return out, nil
 }
 
-// checkVRAM fails fast when a masked GPU lacks the memory the pool needs.
-func checkVRAM(pool *schema.Pool, need []GPUNeed, masked []gpu.Device) *restart.Failure {
+// reserve fails fast when a masked GPU lacks the memory the pool needs,
+// counting what other starts in flight have booked; else it books the need.
+func (x *Executor) reserve(pool *schema.Pool, need []GPUNeed, masked []gpu.Device) *restart.Failure {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.reserved == nil {
+		x.reserved = map[int]uint64{}
+	}
 	for i, n := range need {
 		if i >= len(masked) {
 			break
 		}
-		if d := masked[i]; n.Need > d.MemoryFree {
+		d := masked[i]
+		free := d.MemoryFree - min(d.MemoryFree, x.reserved[d.Index])
+		if n.Need > free {
 			return &restart.Failure{Class: restart.ClassInsufficientVRAM,
-				Message: fmt.Sprintf("insufficient VRAM on GPU %d (%s, %s): needs %s at ctx %d, %s free", d.Index, d.Name, gib(d.MemoryTotal), gib(n.Need), pool.Model.Ctx, gib(d.MemoryFree))}
+				Message: fmt.Sprintf("insufficient VRAM on GPU %d (%s, %s): needs %s at ctx %d, %s free", d.Index, d.Name, gib(d.MemoryTotal), gib(n.Need), pool.Model.Ctx, gib(free))}
 		}
 	}
+	for _, n := range need {
+		x.reserved[n.Index] += n.Need
+	}
 	return nil
+}
+
+func (x *Executor) unreserve(need []GPUNeed) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for _, n := range need {
+		x.reserved[n.Index] -= min(n.Need, x.reserved[n.Index])
+	}
 }
 
 // awaitReady watches a preloading engine until its health check passes and
@@ -137,6 +160,7 @@ func (x *Executor) awaitReady(ctx context.Context, pool *schema.Pool, p Process,
 				Message: fmt.Sprintf("engine pid %d did not pass its health check within %v", p.PID(), pool.Restart.StartupTimeout)})
 		}
 	}
+	x.step(pool.ID, StepHealthy)
 	if f := x.checkPlacement(ctx, pool, p); f != nil {
 		_ = p.Stop(ctx, 0, pool.Restart.StopGrace)
 		return x.failed(pool, *f)
@@ -150,6 +174,7 @@ func (x *Executor) awaitReady(ctx context.Context, pool *schema.Pool, p Process,
 		st.Engines[pool.ID] = rec
 		st.Pools[pool.ID] = t.Record()
 	})
+	x.step(pool.ID, StepReadyRecorded)
 	x.report(pool.ID, Ready, nil, "Ready: engine pid %d on port %d, model loaded in %v", p.PID(), p.Port(), now.Sub(startedAt).Round(time.Millisecond))
 	return Outcome{Pool: pool.ID, Phase: Ready, PID: p.PID()}
 }

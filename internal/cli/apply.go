@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -22,6 +23,10 @@ import (
 	"github.com/poolmanagerd/pool-managerd/reconcile"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
+
+// CrashAtEnv names a step of a start (reconcile.Step*, optionally POOL:step)
+// at which apply kills itself with SIGKILL: the crash-safety tests use it.
+const CrashAtEnv = "POOL_MANAGERD_TEST_CRASH_AT"
 
 // engineFlags are the engine binaries, set by flags shared by apply and serve.
 type engineFlags struct {
@@ -254,6 +259,15 @@ func runApply(cmd *cobra.Command, target string, src gpuSource, node, stateDir s
 				fmt.Fprintf(out, "%s  %-12s %-10s hint: %s\n", e.Time.Format("15:04:05.000"), e.Pool, "", e.Failure.HintFor())
 			}
 		},
+	}
+	if at := os.Getenv(CrashAtEnv); at != "" {
+		// Crash-safety tests: die as kill -9 would, at the named step.
+		x.Step = func(pool, step string) {
+			if at == step || at == pool+":"+step {
+				_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+				select {}
+			}
+		}
 	}
 	fmt.Fprintln(out)
 	res, err := x.Apply(ctx, plan)

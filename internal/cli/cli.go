@@ -127,7 +127,7 @@ Exit codes: 0 success, 1 failure or invalid config, 2 usage error.`,
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageFlagError{err} })
-	root.AddCommand(newVersionCommand(), newValidateCommand(), newSchemaCommand(), newPlanCommand(), newApplyCommand(), newInventoryCommand(), newSimCommand())
+	root.AddCommand(newVersionCommand(), newValidateCommand(), newSchemaCommand(), newPlanCommand(), newApplyCommand(), newStatusCommand(), newResetCommand(), newStopCommand(), newInventoryCommand(), newSimCommand())
 	for _, c := range root.Commands() {
 		wrapArgs(c)
 	}

@@ -1,0 +1,356 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/local"
+	"github.com/poolmanagerd/pool-managerd/internal/observe"
+	"github.com/poolmanagerd/pool-managerd/internal/state"
+	"github.com/poolmanagerd/pool-managerd/reconcile"
+	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
+)
+
+// poolStatus is one pool in `pool-managerd status`.
+type poolStatus struct {
+	Pool      string           `json:"pool"`
+	Phase     reconcile.Phase  `json:"phase"`
+	Ready     bool             `json:"ready"`
+	PID       int              `json:"pid,omitempty"`
+	Port      int              `json:"port,omitempty"`
+	Endpoint  string           `json:"endpoint,omitempty"`
+	GPUs      []gpuUse         `json:"gpus,omitempty"`
+	Restarts  int              `json:"restarts"`
+	Breaker   string           `json:"breaker"`
+	LastError *restart.Failure `json:"lastError,omitempty"`
+	ErrorTime *time.Time       `json:"lastErrorTime,omitempty"`
+	NextRetry *time.Time       `json:"nextRetry,omitempty"`
+	Log       string           `json:"log,omitempty"`
+}
+
+// gpuUse is the memory a pool's engine holds on one GPU.
+type gpuUse struct {
+	Index int    `json:"index"`
+	UUID  string `json:"uuid"`
+	Bytes uint64 `json:"bytes"`
+}
+
+func newStatusCommand() *cobra.Command {
+	var nf nodeFlags
+	var format string
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show each pool's phase, engine, GPU memory, restarts and last error",
+		Long: `status reads the state directory and the node's GPUs and shows, for every pool this
+node has run: its phase (Preloading, Ready, Unready, Failed, Stopped), its engine
+(pid, port), the memory it holds on each GPU, its restarts, the circuit breaker,
+and its last error with a hint and the next retry. It changes nothing.`,
+		Example: `  pool-managerd status --gpus sim:/tmp/node --state-dir /tmp/state
+  pool-managerd status --format json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			src, node, err := nf.parse()
+			if err != nil {
+				return err
+			}
+			if format != "table" && format != "json" {
+				return usageError("--format %q: want table or json", format)
+			}
+			gpus, err := src.open(nil, false)
+			if err != nil {
+				return fmt.Errorf("status: %w", err)
+			}
+			defer gpus.Close()
+			obs, err := observe.Observe(cmd.Context(), observe.Options{Node: node, GPUs: gpus, Source: src.String(), StateDir: nf.stateDir, ScanProcesses: true})
+			if err != nil {
+				return fmt.Errorf("status: %w", err)
+			}
+			st, err := state.Store{Dir: nf.stateDir}.Load()
+			if err != nil {
+				return fmt.Errorf("status: %w", err)
+			}
+			rows := statusRows(obs, st, time.Now())
+			if format == "json" {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(rows)
+			}
+			return writeStatusTable(cmd.OutOrStdout(), rows, time.Now())
+		},
+	}
+	nf.register(cmd)
+	cmd.Flags().StringVar(&format, "format", "table", "output format: table or json")
+	return cmd
+}
+
+// statusRows works out each pool's phase from its engine and its restart record.
+func statusRows(obs reconcile.Observed, st *state.State, now time.Time) []poolStatus {
+	ids := map[string]bool{}
+	for id := range obs.Engines {
+		ids[id] = true
+	}
+	for id := range st.Pools {
+		ids[id] = true
+	}
+	var rows []poolStatus
+	for id := range ids {
+		e, hasEngine := obs.Engines[id]
+		rec := st.Pools[id]
+		row := poolStatus{Pool: id, Restarts: rec.Restarts, Breaker: "closed"}
+		if rec.BreakerState != "" {
+			row.Breaker = rec.BreakerState
+		}
+		if rec.LastError != nil {
+			f := restart.Failure{Class: rec.LastError.Class, Message: rec.LastError.Message, Hint: rec.LastError.Hint}
+			if f.Hint == "" {
+				f.Hint = restart.Hint(f.Class)
+			}
+			row.LastError = &f
+			t := rec.LastError.Time
+			row.ErrorTime = &t
+		}
+		if !rec.NextRetry.IsZero() && rec.NextRetry.After(now) {
+			t := rec.NextRetry
+			row.NextRetry = &t
+		}
+		if r, ok := st.Engines[id]; ok {
+			row.Log = r.LogPath
+		}
+		switch {
+		case hasEngine && e.Alive:
+			row.PID, row.Port = e.PID, e.Port
+			if e.Port != 0 {
+				row.Endpoint = fmt.Sprintf("http://127.0.0.1:%d", e.Port)
+			}
+			switch e.Health {
+			case reconcile.HealthOK:
+				row.Phase, row.Ready = reconcile.Ready, true
+			case reconcile.HealthLoading:
+				row.Phase = reconcile.Preloading
+			default:
+				row.Phase = reconcile.Unready
+			}
+			row.GPUs = heldGPUs(obs, e)
+		case rec.BreakerState == "open":
+			row.Phase = reconcile.Failed
+		case hasEngine && e.Intent:
+			row.Phase = reconcile.Pending
+		case rec.LastError != nil:
+			row.Phase = reconcile.Unready
+		default:
+			row.Phase = reconcile.Stopped
+		}
+		rows = append(rows, row)
+	}
+	sort.Slice(rows, func(i, j int) bool { return rows[i].Pool < rows[j].Pool })
+	return rows
+}
+
+func heldGPUs(obs reconcile.Observed, e reconcile.Engine) []gpuUse {
+	pids := map[int]bool{e.PID: true}
+	for _, p := range e.PIDs {
+		pids[p] = true
+	}
+	var out []gpuUse
+	for _, d := range obs.GPUs {
+		var held uint64
+		for _, p := range d.Processes {
+			if pids[p.PID] {
+				held += p.UsedBytes
+			}
+		}
+		if held > 0 {
+			out = append(out, gpuUse{Index: d.Index, UUID: d.UUID, Bytes: held})
+		}
+	}
+	return out
+}
+
+func writeStatusTable(w io.Writer, rows []poolStatus, now time.Time) error {
+	if len(rows) == 0 {
+		_, err := fmt.Fprintln(w, "No pools have run on this node yet (the state directory is empty).")
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "POOL\tPHASE\tREADY\tPID\tENDPOINT\tGPU MEMORY\tRESTARTS\tBREAKER")
+	for _, r := range rows {
+		var mem []string
+		for _, g := range r.GPUs {
+			mem = append(mem, fmt.Sprintf("%d: %.1f GiB", g.Index, float64(g.Bytes)/(1<<30)))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%s\t%d\t%s\n", r.Pool, r.Phase, yesNo(r.Ready), dash(r.PID), orDash(r.Endpoint), orDash(strings.Join(mem, ", ")), r.Restarts, r.Breaker)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, r := range rows {
+		if r.LastError == nil || r.Ready {
+			continue
+		}
+		fmt.Fprintf(w, "\n%s: %s (%s, %s)\n", r.Pool, r.LastError.Message, r.LastError.Class, r.ErrorTime.Local().Format(time.DateTime))
+		fmt.Fprintf(w, "  hint: %s\n", r.LastError.Hint)
+		if r.NextRetry != nil {
+			fmt.Fprintf(w, "  next retry in %v\n", r.NextRetry.Sub(now).Round(time.Second))
+		}
+		if r.Breaker == "open" {
+			fmt.Fprintf(w, "  the circuit breaker is open: fix the config or run pool-managerd reset %s\n", r.Pool)
+		}
+		if r.Log != "" {
+			fmt.Fprintf(w, "  log: %s\n", r.Log)
+		}
+	}
+	return nil
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+func dash(n int) string {
+	if n == 0 {
+		return "-"
+	}
+	return fmt.Sprint(n)
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func newResetCommand() *cobra.Command {
+	var stateDir string
+	cmd := &cobra.Command{
+		Use:   "reset POOL...",
+		Short: "Close a pool's circuit breaker and clear its backoff, so the next apply starts it",
+		Long: `reset closes the circuit breaker of each named pool and clears its backoff, after you
+fixed what made it fail (a bad model file, a GPU). Run apply (or let the daemon
+reconcile) to start it. It takes the state directory's lock, like apply.`,
+		Example: `  pool-managerd reset big --state-dir /var/lib/pool-managerd`,
+		Args:    cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			lock, err := lockState(stateDir)
+			if err != nil {
+				return fmt.Errorf("reset: %w", err)
+			}
+			defer lock.Unlock()
+			store := state.Store{Dir: stateDir}
+			st, err := store.Load()
+			if err != nil {
+				return fmt.Errorf("reset: %w", err)
+			}
+			for _, id := range args {
+				rec, ok := st.Pools[id]
+				if !ok {
+					return fmt.Errorf("reset: pool %q has no restart record in %s (known: %s)", id, stateDir, strings.Join(sortedPoolIDs(st), ", "))
+				}
+				policy := reconcile.DefaultRestartPolicy()
+				if e, ok := st.Engines[id]; ok && e.Spec != nil {
+					policy = e.Spec.Restart
+				}
+				t := restart.FromRecord(policy, rec, nil)
+				t.Reset(time.Now())
+				st.Pools[id] = t.Record()
+			}
+			if err := store.Save(st); err != nil {
+				return fmt.Errorf("reset: %w", err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Reset %s: breaker closed, backoff cleared. Run apply to start them.\n", strings.Join(args, ", "))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&stateDir, "state-dir", DefaultStateDir, "state directory")
+	return cmd
+}
+
+func sortedPoolIDs(st *state.State) []string {
+	var ids []string
+	for id := range st.Pools {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	if len(ids) == 0 {
+		return []string{"none"}
+	}
+	return ids
+}
+
+func newStopCommand() *cobra.Command {
+	var stateDir string
+	var all bool
+	cmd := &cobra.Command{
+		Use:   "stop [POOL...] [--all]",
+		Short: "Stop pools' engines (drain, SIGTERM, grace period, SIGKILL)",
+		Long: `stop stops the engines of the named pools, or of every pool of the node with --all:
+it drains busy slots, sends SIGTERM, and SIGKILL after the pool's grace period.
+The config is not changed: the next apply (or the daemon) starts them again.
+It takes the state directory's lock, like apply.`,
+		Example: `  pool-managerd stop coder
+  pool-managerd stop --all`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if all == (len(args) > 0) {
+				return usageError("name the pools to stop, or --all")
+			}
+			lock, err := lockState(stateDir)
+			if err != nil {
+				return fmt.Errorf("stop: %w", err)
+			}
+			defer lock.Unlock()
+			store := state.Store{Dir: stateDir}
+			st, err := store.Load()
+			if err != nil {
+				return fmt.Errorf("stop: %w", err)
+			}
+			ids := args
+			if all {
+				ids = nil
+				for id := range st.Engines {
+					ids = append(ids, id)
+				}
+				sort.Strings(ids)
+			}
+			driver := &local.Driver{}
+			stopped := 0
+			for _, id := range ids {
+				rec, ok := st.Engines[id]
+				if !ok {
+					return fmt.Errorf("stop: pool %q has no engine in %s", id, stateDir)
+				}
+				policy := reconcile.DefaultRestartPolicy()
+				if rec.Spec != nil {
+					policy = rec.Spec.Restart
+				}
+				if rec.PID != 0 {
+					if p, err := driver.Adopt(cmd.Context(), rec); err == nil {
+						fmt.Fprintf(cmd.OutOrStdout(), "Stopping %s (pid %d)...\n", id, rec.PID)
+						if err := p.Stop(cmd.Context(), policy.DrainTimeout, policy.StopGrace); err != nil {
+							return fmt.Errorf("stop %s: %w", id, err)
+						}
+						stopped++
+					}
+				}
+				delete(st.Engines, id)
+				if err := store.Save(st); err != nil {
+					return fmt.Errorf("stop: %w", err)
+				}
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Stopped %s.\n", plural(stopped, "engine"))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&stateDir, "state-dir", DefaultStateDir, "state directory")
+	cmd.Flags().BoolVar(&all, "all", false, "stop every pool of the node")
+	return cmd
+}
