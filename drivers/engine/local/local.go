@@ -14,7 +14,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/preset"
@@ -142,7 +141,6 @@ type process struct {
 	argv    []string
 	// llama: llama-server's /slots can be drained; vLLM and TGI have none.
 	llama bool
-	once  sync.Once
 }
 
 func (p *process) PID() int                { return p.h.PID() }
