@@ -3,6 +3,7 @@ package reconcile
 import (
 	"context"
 	"fmt"
+	"os"
 	"strings"
 	"time"
 
@@ -20,15 +21,8 @@ func (x *Executor) start(ctx context.Context, c Change) Outcome {
 	if c.Action == Adopt {
 		return x.adopt(ctx, c)
 	}
-	if c.NotBefore != nil {
-		if wait := c.NotBefore.Sub(x.now()); wait > 0 {
-			x.report(pool.ID, Unready, nil, "waiting %v for the backoff", wait.Round(time.Millisecond))
-			select {
-			case <-ctx.Done():
-				return Outcome{Pool: pool.ID, Action: c.Action, Phase: Unready}
-			case <-time.After(wait):
-			}
-		}
+	if o, stop := x.recordDeath(ctx, c); stop {
+		return x.outcome(c, o)
 	}
 	masked, err := x.maskedGPUs(ctx, pool)
 	if err != nil {
@@ -68,6 +62,75 @@ func (x *Executor) start(ctx context.Context, c Change) Outcome {
 	x.step(pool.ID, StepRecorded)
 	x.report(pool.ID, Preloading, nil, "engine pid %d on port %d is loading its model", p.PID(), p.Port())
 	return x.outcome(c, x.awaitReady(ctx, pool, p, now))
+}
+
+// recordDeath records the failure of an engine that died after it was
+// Ready (found dead by this plan, not yet counted), then follows the pool's
+// restart decision: wait out the backoff, or stop at an open breaker.
+func (x *Executor) recordDeath(ctx context.Context, c Change) (Outcome, bool) {
+	pool := c.Spec
+	x.mu.Lock()
+	rec, known := x.st.Engines[pool.ID]
+	x.mu.Unlock()
+	t := x.tracker(pool)
+	if known && c.PID == 0 && rec.PID != 0 && !rec.ReadyAt.IsZero() && rec.ReadyAt.After(t.LastFailureAt()) &&
+		(c.Action == Restart || c.Action == Replace) {
+		t.Ready(rec.ReadyAt)
+		t.Failed(x.now(), deathFailure(rec, x.logTail(rec)))
+		if err := x.saveTracker(pool.ID, t); err != nil {
+			return Outcome{Pool: pool.ID, Phase: Unready}, true
+		}
+		f := t.LastFailure()
+		x.report(pool.ID, Unready, f, "%s", f.Message)
+	}
+	if c.Action == Replace && rec.SpecHash != c.SpecHash {
+		t.ConfigChanged(x.now()) // a config change closes the breaker and clears the backoff
+		_ = x.saveTracker(pool.ID, t)
+	}
+	d := t.Decide(x.now())
+	switch d.Action {
+	case restart.Blocked:
+		f := &restart.Failure{Class: ClassCircuitOpen, Message: restart.BreakerMessage(pool.ID, t.FailuresInWindow(x.now()), pool.Restart.Breaker.Window),
+			Hint: fmt.Sprintf("fix the config or run pool-managerd reset %s", pool.ID)}
+		x.report(pool.ID, Failed, f, "%s", f.Message)
+		return Outcome{Pool: pool.ID, Phase: Failed, Failure: f}, true
+	case restart.Wait:
+		x.report(pool.ID, Unready, nil, "waiting %v for the backoff (%s)", d.Delay.Round(time.Millisecond), d.Reason)
+		select {
+		case <-ctx.Done():
+			return Outcome{Pool: pool.ID, Phase: Unready}, true
+		case <-time.After(d.Delay):
+		}
+	}
+	return Outcome{}, false
+}
+
+// deathFailure describes an engine that died after it was Ready, from its log.
+func deathFailure(rec state.Engine, logTail string) restart.Failure {
+	if line := cudaErrorLine(logTail); line != "" {
+		return restart.Failure{Class: restart.ClassCUDAError, Message: fmt.Sprintf("engine pid %d died after it was Ready (%s); log: %s", rec.PID, line, rec.LogPath)}
+	}
+	return restart.Failure{Class: restart.ClassExited, Message: fmt.Sprintf("engine pid %d exited after it was Ready; log: %s", rec.PID, rec.LogPath)}
+}
+
+// logTail reads the end of a recorded engine's log.
+func (x *Executor) logTail(rec state.Engine) string {
+	if rec.LogPath == "" {
+		return ""
+	}
+	data, err := os.ReadFile(rec.LogPath)
+	if err != nil {
+		return ""
+	}
+	const tail = 16 << 10
+	if len(data) > tail {
+		data = data[len(data)-tail:]
+	}
+	// Only what the engine printed since its start: the log holds earlier runs too.
+	if i := strings.LastIndex(string(data), "-- pool-managerd "); i >= 0 {
+		data = data[i:]
+	}
+	return string(data)
 }
 
 func (x *Executor) outcome(c Change, o Outcome) Outcome {
@@ -162,6 +225,12 @@ func (x *Executor) awaitReady(ctx context.Context, pool *schema.Pool, p Process,
 	}
 	x.step(pool.ID, StepHealthy)
 	if f := x.checkPlacement(ctx, pool, p); f != nil {
+		select {
+		case <-p.Exited():
+			// It died meanwhile: that, not the memory it no longer holds, is the failure.
+			return x.failed(pool, exitFailure(p, "right after its health check passed"))
+		default:
+		}
 		_ = p.Stop(ctx, 0, pool.Restart.StopGrace)
 		return x.failed(pool, *f)
 	}
