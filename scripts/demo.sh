@@ -6,7 +6,12 @@ set -euo pipefail
 pm=$(realpath "${1:-bin/pool-managerd}")
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+cleanup() {
+	# Stop any engine the demo left running, then remove its files.
+	[ -d "$work/run/state" ] && "$pm" stop --all --state-dir "$work/run/state" >/dev/null 2>&1
+	rm -rf "$work"
+}
+trap cleanup EXIT
 
 bold=$(tput bold 2>/dev/null || true)
 plain=$(tput sgr0 2>/dev/null || true)
@@ -111,7 +116,43 @@ say "The pull-request view: plan every declared node, no GPU needed" \
 	"--detailed-exitcode exits 2 when there is something to do."
 run "$pm" plan examples/fleet --gpus declared --detailed-exitcode
 
+say "Apply: run the pools, each Ready only once its model is loaded" \
+	"We copy the mixed example with its model paths pointing at files here, and run it on the" \
+	"simulated node with the bundled stand-in engine (it speaks llama-server's HTTP and holds" \
+	"memory on the simulated GPUs it is given). apply starts both pools in parallel and waits" \
+	"for each health check and for its GPU memory to be where its device mask says."
+mkdir -p "$work/run/models"
+cp -r examples/mixed-24-12 "$work/run/config"
+sed -i "s|/models/|$work/run/models/|" "$work"/run/config/pools/*.cue
+for model in $(grep -ho "$work/run/models/[^\"]*" "$work"/run/config/pools/*.cue); do : >"$model"; done
+node=(--gpus "sim:$work/node" --state-dir "$work/run/state" --node gpu-01)
+engines=(--llama-server "$(dirname "$pm")/fake-engine")
+run "$pm" apply "$work/run/config" "${node[@]}" "${engines[@]}" --auto-approve
+
+say "Status: phase, engine, GPU memory, restarts, breaker"
+run "$pm" status "${node[@]}"
+
+say "Apply again: nothing to do" "The node already runs what the config says; no engine is touched."
+run "$pm" apply "$work/run/config" "${node[@]}" "${engines[@]}" --auto-approve
+
+say "A config change replaces only what changed" \
+	"We lower llama70b's context from 8192 to 4096: its engine is drained and replaced; coder keeps running."
+sed -i 's/ctx:  8192/ctx:  4096/' "$work/run/config/pools/llama70b.cue"
+run "$pm" apply "$work/run/config" "${node[@]}" "${engines[@]}" --auto-approve
+
+say "An engine crashes" \
+	"We kill coder's engine with SIGKILL. status shows the pool Unready; the next apply records the" \
+	"failure, waits for the backoff and starts it again."
+coder_pid=$("$pm" status "${node[@]}" --format json | grep -A3 '"pool": "coder"' | grep -o '"pid": [0-9]*' | grep -o '[0-9]*')
+kill -9 "$coder_pid"
+sleep 0.2
+run "$pm" status "${node[@]}"
+run "$pm" apply "$work/run/config" "${node[@]}" "${engines[@]}" --auto-approve
+
+say "Stop every pool" "Engines are drained, sent SIGTERM, and SIGKILL only after their grace period."
+run "$pm" stop --all --state-dir "$work/run/state"
+
 say "Usage mistakes are told apart from invalid configs" "A directory that does not exist is a usage error: exit status 2."
 run "$pm" validate "$work/does-not-exist"
 
-printf '\n%sDone.%s validate and plan are ready for PR checks; see README.md for the config reference.\n' "$bold" "$plain"
+printf '\n%sDone.%s See README.md for the config and CLI reference.\n' "$bold" "$plain"

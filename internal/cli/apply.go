@@ -243,7 +243,11 @@ func runApply(cmd *cobra.Command, target string, src gpuSource, node, stateDir s
 	if err := bins.Check(startingEngines(plan)...); err != nil {
 		return fmt.Errorf("apply: %w\nhint: set the engine's binary with --llama-server, --vllm or --tgi (or POOL_MANAGERD_LLAMA_SERVER, ...)", err)
 	}
-	driver := &local.Driver{Binaries: bins, LogDir: filepath.Join(stateDir, "logs")}
+	absState, err := filepath.Abs(stateDir)
+	if err != nil {
+		return err
+	}
+	driver := &local.Driver{Binaries: bins, LogDir: filepath.Join(absState, "logs"), StateDir: absState}
 	if src.Kind == "sim" {
 		driver.SimDir = src.Dir
 	}

@@ -142,6 +142,16 @@ func statusRows(obs reconcile.Observed, st *state.State, now time.Time) []poolSt
 			row.Phase = reconcile.Failed
 		case hasEngine && e.Intent:
 			row.Phase = reconcile.Pending
+		case hasEngine && e.PID != 0:
+			// Recorded and not stopped by pool-managerd, yet gone: it died.
+			row.Phase = reconcile.Unready
+			if row.LastError == nil || !rec.LastError.Time.After(st.Engines[id].ReadyAt) {
+				f := restart.Failure{Class: restart.ClassExited, Message: fmt.Sprintf("engine pid %d is not running; the next apply restarts it", e.PID)}
+				f.Hint = restart.Hint(f.Class)
+				row.LastError = &f
+				t := now
+				row.ErrorTime = &t
+			}
 		case rec.LastError != nil:
 			row.Phase = reconcile.Unready
 		default:

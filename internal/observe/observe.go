@@ -12,6 +12,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -59,6 +60,21 @@ func ParseMarker(s string) (Marker, error) {
 		return Marker{}, fmt.Errorf("engine marker %q: generation: %w", s, err)
 	}
 	return Marker{Node: parts[0], Pool: parts[1], Generation: gen, SpecHash: parts[3]}, nil
+}
+
+// StateDirEnv is the variable by which an engine names the state directory
+// of the pool-managerd that started it (preset.StateDirEnv).
+const StateDirEnv = "POOL_MANAGERD_STATE_DIR"
+
+// absDir makes a directory absolute, as engines record it.
+func absDir(dir string) string {
+	if dir == "" {
+		return ""
+	}
+	if abs, err := filepath.Abs(dir); err == nil {
+		return abs
+	}
+	return dir
 }
 
 // Options say where to look.
@@ -110,7 +126,7 @@ func Observe(ctx context.Context, opts Options) (reconcile.Observed, error) {
 		}
 	}
 	if opts.ScanProcesses {
-		if err := scanMarkers(ctx, opts.Node, obs.Engines, health); err != nil {
+		if err := scanMarkers(ctx, opts.Node, absDir(opts.StateDir), obs.Engines, health); err != nil {
 			return obs, err
 		}
 	}
@@ -161,7 +177,7 @@ func sessionOf(pid int) []int {
 
 // scanMarkers adds the live engines of this node that the state file does
 // not know (or knows under an older generation).
-func scanMarkers(ctx context.Context, node string, engines map[string]reconcile.Engine, health func(context.Context, int, bool) reconcile.Health) error {
+func scanMarkers(ctx context.Context, node, stateDir string, engines map[string]reconcile.Engine, health func(context.Context, int, bool) reconcile.Health) error {
 	found, err := proc.FindByEnv(MarkerEnv)
 	if err != nil {
 		return fmt.Errorf("scan processes for engines: %w", err)
@@ -179,6 +195,9 @@ func scanMarkers(ctx context.Context, node string, engines map[string]reconcile.
 		info, err := proc.Stat(pid)
 		if err != nil || info.State == 'Z' || info.Session != pid {
 			continue // gone, or a worker of an engine (the leader is the one)
+		}
+		if env, err := proc.Environ(pid); err == nil && env[StateDirEnv] != "" && stateDir != "" && env[StateDirEnv] != stateDir {
+			continue // started by a pool-managerd with another state directory
 		}
 		if e, ok := engines[m.Pool]; ok && e.Alive {
 			continue

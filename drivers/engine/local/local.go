@@ -33,6 +33,8 @@ type Driver struct {
 	LogKeep     int
 	// SimDir is the simulated node the engines run on, when there is one.
 	SimDir string
+	// StateDir is the state directory the engines belong to (absolute).
+	StateDir string
 }
 
 var _ reconcile.Engines = (*Driver)(nil)
@@ -56,7 +58,7 @@ func (d *Driver) Start(ctx context.Context, req reconcile.StartRequest) (reconci
 	for i, g := range req.GPUs {
 		gpus[i] = preset.GPU{Index: g.Index, UUID: g.UUID}
 	}
-	cmd, err := preset.Build(req.Pool, gpus, port, d.Binaries, req.Marker, preset.Options{SimDir: d.SimDir})
+	cmd, err := preset.Build(req.Pool, gpus, port, d.Binaries, req.Marker, preset.Options{SimDir: d.SimDir, StateDir: d.StateDir})
 	if err != nil {
 		return nil, err
 	}

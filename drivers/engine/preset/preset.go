@@ -44,6 +44,11 @@ const MarkerEnv = "POOL_MANAGERD_ENGINE"
 // (set only when Options.SimDir is).
 const SimDirEnv = "POOL_MANAGERD_SIM_DIR"
 
+// StateDirEnv names the state directory of the pool-managerd that started the
+// engine, so that a scan for engines by marker finds only its own (tests and
+// demos run several on one machine).
+const StateDirEnv = "POOL_MANAGERD_STATE_DIR"
+
 // Host is the address every engine binds to.
 const Host = "127.0.0.1"
 
@@ -206,6 +211,8 @@ type Options struct {
 	// SimDir, when set, is passed to the engine as POOL_MANAGERD_SIM_DIR: the
 	// stand-in engine claims memory on the simulated node kept there.
 	SimDir string
+	// StateDir, when set, is passed to the engine as POOL_MANAGERD_STATE_DIR.
+	StateDir string
 	// Environ is pool-managerd's environment, from which PATH, HOME, LANG,
 	// LC_*, TZ and TMPDIR are passed on; nil means os.Environ().
 	Environ []string
@@ -221,7 +228,7 @@ func passed(key string) bool {
 }
 
 // managedEnv are the variables Build sets; a pool may not set them.
-var managedEnv = []string{"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", MarkerEnv, SimDirEnv}
+var managedEnv = []string{"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", MarkerEnv, SimDirEnv, StateDirEnv}
 
 // Build returns the command that runs pool p's engine on gpus (the pool's
 // masked GPUs, in the order of p.Devices) listening on port, marked with
@@ -337,6 +344,9 @@ func Build(p *schema.Pool, gpus []GPU, port int, b Binaries, marker string, opts
 	env[MarkerEnv] = marker
 	if opts.SimDir != "" {
 		env[SimDirEnv] = opts.SimDir
+	}
+	if opts.StateDir != "" {
+		env[StateDirEnv] = opts.StateDir
 	}
 	keys := make([]string, 0, len(env))
 	for k := range env {
