@@ -2,6 +2,8 @@ package reconcile
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -219,7 +221,7 @@ func (p *planner) plan() *NodePlan {
 
 	var unchanged []Unchanged
 	// Stops first: they free memory that starts may need.
-	for _, id := range sortedKeys(p.observed.Engines) {
+	for _, id := range slices.Sorted(maps.Keys(p.observed.Engines)) {
 		e := p.observed.Engines[id]
 		if _, wanted := p.desired.Pools[id]; wanted {
 			continue
@@ -240,7 +242,7 @@ func (p *planner) plan() *NodePlan {
 		p.changes = append(p.changes, c)
 	}
 	var starts []string
-	for _, id := range sortedKeys(p.desired.Pools) {
+	for _, id := range slices.Sorted(maps.Keys(p.desired.Pools)) {
 		pool := p.desired.Pools[id]
 		e, known := p.observed.Engines[id]
 		if !known {
@@ -650,7 +652,7 @@ func (p *planner) checkInventory() {
 			p.warnings = append(p.warnings, fmt.Sprintf("GPU %d (%s, %s) is not in node %s's declared inventory", d.Index, d.Name, gib(d.MemoryTotal), decl.Name))
 		}
 	}
-	for _, idx := range sortedInts(p.badGPUs) {
+	for _, idx := range slices.Sorted(maps.Keys(p.badGPUs)) {
 		p.warnings = append(p.warnings, p.badGPUs[idx])
 	}
 }
@@ -676,7 +678,7 @@ func (p *planner) checkProcesses() {
 				continue
 			}
 			spec := p.observed.Engines[id].Spec
-			if spec != nil && !containsInt(spec.Devices, d.Index) {
+			if spec != nil && !slices.Contains(spec.Devices, d.Index) {
 				p.warnings = append(p.warnings, fmt.Sprintf("pool %s: engine process %d holds %s on GPU %d, outside its mask %v", id, proc.PID, gib(proc.UsedBytes), d.Index, spec.Devices))
 			}
 		}
@@ -685,29 +687,11 @@ func (p *planner) checkProcesses() {
 
 func (p *planner) poolsOn(index int) []string {
 	var out []string
-	for _, id := range sortedKeys(p.desired.Pools) {
-		if containsInt(p.desired.Pools[id].Devices, index) {
+	for _, id := range slices.Sorted(maps.Keys(p.desired.Pools)) {
+		if slices.Contains(p.desired.Pools[id].Devices, index) {
 			out = append(out, "pool "+id)
 		}
 	}
-	return out
-}
-
-func containsInt(list []int, x int) bool {
-	for _, v := range list {
-		if v == x {
-			return true
-		}
-	}
-	return false
-}
-
-func sortedInts[V any](m map[int]V) []int {
-	out := make([]int, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Ints(out)
 	return out
 }
 

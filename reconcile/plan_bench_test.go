@@ -3,6 +3,7 @@ package reconcile
 import (
 	"context"
 	"fmt"
+	"maps"
 	"runtime"
 	"slices"
 	"testing"
@@ -77,7 +78,7 @@ func newBenchFleet(b *testing.B, pools int) *benchFleet {
 		for _, g := range d.Declared.GPUs {
 			o.GPUs = append(o.GPUs, gpu.Device{Index: g.Index, UUID: g.UUID, Name: g.Model, MemoryTotal: uint64(g.VRAM)})
 		}
-		for i, id := range sortedKeys(d.Pools) {
+		for i, id := range slices.Sorted(maps.Keys(d.Pools)) {
 			p, need := d.Pools[id], d.Needs[id]
 			if i%2 == 1 || need.Err != "" {
 				continue

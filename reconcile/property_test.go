@@ -563,7 +563,7 @@ func (g *stateGen) node() (Desired, Observed) {
 	}
 	var alive []running
 	var deadPIDs []int
-	for _, id := range sortedKeys(des.Pools) {
+	for _, id := range slices.Sorted(maps.Keys(des.Pools)) {
 		if declaredMode || !g.chance(0.65) {
 			continue
 		}
@@ -685,7 +685,7 @@ func (g *stateGen) node() (Desired, Observed) {
 	}
 
 	// Backoff and breakers.
-	for _, id := range slices.Concat(sortedKeys(des.Pools), sortedKeys(obs.Engines)) {
+	for _, id := range slices.Concat(slices.Sorted(maps.Keys(des.Pools)), slices.Sorted(maps.Keys(obs.Engines))) {
 		if _, done := obs.Pools[id]; done || declaredMode || !g.chance(0.35) {
 			continue
 		}

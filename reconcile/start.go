@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -290,7 +291,7 @@ func (x *Executor) checkPlacement(ctx context.Context, pool *schema.Pool, p Proc
 			if !session[proc.PID] {
 				continue
 			}
-			if containsInt(pool.Devices, d.Index) {
+			if slices.Contains(pool.Devices, d.Index) {
 				onMask += proc.UsedBytes
 			} else {
 				outside += proc.UsedBytes

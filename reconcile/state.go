@@ -11,7 +11,6 @@
 package reconcile
 
 import (
-	"sort"
 	"time"
 
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
@@ -185,13 +184,4 @@ func (o *Observed) heldBy(e Engine) map[int]uint64 {
 		}
 	}
 	return held
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

@@ -2,6 +2,8 @@ package schema
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -228,7 +230,7 @@ func checkDashFlags(flags []string, engine string, rules []dashRule) []flagProbl
 			value = flags[i+1]
 		}
 		for _, r := range rules {
-			if !containsString(r.spellings, name) {
+			if !slices.Contains(r.spellings, name) {
 				continue
 			}
 			if msg := r.reject(value); msg != "" {
@@ -239,15 +241,6 @@ func checkDashFlags(flags []string, engine string, rules []dashRule) []flagProbl
 	return out
 }
 
-func containsString(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}
-
 // tgiManagedEnv are the variables TGI's launcher reads in place of the flags pool-managerd sets.
 var tgiManagedEnv = map[string]string{
 	"MODEL_ID": "model.path", "HOSTNAME": "the engine host (127.0.0.1)", "PORT": "port",
@@ -256,7 +249,7 @@ var tgiManagedEnv = map[string]string{
 
 func (c *flagChecker) checkEnv(p *Pool) []flagProblem {
 	var out []flagProblem
-	for _, name := range sortedKeys(p.Env) {
+	for _, name := range slices.Sorted(maps.Keys(p.Env)) {
 		path := "env." + name
 		switch {
 		case name == "CUDA_VISIBLE_DEVICES":

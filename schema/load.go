@@ -606,12 +606,3 @@ func cueDiagnostics(err error, userFiles map[string]bool) Diagnostics {
 	}
 	return out
 }
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
-}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -25,19 +26,10 @@ func parseValidateArgs(args []string, format string) (validateOptions, error) {
 	if len(args) == 1 {
 		o.Dir = args[0]
 	}
-	if !containsString(validateFormats, o.Format) {
+	if !slices.Contains(validateFormats, o.Format) {
 		return o, usageError("--format %q: want one of %s", o.Format, strings.Join(validateFormats, ", "))
 	}
 	return o, nil
-}
-
-func containsString(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func newValidateCommand() *cobra.Command {
