@@ -24,7 +24,7 @@ const FeaturePathEnv = "LLORCH_BDD_FEATURE_PATH"
 
 // harness holds what every scenario shares: the binaries built once per run.
 type harness struct {
-	// bin is the folder holding pool-managerd.
+	// bin is the folder holding pool-managerd and fake-engine (the stand-in engine).
 	bin string
 	// repo is the repository root, for the examples.
 	repo string
@@ -32,10 +32,14 @@ type harness struct {
 
 func (h *harness) poolManagerd() string { return filepath.Join(h.bin, "pool-managerd") }
 
+func (h *harness) fakeEngine() string { return filepath.Join(h.bin, "fake-engine") }
+
 var opts = godog.Options{Output: colors.Colored(os.Stdout), Format: "pretty", Strict: true}
 
 func init() {
-	godog.BindCommandLineFlags("godog.", &opts)
+	// On the go test flag set, so that -godog.tags and the others parse with
+	// -test.* (BindCommandLineFlags binds them to pflag, which flag.Parse ignores).
+	godog.BindFlags("godog.", flag.CommandLine, &opts)
 }
 
 func TestMain(m *testing.M) {
@@ -50,10 +54,10 @@ func buildHarness(t *testing.T) *harness {
 		t.Fatal(err)
 	}
 	bin := t.TempDir()
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/pool-managerd")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/pool-managerd", "./cmd/fake-engine")
 	cmd.Dir = repo
 	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build pool-managerd: %v\n%s", err, out)
+		t.Fatalf("build pool-managerd and fake-engine: %v\n%s", err, out)
 	}
 	return &harness{bin: bin, repo: repo}
 }

@@ -32,6 +32,8 @@ type world struct {
 	previous string
 	// golden is the output of the golden plan tests.
 	golden string
+	// applyState is what the apply and lifecycle steps keep (steps_apply_test.go).
+	applyState
 }
 
 func (w *world) simDir() string { return filepath.Join(w.workspace, "node") }
@@ -167,7 +169,8 @@ func (w *world) register(sc *godog.ScenarioContext) {
 		return ctx, err
 	})
 	sc.After(func(ctx context.Context, _ *godog.Scenario, err error) (context.Context, error) {
-		return ctx, os.RemoveAll(w.workspace)
+		cleanErr := w.stopEngines()
+		return ctx, errors.Join(cleanErr, os.RemoveAll(w.workspace))
 	})
 	sc.Step(`^an empty config directory$`, w.emptyConfig)
 	sc.Step(`^a copy of the example config "([^"]*)"$`, w.exampleConfig)
@@ -193,6 +196,7 @@ func (w *world) register(sc *godog.ScenarioContext) {
 	sc.Step(`^(\d+) errors? (?:is|are) reported$`, w.errorCount)
 	sc.Step(`^the JSON output reports (\d+) diagnostics? with file, line and column$`, w.jsonDiagnostics)
 	sc.Step(`^a GitHub annotation is printed for "([^"]*)" at line (\d+), column (\d+)$`, w.githubAnnotation)
+	w.registerApply(sc)
 }
 
 func (w *world) path(rel string) string { return filepath.Join(w.workspace, w.config, rel) }
@@ -262,25 +266,43 @@ pools: %q: {
 `, id, poolNode, gpu, flags))
 }
 
-// run runs pool-managerd in the workspace. In its arguments CONFIG stands
-// for the config directory, SIM for the simulated node (sim:DIR), SIMDIR for
-// its directory and STATE for the state directory.
-func (w *world) run(args string) error {
+func (w *world) stateDir() string { return filepath.Join(w.workspace, "state") }
+
+// expand replaces the tokens of a command's arguments: CONFIG stands for the
+// config directory, SIM for the simulated node (sim:DIR), SIMDIR for its
+// directory, STATE for the state directory and ENGINE for the stand-in
+// engine's binary.
+func (w *world) expand(args string) string {
+	return strings.NewReplacer("CONFIG", w.config, "SIMDIR", w.simDir(), "SIM", "sim:"+w.simDir(), "STATE", w.stateDir(), "ENGINE", w.h.fakeEngine()).Replace(args)
+}
+
+// run runs pool-managerd in the workspace, its arguments expanded (see expand).
+func (w *world) run(args string) error { return w.runEnv(nil, args) }
+
+// runEnv runs pool-managerd with extra environment variables (KEY=VALUE).
+func (w *world) runEnv(env []string, args string) error {
 	w.previous = w.stdout
-	args = strings.NewReplacer("CONFIG", w.config, "SIMDIR", w.simDir(), "SIM", "sim:"+w.simDir(), "STATE", filepath.Join(w.workspace, "state")).Replace(args)
+	args = w.expand(args)
 	argv := strings.Fields(args)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, w.h.poolManagerd(), argv...)
 	cmd.Dir = w.workspace
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	start := time.Now()
 	err := cmd.Run()
+	w.elapsed = time.Since(start)
 	w.stdout, w.stderr, w.status = stdout.String(), stderr.String(), 0
+	w.signal = ""
 	var exit *exec.ExitError
 	switch {
 	case errors.As(err, &exit):
 		w.status = exit.ExitCode()
+		w.signal = signalOf(exit)
 	case err != nil:
 		return fmt.Errorf("run pool-managerd %s: %w", args, err)
 	}

@@ -339,14 +339,16 @@ func (x *Executor) update(c Change) error {
 }
 
 func (x *Executor) blocked(c Change) Outcome {
-	f := &restart.Failure{Class: c.Blocker.Class, Message: c.Blocker.Message}
+	if c.Blocker.Class == ClassInsufficientVRAM && c.Spec != nil {
+		// Found before anything was spawned: a failure for backoff and breaker all the same.
+		o := x.failed(c.Spec, restart.Failure{Class: restart.ClassInsufficientVRAM, Message: c.Blocker.Message, Hint: c.Blocker.Hint})
+		o.Action = Blocked
+		return o
+	}
+	f := &restart.Failure{Class: c.Blocker.Class, Message: c.Blocker.Message, Hint: c.Blocker.Hint}
 	phase := Unready
 	if c.Blocker.Class == ClassCircuitOpen {
 		phase = Failed
-	}
-	if c.Blocker.Class == ClassInsufficientVRAM && c.Spec != nil {
-		// Found before anything was spawned: a failure for backoff and breaker all the same.
-		x.failed(c.Spec, restart.Failure{Class: restart.ClassInsufficientVRAM, Message: c.Blocker.Message})
 	}
 	x.report(c.Pool, phase, f, "blocked: %s", c.Blocker.Message)
 	return Outcome{Pool: c.Pool, Action: Blocked, Phase: phase, Failure: f}
@@ -375,6 +377,9 @@ func (x *Executor) failed(pool *schema.Pool, f restart.Failure) Outcome {
 	fc := f
 	if fc.Hint == "" {
 		fc.Hint = restart.Hint(f.Class)
+	}
+	if f.Class == restart.ClassInsufficientVRAM && f.Hint == "" {
+		fc.Hint = vramHint(pool)
 	}
 	d := t.Decide(x.now())
 	x.report(pool.ID, phase, &fc, "%s; next try %s", f.Message, describeDecision(d))

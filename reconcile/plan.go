@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
+	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
 
@@ -342,13 +343,17 @@ func (p *planner) running(pool *schema.Pool, e Engine) (*Unchanged, bool) {
 			Reasons: []string{fmt.Sprintf("engine pid %d runs this pool's spec but is not in the state file (found by its marker)", e.PID)}})
 		return nil, true
 	}
-	status := "running, healthy"
-	if e.Health == HealthLoading {
+	status, health := "running, healthy", e.Health
+	switch {
+	case e.Health == HealthLoading:
 		status = "running, loading its model"
-	} else if e.Health == "" {
+	case e.Unverified:
+		// Healthy, but its placement was never checked: apply waits for it like a preload.
+		status, health = "running, healthy; its GPU placement is not yet verified", HealthLoading
+	case e.Health == "":
 		status = "running"
 	}
-	return &Unchanged{Pool: pool.ID, PID: e.PID, Status: status, Health: e.Health}, true
+	return &Unchanged{Pool: pool.ID, PID: e.PID, Status: status, Health: health}, true
 }
 
 // startChange decides the create, restart or replace of a pool, with the
@@ -384,7 +389,10 @@ func (p *planner) startChange(pool *schema.Pool) Change {
 	default:
 		c.Action = Restart
 		reason := "the engine is not running"
-		if e.Exit != "" {
+		switch {
+		case strings.HasPrefix(e.Exit, "engine "):
+			reason = e.Exit
+		case e.Exit != "":
 			reason = "the engine " + e.Exit
 		}
 		c.Reasons = []string{reason}
@@ -420,7 +428,7 @@ func (p *planner) precheck(pool *schema.Pool, c *Change, specChanged bool) *Bloc
 			c.Reasons = append(c.Reasons, "the config changed: the circuit breaker closes")
 		case p.now.Before(status.BreakerRetryAt):
 			return &Blocker{Class: ClassCircuitOpen,
-				Message: fmt.Sprintf("circuit open after %d failures in %v (half-open try at %s)", status.Failures, pool.Restart.Breaker.Window, status.BreakerRetryAt.UTC().Format(time.RFC3339)),
+				Message: fmt.Sprintf("circuit open after %d failures in %s (half-open try at %s)", status.Failures, restart.Human(pool.Restart.Breaker.Window), status.BreakerRetryAt.UTC().Format(time.RFC3339)),
 				Hint:    fmt.Sprintf("fix the config or run pool-managerd reset %s", pool.ID)}
 		default:
 			c.Reasons = append(c.Reasons, "circuit half-open: one try")

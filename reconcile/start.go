@@ -77,7 +77,7 @@ func (x *Executor) recordDeath(ctx context.Context, c Change) (Outcome, bool) {
 	if known && c.PID == 0 && rec.PID != 0 && !rec.ReadyAt.IsZero() && rec.ReadyAt.After(t.LastFailureAt()) &&
 		(c.Action == Restart || c.Action == Replace) {
 		t.Ready(rec.ReadyAt)
-		t.Failed(x.now(), deathFailure(rec, x.logTail(rec)))
+		t.Failed(x.now(), deathFailure(rec, logTail(rec)))
 		if err := x.saveTracker(pool.ID, t); err != nil {
 			return Outcome{Pool: pool.ID, Phase: Unready}, true
 		}
@@ -106,7 +106,11 @@ func (x *Executor) recordDeath(ctx context.Context, c Change) (Outcome, bool) {
 	return Outcome{}, false
 }
 
-// deathFailure describes an engine that died after it was Ready, from its log.
+// DeathFailure describes an engine found dead after it was Ready, from its log.
+func DeathFailure(rec state.Engine) restart.Failure {
+	return deathFailure(rec, logTail(rec))
+}
+
 func deathFailure(rec state.Engine, logTail string) restart.Failure {
 	if line := cudaErrorLine(logTail); line != "" {
 		return restart.Failure{Class: restart.ClassCUDAError, Message: fmt.Sprintf("engine pid %d died after it was Ready (%s); log: %s", rec.PID, line, rec.LogPath)}
@@ -114,8 +118,8 @@ func deathFailure(rec state.Engine, logTail string) restart.Failure {
 	return restart.Failure{Class: restart.ClassExited, Message: fmt.Sprintf("engine pid %d exited after it was Ready; log: %s", rec.PID, rec.LogPath)}
 }
 
-// logTail reads the end of a recorded engine's log.
-func (x *Executor) logTail(rec state.Engine) string {
+// logTail reads the end of a recorded engine's log: what it printed since its last start.
+func logTail(rec state.Engine) string {
 	if rec.LogPath == "" {
 		return ""
 	}
@@ -249,10 +253,14 @@ func (x *Executor) awaitReady(ctx context.Context, pool *schema.Pool, p Process,
 	return Outcome{Pool: pool.ID, Phase: Ready, PID: p.PID()}
 }
 
-// exitFailure classifies an engine's exit: a CUDA error in its log, a signal, an exit code.
+// exitFailure classifies an engine's exit: out of GPU memory or a CUDA
+// error in its log, a signal, an exit code.
 func exitFailure(p Process, when string) restart.Failure {
 	exit := p.Exit()
 	tail := p.LogTail()
+	if line := outOfMemoryLine(tail); line != "" {
+		return restart.Failure{Class: restart.ClassInsufficientVRAM, Message: fmt.Sprintf("engine pid %d %s %s: it ran out of GPU memory (%s); log: %s", p.PID(), exit, when, line, p.LogPath()), ExitCode: exit.Code, Signal: exit.Signal}
+	}
 	if line := cudaErrorLine(tail); line != "" {
 		return restart.Failure{Class: restart.ClassCUDAError, Message: fmt.Sprintf("engine pid %d %s %s (%s); log: %s", p.PID(), exit, when, line, p.LogPath()), ExitCode: exit.Code, Signal: exit.Signal}
 	}
@@ -260,6 +268,17 @@ func exitFailure(p Process, when string) restart.Failure {
 		return restart.Failure{Class: restart.ClassSignaled, Message: fmt.Sprintf("engine pid %d %s %s; log: %s", p.PID(), exit, when, p.LogPath()), Signal: exit.Signal}
 	}
 	return restart.Failure{Class: restart.ClassExited, Message: fmt.Sprintf("engine pid %d %s %s; log: %s", p.PID(), exit, when, p.LogPath()), ExitCode: exit.Code}
+}
+
+// outOfMemoryLine finds where an engine's log says a GPU allocation failed
+// while it loaded (llama.cpp: "cudaMalloc failed: out of memory").
+func outOfMemoryLine(log string) string {
+	for _, line := range strings.Split(log, "\n") {
+		if strings.Contains(line, "cudaMalloc failed: out of memory") || strings.Contains(line, "failed to allocate CUDA") {
+			return strings.TrimSpace(line)
+		}
+	}
+	return ""
 }
 
 // cudaErrorLine finds the line of a CUDA error in an engine's log.

@@ -128,6 +128,9 @@ type Engine struct {
 	Intent bool `json:"intent,omitempty"`
 	// Exit says how a dead engine ended, when known.
 	Exit string `json:"exit,omitempty"`
+	// Unverified: the engine is recorded but never recorded Ready (a crash
+	// between its health check and the placement check, say): apply verifies it.
+	Unverified bool `json:"unverified,omitempty"`
 }
 
 // PoolStatus is a pool's restart state: backoff and circuit breaker.

@@ -205,7 +205,7 @@ func runApply(cmd *cobra.Command, target string, src gpuSource, node, stateDir s
 	}
 	s, err := openNodeSession(cmd, configDir, src, node, stateDir, nodeGiven)
 	if err != nil {
-		return err
+		return fmt.Errorf("apply: %w", err)
 	}
 	defer s.close()
 	plan := saved
@@ -223,14 +223,13 @@ func runApply(cmd *cobra.Command, target string, src gpuSource, node, stateDir s
 	for _, u := range plan.Unchanged {
 		loading = loading || u.Health == reconcile.HealthLoading
 	}
-	if !plan.HasChanges() && !loading {
+	if !plan.HasChanges() && !loading && plan.Summary.Blocked == 0 {
 		fmt.Fprintln(out, "Nothing to do: the node runs what the config says.")
-		if plan.Summary.Blocked > 0 {
-			return silentExit(ExitFailure)
-		}
 		return nil
 	}
-	if saved == nil && !autoApprove {
+	// Blocked pools alone change no engine: they are recorded (a failure for
+	// their backoff) without asking.
+	if saved == nil && !autoApprove && (plan.HasChanges() || loading) {
 		ok, err := confirm(cmd)
 		if err != nil {
 			return err

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -77,6 +78,9 @@ and its last error with a hint and the next retry. It changes nothing.`,
 				return fmt.Errorf("status: %w", err)
 			}
 			rows := statusRows(obs, st, time.Now())
+			if rows == nil {
+				rows = []poolStatus{}
+			}
 			if format == "json" {
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
@@ -145,11 +149,16 @@ func statusRows(obs reconcile.Observed, st *state.State, now time.Time) []poolSt
 		case hasEngine && e.PID != 0:
 			// Recorded and not stopped by pool-managerd, yet gone: it died.
 			row.Phase = reconcile.Unready
-			if row.LastError == nil || !rec.LastError.Time.After(st.Engines[id].ReadyAt) {
-				f := restart.Failure{Class: restart.ClassExited, Message: fmt.Sprintf("engine pid %d is not running; the next apply restarts it", e.PID)}
+			if recEngine := st.Engines[id]; row.LastError == nil || !rec.LastError.Time.After(recEngine.ReadyAt) {
+				f := reconcile.DeathFailure(recEngine)
+				f.Message += "; the next apply restarts it"
 				f.Hint = restart.Hint(f.Class)
 				row.LastError = &f
+				// When it died is not recorded: its log's last write is the closest.
 				t := now
+				if info, err := os.Stat(recEngine.LogPath); err == nil {
+					t = info.ModTime()
+				}
 				row.ErrorTime = &t
 			}
 		case rec.LastError != nil:

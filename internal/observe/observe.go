@@ -157,6 +157,7 @@ func engineOf(ctx context.Context, rec state.Engine, pool state.PoolRecord, heal
 		return e
 	}
 	e.Alive = true
+	e.Unverified = rec.ReadyAt.IsZero()
 	e.PIDs = sessionOf(rec.PID)
 	e.Health = health(ctx, rec.Port, !rec.ReadyAt.IsZero())
 	return e

@@ -16,6 +16,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/preset"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/supervisor"
 	"github.com/poolmanagerd/pool-managerd/internal/observe"
@@ -160,7 +162,11 @@ func (p *process) Exit() reconcile.ExitStatus {
 	if !ok {
 		return reconcile.ExitStatus{}
 	}
-	return reconcile.ExitStatus{Code: e.Code, Signal: e.Signal}
+	status := reconcile.ExitStatus{Code: e.Code}
+	if e.Signo != 0 {
+		status.Signal = unix.SignalName(e.Signo)
+	}
+	return status
 }
 
 func (p *process) Session() []int {
