@@ -16,11 +16,18 @@ import (
 )
 
 // Engines is what apply needs of the engine driver: start an engine for a
-// pool, or take over one that runs already.
+// pool, take over one that runs already, and clean up after one that died.
 type Engines interface {
 	Start(ctx context.Context, req StartRequest) (Process, error)
+	// Adopt returns an error wrapping ErrGone when the process is not running.
 	Adopt(ctx context.Context, rec state.Engine) (Process, error)
+	// Cleanup kills what is left of a dead engine's session: vLLM workers and
+	// TGI shards that outlived it and still hold GPU memory.
+	Cleanup(ctx context.Context, rec state.Engine) error
 }
+
+// ErrGone is returned by Engines.Adopt when the engine process is not running.
+var ErrGone = errors.New("engine process is not running")
 
 // StartRequest is one engine start.
 type StartRequest struct {
@@ -287,17 +294,41 @@ func (x *Executor) Apply(ctx context.Context, plan *NodePlan) (Result, error) {
 // stop stops the running engine of a delete or replace.
 func (x *Executor) stop(ctx context.Context, c Change) error {
 	x.mu.Lock()
-	rec, known := x.st.Engines[c.Pool]
+	rec := x.st.Engines[c.Pool]
 	x.mu.Unlock()
-	if known && rec.PID != 0 && c.PID != 0 {
-		x.report(c.Pool, Draining, nil, "stopping engine pid %d", rec.PID)
-		p, err := x.Engines.Adopt(ctx, rec)
-		if err == nil {
-			policy := restartPolicyOf(rec.Spec, c.Spec)
-			if err := p.Stop(ctx, policy.DrainTimeout, policy.StopGrace); err != nil {
-				return fmt.Errorf("stop pool %s (pid %d): %w", c.Pool, rec.PID, err)
+	if c.PID != 0 {
+		if rec.PID != c.PID {
+			// Found by its marker, not (or not yet) recorded with its pid:
+			// the driver reads its identity from /proc.
+			rec = state.Engine{Pool: c.Pool, PID: c.PID, Spec: rec.Spec}
+		}
+		x.report(c.Pool, Draining, nil, "stopping engine pid %d", c.PID)
+		if c.Action == Restart && c.Spec != nil {
+			// Alive but failing its health check: a failure, for backoff and breaker.
+			t := x.tracker(c.Spec)
+			if !rec.ReadyAt.IsZero() {
+				t.Ready(rec.ReadyAt)
+			}
+			t.Failed(x.now(), restart.Failure{Class: restart.ClassHealthFailed,
+				Message: fmt.Sprintf("engine pid %d fails its health check; log: %s", c.PID, rec.LogPath)})
+			if err := x.saveTracker(c.Pool, t); err != nil {
+				return err
 			}
 		}
+		p, err := x.Engines.Adopt(ctx, rec)
+		switch {
+		case err == nil:
+			policy := restartPolicyOf(rec.Spec, c.Spec)
+			if err := p.Stop(ctx, policy.DrainTimeout, policy.StopGrace); err != nil {
+				return fmt.Errorf("stop pool %s (pid %d): %w", c.Pool, c.PID, err)
+			}
+		case !errors.Is(err, ErrGone):
+			// Still there but not what was recorded: keep the record, do not guess.
+			return fmt.Errorf("stop pool %s: engine pid %d: %w", c.Pool, c.PID, err)
+		}
+	}
+	if err := x.Engines.Cleanup(ctx, rec); err != nil {
+		return fmt.Errorf("stop pool %s: %w", c.Pool, err)
 	}
 	err := x.mutate(func(st *state.State) {
 		delete(st.Engines, c.Pool)
@@ -367,6 +398,9 @@ func (x *Executor) saveTracker(pool string, t *restart.Tracker) error {
 
 // failed records a failure in the pool's tracker and reports it.
 func (x *Executor) failed(pool *schema.Pool, f restart.Failure) Outcome {
+	if f.Class == restart.ClassInsufficientVRAM && f.Hint == "" {
+		f.Hint = vramHint(pool)
+	}
 	t := x.tracker(pool)
 	t.Failed(x.now(), f)
 	_ = x.saveTracker(pool.ID, t)
@@ -378,9 +412,6 @@ func (x *Executor) failed(pool *schema.Pool, f restart.Failure) Outcome {
 	if fc.Hint == "" {
 		fc.Hint = restart.Hint(f.Class)
 	}
-	if f.Class == restart.ClassInsufficientVRAM && f.Hint == "" {
-		fc.Hint = vramHint(pool)
-	}
 	d := t.Decide(x.now())
 	x.report(pool.ID, phase, &fc, "%s; next try %s", f.Message, describeDecision(d))
 	return Outcome{Pool: pool.ID, Phase: phase, Failure: &fc}
@@ -391,6 +422,9 @@ func describeDecision(d restart.Decision) string {
 	case restart.Blocked:
 		return "only after a reset or a config change (circuit open)"
 	case restart.Wait:
+		if d.Delay < time.Second {
+			return fmt.Sprintf("in %v", d.Delay.Round(time.Millisecond))
+		}
 		return fmt.Sprintf("in %v", d.Delay.Round(time.Second))
 	default:
 		return "now"

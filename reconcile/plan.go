@@ -526,8 +526,11 @@ func (p *planner) book(starts []Change, keeps map[string]bool) ([]Change, string
 		free[idx] = f
 	}
 	for _, c := range starts {
-		if c.Action != Blocked && c.PID != 0 && !keeps[c.Pool] {
-			for idx, b := range p.observed.heldBy(p.observed.Engines[c.Pool]) {
+		e := p.observed.Engines[c.Pool]
+		// A running engine stops before its pool restarts; a dead one's
+		// leftover workers are killed.
+		if c.Action != Blocked && (c.PID != 0 || (!e.Alive && len(e.PIDs) > 0)) && !keeps[c.Pool] {
+			for idx, b := range p.observed.heldBy(e) {
 				free[idx] += b
 			}
 		}

@@ -74,6 +74,11 @@ func (x *Executor) recordDeath(ctx context.Context, c Change) (Outcome, bool) {
 	rec, known := x.st.Engines[pool.ID]
 	x.mu.Unlock()
 	t := x.tracker(pool)
+	if known && c.PID == 0 && rec.PID != 0 && (c.Action == Restart || c.Action == Replace) {
+		if err := x.Engines.Cleanup(ctx, rec); err != nil {
+			return x.failed(pool, restart.Failure{Class: restart.ClassSpawnFailed, Message: err.Error()}), true
+		}
+	}
 	if known && c.PID == 0 && rec.PID != 0 && !rec.ReadyAt.IsZero() && rec.ReadyAt.After(t.LastFailureAt()) &&
 		(c.Action == Restart || c.Action == Replace) {
 		t.Ready(rec.ReadyAt)
@@ -274,7 +279,8 @@ func exitFailure(p Process, when string) restart.Failure {
 // while it loaded (llama.cpp: "cudaMalloc failed: out of memory").
 func outOfMemoryLine(log string) string {
 	for _, line := range strings.Split(log, "\n") {
-		if strings.Contains(line, "cudaMalloc failed: out of memory") || strings.Contains(line, "failed to allocate CUDA") {
+		if strings.Contains(line, "cudaMalloc failed: out of memory") || strings.Contains(line, "failed to allocate CUDA") ||
+			strings.Contains(line, "CUDA out of memory") || strings.Contains(line, "less than desired GPU memory utilization") {
 			return strings.TrimSpace(line)
 		}
 	}

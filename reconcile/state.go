@@ -161,10 +161,11 @@ func (o *Observed) device(index int) (gpu.Device, bool) {
 func (o *Observed) ownedPIDs() map[int]string {
 	owned := map[int]string{}
 	for id, e := range o.Engines {
-		if !e.Alive {
-			continue
+		if e.Alive {
+			owned[e.PID] = id
 		}
-		owned[e.PID] = id
+		// A dead engine's PIDs are its leftover workers: ours too, and
+		// cleaned up before the pool starts again.
 		for _, pid := range e.PIDs {
 			owned[pid] = id
 		}

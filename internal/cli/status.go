@@ -2,9 +2,11 @@ package cli
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/local"
 	"github.com/poolmanagerd/pool-managerd/internal/observe"
+	"github.com/poolmanagerd/pool-managerd/internal/proc"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
 	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
@@ -124,6 +127,14 @@ func statusRows(obs reconcile.Observed, st *state.State, now time.Time) []poolSt
 			t := rec.NextRetry
 			row.NextRetry = &t
 		}
+		if rec.BreakerState == "open" {
+			// The next try is the breaker's half-open one, not the backoff's.
+			t := rec.BreakerRetryAt
+			row.NextRetry = &t
+			if row.LastError != nil {
+				row.LastError.Hint = fmt.Sprintf("the circuit breaker is open: fix the config or run pool-managerd reset %s; %s", id, row.LastError.Hint)
+			}
+		}
 		if r, ok := st.Engines[id]; ok {
 			row.Log = r.LogPath
 		}
@@ -216,16 +227,21 @@ func writeStatusTable(w io.Writer, rows []poolStatus, now time.Time) error {
 		fmt.Fprintf(w, "\n%s: %s (%s, %s)\n", r.Pool, r.LastError.Message, r.LastError.Class, r.ErrorTime.Local().Format(time.DateTime))
 		fmt.Fprintf(w, "  hint: %s\n", r.LastError.Hint)
 		if r.NextRetry != nil {
-			fmt.Fprintf(w, "  next retry in %v\n", r.NextRetry.Sub(now).Round(time.Second))
-		}
-		if r.Breaker == "open" {
-			fmt.Fprintf(w, "  the circuit breaker is open: fix the config or run pool-managerd reset %s\n", r.Pool)
+			fmt.Fprintf(w, "  next retry in %v\n", roundDelay(r.NextRetry.Sub(now)))
 		}
 		if r.Log != "" {
 			fmt.Fprintf(w, "  log: %s\n", r.Log)
 		}
 	}
 	return nil
+}
+
+// roundDelay rounds a delay to what a person reads: milliseconds under a second.
+func roundDelay(d time.Duration) time.Duration {
+	if d < time.Second {
+		return d.Round(time.Millisecond)
+	}
+	return d.Round(time.Second)
 }
 
 func yesNo(b bool) string {
@@ -306,6 +322,39 @@ func sortedPoolIDs(st *state.State) []string {
 	return ids
 }
 
+// unrecordedEngines finds, by their marker, the engines this state directory
+// started whose pid its state file lacks, by pool.
+func unrecordedEngines(stateDir string, st *state.State) (map[string]int, error) {
+	abs, err := filepath.Abs(stateDir)
+	if err != nil {
+		return nil, err
+	}
+	found, err := proc.FindByEnv(observe.StateDirEnv)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]int{}
+	for pid, dir := range found {
+		if dir != abs {
+			continue
+		}
+		info, err := proc.Stat(pid)
+		if err != nil || info.State == 'Z' || info.Session != pid {
+			continue
+		}
+		env, err := proc.Environ(pid)
+		if err != nil {
+			continue
+		}
+		m, err := observe.ParseMarker(env[observe.MarkerEnv])
+		if err != nil || st.Engines[m.Pool].PID == pid {
+			continue
+		}
+		out[m.Pool] = pid
+	}
+	return out, nil
+}
+
 func newStopCommand() *cobra.Command {
 	var stateDir string
 	var all bool
@@ -340,6 +389,27 @@ It takes the state directory's lock, like apply.`,
 				}
 				sort.Strings(ids)
 			}
+			// Engines this state directory started but never recorded with a pid
+			// (a crash between spawn and record) are found by their marker.
+			unrecorded, err := unrecordedEngines(stateDir, st)
+			if err != nil {
+				return fmt.Errorf("stop: %w", err)
+			}
+			if all {
+				for id := range unrecorded {
+					if _, recorded := st.Engines[id]; !recorded {
+						ids = append(ids, id)
+					}
+				}
+				sort.Strings(ids)
+			}
+			for _, id := range ids {
+				if pid, ok := unrecorded[id]; ok {
+					rec := st.Engines[id]
+					rec.Pool, rec.PID, rec.StartTicks, rec.Argv = id, pid, 0, nil
+					st.Engines[id] = rec
+				}
+			}
 			driver := &local.Driver{}
 			stopped := 0
 			for _, id := range ids {
@@ -352,12 +422,19 @@ It takes the state directory's lock, like apply.`,
 					policy = rec.Spec.Restart
 				}
 				if rec.PID != 0 {
-					if p, err := driver.Adopt(cmd.Context(), rec); err == nil {
+					p, err := driver.Adopt(cmd.Context(), rec)
+					switch {
+					case err == nil:
 						fmt.Fprintf(cmd.OutOrStdout(), "Stopping %s (pid %d)...\n", id, rec.PID)
 						if err := p.Stop(cmd.Context(), policy.DrainTimeout, policy.StopGrace); err != nil {
 							return fmt.Errorf("stop %s: %w", id, err)
 						}
 						stopped++
+					case !errors.Is(err, reconcile.ErrGone):
+						return fmt.Errorf("stop %s: %w", id, err)
+					}
+					if err := driver.Cleanup(cmd.Context(), rec); err != nil {
+						return fmt.Errorf("stop %s: %w", id, err)
 					}
 				}
 				delete(st.Engines, id)

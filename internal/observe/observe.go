@@ -154,6 +154,7 @@ func engineOf(ctx context.Context, rec state.Engine, pool state.PoolRecord, heal
 		if pool.LastError != nil {
 			e.Exit = pool.LastError.Message
 		}
+		e.PIDs = leftovers(rec)
 		return e
 	}
 	e.Alive = true
@@ -161,6 +162,29 @@ func engineOf(ctx context.Context, rec state.Engine, pool state.PoolRecord, heal
 	e.PIDs = sessionOf(rec.PID)
 	e.Health = health(ctx, rec.Port, !rec.ReadyAt.IsZero())
 	return e
+}
+
+// leftovers lists the live processes of a dead engine's session that carry
+// its pool's marker: workers that outlived it and may hold GPU memory.
+func leftovers(rec state.Engine) []int {
+	pids, err := proc.Session(rec.PID)
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, pid := range pids {
+		if info, err := proc.Stat(pid); err != nil || info.State == 'Z' {
+			continue
+		}
+		env, err := proc.Environ(pid)
+		if err != nil {
+			continue
+		}
+		if m, err := ParseMarker(env[MarkerEnv]); err == nil && m.Pool == rec.Pool {
+			out = append(out, pid)
+		}
+	}
+	return out
 }
 
 // sessionOf lists the processes of an engine's session (its workers and shards).

@@ -521,7 +521,7 @@ func TestObserveScanProcesses(t *testing.T) {
 	}
 	want := map[string]reconcile.Engine{
 		"chat": {Pool: "chat", Generation: 2, SpecHash: "sha256:c", PID: recPID, Port: 18100, PIDs: []int{recPID},
-			Alive: true, Health: reconcile.HealthLoading, Recorded: true},
+			Alive: true, Health: reconcile.HealthLoading, Recorded: true, Unverified: true}, // never recorded Ready
 		"scanned": {Pool: "scanned", Generation: 3, SpecHash: "sha256:x", PID: scannedPID, Port: 18123, PIDs: scannedPIDs,
 			Alive: true, Health: reconcile.HealthLoading},
 		"revived": {Pool: "revived", Generation: 8, SpecHash: "sha256:r", PID: revived.Process.Pid, PIDs: []int{revived.Process.Pid},

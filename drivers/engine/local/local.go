@@ -86,22 +86,27 @@ func (d *Driver) Start(ctx context.Context, req reconcile.StartRequest) (reconci
 // command line, or — for an engine found by its marker, not yet recorded —
 // by its pid and what /proc says of it.
 func (d *Driver) Adopt(_ context.Context, rec state.Engine) (reconcile.Process, error) {
+	gone := func(err error) error { return fmt.Errorf("%w: pid %d: %w", reconcile.ErrGone, rec.PID, err) }
 	ticks, argv := rec.StartTicks, rec.Argv
 	if ticks == 0 {
 		info, err := proc.Stat(rec.PID)
 		if err != nil {
-			return nil, err
+			return nil, gone(err)
 		}
 		ticks = info.StartTicks
 	}
 	if len(argv) == 0 {
 		a, err := proc.Cmdline(rec.PID)
 		if err != nil {
-			return nil, err
+			return nil, gone(err)
 		}
 		argv = a
 	}
 	h, err := supervisor.Adopt(rec.PID, ticks, argv)
+	if errors.Is(err, supervisor.ErrNotRunning) || errors.Is(err, supervisor.ErrMismatch) {
+		// Not running, or the pid now belongs to another process: our engine is gone.
+		return nil, gone(err)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -115,6 +120,33 @@ func (d *Driver) Adopt(_ context.Context, rec state.Engine) (reconcile.Process, 
 	}
 	llama := rec.Spec == nil || rec.Spec.Engine == "llamacpp"
 	return &process{h: h, port: port, logPath: logPath, argv: argv, llama: llama}, nil
+}
+
+// Cleanup kills what is left of a dead engine's session: processes of the
+// session it led that still carry its pool's marker (vLLM workers and TGI
+// shards that outlived it, holding GPU memory).
+func (d *Driver) Cleanup(_ context.Context, rec state.Engine) error {
+	if rec.PID == 0 {
+		return nil
+	}
+	pids, err := proc.Session(rec.PID)
+	if err != nil {
+		return nil
+	}
+	for _, pid := range pids {
+		env, err := proc.Environ(pid)
+		if err != nil {
+			continue
+		}
+		m, err := observe.ParseMarker(env[observe.MarkerEnv])
+		if err != nil || m.Pool != rec.Pool {
+			continue
+		}
+		if err := unix.Kill(pid, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
+			return fmt.Errorf("kill pid %d left from pool %s's engine: %w", pid, rec.Pool, err)
+		}
+	}
+	return nil
 }
 
 func portOf(argv []string) int {

@@ -1,0 +1,246 @@
+//go:build linux
+
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/poolmanagerd/pool-managerd/internal/proc"
+)
+
+// The binaries under test, built by TestMain into a temporary directory.
+var (
+	binDir string
+	// pmBin is pool-managerd.
+	pmBin string
+	// fakeBin is fake-engine; vllmBin and tgiBin are links to it named as
+	// the engines it plays (it chooses its mode by the name it runs under).
+	fakeBin, vllmBin, tgiBin string
+)
+
+// markerEnv is the variable every engine pool-managerd starts carries
+// (observe.MarkerEnv, preset.MarkerEnv).
+const markerEnv = "POOL_MANAGERD_ENGINE"
+
+func TestMain(m *testing.M) {
+	os.Exit(runMain(m))
+}
+
+func runMain(m *testing.M) int {
+	root, err := os.MkdirTemp("", "pool-managerd-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
+	defer os.RemoveAll(root)
+	if err := buildBinaries(filepath.Join(root, "bin")); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
+
+	// pool-managerd starts engines detached (their own session) so that they
+	// outlive it: when an apply exits, its engines lose their parent. The
+	// kernel gives an orphan to the nearest ancestor that is a child
+	// subreaper, else to PID 1 (which, in a container, may never reap it).
+	// Making this test process a subreaper keeps every engine the tests start
+	// in our process tree: the reaper below collects their exit status (so
+	// no zombie piles up, and a test can tell how an engine died), and
+	// nothing the tests start can escape to PID 1.
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: prctl(PR_SET_CHILD_SUBREAPER):", err)
+		return 1
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		reap.loop(stop)
+	}()
+
+	code := m.Run()
+
+	// No test leaves a process running: every test stops its engines in its
+	// cleanup; this catches whatever escaped. Only our own engines count
+	// (their executable is our fake-engine): other pool-managerd runs on the
+	// same machine are not ours to judge or kill.
+	if left := ourEngines(); len(left) > 0 {
+		var lines []string
+		for _, pid := range left {
+			lines = append(lines, describeProcess(pid))
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		fmt.Fprintf(os.Stderr, "e2e: FAIL: %d engine process(es) were still running after the tests (killed now):\n\t%s\n",
+			len(left), strings.Join(lines, "\n\t"))
+		deadline := time.Now().Add(5 * time.Second)
+		for len(ourEngines()) > 0 && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if still := ourEngines(); len(still) > 0 {
+			fmt.Fprintf(os.Stderr, "e2e: FAIL: engine processes %v survived SIGKILL\n", still)
+		}
+		code = 1
+	}
+	close(stop)
+	<-done
+	return code
+}
+
+// buildBinaries builds pool-managerd and fake-engine into dir, with links
+// named vllm and text-generation-launcher to fake-engine.
+func buildBinaries(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	cmd := exec.Command("go", "build", "-o", dir+string(filepath.Separator),
+		"github.com/poolmanagerd/pool-managerd/cmd/pool-managerd",
+		"github.com/poolmanagerd/pool-managerd/cmd/fake-engine")
+	cmd.Dir = ".."
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	binDir = dir
+	pmBin = filepath.Join(dir, "pool-managerd")
+	fakeBin = filepath.Join(dir, "fake-engine")
+	vllmBin = filepath.Join(dir, "vllm")
+	tgiBin = filepath.Join(dir, "text-generation-launcher")
+	for _, link := range []string{vllmBin, tgiBin} {
+		if err := os.Symlink(fakeBin, link); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ourEngines returns the live (not zombie) processes that carry the engine
+// marker and run our fake-engine: engines and their workers.
+func ourEngines() []int {
+	found, err := proc.FindByEnv(markerEnv)
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for pid := range found {
+		if !isOurs(pid) {
+			continue
+		}
+		if info, err := proc.Stat(pid); err != nil || info.State == 'Z' || info.State == 'X' {
+			continue
+		}
+		out = append(out, pid)
+	}
+	sort.Ints(out)
+	return out
+}
+
+// isOurs reports whether pid runs the fake-engine built by TestMain.
+func isOurs(pid int) bool {
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	return err == nil && exe == fakeBin
+}
+
+func describeProcess(pid int) string {
+	env, _ := proc.Environ(pid)
+	argv, _ := proc.Cmdline(pid)
+	return fmt.Sprintf("pid %d marker %q: %s", pid, env[markerEnv], strings.Join(argv, " "))
+}
+
+// reaper collects the exit status of the orphans re-parented to this
+// process (engines whose apply has exited). The children the tests start
+// with os/exec are left alone: their exec.Cmd waits for them.
+type reaper struct {
+	mu sync.Mutex
+	// cmds are the pids of children started with startCmd, not yet waited for.
+	cmds map[int]bool
+	// reaped holds the exit status of every orphan reaped, by pid.
+	reaped map[int]unix.WaitStatus
+}
+
+var reap = &reaper{cmds: map[int]bool{}, reaped: map[int]unix.WaitStatus{}}
+
+func (r *reaper) loop(stop <-chan struct{}) {
+	sigs := make(chan os.Signal, 64)
+	signal.Notify(sigs, syscall.SIGCHLD)
+	defer signal.Stop(sigs)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-stop:
+			r.reapZombies()
+			return
+		case <-sigs:
+		case <-tick.C:
+		}
+		r.reapZombies()
+	}
+}
+
+// reapZombies waits for every child of ours that is a zombie and was not
+// started with startCmd. Waiting by pid (never wait4(-1)) leaves the exec.Cmd
+// children to their Wait.
+func (r *reaper) reapZombies() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	pids, err := proc.Pids()
+	if err != nil {
+		return
+	}
+	me := os.Getpid()
+	for _, pid := range pids {
+		if r.cmds[pid] {
+			continue
+		}
+		info, err := proc.Stat(pid)
+		if err != nil || info.PPID != me || info.State != 'Z' {
+			continue
+		}
+		var ws unix.WaitStatus
+		if got, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil); err == nil && got == pid {
+			r.reaped[pid] = ws
+		}
+	}
+}
+
+// startCmd starts cmd, registered so that the reaper leaves it to cmd.Wait.
+func (r *reaper) startCmd(cmd *exec.Cmd) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	r.cmds[cmd.Process.Pid] = true
+	return nil
+}
+
+// waited forgets a child started with startCmd once its Wait returned.
+func (r *reaper) waited(cmd *exec.Cmd) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.cmds, cmd.Process.Pid)
+}
+
+// status returns the exit status of a reaped orphan, waiting up to timeout.
+func (r *reaper) status(pid int, timeout time.Duration) (unix.WaitStatus, bool) {
+	deadline := time.Now().Add(timeout)
+	for {
+		r.mu.Lock()
+		ws, ok := r.reaped[pid]
+		r.mu.Unlock()
+		if ok || time.Now().After(deadline) {
+			return ws, ok
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
