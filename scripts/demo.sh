@@ -124,6 +124,8 @@ say "Apply: run the pools, each Ready only once its model is loaded" \
 mkdir -p "$work/run/models"
 cp -r examples/mixed-24-12 "$work/run/config"
 sed -i "s|/models/|$work/run/models/|" "$work"/run/config/pools/*.cue
+# No fixed ports here: the demo must not collide with a service on this machine.
+sed -i '/^\s*port:/d' "$work"/run/config/pools/*.cue
 for model in $(grep -ho "$work/run/models/[^\"]*" "$work"/run/config/pools/*.cue); do : >"$model"; done
 node=(--gpus "sim:$work/node" --state-dir "$work/run/state" --node gpu-01)
 engines=(--llama-server "$(dirname "$pm")/fake-engine")
