@@ -1,0 +1,400 @@
+package metrics
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
+	"github.com/poolmanagerd/pool-managerd/reconcile"
+	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
+)
+
+// node is a snapshot with two pools and two GPUs, one of them lost.
+var node = Snapshot{
+	Pools: []PoolSnapshot{
+		{Pool: "chat", Phase: string(reconcile.Ready), Ready: true, Circuit: int(restart.Closed.Metric())},
+		{Pool: "embed", Phase: string(reconcile.Unready), Backoff: 2500 * time.Millisecond, Circuit: int(restart.HalfOpen.Metric())},
+	},
+	GPUs: []gpu.Device{
+		{Index: 0, UUID: "GPU-aaaa", MemoryTotal: 24 << 30, MemoryUsed: 20 << 30, MemoryFree: 4 << 30},
+		{Index: 1, UUID: "GPU-bbbb", Lost: true},
+	},
+	HostTotal:     64 << 30,
+	HostAvailable: 48 << 30,
+}
+
+func newMetrics(t *testing.T, s Snapshot) (*Metrics, *prometheus.Registry) {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	m, err := New(reg, func() Snapshot { return s })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, reg
+}
+
+// events feeds m one of each event.
+func events(m *Metrics) {
+	m.PreloadSucceeded("chat", "llamacpp", 42*time.Second)
+	m.PreloadFailed("embed", "vllm", restart.ClassHealthTimeout)
+	m.PreloadFailed("embed", "vllm", restart.ClassHealthTimeout)
+	m.Restarted("embed", restart.ClassHealthTimeout)
+	m.DriverEvent(gpu.Event{Kind: gpu.EventXid, Index: 0, UUID: "GPU-aaaa", Xid: 79})
+	m.DriverEvent(gpu.Event{Kind: gpu.EventLost, Index: 1, UUID: "GPU-bbbb"})
+	m.ReconcileDone(30 * time.Millisecond)
+	m.ConfigLoaded(time.Unix(1700000000, 0), nil)
+}
+
+func TestLint(t *testing.T) {
+	m, reg := newMetrics(t, node)
+	events(m)
+	problems, err := testutil.CollectAndLint(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("%s: %s", p.Metric, p.Text)
+	}
+	problems, err = testutil.GatherAndLint(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("registry: %s: %s", p.Metric, p.Text)
+	}
+}
+
+func TestNew(t *testing.T) {
+	snap := func() Snapshot { return Snapshot{} }
+	reg := prometheus.NewRegistry()
+	if _, err := New(reg, snap); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(reg, snap); err == nil {
+		t.Error("second New on the same registry: no error")
+	}
+	if _, err := New(prometheus.NewRegistry(), nil); err == nil {
+		t.Error("New with a nil snapshot: no error")
+	}
+	if _, err := New(nil, snap); err == nil {
+		t.Error("New with a nil registerer: no error")
+	}
+}
+
+func TestNilMetrics(t *testing.T) {
+	var m *Metrics
+	events(m)
+	m.ForgetPool("chat")
+}
+
+const (
+	poolHeader = `
+# HELP pool_managerd_pool_ready Whether the pool's engine is Ready and serving (1) or not (0).
+# TYPE pool_managerd_pool_ready gauge
+`
+	phaseHeader = `
+# HELP pool_managerd_pool_phase The pool's lifecycle phase: 1 for the phase it is in, 0 for the others.
+# TYPE pool_managerd_pool_phase gauge
+`
+	backoffHeader = `
+# HELP pool_managerd_backoff_seconds Restart backoff delay in seconds before the pool's next start; 0 when no restart is waiting.
+# TYPE pool_managerd_backoff_seconds gauge
+`
+	circuitHeader = `
+# HELP pool_managerd_circuit_state State of the pool's circuit breaker: 0 closed, 1 open, 2 half-open.
+# TYPE pool_managerd_circuit_state gauge
+`
+	gpuHeader = `
+# HELP pool_managerd_gpu_memory_total_bytes Total memory of the GPU in bytes, as the driver reports it.
+# TYPE pool_managerd_gpu_memory_total_bytes gauge
+`
+	hostHeader = `
+# HELP pool_managerd_host_memory_total_bytes Total memory of the host in bytes (MemTotal of /proc/meminfo).
+# TYPE pool_managerd_host_memory_total_bytes gauge
+`
+)
+
+func TestSnapshot(t *testing.T) {
+	tests := []struct {
+		name     string
+		snapshot Snapshot
+		metrics  []string
+		want     string
+	}{{
+		name:     "empty",
+		snapshot: Snapshot{},
+		metrics: []string{
+			"pool_managerd_pool_ready", "pool_managerd_pool_phase",
+			"pool_managerd_gpu_memory_total_bytes", "pool_managerd_host_memory_total_bytes",
+		},
+		want: "",
+	}, {
+		name:     "pools",
+		snapshot: node,
+		metrics: []string{
+			"pool_managerd_pool_ready", "pool_managerd_backoff_seconds", "pool_managerd_circuit_state",
+		},
+		want: poolHeader + `
+pool_managerd_pool_ready{pool="chat"} 1
+pool_managerd_pool_ready{pool="embed"} 0
+` + backoffHeader + `
+pool_managerd_backoff_seconds{pool="chat"} 0
+pool_managerd_backoff_seconds{pool="embed"} 2.5
+` + circuitHeader + `
+pool_managerd_circuit_state{pool="chat"} 0
+pool_managerd_circuit_state{pool="embed"} 2
+`,
+	}, {
+		name:     "phases",
+		snapshot: node,
+		metrics:  []string{"pool_managerd_pool_phase"},
+		want: phaseHeader + `
+pool_managerd_pool_phase{phase="Draining",pool="chat"} 0
+pool_managerd_pool_phase{phase="Failed",pool="chat"} 0
+pool_managerd_pool_phase{phase="Pending",pool="chat"} 0
+pool_managerd_pool_phase{phase="Preloading",pool="chat"} 0
+pool_managerd_pool_phase{phase="Ready",pool="chat"} 1
+pool_managerd_pool_phase{phase="Stopped",pool="chat"} 0
+pool_managerd_pool_phase{phase="Unready",pool="chat"} 0
+pool_managerd_pool_phase{phase="Draining",pool="embed"} 0
+pool_managerd_pool_phase{phase="Failed",pool="embed"} 0
+pool_managerd_pool_phase{phase="Pending",pool="embed"} 0
+pool_managerd_pool_phase{phase="Preloading",pool="embed"} 0
+pool_managerd_pool_phase{phase="Ready",pool="embed"} 0
+pool_managerd_pool_phase{phase="Stopped",pool="embed"} 0
+pool_managerd_pool_phase{phase="Unready",pool="embed"} 1
+`,
+	}, {
+		name: "unknown phase",
+		snapshot: Snapshot{Pools: []PoolSnapshot{
+			{Pool: "chat", Phase: "Exploded", Circuit: int(restart.Open.Metric())},
+		}},
+		metrics: []string{"pool_managerd_pool_phase", "pool_managerd_circuit_state"},
+		want: phaseHeader + `
+pool_managerd_pool_phase{phase="Draining",pool="chat"} 0
+pool_managerd_pool_phase{phase="Failed",pool="chat"} 0
+pool_managerd_pool_phase{phase="Pending",pool="chat"} 0
+pool_managerd_pool_phase{phase="Preloading",pool="chat"} 0
+pool_managerd_pool_phase{phase="Ready",pool="chat"} 0
+pool_managerd_pool_phase{phase="Stopped",pool="chat"} 0
+pool_managerd_pool_phase{phase="Unready",pool="chat"} 0
+` + circuitHeader + `
+pool_managerd_circuit_state{pool="chat"} 1
+`,
+	}, {
+		name:     "memory",
+		snapshot: node,
+		metrics: []string{
+			"pool_managerd_gpu_memory_total_bytes", "pool_managerd_gpu_memory_used_bytes",
+			"pool_managerd_gpu_memory_free_bytes",
+			"pool_managerd_host_memory_total_bytes", "pool_managerd_host_memory_available_bytes",
+		},
+		want: gpuHeader + `
+pool_managerd_gpu_memory_total_bytes{gpu="0",uuid="GPU-aaaa"} 2.5769803776e+10
+# HELP pool_managerd_gpu_memory_used_bytes Memory of the GPU in use, in bytes, by any process.
+# TYPE pool_managerd_gpu_memory_used_bytes gauge
+pool_managerd_gpu_memory_used_bytes{gpu="0",uuid="GPU-aaaa"} 2.147483648e+10
+# HELP pool_managerd_gpu_memory_free_bytes Free memory of the GPU in bytes.
+# TYPE pool_managerd_gpu_memory_free_bytes gauge
+pool_managerd_gpu_memory_free_bytes{gpu="0",uuid="GPU-aaaa"} 4.294967296e+09
+` + hostHeader + `
+pool_managerd_host_memory_total_bytes 6.8719476736e+10
+# HELP pool_managerd_host_memory_available_bytes Memory of the host available for new processes without swapping, in bytes (MemAvailable of /proc/meminfo).
+# TYPE pool_managerd_host_memory_available_bytes gauge
+pool_managerd_host_memory_available_bytes 5.1539607552e+10
+`,
+	}, {
+		name:     "host memory unknown",
+		snapshot: Snapshot{HostAvailable: 1 << 30},
+		metrics:  []string{"pool_managerd_host_memory_total_bytes", "pool_managerd_host_memory_available_bytes"},
+		want:     "",
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m, _ := newMetrics(t, tt.snapshot)
+			if err := testutil.CollectAndCompare(m, strings.NewReader(tt.want), tt.metrics...); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+}
+
+// TestSnapshotAtScrape checks that each scrape reads the snapshot anew.
+func TestSnapshotAtScrape(t *testing.T) {
+	phase := reconcile.Preloading
+	m, err := New(prometheus.NewRegistry(), func() Snapshot {
+		return Snapshot{Pools: []PoolSnapshot{{Pool: "chat", Phase: string(phase), Ready: phase == reconcile.Ready}}}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, phase = range []reconcile.Phase{reconcile.Preloading, reconcile.Ready} {
+		want := poolHeader + `pool_managerd_pool_ready{pool="chat"} ` + map[bool]string{false: "0", true: "1"}[phase == reconcile.Ready] + "\n"
+		if err := testutil.CollectAndCompare(m, strings.NewReader(want), "pool_managerd_pool_ready"); err != nil {
+			t.Errorf("%s: %v", phase, err)
+		}
+	}
+}
+
+const eventsWant = `
+# HELP pool_managerd_preload_total Engine preloads (spawn until Ready or failure) that ended, by pool, engine, outcome (success or failure) and reason (the error class of a failure, empty on success).
+# TYPE pool_managerd_preload_total counter
+pool_managerd_preload_total{engine="llamacpp",outcome="success",pool="chat",reason=""} 1
+pool_managerd_preload_total{engine="vllm",outcome="failure",pool="embed",reason="health_timeout"} 2
+# HELP pool_managerd_preload_duration_seconds Time in seconds from an engine's spawn to its pool being Ready, for successful preloads.
+# TYPE pool_managerd_preload_duration_seconds histogram
+pool_managerd_preload_duration_seconds_bucket{pool="chat",le="0.1"} 0
+pool_managerd_preload_duration_seconds_bucket{pool="chat",le="0.25"} 0
+pool_managerd_preload_duration_seconds_bucket{pool="chat",le="0.5"} 0
+pool_managerd_preload_duration_seconds_bucket{pool="chat",le="1"} 0
+pool_managerd_preload_duration_seconds_bucket{pool="chat",le="2.5"} 0
+pool_managerd_preload_duration_seconds_bucket{pool="chat",le="5"} 0
+pool_managerd_preload_duration_seconds_bucket{pool="chat",le="10"} 0
+pool_managerd_preload_duration_seconds_bucket{pool="chat",le="20"} 0
+pool_managerd_preload_duration_seconds_bucket{pool="chat",le="30"} 0
+pool_managerd_preload_duration_seconds_bucket{pool="chat",le="60"} 1
+pool_managerd_preload_duration_seconds_bucket{pool="chat",le="120"} 1
+pool_managerd_preload_duration_seconds_bucket{pool="chat",le="300"} 1
+pool_managerd_preload_duration_seconds_bucket{pool="chat",le="600"} 1
+pool_managerd_preload_duration_seconds_bucket{pool="chat",le="900"} 1
+pool_managerd_preload_duration_seconds_bucket{pool="chat",le="1200"} 1
+pool_managerd_preload_duration_seconds_bucket{pool="chat",le="1800"} 1
+pool_managerd_preload_duration_seconds_bucket{pool="chat",le="+Inf"} 1
+pool_managerd_preload_duration_seconds_sum{pool="chat"} 42
+pool_managerd_preload_duration_seconds_count{pool="chat"} 1
+# HELP pool_managerd_restarts_total Engine restarts after a failure, by pool and reason (the error class of the failure).
+# TYPE pool_managerd_restarts_total counter
+pool_managerd_restarts_total{pool="embed",reason="health_timeout"} 1
+# HELP pool_managerd_driver_events_total Critical GPU driver events, by GPU index and Xid error code ("lost" for a GPU that fell off the bus or needs a reset).
+# TYPE pool_managerd_driver_events_total counter
+pool_managerd_driver_events_total{gpu="0",xid="79"} 1
+pool_managerd_driver_events_total{gpu="1",xid="lost"} 1
+# HELP pool_managerd_reconcile_duration_seconds Time in seconds one reconcile pass (observe, plan, apply) took.
+# TYPE pool_managerd_reconcile_duration_seconds histogram
+pool_managerd_reconcile_duration_seconds_bucket{le="0.001"} 0
+pool_managerd_reconcile_duration_seconds_bucket{le="0.0025"} 0
+pool_managerd_reconcile_duration_seconds_bucket{le="0.005"} 0
+pool_managerd_reconcile_duration_seconds_bucket{le="0.01"} 0
+pool_managerd_reconcile_duration_seconds_bucket{le="0.025"} 0
+pool_managerd_reconcile_duration_seconds_bucket{le="0.05"} 1
+pool_managerd_reconcile_duration_seconds_bucket{le="0.1"} 1
+pool_managerd_reconcile_duration_seconds_bucket{le="0.25"} 1
+pool_managerd_reconcile_duration_seconds_bucket{le="0.5"} 1
+pool_managerd_reconcile_duration_seconds_bucket{le="1"} 1
+pool_managerd_reconcile_duration_seconds_bucket{le="2.5"} 1
+pool_managerd_reconcile_duration_seconds_bucket{le="5"} 1
+pool_managerd_reconcile_duration_seconds_bucket{le="10"} 1
+pool_managerd_reconcile_duration_seconds_bucket{le="30"} 1
+pool_managerd_reconcile_duration_seconds_bucket{le="60"} 1
+pool_managerd_reconcile_duration_seconds_bucket{le="120"} 1
+pool_managerd_reconcile_duration_seconds_bucket{le="300"} 1
+pool_managerd_reconcile_duration_seconds_bucket{le="+Inf"} 1
+pool_managerd_reconcile_duration_seconds_sum 0.03
+pool_managerd_reconcile_duration_seconds_count 1
+`
+
+var eventMetrics = []string{
+	"pool_managerd_preload_total", "pool_managerd_preload_duration_seconds",
+	"pool_managerd_restarts_total", "pool_managerd_driver_events_total",
+	"pool_managerd_reconcile_duration_seconds",
+}
+
+func TestEvents(t *testing.T) {
+	m, reg := newMetrics(t, node)
+	events(m)
+	if err := testutil.CollectAndCompare(m, strings.NewReader(eventsWant), eventMetrics...); err != nil {
+		t.Error(err)
+	}
+	// The registry serves the same.
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(eventsWant), eventMetrics...); err != nil {
+		t.Error(err)
+	}
+}
+
+const configHeader = `
+# HELP pool_managerd_config_valid Whether the last attempt to load the config succeeded (1) or failed (0); after a failure the last good config stays in force.
+# TYPE pool_managerd_config_valid gauge
+pool_managerd_config_valid %s
+# HELP pool_managerd_config_last_load_timestamp_seconds Unix time in seconds of the last successful config load (the config in force).
+# TYPE pool_managerd_config_last_load_timestamp_seconds gauge
+pool_managerd_config_last_load_timestamp_seconds %s
+`
+
+func TestConfigLoaded(t *testing.T) {
+	type load struct {
+		at  time.Time
+		err error
+	}
+	bad := errors.New("pools/chat.cue: model: incomplete value")
+	tests := []struct {
+		name             string
+		loads            []load
+		valid, timestamp string
+	}{
+		{"never loaded", nil, "0", "0"},
+		{"good", []load{{time.Unix(1700000000, 500e6), nil}}, "1", "1.7000000005e+09"},
+		{"bad first", []load{{time.Unix(1700000000, 0), bad}}, "0", "0"},
+		{"good then bad keeps the good time", []load{
+			{time.Unix(1700000000, 0), nil},
+			{time.Unix(1700000100, 0), bad},
+		}, "0", "1.7e+09"},
+		{"bad then good", []load{
+			{time.Unix(1700000000, 0), bad},
+			{time.Unix(1700000100, 0), nil},
+		}, "1", "1.7000001e+09"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m, _ := newMetrics(t, Snapshot{})
+			for _, l := range tt.loads {
+				m.ConfigLoaded(l.at, l.err)
+			}
+			want := fmt.Sprintf(configHeader, tt.valid, tt.timestamp)
+			if err := testutil.CollectAndCompare(m, strings.NewReader(want),
+				"pool_managerd_config_valid", "pool_managerd_config_last_load_timestamp_seconds"); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+}
+
+func TestForgetPool(t *testing.T) {
+	m, _ := newMetrics(t, Snapshot{})
+	events(m)
+	m.Restarted("chat", restart.ClassExited)
+
+	m.ForgetPool("embed")
+	want := `
+# HELP pool_managerd_preload_total Engine preloads (spawn until Ready or failure) that ended, by pool, engine, outcome (success or failure) and reason (the error class of a failure, empty on success).
+# TYPE pool_managerd_preload_total counter
+pool_managerd_preload_total{engine="llamacpp",outcome="success",pool="chat",reason=""} 1
+# HELP pool_managerd_restarts_total Engine restarts after a failure, by pool and reason (the error class of the failure).
+# TYPE pool_managerd_restarts_total counter
+pool_managerd_restarts_total{pool="chat",reason="exited"} 1
+`
+	names := []string{"pool_managerd_preload_total", "pool_managerd_restarts_total"}
+	if err := testutil.CollectAndCompare(m, strings.NewReader(want), names...); err != nil {
+		t.Error(err)
+	}
+
+	m.ForgetPool("chat")
+	names = append(names, "pool_managerd_preload_duration_seconds")
+	if n := testutil.CollectAndCount(m, names...); n != 0 {
+		t.Errorf("after forgetting every pool, %d pool series are left", n)
+	}
+	// Series that are not a pool's stay.
+	if n := testutil.CollectAndCount(m, "pool_managerd_driver_events_total", "pool_managerd_reconcile_duration_seconds"); n != 3 {
+		t.Errorf("driver and reconcile series: got %d, want 3", n)
+	}
+	// A forgotten pool counts from zero when it comes back.
+	m.Restarted("chat", restart.ClassExited)
+	if got := testutil.ToFloat64(m.restarts.WithLabelValues("chat", restart.ClassExited)); got != 1 {
+		t.Errorf("restarts of a returning pool: got %v, want 1", got)
+	}
+}
