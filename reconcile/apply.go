@@ -70,6 +70,9 @@ func (e ExitStatus) String() string {
 	if e.Signal != "" {
 		return "was killed by " + e.Signal
 	}
+	if e.Code < 0 {
+		return "exited (status unknown: it was not started by this run)"
+	}
 	return fmt.Sprintf("exited with status %d", e.Code)
 }
 
@@ -102,9 +105,16 @@ type Executor struct {
 
 	mu sync.Mutex
 	st *state.State
-	// reserved is the memory booked on each GPU by starts in flight, not yet
-	// seen in the GPUs' used memory: parallel starts do not both take the same bytes.
-	reserved map[int]uint64
+	// inflight are the starts under way, by pool: what each booked on each
+	// GPU, and its engine once spawned, so that parallel starts do not both
+	// take the same bytes, nor count twice what an engine already holds.
+	inflight map[string]*inflightStart
+}
+
+// inflightStart is a start's booking of GPU memory.
+type inflightStart struct {
+	need map[int]uint64
+	proc Process
 }
 
 // The steps of a start, in order, for Executor.Step.
@@ -231,18 +241,26 @@ func (x *Executor) Apply(ctx context.Context, plan *NodePlan) (Result, error) {
 		res.Outcomes = append(res.Outcomes, o)
 		resMu.Unlock()
 	}
-	// Stops: deletes, and replaces' old engines, in parallel.
+	// Stops: deletes, and the running engines of replaces and restarts, in
+	// parallel. A pool whose stop fails is reported failed; the others go on.
 	var wg sync.WaitGroup
-	errs := make(chan error, len(plan.Changes))
+	stopFailed := map[string]bool{}
+	var stopMu sync.Mutex
+	var errs []error
 	for _, c := range plan.Changes {
-		if c.Action != Delete && c.Action != Replace && !(c.Action == Restart && c.PID != 0) {
+		if c.Action != Delete && !((c.Action == Replace || c.Action == Restart) && c.PID != 0) {
 			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			if err := x.stop(ctx, c); err != nil {
-				errs <- err
+				stopMu.Lock()
+				stopFailed[c.Pool], errs = true, append(errs, err)
+				stopMu.Unlock()
+				x.report(c.Pool, Unready, &restart.Failure{Class: restart.ClassExited, Message: err.Error()}, "could not stop: %v", err)
+				add(Outcome{Pool: c.Pool, Action: c.Action, Phase: Unready, Failure: &restart.Failure{Class: "stop_failed", Message: err.Error()}})
+				return
 			}
 			if c.Action == Delete {
 				add(Outcome{Pool: c.Pool, Action: Delete, Phase: Stopped})
@@ -250,25 +268,22 @@ func (x *Executor) Apply(ctx context.Context, plan *NodePlan) (Result, error) {
 		}()
 	}
 	wg.Wait()
-	close(errs)
-	for err := range errs {
-		return res, err
-	}
-	for _, c := range plan.Changes {
-		if c.Action == Update {
-			if err := x.update(c); err != nil {
-				return res, err
-			}
-			add(Outcome{Pool: c.Pool, Action: Update, Phase: Ready, PID: c.PID})
-		}
-	}
 	for _, c := range plan.Changes {
 		if c.Action == Blocked {
-			add(x.blocked(c))
+			add(x.blocked(ctx, c))
 		}
 	}
 	for _, c := range plan.Changes {
+		if stopFailed[c.Pool] {
+			continue
+		}
 		switch c.Action {
+		case Update:
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				add(x.update(ctx, c))
+			}()
 		case Create, Replace, Restart, Adopt:
 			wg.Add(1)
 			go func() {
@@ -288,7 +303,10 @@ func (x *Executor) Apply(ctx context.Context, plan *NodePlan) (Result, error) {
 	}
 	wg.Wait()
 	sort.Slice(res.Outcomes, func(i, j int) bool { return res.Outcomes[i].Pool < res.Outcomes[j].Pool })
-	return res, ctx.Err()
+	if ctx.Err() != nil {
+		return res, ctx.Err()
+	}
+	return res, errors.Join(errs...)
 }
 
 // stop stops the running engine of a delete or replace.
@@ -319,7 +337,10 @@ func (x *Executor) stop(ctx context.Context, c Change) error {
 		switch {
 		case err == nil:
 			policy := restartPolicyOf(rec.Spec, c.Spec)
-			if err := p.Stop(ctx, policy.DrainTimeout, policy.StopGrace); err != nil {
+			// A stop that has begun finishes, drain and grace included, even if apply is interrupted.
+			stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), policy.DrainTimeout+policy.StopGrace+30*time.Second)
+			defer cancel()
+			if err := p.Stop(stopCtx, policy.DrainTimeout, policy.StopGrace); err != nil {
 				return fmt.Errorf("stop pool %s (pid %d): %w", c.Pool, c.PID, err)
 			}
 		case !errors.Is(err, ErrGone):
@@ -360,19 +381,33 @@ func DefaultRestartPolicy() schema.RestartPolicy {
 }
 
 // update records a spec change that needs no restart.
-func (x *Executor) update(c Change) error {
-	return x.mutate(func(st *state.State) {
-		rec := st.Engines[c.Pool]
+// update records a spec change that needs no restart; the engine is Ready
+// only if it was (one still loading, or never verified, is waited on).
+func (x *Executor) update(ctx context.Context, c Change) Outcome {
+	var rec state.Engine
+	if err := x.mutate(func(st *state.State) {
+		rec = st.Engines[c.Pool]
 		rec.Spec, rec.SpecHash = c.Spec, c.SpecHash
 		st.Engines[c.Pool] = rec
+	}); err != nil {
+		return Outcome{Pool: c.Pool, Action: Update, Phase: Unready, Failure: &restart.Failure{Class: "state_write_failed", Message: err.Error()}}
+	}
+	p, err := x.Engines.Adopt(ctx, rec)
+	if err != nil {
+		return x.outcome(c, x.failed(ctx, c.Spec, restart.Failure{Class: restart.ClassExited, Message: fmt.Sprintf("engine pid %d: %v", rec.PID, err)}))
+	}
+	if !rec.ReadyAt.IsZero() && p.Health(ctx) == HealthOK {
 		x.report(c.Pool, Ready, nil, "updated in place; the engine keeps running")
-	})
+		return Outcome{Pool: c.Pool, Action: Update, Phase: Ready, PID: c.PID}
+	}
+	x.report(c.Pool, Preloading, nil, "updated in place; engine pid %d is still loading or unverified", rec.PID)
+	return x.outcome(c, x.awaitReady(ctx, c.Spec, p, rec.StartedAt))
 }
 
-func (x *Executor) blocked(c Change) Outcome {
+func (x *Executor) blocked(ctx context.Context, c Change) Outcome {
 	if c.Blocker.Class == ClassInsufficientVRAM && c.Spec != nil {
 		// Found before anything was spawned: a failure for backoff and breaker all the same.
-		o := x.failed(c.Spec, restart.Failure{Class: restart.ClassInsufficientVRAM, Message: c.Blocker.Message, Hint: c.Blocker.Hint})
+		o := x.failed(ctx, c.Spec, restart.Failure{Class: restart.ClassInsufficientVRAM, Message: c.Blocker.Message, Hint: c.Blocker.Hint})
 		o.Action = Blocked
 		return o
 	}
@@ -396,14 +431,21 @@ func (x *Executor) saveTracker(pool string, t *restart.Tracker) error {
 	return x.mutate(func(st *state.State) { st.Pools[pool] = t.Record() })
 }
 
-// failed records a failure in the pool's tracker and reports it.
-func (x *Executor) failed(pool *schema.Pool, f restart.Failure) Outcome {
+// failed records a failure in the pool's tracker and reports it. When ctx
+// is done (an interrupted apply), nothing failed: nothing is recorded.
+func (x *Executor) failed(ctx context.Context, pool *schema.Pool, f restart.Failure) Outcome {
+	if ctx.Err() != nil {
+		x.report(pool.ID, Unready, nil, "interrupted")
+		return Outcome{Pool: pool.ID, Phase: Unready}
+	}
 	if f.Class == restart.ClassInsufficientVRAM && f.Hint == "" {
 		f.Hint = vramHint(pool)
 	}
 	t := x.tracker(pool)
 	t.Failed(x.now(), f)
-	_ = x.saveTracker(pool.ID, t)
+	if err := x.saveTracker(pool.ID, t); err != nil {
+		x.report(pool.ID, Unready, nil, "could not record the failure in the state file: %v", err)
+	}
 	phase := Unready
 	if t.BreakerState() == restart.Open {
 		phase = Failed

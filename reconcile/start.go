@@ -3,11 +3,11 @@ package reconcile
 import (
 	"context"
 	"fmt"
-	"os"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/supervisor"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
 	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
@@ -27,19 +27,19 @@ func (x *Executor) start(ctx context.Context, c Change) Outcome {
 	}
 	masked, err := x.maskedGPUs(ctx, pool)
 	if err != nil {
-		return x.outcome(c, x.failed(pool, restart.Failure{Class: restart.ClassDriverReset, Message: err.Error()}))
+		return x.outcome(c, x.failed(ctx, pool, restart.Failure{Class: restart.ClassDriverReset, Message: err.Error()}))
 	}
 	if f := x.reserve(pool, c.Need, masked); f != nil {
-		return x.outcome(c, x.failed(pool, *f))
+		return x.outcome(c, x.failed(ctx, pool, *f))
 	}
-	defer x.unreserve(c.Need)
+	defer x.unreserve(pool.ID)
 	now := x.now()
 	var gen int64
 	if err := x.mutate(func(st *state.State) {
 		gen = st.Engines[pool.ID].Generation + 1
 		st.Engines[pool.ID] = state.Engine{Pool: pool.ID, Generation: gen, SpecHash: c.SpecHash, Spec: pool, Intent: true, StartedAt: now}
 	}); err != nil {
-		return x.outcome(c, x.failed(pool, restart.Failure{Class: restart.ClassSpawnFailed, Message: "record the start: " + err.Error()}))
+		return x.outcome(c, x.failed(ctx, pool, restart.Failure{Class: restart.ClassSpawnFailed, Message: "record the start: " + err.Error()}))
 	}
 	x.step(pool.ID, StepIntent)
 	t := x.tracker(pool)
@@ -50,15 +50,16 @@ func (x *Executor) start(ctx context.Context, c Change) Outcome {
 	p, err := x.Engines.Start(ctx, StartRequest{Pool: pool, GPUs: masked, Marker: marker})
 	if err != nil {
 		_ = x.mutate(func(st *state.State) { delete(st.Engines, pool.ID) })
-		return x.outcome(c, x.failed(pool, restart.Failure{Class: restart.ClassSpawnFailed, Message: err.Error()}))
+		return x.outcome(c, x.failed(ctx, pool, restart.Failure{Class: restart.ClassSpawnFailed, Message: err.Error()}))
 	}
+	x.spawned(pool.ID, p)
 	x.step(pool.ID, StepSpawned)
 	if err := x.mutate(func(st *state.State) {
 		rec := st.Engines[pool.ID]
 		rec.PID, rec.StartTicks, rec.Port, rec.LogPath, rec.Argv, rec.Intent = p.PID(), p.StartTicks(), p.Port(), p.LogPath(), p.Argv(), false
 		st.Engines[pool.ID] = rec
 	}); err != nil {
-		return x.outcome(c, x.failed(pool, restart.Failure{Class: restart.ClassSpawnFailed, Message: "record the engine: " + err.Error()}))
+		return x.outcome(c, x.failed(ctx, pool, restart.Failure{Class: restart.ClassSpawnFailed, Message: "record the engine: " + err.Error()}))
 	}
 	x.step(pool.ID, StepRecorded)
 	x.report(pool.ID, Preloading, nil, "engine pid %d on port %d is loading its model", p.PID(), p.Port())
@@ -76,7 +77,7 @@ func (x *Executor) recordDeath(ctx context.Context, c Change) (Outcome, bool) {
 	t := x.tracker(pool)
 	if known && c.PID == 0 && rec.PID != 0 && (c.Action == Restart || c.Action == Replace) {
 		if err := x.Engines.Cleanup(ctx, rec); err != nil {
-			return x.failed(pool, restart.Failure{Class: restart.ClassSpawnFailed, Message: err.Error()}), true
+			return x.failed(ctx, pool, restart.Failure{Class: restart.ClassSpawnFailed, Message: err.Error()}), true
 		}
 	}
 	if known && c.PID == 0 && rec.PID != 0 && !rec.ReadyAt.IsZero() && rec.ReadyAt.After(t.LastFailureAt()) &&
@@ -123,24 +124,12 @@ func deathFailure(rec state.Engine, logTail string) restart.Failure {
 	return restart.Failure{Class: restart.ClassExited, Message: fmt.Sprintf("engine pid %d exited after it was Ready; log: %s", rec.PID, rec.LogPath)}
 }
 
-// logTail reads the end of a recorded engine's log: what it printed since its last start.
+// logTail reads what a recorded engine printed since its last start.
 func logTail(rec state.Engine) string {
 	if rec.LogPath == "" {
 		return ""
 	}
-	data, err := os.ReadFile(rec.LogPath)
-	if err != nil {
-		return ""
-	}
-	const tail = 16 << 10
-	if len(data) > tail {
-		data = data[len(data)-tail:]
-	}
-	// Only what the engine printed since its start: the log holds earlier runs too.
-	if i := strings.LastIndex(string(data), "-- pool-managerd "); i >= 0 {
-		data = data[i:]
-	}
-	return string(data)
+	return supervisor.LogSinceStart(rec.LogPath, 16<<10)
 }
 
 func (x *Executor) outcome(c Change, o Outcome) Outcome {
@@ -174,36 +163,72 @@ func (x *Executor) maskedGPUs(ctx context.Context, pool *schema.Pool) ([]gpu.Dev
 }
 
 // reserve fails fast when a masked GPU lacks the memory the pool needs,
-// counting what other starts in flight have booked; else it books the need.
+// counting what other starts in flight have booked but do not yet visibly
+// hold; else it books the need.
 func (x *Executor) reserve(pool *schema.Pool, need []GPUNeed, masked []gpu.Device) *restart.Failure {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	if x.reserved == nil {
-		x.reserved = map[int]uint64{}
+	if x.inflight == nil {
+		x.inflight = map[string]*inflightStart{}
 	}
 	for i, n := range need {
 		if i >= len(masked) {
 			break
 		}
 		d := masked[i]
-		free := d.MemoryFree - min(d.MemoryFree, x.reserved[d.Index])
+		free := d.MemoryFree - min(d.MemoryFree, x.pendingOn(d, pool.ID))
 		if n.Need > free {
 			return &restart.Failure{Class: restart.ClassInsufficientVRAM,
 				Message: fmt.Sprintf("insufficient VRAM on GPU %d (%s, %s): needs %s at ctx %d, %s free", d.Index, d.Name, gib(d.MemoryTotal), gib(n.Need), pool.Model.Ctx, gib(free))}
 		}
 	}
+	booking := &inflightStart{need: map[int]uint64{}}
 	for _, n := range need {
-		x.reserved[n.Index] += n.Need
+		booking.need[n.Index] += n.Need
 	}
+	x.inflight[pool.ID] = booking
 	return nil
 }
 
-func (x *Executor) unreserve(need []GPUNeed) {
+// pendingOn is the memory other starts in flight booked on a GPU and do not
+// yet hold there (an engine allocates while it loads). Called with x.mu held.
+func (x *Executor) pendingOn(d gpu.Device, except string) uint64 {
+	var pending uint64
+	for id, b := range x.inflight {
+		booked := b.need[d.Index]
+		if id == except || booked == 0 {
+			continue
+		}
+		var held uint64
+		if b.proc != nil {
+			session := map[int]bool{b.proc.PID(): true}
+			for _, pid := range b.proc.Session() {
+				session[pid] = true
+			}
+			for _, p := range d.Processes {
+				if session[p.PID] {
+					held += p.UsedBytes
+				}
+			}
+		}
+		pending += booked - min(booked, held)
+	}
+	return pending
+}
+
+// spawned attaches a start's engine to its booking.
+func (x *Executor) spawned(pool string, p Process) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	for _, n := range need {
-		x.reserved[n.Index] -= min(n.Need, x.reserved[n.Index])
+	if b := x.inflight[pool]; b != nil {
+		b.proc = p
 	}
+}
+
+func (x *Executor) unreserve(pool string) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	delete(x.inflight, pool)
 }
 
 // awaitReady watches a preloading engine until its health check passes and
@@ -221,7 +246,7 @@ func (x *Executor) awaitReady(ctx context.Context, pool *schema.Pool, p Process,
 		case <-ctx.Done():
 			return Outcome{Pool: pool.ID, Phase: Preloading, PID: p.PID()}
 		case <-p.Exited():
-			return x.failed(pool, exitFailure(p, "while loading its model"))
+			return x.failed(ctx, pool, exitFailure(p, "while loading its model"))
 		case <-tick.C:
 		}
 		if p.Health(ctx) == HealthOK {
@@ -229,7 +254,7 @@ func (x *Executor) awaitReady(ctx context.Context, pool *schema.Pool, p Process,
 		}
 		if x.now().After(deadline) {
 			_ = p.Stop(ctx, 0, pool.Restart.StopGrace)
-			return x.failed(pool, restart.Failure{Class: restart.ClassHealthTimeout,
+			return x.failed(ctx, pool, restart.Failure{Class: restart.ClassHealthTimeout,
 				Message: fmt.Sprintf("engine pid %d did not pass its health check within %v", p.PID(), pool.Restart.StartupTimeout)})
 		}
 	}
@@ -238,11 +263,11 @@ func (x *Executor) awaitReady(ctx context.Context, pool *schema.Pool, p Process,
 		select {
 		case <-p.Exited():
 			// It died meanwhile: that, not the memory it no longer holds, is the failure.
-			return x.failed(pool, exitFailure(p, "right after its health check passed"))
+			return x.failed(ctx, pool, exitFailure(p, "right after its health check passed"))
 		default:
 		}
 		_ = p.Stop(ctx, 0, pool.Restart.StopGrace)
-		return x.failed(pool, *f)
+		return x.failed(ctx, pool, *f)
 	}
 	now := x.now()
 	t := x.tracker(pool)
@@ -342,7 +367,7 @@ func (x *Executor) adopt(ctx context.Context, c Change) Outcome {
 	rec := state.Engine{Pool: pool.ID, Generation: m, SpecHash: c.SpecHash, Spec: pool, PID: c.PID, StartedAt: x.now()}
 	p, err := x.Engines.Adopt(ctx, rec)
 	if err != nil {
-		return x.outcome(c, x.failed(pool, restart.Failure{Class: restart.ClassExited, Message: fmt.Sprintf("adopt engine pid %d: %v", c.PID, err)}))
+		return x.outcome(c, x.failed(ctx, pool, restart.Failure{Class: restart.ClassExited, Message: fmt.Sprintf("adopt engine pid %d: %v", c.PID, err)}))
 	}
 	rec.StartTicks, rec.Port, rec.LogPath, rec.Argv = p.StartTicks(), p.Port(), p.LogPath(), p.Argv()
 	if err := x.mutate(func(st *state.State) { st.Engines[pool.ID] = rec }); err != nil {
@@ -368,7 +393,7 @@ func (x *Executor) awaitLoading(ctx context.Context, id string) Outcome {
 	}
 	p, err := x.Engines.Adopt(ctx, rec)
 	if err != nil {
-		return x.failed(rec.Spec, restart.Failure{Class: restart.ClassExited, Message: fmt.Sprintf("engine pid %d: %v", rec.PID, err)})
+		return x.failed(ctx, rec.Spec, restart.Failure{Class: restart.ClassExited, Message: fmt.Sprintf("engine pid %d: %v", rec.PID, err)})
 	}
 	x.report(id, Preloading, nil, "engine pid %d is still loading its model", rec.PID)
 	return x.awaitReady(ctx, rec.Spec, p, rec.StartedAt)

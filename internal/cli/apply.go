@@ -272,6 +272,9 @@ func runApply(cmd *cobra.Command, target string, src gpuSource, node, stateDir s
 			}
 		}
 	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("apply: interrupted before anything was done")
+	}
 	fmt.Fprintln(out)
 	res, err := x.Apply(ctx, plan)
 	if err != nil {
@@ -325,9 +328,24 @@ func confirm(cmd *cobra.Command) (bool, error) {
 		return false, usageError("apply asks for a confirmation on a terminal; use --auto-approve, or apply a saved plan")
 	}
 	fmt.Fprint(cmd.OutOrStdout(), "\nApply these changes? Only 'yes' goes ahead: ")
-	line, err := bufio.NewReader(in).ReadString('\n')
-	if err != nil && !errors.Is(err, io.EOF) {
-		return false, err
+	type answer struct {
+		line string
+		err  error
 	}
-	return strings.TrimSpace(line) == "yes", nil
+	answers := make(chan answer, 1)
+	go func() {
+		line, err := bufio.NewReader(in).ReadString('\n')
+		answers <- answer{line, err}
+	}()
+	select {
+	case <-cmd.Context().Done():
+		// Ctrl-C at the prompt: nothing was done.
+		fmt.Fprintln(cmd.OutOrStdout())
+		return false, nil
+	case a := <-answers:
+		if a.err != nil && !errors.Is(a.err, io.EOF) {
+			return false, a.err
+		}
+		return strings.TrimSpace(a.line) == "yes", nil
+	}
 }

@@ -403,15 +403,35 @@ It takes the state directory's lock, like apply.`,
 				}
 				sort.Strings(ids)
 			}
+			abs, err := filepath.Abs(stateDir)
+			if err != nil {
+				return err
+			}
+			stopped := 0
+			driver := &local.Driver{StateDir: abs}
+			// An engine found only by its marker is stopped first (a pool may
+			// have one besides its recorded engine, after a crash).
 			for _, id := range ids {
-				if pid, ok := unrecorded[id]; ok {
-					rec := st.Engines[id]
-					rec.Pool, rec.PID, rec.StartTicks, rec.Argv = id, pid, 0, nil
-					st.Engines[id] = rec
+				pid, ok := unrecorded[id]
+				if !ok {
+					continue
+				}
+				extra := state.Engine{Pool: id, PID: pid, Spec: st.Engines[id].Spec}
+				if p, err := driver.Adopt(cmd.Context(), extra); err == nil {
+					fmt.Fprintf(cmd.OutOrStdout(), "Stopping %s (pid %d, not in the state file)...\n", id, pid)
+					policy := reconcile.DefaultRestartPolicy()
+					if extra.Spec != nil {
+						policy = extra.Spec.Restart
+					}
+					if err := p.Stop(cmd.Context(), policy.DrainTimeout, policy.StopGrace); err != nil {
+						return fmt.Errorf("stop %s: %w", id, err)
+					}
+					stopped++
+				}
+				if _, recorded := st.Engines[id]; !recorded {
+					st.Engines[id] = state.Engine{Pool: id}
 				}
 			}
-			driver := &local.Driver{}
-			stopped := 0
 			for _, id := range ids {
 				rec, ok := st.Engines[id]
 				if !ok {

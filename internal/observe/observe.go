@@ -229,7 +229,7 @@ func scanMarkers(ctx context.Context, node, stateDir string, engines map[string]
 		}
 		port := 0
 		if args, err := proc.Cmdline(pid); err == nil {
-			port = portOf(args)
+			port = PortOf(args)
 		}
 		engines[m.Pool] = reconcile.Engine{
 			Pool: m.Pool, Generation: m.Generation, SpecHash: m.SpecHash, PID: pid, Port: port,
@@ -239,8 +239,8 @@ func scanMarkers(ctx context.Context, node, stateDir string, engines map[string]
 	return nil
 }
 
-// portOf finds the --port of an engine's command line.
-func portOf(args []string) int {
+// PortOf finds the --port of an engine's command line.
+func PortOf(args []string) int {
 	for i, a := range args {
 		if a == "--port" && i+1 < len(args) {
 			p, _ := strconv.Atoi(args[i+1])

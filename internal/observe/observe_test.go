@@ -100,8 +100,8 @@ func TestPortOf(t *testing.T) {
 		{[]string{"llama-server", "-port", "8085"}, 0},
 		{[]string{"llama-server", "--ports", "8086"}, 0},
 	} {
-		if got := portOf(tc.args); got != tc.want {
-			t.Errorf("portOf(%q) = %d, want %d", tc.args, got, tc.want)
+		if got := PortOf(tc.args); got != tc.want {
+			t.Errorf("PortOf(%q) = %d, want %d", tc.args, got, tc.want)
 		}
 	}
 }
@@ -503,7 +503,7 @@ func TestObserveScanProcesses(t *testing.T) {
 		scannedPIDs = pids
 		return true
 	})
-	if args, err := proc.Cmdline(scannedPID); err != nil || portOf(args) != 18123 {
+	if args, err := proc.Cmdline(scannedPID); err != nil || PortOf(args) != 18123 {
 		t.Fatalf("the shell's command line: %q, %v", args, err)
 	}
 

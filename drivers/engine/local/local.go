@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -88,6 +87,18 @@ func (d *Driver) Start(ctx context.Context, req reconcile.StartRequest) (reconci
 func (d *Driver) Adopt(_ context.Context, rec state.Engine) (reconcile.Process, error) {
 	gone := func(err error) error { return fmt.Errorf("%w: pid %d: %w", reconcile.ErrGone, rec.PID, err) }
 	ticks, argv := rec.StartTicks, rec.Argv
+	if ticks == 0 || len(argv) == 0 {
+		// Known by pid alone (found by its marker): it must still carry this
+		// pool's marker, or the pid now belongs to some other process.
+		env, err := proc.Environ(rec.PID)
+		if err != nil {
+			return nil, gone(err)
+		}
+		m, err := observe.ParseMarker(env[observe.MarkerEnv])
+		if err != nil || m.Pool != rec.Pool || (d.StateDir != "" && env[observe.StateDirEnv] != "" && env[observe.StateDirEnv] != d.StateDir) {
+			return nil, gone(fmt.Errorf("the process does not carry pool %s's engine marker", rec.Pool))
+		}
+	}
 	if ticks == 0 {
 		info, err := proc.Stat(rec.PID)
 		if err != nil {
@@ -112,7 +123,7 @@ func (d *Driver) Adopt(_ context.Context, rec state.Engine) (reconcile.Process, 
 	}
 	port := rec.Port
 	if port == 0 {
-		port = portOf(argv)
+		port = observe.PortOf(argv)
 	}
 	logPath := rec.LogPath
 	if logPath == "" {
@@ -133,6 +144,7 @@ func (d *Driver) Cleanup(_ context.Context, rec state.Engine) error {
 	if err != nil {
 		return nil
 	}
+	var killed []int
 	for _, pid := range pids {
 		env, err := proc.Environ(pid)
 		if err != nil {
@@ -145,19 +157,24 @@ func (d *Driver) Cleanup(_ context.Context, rec state.Engine) error {
 		if err := unix.Kill(pid, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
 			return fmt.Errorf("kill pid %d left from pool %s's engine: %w", pid, rec.Pool, err)
 		}
+		killed = append(killed, pid)
 	}
-	return nil
-}
-
-func portOf(argv []string) int {
-	for i, a := range argv {
-		if a == "--port" && i+1 < len(argv) {
-			var p int
-			fmt.Sscan(argv[i+1], &p)
-			return p
+	// Wait until they are gone (a zombie counts as gone): their GPU memory
+	// is freed only then, and the pool's next start counts on it.
+	deadline := time.Now().Add(10 * time.Second)
+	for _, pid := range killed {
+		for {
+			info, err := proc.Stat(pid)
+			if err != nil || info.State == 'Z' || info.State == 'X' {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("pid %d left from pool %s's engine did not die within 10 s of SIGKILL", pid, rec.Pool)
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	return 0
+	return nil
 }
 
 // freePort asks the kernel for a free port on 127.0.0.1.
@@ -262,22 +279,5 @@ func busySlots(ctx context.Context, port int) (int, error) {
 	return n, nil
 }
 
-// LogTail returns the last 16 KiB of the engine's log.
-func (p *process) LogTail() string {
-	f, err := os.Open(p.logPath)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	const tail = 16 << 10
-	if info, err := f.Stat(); err == nil && info.Size() > tail {
-		if _, err := f.Seek(-tail, io.SeekEnd); err != nil {
-			return ""
-		}
-	}
-	data, err := io.ReadAll(f)
-	if err != nil && !errors.Is(err, io.EOF) {
-		return ""
-	}
-	return string(data)
-}
+// LogTail returns what the engine printed since its start (at most the last 16 KiB).
+func (p *process) LogTail() string { return supervisor.LogSinceStart(p.logPath, 16<<10) }

@@ -15,23 +15,6 @@ import (
 	"time"
 )
 
-func TestPortOf(t *testing.T) {
-	tests := []struct {
-		argv []string
-		want int
-	}{
-		{[]string{"llama-server", "--model", "/m", "--port", "8081"}, 8081},
-		{[]string{"vllm", "serve", "/m", "--host", "127.0.0.1", "--port", "9000"}, 9000},
-		{[]string{"llama-server", "--port"}, 0},
-		{[]string{"llama-server"}, 0},
-	}
-	for _, tt := range tests {
-		if got := portOf(tt.argv); got != tt.want {
-			t.Errorf("portOf(%q) = %d, want %d", tt.argv, got, tt.want)
-		}
-	}
-}
-
 func TestFreePort(t *testing.T) {
 	p, err := freePort()
 	if err != nil || p <= 0 || p > 65535 {
@@ -101,6 +84,14 @@ func TestDrainSlots(t *testing.T) {
 func TestLogTail(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "pool.log")
+	// An earlier run's CUDA error is not this run's.
+	old := "-- pool-managerd 2026-11-27T12:00:00Z: start fake-engine\nCUDA error: out of memory\n"
+	if err := os.WriteFile(path, []byte(old+"-- pool-managerd 2026-11-27T12:01:00Z: start fake-engine\nexiting due to model loading error\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if tail := (&process{logPath: path}).LogTail(); strings.Contains(tail, "CUDA error") || !strings.Contains(tail, "model loading error") {
+		t.Errorf("LogTail = %q, want only the last run's output", tail)
+	}
 	big := strings.Repeat("x", 20<<10) + "\nCUDA error: out of memory\n"
 	if err := os.WriteFile(path, []byte(big), 0o644); err != nil {
 		t.Fatal(err)

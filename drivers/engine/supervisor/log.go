@@ -5,10 +5,12 @@ package supervisor
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 )
 
 // RotateLog rotates the log at path when it is larger than maxBytes: path.N
@@ -72,4 +74,32 @@ func openLog(spec Spec) (*os.File, error) {
 		return nil, fmt.Errorf("engine log: %w", err)
 	}
 	return f, nil
+}
+
+// StartHeader begins the line Start writes into an engine's log before each start.
+const StartHeader = "-- pool-managerd "
+
+// LogSinceStart returns what an engine's log holds since its last start
+// (StartHeader), reading at most the last maxBytes of the file: logs rotate
+// only at a start, so a long run's log may be large.
+func LogSinceStart(path string, maxBytes int64) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.Size() > maxBytes {
+		if _, err := f.Seek(-maxBytes, io.SeekEnd); err != nil {
+			return ""
+		}
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxBytes))
+	if err != nil {
+		return ""
+	}
+	s := string(data)
+	if i := strings.LastIndex(s, StartHeader); i >= 0 {
+		s = s[i:]
+	}
+	return s
 }

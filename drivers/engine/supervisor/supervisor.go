@@ -124,7 +124,7 @@ func Start(ctx context.Context, spec Spec) (*Handle, error) {
 	defer logf.Close() // the engine has its own copy
 	argv := spec.Argv()
 	now := func() string { return time.Now().UTC().Format(time.RFC3339Nano) }
-	fmt.Fprintf(logf, "-- pool-managerd %s: start %s\n", now(), quote(argv))
+	fmt.Fprintf(logf, "%s%s: start %s\n", StartHeader, now(), quote(argv))
 
 	closeOnExec()
 	env := spec.Env
@@ -142,7 +142,7 @@ func Start(ctx context.Context, spec Spec) (*Handle, error) {
 		if errors.As(err, &pe) {
 			err = pe.Err // "fork/exec PATH: ..." says the path twice
 		}
-		fmt.Fprintf(logf, "-- pool-managerd %s: start failed: %v\n", now(), err)
+		fmt.Fprintf(logf, "%s%s: start failed: %v\n", StartHeader, now(), err)
 		return nil, fmt.Errorf("start engine %q: %w: %w", spec.Path, ErrStart, err)
 	}
 	// The child is not reaped before we wait for it, so its stat is there
