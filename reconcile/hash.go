@@ -43,12 +43,13 @@ func ObservedHash(o Observed) string {
 		Intent                   bool
 	}
 	view := struct {
-		Node    string
-		Source  string
-		GPUs    []device
-		Engines map[string]engine
-		Pools   map[string]PoolStatus
-	}{Node: o.Node, Source: o.Source, Engines: map[string]engine{}, Pools: o.Pools}
+		Node     string
+		Source   string
+		StateDir string
+		GPUs     []device
+		Engines  map[string]engine
+		Pools    map[string]PoolStatus
+	}{Node: o.Node, Source: o.Source, StateDir: o.StateDir, Engines: map[string]engine{}, Pools: o.Pools}
 	owned := o.ownedPIDs()
 	for _, d := range o.GPUs {
 		dev := device{Index: d.Index, UUID: d.UUID, Total: d.MemoryTotal, Lost: d.Lost}

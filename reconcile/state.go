@@ -96,6 +96,9 @@ type Observed struct {
 	Node string `json:"node"`
 	// Source says where the GPUs were observed: nvml, sim:DIR or declared.
 	Source string `json:"source"`
+	// StateDir is the state directory the engines were read from, if any:
+	// a plan saved for one state directory is stale for another.
+	StateDir string `json:"stateDir,omitempty"`
 	// GPUs are the node's devices, sorted by index.
 	GPUs []gpu.Device `json:"gpus"`
 	// Engines are the engine processes pool-managerd knows of, by pool id.

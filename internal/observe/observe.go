@@ -96,7 +96,7 @@ type Options struct {
 // Observe reads the node's GPUs, the state file and the live processes.
 // A missing state directory is a fresh node; a corrupt state file is an error.
 func Observe(ctx context.Context, opts Options) (reconcile.Observed, error) {
-	obs := reconcile.Observed{Node: opts.Node, Source: opts.Source, Engines: map[string]reconcile.Engine{}, Pools: map[string]reconcile.PoolStatus{}}
+	obs := reconcile.Observed{Node: opts.Node, Source: opts.Source, StateDir: absDir(opts.StateDir), Engines: map[string]reconcile.Engine{}, Pools: map[string]reconcile.PoolStatus{}}
 	devices, err := opts.GPUs.Devices(ctx)
 	if err != nil {
 		return obs, fmt.Errorf("observe GPUs (%s): %w", opts.Source, err)

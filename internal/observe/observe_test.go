@@ -580,7 +580,7 @@ func TestObserveFreshNode(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			want := reconcile.Observed{Node: "n", Source: "fake", GPUs: fakeDevices,
+			want := reconcile.Observed{Node: "n", Source: "fake", StateDir: dir, GPUs: fakeDevices,
 				Engines: map[string]reconcile.Engine{}, Pools: map[string]reconcile.PoolStatus{}}
 			if diff := cmp.Diff(want, obs); diff != "" {
 				t.Errorf("observed (-want +got):\n%s", diff)

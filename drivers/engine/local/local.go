@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -36,6 +37,11 @@ type Driver struct {
 	SimDir string
 	// StateDir is the state directory the engines belong to (absolute).
 	StateDir string
+
+	mu sync.Mutex
+	// given are the ports handed to engines by this driver: parallel starts
+	// must not get the same free port between its probe and the engine's bind.
+	given map[int]bool
 }
 
 var _ reconcile.Engines = (*Driver)(nil)
@@ -49,7 +55,7 @@ func (d *Driver) logPath(pool string) string { return filepath.Join(d.LogDir, po
 func (d *Driver) Start(ctx context.Context, req reconcile.StartRequest) (reconcile.Process, error) {
 	port := req.Pool.Port
 	if port == 0 {
-		p, err := freePort()
+		p, err := d.pickPort()
 		if err != nil {
 			return nil, fmt.Errorf("pick a port for pool %s: %w", req.Pool.ID, err)
 		}
@@ -175,6 +181,27 @@ func (d *Driver) Cleanup(_ context.Context, rec state.Engine) error {
 		}
 	}
 	return nil
+}
+
+// pickPort asks the kernel for a free port that this driver has not given
+// to another engine already.
+func (d *Driver) pickPort() (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.given == nil {
+		d.given = map[int]bool{}
+	}
+	for range 20 {
+		p, err := freePort()
+		if err != nil {
+			return 0, err
+		}
+		if !d.given[p] {
+			d.given[p] = true
+			return p, nil
+		}
+	}
+	return 0, fmt.Errorf("no free port found that was not already given out")
 }
 
 // freePort asks the kernel for a free port on 127.0.0.1.
