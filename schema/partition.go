@@ -55,10 +55,9 @@ func independent(files []parsedFile) bool {
 				}
 				if name != "nodes" && name != "pools" {
 					if prev, ok := declaredBy[name]; ok && prev != i {
-						declaredBy[name] = -1
-					} else {
-						declaredBy[name] = i
+						return false // declared in two files: they unify, and may conflict
 					}
+					declaredBy[name] = i
 					continue
 				}
 				lit, ok := d.Value.(*ast.StructLit)

@@ -48,6 +48,12 @@ func TestPartition(t *testing.T) {
 			"a.cue": `for k in ["x", "y"] {pools: (k): node: "a"}`,
 			"b.cue": `nodes: a: gpus: [{index: 0, vram: 8Gi}]`,
 		}},
+		{name: "a hidden field declared in two files", groups: 1, files: map[string]string{
+			"a.cue": `_region: "eu"
+pools: x: node: "a"`,
+			"b.cue": `_region: "us"
+pools: y: node: "a"`,
+		}},
 		{name: "names used as labels only", groups: 2, files: map[string]string{
 			"a.cue": `_local: 1
 pools: x: {node: "a", port: _local + 8000}`,
