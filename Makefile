@@ -8,7 +8,7 @@ BIN := bin
 VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 LDFLAGS := -X github.com/poolmanagerd/pool-managerd/internal/cli.version=$(VERSION)
 
-.PHONY: all build demo test unit lint fmt bench fuzz golden clean
+.PHONY: all build demo test unit lint fmt bench bdd fuzz golden clean
 
 all: build
 
@@ -21,6 +21,9 @@ demo: build ## Walk through the main job on the examples.
 
 test: lint ## The whole suite: vet, staticcheck, unit, CLI, golden and BDD tests.
 	$(GO) test -count=1 ./...
+
+bdd: ## The BDD scenarios alone, readable (LLORCH_BDD_FEATURE_PATH=features/x.feature narrows them).
+	$(GO) test -count=1 ./features -v -godog.format=pretty
 
 unit: ## Tests only, no linters.
 	$(GO) test ./...
