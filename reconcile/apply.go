@@ -36,6 +36,8 @@ type StartRequest struct {
 	GPUs []gpu.Device
 	// Marker goes into the engine's environment (see observe.MarkerEnv).
 	Marker string
+	// Need is the pool's VRAM need in all, in bytes (0 when unknown).
+	Need uint64
 }
 
 // Process is a running engine.

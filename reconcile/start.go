@@ -47,7 +47,11 @@ func (x *Executor) start(ctx context.Context, c Change) Outcome {
 	_ = x.saveTracker(pool.ID, t)
 	marker := fmt.Sprintf("%s/%s/%d/%s", x.Node, pool.ID, gen, c.SpecHash)
 	x.report(pool.ID, Preloading, nil, "starting %s on %s", pool.Engine, gpuWord(pool.Devices))
-	p, err := x.Engines.Start(ctx, StartRequest{Pool: pool, GPUs: masked, Marker: marker})
+	var total uint64
+	for _, n := range c.Need {
+		total += n.Need
+	}
+	p, err := x.Engines.Start(ctx, StartRequest{Pool: pool, GPUs: masked, Marker: marker, Need: total})
 	if err != nil {
 		_ = x.mutate(func(st *state.State) { delete(st.Engines, pool.ID) })
 		return x.outcome(c, x.failed(ctx, pool, restart.Failure{Class: restart.ClassSpawnFailed, Message: err.Error()}))

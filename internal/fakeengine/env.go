@@ -14,6 +14,9 @@ const (
 	EnvAs             = "FAKE_ENGINE_AS"
 	EnvSimDir         = "POOL_MANAGERD_SIM_DIR"
 	EnvVRAM           = "FAKE_ENGINE_VRAM"
+	// EnvSimVRAM is what pool-managerd tells an engine on a simulated node:
+	// the pool's VRAM need. It is the default of FAKE_ENGINE_VRAM.
+	EnvSimVRAM = "POOL_MANAGERD_SIM_VRAM"
 	EnvLoadDelay      = "FAKE_ENGINE_LOAD_DELAY"
 	EnvFailLoad       = "FAKE_ENGINE_FAIL_LOAD"
 	EnvSkipModelCheck = "FAKE_ENGINE_SKIP_MODEL_CHECK"
@@ -146,6 +149,7 @@ func ParseFaults(getenv func(string) string) (Faults, error) {
 		}
 	}
 
+	bytes(EnvSimVRAM, &f.VRAM)
 	bytes(EnvVRAM, &f.VRAM)
 	bytes(EnvOutsideVRAM, &f.OutsideVRAM)
 	dur(EnvLoadDelay, &f.LoadDelay)

@@ -474,3 +474,22 @@ func TestEngineStateHealth(t *testing.T) {
 		t.Error("busy slots for 1s: wrong")
 	}
 }
+
+func TestSimVRAMIsTheDefault(t *testing.T) {
+	tests := []struct {
+		env  map[string]string
+		want uint64
+	}{
+		{map[string]string{EnvSimVRAM: "3221225472"}, 3 << 30},
+		{map[string]string{EnvSimVRAM: "3221225472", EnvVRAM: "1Gi"}, 1 << 30}, // an explicit fault wins
+	}
+	for _, tt := range tests {
+		f, err := ParseFaults(func(k string) string { return tt.env[k] })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f.VRAM != tt.want {
+			t.Errorf("env %v: VRAM %d, want %d", tt.env, f.VRAM, tt.want)
+		}
+	}
+}

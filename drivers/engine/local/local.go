@@ -65,7 +65,7 @@ func (d *Driver) Start(ctx context.Context, req reconcile.StartRequest) (reconci
 	for i, g := range req.GPUs {
 		gpus[i] = preset.GPU{Index: g.Index, UUID: g.UUID}
 	}
-	cmd, err := preset.Build(req.Pool, gpus, port, d.Binaries, req.Marker, preset.Options{SimDir: d.SimDir, StateDir: d.StateDir})
+	cmd, err := preset.Build(req.Pool, gpus, port, d.Binaries, req.Marker, preset.Options{SimDir: d.SimDir, StateDir: d.StateDir, SimVRAM: req.Need})
 	if err != nil {
 		return nil, err
 	}

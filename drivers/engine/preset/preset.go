@@ -44,6 +44,10 @@ const MarkerEnv = "POOL_MANAGERD_ENGINE"
 // (set only when Options.SimDir is).
 const SimDirEnv = "POOL_MANAGERD_SIM_DIR"
 
+// SimVRAMEnv tells a stand-in engine on a simulated node how much memory its
+// pool needs in all (set only with SimDir).
+const SimVRAMEnv = "POOL_MANAGERD_SIM_VRAM"
+
 // StateDirEnv names the state directory of the pool-managerd that started the
 // engine, so that a scan for engines by marker finds only its own (tests and
 // demos run several on one machine).
@@ -213,6 +217,9 @@ type Options struct {
 	SimDir string
 	// StateDir, when set, is passed to the engine as POOL_MANAGERD_STATE_DIR.
 	StateDir string
+	// SimVRAM, with SimDir, is passed as POOL_MANAGERD_SIM_VRAM: the pool's
+	// VRAM need, which the stand-in engine holds on the simulated GPUs.
+	SimVRAM uint64
 	// Environ is pool-managerd's environment, from which PATH, HOME, LANG,
 	// LC_*, TZ and TMPDIR are passed on; nil means os.Environ().
 	Environ []string
@@ -228,7 +235,7 @@ func passed(key string) bool {
 }
 
 // managedEnv are the variables Build sets; a pool may not set them.
-var managedEnv = []string{"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", MarkerEnv, SimDirEnv, StateDirEnv}
+var managedEnv = []string{"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", MarkerEnv, SimDirEnv, StateDirEnv, SimVRAMEnv}
 
 // Build returns the command that runs pool p's engine on gpus (the pool's
 // masked GPUs, in the order of p.Devices) listening on port, marked with
@@ -344,6 +351,9 @@ func Build(p *schema.Pool, gpus []GPU, port int, b Binaries, marker string, opts
 	env[MarkerEnv] = marker
 	if opts.SimDir != "" {
 		env[SimDirEnv] = opts.SimDir
+		if opts.SimVRAM > 0 {
+			env[SimVRAMEnv] = strconv.FormatUint(opts.SimVRAM, 10)
+		}
 	}
 	if opts.StateDir != "" {
 		env[StateDirEnv] = opts.StateDir

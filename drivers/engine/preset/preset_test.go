@@ -254,7 +254,7 @@ func TestBuildEnvLiteral(t *testing.T) {
 		Devices: []int{1, 0},
 		Env:     map[string]string{"A_FIRST": "1", "PATH": "/opt/engine/bin", "HF_HOME": "/cache"},
 	}
-	got, err := Build(p, []GPU{{1, "GPU-b"}, {0, "GPU-a"}}, 9000, bins, "n1/chat/1/h", Options{Environ: environ, SimDir: "/tmp/sim"})
+	got, err := Build(p, []GPU{{1, "GPU-b"}, {0, "GPU-a"}}, 9000, bins, "n1/chat/1/h", Options{Environ: environ, SimDir: "/tmp/sim", StateDir: "/var/lib/pm", SimVRAM: 3 << 30})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,6 +269,8 @@ func TestBuildEnvLiteral(t *testing.T) {
 		"PATH=/opt/engine/bin", // the pool's env wins over what is passed on
 		"POOL_MANAGERD_ENGINE=n1/chat/1/h",
 		"POOL_MANAGERD_SIM_DIR=/tmp/sim",
+		"POOL_MANAGERD_SIM_VRAM=3221225472", // the need the stand-in holds on the simulated GPUs
+		"POOL_MANAGERD_STATE_DIR=/var/lib/pm",
 		"TMPDIR=/var/tmp",
 		"TZ=UTC",
 	}
