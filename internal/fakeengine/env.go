@@ -11,12 +11,12 @@ import (
 
 // The environment variables the stand-in reads.
 const (
-	EnvAs             = "FAKE_ENGINE_AS"
-	EnvSimDir         = "POOL_MANAGERD_SIM_DIR"
-	EnvVRAM           = "FAKE_ENGINE_VRAM"
+	EnvAs     = "FAKE_ENGINE_AS"
+	EnvSimDir = "POOL_MANAGERD_SIM_DIR"
+	EnvVRAM   = "FAKE_ENGINE_VRAM"
 	// EnvSimVRAM is what pool-managerd tells an engine on a simulated node:
 	// the pool's VRAM need. It is the default of FAKE_ENGINE_VRAM.
-	EnvSimVRAM = "POOL_MANAGERD_SIM_VRAM"
+	EnvSimVRAM        = "POOL_MANAGERD_SIM_VRAM"
 	EnvLoadDelay      = "FAKE_ENGINE_LOAD_DELAY"
 	EnvFailLoad       = "FAKE_ENGINE_FAIL_LOAD"
 	EnvSkipModelCheck = "FAKE_ENGINE_SKIP_MODEL_CHECK"
