@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -16,7 +15,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -26,6 +24,7 @@ import (
 	"github.com/poolmanagerd/pool-managerd/internal/observe"
 	"github.com/poolmanagerd/pool-managerd/internal/proc"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
+	"github.com/poolmanagerd/pool-managerd/internal/syncbuf"
 )
 
 // cmdTimeout bounds every pool-managerd command a test runs.
@@ -219,29 +218,11 @@ func (r result) String() string {
 		strings.Join(r.args, " "), how, r.dur.Round(time.Millisecond), r.stdout, r.stderr)
 }
 
-// syncBuffer is a bytes.Buffer safe to read while a process writes to it.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // running is a pool-managerd command running in the background.
 type running struct {
 	cmd            *exec.Cmd
 	args           []string
-	stdout, stderr *syncBuffer
+	stdout, stderr *syncbuf.Buffer
 	start          time.Time
 	done           chan struct{}
 	res            result
@@ -272,7 +253,7 @@ func (w *workspace) start(env []string, args ...string) *running {
 	cmd := exec.CommandContext(ctx, pmBin, args...)
 	cmd.Env = commandEnv(env)
 	cmd.Dir = w.dir
-	r := &running{cmd: cmd, args: args, stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{}), cancel: cancel}
+	r := &running{cmd: cmd, args: args, stdout: &syncbuf.Buffer{}, stderr: &syncbuf.Buffer{}, done: make(chan struct{}), cancel: cancel}
 	cmd.Stdout, cmd.Stderr = r.stdout, r.stderr
 	cmd.WaitDelay = 2 * time.Second
 	r.start = time.Now()
