@@ -79,20 +79,21 @@ func (x *Executor) recordDeath(ctx context.Context, c Change) (Outcome, bool) {
 	rec, known := x.st.Engines[pool.ID]
 	x.mu.Unlock()
 	t := x.tracker(pool)
-	if known && c.PID == 0 && rec.PID != 0 && (c.Action == Restart || c.Action == Replace) {
+	// A recorded engine that is gone (the plan stops none: c.PID is 0).
+	if dead := known && c.PID == 0 && rec.PID != 0 && (c.Action == Restart || c.Action == Replace); dead {
 		if err := x.Engines.Cleanup(ctx, rec); err != nil {
 			return x.failed(ctx, pool, restart.Failure{Class: restart.ClassSpawnFailed, Message: err.Error()}), true
 		}
-	}
-	if known && c.PID == 0 && rec.PID != 0 && !rec.ReadyAt.IsZero() && rec.ReadyAt.After(t.LastFailureAt()) &&
-		(c.Action == Restart || c.Action == Replace) {
-		t.Ready(rec.ReadyAt)
-		t.Failed(x.now(), deathFailure(rec, logTail(rec)))
-		if err := x.saveTracker(pool.ID, t); err != nil {
-			return Outcome{Pool: pool.ID, Phase: Unready}, true
+		if !rec.ReadyAt.IsZero() && rec.ReadyAt.After(t.LastFailureAt()) {
+			// It died after it was Ready, and nothing has counted that yet.
+			t.Ready(rec.ReadyAt)
+			t.Failed(x.now(), deathFailure(rec, logTail(rec)))
+			if err := x.saveTracker(pool.ID, t); err != nil {
+				return Outcome{Pool: pool.ID, Phase: Unready}, true
+			}
+			f := t.LastFailure()
+			x.report(pool.ID, Unready, f, "%s", f.Message)
 		}
-		f := t.LastFailure()
-		x.report(pool.ID, Unready, f, "%s", f.Message)
 	}
 	if c.Action == Replace && rec.SpecHash != c.SpecHash {
 		t.ConfigChanged(x.now()) // a config change closes the breaker and clears the backoff
