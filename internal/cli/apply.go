@@ -162,13 +162,7 @@ func openNodeSession(cmd *cobra.Command, configDir string, src gpuSource, node, 
 		return nil, configError(configDir, err)
 	}
 	s.cfg = cfg
-	if src.Kind == "sim" && !nodeGiven && cfg.Nodes[node] == nil && len(cfg.Nodes) == 1 {
-		node = cfg.SortedNodeNames()[0]
-		fmt.Fprintf(cmd.ErrOrStderr(), "note: this host is not a node of the config; running its only node, %s, on the simulated GPUs (--node to choose)\n", node)
-	}
-	if cfg.Nodes[node] == nil {
-		fmt.Fprintf(cmd.ErrOrStderr(), "warning: node %q is not declared in %s, so none of its pools run here (declared: %s); name the node with --node\n", node, configDir, strings.Join(cfg.SortedNodeNames(), ", "))
-	}
+	node = chooseNode(cmd.ErrOrStderr(), cfg, configDir, src, node, nodeGiven)
 	if s.gpus, err = src.open(cfg.Nodes[node], false); err != nil {
 		s.close()
 		return nil, err

@@ -3,6 +3,7 @@ package cli
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -76,6 +77,23 @@ func (g gpuSource) open(node *schema.Node, declaredOK bool) (gpu.Node, error) {
 		}
 		return n, err
 	}
+}
+
+// chooseNode settles which node a command acts for. On the simulated node,
+// with --node not given, a host that is not a node of a one-node config acts
+// as that node (trying a config out); otherwise an undeclared node is
+// warned of, since none of the config's pools run there.
+func chooseNode(w io.Writer, cfg *schema.Desired, configDir string, src gpuSource, node string, given bool) string {
+	if cfg.Nodes[node] != nil || src.Kind == "declared" {
+		return node // declared mode refuses an undeclared node itself
+	}
+	if src.Kind == "sim" && !given && len(cfg.Nodes) == 1 {
+		only := cfg.SortedNodeNames()[0]
+		fmt.Fprintf(w, "note: this host (%s) is not a node of the config; using its only node, %s, on the simulated GPUs (--node to choose)\n", node, only)
+		return only
+	}
+	fmt.Fprintf(w, "warning: node %q is not declared in %s, so none of its pools run here (declared: %s); name the node with --node\n", node, configDir, strings.Join(cfg.SortedNodeNames(), ", "))
+	return node
 }
 
 // defaultNode is the node a command acts for when --node is not given: the host name.

@@ -109,15 +109,9 @@ func runPlan(cmd *cobra.Command, opts planOptions) error {
 	if err != nil {
 		return configError(opts.Dir, err)
 	}
-	nodes := []string{opts.Node}
-	if opts.Node == "" {
-		nodes = cfg.SortedNodeNames()
-	} else if opts.GPUs.Kind == "sim" && !opts.nodeGiven && cfg.Nodes[opts.Node] == nil && len(cfg.Nodes) == 1 {
-		// Trying a config on the simulated node: plan its one node, whatever this host is called.
-		nodes = cfg.SortedNodeNames()
-		fmt.Fprintf(cmd.ErrOrStderr(), "note: this host (%s) is not a node of the config; planning its only node, %s, on the simulated GPUs (--node to choose)\n", opts.Node, nodes[0])
-	} else if cfg.Nodes[opts.Node] == nil {
-		fmt.Fprintf(cmd.ErrOrStderr(), "warning: node %q is not declared in %s, so none of its pools run here (declared: %s); name the node with --node\n", opts.Node, opts.Dir, strings.Join(cfg.SortedNodeNames(), ", "))
+	nodes := cfg.SortedNodeNames() // --gpus declared without --node: every node
+	if opts.Node != "" {
+		nodes = []string{chooseNode(cmd.ErrOrStderr(), cfg, opts.Dir, opts.GPUs, opts.Node, opts.nodeGiven)}
 	}
 	changes := false
 	var out bytes.Buffer
