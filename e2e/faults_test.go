@@ -31,7 +31,7 @@ func expectFailure(t *testing.T, w *workspace, r result, pool, phase, class stri
 		"hint: "+want, // the progress line's hint
 	)
 	s := w.status()[pool]
-	if s.Phase != phase || s.Ready || s.LastError == nil || s.LastError.Class != class || s.LastError.Hint != want || s.LastErrorTime == nil {
+	if s.Phase != phase || s.Ready || s.LastError == nil || s.LastError.Class != class || s.LastError.Hint != want || s.LastError.Time == nil {
 		t.Errorf("status of %s: want phase %s, last error %s with its hint %q; got %s", pool, phase, class, want, s)
 	}
 	w.noEngine(pool)

@@ -356,18 +356,18 @@ type poolStatus struct {
 	GPUs     []struct {
 		Index int    `json:"index"`
 		UUID  string `json:"uuid"`
-		Bytes uint64 `json:"bytes"`
+		Bytes uint64 `json:"memoryBytes"`
 	} `json:"gpus"`
 	Restarts  int    `json:"restarts"`
 	Breaker   string `json:"breaker"`
 	LastError *struct {
-		Class   string `json:"class"`
-		Message string `json:"message"`
-		Hint    string `json:"hint"`
+		Class   string     `json:"class"`
+		Message string     `json:"message"`
+		Hint    string     `json:"hint"`
+		Time    *time.Time `json:"time"`
 	} `json:"lastError"`
-	LastErrorTime *time.Time `json:"lastErrorTime"`
-	NextRetry     *time.Time `json:"nextRetry"`
-	Log           string     `json:"log"`
+	NextRetry *time.Time `json:"nextRetry"`
+	Log       string     `json:"log"`
 }
 
 func (s poolStatus) String() string {

@@ -429,12 +429,12 @@ type poolStatus struct {
 	Log      string `json:"log"`
 
 	LastError *struct {
-		Class   string `json:"class"`
-		Message string `json:"message"`
-		Hint    string `json:"hint"`
+		Class   string     `json:"class"`
+		Message string     `json:"message"`
+		Hint    string     `json:"hint"`
+		Time    *time.Time `json:"time"`
 	} `json:"lastError"`
-	LastErrorTime *time.Time `json:"lastErrorTime"`
-	NextRetry     *time.Time `json:"nextRetry"`
+	NextRetry *time.Time `json:"nextRetry"`
 }
 
 func findPool(out, pool string) (poolStatus, error) {
@@ -510,11 +510,11 @@ func (w *world) jsonLastError(pool, class string) error {
 		return err
 	}
 	e := r.LastError
-	if e == nil || e.Class != class || e.Message == "" || e.Hint == "" || r.LastErrorTime == nil {
-		return fmt.Errorf("pool %s: last error %+v at %v, want class %s with a message, a time and a hint\n%s", pool, e, r.LastErrorTime, class, w.output())
+	if e == nil || e.Class != class || e.Message == "" || e.Hint == "" || e.Time == nil {
+		return fmt.Errorf("pool %s: last error %+v at %v, want class %s with a message, a time and a hint\n%s", pool, e, e, class, w.output())
 	}
-	if age := time.Since(*r.LastErrorTime); age < 0 || age > time.Minute {
-		return fmt.Errorf("pool %s: last error time %v is not this scenario's", pool, r.LastErrorTime)
+	if age := time.Since(*e.Time); age < 0 || age > time.Minute {
+		return fmt.Errorf("pool %s: last error time %v is not this scenario's", pool, e.Time)
 	}
 	return nil
 }
@@ -550,8 +550,8 @@ func (w *world) jsonRetryAfter(pool, delay string) error {
 	if err != nil {
 		return err
 	}
-	if r.NextRetry == nil || r.LastErrorTime == nil || r.NextRetry.Sub(*r.LastErrorTime) != want {
-		return fmt.Errorf("pool %s: last error at %v, next retry %v, want the retry %v after the error\n%s", pool, r.LastErrorTime, r.NextRetry, want, w.output())
+	if r.NextRetry == nil || r.LastError == nil || r.LastError.Time == nil || r.NextRetry.Sub(*r.LastError.Time) != want {
+		return fmt.Errorf("pool %s: last error at %v, next retry %v, want the retry %v after the error\n%s", pool, r.LastError, r.NextRetry, want, w.output())
 	}
 	return nil
 }

@@ -144,6 +144,15 @@ type Event struct {
 	Message string
 	// Failure is set when the pool failed.
 	Failure *restart.Failure
+	// Engine is the pool's engine, on events of a start.
+	Engine schema.Engine
+	// Spawn is set on the event of an engine's spawn (a preload begins).
+	Spawn bool
+	// Restart is set on a spawn that follows a failure: that failure's class.
+	Restart string
+	// Loaded is set on the Ready event that ends a preload: the time from
+	// the engine's start to Ready.
+	Loaded time.Duration
 }
 
 // Phase is where a pool is in its lifecycle.
@@ -214,9 +223,29 @@ func CheckFresh(p *NodePlan, desired Desired, observed Observed) error {
 func (x *Executor) now() time.Time { return x.Now() }
 
 func (x *Executor) report(pool string, phase Phase, f *restart.Failure, format string, args ...any) {
+	x.emit(Event{Pool: pool, Phase: phase, Message: fmt.Sprintf(format, args...), Failure: f})
+}
+
+func (x *Executor) emit(e Event) {
 	if x.Report != nil {
-		x.Report(Event{Time: x.now(), Pool: pool, Phase: phase, Message: fmt.Sprintf(format, args...), Failure: f})
+		e.Time = x.now()
+		x.Report(e)
 	}
+}
+
+// load reads the state file once.
+func (x *Executor) load() error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.st != nil {
+		return nil
+	}
+	st, err := x.Store.Load()
+	if err != nil {
+		return err
+	}
+	x.st = st
+	return nil
 }
 
 // mutate changes the state under the lock and saves it atomically.
@@ -230,12 +259,14 @@ func (x *Executor) mutate(fn func(st *state.State)) error {
 // Apply carries out a plan. Stops run first (they free GPUs), then updates,
 // then starts, adoptions and restarts in parallel, each waited on until
 // Ready or failed; pools that were still loading when planned are waited on too.
+//
+// The state file is read at the first Apply and kept in memory after: one
+// Executor is the state file's only writer, and a daemon runs several
+// Applies at once (one per pool that needs work) on the same Executor.
 func (x *Executor) Apply(ctx context.Context, plan *NodePlan) (Result, error) {
-	st, err := x.Store.Load()
-	if err != nil {
+	if err := x.load(); err != nil {
 		return Result{}, err
 	}
-	x.st = st
 	var res Result
 	var resMu sync.Mutex
 	add := func(o Outcome) {

@@ -43,10 +43,17 @@ func (x *Executor) start(ctx context.Context, c Change) Outcome {
 	}
 	x.step(pool.ID, StepIntent)
 	t := x.tracker(pool)
+	restarts := t.Restarts()
 	t.Started(now)
 	_ = x.saveTracker(pool.ID, t)
 	marker := fmt.Sprintf("%s/%s/%d/%s", x.Node, pool.ID, gen, c.SpecHash)
-	x.report(pool.ID, Preloading, nil, "starting %s on %s", pool.Engine, gpuWord(pool.Devices))
+	ev := Event{Pool: pool.ID, Phase: Preloading, Engine: pool.Engine, Spawn: true,
+		Message: fmt.Sprintf("starting %s on %s", pool.Engine, gpuWord(pool.Devices))}
+	if f := t.LastFailure(); t.Restarts() > restarts && f != nil {
+		ev.Restart = f.Class
+		ev.Message += fmt.Sprintf(" (restart %d, after %s)", t.Restarts(), f.Class)
+	}
+	x.emit(ev)
 	var total uint64
 	for _, n := range c.Need {
 		total += n.Need
@@ -284,7 +291,8 @@ func (x *Executor) awaitReady(ctx context.Context, pool *schema.Pool, p Process,
 		st.Pools[pool.ID] = t.Record()
 	})
 	x.step(pool.ID, StepReadyRecorded)
-	x.report(pool.ID, Ready, nil, "Ready: engine pid %d on port %d, model loaded in %v", p.PID(), p.Port(), now.Sub(startedAt).Round(time.Millisecond))
+	x.emit(Event{Pool: pool.ID, Phase: Ready, Engine: pool.Engine, Loaded: now.Sub(startedAt),
+		Message: fmt.Sprintf("Ready: engine pid %d on port %d, model loaded in %v", p.PID(), p.Port(), now.Sub(startedAt).Round(time.Millisecond))})
 	return Outcome{Pool: pool.ID, Phase: Ready, PID: p.PID()}
 }
 

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -15,36 +14,14 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/local"
+	"github.com/poolmanagerd/pool-managerd/internal/api"
 	"github.com/poolmanagerd/pool-managerd/internal/observe"
+	"github.com/poolmanagerd/pool-managerd/internal/poolview"
 	"github.com/poolmanagerd/pool-managerd/internal/proc"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
 	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
 )
-
-// poolStatus is one pool in `pool-managerd status`.
-type poolStatus struct {
-	Pool      string           `json:"pool"`
-	Phase     reconcile.Phase  `json:"phase"`
-	Ready     bool             `json:"ready"`
-	PID       int              `json:"pid,omitempty"`
-	Port      int              `json:"port,omitempty"`
-	Endpoint  string           `json:"endpoint,omitempty"`
-	GPUs      []gpuUse         `json:"gpus,omitempty"`
-	Restarts  int              `json:"restarts"`
-	Breaker   string           `json:"breaker"`
-	LastError *restart.Failure `json:"lastError,omitempty"`
-	ErrorTime *time.Time       `json:"lastErrorTime,omitempty"`
-	NextRetry *time.Time       `json:"nextRetry,omitempty"`
-	Log       string           `json:"log,omitempty"`
-}
-
-// gpuUse is the memory a pool's engine holds on one GPU.
-type gpuUse struct {
-	Index int    `json:"index"`
-	UUID  string `json:"uuid"`
-	Bytes uint64 `json:"bytes"`
-}
 
 func newStatusCommand() *cobra.Command {
 	var nf nodeFlags
@@ -80,10 +57,7 @@ and its last error with a hint and the next retry. It changes nothing.`,
 			if err != nil {
 				return fmt.Errorf("status: %w", err)
 			}
-			rows := statusRows(obs, st, time.Now())
-			if rows == nil {
-				rows = []poolStatus{}
-			}
+			rows := poolview.Build(obs, st, time.Now())
 			if format == "json" {
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
@@ -97,113 +71,7 @@ and its last error with a hint and the next retry. It changes nothing.`,
 	return cmd
 }
 
-// statusRows works out each pool's phase from its engine and its restart record.
-func statusRows(obs reconcile.Observed, st *state.State, now time.Time) []poolStatus {
-	ids := map[string]bool{}
-	for id := range obs.Engines {
-		ids[id] = true
-	}
-	for id := range st.Pools {
-		ids[id] = true
-	}
-	var rows []poolStatus
-	for id := range ids {
-		e, hasEngine := obs.Engines[id]
-		rec := st.Pools[id]
-		row := poolStatus{Pool: id, Restarts: rec.Restarts, Breaker: "closed"}
-		if rec.BreakerState != "" {
-			row.Breaker = rec.BreakerState
-		}
-		if rec.LastError != nil {
-			f := restart.Failure{Class: rec.LastError.Class, Message: rec.LastError.Message, Hint: rec.LastError.Hint}
-			if f.Hint == "" {
-				f.Hint = restart.Hint(f.Class)
-			}
-			row.LastError = &f
-			t := rec.LastError.Time
-			row.ErrorTime = &t
-		}
-		if !rec.NextRetry.IsZero() && rec.NextRetry.After(now) {
-			t := rec.NextRetry
-			row.NextRetry = &t
-		}
-		if rec.BreakerState == "open" {
-			// The next try is the breaker's half-open one, not the backoff's.
-			t := rec.BreakerRetryAt
-			row.NextRetry = &t
-			if row.LastError != nil {
-				row.LastError.Hint = fmt.Sprintf("the circuit breaker is open: fix the config or run pool-managerd reset %s; %s", id, row.LastError.Hint)
-			}
-		}
-		if r, ok := st.Engines[id]; ok {
-			row.Log = r.LogPath
-		}
-		switch {
-		case hasEngine && e.Alive:
-			row.PID, row.Port = e.PID, e.Port
-			if e.Port != 0 {
-				row.Endpoint = fmt.Sprintf("http://127.0.0.1:%d", e.Port)
-			}
-			switch e.Health {
-			case reconcile.HealthOK:
-				row.Phase, row.Ready = reconcile.Ready, true
-			case reconcile.HealthLoading:
-				row.Phase = reconcile.Preloading
-			default:
-				row.Phase = reconcile.Unready
-			}
-			row.GPUs = heldGPUs(obs, e)
-		case rec.BreakerState == "open":
-			row.Phase = reconcile.Failed
-		case hasEngine && e.Intent:
-			row.Phase = reconcile.Pending
-		case hasEngine && e.PID != 0:
-			// Recorded and not stopped by pool-managerd, yet gone: it died.
-			row.Phase = reconcile.Unready
-			if recEngine := st.Engines[id]; row.LastError == nil || !rec.LastError.Time.After(recEngine.ReadyAt) {
-				f := reconcile.DeathFailure(recEngine)
-				f.Message += "; the next apply restarts it"
-				f.Hint = restart.Hint(f.Class)
-				row.LastError = &f
-				// When it died is not recorded: its log's last write is the closest.
-				t := now
-				if info, err := os.Stat(recEngine.LogPath); err == nil {
-					t = info.ModTime()
-				}
-				row.ErrorTime = &t
-			}
-		case rec.LastError != nil:
-			row.Phase = reconcile.Unready
-		default:
-			row.Phase = reconcile.Stopped
-		}
-		rows = append(rows, row)
-	}
-	sort.Slice(rows, func(i, j int) bool { return rows[i].Pool < rows[j].Pool })
-	return rows
-}
-
-func heldGPUs(obs reconcile.Observed, e reconcile.Engine) []gpuUse {
-	pids := map[int]bool{e.PID: true}
-	for _, p := range e.PIDs {
-		pids[p] = true
-	}
-	var out []gpuUse
-	for _, d := range obs.GPUs {
-		var held uint64
-		for _, p := range d.Processes {
-			if pids[p.PID] {
-				held += p.UsedBytes
-			}
-		}
-		if held > 0 {
-			out = append(out, gpuUse{Index: d.Index, UUID: d.UUID, Bytes: held})
-		}
-	}
-	return out
-}
-
-func writeStatusTable(w io.Writer, rows []poolStatus, now time.Time) error {
+func writeStatusTable(w io.Writer, rows []api.Pool, now time.Time) error {
 	if len(rows) == 0 {
 		_, err := fmt.Fprintln(w, "No pools have run on this node yet (the state directory is empty).")
 		return err
@@ -213,7 +81,7 @@ func writeStatusTable(w io.Writer, rows []poolStatus, now time.Time) error {
 	for _, r := range rows {
 		var mem []string
 		for _, g := range r.GPUs {
-			mem = append(mem, fmt.Sprintf("%d: %.1f GiB", g.Index, float64(g.Bytes)/(1<<30)))
+			mem = append(mem, fmt.Sprintf("%d: %.1f GiB", g.Index, float64(g.MemoryBytes)/(1<<30)))
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%s\t%d\t%s\n", r.Pool, r.Phase, yesNo(r.Ready), dash(r.PID), orDash(r.Endpoint), orDash(strings.Join(mem, ", ")), r.Restarts, r.Breaker)
 	}
@@ -224,9 +92,9 @@ func writeStatusTable(w io.Writer, rows []poolStatus, now time.Time) error {
 		if r.LastError == nil || r.Ready {
 			continue
 		}
-		fmt.Fprintf(w, "\n%s: %s (%s, %s)\n", r.Pool, r.LastError.Message, r.LastError.Class, r.ErrorTime.Local().Format(time.DateTime))
+		fmt.Fprintf(w, "\n%s: %s (%s, %s)\n", r.Pool, r.LastError.Message, r.LastError.Class, r.LastError.Time.Local().Format(time.DateTime))
 		fmt.Fprintf(w, "  hint: %s\n", r.LastError.Hint)
-		if r.NextRetry != nil {
+		if !r.NextRetry.IsZero() {
 			fmt.Fprintf(w, "  next retry in %v\n", roundDelay(r.NextRetry.Sub(now)))
 		}
 		if r.Log != "" {

@@ -1,0 +1,116 @@
+package reconcile
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+
+	"github.com/poolmanagerd/pool-managerd/internal/state"
+	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
+	"github.com/poolmanagerd/pool-managerd/schema"
+)
+
+// What the daemon does besides applying plans: react to a driver error,
+// carry out an operator's stop or reset, and show its state. These share
+// the Executor's state with the Applies running at the same time.
+
+// ErrNoRecord is wrapped by ResetPools' error for a pool the state does not know.
+var ErrNoRecord = errors.New("no record of this pool")
+
+// State returns a copy of the state as the Executor holds it (read from
+// the state file at the first use).
+func (x *Executor) State() (*state.State, error) {
+	if err := x.load(); err != nil {
+		return nil, err
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return &state.State{Version: x.st.Version, Engines: maps.Clone(x.st.Engines), Pools: maps.Clone(x.st.Pools)}, nil
+}
+
+// Fault handles a driver error on one of a pool's GPUs (a critical Xid, a
+// lost GPU): the pool is Unready at once, its failure is recorded for the
+// backoff (driver errors double it) and the breaker, and its engine is
+// drained and stopped, so that the next plan restarts it once the backoff
+// allows (or blocks it while the GPU is lost).
+func (x *Executor) Fault(ctx context.Context, pool *schema.Pool, f restart.Failure) Outcome {
+	if err := x.load(); err != nil {
+		return Outcome{Pool: pool.ID, Phase: Unready, Failure: &restart.Failure{Class: "state_read_failed", Message: err.Error()}}
+	}
+	x.mu.Lock()
+	rec, running := x.st.Engines[pool.ID]
+	x.mu.Unlock()
+	if f.Hint == "" {
+		f.Hint = restart.Hint(f.Class)
+	}
+	t := x.tracker(pool)
+	if !rec.ReadyAt.IsZero() {
+		t.Ready(rec.ReadyAt)
+	}
+	t.Failed(x.now(), f)
+	if err := x.saveTracker(pool.ID, t); err != nil {
+		x.report(pool.ID, Unready, nil, "could not record the failure in the state file: %v", err)
+	}
+	phase := Unready
+	if t.BreakerState() == restart.Open {
+		phase = Failed
+	}
+	x.report(pool.ID, phase, &f, "%s", f.Message)
+	if running && (rec.PID != 0 || rec.Intent) {
+		if err := x.stop(ctx, Change{Action: Replace, Pool: pool.ID, PID: rec.PID}); err != nil {
+			x.report(pool.ID, phase, nil, "could not stop the engine: %v", err)
+			return Outcome{Pool: pool.ID, Phase: phase, Failure: &f}
+		}
+	}
+	x.report(pool.ID, phase, nil, "engine stopped; next try %s", describeDecision(t.Decide(x.now())))
+	return Outcome{Pool: pool.ID, Phase: phase, Failure: &f}
+}
+
+// StopPool stops a pool's engine as an operator asked (drain, SIGTERM,
+// grace, SIGKILL) and forgets it; its restart record is kept. A pool
+// without an engine is no error.
+func (x *Executor) StopPool(ctx context.Context, id string) error {
+	if err := x.load(); err != nil {
+		return err
+	}
+	x.mu.Lock()
+	rec, ok := x.st.Engines[id]
+	x.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	if err := x.stop(ctx, Change{Action: Replace, Pool: id, PID: rec.PID}); err != nil {
+		return err
+	}
+	x.report(id, Stopped, nil, "stopped by an operator")
+	return nil
+}
+
+// ResetPools closes the named pools' circuit breakers and clears their
+// backoff, as `pool-managerd reset` does. A pool without a restart record
+// is an error wrapping ErrNoRecord, and then nothing is changed.
+func (x *Executor) ResetPools(ids []string, policies map[string]schema.RestartPolicy) error {
+	if err := x.load(); err != nil {
+		return err
+	}
+	x.mu.Lock()
+	for _, id := range ids {
+		if _, ok := x.st.Pools[id]; !ok {
+			x.mu.Unlock()
+			return fmt.Errorf("reset pool %s: %w", id, ErrNoRecord)
+		}
+	}
+	x.mu.Unlock()
+	return x.mutate(func(st *state.State) {
+		for _, id := range ids {
+			policy, ok := policies[id]
+			if !ok {
+				policy = restartPolicyOf(st.Engines[id].Spec)
+			}
+			t := restart.FromRecord(policy, st.Pools[id], x.Rand)
+			t.Reset(x.now())
+			st.Pools[id] = t.Record()
+		}
+	})
+}
