@@ -53,7 +53,7 @@ type route struct {
 
 var routes = []route{
 	{method: http.MethodGet, path: "/healthz", open: true, serve: (*handler).healthz},
-	{method: http.MethodGet, path: "/readyz", serve: (*handler).readyz},
+	{method: http.MethodGet, path: "/readyz", open: true, serve: (*handler).readyz},
 	{method: http.MethodGet, path: "/v1/pools", serve: (*handler).pools},
 	{method: http.MethodGet, path: "/v1/pools/{id}", serve: (*handler).pool},
 	{method: http.MethodGet, path: "/v1/config", serve: (*handler).config},
@@ -75,7 +75,8 @@ type handler struct {
 // with an Allow header for a wrong method. metrics serves GET /metrics (404
 // when nil), typically promhttp.HandlerFor the daemon's registry.
 //
-// With a token, every route but /healthz requires the header
+// With a token, every route but /healthz and /readyz (the probes, which a
+// kubelet or a load balancer sends without credentials) requires the header
 // "Authorization: Bearer TOKEN" (401 otherwise). Without one (only allowed
 // on loopback, see CheckListen) requests must carry a Host that is an IP
 // address or localhost (403 otherwise: a DNS rebinding attack names its own

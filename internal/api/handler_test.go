@@ -149,7 +149,7 @@ func apiCases() []apiCase {
 		{name: "healthz any host", method: "GET", path: "/healthz", noToken: true, host: "evil.example", wantStatus: 200, wantText: "ok"},
 		{name: "readyz", method: "GET", path: "/readyz", wantStatus: 200, wantJSON: Readiness{Ready: true}},
 		{name: "readyz not ready", method: "GET", path: "/readyz", setup: func(f *fakeSource) { f.ready = false }, wantStatus: 503, wantCode: CodeNotReady, wantMessage: "first reconcile"},
-		{name: "readyz without token", method: "GET", path: "/readyz", noAuth: true, wantStatus: 401, wantCode: CodeUnauthorized},
+		{name: "readyz without token (a probe)", method: "GET", path: "/readyz", noAuth: true, wantStatus: 200, wantJSON: Readiness{Ready: true}},
 
 		// Pools.
 		{name: "pools", method: "GET", path: "/v1/pools", wantStatus: 200, wantJSON: sortedPools(fullPool(), loadingPool(), normalBare())},
@@ -243,10 +243,10 @@ func apiCases() []apiCase {
 		{name: "no token, IP host", method: "POST", path: "/v1/stop", body: `{"all": true}`, noToken: true, wantStatus: 200},
 		{name: "no token, localhost", method: "GET", path: "/v1/pools", noToken: true, host: "localhost:9200", wantStatus: 200},
 		{name: "no token, IPv6 host", method: "GET", path: "/v1/config", noToken: true, host: "[::1]:9200", wantStatus: 200},
-		{name: "no token, IP without port", method: "GET", path: "/readyz", noToken: true, host: "127.0.0.1", wantStatus: 200},
+		{name: "no token, IP without port", method: "GET", path: "/v1/pools/big", noToken: true, host: "127.0.0.1", wantStatus: 200},
 		{name: "no token, DNS name", method: "POST", path: "/v1/stop", body: `{"all": true}`, noToken: true, host: "evil.example:9200", wantStatus: 403, wantCode: CodeForbidden, wantMessage: "evil.example", check: wantNoActions},
 		{name: "no token, DNS name GET", method: "GET", path: "/v1/pools", noToken: true, host: "rebind.example", wantStatus: 403, wantCode: CodeForbidden},
-		{name: "no token, DNS name readyz", method: "GET", path: "/readyz", noToken: true, host: "rebind.example", wantStatus: 403, wantCode: CodeForbidden},
+		{name: "no token, DNS name readyz (open)", method: "GET", path: "/readyz", noToken: true, host: "rebind.example", wantStatus: 200},
 		{name: "no token, DNS name pool", method: "GET", path: "/v1/pools/big", noToken: true, host: "rebind.example", wantStatus: 403, wantCode: CodeForbidden},
 		{name: "no token, DNS name config", method: "GET", path: "/v1/config", noToken: true, host: "rebind.example", wantStatus: 403, wantCode: CodeForbidden},
 		{name: "no token, DNS name metrics", method: "GET", path: "/metrics", noToken: true, host: "rebind.example", wantStatus: 403, wantCode: CodeForbidden},
