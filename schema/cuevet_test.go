@@ -149,7 +149,9 @@ func cueVet(t *testing.T, cue, dir string) (bool, string) {
 	}
 }
 
-// exampleDirs returns the example config repositories, relative to the repository root.
+// exampleDirs returns the example config repositories, relative to the
+// repository root: the folders of examples/ that hold .cue files (others,
+// such as systemd/ and kubernetes/, are deployment examples).
 func exampleDirs(t *testing.T) []string {
 	t.Helper()
 	entries, err := os.ReadDir(filepath.Join(moduleRoot, "examples"))
@@ -158,7 +160,7 @@ func exampleDirs(t *testing.T) []string {
 	}
 	var dirs []string
 	for _, e := range entries {
-		if e.IsDir() {
+		if e.IsDir() && hasCUEFiles(filepath.Join(moduleRoot, "examples", e.Name())) {
 			dirs = append(dirs, "examples/"+e.Name())
 		}
 	}
@@ -166,6 +168,19 @@ func exampleDirs(t *testing.T) []string {
 		t.Fatal("no examples")
 	}
 	return dirs
+}
+
+// hasCUEFiles reports whether the tree under dir holds a .cue file.
+func hasCUEFiles(dir string) bool {
+	found := false
+	_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && strings.HasSuffix(p, ".cue") {
+			found = true
+			return filepath.SkipAll
+		}
+		return err
+	})
+	return found
 }
 
 // TestCueVet checks that the schema works with plain cue vet, as documented,
