@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 work=$(mktemp -d)
 cleanup() {
 	# Stop any engine the demo left running, then remove its files.
+	[ -n "${daemon:-}" ] && kill -TERM "$daemon" 2>/dev/null && wait "$daemon" 2>/dev/null
 	[ -d "$work/run/state" ] && "$pm" stop --all --state-dir "$work/run/state" >/dev/null 2>&1
 	rm -rf "$work"
 }
@@ -116,43 +117,126 @@ say "The pull-request view: plan every declared node, no GPU needed" \
 	"--detailed-exitcode exits 2 when there is something to do."
 run "$pm" plan examples/fleet --gpus declared --detailed-exitcode
 
-say "Apply: run the pools, each Ready only once its model is loaded" \
-	"We copy the mixed example with its model paths pointing at files here, and run it on the" \
-	"simulated node with the bundled stand-in engine (it speaks llama-server's HTTP and holds" \
-	"memory on the simulated GPUs it is given). apply starts both pools in parallel and waits" \
-	"for each health check and for its GPU memory to be where its device mask says."
+say "The daemon: serve keeps the node running what the config says" \
+	"We copy the mixed example with its model paths pointing at files here and run the daemon on" \
+	"the simulated node with the bundled stand-in engine (it speaks llama-server's HTTP and holds" \
+	"memory on the simulated GPUs it is given). The 70B pool's stand-in takes 3 s to 'load' its" \
+	"model (FAKE_ENGINE_LOAD_DELAY in its env); coder is Ready long before it: a long preload never" \
+	"holds up another pool. The API listens on a free loopback port, written to the state directory."
 mkdir -p "$work/run/models"
 cp -r examples/mixed-24-12 "$work/run/config"
-sed -i "s|/models/|$work/run/models/|" "$work"/run/config/pools/*.cue
+config="$work/run/config"
+sed -i "s|/models/|$work/run/models/|" "$config"/pools/*.cue
 # No fixed ports here: the demo must not collide with a service on this machine.
-sed -i '/^\s*port:/d' "$work"/run/config/pools/*.cue
-for model in $(grep -ho "$work/run/models/[^\"]*" "$work"/run/config/pools/*.cue); do : >"$model"; done
-node=(--gpus "sim:$work/node" --state-dir "$work/run/state" --node gpu-01)
-engines=(--llama-server "$(dirname "$pm")/fake-engine")
-run "$pm" apply "$work/run/config" "${node[@]}" "${engines[@]}" --auto-approve
+sed -i '/^\s*port:/d' "$config"/pools/*.cue
+sed -i 's|env: LLAMA_ARG_CACHE_TYPE_K: "q8_0"|env: {LLAMA_ARG_CACHE_TYPE_K: "q8_0", FAKE_ENGINE_LOAD_DELAY: "3s"}|' "$config/pools/llama70b.cue"
+for model in $(grep -ho "$work/run/models/[^\"]*" "$config"/pools/*.cue); do : >"$model"; done
+state="$work/run/state"
+node=(--gpus "sim:$work/node" --state-dir "$state" --node gpu-01)
+log="$work/daemon.log"
+start_daemon() {
+	printf '%s$ pool-managerd serve --config %s %s --listen 127.0.0.1:0 --llama-server bin/fake-engine &%s\n' "$bold" "$config" "${node[*]}" "$plain"
+	"$pm" serve --config "$config" "${node[@]}" --listen 127.0.0.1:0 --llama-server "$(dirname "$pm")/fake-engine" 2>>"$log" &
+	daemon=$!
+}
+shown=0
+# show_log prints the daemon's log lines written since the last call.
+show_log() {
+	local size
+	size=$(wc -c <"$log")
+	tail -c +"$((shown + 1))" "$log" | head -c "$((size - shown))" | sed -e 's/^[0-9T:.-]*Z //' -e 's/^/   | /'
+	shown=$size
+}
+# wait_for waits (at most 30 s) until the JSON status says what grep looks for.
+wait_for() {
+	for _ in $(seq 300); do
+		"$pm" status "${node[@]}" --format json | tr -d ' \n' | grep -q "$1" && return 0
+		sleep 0.1
+	done
+	echo "   (gave up waiting for $1)"
+}
+api() {
+	if command -v curl >/dev/null; then
+		printf '%s$ curl http://%s%s%s\n' "$bold" "$(cat "$state/api.addr")" "$1" "$plain"
+		curl -s "http://$(cat "$state/api.addr")$1"
+		echo
+	fi
+}
+pid_of() {
+	"$pm" status "${node[@]}" --format json | tr -d ' \n' | grep -o "\"pool\":\"$1\",\"phase\":\"[A-Za-z]*\",\"ready\":[a-z]*,\"preload\":{[^}]*},\"pid\":[0-9]*" | grep -o '[0-9]*$'
+}
+: >"$log"
+start_daemon
+wait_for '"pool":"coder","phase":"Ready"'
+echo "   ... coder is Ready; llama70b is still loading:"
+"$pm" status "${node[@]}" | sed 's/^/   /'
+wait_for '"pool":"llama70b","phase":"Ready"'
+say "Its log: one event per transition (go-hclog; --log-format json for one JSON object a line)"
+show_log
 
-say "Status: phase, engine, GPU memory, restarts, breaker"
+say "Status: phase, engine, GPU memory, restarts, breaker" \
+	"The same view is served at /v1/pools; /readyz says the first reconcile is done; /metrics has" \
+	"the Prometheus metrics."
 run "$pm" status "${node[@]}"
+api /readyz
+api /v1/pools/coder
+if command -v curl >/dev/null; then
+	printf '%s$ curl http://%s/metrics | grep ...%s\n' "$bold" "$(cat "$state/api.addr")" "$plain"
+	curl -s "http://$(cat "$state/api.addr")/metrics" | grep -E '^pool_managerd_(pool_ready|preload_total|gpu_memory_used_bytes|config_valid)' | sed 's/^/   /'
+fi
 
-say "Apply again: nothing to do" "The node already runs what the config says; no engine is touched."
-run "$pm" apply "$work/run/config" "${node[@]}" "${engines[@]}" --auto-approve
+say "A live config edit is picked up and re-planned" \
+	"We lower llama70b's context from 8192 to 4096 in its file. The daemon sees the write (fsnotify," \
+	"debounced), plans, drains and replaces that engine only; coder keeps its pid."
+coder_pid=$(pid_of coder)
+big_pid=$(pid_of llama70b)
+run sed -i 's/ctx:  8192/ctx:  4096/' "$config/pools/llama70b.cue"
+for _ in $(seq 300); do
+	new=$(pid_of llama70b)
+	[ -n "$new" ] && [ "$new" != "$big_pid" ] && break
+	sleep 0.1
+done
+wait_for '"pool":"llama70b","phase":"Ready"'
+show_log
+echo "   coder's pid: $coder_pid before, $(pid_of coder) after."
 
-say "A config change replaces only what changed" \
-	"We lower llama70b's context from 8192 to 4096: its engine is drained and replaced; coder keeps running."
-sed -i 's/ctx:  8192/ctx:  4096/' "$work/run/config/pools/llama70b.cue"
-run "$pm" apply "$work/run/config" "${node[@]}" "${engines[@]}" --auto-approve
+say "A broken edit is never applied" \
+	"We save a half-written file. The daemon keeps the last good config in force, says why in the" \
+	"log, at /v1/config and in pool_managerd_config_valid, and picks up the fix."
+run sh -c "printf 'pools: coder: { ctx: ' >>'$config/pools/coder.cue'"
+sleep 1
+show_log
+api /v1/config
+run sed -i '$d' "$config/pools/coder.cue"
+sleep 1
+show_log
 
 say "An engine crashes" \
-	"We kill coder's engine with SIGKILL. status shows the pool Unready; the next apply records the" \
-	"failure, waits for the backoff and starts it again."
-coder_pid=$("$pm" status "${node[@]}" --format json | grep -A3 '"pool": "coder"' | grep -o '"pid": [0-9]*' | grep -o '[0-9]*')
-kill -9 "$coder_pid"
-sleep 0.2
+	"We kill coder's engine with SIGKILL. The daemon sees the exit at once, records the failure," \
+	"waits out the backoff (1 s, doubling, with jitter) and starts it again."
+run kill -9 "$(pid_of coder)"
+sleep 0.5
+wait_for '"pool":"coder","phase":"Ready"'
+show_log
 run "$pm" status "${node[@]}"
-run "$pm" apply "$work/run/config" "${node[@]}" "${engines[@]}" --auto-approve
 
-say "Stop every pool" "Engines are drained, sent SIGTERM, and SIGKILL only after their grace period."
-run "$pm" stop --all --state-dir "$work/run/state"
+say "A clean shutdown leaves the engines running" \
+	"SIGTERM stops the daemon; the engines keep serving. A new daemon adopts them: no restart."
+run kill -TERM "$daemon"
+wait "$daemon" || true
+show_log
+start_daemon
+sleep 1.5
+show_log
+run "$pm" status "${node[@]}"
+
+say "Stop every pool, through the daemon" \
+	"While the daemon holds the state directory, stop and reset go through its API. Engines are" \
+	"drained, sent SIGTERM, and SIGKILL only after their grace period."
+run "$pm" stop --all --state-dir "$state"
+kill -TERM "$daemon"
+wait "$daemon" || true
+show_log
 
 say "Usage mistakes are told apart from invalid configs" "A directory that does not exist is a usage error: exit status 2."
 run "$pm" validate "$work/does-not-exist"

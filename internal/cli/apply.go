@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -257,15 +256,8 @@ func runApply(cmd *cobra.Command, target string, src gpuSource, node, stateDir s
 			}
 		},
 	}
-	if at := os.Getenv(CrashAtEnv); at != "" {
-		// Crash-safety tests: die as kill -9 would, at the named step.
-		x.Step = func(pool, step string) {
-			if at == step || at == pool+":"+step {
-				_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
-				select {}
-			}
-		}
-	}
+	// Crash-safety tests: die as kill -9 would, at the named step.
+	x.Step = crashStep()
 	if ctx.Err() != nil {
 		return fmt.Errorf("apply: interrupted before anything was done")
 	}

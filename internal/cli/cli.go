@@ -15,6 +15,7 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 // Exit codes of every pool-managerd command.
@@ -127,7 +128,8 @@ Exit codes: 0 success, 1 failure or invalid config, 2 usage error.`,
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageFlagError{err} })
-	root.AddCommand(newVersionCommand(), newValidateCommand(), newSchemaCommand(), newPlanCommand(), newApplyCommand(), newStatusCommand(), newResetCommand(), newStopCommand(), newInventoryCommand(), newSimCommand())
+	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error { return flagsFromEnv(cmd) }
+	root.AddCommand(newVersionCommand(), newValidateCommand(), newSchemaCommand(), newPlanCommand(), newApplyCommand(), newServeCommand(), newStatusCommand(), newResetCommand(), newStopCommand(), newInventoryCommand(), newSimCommand())
 	for _, c := range root.Commands() {
 		wrapArgs(c)
 	}
@@ -146,4 +148,23 @@ func wrapArgs(c *cobra.Command) {
 		}
 		return nil
 	}
+}
+
+// flagsFromEnv sets each flag not given on the command line from its
+// environment variable, POOL_MANAGERD_ and the flag's name (see envName).
+func flagsFromEnv(cmd *cobra.Command) error {
+	var err error
+	cmd.Flags().VisitAll(func(f *pflag.Flag) {
+		if err != nil || f.Changed || f.Name == "help" {
+			return
+		}
+		v, ok := os.LookupEnv(envName(f.Name))
+		if !ok || v == "" {
+			return
+		}
+		if serr := f.Value.Set(v); serr != nil {
+			err = usageError("%s=%q (for --%s): %v", envName(f.Name), v, f.Name, serr)
+		}
+	})
+	return err
 }

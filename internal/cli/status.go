@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -89,7 +90,7 @@ func writeStatusTable(w io.Writer, rows []api.Pool, now time.Time) error {
 		return err
 	}
 	for _, r := range rows {
-		if r.LastError == nil || r.Ready {
+		if r.LastError == nil || r.Ready || r.Phase == reconcile.Stopped {
 			continue
 		}
 		fmt.Fprintf(w, "\n%s: %s (%s, %s)\n", r.Pool, r.LastError.Message, r.LastError.Class, r.LastError.Time.Local().Format(time.DateTime))
@@ -145,6 +146,9 @@ reconcile) to start it. It takes the state directory's lock, like apply.`,
 		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			lock, err := lockState(stateDir)
+			if errors.Is(err, state.ErrLocked) {
+				return viaDaemon(cmd, stateDir, err, func(c *api.Client) ([]api.Pool, error) { return c.Reset(cmd.Context(), args) }, "Reset %s through the daemon: breaker closed, backoff cleared; the daemon starts them.\n", strings.Join(args, ", "))
+			}
 			if err != nil {
 				return fmt.Errorf("reset: %w", err)
 			}
@@ -188,6 +192,23 @@ func sortedPoolIDs(st *state.State) []string {
 		return []string{"none"}
 	}
 	return ids
+}
+
+// viaDaemon carries out an operator action through the daemon's API when
+// the daemon holds the state directory's lock (locked), and prints the pools
+// it acted on.
+func viaDaemon(cmd *cobra.Command, stateDir string, locked error, call func(*api.Client) ([]api.Pool, error), done string, args ...any) error {
+	addr, err := api.ReadAddr(stateDir)
+	if err != nil {
+		return fmt.Errorf("%s: %w (and no daemon API address to go through: %v)", cmd.Name(), locked, err)
+	}
+	pools, err := call(api.NewClient(addr, os.Getenv(api.TokenEnv)))
+	if err != nil {
+		return fmt.Errorf("%s through the daemon at %s: %w", cmd.Name(), addr, err)
+	}
+	out := cmd.OutOrStdout()
+	fmt.Fprintf(out, done, args...)
+	return writeStatusTable(out, pools, time.Now())
 }
 
 // unrecordedEngines finds, by their marker, the engines this state directory
@@ -240,6 +261,14 @@ It takes the state directory's lock, like apply.`,
 				return usageError("name the pools to stop, or --all")
 			}
 			lock, err := lockState(stateDir)
+			if errors.Is(err, state.ErrLocked) {
+				what := strings.Join(args, ", ")
+				if all {
+					what = "every pool"
+				}
+				return viaDaemon(cmd, stateDir, err, func(c *api.Client) ([]api.Pool, error) { return c.Stop(cmd.Context(), args, all) },
+					"Stopped %s through the daemon; it keeps them stopped until pool-managerd reset or a change of their config.\n", what)
+			}
 			if err != nil {
 				return fmt.Errorf("stop: %w", err)
 			}

@@ -1,0 +1,278 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	sddaemon "github.com/coreos/go-systemd/v22/daemon"
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/local"
+	"github.com/poolmanagerd/pool-managerd/internal/api"
+	"github.com/poolmanagerd/pool-managerd/internal/daemon"
+	"github.com/poolmanagerd/pool-managerd/schema"
+)
+
+// DefaultListen is the API's default address.
+const DefaultListen = "127.0.0.1:9200"
+
+type serveFlags struct {
+	node                nodeFlags
+	engines             engineFlags
+	config, listen      string
+	logFormat, logLevel string
+	stopEnginesOnExit   bool
+	resync, debounce    time.Duration
+}
+
+func newServeCommand() *cobra.Command {
+	var f serveFlags
+	cmd := &cobra.Command{
+		Use:   "serve --config DIR",
+		Short: "Run the daemon: keep the node running what the config says, and serve the API and metrics",
+		Long: `serve runs pool-managerd as a daemon. It watches the config directory (fsnotify,
+debounced), and on each change, every 30 s (--resync), on GPU driver events and
+when an engine exits, it observes the node, plans and applies: each pool that
+needs work gets its own operation, so a long preload never holds up the others.
+
+A config that fails to load is never applied: the last good one stays in force,
+and the error shows at GET /v1/config, in pool_managerd_config_valid and in the
+log until the files are fixed. A critical Xid or a lost GPU makes the pools on
+that GPU Unready; they are drained, stopped and restarted with the driver-error
+backoff.
+
+The HTTP API (see docs/openapi.yaml) serves /healthz, /readyz (ready after the
+first reconcile), /v1/pools, /v1/pools/{id}, /v1/config, /metrics, and the
+operator actions that pool-managerd reset and stop use while the daemon holds
+the state directory's lock. --listen 127.0.0.1:0 picks a free port; the address
+is written to STATE_DIR/api.addr. A non-loopback address needs a bearer token
+in POOL_MANAGERD_TOKEN.
+
+SIGHUP reloads the config. SIGTERM and SIGINT stop the daemon and leave the
+engines running: the next daemon adopts them without restarting any (with
+--stop-engines-on-exit they are stopped). Under systemd it reports READY=1
+after the first reconcile, a STATUS line, and answers the watchdog.
+
+Every flag can be set by an environment variable: POOL_MANAGERD_ and the flag's
+name in upper case with _ for - (POOL_MANAGERD_CONFIG, POOL_MANAGERD_LISTEN, ...).`,
+		Example: `  pool-managerd serve --config /etc/pool-managerd/config
+  pool-managerd serve --config examples/mixed-24-12 --gpus sim:/tmp/node --node gpu-01 \
+      --state-dir /tmp/state --listen 127.0.0.1:0 --llama-server bin/fake-engine`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runServe(cmd, f) },
+	}
+	f.node.register(cmd)
+	f.engines.register(cmd)
+	fl := cmd.Flags()
+	fl.StringVar(&f.config, "config", "", "the config directory tree (required)")
+	fl.StringVar(&f.listen, "listen", DefaultListen, "the API's address, HOST:PORT (port 0: a free one, written to STATE_DIR/api.addr)")
+	fl.StringVar(&f.logFormat, "log-format", "text", "log format: text or json (one JSON object a line)")
+	fl.StringVar(&f.logLevel, "log-level", "info", "log level: trace, debug, info, warn or error")
+	fl.BoolVar(&f.stopEnginesOnExit, "stop-engines-on-exit", false, "stop every engine when the daemon exits (by default they keep running and the next daemon adopts them)")
+	fl.DurationVar(&f.resync, "resync", 30*time.Second, "period of the full resync: reload the config, observe, plan and apply")
+	fl.DurationVar(&f.debounce, "debounce", 200*time.Millisecond, "quiet time after a config change before it is loaded")
+	return cmd
+}
+
+func newLogger(w io.Writer, format, level string) (hclog.Logger, error) {
+	if format != "text" && format != "json" {
+		return nil, usageError("--log-format %q: want text or json", format)
+	}
+	lvl := hclog.LevelFromString(level)
+	if lvl == hclog.NoLevel {
+		return nil, usageError("--log-level %q: want trace, debug, info, warn or error", level)
+	}
+	return hclog.New(&hclog.LoggerOptions{
+		Name: "pool-managerd", Level: lvl, Output: w, JSONFormat: format == "json",
+		TimeFormat: "2006-01-02T15:04:05.000Z07:00",
+	}), nil
+}
+
+func runServe(cmd *cobra.Command, f serveFlags) error {
+	if f.config == "" {
+		return usageError("serve needs --config DIR (or POOL_MANAGERD_CONFIG)")
+	}
+	if info, err := os.Stat(f.config); err != nil || !info.IsDir() {
+		return usageError("--config %s: not a directory", f.config)
+	}
+	if f.resync <= 0 || f.debounce <= 0 {
+		return usageError("--resync and --debounce must be positive")
+	}
+	src, node, err := f.node.parse()
+	if err != nil {
+		return err
+	}
+	token := os.Getenv(api.TokenEnv)
+	if err := api.CheckListen(f.listen, token); err != nil {
+		return usageError("%v", err)
+	}
+	log, err := newLogger(cmd.ErrOrStderr(), f.logFormat, f.logLevel)
+	if err != nil {
+		return err
+	}
+	configDir, err := filepath.Abs(f.config)
+	if err != nil {
+		return err
+	}
+	stateDir, err := filepath.Abs(f.node.stateDir)
+	if err != nil {
+		return err
+	}
+	lock, err := lockState(stateDir)
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	defer lock.Unlock()
+	if f.node.node == "" && src.Kind == "sim" {
+		// Trying a one-node config on the simulated node: act as that node.
+		if cfg, err := schema.Load(cmd.Context(), configDir); err == nil {
+			node = chooseNode(io.Discard, cfg, configDir, src, node, false)
+		}
+	}
+	gpus, err := src.open(nil, false)
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	defer gpus.Close()
+	bins := f.engines.binaries()
+	driver := &local.Driver{Binaries: bins, LogDir: filepath.Join(stateDir, "logs"), StateDir: stateDir}
+	if src.Kind == "sim" {
+		driver.SimDir = src.Dir
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	d, err := daemon.New(daemon.Options{
+		ConfigDir: configDir, StateDir: stateDir, Node: node, GPUs: gpus, Source: src.String(), Engines: driver,
+		Logger: log, Registry: reg, Resync: f.resync, Debounce: f.debounce, Notify: sdNotify(log),
+		Step: crashStep(),
+	})
+	if err != nil {
+		return err
+	}
+
+	ctx, cancel := context.WithCancel(cmd.Context())
+	defer cancel()
+	ln, err := api.Listen(ctx, f.listen, stateDir)
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	defer func() { _ = api.RemoveAddr(stateDir) }()
+	handler := api.NewHandler(d, promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}), token)
+	apiErr := make(chan error, 1)
+	go func() { apiErr <- api.Serve(ctx, ln, handler) }()
+	log.Info("API listening", "address", ln.Addr().String(), "token", token != "")
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-hup:
+				log.Info("SIGHUP: reloading the config")
+				d.Reload()
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	go watchdog(ctx, d, log)
+
+	runErr := make(chan error, 1)
+	go func() { runErr <- d.Run(ctx) }()
+	select {
+	case err = <-runErr:
+	case err = <-apiErr:
+		if err != nil {
+			log.Error("API failed", "error", err)
+		}
+		cancel()
+		err = errors.Join(err, <-runErr)
+	}
+	cancel()
+	sdNotify(log)("STOPPING=1")
+	if f.stopEnginesOnExit {
+		log.Info("stopping every engine (--stop-engines-on-exit)")
+		stopCtx, stop := context.WithTimeout(context.WithoutCancel(cmd.Context()), 10*time.Minute)
+		defer stop()
+		if serr := d.StopEngines(stopCtx); serr != nil {
+			err = errors.Join(err, serr)
+		}
+	} else {
+		log.Info("daemon stopped; engines keep running and the next daemon adopts them")
+	}
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	return nil
+}
+
+// sdNotify sends sd_notify states when run under systemd (NOTIFY_SOCKET
+// set); elsewhere it does nothing.
+func sdNotify(log hclog.Logger) func(string) {
+	return func(state string) {
+		if _, err := sddaemon.SdNotify(false, state); err != nil {
+			log.Warn("sd_notify failed", "state", state, "error", err)
+		}
+	}
+}
+
+// watchdog answers systemd's watchdog (WatchdogSec=) at half its period,
+// each time after the loop answered a ping: a stuck loop gets the daemon
+// restarted, and the engines, in their own sessions, keep running.
+func watchdog(ctx context.Context, d *daemon.Daemon, log hclog.Logger) {
+	every, err := sddaemon.SdWatchdogEnabled(false)
+	if err != nil || every <= 0 {
+		return
+	}
+	tick := time.NewTicker(every / 2)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, every/2)
+		err := d.Ping(pctx)
+		cancel()
+		if err != nil {
+			log.Warn("watchdog: the reconcile loop did not answer", "error", err)
+			continue
+		}
+		if _, err := sddaemon.SdNotify(false, sddaemon.SdNotifyWatchdog); err != nil {
+			log.Warn("sd_notify failed", "state", "WATCHDOG=1", "error", err)
+		}
+	}
+}
+
+// crashStep is the crash-safety tests' hook (see CrashAtEnv).
+func crashStep() func(pool, step string) {
+	at := os.Getenv(CrashAtEnv)
+	if at == "" {
+		return nil
+	}
+	return func(pool, step string) {
+		if at == step || at == pool+":"+step {
+			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {}
+		}
+	}
+}
+
+// envName is the environment variable that sets a flag.
+func envName(flag string) string {
+	return "POOL_MANAGERD_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+}

@@ -1,0 +1,292 @@
+// Package daemon is `pool-managerd serve`: one reconcile loop that keeps a
+// node running what its config says.
+//
+//	fsnotify (config tree, debounced) ──┐
+//	SIGHUP, resync timer ───────────────┤
+//	GPU driver events (Xid, lost) ──────┼──▶ loop ──▶ observe ──▶ Plan ──▶ one op per pool
+//	engine exits, op ends, timers ──────┤                                  (reconcile.Executor)
+//	API: reset, stop ───────────────────┘
+//
+// The loop is one goroutine and owns the scheduling state (which pool has an
+// op running, which pools an operator stopped). Every change of a plan runs
+// as an op of its own pool, so a long preload never holds up another pool;
+// an op whose pool's config changes meanwhile is cancelled and the next pass
+// plans the pool again. When an op ends, an engine exits, the config changes
+// or a timer (backoff, half-open try, resync) fires, the loop makes a new
+// pass. A config that fails to load is never applied: the last good one stays
+// in force and the error is shown in /v1/config, the config_valid metric and
+// the log.
+//
+// The HTTP API reads the daemon through its api.Source methods, which never
+// wait for the loop.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
+	"github.com/poolmanagerd/pool-managerd/internal/metrics"
+	"github.com/poolmanagerd/pool-managerd/internal/state"
+	"github.com/poolmanagerd/pool-managerd/internal/watch"
+	"github.com/poolmanagerd/pool-managerd/reconcile"
+	"github.com/poolmanagerd/pool-managerd/schema"
+)
+
+// Options configure a daemon.
+type Options struct {
+	// ConfigDir is the config directory tree; StateDir the state directory
+	// (absolute), whose lock the caller holds.
+	ConfigDir, StateDir string
+	// Node is this node's name in the config.
+	Node string
+	// GPUs is the node's GPUs; Source names them (nvml, sim:DIR).
+	GPUs   gpu.Node
+	Source string
+	// Engines starts, adopts and cleans up engines.
+	Engines reconcile.Engines
+	// Logger receives one event per transition; nil discards.
+	Logger hclog.Logger
+	// Registry receives the metrics; nil registers none.
+	Registry prometheus.Registerer
+	// Resync is the period of the full resync (default 30 s); Debounce the
+	// quiet time after a config change before it is loaded (default 200 ms).
+	Resync, Debounce time.Duration
+	// Notify, when set, receives sd_notify states ("READY=1", "STATUS=...").
+	Notify func(state string)
+	// Step is passed to the Executor (crash-safety tests).
+	Step func(pool, step string)
+}
+
+// Daemon is a running pool-managerd serve.
+type Daemon struct {
+	opts    Options
+	log     hclog.Logger
+	metrics *metrics.Metrics
+	exec    *reconcile.Executor
+	now     func() time.Time
+
+	// requests to the loop
+	reloads chan struct{}
+	faults  chan gpu.Event
+	stops   chan *stopRequest
+	resets  chan resetRequest
+	opDone  chan opResult
+	exited  chan exitEvent
+	pings   chan chan struct{}
+	// runCtx ends when Run's context does: ops and requests watch it.
+	runCtx    context.Context
+	cancelRun context.CancelFunc
+	ops       sync.WaitGroup
+	watchers  sync.WaitGroup
+
+	// loop state: touched only by the loop goroutine
+	cfg       *config
+	busy      map[string]*op
+	held      map[string]string // operator-stopped pools, by the spec hash they had
+	faulted   map[string]*gpu.Event
+	watching  map[string]int // engine exit watches, pool → pid
+	reported  map[string]string
+	needCache map[string]cachedNeed
+	stopWait  map[string][]*stopRequest
+	// wakeAt is the earliest backoff or half-open try the last pass deferred.
+	wakeAt     time.Time
+	lastStatus string
+
+	view view
+}
+
+// New checks the options and creates the daemon; Run starts it.
+func New(opts Options) (*Daemon, error) {
+	if opts.ConfigDir == "" || opts.StateDir == "" || opts.Node == "" || opts.GPUs == nil || opts.Engines == nil {
+		return nil, errors.New("daemon: ConfigDir, StateDir, Node, GPUs and Engines are required")
+	}
+	if opts.Resync <= 0 {
+		opts.Resync = 30 * time.Second
+	}
+	if opts.Debounce <= 0 {
+		opts.Debounce = 200 * time.Millisecond
+	}
+	log := opts.Logger
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	d := &Daemon{
+		opts: opts, log: log, now: time.Now,
+		reloads: make(chan struct{}, 1),
+		faults:  make(chan gpu.Event, 64), stops: make(chan *stopRequest), resets: make(chan resetRequest),
+		opDone: make(chan opResult), exited: make(chan exitEvent, 16), pings: make(chan chan struct{}),
+		busy: map[string]*op{}, held: map[string]string{}, faulted: map[string]*gpu.Event{},
+		watching: map[string]int{}, reported: map[string]string{}, needCache: map[string]cachedNeed{},
+		stopWait: map[string][]*stopRequest{},
+	}
+	d.runCtx, d.cancelRun = context.WithCancel(context.Background())
+	d.view.init(opts.ConfigDir)
+	d.exec = &reconcile.Executor{
+		Node: opts.Node, GPUs: opts.GPUs, Engines: opts.Engines, Store: state.Store{Dir: opts.StateDir},
+		Now: time.Now, Rand: rand.Float64, Report: d.onEvent, Step: opts.Step,
+	}
+	if opts.Registry != nil {
+		m, err := metrics.New(opts.Registry, d.snapshot)
+		if err != nil {
+			return nil, fmt.Errorf("daemon: metrics: %w", err)
+		}
+		d.metrics = m
+	}
+	if _, err := d.exec.State(); err != nil {
+		return nil, fmt.Errorf("daemon: %w", err)
+	}
+	return d, nil
+}
+
+// Ping returns once the loop has answered: the systemd watchdog's proof
+// that the daemon is not stuck.
+func (d *Daemon) Ping(ctx context.Context) error {
+	reply := make(chan struct{})
+	select {
+	case d.pings <- reply:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-d.runCtx.Done():
+		return errShuttingDown
+	}
+	<-reply
+	return nil
+}
+
+// Reload asks the loop to load the config again (SIGHUP).
+func (d *Daemon) Reload() {
+	select {
+	case d.reloads <- struct{}{}:
+	default:
+	}
+}
+
+// Run runs the loop until ctx is done, then waits for the ops in flight to
+// return (a preload is left running, a stop that began finishes) and
+// returns. Engines are left running.
+func (d *Daemon) Run(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, d.cancelRun)
+	defer stop()
+	defer d.cancelRun()
+	ctx = d.runCtx
+	w, err := watch.New(d.opts.ConfigDir, watch.Options{Debounce: d.opts.Debounce, Logger: d.log.Named("watch")})
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	watchErr := make(chan error, 1)
+	go func() { watchErr <- w.Run(ctx) }()
+	events, err := d.opts.GPUs.Events(ctx)
+	if err != nil {
+		return fmt.Errorf("serve: GPU events: %w", err)
+	}
+	d.log.Info("daemon started", "node", d.opts.Node, "config", d.opts.ConfigDir, "state_dir", d.opts.StateDir, "gpus", d.opts.Source)
+	d.loadConfig(ctx, "start")
+	d.pass(ctx)
+	resync := time.NewTicker(d.opts.Resync)
+	defer resync.Stop()
+	wake := time.NewTimer(time.Hour)
+	defer wake.Stop()
+	changes := w.Changes()
+	for {
+		d.schedule(wake)
+		select {
+		case <-ctx.Done():
+			d.shutdown()
+			<-watchErr
+			return nil
+		case ch, ok := <-changes:
+			if !ok {
+				changes = nil
+				continue
+			}
+			d.loadConfig(ctx, describeChange(ch))
+		case <-d.reloads:
+			d.loadConfig(ctx, "SIGHUP")
+		case <-resync.C:
+			d.loadConfig(ctx, "")
+		case ev, ok := <-events:
+			if !ok {
+				events = nil
+				continue
+			}
+			d.driverEvent(ev)
+		case r := <-d.opDone:
+			d.finish(r)
+		case e := <-d.exited:
+			d.engineExited(e)
+		case r := <-d.stops:
+			d.operatorStop(r)
+		case r := <-d.resets:
+			d.operatorReset(r)
+		case reply := <-d.pings:
+			close(reply)
+			continue
+		case <-wake.C:
+		}
+		d.pass(ctx)
+	}
+}
+
+// shutdown waits for the ops in flight, which see the cancelled context.
+func (d *Daemon) shutdown() {
+	d.log.Info("daemon stopping: waiting for the operations in flight; engines keep running")
+	done := make(chan struct{})
+	go func() {
+		d.ops.Wait()
+		close(done)
+	}()
+	for {
+		select {
+		case <-done:
+			d.watchers.Wait()
+			for _, waiters := range d.stopWait {
+				for _, r := range waiters {
+					r.finish(errors.New("the daemon is shutting down"))
+				}
+			}
+			return
+		case r := <-d.opDone:
+			delete(d.busy, r.pool)
+		}
+	}
+}
+
+// StopEngines stops every engine of the node (--stop-engines-on-exit),
+// after Run returned.
+func (d *Daemon) StopEngines(ctx context.Context) error {
+	st, err := d.exec.State()
+	if err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, 0, len(st.Engines))
+	var mu sync.Mutex
+	for id := range st.Engines {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := d.exec.StopPool(ctx, id); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// config is a config that loaded: the desired state of this node.
+type config struct {
+	all     *schema.Desired
+	desired reconcile.Desired
+	hash    string
+}

@@ -1,0 +1,400 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
+	"github.com/poolmanagerd/pool-managerd/internal/observe"
+	"github.com/poolmanagerd/pool-managerd/internal/state"
+	"github.com/poolmanagerd/pool-managerd/reconcile"
+	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
+	"github.com/poolmanagerd/pool-managerd/schema"
+)
+
+// opKind says what an op does, for the loop's scheduling.
+type opKind int
+
+const (
+	opApply opKind = iota // one change of a plan: start, replace, restart, adopt, update, wait for a preload
+	opStop                // an engine stops: a delete or an operator's stop
+	opFault               // a driver error: drain and stop, record the failure
+)
+
+// op is one pool's work in flight.
+type op struct {
+	kind     opKind
+	specHash string
+	devices  []int
+	cancel   context.CancelFunc
+	// cancelled is set once the loop cancelled the op (its config changed).
+	cancelled bool
+}
+
+type opResult struct {
+	pool    string
+	kind    opKind
+	outcome reconcile.Outcome
+	err     error
+}
+
+type exitEvent struct {
+	pool string
+	pid  int
+	exit reconcile.ExitStatus
+}
+
+// launch runs fn as the pool's op.
+func (d *Daemon) launch(pool string, o *op, fn func(ctx context.Context) opResult) {
+	ctx, cancel := context.WithCancel(d.runCtx)
+	o.cancel = cancel
+	d.busy[pool] = o
+	d.ops.Add(1)
+	go func() {
+		defer d.ops.Done()
+		r := fn(ctx)
+		cancel()
+		r.pool, r.kind = pool, o.kind
+		d.opDone <- r
+	}()
+}
+
+// finish is called by the loop when an op returns.
+func (d *Daemon) finish(r opResult) {
+	delete(d.busy, r.pool)
+	if r.err != nil && !errors.Is(r.err, context.Canceled) {
+		d.log.Error("operation failed", "pool", r.pool, "error", r.err)
+	}
+	if r.kind == opStop {
+		d.stopped(r.pool, r.err)
+		if r.outcome.Action == reconcile.Delete && r.err == nil {
+			d.metrics.ForgetPool(r.pool)
+			d.view.forget(r.pool)
+		}
+	}
+}
+
+// pass observes the node, plans, and launches an op for each pool that
+// needs one and has none in flight.
+func (d *Daemon) pass(ctx context.Context) {
+	if ctx.Err() != nil {
+		return
+	}
+	if d.cfg == nil {
+		// No config ever loaded: nothing is known to be desired, so nothing
+		// is stopped either.
+		d.notifyStatus()
+		return
+	}
+	started := time.Now()
+	now := d.now()
+	obs, err := observe.Observe(ctx, observe.Options{Node: d.opts.Node, GPUs: d.opts.GPUs, Source: d.opts.Source, StateDir: d.opts.StateDir, ScanProcesses: true})
+	if err != nil {
+		if ctx.Err() == nil {
+			d.log.Error("observe the node", "error", err)
+		}
+		return
+	}
+	desired := d.cfg.desired
+	for id, hash := range d.held {
+		if p, ok := desired.Pools[id]; ok && reconcile.SpecHash(p) != hash {
+			delete(d.held, id)
+			d.view.setHeld(id, false)
+			d.log.Info("operator stop lifted: the pool's config changed", "pool", id)
+		}
+	}
+	plan := reconcile.Plan(desired, obs, now)
+	d.view.observed(obs, now, d.desiredIDs())
+	st, err := d.exec.State()
+	if err != nil {
+		d.log.Error("read the state", "error", err)
+		return
+	}
+
+	// An op whose pool's config changed (or left the config) is cancelled;
+	// the pass after it ends plans the pool again.
+	for id, o := range d.busy {
+		if o.kind != opApply || o.cancelled {
+			continue
+		}
+		if p, ok := desired.Pools[id]; !ok || reconcile.SpecHash(p) != o.specHash {
+			o.cancel()
+			o.cancelled = true
+			d.log.Info("config changed while the pool was busy: cancelling its operation", "pool", id)
+		}
+	}
+	d.runFaults(desired, st)
+	d.runHeld(st, obs)
+
+	// GPUs that engines are leaving: a start there waits for the stop, so
+	// that it does not fail for memory about to be freed.
+	var leaving []int
+	for _, o := range d.busy {
+		if o.kind != opApply {
+			leaving = append(leaving, o.devices...)
+		}
+	}
+	for _, c := range plan.Changes {
+		if c.Action != reconcile.Delete || d.busy[c.Pool] != nil {
+			continue
+		}
+		if _, held := d.held[c.Pool]; held {
+			continue
+		}
+		leaving = append(leaving, c.Devices...)
+		d.launchChange(c)
+	}
+	var wake time.Time
+	later := func(t time.Time) {
+		if wake.IsZero() || t.Before(wake) {
+			wake = t
+		}
+	}
+	for _, c := range plan.Changes {
+		if c.Action == reconcile.Delete || d.busy[c.Pool] != nil {
+			continue
+		}
+		if _, held := d.held[c.Pool]; held {
+			continue
+		}
+		status := obs.Pools[c.Pool]
+		switch c.Action {
+		case reconcile.Blocked:
+			if c.Blocker.Class == reconcile.ClassCircuitOpen && !status.BreakerRetryAt.IsZero() {
+				later(status.BreakerRetryAt)
+			}
+			if c.Blocker.Class == reconcile.ClassInsufficientVRAM && status.NextRetry.After(now) {
+				later(status.NextRetry)
+				continue // counted as a failure: once per backoff
+			}
+			key := c.Blocker.Class + ": " + c.Blocker.Message
+			if c.Blocker.Class != reconcile.ClassInsufficientVRAM && d.reported[c.Pool] == key {
+				continue // reported already
+			}
+			d.reported[c.Pool] = key
+		case reconcile.Create, reconcile.Restart:
+			if status.NextRetry.After(now) {
+				later(status.NextRetry)
+				continue
+			}
+		}
+		if starts(c.Action) && overlaps(leaving, c.Devices) {
+			continue // the op that frees the GPU pokes the loop when it ends
+		}
+		if c.Action != reconcile.Blocked {
+			delete(d.reported, c.Pool)
+		}
+		d.launchChange(c)
+	}
+	for _, u := range plan.Unchanged {
+		delete(d.reported, u.Pool)
+		if u.Health != reconcile.HealthLoading || d.busy[u.Pool] != nil {
+			continue
+		}
+		if _, held := d.held[u.Pool]; held {
+			continue
+		}
+		d.launchPlan(u.Pool, &op{kind: opApply, specHash: st.Engines[u.Pool].SpecHash}, &reconcile.NodePlan{Node: d.opts.Node, Unchanged: []reconcile.Unchanged{u}})
+	}
+	d.watchExits(obs, st)
+	d.wakeAt = wake
+	d.metrics.ReconcileDone(time.Since(started))
+	if d.view.markReady() {
+		d.log.Info("first reconcile done: ready", "pools", len(desired.Pools), "took", time.Since(started).Round(time.Millisecond).String())
+		d.notify("READY=1")
+	}
+	d.notifyStatus()
+}
+
+func starts(a reconcile.Action) bool {
+	switch a {
+	case reconcile.Create, reconcile.Replace, reconcile.Restart, reconcile.Adopt:
+		return true
+	}
+	return false
+}
+
+func overlaps(a, b []int) bool {
+	for _, x := range b {
+		if slices.Contains(a, x) {
+			return true
+		}
+	}
+	return false
+}
+
+// launchChange runs one change of a plan as its pool's op.
+func (d *Daemon) launchChange(c reconcile.Change) {
+	o := &op{kind: opApply, specHash: c.SpecHash, devices: c.Devices}
+	if c.Action == reconcile.Delete {
+		o.kind = opStop
+	}
+	d.launchPlan(c.Pool, o, &reconcile.NodePlan{Node: d.opts.Node, Source: d.opts.Source, Changes: []reconcile.Change{c}})
+}
+
+func (d *Daemon) launchPlan(pool string, o *op, plan *reconcile.NodePlan) {
+	d.launch(pool, o, func(ctx context.Context) opResult {
+		res, err := d.exec.Apply(ctx, plan)
+		r := opResult{err: err}
+		if len(res.Outcomes) > 0 {
+			r.outcome = res.Outcomes[0]
+		}
+		return r
+	})
+}
+
+// schedule sets the wake timer to the earliest backoff or half-open try
+// the last pass deferred.
+func (d *Daemon) schedule(t *time.Timer) {
+	t.Stop()
+	select {
+	case <-t.C:
+	default:
+	}
+	if d.wakeAt.IsZero() {
+		return
+	}
+	delay := max(d.wakeAt.Sub(d.now()), time.Millisecond)
+	t.Reset(delay)
+}
+
+// driverEvent handles a critical Xid or a lost GPU: the pools on that GPU
+// are made Unready, drained and stopped, and restarted with the driver
+// error backoff.
+func (d *Daemon) driverEvent(ev gpu.Event) {
+	d.metrics.DriverEvent(ev)
+	st, err := d.exec.State()
+	if err != nil {
+		d.log.Error("read the state", "error", err)
+		return
+	}
+	affected := []string{}
+	for id, rec := range st.Engines {
+		var devices []int
+		if rec.Spec != nil {
+			devices = rec.Spec.Devices
+		}
+		if p, ok := d.desiredPool(id); ok {
+			devices = p.Devices
+		}
+		if slices.Contains(devices, ev.Index) {
+			affected = append(affected, id)
+			e := ev
+			d.faulted[id] = &e
+			if o := d.busy[id]; o != nil && o.kind == opApply && !o.cancelled {
+				o.cancel()
+				o.cancelled = true
+			}
+		}
+	}
+	slices.Sort(affected)
+	what := fmt.Sprintf("Xid %d", ev.Xid)
+	if ev.Kind == gpu.EventLost {
+		what = "lost (fell off the bus or needs a reset)"
+	}
+	d.log.Warn("GPU driver event: "+what, "gpu", ev.Index, "uuid", ev.UUID, "kind", string(ev.Kind), "xid", ev.Xid, "pools", affected)
+}
+
+// runFaults launches the fault op of each pool a driver event hit, once
+// its op in flight (cancelled) has returned.
+func (d *Daemon) runFaults(desired reconcile.Desired, st *state.State) {
+	for id, ev := range d.faulted {
+		if d.busy[id] != nil {
+			continue
+		}
+		delete(d.faulted, id)
+		pool, ok := desired.Pools[id]
+		if !ok {
+			continue // leaving the config: the plan deletes it
+		}
+		if _, running := st.Engines[id]; !running {
+			continue
+		}
+		f := restart.Failure{Class: restart.ClassDriverReset}
+		if ev.Kind == gpu.EventLost {
+			f.Message = fmt.Sprintf("GPU %d (%s) is lost: the driver reports it off the bus or in need of a reset", ev.Index, ev.UUID)
+		} else {
+			f.Message = fmt.Sprintf("GPU %d (%s) reported Xid %d, a critical driver error", ev.Index, ev.UUID, ev.Xid)
+		}
+		d.launch(id, &op{kind: opFault, devices: pool.Devices}, func(ctx context.Context) opResult {
+			return opResult{outcome: d.exec.Fault(ctx, pool, f)}
+		})
+	}
+}
+
+func (d *Daemon) desiredPool(id string) (*schema.Pool, bool) {
+	if d.cfg == nil {
+		return nil, false
+	}
+	p, ok := d.cfg.desired.Pools[id]
+	return p, ok
+}
+
+// watchExits watches each running engine that no op is busy with, so that
+// its exit is handled at once rather than at the next resync.
+func (d *Daemon) watchExits(obs reconcile.Observed, st *state.State) {
+	for id, e := range obs.Engines {
+		rec, recorded := st.Engines[id]
+		if !e.Alive || !recorded || rec.PID != e.PID || d.watching[id] == e.PID || d.busy[id] != nil {
+			continue
+		}
+		p, err := d.opts.Engines.Adopt(d.runCtx, rec)
+		if err != nil {
+			continue // gone meanwhile: the next pass sees it
+		}
+		d.watching[id] = e.PID
+		d.watchers.Add(1)
+		go func() {
+			defer d.watchers.Done()
+			select {
+			case <-p.Exited():
+				select {
+				case d.exited <- exitEvent{pool: id, pid: p.PID(), exit: p.Exit()}:
+				case <-d.runCtx.Done():
+				}
+			case <-d.runCtx.Done():
+			}
+		}()
+	}
+}
+
+func (d *Daemon) engineExited(e exitEvent) {
+	if d.watching[e.pool] == e.pid {
+		delete(d.watching, e.pool)
+	}
+	if d.busy[e.pool] != nil {
+		return // stopped by its own op
+	}
+	args := []any{"pool", e.pool, "pid", e.pid}
+	if e.exit.Code >= 0 || e.exit.Signal != "" {
+		args = append(args, "exit", e.exit.String())
+	}
+	d.log.Warn("engine exited", args...)
+}
+
+func (d *Daemon) notify(s string) {
+	if d.opts.Notify != nil {
+		d.opts.Notify(s)
+	}
+}
+
+// notifyStatus tells systemd how many pools are Ready, when it changed.
+func (d *Daemon) notifyStatus() {
+	var s string
+	if d.cfg == nil {
+		s = "STATUS=waiting for a valid config"
+	} else {
+		ready, total := d.view.readyCount(d.exec)
+		s = fmt.Sprintf("STATUS=%d/%d pools Ready", ready, total)
+		if !d.view.configValid() {
+			s += "; config invalid, the last good one is in force"
+		}
+	}
+	if s != d.lastStatus {
+		d.lastStatus = s
+		d.notify(s)
+	}
+}
