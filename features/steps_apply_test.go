@@ -667,10 +667,10 @@ func (w *world) engineProcesses() ([]engineProcess, error) {
 	if err != nil {
 		return nil, err
 	}
-	simDir := filepath.Clean(w.simDir())
+	// The scenario's simulated nodes are all in its workspace.
 	var out []engineProcess
 	for pid, dir := range found {
-		if filepath.Clean(dir) != simDir {
+		if !strings.HasPrefix(filepath.Clean(dir), filepath.Clean(w.workspace)+string(filepath.Separator)) {
 			continue
 		}
 		info, err := proc.Stat(pid)

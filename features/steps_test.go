@@ -34,6 +34,8 @@ type world struct {
 	golden string
 	// applyState is what the apply and lifecycle steps keep (steps_apply_test.go).
 	applyState
+	// daemonState is what the daemon steps keep (steps_daemon_test.go).
+	daemonState
 }
 
 func (w *world) simDir() string { return filepath.Join(w.workspace, "node") }
@@ -169,7 +171,7 @@ func (w *world) register(sc *godog.ScenarioContext) {
 		return ctx, err
 	})
 	sc.After(func(ctx context.Context, _ *godog.Scenario, err error) (context.Context, error) {
-		cleanErr := w.stopEngines()
+		cleanErr := errors.Join(w.stopDaemons(), w.stopEngines())
 		return ctx, errors.Join(cleanErr, os.RemoveAll(w.workspace))
 	})
 	sc.Step(`^an empty config directory$`, w.emptyConfig)
@@ -197,6 +199,7 @@ func (w *world) register(sc *godog.ScenarioContext) {
 	sc.Step(`^the JSON output reports (\d+) diagnostics? with file, line and column$`, w.jsonDiagnostics)
 	sc.Step(`^a GitHub annotation is printed for "([^"]*)" at line (\d+), column (\d+)$`, w.githubAnnotation)
 	w.registerApply(sc)
+	w.registerDaemon(sc)
 }
 
 func (w *world) path(rel string) string { return filepath.Join(w.workspace, w.config, rel) }
@@ -225,7 +228,13 @@ func (w *world) writeFile(rel, content string) error {
 	if err := os.MkdirAll(filepath.Dir(w.path(rel)), 0o755); err != nil {
 		return err
 	}
-	return os.WriteFile(w.path(rel), []byte(content), 0o644)
+	// As an editor saves: a temp file renamed over the old one, so that a
+	// daemon watching the config never reads half of it.
+	tmp := w.path(rel) + ".tmp"
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, w.path(rel))
 }
 
 // configFile writes a config file; WORKSPACE in it stands for the scenario's workspace.

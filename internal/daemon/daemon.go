@@ -231,7 +231,24 @@ func (d *Daemon) Run(ctx context.Context) error {
 			continue
 		case <-wake.C:
 		}
+		d.drain()
 		d.pass(ctx)
+	}
+}
+
+// drain takes the op ends and engine exits that are already waiting, so
+// that a burst of them (a hundred preloads ending together) makes one pass,
+// not one each.
+func (d *Daemon) drain() {
+	for {
+		select {
+		case r := <-d.opDone:
+			d.finish(r)
+		case e := <-d.exited:
+			d.engineExited(e)
+		default:
+			return
+		}
 	}
 }
 

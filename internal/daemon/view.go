@@ -209,7 +209,8 @@ func (d *Daemon) snapshot() metrics.Snapshot {
 // onEvent is the Executor's report: one log event per transition, the
 // pool's phase for the API, and the preload and restart metrics.
 func (d *Daemon) onEvent(e reconcile.Event) {
-	d.view.setPhase(e.Pool, e.Phase, e.Time)
+	// The phase is shown after it is logged: whoever sees it can read why.
+	defer d.view.setPhase(e.Pool, e.Phase, e.Time)
 	args := []any{"pool", e.Pool, "phase", string(e.Phase)}
 	if e.Restart != "" {
 		args = append(args, "restart_reason", e.Restart)

@@ -1,0 +1,256 @@
+Feature: The daemon: config watching, resync, the API and operator actions
+  In production nobody runs apply by hand: a commit lands in the config repository, the node
+  picks it up, and the pools follow. `pool-managerd serve` watches the config directory,
+  re-plans and applies on every settled change, keeps the last good config when a change
+  does not load, resyncs on a timer and on GPU events, and serves an HTTP API on loopback.
+
+  These scenarios run on a simulated RTX 3090 + RTX 3060 node with the bundled stand-in
+  engine. "The daemon is started" runs
+  `pool-managerd serve --config CONFIG --gpus SIM --state-dir STATE --node gpu-01
+  --listen 127.0.0.1:0 --debounce 50ms --log-format json --llama-server ENGINE`
+  in the background; the API's address is read from STATE/api.addr.
+
+  Background:
+    Given a simulated node with an RTX 3090 (24 GiB) and an RTX 3060 (12 GiB)
+    And a node "gpu-01" with GPUs of 24 GiB and 12 GiB
+    And a model file "models/model.gguf"
+    And the config file "pools/coder.cue":
+      """
+      pools: coder: {
+      	node:    "gpu-01"
+      	engine:  "llamacpp"
+      	model: {path: "WORKSPACE/models/model.gguf", ctx: 4096}
+      	devices: [0]
+      	vram:    4Gi
+      	restart: {initialBackoff: "100ms", jitter: 0}
+      }
+      """
+    And the config file "pools/chat.cue":
+      """
+      pools: chat: {
+      	node:    "gpu-01"
+      	engine:  "llamacpp"
+      	model: {path: "WORKSPACE/models/model.gguf", ctx: 4096}
+      	devices: [1]
+      	vram:    4Gi
+      	restart: {initialBackoff: "100ms", jitter: 0}
+      }
+      """
+
+  @PM-1030 @PM-1020
+  Scenario: A saved edit is picked up, planned and applied to the pool it changes only
+    Given the daemon is started
+    Then the daemon is ready
+    And the daemon shows pool "coder" as Ready
+    And the daemon shows pool "chat" as Ready
+    When I note the engine pids
+    And I save the config file "pools/chat.cue":
+      """
+      pools: chat: {
+      	node:    "gpu-01"
+      	engine:  "llamacpp"
+      	model: {path: "WORKSPACE/models/model.gguf", ctx: 8192}
+      	devices: [1]
+      	vram:    4Gi
+      	restart: {initialBackoff: "100ms", jitter: 0}
+      }
+      """
+    Then the daemon shows pool "chat" Ready with a new engine pid
+    And pool "coder" has the engine pid noted
+    And the engine of pool "chat" was started with "--ctx-size 8192"
+    And the daemon has logged an info event containing "config changed: pools/chat.cue"
+
+  @PM-1030
+  Scenario: A pool added in a new folder is started; a removed file stops its pool
+    Given the daemon is started
+    And the daemon shows pool "chat" as Ready
+    When I save the config file "team-b/pools/embed.cue":
+      """
+      pools: embed: {
+      	node:    "gpu-01"
+      	engine:  "llamacpp"
+      	model: {path: "WORKSPACE/models/model.gguf", ctx: 2048}
+      	devices: [0]
+      	vram:    2Gi
+      	share:   true
+      }
+      pools: coder: share: true
+      """
+    Then the daemon shows pool "embed" as Ready
+    When I remove the config file "pools/chat.cue"
+    Then the daemon does not know pool "chat"
+    And no engine process runs for pool "chat"
+
+  @PM-1030
+  Scenario Outline: A change that does not load is never applied; the last good config stays in force
+    Given the daemon is started
+    And the daemon shows pool "coder" as Ready
+    And the daemon shows pool "chat" as Ready
+    When I note the engine pids
+    And I save the config file "pools/chat.cue":
+      """
+      <broken>
+      """
+    Then the daemon's config is invalid with an error at "<where>" containing "<message>"
+    And the metric pool_managerd_config_valid is 0
+    And the daemon has logged an error event containing "the last good config stays in force"
+    And pool "chat" has the engine pid noted
+    And pool "coder" has the engine pid noted
+    And the daemon shows pool "chat" as Ready
+    When I save the config file "pools/chat.cue":
+      """
+      pools: chat: {node: "gpu-01", engine: "llamacpp", model: {path: "WORKSPACE/models/model.gguf", ctx: 2048}, devices: [1], vram: 4Gi}
+      """
+    Then the daemon's config is valid
+    And the metric pool_managerd_config_valid is 1
+    And the daemon shows pool "chat" Ready with a new engine pid
+    And pool "coder" has the engine pid noted
+
+    Examples:
+      | broken                                                                                                       | where            | message |
+      | pools: chat: { node: "gpu-01"                                                                                | pools/chat.cue:1 | expected |
+      | pools: chat: {node: "gpu-01", engine: "llamacpp", model: path: "WORKSPACE/models/model.gguf", devices: [7]} | pools/chat.cue:1 | GPU 7   |
+      | pools: chat: {node: "gpu-01", engine: "ollama", model: path: "WORKSPACE/models/model.gguf", devices: [1]}    | pools/chat.cue:1 | engine  |
+
+  @PM-1030
+  Scenario: A half-written file is never applied
+    Given the daemon is started
+    And the daemon shows pool "chat" as Ready
+    When I note the engine pids
+    And I write the config file "pools/chat.cue" in two parts with a pause between them:
+      """
+      pools: chat: {
+      	node:    "gpu-01"
+      	engine:  "llamacpp"
+      <pause>
+      	model: {path: "WORKSPACE/models/model.gguf", ctx: 8192}
+      	devices: [1]
+      	vram:    4Gi
+      }
+      """
+    Then the daemon shows pool "chat" Ready with a new engine pid
+    And the log of pool "chat" holds 2 starts
+    And the engine of pool "chat" was started with "--ctx-size 8192"
+    And the daemon has logged an error event containing "pools/chat.cue"
+    And pool "coder" has the engine pid noted
+
+  @PM-1031 @OC-POOL-3011
+  Scenario: An engine killed by hand is restarted at once, not at the next resync
+    Given the daemon is started with "--resync 1h"
+    And the daemon shows pool "coder" as Ready
+    When I note the engine pids
+    And I kill the engine of pool "coder" with SIGKILL
+    Then the daemon shows pool "coder" with 1 restart and a last error of class "exited" with a message, a time and a hint
+    And the daemon shows pool "coder" Ready with a new engine pid
+    And pool "chat" has the engine pid noted
+    And the metric pool_managerd_restarts_total{pool="coder",reason="exited"} is 1
+
+  @PM-1031 @OC-POOL-3010
+  Scenario: A lost GPU blocks its pool; the resync timer brings it back once the GPU returns
+    Given the daemon is started with "--resync 500ms"
+    And the daemon shows pool "chat" as Ready
+    When I run "pool-managerd sim lose SIMDIR --gpu 1"
+    Then the daemon shows pool "chat" as Unready
+    And no engine process runs for pool "chat"
+    And the daemon has logged a warn event containing "GPU 1 is lost"
+    And the daemon shows pool "coder" as Ready
+    When I run "pool-managerd sim restore SIMDIR --gpu 1"
+    Then the daemon shows pool "chat" as Ready
+
+  @PM-1022 @PM-1021
+  Scenario: A daemon killed with SIGKILL is replaced by one that adopts every engine, restarting none
+    Given the daemon is started
+    And the daemon shows pool "coder" as Ready
+    And the daemon shows pool "chat" as Ready
+    When I note the engine pids
+    And I run "pool-managerd apply CONFIG --gpus SIM --state-dir STATE --node gpu-01 --llama-server ENGINE --auto-approve"
+    Then the exit status is 1
+    And stderr contains "pool-managerd serve"
+    When I kill the daemon with SIGKILL
+    And the daemon is started
+    Then the daemon is ready
+    And the daemon shows pool "coder" as Ready
+    And the daemon shows pool "chat" as Ready
+    And pool "coder" has the engine pid noted
+    And pool "chat" has the engine pid noted
+    And the log of pool "coder" holds 1 start
+    And the log of pool "chat" holds 1 start
+    And the daemon shows pool "coder" with 0 restarts
+
+  @PM-1030 @PM-1022
+  Scenario: SIGTERM stops the daemon and leaves the engines running; SIGHUP reloads
+    Given the daemon is started with "--resync 1h"
+    And the daemon shows pool "coder" as Ready
+    When I note the engine pids
+    And I send SIGHUP to the daemon
+    Then the daemon has logged an info event containing "SIGHUP: reloading the config"
+    When I send SIGTERM to the daemon
+    Then the daemon exits with status 0
+    And pool "coder" has the engine pid noted
+    And the daemon has logged an info event containing "engines keep running"
+
+  @PM-1032 @OC-POOL-3003
+  Scenario: The API shows health, readiness, each pool's preload and last error, the config and the metrics
+    Given the config file "pools/broken.cue":
+      """
+      pools: broken: {
+      	node:    "gpu-01"
+      	engine:  "llamacpp"
+      	model: path: "WORKSPACE/models/model.gguf"
+      	devices: [1]
+      	vram:    2Gi
+      	share:   true
+      	env: FAKE_ENGINE_FAIL_LOAD: "1"
+      	restart: {initialBackoff: "1h", maxBackoff: "1h", jitter: 0}
+      }
+      pools: chat: share: true
+      """
+    And the daemon is started
+    When I GET "/healthz" from the daemon
+    Then the response status is 200
+    And the daemon is ready
+    And the daemon shows pool "coder" with the preload state "loaded" and its start and load times
+    And the daemon shows pool "broken" with 0 restarts and a last error of class "exited" with a message, a time and a hint
+    And the daemon shows pool "broken" with the preload state "failed" and its start and load times
+    When I GET "/v1/pools/broken" from the daemon
+    Then the response status is 200
+    And the response contains "nextRetry"
+    When I GET "/v1/pools/nope" from the daemon
+    Then the response status is 404
+    And the response contains "unknown_pool"
+    When I GET "/v1/config" from the daemon
+    Then the response contains ""valid": true"
+    When I GET "/metrics" from the daemon
+    Then the response contains "pool_managerd_pool_ready{pool="coder"} 1"
+
+  @PM-1032
+  Scenario: reset and stop go through the daemon while it holds the state directory
+    Given the daemon is started
+    And the daemon shows pool "coder" as Ready
+    When I run "pool-managerd stop coder --state-dir STATE"
+    Then the exit status is 0
+    And stdout contains "Stopped coder through the daemon"
+    And the daemon shows pool "coder" as Stopped
+    And no engine process runs for pool "coder"
+    When I send SIGHUP to the daemon
+    Then the daemon has logged an info event containing "SIGHUP"
+    And the daemon shows pool "coder" as Stopped
+    When I run "pool-managerd reset coder --state-dir STATE"
+    Then the exit status is 0
+    And the daemon shows pool "coder" as Ready
+
+  @PM-1032
+  Scenario: Listening beyond loopback needs a bearer token; the probes stay open
+    When I run "pool-managerd serve --config CONFIG --gpus SIM --state-dir STATE --node gpu-01 --listen 0.0.0.0:0"
+    Then the exit status is 2
+    And stderr contains "without a bearer token"
+    Given the daemon is started with POOL_MANAGERD_TOKEN=s3cret and "--listen 0.0.0.0:0"
+    When I GET "/healthz" from the daemon
+    Then the response status is 200
+    When I GET "/v1/pools" from the daemon
+    Then the response status is 401
+    When I GET "/v1/pools" from the daemon with the token "wrong"
+    Then the response status is 401
+    When I GET "/v1/pools" from the daemon with the token "s3cret"
+    Then the response status is 200
+    And the response contains ""pool": "coder""
