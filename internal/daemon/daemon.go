@@ -81,6 +81,9 @@ type Daemon struct {
 	opDone  chan opResult
 	exited  chan exitEvent
 	pings   chan chan struct{}
+	// refresh asks for a pass after an op reported a transition, so that
+	// the view's observation (pids, ports, GPU memory) follows the ops.
+	refresh chan struct{}
 	// runCtx ends when Run's context does: ops and requests watch it.
 	runCtx    context.Context
 	cancelRun context.CancelFunc
@@ -122,7 +125,7 @@ func New(opts Options) (*Daemon, error) {
 		opts: opts, log: log, now: time.Now,
 		reloads: make(chan struct{}, 1),
 		faults:  make(chan gpu.Event, 64), stops: make(chan *stopRequest), resets: make(chan resetRequest),
-		opDone: make(chan opResult), exited: make(chan exitEvent, 16), pings: make(chan chan struct{}),
+		opDone: make(chan opResult), exited: make(chan exitEvent, 16), pings: make(chan chan struct{}), refresh: make(chan struct{}, 1),
 		busy: map[string]*op{}, held: map[string]string{}, faulted: map[string]*gpu.Event{},
 		watching: map[string]int{}, reported: map[string]string{}, needCache: map[string]cachedNeed{},
 		stopWait: map[string][]*stopRequest{},
@@ -226,6 +229,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			d.operatorStop(r)
 		case r := <-d.resets:
 			d.operatorReset(r)
+		case <-d.refresh:
 		case reply := <-d.pings:
 			close(reply)
 			continue

@@ -85,7 +85,10 @@ func (d *Daemon) pass(ctx context.Context) {
 	}
 	if d.cfg == nil {
 		// No config ever loaded: nothing is known to be desired, so nothing
-		// is stopped either.
+		// is started or stopped, but what an operator asks to stop.
+		if st, err := d.exec.State(); err == nil {
+			d.runHeld(st, reconcile.Observed{})
+		}
 		d.notifyStatus()
 		return
 	}
@@ -96,6 +99,11 @@ func (d *Daemon) pass(ctx context.Context) {
 		if ctx.Err() == nil {
 			d.log.Error("observe the node", "error", err)
 		}
+		return
+	}
+	if ctx.Err() != nil {
+		// Shutting down: health checks cut short by it read as failing
+		// engines, and must not be acted on.
 		return
 	}
 	desired := d.cfg.desired

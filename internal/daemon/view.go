@@ -151,10 +151,6 @@ func (v *view) pools(x *reconcile.Executor, now time.Time) []api.Pool {
 		case v.held[r.Pool] && r.PID == 0:
 			r.Phase, r.Ready = reconcile.Stopped, false
 		}
-		if r.Phase != reconcile.Ready && r.Preload != nil && r.Preload.State == api.PreloadLoaded && r.PID == 0 {
-			// The engine that loaded is gone.
-			r.Preload = nil
-		}
 	}
 	slices.SortFunc(rows, func(a, b api.Pool) int {
 		switch {
@@ -209,8 +205,15 @@ func (d *Daemon) snapshot() metrics.Snapshot {
 // onEvent is the Executor's report: one log event per transition, the
 // pool's phase for the API, and the preload and restart metrics.
 func (d *Daemon) onEvent(e reconcile.Event) {
-	// The phase is shown after it is logged: whoever sees it can read why.
-	defer d.view.setPhase(e.Pool, e.Phase, e.Time)
+	// The phase is shown after it is logged: whoever sees it can read why;
+	// then a pass observes the node again.
+	defer func() {
+		d.view.setPhase(e.Pool, e.Phase, e.Time)
+		select {
+		case d.refresh <- struct{}{}:
+		default:
+		}
+	}()
 	args := []any{"pool", e.Pool, "phase", string(e.Phase)}
 	if e.Restart != "" {
 		args = append(args, "restart_reason", e.Restart)

@@ -65,6 +65,13 @@ func One(id string, obs reconcile.Observed, st *state.State, now time.Time) api.
 		row.Log = engineRec.LogPath
 	}
 	switch {
+	case recorded && engineRec.PID != 0 && (!hasEngine || e.PID != engineRec.PID):
+		// Started since the node was observed: the state file knows it
+		// better than the observation.
+		row.PID, row.Port, row.Phase = engineRec.PID, engineRec.Port, reconcile.Preloading
+		if row.Port != 0 {
+			row.Endpoint = fmt.Sprintf("http://127.0.0.1:%d", row.Port)
+		}
 	case hasEngine && e.Alive:
 		row.PID, row.Port = e.PID, e.Port
 		if e.Port != 0 {
@@ -116,6 +123,8 @@ func preload(row api.Pool, rec state.Engine, recorded bool, now time.Time) *api.
 	}
 	p := &api.Preload{StartedAt: rec.StartedAt}
 	switch {
+	case !rec.ReadyAt.IsZero() && row.PID == 0:
+		return nil // the engine that loaded is gone
 	case !rec.ReadyAt.IsZero():
 		p.State, p.LoadedAt = api.PreloadLoaded, rec.ReadyAt
 		p.DurationSeconds = rec.ReadyAt.Sub(rec.StartedAt).Seconds()

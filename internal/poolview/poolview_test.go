@@ -1,0 +1,96 @@
+package poolview
+
+import (
+	"testing"
+	"time"
+
+	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
+	"github.com/poolmanagerd/pool-managerd/internal/api"
+	"github.com/poolmanagerd/pool-managerd/internal/state"
+	"github.com/poolmanagerd/pool-managerd/reconcile"
+)
+
+func TestOne(t *testing.T) {
+	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	started, ready := now.Add(-time.Minute), now.Add(-50*time.Second)
+	failedAt := now.Add(-10 * time.Second)
+	gpus := []gpu.Device{{Index: 0, UUID: "GPU-0", Processes: []gpu.Process{{PID: 100, UsedBytes: 4 << 30}}}}
+	liveRec := state.Engine{Pool: "p", PID: 100, Port: 8080, StartedAt: started, ReadyAt: ready, LogPath: "/nonexistent/p.log"}
+	cases := []struct {
+		name        string
+		obs         map[string]reconcile.Engine
+		engines     map[string]state.Engine
+		pools       map[string]state.PoolRecord
+		wantPhase   reconcile.Phase
+		wantReady   bool
+		wantPID     int
+		wantPreload string
+		wantClass   string
+		wantGPUs    int
+	}{
+		{name: "nothing known", wantPhase: reconcile.Pending, wantPreload: api.PreloadPending},
+		{name: "healthy engine", obs: map[string]reconcile.Engine{"p": {PID: 100, Port: 8080, Alive: true, Recorded: true, Health: reconcile.HealthOK}},
+			engines: map[string]state.Engine{"p": liveRec}, wantPhase: reconcile.Ready, wantReady: true, wantPID: 100, wantPreload: api.PreloadLoaded, wantGPUs: 1},
+		{name: "loading engine", obs: map[string]reconcile.Engine{"p": {PID: 100, Port: 8080, Alive: true, Recorded: true, Health: reconcile.HealthLoading}},
+			engines: map[string]state.Engine{"p": {Pool: "p", PID: 100, Port: 8080, StartedAt: started}}, wantPhase: reconcile.Preloading, wantPID: 100, wantPreload: api.PreloadLoading, wantGPUs: 1},
+		{name: "failing health", obs: map[string]reconcile.Engine{"p": {PID: 100, Alive: true, Recorded: true, Health: reconcile.HealthFailing}},
+			engines: map[string]state.Engine{"p": liveRec}, wantPhase: reconcile.Unready, wantPID: 100, wantPreload: api.PreloadLoaded, wantGPUs: 1},
+		{name: "dead after Ready", obs: map[string]reconcile.Engine{"p": {PID: 100, Recorded: true}},
+			engines: map[string]state.Engine{"p": liveRec}, wantPhase: reconcile.Unready, wantClass: "exited"},
+		{name: "failed preload with backoff", engines: map[string]state.Engine{"p": {Pool: "p", PID: 100, StartedAt: started}},
+			obs:   map[string]reconcile.Engine{"p": {PID: 100, Recorded: true}},
+			pools: map[string]state.PoolRecord{"p": {LastError: &state.ErrorRecord{Class: "exited", Message: "boom", Time: failedAt}, NextRetry: now.Add(time.Second)}},
+			wantPhase: reconcile.Unready, wantPreload: api.PreloadFailed, wantClass: "exited"},
+		{name: "breaker open", pools: map[string]state.PoolRecord{"p": {BreakerState: api.BreakerOpen, BreakerRetryAt: now.Add(time.Hour), LastError: &state.ErrorRecord{Class: "exited", Message: "boom", Time: failedAt}}},
+			wantPhase: reconcile.Failed, wantClass: "exited"},
+		{name: "intent only", obs: map[string]reconcile.Engine{"p": {Recorded: true, Intent: true}},
+			engines: map[string]state.Engine{"p": {Pool: "p", Intent: true, StartedAt: started}}, wantPhase: reconcile.Pending, wantPreload: api.PreloadLoading},
+		{name: "started since the observation", obs: map[string]reconcile.Engine{"p": {PID: 99, Recorded: true}},
+			engines: map[string]state.Engine{"p": {Pool: "p", PID: 100, Port: 8081, StartedAt: started}}, wantPhase: reconcile.Preloading, wantPID: 100, wantPreload: api.PreloadLoading},
+		{name: "stopped: a record, no engine", pools: map[string]state.PoolRecord{"p": {Restarts: 2}}, wantPhase: reconcile.Stopped},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			st := &state.State{Engines: c.engines, Pools: c.pools}
+			if st.Engines == nil {
+				st.Engines = map[string]state.Engine{}
+			}
+			if st.Pools == nil {
+				st.Pools = map[string]state.PoolRecord{}
+			}
+			obs := reconcile.Observed{GPUs: gpus, Engines: c.obs}
+			got := One("p", obs, st, now)
+			if got.Phase != c.wantPhase || got.Ready != c.wantReady || got.PID != c.wantPID || len(got.GPUs) != c.wantGPUs {
+				t.Errorf("phase %s ready %v pid %d gpus %v; want %s %v %d %d", got.Phase, got.Ready, got.PID, got.GPUs, c.wantPhase, c.wantReady, c.wantPID, c.wantGPUs)
+			}
+			switch {
+			case c.wantPreload == "" && got.Preload != nil:
+				t.Errorf("preload %+v, want none", got.Preload)
+			case c.wantPreload != "" && (got.Preload == nil || got.Preload.State != c.wantPreload):
+				t.Errorf("preload %+v, want %s", got.Preload, c.wantPreload)
+			}
+			switch {
+			case c.wantClass == "" && got.LastError != nil:
+				t.Errorf("last error %+v, want none", got.LastError)
+			case c.wantClass != "" && (got.LastError == nil || got.LastError.Class != c.wantClass || got.LastError.Hint == "" || got.LastError.Time.IsZero()):
+				t.Errorf("last error %+v, want class %s with a hint and a time", got.LastError, c.wantClass)
+			}
+			if c.wantPID != 0 && got.Endpoint == "" && (got.Port != 0) {
+				t.Errorf("no endpoint for port %d", got.Port)
+			}
+		})
+	}
+}
+
+func TestBuildSortsAndCovers(t *testing.T) {
+	st := &state.State{Engines: map[string]state.Engine{}, Pools: map[string]state.PoolRecord{"b": {}, "a": {}}}
+	obs := reconcile.Observed{Engines: map[string]reconcile.Engine{"c": {PID: 1, Alive: true, Health: reconcile.HealthOK}}}
+	rows := Build(obs, st, time.Now())
+	var ids []string
+	for _, r := range rows {
+		ids = append(ids, r.Pool)
+	}
+	if len(ids) != 3 || ids[0] != "a" || ids[1] != "b" || ids[2] != "c" {
+		t.Errorf("pools %v, want [a b c]", ids)
+	}
+}
