@@ -42,6 +42,7 @@ bench: build ## Benchmarks: load, validate against cue vet, and plan, at 100, 1,
 	$(GO) test -run '^$$' -bench Plan -benchtime 3x ./reconcile
 	BENCH_STRICT=1 ./scripts/bench-validate.sh $(BIN)/pool-managerd
 	./scripts/bench-apply.sh $(BIN)
+	./scripts/bench-daemon.sh $(BIN)
 
 fuzz: ## Fuzz the loader for a minute.
 	$(GO) test -run '^$$' -fuzz FuzzLoad -fuzztime 60s ./schema
