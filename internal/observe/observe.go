@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/vram"
@@ -113,8 +114,10 @@ func Observe(ctx context.Context, opts Options) (reconcile.Observed, error) {
 			return obs, err
 		}
 	}
+	// One read of /proc for every engine's session, not one per engine.
+	sessions := &sessionIndex{}
 	for id, rec := range st.Engines {
-		obs.Engines[id] = engineOf(ctx, rec, st.Pools[id], health)
+		obs.Engines[id] = engineOf(ctx, rec, st.Pools[id], health, sessions)
 	}
 	for id, rec := range st.Pools {
 		obs.Pools[id] = reconcile.PoolStatus{
@@ -126,7 +129,7 @@ func Observe(ctx context.Context, opts Options) (reconcile.Observed, error) {
 		}
 	}
 	if opts.ScanProcesses {
-		if err := scanMarkers(ctx, opts.Node, absDir(opts.StateDir), obs.Engines, health); err != nil {
+		if err := scanMarkers(ctx, opts.Node, absDir(opts.StateDir), obs.Engines, health, sessions); err != nil {
 			return obs, err
 		}
 	}
@@ -141,7 +144,7 @@ func lastError(rec state.PoolRecord) string {
 }
 
 // engineOf checks a recorded engine against its live process and health endpoint.
-func engineOf(ctx context.Context, rec state.Engine, pool state.PoolRecord, health func(context.Context, int, bool) reconcile.Health) reconcile.Engine {
+func engineOf(ctx context.Context, rec state.Engine, pool state.PoolRecord, health func(context.Context, int, bool) reconcile.Health, sessions *sessionIndex) reconcile.Engine {
 	e := reconcile.Engine{
 		Pool: rec.Pool, Generation: rec.Generation, SpecHash: rec.SpecHash, Spec: rec.Spec,
 		PID: rec.PID, Port: rec.Port, Recorded: true,
@@ -154,20 +157,20 @@ func engineOf(ctx context.Context, rec state.Engine, pool state.PoolRecord, heal
 		if pool.LastError != nil {
 			e.Exit = pool.LastError.Message
 		}
-		e.PIDs = leftovers(rec)
+		e.PIDs = leftovers(rec, sessions)
 		return e
 	}
 	e.Alive = true
 	e.Unverified = rec.ReadyAt.IsZero()
-	e.PIDs = sessionOf(rec.PID)
+	e.PIDs = sessionOf(rec.PID, sessions)
 	e.Health = health(ctx, rec.Port, !rec.ReadyAt.IsZero())
 	return e
 }
 
 // leftovers lists the live processes of a dead engine's session that carry
 // its pool's marker: workers that outlived it and may hold GPU memory.
-func leftovers(rec state.Engine) []int {
-	pids, err := proc.Session(rec.PID)
+func leftovers(rec state.Engine, sessions *sessionIndex) []int {
+	pids, err := sessions.of(rec.PID)
 	if err != nil {
 		return nil
 	}
@@ -188,12 +191,12 @@ func leftovers(rec state.Engine) []int {
 }
 
 // sessionOf lists the processes of an engine's session (its workers and shards).
-func sessionOf(pid int) []int {
+func sessionOf(pid int, sessions *sessionIndex) []int {
 	info, err := proc.Stat(pid)
 	if err != nil {
 		return []int{pid}
 	}
-	pids, err := proc.Session(info.Session)
+	pids, err := sessions.of(info.Session)
 	if err != nil || len(pids) == 0 {
 		return []int{pid}
 	}
@@ -202,7 +205,7 @@ func sessionOf(pid int) []int {
 
 // scanMarkers adds the live engines of this node that the state file does
 // not know (or knows under an older generation).
-func scanMarkers(ctx context.Context, node, stateDir string, engines map[string]reconcile.Engine, health func(context.Context, int, bool) reconcile.Health) error {
+func scanMarkers(ctx context.Context, node, stateDir string, engines map[string]reconcile.Engine, health func(context.Context, int, bool) reconcile.Health, sessions *sessionIndex) error {
 	found, err := proc.FindByEnv(MarkerEnv)
 	if err != nil {
 		return fmt.Errorf("scan processes for engines: %w", err)
@@ -233,10 +236,27 @@ func scanMarkers(ctx context.Context, node, stateDir string, engines map[string]
 		}
 		engines[m.Pool] = reconcile.Engine{
 			Pool: m.Pool, Generation: m.Generation, SpecHash: m.SpecHash, PID: pid, Port: port,
-			PIDs: sessionOf(pid), Alive: true, Health: health(ctx, port, false),
+			PIDs: sessionOf(pid, sessions), Alive: true, Health: health(ctx, port, false),
 		}
 	}
 	return nil
+}
+
+// sessionIndex is every session's processes, read from /proc once, on first
+// use, for one observation (instead of one read of /proc per engine).
+type sessionIndex struct {
+	once     sync.Once
+	sessions map[int][]int
+	err      error
+}
+
+// of returns the pids of session sid, as proc.Session does.
+func (s *sessionIndex) of(sid int) ([]int, error) {
+	s.once.Do(func() { s.sessions, s.err = proc.Sessions() })
+	if s.err != nil {
+		return nil, s.err
+	}
+	return s.sessions[sid], nil
 }
 
 // PortOf finds the --port of an engine's command line.

@@ -108,19 +108,28 @@ func Environ(pid int) (map[string]string, error) {
 // starts stays in that session unless it calls setsid itself, so the result
 // is the leader's process tree. Zombies are included (see Info.State).
 func Session(sid int) ([]int, error) {
+	all, err := Sessions()
+	if err != nil {
+		return nil, err
+	}
+	return all[sid], nil
+}
+
+// Sessions reads /proc once and returns the pids of every session, by
+// session id, each list sorted: Session for many sessions at the cost of one.
+// Zombies are included (see Info.State).
+func Sessions() (map[int][]int, error) {
 	pids, err := Pids()
 	if err != nil {
 		return nil, err
 	}
-	var out []int
+	out := make(map[int][]int)
 	for _, pid := range pids {
 		info, err := Stat(pid)
 		if err != nil {
 			continue // exited since the directory was read
 		}
-		if info.Session == sid {
-			out = append(out, pid)
-		}
+		out[info.Session] = append(out[info.Session], pid)
 	}
 	return out, nil
 }
