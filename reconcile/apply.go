@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
@@ -107,6 +109,9 @@ type Executor struct {
 
 	mu sync.Mutex
 	st *state.State
+	// snap is a copy of st as of its last change, which State returns
+	// without waiting for a save in progress (an fsync can take long).
+	snap atomic.Pointer[state.State]
 	// inflight are the starts under way, by pool: what each booked on each
 	// GPU, and its engine once spawned, so that parallel starts do not both
 	// take the same bytes, nor count twice what an engine already holds.
@@ -245,7 +250,13 @@ func (x *Executor) load() error {
 		return err
 	}
 	x.st = st
+	x.publish()
 	return nil
+}
+
+// publish makes a copy of the state the one State returns. Called with x.mu held.
+func (x *Executor) publish() {
+	x.snap.Store(&state.State{Version: x.st.Version, Engines: maps.Clone(x.st.Engines), Pools: maps.Clone(x.st.Pools)})
 }
 
 // mutate changes the state under the lock and saves it atomically.
@@ -253,6 +264,7 @@ func (x *Executor) mutate(fn func(st *state.State)) error {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	fn(x.st)
+	x.publish()
 	return x.Store.Save(x.st)
 }
 

@@ -19,14 +19,16 @@ import (
 var ErrNoRecord = errors.New("no record of this pool")
 
 // State returns a copy of the state as the Executor holds it (read from
-// the state file at the first use).
+// the state file at the first use). It does not wait for a save in progress.
 func (x *Executor) State() (*state.State, error) {
-	if err := x.load(); err != nil {
-		return nil, err
+	s := x.snap.Load()
+	if s == nil {
+		if err := x.load(); err != nil {
+			return nil, err
+		}
+		s = x.snap.Load()
 	}
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	return &state.State{Version: x.st.Version, Engines: maps.Clone(x.st.Engines), Pools: maps.Clone(x.st.Pools)}, nil
+	return &state.State{Version: s.Version, Engines: maps.Clone(s.Engines), Pools: maps.Clone(s.Pools)}, nil
 }
 
 // Fault handles a driver error on one of a pool's GPUs (a critical Xid, a
