@@ -194,7 +194,13 @@ func quote(argv []string) string {
 }
 
 // waitChild waits for the child we started (os.Process.Wait: no polling).
+// It first waits for the exit in the runtime's poller on a pidfd, so that a
+// daemon running a hundred engines does not hold a hundred OS threads
+// blocked in waitid; Wait then reaps at once and reads the exit status.
 func (h *Handle) waitChild() {
+	if fd, err := unix.PidfdOpen(h.pid, 0); err == nil {
+		waitPidfd(os.NewFile(uintptr(fd), "pidfd"))
+	}
 	st, err := h.process.Wait()
 	at := time.Now()
 	var e Exit
