@@ -207,7 +207,11 @@ func (d *Daemon) pass(ctx context.Context) {
 		}
 		d.launchPlan(u.Pool, &op{kind: opApply, specHash: st.Engines[u.Pool].SpecHash}, &reconcile.NodePlan{Node: d.opts.Node, Unchanged: []reconcile.Unchanged{u}})
 	}
-	d.watchExits(obs, st)
+	if !d.watchExits(obs, st) {
+		// An engine died between the observation and its exit watch: no
+		// exit event will come, so look again soon rather than at the resync.
+		later(d.now().Add(100 * time.Millisecond))
+	}
 	d.wakeAt = wake
 	d.metrics.ReconcileDone(time.Since(started))
 	if d.view.markReady() {
@@ -342,8 +346,10 @@ func (d *Daemon) desiredPool(id string) (*schema.Pool, bool) {
 }
 
 // watchExits watches each running engine that no op is busy with, so that
-// its exit is handled at once rather than at the next resync.
-func (d *Daemon) watchExits(obs reconcile.Observed, st *state.State) {
+// its exit is handled at once rather than at the next resync. It reports
+// false when an engine seen alive could not be watched (gone meanwhile).
+func (d *Daemon) watchExits(obs reconcile.Observed, st *state.State) bool {
+	ok := true
 	for id, e := range obs.Engines {
 		rec, recorded := st.Engines[id]
 		if !e.Alive || !recorded || rec.PID != e.PID || d.watching[id] == e.PID || d.busy[id] != nil {
@@ -351,7 +357,8 @@ func (d *Daemon) watchExits(obs reconcile.Observed, st *state.State) {
 		}
 		p, err := d.opts.Engines.Adopt(d.runCtx, rec)
 		if err != nil {
-			continue // gone meanwhile: the next pass sees it
+			ok = false // gone meanwhile: the next pass sees it
+			continue
 		}
 		d.watching[id] = e.PID
 		d.watchers.Add(1)
@@ -367,6 +374,7 @@ func (d *Daemon) watchExits(obs reconcile.Observed, st *state.State) {
 			}
 		}()
 	}
+	return ok
 }
 
 func (d *Daemon) engineExited(e exitEvent) {

@@ -148,6 +148,13 @@ func (v *view) pools(x *reconcile.Executor, now time.Time) []api.Pool {
 		switch {
 		case ok && t.at.After(v.obsAt):
 			r.Phase, r.Ready = t.phase, t.phase == reconcile.Ready
+			if t.phase == reconcile.Stopped {
+				// Stopped since the observation: its engine is gone.
+				r.PID, r.Port, r.Endpoint, r.GPUs, r.Preload = 0, 0, "", []api.GPU{}, nil
+			}
+		case r.Ready && (r.Preload == nil || r.Preload.State != api.PreloadLoaded):
+			// Healthy, but its placement is not verified yet: Ready comes from the op.
+			r.Phase, r.Ready = reconcile.Preloading, false
 		case v.held[r.Pool] && r.PID == 0:
 			r.Phase, r.Ready = reconcile.Stopped, false
 		}
