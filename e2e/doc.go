@@ -22,6 +22,14 @@
 //   - crashsafety_test.go: apply killed with SIGKILL at each step of a start.
 //   - engines_test.go: vLLM and TGI engines, whose worker processes hold
 //     the GPU memory.
+//   - daemon_helpers_test.go: pool-managerd serve in the background (killed and
+//     waited for in cleanup, its log printed on failure), its API client,
+//     /metrics parsed, its JSON log.
+//   - daemon_test.go: the daemon: config edits, invalid and half-written
+//     files, engine exits, Xids, adoption, operator actions, metrics, logs.
+//   - fleet_test.go: three daemons on one config repository.
+//   - notify_test.go: serve under systemd's Type=notify (READY, STATUS,
+//     WATCHDOG, STOPPING).
 //
 // Tests that end with "DEFECT:" name a defect of pool-managerd that they
 // found; they assert the documented behaviour, so they fail until it is fixed.
