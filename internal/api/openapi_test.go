@@ -2,22 +2,16 @@ package api
 
 import (
 	"encoding/json"
-	"fmt"
-	"math"
-	"mime"
 	"net/http"
-	"os"
 	"reflect"
 	"slices"
-	"sort"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	"go.yaml.in/yaml/v3"
 
+	"github.com/poolmanagerd/pool-managerd/internal/api/openapicheck"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
@@ -28,169 +22,24 @@ import (
 // missing that the schema requires, none the schema does not list, nested
 // objects too), and every documented response is produced by some case; the
 // Go types have exactly the schemas' properties, the optional ones being
-// those with omitempty or omitzero.
+// those with omitempty or omitzero. The validator lives in package
+// openapicheck, shared with internal/daemon's test that checks the real
+// daemon's responses the same way.
 
 const specPath = "../../docs/openapi.yaml"
 
-type object = map[string]any
+type object = openapicheck.Object
 
-// openAPI is the parsed spec.
-type openAPI struct {
-	root object
-}
-
-func loadSpec(t *testing.T) *openAPI {
+func loadSpec(t *testing.T) *openapicheck.Spec {
 	t.Helper()
-	data, err := os.ReadFile(specPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var root object
-	if err := yaml.Unmarshal(data, &root); err != nil {
-		t.Fatalf("%s: %v", specPath, err)
-	}
-	if v, _ := root["openapi"].(string); !strings.HasPrefix(v, "3.0.") {
-		t.Fatalf("%s: openapi %q, want 3.0.x", specPath, root["openapi"])
-	}
-	return &openAPI{root: root}
-}
-
-func (s *openAPI) get(t *testing.T, o object, keys ...string) object {
-	t.Helper()
-	for _, k := range keys {
-		next, ok := o[k].(object)
-		if !ok {
-			t.Fatalf("%s: no object at %s", specPath, strings.Join(keys, "."))
-		}
-		o = next
-	}
-	return o
-}
-
-// deref follows a local $ref ("#/components/...").
-func (s *openAPI) deref(t *testing.T, o object) object {
-	t.Helper()
-	for {
-		ref, ok := o["$ref"].(string)
-		if !ok {
-			return o
-		}
-		if !strings.HasPrefix(ref, "#/") {
-			t.Fatalf("%s: $ref %q is not local", specPath, ref)
-		}
-		o = s.get(t, s.root, strings.Split(strings.TrimPrefix(ref, "#/"), "/")...)
-	}
-}
-
-// operations returns "METHOD /path" → operation.
-func (s *openAPI) operations(t *testing.T) map[string]object {
-	t.Helper()
-	ops := map[string]object{}
-	for path, item := range s.get(t, s.root, "paths") {
-		for method, op := range item.(object) {
-			if method == "parameters" {
-				continue
-			}
-			ops[strings.ToUpper(method)+" "+path] = op.(object)
-		}
-	}
-	return ops
-}
-
-// validate checks v (decoded JSON) against schema and returns what is wrong.
-func (s *openAPI) validate(t *testing.T, where string, schema object, v any) []string {
-	t.Helper()
-	schema = s.deref(t, schema)
-	var errs []string
-	bad := func(format string, args ...any) {
-		errs = append(errs, where+": "+fmt.Sprintf(format, args...))
-	}
-	if enum, ok := schema["enum"].([]any); ok && !slices.Contains(enum, v) {
-		bad("%v is not one of %v", v, enum)
-	}
-	switch typ := schema["type"]; typ {
-	case "object":
-		o, ok := v.(map[string]any)
-		if !ok {
-			bad("%T, want an object", v)
-			break
-		}
-		if ap, ok := schema["additionalProperties"]; !ok || ap != false {
-			bad("the schema must say additionalProperties: false")
-		}
-		props, _ := schema["properties"].(object)
-		required, _ := schema["required"].([]any)
-		for _, r := range required {
-			if _, ok := o[r.(string)]; !ok {
-				bad("required property %q missing", r)
-			}
-		}
-		for _, k := range sortedKeys(o) {
-			p, ok := props[k].(object)
-			if !ok {
-				bad("property %q is not documented", k)
-				continue
-			}
-			errs = append(errs, s.validate(t, where+"."+k, p, o[k])...)
-		}
-	case "array":
-		a, ok := v.([]any)
-		if !ok {
-			bad("%T, want an array", v)
-			break
-		}
-		if min, ok := schema["minItems"].(int); ok && len(a) < min {
-			bad("%d items, want at least %d", len(a), min)
-		}
-		for i, e := range a {
-			errs = append(errs, s.validate(t, fmt.Sprintf("%s[%d]", where, i), schema["items"].(object), e)...)
-		}
-	case "string":
-		str, ok := v.(string)
-		if !ok {
-			bad("%T, want a string", v)
-			break
-		}
-		if min, ok := schema["minLength"].(int); ok && len(str) < min {
-			bad("%q is shorter than %d", str, min)
-		}
-		if schema["format"] == "date-time" {
-			if _, err := time.Parse(time.RFC3339Nano, str); err != nil {
-				bad("not a date-time: %v", err)
-			}
-		}
-	case "integer":
-		if n, ok := v.(float64); !ok || n != math.Trunc(n) {
-			bad("%v, want an integer", v)
-		}
-	case "number":
-		if _, ok := v.(float64); !ok {
-			bad("%v, want a number", v)
-		}
-	case "boolean":
-		if _, ok := v.(bool); !ok {
-			bad("%v, want a boolean", v)
-		}
-	default:
-		bad("schema without a known type: %v", typ)
-	}
-	return errs
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
+	return openapicheck.Load(t, specPath)
 }
 
 // TestOpenAPIRoutes checks that the handler's routes and the spec's
 // operations are the same, and the security of each.
 func TestOpenAPIRoutes(t *testing.T) {
 	spec := loadSpec(t)
-	ops := spec.operations(t)
+	ops := spec.Operations(t)
 	var handlerOps []string
 	for _, rt := range routes {
 		key := rt.method + " " + rt.path
@@ -205,9 +54,9 @@ func TestOpenAPIRoutes(t *testing.T) {
 			t.Errorf("%s: open %v, but the spec's security is %v", key, rt.open, op["security"])
 		}
 		if strings.Contains(rt.path, "{id}") {
-			item := spec.get(t, spec.root, "paths", rt.path)
+			item := spec.Get(t, spec.Root, "paths", rt.path)
 			params, _ := item["parameters"].([]any)
-			if len(params) != 1 || spec.deref(t, params[0].(object))["name"] != "id" {
+			if len(params) != 1 || spec.Deref(t, params[0].(object))["name"] != "id" {
 				t.Errorf("%s: the path parameter id is not documented", key)
 			}
 		}
@@ -217,14 +66,14 @@ func TestOpenAPIRoutes(t *testing.T) {
 		}
 	}
 	slices.Sort(handlerOps)
-	if d := cmp.Diff(handlerOps, sortedKeys(ops)); d != "" {
+	if d := cmp.Diff(handlerOps, openapicheck.SortedKeys(ops)); d != "" {
 		t.Errorf("handler routes (-) and spec operations (+) differ:\n%s", d)
 	}
-	global, _ := spec.root["security"].([]any)
+	global, _ := spec.Root["security"].([]any)
 	if len(global) == 0 || global[0].(object)["bearerAuth"] == nil {
-		t.Errorf("the spec's global security %v does not name bearerAuth", spec.root["security"])
+		t.Errorf("the spec's global security %v does not name bearerAuth", spec.Root["security"])
 	}
-	scheme := spec.get(t, spec.root, "components", "securitySchemes", "bearerAuth")
+	scheme := spec.Get(t, spec.Root, "components", "securitySchemes", "bearerAuth")
 	if scheme["type"] != "http" || scheme["scheme"] != "bearer" {
 		t.Errorf("bearerAuth is %v, want type http, scheme bearer", scheme)
 	}
@@ -234,7 +83,7 @@ func TestOpenAPIRoutes(t *testing.T) {
 // against the spec, and that every documented response is produced.
 func TestOpenAPIResponses(t *testing.T) {
 	spec := loadSpec(t)
-	ops := spec.operations(t)
+	ops := spec.Operations(t)
 	seen := map[string]bool{}
 	for _, c := range apiCases() {
 		t.Run(c.name, func(t *testing.T) {
@@ -246,64 +95,25 @@ func TestOpenAPIResponses(t *testing.T) {
 			if !ok {
 				t.Fatalf("%s is not in the spec", s.pattern)
 			}
-			status := strconv.Itoa(s.resp.StatusCode)
-			seen[s.pattern+" "+status] = true
-			responses := spec.get(t, op, "responses")
-			r, ok := responses[status].(object)
-			if !ok {
-				t.Fatalf("%s: response %s is not documented", s.pattern, status)
-			}
-			r = spec.deref(t, r)
-			content := spec.get(t, r, "content")
-			mt, _, err := mime.ParseMediaType(s.resp.Header.Get("Content-Type"))
-			if err != nil {
-				t.Fatalf("Content-Type %q: %v", s.resp.Header.Get("Content-Type"), err)
-			}
-			media, ok := content[mt].(object)
-			if !ok {
-				t.Fatalf("%s %s: media type %s not documented (have %v)", s.pattern, status, mt, sortedKeys(content))
-			}
-			if h, ok := r["headers"].(object); ok {
-				for name := range h {
-					if s.resp.Header.Get(name) == "" {
-						t.Errorf("%s %s: documented header %s missing", s.pattern, status, name)
-					}
-				}
-			}
-			schema := spec.get(t, media, "schema")
-			if mt != "application/json" {
-				if enum, ok := schema["enum"].([]any); ok && !slices.Contains(enum, any(string(s.body))) {
-					t.Errorf("%s %s: body %q not one of %v", s.pattern, status, s.body, enum)
-				}
-				return
-			}
-			var v any
-			if err := json.Unmarshal(s.body, &v); err != nil {
-				t.Fatalf("%s: %v", s.body, err)
-			}
-			for _, e := range spec.validate(t, "body", schema, v) {
-				t.Errorf("%s %s: %s", s.pattern, status, e)
+			key, errs := spec.CheckResponse(t, s.pattern, s.resp, s.body)
+			seen[key] = true
+			for _, e := range errs {
+				t.Error(e)
 			}
 			if s.resp.StatusCode == 200 && c.body != "" {
 				var req any
 				if err := json.Unmarshal([]byte(c.body), &req); err != nil {
 					t.Fatal(err)
 				}
-				reqSchema := spec.get(t, op, "requestBody", "content", "application/json", "schema")
-				for _, e := range spec.validate(t, "request", reqSchema, req) {
+				reqSchema := spec.Get(t, op, "requestBody", "content", "application/json", "schema")
+				for _, e := range spec.Validate(t, "request", reqSchema, req) {
 					t.Errorf("%s: a request the handler accepts does not match the spec: %s", s.pattern, e)
 				}
 			}
 		})
 	}
-	var documented []string
-	for key, op := range ops {
-		for status := range spec.get(t, op, "responses") {
-			documented = append(documented, key+" "+status)
-		}
-	}
-	slices.Sort(documented)
-	if d := cmp.Diff(documented, sortedKeys(seen)); d != "" {
+	documented := spec.Responses(t)
+	if d := cmp.Diff(documented, openapicheck.SortedKeys(seen)); d != "" {
 		t.Errorf("documented responses (-) and responses the cases produce (+) differ:\n%s", d)
 	}
 }
@@ -312,7 +122,7 @@ func TestOpenAPIResponses(t *testing.T) {
 // handler's 400s.
 func TestOpenAPIRequestBodies(t *testing.T) {
 	spec := loadSpec(t)
-	ops := spec.operations(t)
+	ops := spec.Operations(t)
 	for _, tc := range []struct{ route, body string }{
 		{"POST /v1/reset", `{"pools": []}`},
 		{"POST /v1/reset", `{"pools": [""]}`},
@@ -325,8 +135,8 @@ func TestOpenAPIRequestBodies(t *testing.T) {
 		if err := json.Unmarshal([]byte(tc.body), &req); err != nil {
 			t.Fatal(err)
 		}
-		reqSchema := spec.get(t, ops[tc.route], "requestBody", "content", "application/json", "schema")
-		if errs := spec.validate(t, "request", reqSchema, req); len(errs) == 0 {
+		reqSchema := spec.Get(t, ops[tc.route], "requestBody", "content", "application/json", "schema")
+		if errs := spec.Validate(t, "request", reqSchema, req); len(errs) == 0 {
 			t.Errorf("%s %s: the spec accepts it", tc.route, tc.body)
 		}
 		method, path, _ := strings.Cut(tc.route, " ")
@@ -356,8 +166,8 @@ var specTypes = map[string]reflect.Type{
 // and property types that match the fields' types.
 func TestOpenAPITypes(t *testing.T) {
 	spec := loadSpec(t)
-	schemas := spec.get(t, spec.root, "components", "schemas")
-	if d := cmp.Diff(sortedKeys(specTypes), sortedKeys(schemas)); d != "" {
+	schemas := spec.Get(t, spec.Root, "components", "schemas")
+	if d := cmp.Diff(openapicheck.SortedKeys(specTypes), openapicheck.SortedKeys(schemas)); d != "" {
 		t.Errorf("Go types (-) and spec schemas (+) differ:\n%s", d)
 	}
 	schemaOf := map[reflect.Type]string{}
@@ -407,13 +217,13 @@ func TestOpenAPITypes(t *testing.T) {
 			t.Errorf("%s: type %v, want %s (Go %v)", where, prop["type"], want, typ)
 		}
 	}
-	for _, name := range sortedKeys(specTypes) {
+	for _, name := range openapicheck.SortedKeys(specTypes) {
 		typ := specTypes[name]
 		sch, ok := schemas[name].(object)
 		if !ok {
 			continue
 		}
-		props := spec.get(t, sch, "properties")
+		props := spec.Get(t, sch, "properties")
 		var fields, required []string
 		for f := range typ.Fields() {
 			tag := f.Tag.Get("json")
@@ -436,7 +246,7 @@ func TestOpenAPITypes(t *testing.T) {
 		}
 		slices.Sort(fields)
 		slices.Sort(required)
-		if d := cmp.Diff(fields, sortedKeys(props)); d != "" {
+		if d := cmp.Diff(fields, openapicheck.SortedKeys(props)); d != "" {
 			t.Errorf("%s: Go fields (-) and schema properties (+) differ:\n%s", name, d)
 		}
 		var specRequired []string
@@ -457,7 +267,7 @@ func TestOpenAPIEnums(t *testing.T) {
 	spec := loadSpec(t)
 	enum := func(keys ...string) []string {
 		var out []string
-		for _, v := range spec.get(t, spec.root, keys...)["enum"].([]any) {
+		for _, v := range spec.Get(t, spec.Root, keys...)["enum"].([]any) {
 			out = append(out, v.(string))
 		}
 		return out
@@ -487,7 +297,7 @@ func TestValidatorCatches(t *testing.T) {
 	good := func() map[string]any {
 		return map[string]any{"pool": "a", "phase": "Ready", "ready": true, "gpus": []any{}, "restarts": 0.0, "breaker": "closed"}
 	}
-	if errs := spec.validate(t, "body", pool, good()); len(errs) != 0 {
+	if errs := spec.Validate(t, "body", pool, good()); len(errs) != 0 {
 		t.Fatalf("a good pool: %v", errs)
 	}
 	for name, mutate := range map[string]func(map[string]any){
@@ -506,7 +316,7 @@ func TestValidatorCatches(t *testing.T) {
 	} {
 		m := good()
 		mutate(m)
-		if errs := spec.validate(t, "body", pool, m); len(errs) == 0 {
+		if errs := spec.Validate(t, "body", pool, m); len(errs) == 0 {
 			t.Errorf("%s: the validator found nothing", name)
 		}
 	}
