@@ -487,14 +487,7 @@ func (x *Executor) failed(ctx context.Context, pool *schema.Pool, f restart.Fail
 		f.Hint = vramHint(pool)
 	}
 	t := x.tracker(pool)
-	t.Failed(x.now(), f)
-	if err := x.saveTracker(pool.ID, t); err != nil {
-		x.report(pool.ID, Unready, nil, "could not record the failure in the state file: %v", err)
-	}
-	phase := Unready
-	if t.BreakerState() == restart.Open {
-		phase = Failed
-	}
+	phase := x.recordFailure(pool.ID, t, f)
 	fc := f
 	if fc.Hint == "" {
 		fc.Hint = restart.Hint(f.Class)
@@ -502,6 +495,19 @@ func (x *Executor) failed(ctx context.Context, pool *schema.Pool, f restart.Fail
 	d := t.Decide(x.now())
 	x.report(pool.ID, phase, &fc, "%s; next try %s", f.Message, describeDecision(d))
 	return Outcome{Pool: pool.ID, Phase: phase, Failure: &fc}
+}
+
+// recordFailure records a failure in the pool's tracker and saves it; it
+// returns the pool's phase after it: Failed once the breaker is open.
+func (x *Executor) recordFailure(pool string, t *restart.Tracker, f restart.Failure) Phase {
+	t.Failed(x.now(), f)
+	if err := x.saveTracker(pool, t); err != nil {
+		x.report(pool, Unready, nil, "could not record the failure in the state file: %v", err)
+	}
+	if t.BreakerState() == restart.Open {
+		return Failed
+	}
+	return Unready
 }
 
 func describeDecision(d restart.Decision) string {

@@ -50,14 +50,7 @@ func (x *Executor) Fault(ctx context.Context, pool *schema.Pool, f restart.Failu
 	if !rec.ReadyAt.IsZero() {
 		t.Ready(rec.ReadyAt)
 	}
-	t.Failed(x.now(), f)
-	if err := x.saveTracker(pool.ID, t); err != nil {
-		x.report(pool.ID, Unready, nil, "could not record the failure in the state file: %v", err)
-	}
-	phase := Unready
-	if t.BreakerState() == restart.Open {
-		phase = Failed
-	}
+	phase := x.recordFailure(pool.ID, t, f)
 	x.report(pool.ID, phase, &f, "%s", f.Message)
 	if running && (rec.PID != 0 || rec.Intent) {
 		if err := x.stop(ctx, Change{Action: Replace, Pool: pool.ID, PID: rec.PID}); err != nil {
