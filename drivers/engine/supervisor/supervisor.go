@@ -198,7 +198,7 @@ func quote(argv []string) string {
 // daemon running a hundred engines does not hold a hundred OS threads
 // blocked in waitid; Wait then reaps at once and reads the exit status.
 func (h *Handle) waitChild() {
-	if fd, err := unix.PidfdOpen(h.pid, 0); err == nil {
+	if fd, err := unix.PidfdOpen(h.pid, unix.PIDFD_NONBLOCK); err == nil {
 		waitPidfd(os.NewFile(uintptr(fd), "pidfd"))
 	}
 	st, err := h.process.Wait()
