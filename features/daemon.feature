@@ -145,6 +145,27 @@ Feature: The daemon: config watching, resync, the API and operator actions
     And pool "chat" has the engine pid noted
     And the metric pool_managerd_restarts_total{pool="coder",reason="exited"} is 1
 
+  @PM-1031
+  Scenario: An engine that stops answering its health check once Ready is restarted between resyncs
+    Given the config file "pools/chat.cue":
+      """
+      pools: chat: {
+      	node:    "gpu-01"
+      	engine:  "llamacpp"
+      	model: {path: "WORKSPACE/models/model.gguf", ctx: 4096}
+      	devices: [1]
+      	vram:    4Gi
+      	env: FAKE_ENGINE_UNHEALTHY_AFTER: "1s"
+      	restart: {initialBackoff: "1h", maxBackoff: "1h", jitter: 0}
+      }
+      """
+    And the daemon is started with "--resync 1h --health-interval 200ms"
+    And the daemon shows pool "chat" as Ready
+    Then the daemon has logged a warn event containing "engine health check failed"
+    And the daemon shows pool "chat" with 0 restarts and a last error of class "health_failed" with a message, a time and a hint
+    And no engine process runs for pool "chat"
+    And the daemon shows pool "coder" as Ready
+
   @PM-1031 @OC-POOL-3010
   Scenario: A lost GPU blocks its pool; the resync timer brings it back once the GPU returns
     Given the daemon is started with "--resync 500ms"

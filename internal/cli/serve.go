@@ -35,6 +35,7 @@ type serveFlags struct {
 	logFormat, logLevel string
 	stopEnginesOnExit   bool
 	resync, debounce    time.Duration
+	healthEvery         time.Duration
 }
 
 func newServeCommand() *cobra.Command {
@@ -83,6 +84,7 @@ name in upper case with _ for - (POOL_MANAGERD_CONFIG, POOL_MANAGERD_LISTEN, ...
 	fl.BoolVar(&f.stopEnginesOnExit, "stop-engines-on-exit", false, "stop every engine when the daemon exits (by default they keep running and the next daemon adopts them)")
 	fl.DurationVar(&f.resync, "resync", 30*time.Second, "period of the full resync: reload the config, observe, plan and apply")
 	fl.DurationVar(&f.debounce, "debounce", 200*time.Millisecond, "quiet time after a config change before it is loaded")
+	fl.DurationVar(&f.healthEvery, "health-interval", 10*time.Second, "how often Ready engines' health endpoints are asked between resyncs (an engine that fails is restarted)")
 	return cmd
 }
 
@@ -107,8 +109,8 @@ func runServe(cmd *cobra.Command, f serveFlags) error {
 	if info, err := os.Stat(f.config); err != nil || !info.IsDir() {
 		return usageError("--config %s: not a directory", f.config)
 	}
-	if f.resync <= 0 || f.debounce <= 0 {
-		return usageError("--resync and --debounce must be positive")
+	if f.resync <= 0 || f.debounce <= 0 || f.healthEvery <= 0 {
+		return usageError("--resync, --debounce and --health-interval must be positive")
 	}
 	src, node, err := f.node.parse()
 	if err != nil {
@@ -155,7 +157,7 @@ func runServe(cmd *cobra.Command, f serveFlags) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	d, err := daemon.New(daemon.Options{
 		ConfigDir: configDir, StateDir: stateDir, Node: node, GPUs: gpus, Source: src.String(), Engines: driver,
-		Logger: log, Registry: reg, Resync: f.resync, Debounce: f.debounce, Notify: sdNotify(log),
+		Logger: log, Registry: reg, Resync: f.resync, Debounce: f.debounce, HealthEvery: f.healthEvery, Notify: sdNotify(log),
 		Step: crashStep(),
 	})
 	if err != nil {

@@ -34,6 +34,7 @@ import (
 
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
 	"github.com/poolmanagerd/pool-managerd/internal/metrics"
+	"github.com/poolmanagerd/pool-managerd/internal/observe"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
 	"github.com/poolmanagerd/pool-managerd/internal/watch"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
@@ -59,6 +60,10 @@ type Options struct {
 	// Resync is the period of the full resync (default 30 s); Debounce the
 	// quiet time after a config change before it is loaded (default 200 ms).
 	Resync, Debounce time.Duration
+	// HealthEvery is how often the health endpoints of Ready engines are
+	// asked between resyncs (default 10 s); one that fails makes a pass,
+	// which restarts it.
+	HealthEvery time.Duration
 	// Notify, when set, receives sd_notify states ("READY=1", "STATUS=...").
 	Notify func(state string)
 	// Step is passed to the Executor (crash-safety tests).
@@ -116,6 +121,9 @@ func New(opts Options) (*Daemon, error) {
 	}
 	if opts.Debounce <= 0 {
 		opts.Debounce = 200 * time.Millisecond
+	}
+	if opts.HealthEvery <= 0 {
+		opts.HealthEvery = 10 * time.Second
 	}
 	log := opts.Logger
 	if log == nil {
@@ -190,6 +198,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("serve: GPU events: %w", err)
 	}
+	d.watchers.Add(1)
+	go d.watchHealth(ctx)
 	d.log.Info("daemon started", "node", d.opts.Node, "config", d.opts.ConfigDir, "state_dir", d.opts.StateDir, "gpus", d.opts.Source)
 	d.loadConfig(ctx, "start")
 	d.pass(ctx)
@@ -237,6 +247,41 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 		d.drain()
 		d.pass(ctx)
+	}
+}
+
+// watchHealth asks the health endpoint of every Ready engine each
+// HealthEvery, off the loop (a hung engine takes its timeout to answer),
+// and asks for a pass when one is not healthy: the pass sees it failing and
+// restarts it. Exits are seen at once without it; this finds engines that
+// run but no longer serve.
+func (d *Daemon) watchHealth(ctx context.Context) {
+	defer d.watchers.Done()
+	tick := time.NewTicker(d.opts.HealthEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		st, err := d.exec.State()
+		if err != nil {
+			continue
+		}
+		for id, rec := range st.Engines {
+			if rec.PID == 0 || rec.ReadyAt.IsZero() {
+				continue
+			}
+			if h := observe.HTTPHealth(ctx, rec.Port, true); h != reconcile.HealthOK && ctx.Err() == nil {
+				d.log.Warn("engine health check failed", "pool", id, "pid", rec.PID, "health", string(h))
+				select {
+				case d.refresh <- struct{}{}:
+				default:
+				}
+				break
+			}
+		}
 	}
 }
 
