@@ -33,20 +33,13 @@ type engineFlags struct {
 }
 
 func (e *engineFlags) register(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&e.llama, "llama-server", envOr("POOL_MANAGERD_LLAMA_SERVER", preset.DefaultLlamaCpp), "llama.cpp's llama-server binary (path, or a name looked up in PATH)")
-	cmd.Flags().StringVar(&e.vllm, "vllm", envOr("POOL_MANAGERD_VLLM", preset.DefaultVLLM), "vLLM's vllm binary")
-	cmd.Flags().StringVar(&e.tgi, "tgi", envOr("POOL_MANAGERD_TGI", preset.DefaultTGI), "TGI's text-generation-launcher binary")
+	cmd.Flags().StringVar(&e.llama, "llama-server", preset.DefaultLlamaCpp, "llama.cpp's llama-server binary (path, or a name looked up in PATH)")
+	cmd.Flags().StringVar(&e.vllm, "vllm", preset.DefaultVLLM, "vLLM's vllm binary")
+	cmd.Flags().StringVar(&e.tgi, "tgi", preset.DefaultTGI, "TGI's text-generation-launcher binary")
 }
 
 func (e *engineFlags) binaries() preset.Binaries {
 	return preset.Binaries{LlamaCpp: e.llama, VLLM: e.vllm, TGI: e.tgi}
-}
-
-func envOr(key, fallback string) string {
-	if v := os.Getenv(key); v != "" {
-		return v
-	}
-	return fallback
 }
 
 // nodeFlags are the flags that say which node and where its state is.
