@@ -166,6 +166,16 @@ stop_during_pass() {
 	stop_daemon TERM
 }
 get() { curl -fsS --max-time 5 "http://$addr$1"; }
+# poll TRIES INTERVAL COMMAND...: run COMMAND until it succeeds, at most TRIES times.
+poll() {
+	local tries=$1 every=$2
+	shift 2
+	for _ in $(seq "$tries"); do
+		"$@" && return 0
+		sleep "$every"
+	done
+	return 1
+}
 wait_readyz() { # until /readyz answers 200 (the first reconcile is done), at most 30 s
 	for _ in $(seq 1500); do
 		curl -fs -o /dev/null --max-time 5 "http://$addr/readyz" && return 0
@@ -204,6 +214,18 @@ field() { # field POOL KEY: one top-level field of /v1/pools/POOL
 # log_ms PATTERN AFTER_LINE: sets at_ms to the time (Unix ms) of the first log
 # event after line AFTER_LINE that matches PATTERN, waiting up to 10 s for it.
 at_ms=
+# ready_with_new_pid POOL OLDPID: the pool is Ready in an engine other than OLDPID.
+ready_with_new_pid() {
+	local pid ready
+	pid=$(field "$1" pid) ready=$(field "$1" ready)
+	[ "$ready" = true ] && [ -n "$pid" ] && [ "$pid" != "$2" ]
+}
+# loaded_since NS POOL: the config in force was loaded after NS and the pool is Ready.
+loaded_since() {
+	local good
+	good=$(get /v1/config | awk -F'"' '$2 == "lastGoodLoad" { print $4 }')
+	[ -n "$good" ] && [ "$(date -u -d "$good" +%s%N)" -gt "$1" ] && [ "$(field "$2" ready)" = true ]
+}
 log_ms() {
 	local line
 	for _ in $(seq 500); do
@@ -266,16 +288,7 @@ for r in $(seq "$reps"); do
 	n=$(wc -l <"$log")
 	t0=$(now_ns)
 	save_pool "$i" 8192 1s
-	ok=
-	for _ in $(seq 1000); do
-		pid=$(field "$id" pid) ready=$(field "$id" ready)
-		if [ "$ready" = true ] && [ -n "$pid" ] && [ "$pid" != "$old" ]; then
-			ok=1
-			break
-		fi
-		sleep 0.01
-	done
-	[ -n "$ok" ] || fail "$id: not Ready with a new pid after its ctx changed"
+	poll 1000 0.01 ready_with_new_pid "$id" "$old" || fail "$id: not Ready with a new pid after its ctx changed"
 	applied+=("$(ms_since "$t0")")
 	log_ms '"@message":"config loaded"' "$n"
 	loaded+=("$((at_ms - t0 / 1000000))")
@@ -304,16 +317,7 @@ for r in $(seq "$reps"); do
 	n=$(wc -l <"$log")
 	t0=$(now_ns)
 	save_pool "$i" "$ctx" "$((r + 1))s"
-	ok=
-	for _ in $(seq 1000); do
-		good=$(get /v1/config | awk -F'"' '$2 == "lastGoodLoad" { print $4 }')
-		if [ -n "$good" ] && [ "$(date -u -d "$good" +%s%N)" -gt "$t0" ] && [ "$(field "$id" ready)" = true ]; then
-			ok=1
-			break
-		fi
-		sleep 0.01
-	done
-	[ -n "$ok" ] || fail "$id: lastGoodLoad did not move after its file changed"
+	poll 1000 0.01 loaded_since "$t0" "$id" || fail "$id: lastGoodLoad did not move after its file changed"
 	applied+=("$(ms_since "$t0")")
 	log_ms '"@message":"config loaded"' "$n"
 	loaded+=("$((at_ms - t0 / 1000000))")
