@@ -48,21 +48,27 @@ The breaker keeps the times of the failures within its Window (a sliding
 window: a failure counts until it is more than Window old; one exactly Window
 old still counts). Every failure reported to Failed counts, of every class,
 before or after a spawn; a stable period does not clear the window (it only
-restarts the backoff), a half-open success, ConfigChanged and Reset do.
+restarts the backoff), a half-open success (the try Ready for ResetAfter),
+ConfigChanged and Reset do.
 
 	              Failures failures within Window
 	┌────────┐ ──────────────────────────────────────▶ ┌────────┐
 	│ Closed │                                         │  Open  │ Decide: Blocked
 	└────────┘ ◀─── ConfigChanged, Reset (any state) ── └────────┘ (breaker_open)
 	    ▲                                                 │   ▲
-	    │ the try reaches Ready:                 cool-down│   │ the try fails:
-	    │ the window is cleared                  elapsed, │   │ re-open, the cool-down
-	    │                                    Decide: Start│   │ doubles
-	    │                                     (half_open);│   │
-	    │                                  Started (the   ▼   │
+	    │ the try stays Ready                    cool-down│   │ the try fails, also
+	    │ for ResetAfter                         elapsed, │   │ after Ready but before
+	    │ (StableCheck): the                 Decide: Start│   │ ResetAfter: re-open at
+	    │ window is cleared                   (half_open);│   │ once, the cool-down
+	    │                                  Started (the   ▼   │ doubles
 	    │                                  one try)  ┌───────────┐
 	    └────────────────────────────────────────────│ Half-open │ Decide: None
 	                                                 └───────────┘ (half_open_try)
+
+A half-open try counts as a success only once its engine has stayed Ready
+for ResetAfter: an engine that dies right after Ready (0.1 s, say) is a
+failed try, and the breaker re-opens with the doubled cool-down, so there is
+exactly one spawn per cool-down however the engine fails.
 
 The k-th opening (since the pool last ran stable for ResetAfter, was reset
 or had its config changed) has a cool-down of Cooldown × 2^(k−1): 5, 10, 20,

@@ -144,11 +144,12 @@ const (
 	// end of its cool-down. A config change or pool-managerd reset closes it.
 	ReasonBreakerOpen = "breaker_open"
 	// ReasonHalfOpen: the breaker's cool-down has elapsed: Start, once. The
-	// try closes the breaker when it reaches Ready and re-opens it, with
-	// twice the cool-down, when it fails.
+	// try closes the breaker once it has stayed Ready for ResetAfter and
+	// re-opens it, with twice the cool-down, when it fails before that.
 	ReasonHalfOpen = "half_open"
 	// ReasonHalfOpenTry: the one half-open try is running: None until it
-	// is Ready (the breaker closes) or fails (the breaker re-opens).
+	// has stayed Ready for ResetAfter (the breaker closes) or fails (the
+	// breaker re-opens).
 	ReasonHalfOpenTry = "half_open_try"
 	// ReasonRunning: an engine was spawned (or adopted) and has not failed
 	// or stopped: None.
@@ -319,9 +320,12 @@ func (t *Tracker) Adopted(now time.Time) {
 
 // Ready reports that the engine passed its health check at now (the model
 // is loaded). Calling it again while Ready changes nothing, so it may be
-// called on every health poll. A half-open try that reaches Ready closes
-// the breaker and clears its window. Ready of an engine the tracker did not
-// see start (an adopted one) is accepted; pass the time it first became Ready.
+// called on every health poll. A half-open try that reaches Ready does not
+// close the breaker yet: it closes once the engine has stayed Ready for the
+// policy's ResetAfter (StableCheck, or the next Failed, sees it), and a
+// failure before that re-opens it with twice the cool-down. Ready of an
+// engine the tracker did not see start (an adopted one) is accepted; pass
+// the time it first became Ready.
 func (t *Tracker) Ready(now time.Time) {
 	if t.run == ready {
 		return
@@ -330,22 +334,32 @@ func (t *Tracker) Ready(now time.Time) {
 		t.startedAt = now
 	}
 	t.run, t.readySince = ready, now
+}
+
+// Stable reports whether the engine has been Ready for the policy's
+// ResetAfter at now, without a break.
+func (t *Tracker) Stable(now time.Time) bool {
+	return t.run == ready && now.Sub(t.readySince) >= t.policy.ResetAfter
+}
+
+// StableCheck is called whenever the tracker is looked at with a running
+// engine: once the engine has been Ready for the policy's ResetAfter without
+// a break, the backoff starts over (no consecutive failures; the next
+// cool-down is the policy's Cooldown again) and a half-open breaker closes,
+// its window cleared: the half-open try succeeded. It reports whether it
+// changed anything.
+func (t *Tracker) StableCheck(now time.Time) bool {
+	if !t.Stable(now) {
+		return false
+	}
+	changed := false
 	if t.breaker == HalfOpen {
 		t.breaker, t.tryInFlight = Closed, false
 		t.failures, t.openedAt, t.retryAt = nil, time.Time{}, time.Time{}
-	}
-}
-
-// StableCheck is called periodically: once the engine has been Ready for
-// the policy's ResetAfter without a break, the backoff starts over (no
-// consecutive failures; the next cool-down is the policy's Cooldown again).
-// It reports whether it started the backoff over.
-func (t *Tracker) StableCheck(now time.Time) bool {
-	if t.run != ready || now.Sub(t.readySince) < t.policy.ResetAfter {
-		return false
+		changed = true
 	}
 	if t.consecutive == 0 && t.openCount == 0 && t.nextRetry.IsZero() && t.delay == 0 {
-		return false
+		return changed
 	}
 	t.consecutive, t.openCount, t.delay, t.nextRetry = 0, 0, 0, time.Time{}
 	return true
@@ -392,9 +406,9 @@ func (t *Tracker) clear() {
 // within its Window. A failure of the half-open try (or any failure once
 // the cool-down has elapsed) re-opens the breaker with twice the cool-down.
 func (t *Tracker) Failed(now time.Time, f Failure) {
-	if t.run == ready && now.Sub(t.readySince) >= t.policy.ResetAfter {
-		t.consecutive, t.openCount = 0, 0 // it ran stable: this failure starts a new streak
-	}
+	// It ran stable: this failure starts a new streak (and a half-open try
+	// that stayed Ready for ResetAfter succeeded before it failed).
+	t.StableCheck(now)
 	if t.run != idle && !t.startedAt.IsZero() {
 		t.lastUptime = now.Sub(t.startedAt)
 	} else {

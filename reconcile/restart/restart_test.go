@@ -377,18 +377,46 @@ func TestHalfOpenExactlyOneTry(t *testing.T) {
 		t.Errorf("circuit_state = %v during the try, want 2", got)
 	}
 
-	t.Run("Ready closes", func(t *testing.T) {
+	t.Run("Ready is not yet a success", func(t *testing.T) {
 		tr := *tr
-		tr.Ready(try.Add(time.Minute))
-		if tr.BreakerState() != Closed || tr.FailuresInWindow(try.Add(time.Minute)) != 0 || !tr.BreakerRetryAt().IsZero() {
-			t.Errorf("after the try reached Ready: breaker %v, %d failures in window, retry at %v; want closed, 0, zero",
-				tr.BreakerState(), tr.FailuresInWindow(try.Add(time.Minute)), tr.BreakerRetryAt())
+		ready := try.Add(time.Minute)
+		tr.Ready(ready)
+		tr.StableCheck(ready.Add(p.ResetAfter - time.Second))
+		if tr.BreakerState() != HalfOpen {
+			t.Fatalf("breaker %v once the try is Ready but not yet for ResetAfter, want half-open", tr.BreakerState())
 		}
-		if got := tr.Decide(try.Add(time.Minute)); got.Action != None || got.Reason != ReasonRunning {
+		if got := tr.Decide(ready.Add(time.Second)); got.Action != None || got.Reason != ReasonHalfOpenTry {
+			t.Errorf("Decide while the try is Ready = %v, want none (half_open_try)", got)
+		}
+		// The engine dies 0.1 s after Ready: the try failed, the breaker
+		// re-opens at once with twice the cool-down.
+		died := ready.Add(100 * time.Millisecond)
+		tr.Failed(died, exited)
+		if tr.BreakerState() != Open || tr.BreakerOpenCount() != 2 || !tr.BreakerRetryAt().Equal(died.Add(2*p.Breaker.Cooldown)) {
+			t.Errorf("after the Ready try died: %v (count %d) until %v, want open (2) until %v",
+				tr.BreakerState(), tr.BreakerOpenCount(), tr.BreakerRetryAt(), died.Add(2*p.Breaker.Cooldown))
+		}
+		if got := tr.Decide(died.Add(p.Breaker.Cooldown)); got.Action != Blocked {
+			t.Errorf("Decide one cool-down later = %v, want blocked (the cool-down doubled)", got)
+		}
+	})
+	t.Run("Ready for ResetAfter closes", func(t *testing.T) {
+		tr := *tr
+		ready := try.Add(time.Minute)
+		tr.Ready(ready)
+		stable := ready.Add(p.ResetAfter)
+		if !tr.StableCheck(stable) {
+			t.Fatal("StableCheck changed nothing once the try was Ready for ResetAfter")
+		}
+		if tr.BreakerState() != Closed || tr.FailuresInWindow(stable) != 0 || !tr.BreakerRetryAt().IsZero() || tr.BreakerOpenCount() != 0 {
+			t.Errorf("after the try stayed Ready: breaker %v, %d failures in window, retry at %v, count %d; want closed, 0, zero, 0",
+				tr.BreakerState(), tr.FailuresInWindow(stable), tr.BreakerRetryAt(), tr.BreakerOpenCount())
+		}
+		if got := tr.Decide(stable); got.Action != None || got.Reason != ReasonRunning {
 			t.Errorf("Decide after the breaker closed = %v, want none (running)", got)
 		}
 		// A new failure is one in a fresh window: the breaker needs five again.
-		now := try.Add(2 * time.Minute)
+		now := stable.Add(time.Minute)
 		for i := 1; i <= 4; i++ {
 			tr.Failed(now, exited)
 			if tr.BreakerState() != Closed {
@@ -396,6 +424,16 @@ func TestHalfOpenExactlyOneTry(t *testing.T) {
 			}
 			tr.Started(now.Add(time.Minute))
 			now = now.Add(time.Minute + time.Second)
+		}
+	})
+	t.Run("a failure after ResetAfter of Ready is a new streak", func(t *testing.T) {
+		tr := *tr
+		ready := try.Add(time.Minute)
+		tr.Ready(ready)
+		failed := ready.Add(p.ResetAfter + time.Minute) // nobody called StableCheck meanwhile
+		tr.Failed(failed, exited)
+		if tr.BreakerState() != Closed || tr.ConsecutiveFailures() != 1 || tr.FailuresInWindow(failed) != 1 {
+			t.Errorf("breaker %v, %d consecutive, %d in window; want closed, 1, 1", tr.BreakerState(), tr.ConsecutiveFailures(), tr.FailuresInWindow(failed))
 		}
 	})
 	t.Run("a failure re-opens with twice the cool-down", func(t *testing.T) {
@@ -468,29 +506,28 @@ func TestFailureWhileOpenKeepsCooldown(t *testing.T) {
 	}
 }
 
-func TestReopenAfterCloseKeepsDoublingUntilStable(t *testing.T) {
+func TestReopenKeepsDoublingUntilStable(t *testing.T) {
 	p := defaultPolicy()
 	tr := New(p, constant(0.5))
 	openBreaker(t, tr, t0)
 	now := tr.BreakerRetryAt()
 	tr.Started(now)
 	now = now.Add(30 * time.Second)
-	tr.Ready(now) // closes; the pool is not stable yet
+	tr.Ready(now) // Ready, but not for ResetAfter: the try has not succeeded yet
 	now = now.Add(time.Minute)
 	tr.Failed(now, exited)
-	now = openBreaker(t, tr, tr.NextRetry())
 	if got := tr.BreakerRetryAt().Sub(now); got != 2*p.Breaker.Cooldown || tr.BreakerOpenCount() != 2 {
 		t.Fatalf("second opening before a stable period: cool-down %v (count %d), want %v (2)", got, tr.BreakerOpenCount(), 2*p.Breaker.Cooldown)
 	}
-	// The try succeeds and the pool runs stable: the next opening starts at Cooldown again.
+	// The next try succeeds and the pool runs stable: the next opening starts at Cooldown again.
 	now = tr.BreakerRetryAt()
 	tr.Started(now)
 	tr.Ready(now.Add(time.Second))
 	if !tr.StableCheck(now.Add(time.Second + p.ResetAfter)) {
 		t.Fatal("StableCheck did not start over")
 	}
-	if tr.BreakerOpenCount() != 0 {
-		t.Fatalf("open count %d after a stable period, want 0", tr.BreakerOpenCount())
+	if tr.BreakerOpenCount() != 0 || tr.BreakerState() != Closed {
+		t.Fatalf("breaker %v, open count %d after a stable period, want closed, 0", tr.BreakerState(), tr.BreakerOpenCount())
 	}
 	now = openBreaker(t, tr, now.Add(time.Hour))
 	if got := tr.BreakerRetryAt().Sub(now); got != p.Breaker.Cooldown {
@@ -828,8 +865,12 @@ func TestFromRecordHalfOpen(t *testing.T) {
 			t.Fatalf("Decide = %v, want none (half_open_try)", got)
 		}
 		r.Ready(now.Add(2 * time.Minute))
+		if r.BreakerState() != HalfOpen {
+			t.Errorf("breaker %v after the adopted try became Ready, want half-open until ResetAfter", r.BreakerState())
+		}
+		r.StableCheck(now.Add(2*time.Minute + p.ResetAfter))
 		if r.BreakerState() != Closed {
-			t.Errorf("breaker %v after the adopted try became Ready, want closed", r.BreakerState())
+			t.Errorf("breaker %v after the adopted try stayed Ready for ResetAfter, want closed", r.BreakerState())
 		}
 	})
 	t.Run("an unknown state is restored open", func(t *testing.T) {
