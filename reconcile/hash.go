@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/poolmanagerd/pool-managerd/internal/state"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
 
@@ -41,6 +42,7 @@ func ObservedHash(o Observed) string {
 		PID                      int
 		Alive, Failing, Recorded bool
 		Intent                   bool
+		Draining                 bool `json:",omitempty"`
 	}
 	view := struct {
 		Node     string
@@ -48,7 +50,7 @@ func ObservedHash(o Observed) string {
 		StateDir string
 		GPUs     []device
 		Engines  map[string]engine
-		Pools    map[string]PoolStatus
+		Pools    map[string]state.PoolRecord
 	}{Node: o.Node, Source: o.Source, StateDir: o.StateDir, Engines: map[string]engine{}, Pools: o.Pools}
 	owned := o.ownedPIDs()
 	for _, d := range o.GPUs {
@@ -63,7 +65,7 @@ func ObservedHash(o Observed) string {
 	}
 	for id, e := range o.Engines {
 		view.Engines[id] = engine{Generation: e.Generation, SpecHash: e.SpecHash, PID: e.PID, Alive: e.Alive,
-			Failing: e.Health == HealthFailing, Recorded: e.Recorded, Intent: e.Intent}
+			Failing: e.Health == HealthFailing, Recorded: e.Recorded, Intent: e.Intent, Draining: e.Draining}
 	}
 	return hashJSON(view)
 }

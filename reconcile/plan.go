@@ -242,27 +242,20 @@ func (p *planner) plan() *NodePlan {
 		p.release(e)
 		p.changes = append(p.changes, c)
 	}
-	var starts []string
+	var starts []Change
 	for _, id := range slices.Sorted(maps.Keys(p.desired.Pools)) {
 		pool := p.desired.Pools[id]
-		e, known := p.observed.Engines[id]
-		if !known {
-			starts = append(starts, id)
-			continue
+		c, u := p.decide(pool)
+		switch {
+		case u != nil:
+			unchanged = append(unchanged, *u)
+		case c.Action == Create || c.Action == Replace || c.Action == Restart:
+			starts = append(starts, c)
+		default:
+			p.changes = append(p.changes, c)
 		}
-		if u, done := p.running(pool, e); done {
-			if u != nil {
-				unchanged = append(unchanged, *u)
-			}
-			continue
-		}
-		starts = append(starts, id)
 	}
-	var startChanges []Change
-	for _, id := range starts {
-		startChanges = append(startChanges, p.startChange(p.desired.Pools[id]))
-	}
-	p.changes = append(p.changes, p.bookVRAM(startChanges)...)
+	p.changes = append(p.changes, p.bookVRAM(starts)...)
 	sort.SliceStable(p.changes, func(i, j int) bool {
 		a, b := p.changes[i], p.changes[j]
 		if a.Action.order() != b.Action.order() {
@@ -318,94 +311,77 @@ func summarize(p *NodePlan, otherPools int) Summary {
 	return s
 }
 
-// running decides about a pool whose engine is known. It returns done when
-// the decision is made here (no change, update, adopt, or a replace that
-// has been queued as a start), with the pool's unchanged line if any.
-func (p *planner) running(pool *schema.Pool, e Engine) (*Unchanged, bool) {
-	hash := SpecHash(pool)
-	switch {
-	case !e.Alive:
-		return nil, false // a restart or a create: decided with the starts
-	case e.SpecHash != hash:
-		fields := diffSpecs(e.Spec, pool)
-		if e.Spec != nil && inPlace(fields) && e.Health != HealthFailing {
-			p.changes = append(p.changes, Change{Action: Update, Pool: pool.ID, Engine: pool.Engine, Devices: pool.Devices,
-				PID: e.PID, Fields: fields, Spec: pool, SpecHash: hash,
-				Reasons: []string{"only fields that need no restart changed; the engine keeps running"}})
-			return nil, true
-		}
-		return nil, false
-	case e.Health == HealthFailing:
-		return nil, false
-	case !e.Recorded:
-		p.changes = append(p.changes, Change{Action: Adopt, Pool: pool.ID, Engine: pool.Engine, Devices: pool.Devices, PID: e.PID,
-			Spec: pool, SpecHash: hash,
-			Reasons: []string{fmt.Sprintf("engine pid %d runs this pool's spec but is not in the state file (found by its marker)", e.PID)}})
-		return nil, true
-	}
-	status, health := "running, healthy", e.Health
-	switch {
-	case e.Health == HealthLoading:
-		status = "running, loading its model"
-	case e.Unverified:
-		// Healthy, but its placement was never checked: apply waits for it like a preload.
-		status, health = "running, healthy; its GPU placement is not yet verified", HealthLoading
-	case e.Health == "":
-		status = "running"
-	}
-	return &Unchanged{Pool: pool.ID, PID: e.PID, Status: status, Health: health}, true
-}
-
-// startChange decides the create, restart or replace of a pool, with the
-// blockers that do not depend on memory; the VRAM is booked afterwards,
-// once every stop's memory is counted.
-func (p *planner) startChange(pool *schema.Pool) Change {
+// decide turns the pool's lifecycle status into its change, or its
+// unchanged line. The lifecycle decides what comes next; the plan adds
+// what depends on the node as a whole: the GPUs and their memory.
+func (p *planner) decide(pool *schema.Pool) (Change, *Unchanged) {
 	e, known := p.observed.Engines[pool.ID]
+	facts := Facts{Spec: pool, History: p.observed.Pools[pool.ID]}
+	if known {
+		facts.Engine = &e
+	}
+	st := Lifecycle(facts, p.now)
 	hash := SpecHash(pool)
-	c := Change{Pool: pool.ID, Engine: pool.Engine, Devices: pool.Devices, Spec: pool, SpecHash: hash}
-	switch {
-	case !known:
-		c.Action = Create
-		c.Reasons = []string{"no engine runs this pool"}
-	case e.Alive && e.SpecHash != hash:
-		c.Action = Replace
-		c.PID = e.PID
-		c.Fields = diffSpecs(e.Spec, pool)
-		switch {
-		case e.Spec == nil:
-			c.Reasons = []string{"the running engine was started from another spec (its fields are not recorded)"}
-		case e.Health == HealthFailing:
-			c.Reasons = []string{fmt.Sprintf("engine pid %d fails its health check, and its spec changed", e.PID)}
-		default:
-			c.Reasons = []string{"fields that need a new engine changed"}
+	c := Change{Pool: pool.ID, Engine: pool.Engine, Devices: pool.Devices, Spec: pool, SpecHash: hash, Reasons: []string{st.Reason}}
+	switch st.Next {
+	case NextNone, NextAwait:
+		u := &Unchanged{Pool: pool.ID, PID: e.PID, Status: st.Reason, Health: e.Health}
+		if st.Next == NextAwait {
+			u.Health = HealthLoading
 		}
-	case e.Alive:
-		c.Action = Restart
-		c.PID = e.PID
-		c.Reasons = []string{fmt.Sprintf("engine pid %d fails its health check", e.PID)}
-	case e.Intent:
-		c.Action = Create
-		c.Reasons = []string{"an earlier start was recorded but no engine process was found"}
-	default:
-		c.Action = Restart
-		reason := "the engine is not running"
-		switch {
-		case strings.HasPrefix(e.Exit, "engine "):
-			reason = e.Exit
-		case e.Exit != "":
-			reason = "the engine " + e.Exit
-		}
-		c.Reasons = []string{reason}
-		if e.SpecHash != hash {
-			c.Action = Replace
+		return c, u
+	case NextUpdate:
+		c.Action, c.PID, c.Fields = Update, e.PID, diffSpecs(e.Spec, pool)
+		return c, nil
+	case NextAdopt:
+		c.Action, c.PID = Adopt, e.PID
+		return c, nil
+	case NextBlocked:
+		c.Action, c.Reasons = p.startReasons(pool, e, known)
+		at := st.At.UTC()
+		c.NotBefore = &at
+		p.block(&c, &Blocker{Class: ClassCircuitOpen, Message: st.Reason, Hint: fmt.Sprintf("fix the config or run pool-managerd reset %s", pool.ID)})
+		return c, nil
+	case NextReplace:
+		c.Action, c.PID, c.Fields = Replace, e.PID, diffSpecs(e.Spec, pool)
+	case NextRestart:
+		c.Action, c.PID = Restart, e.PID
+	case NextStart, NextWait, NextRecordExit:
+		c.Action, c.Reasons = p.startReasons(pool, e, known)
+		if c.Action == Replace {
 			c.Fields = diffSpecs(e.Spec, pool)
-			c.Reasons = append(c.Reasons, "and its spec changed")
+		}
+		if b := p.observed.Pools[pool.ID].BreakerState; b == restart.Open.String() || b == restart.HalfOpen.String() {
+			if known && e.SpecHash != hash {
+				c.Reasons = append(c.Reasons, "the config changed: the circuit breaker closes")
+			} else {
+				c.Reasons = append(c.Reasons, "circuit half-open: one try")
+			}
+		}
+		if st.Next == NextWait {
+			at := st.At.UTC()
+			c.NotBefore = &at
+			c.Reasons = append(c.Reasons, st.Reason)
 		}
 	}
-	if b := p.precheck(pool, &c, known && e.SpecHash != hash); b != nil {
+	if b := p.precheck(pool, &c); b != nil {
 		p.block(&c, b)
 	}
-	return c
+	return c, nil
+}
+
+// startReasons says why a pool whose engine does not run is started: a
+// create, a restart of a dead engine, or its replace when its spec changed.
+func (p *planner) startReasons(pool *schema.Pool, e Engine, known bool) (Action, []string) {
+	switch {
+	case !known:
+		return Create, []string{"no engine runs this pool"}
+	case e.Intent:
+		return Create, []string{"an earlier start was recorded but no engine process was found"}
+	case e.SpecHash != SpecHash(pool):
+		return Replace, []string{exitReason(&e), "and its spec changed"}
+	}
+	return Restart, []string{exitReason(&e)}
 }
 
 func (p *planner) block(c *Change, b *Blocker) {
@@ -416,29 +392,11 @@ func (p *planner) block(c *Change, b *Blocker) {
 	c.Need = nil
 }
 
-// precheck says why a start cannot go ahead, whatever the memory: an open
-// circuit (unless the config changed, which closes it), the backoff, a GPU
+// precheck says why a start cannot go ahead, whatever the memory: a GPU
 // that is lost, unknown or not as declared, a process pool-managerd does
-// not own, an unknown need.
-func (p *planner) precheck(pool *schema.Pool, c *Change, specChanged bool) *Blocker {
-	status := p.observed.Pools[pool.ID]
-	if status.BreakerOpen {
-		switch {
-		case specChanged:
-			c.Reasons = append(c.Reasons, "the config changed: the circuit breaker closes")
-		case p.now.Before(status.BreakerRetryAt):
-			return &Blocker{Class: ClassCircuitOpen,
-				Message: fmt.Sprintf("circuit open after %d failures in %s (half-open try at %s)", status.Failures, restart.Human(pool.Restart.Breaker.Window), status.BreakerRetryAt.UTC().Format(time.RFC3339)),
-				Hint:    fmt.Sprintf("fix the config or run pool-managerd reset %s", pool.ID)}
-		default:
-			c.Reasons = append(c.Reasons, "circuit half-open: one try")
-		}
-	}
-	if c.Action == Restart && p.now.Before(status.NextRetry) {
-		t := status.NextRetry.UTC()
-		c.NotBefore = &t
-		c.Reasons = append(c.Reasons, fmt.Sprintf("backoff: not before %s (in %v)", t.Format(time.RFC3339), status.NextRetry.Sub(p.now).Round(time.Second)))
-	}
+// not own, an unknown need. (The breaker and the backoff are the
+// lifecycle's.)
+func (p *planner) precheck(pool *schema.Pool, c *Change) *Blocker {
 	for _, idx := range pool.Devices {
 		d, ok := p.observed.device(idx)
 		switch {

@@ -12,6 +12,7 @@ import (
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/vram"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
 	"github.com/poolmanagerd/pool-managerd/internal/benchgen"
+	"github.com/poolmanagerd/pool-managerd/internal/state"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
 
@@ -74,7 +75,7 @@ func newBenchFleet(b *testing.B, pools int) *benchFleet {
 	pid := 1000
 	for _, node := range f.nodes {
 		d := byNode[node]
-		o := Observed{Node: node, Source: "sim:bench", Engines: map[string]Engine{}, Pools: map[string]PoolStatus{}}
+		o := Observed{Node: node, Source: "sim:bench", Engines: map[string]Engine{}, Pools: map[string]state.PoolRecord{}}
 		for _, g := range d.Declared.GPUs {
 			o.GPUs = append(o.GPUs, gpu.Device{Index: g.Index, UUID: g.UUID, Name: g.Model, MemoryTotal: uint64(g.VRAM)})
 		}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/vram"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
+	"github.com/poolmanagerd/pool-managerd/internal/state"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
 
@@ -292,7 +293,7 @@ func checkPlan(desired Desired, observed Observed, plan *NodePlan) []string {
 				fail("%s %s: engine %+v, pid %d, need %v", c.Action, c.Pool, e, c.PID, c.Need)
 			}
 		}
-		if c.NotBefore != nil && (c.Action != Restart && c.Action != Blocked || !c.NotBefore.After(propertyNow)) {
+		if c.NotBefore != nil && (c.Action != Restart && c.Action != Create && c.Action != Blocked || !c.NotBefore.After(propertyNow)) {
 			fail("%s %s: notBefore %v", c.Action, c.Pool, c.NotBefore)
 		}
 	}
@@ -387,7 +388,7 @@ func applyModel(obs Observed, plan *NodePlan, stopsFirst bool) (Observed, error)
 		o.Engines = map[string]Engine{}
 	}
 	if o.Pools == nil {
-		o.Pools = map[string]PoolStatus{}
+		o.Pools = map[string]state.PoolRecord{}
 	}
 	nextPID := 1 << 20
 	for _, e := range o.Engines {
@@ -437,7 +438,7 @@ func applyModel(obs Observed, plan *NodePlan, stopsFirst bool) (Observed, error)
 			o.Engines[c.Pool] = Engine{Pool: c.Pool, Generation: e.Generation + 1, SpecHash: c.SpecHash, Spec: c.Spec,
 				PID: pid, PIDs: []int{pid}, Port: 20000 + pid%10000, Alive: true, Health: HealthOK, Recorded: true}
 			st := o.Pools[c.Pool]
-			st.NextRetry, st.BreakerOpen, st.BreakerRetryAt = time.Time{}, false, time.Time{}
+			st.NextRetry, st.BreakerState, st.BreakerRetryAt = time.Time{}, "", time.Time{}
 			o.Pools[c.Pool] = st
 		case Update, Adopt:
 			if !known || !e.Alive || e.PID != c.PID {
@@ -496,7 +497,7 @@ const giB = 1 << 30
 func (g *stateGen) node() (Desired, Observed) {
 	const node = "gpu-01"
 	nGPU := 2 + g.r.IntN(5)
-	obs := Observed{Node: node, Source: "sim:/var/lib/pool-managerd/sim", Engines: map[string]Engine{}, Pools: map[string]PoolStatus{}}
+	obs := Observed{Node: node, Source: "sim:/var/lib/pool-managerd/sim", Engines: map[string]Engine{}, Pools: map[string]state.PoolRecord{}}
 	// A pull-request check (plan --gpus declared): the declared GPUs, nothing running.
 	declaredMode := g.chance(0.05)
 	if declaredMode {
@@ -689,12 +690,17 @@ func (g *stateGen) node() (Desired, Observed) {
 		if _, done := obs.Pools[id]; done || declaredMode || !g.chance(0.35) {
 			continue
 		}
-		st := PoolStatus{Failures: g.r.IntN(6), LastError: "exited with status 1"}
+		n := g.r.IntN(6)
+		st := state.PoolRecord{ConsecutiveFailures: n,
+			LastError: &state.ErrorRecord{Class: "exited", Message: "exited with status 1", Time: g.now.Add(-time.Duration(1+g.r.IntN(120)) * time.Second)}}
+		for i := range n {
+			st.Failures = append(st.Failures, g.now.Add(-time.Duration(n-i)*time.Minute))
+		}
 		if g.chance(0.6) {
 			st.NextRetry = g.now.Add(time.Duration(g.r.IntN(240)-120) * time.Second)
 		}
 		if g.chance(0.35) {
-			st.BreakerOpen = true // open, or half-open once its retry time has passed
+			st.BreakerState = "open" // half-open once its retry time has passed
 			st.BreakerRetryAt = g.now.Add(time.Duration(g.r.IntN(600)-300) * time.Second)
 		}
 		obs.Pools[id] = st
@@ -1025,7 +1031,7 @@ func TestRegressionConfigChangeDoesNotCloseBreaker(t *testing.T) {
 	o := Observed{Node: "gpu-01", Source: "sim", GPUs: []gpu.Device{defectGPU(24, nil)},
 		Engines: map[string]Engine{"coder": {Pool: "coder", Generation: 5, SpecHash: SpecHash(ran), Spec: ran, PID: 7,
 			Recorded: true, Exit: "exited with status 1"}},
-		Pools: map[string]PoolStatus{"coder": {Failures: 5, BreakerOpen: true, BreakerRetryAt: propertyNow.Add(5 * time.Minute)}}}
+		Pools: map[string]state.PoolRecord{"coder": {ConsecutiveFailures: 5, BreakerState: "open", BreakerRetryAt: propertyNow.Add(5 * time.Minute)}}}
 	p := Plan(d, o, propertyNow)
 	if len(p.Changes) != 1 || p.Changes[0].Action != Replace {
 		t.Errorf("want a replace with the fixed config, got:\n%s", planText(p))

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
+	"github.com/poolmanagerd/pool-managerd/internal/state"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
 
@@ -103,8 +104,8 @@ type Observed struct {
 	GPUs []gpu.Device `json:"gpus"`
 	// Engines are the engine processes pool-managerd knows of, by pool id.
 	Engines map[string]Engine `json:"engines,omitempty"`
-	// Pools holds each pool's restart state, by pool id.
-	Pools map[string]PoolStatus `json:"pools,omitempty"`
+	// Pools holds each pool's backoff and breaker history, by pool id.
+	Pools map[string]state.PoolRecord `json:"pools,omitempty"`
 }
 
 // Engine is an engine process as observed: from the state file, checked
@@ -134,20 +135,11 @@ type Engine struct {
 	// Unverified: the engine is recorded but never recorded Ready (a crash
 	// between its health check and the placement check, say): apply verifies it.
 	Unverified bool `json:"unverified,omitempty"`
-}
-
-// PoolStatus is a pool's restart state: backoff and circuit breaker.
-type PoolStatus struct {
-	// NextRetry is when the backoff allows the next start.
-	NextRetry time.Time `json:"nextRetry,omitempty"`
-	// Failures counts the failures in the breaker's window.
-	Failures int `json:"failures,omitempty"`
-	// BreakerOpen: the circuit breaker stopped the restarts.
-	BreakerOpen bool `json:"breakerOpen,omitempty"`
-	// BreakerRetryAt is when an open breaker allows one half-open try.
-	BreakerRetryAt time.Time `json:"breakerRetryAt,omitempty"`
-	// LastError is the last failure, for people.
-	LastError string `json:"lastError,omitempty"`
+	// ReadyAt is when the engine was recorded Ready (its placement
+	// verified); zero while it preloads, or when it is not recorded.
+	ReadyAt time.Time `json:"readyAt,omitzero"`
+	// Draining: a stop of the engine has begun (its record says so).
+	Draining bool `json:"draining,omitempty"`
 }
 
 // device returns the observed GPU with the given index.

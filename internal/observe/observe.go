@@ -97,7 +97,7 @@ type Options struct {
 // Observe reads the node's GPUs, the state file and the live processes.
 // A missing state directory is a fresh node; a corrupt state file is an error.
 func Observe(ctx context.Context, opts Options) (reconcile.Observed, error) {
-	obs := reconcile.Observed{Node: opts.Node, Source: opts.Source, StateDir: absDir(opts.StateDir), Engines: map[string]reconcile.Engine{}, Pools: map[string]reconcile.PoolStatus{}}
+	obs := reconcile.Observed{Node: opts.Node, Source: opts.Source, StateDir: absDir(opts.StateDir), Engines: map[string]reconcile.Engine{}, Pools: map[string]state.PoolRecord{}}
 	devices, err := opts.GPUs.Devices(ctx)
 	if err != nil {
 		return obs, fmt.Errorf("observe GPUs (%s): %w", opts.Source, err)
@@ -120,13 +120,7 @@ func Observe(ctx context.Context, opts Options) (reconcile.Observed, error) {
 		obs.Engines[id] = engineOf(ctx, rec, st.Pools[id], health, sessions)
 	}
 	for id, rec := range st.Pools {
-		obs.Pools[id] = reconcile.PoolStatus{
-			NextRetry:      rec.NextRetry,
-			Failures:       len(rec.Failures),
-			BreakerOpen:    rec.BreakerState == "open" || rec.BreakerState == "half-open",
-			BreakerRetryAt: rec.BreakerRetryAt,
-			LastError:      lastError(rec),
-		}
+		obs.Pools[id] = rec
 	}
 	if opts.ScanProcesses {
 		if err := scanMarkers(ctx, opts.Node, absDir(opts.StateDir), obs.Engines, health, sessions); err != nil {
@@ -136,18 +130,11 @@ func Observe(ctx context.Context, opts Options) (reconcile.Observed, error) {
 	return obs, nil
 }
 
-func lastError(rec state.PoolRecord) string {
-	if rec.LastError == nil {
-		return ""
-	}
-	return rec.LastError.Message
-}
-
 // engineOf checks a recorded engine against its live process and health endpoint.
 func engineOf(ctx context.Context, rec state.Engine, pool state.PoolRecord, health func(context.Context, int, bool) reconcile.Health, sessions *sessionIndex) reconcile.Engine {
 	e := reconcile.Engine{
 		Pool: rec.Pool, Generation: rec.Generation, SpecHash: rec.SpecHash, Spec: rec.Spec,
-		PID: rec.PID, Port: rec.Port, Recorded: true,
+		PID: rec.PID, Port: rec.Port, Recorded: true, ReadyAt: rec.ReadyAt,
 	}
 	if rec.PID == 0 {
 		e.Intent = rec.Intent
@@ -162,6 +149,7 @@ func engineOf(ctx context.Context, rec state.Engine, pool state.PoolRecord, heal
 	}
 	e.Alive = true
 	e.Unverified = rec.ReadyAt.IsZero()
+	e.Draining = !rec.DrainingSince.IsZero()
 	e.PIDs = sessionOf(rec.PID, sessions)
 	e.Health = health(ctx, rec.Port, !rec.ReadyAt.IsZero())
 	return e

@@ -419,11 +419,7 @@ func TestObserveDeadRecordedEngine(t *testing.T) {
 	if diff := cmp.Diff(wantEngines, obs.Engines, cmp.AllowUnexported(schema.Source{})); diff != "" {
 		t.Errorf("engines (-want +got):\n%s", diff)
 	}
-	wantPools := map[string]reconcile.PoolStatus{
-		"chat": {NextRetry: t0.Add(2 * time.Minute), Failures: 2, BreakerOpen: true, BreakerRetryAt: t0.Add(time.Hour),
-			LastError: "exited with status 1"},
-		"quiet": {},
-	}
+	wantPools := map[string]state.PoolRecord{"chat": st.Pools["chat"], "quiet": {}}
 	if diff := cmp.Diff(wantPools, obs.Pools); diff != "" {
 		t.Errorf("pools (-want +got):\n%s", diff)
 	}

@@ -64,6 +64,9 @@ type Engine struct {
 	Intent bool `json:"intent,omitzero"`
 	// ReadyAt is when the engine first passed its health check; zero while it preloads.
 	ReadyAt time.Time `json:"readyAt,omitzero"`
+	// DrainingSince is when a stop of the engine began (drain, SIGTERM,
+	// grace, SIGKILL); zero while none has. The pool is not ready from then on.
+	DrainingSince time.Time `json:"drainingSince,omitzero"`
 	// Spec is the pool spec the engine was started from, for field-level plan reasons.
 	Spec *schema.Pool `json:"spec,omitzero"`
 	// Argv is the engine's command line, checked when a later run adopts it.

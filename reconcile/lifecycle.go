@@ -1,0 +1,294 @@
+package reconcile
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/poolmanagerd/pool-managerd/internal/state"
+	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
+	"github.com/poolmanagerd/pool-managerd/schema"
+)
+
+// Phase is where a pool is in its lifecycle (see Lifecycle).
+type Phase string
+
+// The phases of a pool, in the order Phases lists them.
+const (
+	// Pending: wanted, nothing tried yet (or a start is about to be).
+	Pending Phase = "Pending"
+	// Preloading: an engine runs and loads its model; not ready.
+	Preloading Phase = "Preloading"
+	// Ready: the engine passed its health check and its GPU placement was verified.
+	Ready Phase = "Ready"
+	// Unready: the pool failed; it is restarted when its backoff allows.
+	Unready Phase = "Unready"
+	// Draining: its engine is being stopped (replace, delete, restart, a
+	// driver error, an operator's stop); not ready from the decision on.
+	Draining Phase = "Draining"
+	// Failed: the circuit breaker is open; no restart until its half-open
+	// try, a config change or a reset.
+	Failed Phase = "Failed"
+	// Stopped: no engine, and none wanted (an operator stopped it, or the
+	// pool left the config).
+	Stopped Phase = "Stopped"
+)
+
+// Phases lists every phase: the values of the pool_phase metric and of the
+// API's phase enum are checked against it.
+func Phases() []Phase {
+	return []Phase{Pending, Preloading, Ready, Unready, Draining, Failed, Stopped}
+}
+
+// Next is what the lifecycle says comes next for a pool.
+type Next string
+
+// What comes next for a pool.
+const (
+	// NextNone: nothing to do (Ready, or Stopped and not wanted).
+	NextNone Next = "none"
+	// NextAwait: an engine preloads, or is healthy but its placement is not
+	// verified yet: watch it until Ready.
+	NextAwait Next = "await"
+	// NextStart: spawn an engine (the first start, a restart once the
+	// backoff has elapsed, the breaker's half-open try).
+	NextStart Next = "start"
+	// NextRestart: stop the engine that fails its health check, then start one.
+	NextRestart Next = "restart"
+	// NextReplace: stop the engine, then start one with the new spec.
+	NextReplace Next = "replace"
+	// NextUpdate: record a spec change that needs no restart.
+	NextUpdate Next = "update"
+	// NextAdopt: take over a running engine that the state file lacks.
+	NextAdopt Next = "adopt"
+	// NextRecordExit: the engine died after it was Ready and its failure is
+	// not recorded yet: record it; the backoff then says when to restart.
+	NextRecordExit Next = "record-exit"
+	// NextStop: stop the engine and forget it: the pool is not wanted here
+	// (or an operator stopped it).
+	NextStop Next = "stop"
+	// NextWait: the backoff runs until At.
+	NextWait Next = "wait"
+	// NextBlocked: the circuit breaker is open until At, its half-open try.
+	NextBlocked Next = "blocked"
+)
+
+// Facts are what is known of one pool at one moment: the inputs of Lifecycle.
+type Facts struct {
+	// Spec is the pool as the config in force wants it; nil when the pool is
+	// not (or no longer) in this node's config.
+	Spec *schema.Pool
+	// Engine is the pool's engine as observed, with what the state file
+	// records of it; nil when there is none.
+	Engine *Engine
+	// History is the pool's backoff and breaker record.
+	History state.PoolRecord
+	// Held: an operator stopped the pool; it stays Stopped until a reset, a
+	// change of its config or a daemon restart.
+	Held bool
+}
+
+// Status is the lifecycle's answer for one pool: the one place a pool's
+// phase and readiness are decided.
+type Status struct {
+	Phase Phase
+	// Ready: a router may send the pool traffic. Only in phase Ready.
+	Ready bool
+	// Next is what comes next, and At when it may happen: the end of the
+	// backoff (NextWait) or of the breaker's cool-down (NextBlocked); zero
+	// means now.
+	Next Next
+	At   time.Time
+	// Breaker is the circuit breaker's state at the time asked about.
+	Breaker restart.BreakerState
+	// Reason says why, for people.
+	Reason string
+}
+
+// Lifecycle decides where one pool stands at now, and what comes next. It
+// is pure: no I/O, no clock; ask as often as needed.
+//
+//	              start                 health ok, placement verified
+//	Pending ──────────────▶ Preloading ─────────────────────────────▶ Ready
+//	   ▲                     │ exit, timeout, CUDA error,              │ exit, health
+//	   │                     ▼ spillover, mask violation              ▼ failing, Xid
+//	   │                  Unready ◀────────────────────────────────────┘
+//	   │      backoff elapsed │ ▲  │ breaker opens
+//	   └──────────────────────┘ │  ▼
+//	                            │ Failed ── cool-down: one half-open try (Preloading);
+//	                            │           success only once Ready for resetAfter
+//	  replace, delete, restart, │
+//	  driver error, operator ──▶ Draining ──▶ (stopped) ──▶ Pending / Unready / Stopped
+//
+// Draining starts the moment the executor begins a stop (it marks the
+// engine's record) and lasts until the engine is gone; a pool is never
+// ready while draining. Adding a phase or an input is one case here, one
+// constant above, and a line in Phases.
+func Lifecycle(f Facts, now time.Time) Status {
+	e := f.Engine
+	if e != nil && e.Draining && !e.Alive {
+		e = nil // the stop has ended: what follows is decided as if no engine ran
+	}
+	if e != nil && !e.Alive && !e.Recorded {
+		e = nil
+	}
+	switch {
+	case f.Held:
+		return held(e)
+	case f.Spec == nil:
+		return unwanted(e)
+	case e != nil && e.Alive:
+		return running(f.Spec, e, f.History, now)
+	}
+	return stopped(f.Spec, e, f.History, now)
+}
+
+// held: an operator stopped the pool.
+func held(e *Engine) Status {
+	if e != nil && e.Alive {
+		return Status{Phase: Draining, Next: NextStop, Reason: "stopped by an operator: its engine is being stopped"}
+	}
+	return Status{Phase: Stopped, Next: NextNone, Reason: "stopped by an operator; reset it, change its config or restart the daemon to start it again"}
+}
+
+// unwanted: the pool is not in this node's config.
+func unwanted(e *Engine) Status {
+	if e != nil && e.Alive {
+		return Status{Phase: Draining, Next: NextStop, Reason: "the pool is no longer in this node's config"}
+	}
+	if e != nil {
+		return Status{Phase: Stopped, Next: NextStop, Reason: "the pool is no longer in this node's config: its record is removed"}
+	}
+	return Status{Phase: Stopped, Next: NextNone, Reason: "not in this node's config"}
+}
+
+// running decides about a pool whose engine runs.
+func running(spec *schema.Pool, e *Engine, history state.PoolRecord, now time.Time) Status {
+	hash := SpecHash(spec)
+	t := restart.FromRecord(spec.Restart, history, nil)
+	if !e.ReadyAt.IsZero() {
+		t.Ready(e.ReadyAt)
+		t.StableCheck(now)
+	}
+	s := Status{Breaker: t.BreakerState()}
+	switch {
+	case e.Draining:
+		// A stop began and the engine still runs: a daemon restarted in the
+		// middle of it finishes it.
+		s.Phase, s.Next, s.Reason = Draining, NextReplace, fmt.Sprintf("engine pid %d is being stopped", e.PID)
+		if e.SpecHash == hash {
+			s.Next = NextRestart
+		}
+		return s
+	case e.SpecHash != hash:
+		if e.Spec != nil && inPlace(diffSpecs(e.Spec, spec)) && e.Health != HealthFailing {
+			s = healthy(e, s)
+			s.Next, s.Reason = NextUpdate, "only fields that need no restart changed; the engine keeps running"
+			return s
+		}
+		// The engine serves the old spec until its stop begins (then
+		// Draining); a replace that cannot start (no memory for the new
+		// spec) leaves it serving.
+		s = healthy(e, s)
+		s.Next = NextReplace
+		switch {
+		case e.Spec == nil:
+			s.Reason = "the running engine was started from another spec (its fields are not recorded)"
+		case e.Health == HealthFailing:
+			s.Reason = fmt.Sprintf("engine pid %d fails its health check, and its spec changed", e.PID)
+		default:
+			s.Reason = "fields that need a new engine changed"
+		}
+		return s
+	case e.Health == HealthFailing:
+		s.Phase, s.Next, s.Reason = Unready, NextRestart, fmt.Sprintf("engine pid %d fails its health check", e.PID)
+		return s
+	case !e.Recorded:
+		s.Phase, s.Next = Preloading, NextAdopt
+		s.Reason = fmt.Sprintf("engine pid %d runs this pool's spec but is not in the state file (found by its marker)", e.PID)
+		return s
+	}
+	s = healthy(e, s)
+	s.Next = NextNone
+	if !s.Ready {
+		s.Next = NextAwait
+	}
+	return s
+}
+
+// healthy sets the phase of a running engine from its health and whether
+// its placement was verified (it was recorded Ready).
+func healthy(e *Engine, s Status) Status {
+	switch {
+	case e.Health == HealthLoading:
+		s.Phase, s.Reason = Preloading, "running, loading its model"
+	case e.Health == HealthFailing:
+		s.Phase, s.Reason = Unready, fmt.Sprintf("engine pid %d fails its health check", e.PID)
+	case e.Unverified || !e.Recorded:
+		// Healthy, but its placement was never checked: waited on like a preload.
+		s.Phase, s.Reason = Preloading, "running, healthy; its GPU placement is not yet verified"
+	case e.Health == "":
+		s.Phase, s.Ready, s.Reason = Ready, true, "running"
+	default:
+		s.Phase, s.Ready, s.Reason = Ready, true, "running, healthy"
+	}
+	return s
+}
+
+// stopped decides about a wanted pool whose engine does not run.
+func stopped(spec *schema.Pool, e *Engine, history state.PoolRecord, now time.Time) Status {
+	hash := SpecHash(spec)
+	t := restart.FromRecord(spec.Restart, history, nil)
+	if e != nil && e.SpecHash != hash {
+		t.ConfigChanged(now) // a config change closes the breaker and clears the backoff
+	}
+	s := Status{Breaker: t.BreakerState()}
+	if e != nil && ExitUnrecorded(e.ReadyAt, history) {
+		s.Phase, s.Next, s.Reason = Unready, NextRecordExit, exitReason(e)
+		return s
+	}
+	d := t.Decide(now)
+	switch d.Action {
+	case restart.Blocked:
+		s.Phase, s.Next, s.At = Failed, NextBlocked, d.At
+		s.Reason = fmt.Sprintf("circuit open after %d failures in %s (half-open try at %s)", t.FailuresInWindow(now), restart.Human(spec.Restart.Breaker.Window), d.At.UTC().Format(time.RFC3339))
+		return s
+	case restart.Wait:
+		s.Phase, s.Next, s.At = Unready, NextWait, d.At
+		s.Reason = fmt.Sprintf("backoff: not before %s (in %v)", d.At.UTC().Format(time.RFC3339), d.Delay.Round(time.Second))
+		return s
+	}
+	s.Next = NextStart
+	switch {
+	case d.Reason == restart.ReasonHalfOpen:
+		s.Phase, s.Reason = Unready, "circuit half-open: one try"
+	case e != nil && e.Intent:
+		s.Phase, s.Reason = Pending, "an earlier start was recorded but no engine process was found"
+	case history.LastError != nil && d.Reason == restart.ReasonBackoffElapsed:
+		s.Phase, s.Reason = Unready, "the backoff has elapsed"
+	default:
+		s.Phase, s.Reason = Pending, "no engine runs this pool"
+	}
+	return s
+}
+
+// exitReason says how a recorded engine that is gone ended, when known.
+func exitReason(e *Engine) string {
+	switch {
+	case strings.HasPrefix(e.Exit, "engine "):
+		return e.Exit
+	case e.Exit != "":
+		return "the engine " + e.Exit
+	}
+	return "the engine is not running"
+}
+
+// ExitUnrecorded reports whether an engine that was Ready at readyAt (zero:
+// never) and is now gone died without its failure being recorded in the
+// pool's history: the death is counted once, by whoever finds it first.
+func ExitUnrecorded(readyAt time.Time, history state.PoolRecord) bool {
+	if readyAt.IsZero() {
+		return false
+	}
+	return history.LastError == nil || readyAt.After(history.LastError.Time)
+}
