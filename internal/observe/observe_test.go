@@ -371,7 +371,7 @@ func TestObserveLiveRecordedEngine(t *testing.T) {
 	}
 	want := reconcile.Engine{
 		Pool: "chat", Generation: 2, SpecHash: "sha256:x", PID: pid, Port: 18081,
-		PIDs: []int{pid}, Alive: true, Health: reconcile.HealthOK, Recorded: true,
+		PIDs: []int{pid}, Alive: true, Health: reconcile.HealthOK, Recorded: true, ReadyAt: st.Engines["chat"].ReadyAt,
 	}
 	if diff := cmp.Diff(want, e); diff != "" {
 		t.Errorf("engine (-want +got):\n%s", diff)
@@ -419,7 +419,7 @@ func TestObserveDeadRecordedEngine(t *testing.T) {
 	if diff := cmp.Diff(wantEngines, obs.Engines, cmp.AllowUnexported(schema.Source{})); diff != "" {
 		t.Errorf("engines (-want +got):\n%s", diff)
 	}
-	wantPools := map[string]state.PoolRecord{"chat": st.Pools["chat"], "quiet": {}}
+	wantPools := map[string]state.PoolRecord{"chat": st.Pools["chat"], "quiet": st.Pools["quiet"]}
 	if diff := cmp.Diff(wantPools, obs.Pools); diff != "" {
 		t.Errorf("pools (-want +got):\n%s", diff)
 	}
@@ -577,7 +577,7 @@ func TestObserveFreshNode(t *testing.T) {
 				t.Fatal(err)
 			}
 			want := reconcile.Observed{Node: "n", Source: "fake", StateDir: dir, GPUs: fakeDevices,
-				Engines: map[string]reconcile.Engine{}, Pools: map[string]reconcile.PoolStatus{}}
+				Engines: map[string]reconcile.Engine{}, Pools: map[string]state.PoolRecord{}}
 			if diff := cmp.Diff(want, obs); diff != "" {
 				t.Errorf("observed (-want +got):\n%s", diff)
 			}
