@@ -26,9 +26,8 @@ type Snapshot struct {
 // PoolSnapshot is one pool's state.
 type PoolSnapshot struct {
 	Pool string
-	// Phase is a reconcile.Phase: "Pending", "Preloading", "Ready",
-	// "Unready", "Draining", "Failed" or "Stopped". Any other value sets
-	// every pool_phase series of the pool to 0.
+	// Phase is one of reconcile.Phases(), as the lifecycle decided it. Any
+	// other value sets every pool_phase series of the pool to 0.
 	Phase string
 	Ready bool
 	// Backoff is the delay before the pool's next start; 0 when no restart
@@ -39,17 +38,15 @@ type PoolSnapshot struct {
 	Circuit int
 }
 
-// Phases are the values of pool_phase's phase label, in lifecycle order.
+// Phases are the values of pool_phase's phase label: the lifecycle's
+// phases (reconcile.Phases), in lifecycle order.
 func Phases() []string {
-	return []string{
-		string(reconcile.Pending),
-		string(reconcile.Preloading),
-		string(reconcile.Ready),
-		string(reconcile.Unready),
-		string(reconcile.Draining),
-		string(reconcile.Failed),
-		string(reconcile.Stopped),
+	phases := reconcile.Phases()
+	out := make([]string, len(phases))
+	for i, p := range phases {
+		out[i] = string(p)
 	}
+	return out
 }
 
 // snapshotCollector turns a Snapshot into constant metrics at each scrape.
