@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/poolmanagerd/pool-managerd/internal/proc"
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
 	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
 )

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu/sim"
-	"github.com/poolmanagerd/pool-managerd/internal/proc"
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
 )
 

@@ -22,7 +22,7 @@ import (
 
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu/sim"
 	"github.com/poolmanagerd/pool-managerd/internal/observe"
-	"github.com/poolmanagerd/pool-managerd/internal/proc"
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
 	"github.com/poolmanagerd/pool-managerd/internal/syncbuf"
 )

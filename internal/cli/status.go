@@ -18,7 +18,7 @@ import (
 	"github.com/poolmanagerd/pool-managerd/internal/api"
 	"github.com/poolmanagerd/pool-managerd/internal/observe"
 	"github.com/poolmanagerd/pool-managerd/internal/poolview"
-	"github.com/poolmanagerd/pool-managerd/internal/proc"
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
 	"github.com/poolmanagerd/pool-managerd/reconcile/restart"

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/poolmanagerd/pool-managerd/internal/observe"
-	"github.com/poolmanagerd/pool-managerd/internal/proc"
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
 )
 
 // fakeBin is the stand-in engine (cmd/fake-engine), built by TestMain; every

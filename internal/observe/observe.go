@@ -21,7 +21,7 @@ import (
 
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/vram"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
-	"github.com/poolmanagerd/pool-managerd/internal/proc"
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
 	"github.com/poolmanagerd/pool-managerd/schema"

@@ -21,7 +21,7 @@ import (
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/preset"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/supervisor"
 	"github.com/poolmanagerd/pool-managerd/internal/observe"
-	"github.com/poolmanagerd/pool-managerd/internal/proc"
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
 )
