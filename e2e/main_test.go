@@ -31,7 +31,7 @@ var (
 )
 
 // markerEnv is the variable every engine pool-managerd starts carries
-// (observe.MarkerEnv, preset.MarkerEnv).
+// (engine.MarkerEnv), spelled out here so that a change of it shows.
 const markerEnv = "POOL_MANAGERD_ENGINE"
 
 func TestMain(m *testing.M) {

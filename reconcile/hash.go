@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
 
@@ -35,7 +36,7 @@ func ObservedHash(o Observed) string {
 		Lost    bool
 		Foreign []int
 	}
-	type engine struct {
+	type engineView struct {
 		Generation               int64
 		SpecHash                 string
 		PID                      int
@@ -47,9 +48,9 @@ func ObservedHash(o Observed) string {
 		Source   string
 		StateDir string
 		GPUs     []device
-		Engines  map[string]engine
+		Engines  map[string]engineView
 		Pools    map[string]PoolStatus
-	}{Node: o.Node, Source: o.Source, StateDir: o.StateDir, Engines: map[string]engine{}, Pools: o.Pools}
+	}{Node: o.Node, Source: o.Source, StateDir: o.StateDir, Engines: map[string]engineView{}, Pools: o.Pools}
 	owned := o.ownedPIDs()
 	for _, d := range o.GPUs {
 		dev := device{Index: d.Index, UUID: d.UUID, Total: d.MemoryTotal, Lost: d.Lost}
@@ -62,8 +63,8 @@ func ObservedHash(o Observed) string {
 		view.GPUs = append(view.GPUs, dev)
 	}
 	for id, e := range o.Engines {
-		view.Engines[id] = engine{Generation: e.Generation, SpecHash: e.SpecHash, PID: e.PID, Alive: e.Alive,
-			Failing: e.Health == HealthFailing, Recorded: e.Recorded, Intent: e.Intent}
+		view.Engines[id] = engineView{Generation: e.Generation, SpecHash: e.SpecHash, PID: e.PID, Alive: e.Alive,
+			Failing: e.Health == engine.HealthFailing, Recorded: e.Recorded, Intent: e.Intent}
 	}
 	return hashJSON(view)
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
 	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
 	"github.com/poolmanagerd/pool-managerd/schema"
@@ -159,7 +160,7 @@ type Unchanged struct {
 	PID    int    `json:"pid,omitempty"`
 	Status string `json:"status"`
 	// Health is the engine's health: loading while it preloads (apply waits for it).
-	Health Health `json:"health,omitempty"`
+	Health engine.Health `json:"health,omitempty"`
 }
 
 // Summary counts a plan's changes.
@@ -328,14 +329,14 @@ func (p *planner) running(pool *schema.Pool, e Engine) (*Unchanged, bool) {
 		return nil, false // a restart or a create: decided with the starts
 	case e.SpecHash != hash:
 		fields := diffSpecs(e.Spec, pool)
-		if e.Spec != nil && inPlace(fields) && e.Health != HealthFailing {
+		if e.Spec != nil && inPlace(fields) && e.Health != engine.HealthFailing {
 			p.changes = append(p.changes, Change{Action: Update, Pool: pool.ID, Engine: pool.Engine, Devices: pool.Devices,
 				PID: e.PID, Fields: fields, Spec: pool, SpecHash: hash,
 				Reasons: []string{"only fields that need no restart changed; the engine keeps running"}})
 			return nil, true
 		}
 		return nil, false
-	case e.Health == HealthFailing:
+	case e.Health == engine.HealthFailing:
 		return nil, false
 	case !e.Recorded:
 		p.changes = append(p.changes, Change{Action: Adopt, Pool: pool.ID, Engine: pool.Engine, Devices: pool.Devices, PID: e.PID,
@@ -345,11 +346,11 @@ func (p *planner) running(pool *schema.Pool, e Engine) (*Unchanged, bool) {
 	}
 	status, health := "running, healthy", e.Health
 	switch {
-	case e.Health == HealthLoading:
+	case e.Health == engine.HealthLoading:
 		status = "running, loading its model"
 	case e.Unverified:
 		// Healthy, but its placement was never checked: apply waits for it like a preload.
-		status, health = "running, healthy; its GPU placement is not yet verified", HealthLoading
+		status, health = "running, healthy; its GPU placement is not yet verified", engine.HealthLoading
 	case e.Health == "":
 		status = "running"
 	}
@@ -374,7 +375,7 @@ func (p *planner) startChange(pool *schema.Pool) Change {
 		switch {
 		case e.Spec == nil:
 			c.Reasons = []string{"the running engine was started from another spec (its fields are not recorded)"}
-		case e.Health == HealthFailing:
+		case e.Health == engine.HealthFailing:
 			c.Reasons = []string{fmt.Sprintf("engine pid %d fails its health check, and its spec changed", e.PID)}
 		default:
 			c.Reasons = []string{"fields that need a new engine changed"}
@@ -619,12 +620,13 @@ func (p *planner) vramBlocker(c Change, free map[int]uint64) *Blocker {
 		d, _ := p.observed.device(idx)
 		return &Blocker{Class: ClassInsufficientVRAM,
 			Message: fmt.Sprintf("insufficient VRAM on GPU %d (%s, %s): needs %s at ctx %d, %s free", idx, d.Name, gib(d.MemoryTotal), gib(need.PerGPU[j]), c.Spec.Model.Ctx, gib(free[idx])),
-			Hint:    vramHint(c.Spec)}
+			Hint:    VRAMHint(c.Spec)}
 	}
 	return nil
 }
 
-func vramHint(pool *schema.Pool) string {
+// VRAMHint is the hint for a pool that lacks GPU memory: what to change in its spec.
+func VRAMHint(pool *schema.Pool) string {
 	if len(pool.Devices) > 1 && pool.Engine == schema.EngineLlamaCpp {
 		return "lower ctx, move the split toward the larger GPU, or pick a smaller quantisation"
 	}

@@ -1,4 +1,4 @@
-// Package reconcile decides what to do on a node and does it. Plan is a pure
+// Package reconcile decides what to do on a node (package internal/executor does it). Plan is a pure
 // function of the desired state, the observed state and the time: no I/O, no
 // goroutines, no clock, so its output is deterministic and golden-tested.
 //
@@ -13,6 +13,7 @@ package reconcile
 import (
 	"time"
 
+	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
@@ -77,20 +78,6 @@ func DesiredFor(cfg *schema.Desired, node string) Desired {
 	return d
 }
 
-// Health is what an engine's health endpoint says.
-type Health string
-
-// Engine health as observed.
-const (
-	// HealthOK: the engine answered its health check; the model is loaded.
-	HealthOK Health = "ok"
-	// HealthLoading: the engine is up but still loading its model (llama-server
-	// answers 503, vLLM and TGI refuse connections).
-	HealthLoading Health = "loading"
-	// HealthFailing: the engine answers that it is unhealthy, or stopped answering after it was Ready.
-	HealthFailing Health = "failing"
-)
-
 // Observed is what pool-managerd sees on the node at one moment.
 type Observed struct {
 	Node string `json:"node"`
@@ -122,8 +109,8 @@ type Engine struct {
 	// shards are children): the ones that may hold its GPU memory.
 	PIDs []int `json:"pids,omitempty"`
 	// Alive: the process runs (same pid and start time; not a zombie).
-	Alive  bool   `json:"alive"`
-	Health Health `json:"health,omitempty"`
+	Alive  bool          `json:"alive"`
+	Health engine.Health `json:"health,omitempty"`
 	// Recorded: the engine is in the state file. An engine found only by the
 	// marker in its environment (a crash between spawn and record) is not.
 	Recorded bool `json:"recorded"`
