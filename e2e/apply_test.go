@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/poolmanagerd/pool-managerd/internal/proc"
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
 )
 

@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/poolmanagerd/pool-managerd/internal/proc"
-	"github.com/poolmanagerd/pool-managerd/reconcile"
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
+	"github.com/poolmanagerd/pool-managerd/internal/executor"
 	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
 )
 
@@ -22,8 +22,8 @@ import (
 func TestCrashSafety(t *testing.T) {
 	t.Parallel()
 	steps := []string{
-		reconcile.StepStopped, reconcile.StepIntent, reconcile.StepSpawned,
-		reconcile.StepRecorded, reconcile.StepHealthy, reconcile.StepReadyRecorded,
+		executor.StepStopped, executor.StepIntent, executor.StepSpawned,
+		executor.StepRecorded, executor.StepHealthy, executor.StepReadyRecorded,
 	}
 	for _, mode := range []string{"fresh", "replace"} {
 		for _, step := range steps {
@@ -36,14 +36,14 @@ func TestCrashSafety(t *testing.T) {
 	// POOL:step crashes at one pool's step only, whatever the other does.
 	t.Run("replace/b:spawned", func(t *testing.T) {
 		t.Parallel()
-		crashAndRecover(t, "replace", "b:"+reconcile.StepSpawned, false)
+		crashAndRecover(t, "replace", "b:"+executor.StepSpawned, false)
 	})
 	// The config changes between the crash and the next apply: the engine
 	// the crash left unrecorded (found by its marker) must be replaced, not
 	// left running beside its successor.
 	t.Run("fresh/spawned, then the config changes", func(t *testing.T) {
 		t.Parallel()
-		crashAndRecover(t, "fresh", reconcile.StepSpawned, true)
+		crashAndRecover(t, "fresh", executor.StepSpawned, true)
 	})
 	t.Run("stop --all after a crash at spawned", testStopAfterCrash)
 	t.Run("loaded unwatched", testCrashBeforePlacement)
@@ -79,7 +79,7 @@ func crashAndRecover(t *testing.T, mode, step string, changeAfter bool) {
 
 	r := w.apply("POOL_MANAGERD_TEST_CRASH_AT=" + step)
 	switch {
-	case mode == "fresh" && step == reconcile.StepStopped:
+	case mode == "fresh" && step == executor.StepStopped:
 		// A fresh start stops nothing: the hook never fires.
 		mustExit(t, r, 0)
 	case r.signal != syscall.SIGKILL:
@@ -175,7 +175,7 @@ func testStopAfterCrash(t *testing.T) {
 	t.Parallel()
 	w := newWorkspace(t)
 	w.writeConfig(pool{ID: "a", Env: map[string]string{"FAKE_ENGINE_LOAD_DELAY": "300ms"}})
-	r := w.apply("POOL_MANAGERD_TEST_CRASH_AT=" + reconcile.StepSpawned)
+	r := w.apply("POOL_MANAGERD_TEST_CRASH_AT=" + executor.StepSpawned)
 	if r.signal != syscall.SIGKILL {
 		t.Fatalf("apply should die of SIGKILL: %s", r)
 	}
@@ -187,7 +187,7 @@ func testStopAfterCrash(t *testing.T) {
 	mustExit(t, r, 0)
 	if alive(e.PID) {
 		t.Errorf("DEFECT: `stop --all` after an apply killed at %q leaves engine pid %d running (the state file knew it only as an intent, no pid) and says: %q; the state no longer mentions it",
-			reconcile.StepSpawned, e.PID, strings.TrimSpace(r.stdout))
+			executor.StepSpawned, e.PID, strings.TrimSpace(r.stdout))
 		_ = syscall.Kill(e.PID, syscall.SIGKILL)
 		waitFor(t, 5*time.Second, "the engine to die", func() bool { return !alive(e.PID) })
 	}
@@ -201,7 +201,7 @@ func testStopAfterCrash(t *testing.T) {
 // engine as Ready.
 func testCrashBeforePlacement(t *testing.T) {
 	t.Parallel()
-	for _, step := range []string{reconcile.StepHealthy, reconcile.StepRecorded} {
+	for _, step := range []string{executor.StepHealthy, executor.StepRecorded} {
 		t.Run(step, func(t *testing.T) {
 			t.Parallel()
 			w := newWorkspace(t)

@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu/sim"
-	"github.com/poolmanagerd/pool-managerd/internal/proc"
-	"github.com/poolmanagerd/pool-managerd/reconcile"
+	"github.com/poolmanagerd/pool-managerd/internal/executor"
 )
 
 // twoEqualGPUs: vLLM and TGI shard evenly, so a two-GPU mask needs GPUs of one size.
@@ -97,7 +97,7 @@ func TestEnginesWithWorkers(t *testing.T) {
 	// Crash right after v's spawn: the next apply adopts it, workers and all.
 	v.Ctx = 4096
 	w.writeConfig(v, g)
-	r = w.apply("POOL_MANAGERD_TEST_CRASH_AT=v:" + reconcile.StepSpawned)
+	r = w.apply("POOL_MANAGERD_TEST_CRASH_AT=v:" + executor.StepSpawned)
 	if r.signal != syscall.SIGKILL {
 		t.Fatalf("apply should die of SIGKILL: %s", r)
 	}

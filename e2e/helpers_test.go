@@ -20,9 +20,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/poolmanagerd/pool-managerd/drivers/engine"
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu/sim"
-	"github.com/poolmanagerd/pool-managerd/internal/observe"
-	"github.com/poolmanagerd/pool-managerd/internal/proc"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
 	"github.com/poolmanagerd/pool-managerd/internal/syncbuf"
 )
@@ -424,7 +424,7 @@ func (w *workspace) loadState() *state.State {
 // of its session (workers are left out), found by its marker.
 type engineProc struct {
 	PID    int
-	Marker observe.Marker
+	Marker engine.Marker
 	Ticks  uint64
 }
 
@@ -437,7 +437,7 @@ func (w *workspace) engines() map[string][]engineProc {
 	}
 	out := map[string][]engineProc{}
 	for pid, value := range found {
-		m, err := observe.ParseMarker(value)
+		m, err := engine.ParseMarker(value)
 		if err != nil || m.Node != w.node {
 			continue
 		}
@@ -461,7 +461,7 @@ func (w *workspace) allEnginePIDs() []int {
 	}
 	var out []int
 	for pid, value := range found {
-		m, err := observe.ParseMarker(value)
+		m, err := engine.ParseMarker(value)
 		if err != nil || m.Node != w.node {
 			continue
 		}

@@ -17,7 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/poolmanagerd/pool-managerd/internal/proc"
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
 )
 
 // The binaries under test, built by TestMain into a temporary directory.
@@ -31,7 +31,7 @@ var (
 )
 
 // markerEnv is the variable every engine pool-managerd starts carries
-// (observe.MarkerEnv, preset.MarkerEnv).
+// (engine.MarkerEnv), spelled out here so that a change of it shows.
 const markerEnv = "POOL_MANAGERD_ENGINE"
 
 func TestMain(m *testing.M) {

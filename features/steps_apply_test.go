@@ -20,9 +20,9 @@ import (
 
 	"github.com/cucumber/godog"
 
+	"github.com/poolmanagerd/pool-managerd/drivers/engine"
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu/sim"
-	"github.com/poolmanagerd/pool-managerd/internal/observe"
-	"github.com/poolmanagerd/pool-managerd/internal/proc"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
 	"github.com/poolmanagerd/pool-managerd/internal/syncbuf"
 )
@@ -682,7 +682,7 @@ func (w *world) engineProcesses() ([]engineProcess, error) {
 			continue
 		}
 		p := engineProcess{pid: pid, env: env}
-		if m, err := observe.ParseMarker(env[observe.MarkerEnv]); err == nil {
+		if m, err := engine.ParseMarker(env[engine.MarkerEnv]); err == nil {
 			p.pool = m.Pool
 		}
 		out = append(out, p)

@@ -12,7 +12,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/poolmanagerd/pool-managerd/internal/state"
+	"github.com/poolmanagerd/pool-managerd/drivers/engine"
+	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
 
@@ -36,7 +37,7 @@ func ObservedHash(o Observed) string {
 		Lost    bool
 		Foreign []int
 	}
-	type engine struct {
+	type engineView struct {
 		Generation               int64
 		SpecHash                 string
 		PID                      int
@@ -49,9 +50,9 @@ func ObservedHash(o Observed) string {
 		Source   string
 		StateDir string
 		GPUs     []device
-		Engines  map[string]engine
-		Pools    map[string]state.PoolRecord
-	}{Node: o.Node, Source: o.Source, StateDir: o.StateDir, Engines: map[string]engine{}, Pools: o.Pools}
+		Engines  map[string]engineView
+		Pools    map[string]restart.Record
+	}{Node: o.Node, Source: o.Source, StateDir: o.StateDir, Engines: map[string]engineView{}, Pools: o.Pools}
 	owned := o.ownedPIDs()
 	for _, d := range o.GPUs {
 		dev := device{Index: d.Index, UUID: d.UUID, Total: d.MemoryTotal, Lost: d.Lost}
@@ -64,8 +65,8 @@ func ObservedHash(o Observed) string {
 		view.GPUs = append(view.GPUs, dev)
 	}
 	for id, e := range o.Engines {
-		view.Engines[id] = engine{Generation: e.Generation, SpecHash: e.SpecHash, PID: e.PID, Alive: e.Alive,
-			Failing: e.Health == HealthFailing, Recorded: e.Recorded, Intent: e.Intent, Draining: e.Draining}
+		view.Engines[id] = engineView{Generation: e.Generation, SpecHash: e.SpecHash, PID: e.PID, Alive: e.Alive,
+			Failing: e.Health == engine.HealthFailing, Recorded: e.Recorded, Intent: e.Intent, Draining: e.Draining}
 	}
 	return hashJSON(view)
 }

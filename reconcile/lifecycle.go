@@ -5,7 +5,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/poolmanagerd/pool-managerd/internal/state"
+	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
@@ -82,7 +82,7 @@ type Facts struct {
 	// records of it; nil when there is none.
 	Engine *Engine
 	// History is the pool's backoff and breaker record.
-	History state.PoolRecord
+	History restart.Record
 	// Held: an operator stopped the pool; it stays Stopped until a reset, a
 	// change of its config or a daemon restart.
 	Held bool
@@ -163,7 +163,7 @@ func unwanted(e *Engine) Status {
 }
 
 // running decides about a pool whose engine runs.
-func running(spec *schema.Pool, e *Engine, history state.PoolRecord, now time.Time) Status {
+func running(spec *schema.Pool, e *Engine, history restart.Record, now time.Time) Status {
 	hash := SpecHash(spec)
 	t := restart.FromRecord(spec.Restart, history, nil)
 	if !e.ReadyAt.IsZero() {
@@ -181,7 +181,7 @@ func running(spec *schema.Pool, e *Engine, history state.PoolRecord, now time.Ti
 		}
 		return s
 	case e.SpecHash != hash:
-		if e.Spec != nil && inPlace(diffSpecs(e.Spec, spec)) && e.Health != HealthFailing {
+		if e.Spec != nil && inPlace(diffSpecs(e.Spec, spec)) && e.Health != engine.HealthFailing {
 			s = healthy(e, s)
 			s.Next, s.Reason = NextUpdate, "only fields that need no restart changed; the engine keeps running"
 			return s
@@ -194,13 +194,13 @@ func running(spec *schema.Pool, e *Engine, history state.PoolRecord, now time.Ti
 		switch {
 		case e.Spec == nil:
 			s.Reason = "the running engine was started from another spec (its fields are not recorded)"
-		case e.Health == HealthFailing:
+		case e.Health == engine.HealthFailing:
 			s.Reason = fmt.Sprintf("engine pid %d fails its health check, and its spec changed", e.PID)
 		default:
 			s.Reason = "fields that need a new engine changed"
 		}
 		return s
-	case e.Health == HealthFailing:
+	case e.Health == engine.HealthFailing:
 		s.Phase, s.Next, s.Reason = Unready, NextRestart, fmt.Sprintf("engine pid %d fails its health check", e.PID)
 		return s
 	case !e.Recorded:
@@ -220,9 +220,9 @@ func running(spec *schema.Pool, e *Engine, history state.PoolRecord, now time.Ti
 // its placement was verified (it was recorded Ready).
 func healthy(e *Engine, s Status) Status {
 	switch {
-	case e.Health == HealthLoading:
+	case e.Health == engine.HealthLoading:
 		s.Phase, s.Reason = Preloading, "running, loading its model"
-	case e.Health == HealthFailing:
+	case e.Health == engine.HealthFailing:
 		s.Phase, s.Reason = Unready, fmt.Sprintf("engine pid %d fails its health check", e.PID)
 	case e.Unverified || !e.Recorded:
 		// Healthy, but its placement was never checked: waited on like a preload.
@@ -236,7 +236,7 @@ func healthy(e *Engine, s Status) Status {
 }
 
 // stopped decides about a wanted pool whose engine does not run.
-func stopped(spec *schema.Pool, e *Engine, history state.PoolRecord, now time.Time) Status {
+func stopped(spec *schema.Pool, e *Engine, history restart.Record, now time.Time) Status {
 	hash := SpecHash(spec)
 	t := restart.FromRecord(spec.Restart, history, nil)
 	if e != nil && e.SpecHash != hash {
@@ -286,7 +286,7 @@ func exitReason(e *Engine) string {
 // ExitUnrecorded reports whether an engine that was Ready at readyAt (zero:
 // never) and is now gone died without its failure being recorded in the
 // pool's history: the death is counted once, by whoever finds it first.
-func ExitUnrecorded(readyAt time.Time, history state.PoolRecord) bool {
+func ExitUnrecorded(readyAt time.Time, history restart.Record) bool {
 	if readyAt.IsZero() {
 		return false
 	}

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
 	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
 	"github.com/poolmanagerd/pool-managerd/schema"
@@ -159,7 +160,7 @@ type Unchanged struct {
 	PID    int    `json:"pid,omitempty"`
 	Status string `json:"status"`
 	// Health is the engine's health: loading while it preloads (apply waits for it).
-	Health Health `json:"health,omitempty"`
+	Health engine.Health `json:"health,omitempty"`
 }
 
 // Summary counts a plan's changes.
@@ -327,7 +328,7 @@ func (p *planner) decide(pool *schema.Pool) (Change, *Unchanged) {
 	case NextNone, NextAwait:
 		u := &Unchanged{Pool: pool.ID, PID: e.PID, Status: st.Reason, Health: e.Health}
 		if st.Next == NextAwait {
-			u.Health = HealthLoading
+			u.Health = engine.HealthLoading
 		}
 		return c, u
 	case NextUpdate:
@@ -577,12 +578,13 @@ func (p *planner) vramBlocker(c Change, free map[int]uint64) *Blocker {
 		d, _ := p.observed.device(idx)
 		return &Blocker{Class: ClassInsufficientVRAM,
 			Message: fmt.Sprintf("insufficient VRAM on GPU %d (%s, %s): needs %s at ctx %d, %s free", idx, d.Name, gib(d.MemoryTotal), gib(need.PerGPU[j]), c.Spec.Model.Ctx, gib(free[idx])),
-			Hint:    vramHint(c.Spec)}
+			Hint:    VRAMHint(c.Spec)}
 	}
 	return nil
 }
 
-func vramHint(pool *schema.Pool) string {
+// VRAMHint is the hint for a pool that lacks GPU memory: what to change in its spec.
+func VRAMHint(pool *schema.Pool) string {
 	if len(pool.Devices) > 1 && pool.Engine == schema.EngineLlamaCpp {
 		return "lower ctx, move the split toward the larger GPU, or pick a smaller quantisation"
 	}

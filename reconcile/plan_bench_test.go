@@ -9,10 +9,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/vram"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
 	"github.com/poolmanagerd/pool-managerd/internal/benchgen"
-	"github.com/poolmanagerd/pool-managerd/internal/state"
+	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
 
@@ -75,7 +76,7 @@ func newBenchFleet(b *testing.B, pools int) *benchFleet {
 	pid := 1000
 	for _, node := range f.nodes {
 		d := byNode[node]
-		o := Observed{Node: node, Source: "sim:bench", Engines: map[string]Engine{}, Pools: map[string]state.PoolRecord{}}
+		o := Observed{Node: node, Source: "sim:bench", Engines: map[string]Engine{}, Pools: map[string]restart.Record{}}
 		for _, g := range d.Declared.GPUs {
 			o.GPUs = append(o.GPUs, gpu.Device{Index: g.Index, UUID: g.UUID, Name: g.Model, MemoryTotal: uint64(g.VRAM)})
 		}
@@ -86,7 +87,7 @@ func newBenchFleet(b *testing.B, pools int) *benchFleet {
 			}
 			pid++
 			o.Engines[id] = Engine{Pool: id, Generation: 1, SpecHash: SpecHash(p), Spec: p, PID: pid, PIDs: []int{pid},
-				Port: 18000 + i, Alive: true, Health: HealthOK, Recorded: true}
+				Port: 18000 + i, Alive: true, Health: engine.HealthOK, Recorded: true}
 			for k, idx := range p.Devices {
 				j := slices.IndexFunc(o.GPUs, func(g gpu.Device) bool { return g.Index == idx })
 				o.GPUs[j].Processes = append(o.GPUs[j].Processes, gpu.Process{PID: pid, UsedBytes: need.PerGPU[k]})

@@ -16,9 +16,10 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/vram"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
-	"github.com/poolmanagerd/pool-managerd/internal/state"
+	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
 
@@ -388,7 +389,7 @@ func applyModel(obs Observed, plan *NodePlan, stopsFirst bool) (Observed, error)
 		o.Engines = map[string]Engine{}
 	}
 	if o.Pools == nil {
-		o.Pools = map[string]state.PoolRecord{}
+		o.Pools = map[string]restart.Record{}
 	}
 	nextPID := 1 << 20
 	for _, e := range o.Engines {
@@ -436,7 +437,7 @@ func applyModel(obs Observed, plan *NodePlan, stopsFirst bool) (Observed, error)
 				sort.Slice(d.Processes, func(a, b int) bool { return d.Processes[a].PID < d.Processes[b].PID })
 			}
 			o.Engines[c.Pool] = Engine{Pool: c.Pool, Generation: e.Generation + 1, SpecHash: c.SpecHash, Spec: c.Spec,
-				PID: pid, PIDs: []int{pid}, Port: 20000 + pid%10000, Alive: true, Health: HealthOK, Recorded: true}
+				PID: pid, PIDs: []int{pid}, Port: 20000 + pid%10000, Alive: true, Health: engine.HealthOK, Recorded: true}
 			st := o.Pools[c.Pool]
 			st.NextRetry, st.BreakerState, st.BreakerRetryAt = time.Time{}, "", time.Time{}
 			o.Pools[c.Pool] = st
@@ -497,7 +498,7 @@ const giB = 1 << 30
 func (g *stateGen) node() (Desired, Observed) {
 	const node = "gpu-01"
 	nGPU := 2 + g.r.IntN(5)
-	obs := Observed{Node: node, Source: "sim:/var/lib/pool-managerd/sim", Engines: map[string]Engine{}, Pools: map[string]state.PoolRecord{}}
+	obs := Observed{Node: node, Source: "sim:/var/lib/pool-managerd/sim", Engines: map[string]Engine{}, Pools: map[string]restart.Record{}}
 	// A pull-request check (plan --gpus declared): the declared GPUs, nothing running.
 	declaredMode := g.chance(0.05)
 	if declaredMode {
@@ -691,8 +692,8 @@ func (g *stateGen) node() (Desired, Observed) {
 			continue
 		}
 		n := g.r.IntN(6)
-		st := state.PoolRecord{ConsecutiveFailures: n,
-			LastError: &state.ErrorRecord{Class: "exited", Message: "exited with status 1", Time: g.now.Add(-time.Duration(1+g.r.IntN(120)) * time.Second)}}
+		st := restart.Record{ConsecutiveFailures: n,
+			LastError: &restart.ErrorRecord{Class: "exited", Message: "exited with status 1", Time: g.now.Add(-time.Duration(1+g.r.IntN(120)) * time.Second)}}
 		for i := range n {
 			st.Failures = append(st.Failures, g.now.Add(-time.Duration(n-i)*time.Minute))
 		}
@@ -722,7 +723,7 @@ func (g *stateGen) alive(e *Engine) {
 			e.PIDs = append(e.PIDs, g.pid())
 		}
 	}
-	e.Health = pick(g, HealthOK, HealthOK, HealthOK, HealthLoading, HealthFailing, "")
+	e.Health = pick(g, engine.HealthOK, engine.HealthOK, engine.HealthOK, engine.HealthLoading, engine.HealthFailing, "")
 }
 
 func (g *stateGen) uuid() string {
@@ -945,7 +946,7 @@ func defectGPU(totalGiB uint64, procs map[int]uint64) gpu.Device {
 	return d
 }
 
-func runningEngine(spec *schema.Pool, pid int, health Health) Engine {
+func runningEngine(spec *schema.Pool, pid int, health engine.Health) Engine {
 	return Engine{Pool: spec.ID, Generation: 1, SpecHash: SpecHash(spec), Spec: spec, PID: pid, PIDs: []int{pid},
 		Alive: true, Health: health, Recorded: true}
 }
@@ -976,7 +977,7 @@ func TestRegressionUpdateHidesRestartOfFailingEngine(t *testing.T) {
 	ran.Restart.InitialBackoff = 2 * time.Second
 	d := defectDesired(want)
 	o := Observed{Node: "gpu-01", Source: "sim", GPUs: []gpu.Device{defectGPU(24, map[int]uint64{100: 6})},
-		Engines: map[string]Engine{"chat": runningEngine(ran, 100, HealthFailing)}}
+		Engines: map[string]Engine{"chat": runningEngine(ran, 100, engine.HealthFailing)}}
 	assertIdempotent(t, d, o)
 }
 
@@ -991,7 +992,7 @@ func TestRegressionLaterStopNotCountedForEarlierStart(t *testing.T) {
 	ran.Model.Ctx, ran.VRAM = 32768, 12*giB
 	d := defectDesired(a, b)
 	o := Observed{Node: "gpu-01", Source: "sim", GPUs: []gpu.Device{defectGPU(16, map[int]uint64{200: 12})},
-		Engines: map[string]Engine{"b": runningEngine(ran, 200, HealthOK)}}
+		Engines: map[string]Engine{"b": runningEngine(ran, 200, engine.HealthOK)}}
 	if p := Plan(d, o, propertyNow); p.Summary.Blocked != 0 {
 		t.Errorf("blocked although both pools fit once b's engine stops:\n%s", planText(p))
 	}
@@ -1011,7 +1012,7 @@ func TestRegressionBookingOrderIsNotApplyOrder(t *testing.T) {
 	d := defectDesired(a, b)
 	o := Observed{Node: "gpu-01", Source: "sim", GPUs: []gpu.Device{defectGPU(24, map[int]uint64{300: 14})},
 		Engines: map[string]Engine{
-			"a": runningEngine(a, 300, HealthFailing),
+			"a": runningEngine(a, 300, engine.HealthFailing),
 			"b": {Pool: "b", Generation: 1, SpecHash: SpecHash(ranB), Spec: ranB, PID: 301, Recorded: true, Exit: "exited with status 1"},
 		}}
 	assertIdempotent(t, d, o)
@@ -1031,7 +1032,7 @@ func TestRegressionConfigChangeDoesNotCloseBreaker(t *testing.T) {
 	o := Observed{Node: "gpu-01", Source: "sim", GPUs: []gpu.Device{defectGPU(24, nil)},
 		Engines: map[string]Engine{"coder": {Pool: "coder", Generation: 5, SpecHash: SpecHash(ran), Spec: ran, PID: 7,
 			Recorded: true, Exit: "exited with status 1"}},
-		Pools: map[string]state.PoolRecord{"coder": {ConsecutiveFailures: 5, BreakerState: "open", BreakerRetryAt: propertyNow.Add(5 * time.Minute)}}}
+		Pools: map[string]restart.Record{"coder": {ConsecutiveFailures: 5, BreakerState: "open", BreakerRetryAt: propertyNow.Add(5 * time.Minute)}}}
 	p := Plan(d, o, propertyNow)
 	if len(p.Changes) != 1 || p.Changes[0].Action != Replace {
 		t.Errorf("want a replace with the fixed config, got:\n%s", planText(p))

@@ -1,4 +1,4 @@
-// Package reconcile decides what to do on a node and does it. Plan is a pure
+// Package reconcile decides what to do on a node (package internal/executor does it). Plan is a pure
 // function of the desired state, the observed state and the time: no I/O, no
 // goroutines, no clock, so its output is deterministic and golden-tested.
 //
@@ -13,8 +13,9 @@ package reconcile
 import (
 	"time"
 
+	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
-	"github.com/poolmanagerd/pool-managerd/internal/state"
+	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
 
@@ -78,20 +79,6 @@ func DesiredFor(cfg *schema.Desired, node string) Desired {
 	return d
 }
 
-// Health is what an engine's health endpoint says.
-type Health string
-
-// Engine health as observed.
-const (
-	// HealthOK: the engine answered its health check; the model is loaded.
-	HealthOK Health = "ok"
-	// HealthLoading: the engine is up but still loading its model (llama-server
-	// answers 503, vLLM and TGI refuse connections).
-	HealthLoading Health = "loading"
-	// HealthFailing: the engine answers that it is unhealthy, or stopped answering after it was Ready.
-	HealthFailing Health = "failing"
-)
-
 // Observed is what pool-managerd sees on the node at one moment.
 type Observed struct {
 	Node string `json:"node"`
@@ -105,7 +92,7 @@ type Observed struct {
 	// Engines are the engine processes pool-managerd knows of, by pool id.
 	Engines map[string]Engine `json:"engines,omitempty"`
 	// Pools holds each pool's backoff and breaker history, by pool id.
-	Pools map[string]state.PoolRecord `json:"pools,omitempty"`
+	Pools map[string]restart.Record `json:"pools,omitempty"`
 }
 
 // Engine is an engine process as observed: from the state file, checked
@@ -123,8 +110,8 @@ type Engine struct {
 	// shards are children): the ones that may hold its GPU memory.
 	PIDs []int `json:"pids,omitempty"`
 	// Alive: the process runs (same pid and start time; not a zombie).
-	Alive  bool   `json:"alive"`
-	Health Health `json:"health,omitempty"`
+	Alive  bool          `json:"alive"`
+	Health engine.Health `json:"health,omitempty"`
 	// Recorded: the engine is in the state file. An engine found only by the
 	// marker in its environment (a crash between spawn and record) is not.
 	Recorded bool `json:"recorded"`

@@ -7,7 +7,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/poolmanagerd/pool-managerd/internal/llamaargs"
+	"github.com/poolmanagerd/pool-managerd/schema/llamaargs"
 )
 
 // flagChecker rejects engine flags and environment that pool-managerd sets

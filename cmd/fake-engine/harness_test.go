@@ -16,8 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu/sim"
-	"github.com/poolmanagerd/pool-managerd/internal/proc"
 )
 
 // binDir holds the fake-engine binary built for the tests, and links to it

@@ -14,16 +14,18 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/local"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/preset"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
+	"github.com/poolmanagerd/pool-managerd/internal/executor"
 	"github.com/poolmanagerd/pool-managerd/internal/observe"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
 
-// CrashAtEnv names a step of a start (reconcile.Step*, optionally POOL:step)
+// CrashAtEnv names a step of a start (executor.Step*, optionally POOL:step)
 // at which apply kills itself with SIGKILL: the crash-safety tests use it.
 const CrashAtEnv = "POOL_MANAGERD_TEST_CRASH_AT"
 
@@ -207,7 +209,7 @@ func runApply(cmd *cobra.Command, target string, src gpuSource, node, stateDir s
 	}
 	loading := false
 	for _, u := range plan.Unchanged {
-		loading = loading || u.Health == reconcile.HealthLoading
+		loading = loading || u.Health == engine.HealthLoading
 	}
 	if !plan.HasChanges() && !loading && plan.Summary.Blocked == 0 {
 		fmt.Fprintln(out, "Nothing to do: the node runs what the config says.")
@@ -237,10 +239,10 @@ func runApply(cmd *cobra.Command, target string, src gpuSource, node, stateDir s
 		driver.SimDir = src.Dir
 	}
 	var mu sync.Mutex
-	x := &reconcile.Executor{
+	x := &executor.Executor{
 		Node: plan.Node, GPUs: s.gpus, Engines: driver, Store: state.Store{Dir: stateDir},
 		Now: time.Now, Rand: rand.Float64,
-		Report: func(e reconcile.Event) {
+		Report: func(e executor.Event) {
 			mu.Lock()
 			defer mu.Unlock()
 			fmt.Fprintf(out, "%s  %-12s %-10s %s\n", e.Time.Format("15:04:05.000"), e.Pool, e.Phase, e.Message)
@@ -282,7 +284,7 @@ func startingEngines(plan *reconcile.NodePlan) []schema.Engine {
 	return out
 }
 
-func writeOutcomes(w io.Writer, res reconcile.Result) {
+func writeOutcomes(w io.Writer, res executor.Result) {
 	ready, failed := 0, 0
 	for _, o := range res.Outcomes {
 		switch o.Phase {

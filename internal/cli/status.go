@@ -14,11 +14,12 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/local"
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
 	"github.com/poolmanagerd/pool-managerd/internal/api"
 	"github.com/poolmanagerd/pool-managerd/internal/observe"
 	"github.com/poolmanagerd/pool-managerd/internal/poolview"
-	"github.com/poolmanagerd/pool-managerd/internal/proc"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
 	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
@@ -218,7 +219,7 @@ func unrecordedEngines(stateDir string, st *state.State) (map[string]int, error)
 	if err != nil {
 		return nil, err
 	}
-	found, err := proc.FindByEnv(observe.StateDirEnv)
+	found, err := proc.FindByEnv(engine.StateDirEnv)
 	if err != nil {
 		return nil, err
 	}
@@ -235,7 +236,7 @@ func unrecordedEngines(stateDir string, st *state.State) (map[string]int, error)
 		if err != nil {
 			continue
 		}
-		m, err := observe.ParseMarker(env[observe.MarkerEnv])
+		m, err := engine.ParseMarker(env[engine.MarkerEnv])
 		if err != nil || st.Engines[m.Pool].PID == pid {
 			continue
 		}
@@ -313,8 +314,8 @@ It takes the state directory's lock, like apply.`,
 				if !ok {
 					continue
 				}
-				extra := state.Engine{Pool: id, PID: pid, Spec: st.Engines[id].Spec}
-				if p, err := driver.Adopt(cmd.Context(), extra); err == nil {
+				extra := reconcile.EngineRecord{Pool: id, PID: pid, Spec: st.Engines[id].Spec}
+				if p, err := driver.Adopt(cmd.Context(), extra.Ref()); err == nil {
 					fmt.Fprintf(cmd.OutOrStdout(), "Stopping %s (pid %d, not in the state file)...\n", id, pid)
 					policy := reconcile.DefaultRestartPolicy()
 					if extra.Spec != nil {
@@ -326,7 +327,7 @@ It takes the state directory's lock, like apply.`,
 					stopped++
 				}
 				if _, recorded := st.Engines[id]; !recorded {
-					st.Engines[id] = state.Engine{Pool: id}
+					st.Engines[id] = reconcile.EngineRecord{Pool: id}
 				}
 			}
 			for _, id := range ids {
@@ -339,7 +340,7 @@ It takes the state directory's lock, like apply.`,
 					policy = rec.Spec.Restart
 				}
 				if rec.PID != 0 {
-					p, err := driver.Adopt(cmd.Context(), rec)
+					p, err := driver.Adopt(cmd.Context(), rec.Ref())
 					switch {
 					case err == nil:
 						fmt.Fprintf(cmd.OutOrStdout(), "Stopping %s (pid %d)...\n", id, rec.PID)
@@ -347,10 +348,10 @@ It takes the state directory's lock, like apply.`,
 							return fmt.Errorf("stop %s: %w", id, err)
 						}
 						stopped++
-					case !errors.Is(err, reconcile.ErrGone):
+					case !errors.Is(err, engine.ErrGone):
 						return fmt.Errorf("stop %s: %w", id, err)
 					}
-					if err := driver.Cleanup(cmd.Context(), rec); err != nil {
+					if err := driver.Cleanup(cmd.Context(), rec.Ref()); err != nil {
 						return fmt.Errorf("stop %s: %w", id, err)
 					}
 				}

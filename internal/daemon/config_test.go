@@ -11,7 +11,7 @@ import (
 
 	"github.com/poolmanagerd/pool-managerd/internal/api"
 	"github.com/poolmanagerd/pool-managerd/internal/daemon"
-	"github.com/poolmanagerd/pool-managerd/reconcile"
+	"github.com/poolmanagerd/pool-managerd/internal/executor"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
 
@@ -129,7 +129,7 @@ func TestNoGoodConfigTouchesNothing(t *testing.T) {
 			if rec := n.loadState().Engines["a"]; rec.PID != pid {
 				t.Errorf("the state records pool a's engine as pid %d, want %d", rec.PID, pid)
 			}
-			for _, step := range []string{reconcile.StepStopped, reconcile.StepIntent} {
+			for _, step := range []string{executor.StepStopped, executor.StepIntent} {
 				if c := r.stepCount("a", step); c != 0 {
 					t.Errorf("pool a: step %s happened %d times", step, c)
 				}
@@ -147,7 +147,7 @@ func TestNoGoodConfigTouchesNothing(t *testing.T) {
 			if p.PID != pid || p.Restarts != 0 {
 				t.Errorf("after the fix pool a is pid %d with %d restarts, want the adopted pid %d and 0", p.PID, p.Restarts, pid)
 			}
-			if c := fixed.stepCount("a", reconcile.StepIntent); c != 0 {
+			if c := fixed.stepCount("a", executor.StepIntent); c != 0 {
 				t.Errorf("after the fix pool a was started %d times, want adopted", c)
 			}
 		})
@@ -217,7 +217,7 @@ func TestLastGoodConfigStaysInForce(t *testing.T) {
 			if !alive(pids["a"]) || n.loadState().Engines["a"].PID != pids["a"] {
 				t.Errorf("pool a's engine pid %d was touched; its config never changed", pids["a"])
 			}
-			if c := r.stepCount("a", reconcile.StepIntent); c != 1 {
+			if c := r.stepCount("a", executor.StepIntent); c != 1 {
 				t.Errorf("pool a was started %d times, want once", c)
 			}
 			if alive(pids["b"]) {

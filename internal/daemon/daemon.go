@@ -4,7 +4,7 @@
 //	fsnotify (config tree, debounced) ──┐
 //	SIGHUP, resync timer ───────────────┤
 //	GPU driver events (Xid, lost) ──────┼──▶ loop ──▶ observe ──▶ Plan ──▶ one op per pool
-//	engine exits, op ends, timers ──────┤                                  (reconcile.Executor)
+//	engine exits, op ends, timers ──────┤                                  (executor.Executor)
 //	API: reset, stop ───────────────────┘
 //
 // The loop is one goroutine and owns the scheduling state (which pool has an
@@ -32,9 +32,10 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
+	"github.com/poolmanagerd/pool-managerd/internal/executor"
 	"github.com/poolmanagerd/pool-managerd/internal/metrics"
-	"github.com/poolmanagerd/pool-managerd/internal/observe"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
 	"github.com/poolmanagerd/pool-managerd/internal/watch"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
@@ -52,7 +53,7 @@ type Options struct {
 	GPUs   gpu.Node
 	Source string
 	// Engines starts, adopts and cleans up engines.
-	Engines reconcile.Engines
+	Engines engine.Driver
 	// Logger receives one event per transition; nil discards.
 	Logger hclog.Logger
 	// Registry receives the metrics; nil registers none.
@@ -75,7 +76,7 @@ type Daemon struct {
 	opts    Options
 	log     hclog.Logger
 	metrics *metrics.Metrics
-	exec    *reconcile.Executor
+	exec    *executor.Executor
 	now     func() time.Time
 
 	// requests to the loop
@@ -140,7 +141,7 @@ func New(opts Options) (*Daemon, error) {
 	}
 	d.runCtx, d.cancelRun = context.WithCancel(context.Background())
 	d.view.init(opts.ConfigDir)
-	d.exec = &reconcile.Executor{
+	d.exec = &executor.Executor{
 		Node: opts.Node, GPUs: opts.GPUs, Engines: opts.Engines, Store: state.Store{Dir: opts.StateDir},
 		Now: time.Now, Rand: rand.Float64, Report: d.onEvent, Step: opts.Step,
 	}
@@ -273,7 +274,7 @@ func (d *Daemon) watchHealth(ctx context.Context) {
 			if rec.PID == 0 || rec.ReadyAt.IsZero() {
 				continue
 			}
-			if h := observe.HTTPHealth(ctx, rec.Port, true); h != reconcile.HealthOK && ctx.Err() == nil {
+			if h := engine.ProbeHealth(ctx, rec.Port, true); h != engine.HealthOK && ctx.Err() == nil {
 				d.log.Warn("engine health check failed", "pool", id, "pid", rec.PID, "health", string(h))
 				select {
 				case d.refresh <- struct{}{}:

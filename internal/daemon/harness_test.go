@@ -510,7 +510,7 @@ func (r *running) settle() {
 	}
 }
 
-// stepCount counts the executor steps of pool (reconcile.Step*).
+// stepCount counts the executor steps of pool (executor.Step*).
 func (r *running) stepCount(pool, step string) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()

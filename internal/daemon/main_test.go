@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/poolmanagerd/pool-managerd/internal/observe"
-	"github.com/poolmanagerd/pool-managerd/internal/proc"
+	"github.com/poolmanagerd/pool-managerd/drivers/engine"
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
 )
 
 // fakeBin is the stand-in engine (cmd/fake-engine), built by TestMain; every
@@ -71,7 +71,7 @@ func buildFakeEngine(dir string) error {
 // fake-engine and carry a state directory in their environment: stateDir's
 // when it is not empty, any otherwise.
 func ourEngines(stateDir string) []int {
-	found, err := proc.FindByEnv(observe.StateDirEnv)
+	found, err := proc.FindByEnv(engine.StateDirEnv)
 	if err != nil {
 		return nil
 	}
@@ -103,7 +103,7 @@ func describe(pids []int) []string {
 	for _, pid := range pids {
 		env, _ := proc.Environ(pid)
 		argv, _ := proc.Cmdline(pid)
-		out = append(out, fmt.Sprintf("pid %d marker %q: %s", pid, env[observe.MarkerEnv], strings.Join(argv, " ")))
+		out = append(out, fmt.Sprintf("pid %d marker %q: %s", pid, env[engine.MarkerEnv], strings.Join(argv, " ")))
 	}
 	return out
 }

@@ -94,7 +94,7 @@ func (d *Daemon) runHeld(st *state.State, obs reconcile.Observed) {
 	}
 }
 
-func devicesOf(rec state.Engine) []int {
+func devicesOf(rec reconcile.EngineRecord) []int {
 	if rec.Spec == nil {
 		return nil
 	}

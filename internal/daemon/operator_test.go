@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/poolmanagerd/pool-managerd/internal/api"
+	"github.com/poolmanagerd/pool-managerd/internal/executor"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
 )
 
@@ -57,7 +58,7 @@ func TestOperatorStopHoldsUntilReset(t *testing.T) {
 	if p := r.pool("b"); !p.Ready || p.PID != pids["b"] {
 		t.Errorf("pool b after a's stop: %v, want Ready in pid %d", poolString(p), pids["b"])
 	}
-	if got := r.stepCount("a", reconcile.StepSpawned); got != 1 {
+	if got := r.stepCount("a", executor.StepSpawned); got != 1 {
 		t.Errorf("pool a spawned %d engines while held, want only its first", got)
 	}
 

@@ -7,7 +7,9 @@ import (
 	"slices"
 	"time"
 
+	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
+	"github.com/poolmanagerd/pool-managerd/internal/executor"
 	"github.com/poolmanagerd/pool-managerd/internal/observe"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
@@ -37,14 +39,14 @@ type op struct {
 type opResult struct {
 	pool    string
 	kind    opKind
-	outcome reconcile.Outcome
+	outcome executor.Outcome
 	err     error
 }
 
 type exitEvent struct {
 	pool string
 	pid  int
-	exit reconcile.ExitStatus
+	exit engine.ExitStatus
 }
 
 // launch runs fn as the pool's op.
@@ -199,7 +201,7 @@ func (d *Daemon) pass(ctx context.Context) {
 	}
 	for _, u := range plan.Unchanged {
 		delete(d.reported, u.Pool)
-		if u.Health != reconcile.HealthLoading || d.busy[u.Pool] != nil {
+		if u.Health != engine.HealthLoading || d.busy[u.Pool] != nil {
 			continue
 		}
 		if _, held := d.held[u.Pool]; held {
@@ -355,7 +357,7 @@ func (d *Daemon) watchExits(obs reconcile.Observed, st *state.State) bool {
 		if !e.Alive || !recorded || rec.PID != e.PID || d.watching[id] == e.PID || d.busy[id] != nil {
 			continue
 		}
-		p, err := d.opts.Engines.Adopt(d.runCtx, rec)
+		p, err := d.opts.Engines.Adopt(d.runCtx, rec.Ref())
 		if err != nil {
 			ok = false // gone meanwhile: the next pass sees it
 			continue

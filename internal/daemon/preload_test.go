@@ -9,6 +9,7 @@ import (
 
 	"github.com/poolmanagerd/pool-managerd/internal/api"
 	"github.com/poolmanagerd/pool-managerd/internal/daemon"
+	"github.com/poolmanagerd/pool-managerd/internal/executor"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
 )
 
@@ -59,7 +60,7 @@ func TestLongPreloadHoldsUpNoOtherPool(t *testing.T) {
 	if p := r.pool("a"); !preloading(p) || r.enginePID("a") != loading {
 		t.Fatalf("pool a once c is Ready: %v (recorded pid %d), want still Preloading in pid %d", poolString(p), r.enginePID("a"), loading)
 	}
-	if got := r.stepCount("a", reconcile.StepSpawned); got != 1 {
+	if got := r.stepCount("a", executor.StepSpawned); got != 1 {
 		t.Errorf("pool a spawned %d engines, want 1", got)
 	}
 	// Run returns while a's preload is in flight (its op sees the context
@@ -90,7 +91,7 @@ func TestConfigChangeReplacesPreload(t *testing.T) {
 	if alive(old) {
 		t.Errorf("the cancelled preload's engine pid %d is still alive", old)
 	}
-	if got := r.stepCount("a", reconcile.StepSpawned); got != 2 {
+	if got := r.stepCount("a", executor.StepSpawned); got != 2 {
 		t.Errorf("pool a spawned %d engines, want 2", got)
 	}
 	// The Ready event that counts the preload comes just after ReadyAt is recorded.
@@ -140,7 +141,7 @@ func TestViewReadyOnlyOnceVerified(t *testing.T) {
 		step := o.Step
 		o.Step = func(pool, s string) {
 			step(pool, s)
-			if s == reconcile.StepHealthy {
+			if s == executor.StepHealthy {
 				once.Do(func() { close(healthy) })
 				<-release
 			}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/poolmanagerd/pool-managerd/internal/api"
+	"github.com/poolmanagerd/pool-managerd/internal/executor"
 	"github.com/poolmanagerd/pool-managerd/internal/metrics"
 	"github.com/poolmanagerd/pool-managerd/internal/poolview"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
@@ -129,7 +130,7 @@ func (v *view) isReady() bool {
 
 // pools builds every pool's view: from the last observation and the state,
 // with the phase of a transition reported since the observation.
-func (v *view) pools(x *reconcile.Executor, now time.Time) []api.Pool {
+func (v *view) pools(x *executor.Executor, now time.Time) []api.Pool {
 	st, err := x.State()
 	if err != nil {
 		return nil
@@ -172,7 +173,7 @@ func (v *view) pools(x *reconcile.Executor, now time.Time) []api.Pool {
 }
 
 // readyCount counts the Ready pools of the config in force.
-func (v *view) readyCount(x *reconcile.Executor) (ready, total int) {
+func (v *view) readyCount(x *executor.Executor) (ready, total int) {
 	rows := v.pools(x, time.Now())
 	v.mu.RLock()
 	defer v.mu.RUnlock()
@@ -211,7 +212,7 @@ func (d *Daemon) snapshot() metrics.Snapshot {
 
 // onEvent is the Executor's report: one log event per transition, the
 // pool's phase for the API, and the preload and restart metrics.
-func (d *Daemon) onEvent(e reconcile.Event) {
+func (d *Daemon) onEvent(e executor.Event) {
 	// The phase is shown after it is logged: whoever sees it can read why;
 	// then a pass observes the node again.
 	defer func() {

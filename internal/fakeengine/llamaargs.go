@@ -8,7 +8,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/poolmanagerd/pool-managerd/internal/llamaargs"
+	"github.com/poolmanagerd/pool-managerd/schema/llamaargs"
 )
 
 // UsageError is a command line the engine refuses: Message goes to stderr

@@ -7,65 +7,20 @@ package observe
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"path/filepath"
 	"sort"
-	"strconv"
-	"strings"
 	"sync"
-	"time"
 
+	"github.com/poolmanagerd/pool-managerd/drivers/engine"
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/vram"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
-	"github.com/poolmanagerd/pool-managerd/internal/proc"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
+	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
-
-// MarkerEnv is the environment variable every engine pool-managerd starts
-// carries, so that a scan of /proc finds an engine that a crash kept out of
-// the state file. Its value is Marker's.
-const MarkerEnv = "POOL_MANAGERD_ENGINE"
-
-// Marker identifies an engine: its node, pool, generation and spec hash.
-type Marker struct {
-	Node       string
-	Pool       string
-	Generation int64
-	SpecHash   string
-}
-
-// String is the marker's value: node/pool/generation/spechash.
-func (m Marker) String() string {
-	return fmt.Sprintf("%s/%s/%d/%s", m.Node, m.Pool, m.Generation, m.SpecHash)
-}
-
-// ParseMarker reads a marker's value.
-func ParseMarker(s string) (Marker, error) {
-	parts := strings.SplitN(s, "/", 4)
-	if len(parts) != 4 {
-		return Marker{}, fmt.Errorf("engine marker %q: want node/pool/generation/spechash", s)
-	}
-	for i, what := range []string{"node", "pool", "", "spec hash"} {
-		if what != "" && parts[i] == "" {
-			return Marker{}, fmt.Errorf("engine marker %q: empty %s", s, what)
-		}
-	}
-	gen, err := strconv.ParseInt(parts[2], 10, 64)
-	if err != nil {
-		return Marker{}, fmt.Errorf("engine marker %q: generation: %w", s, err)
-	}
-	return Marker{Node: parts[0], Pool: parts[1], Generation: gen, SpecHash: parts[3]}, nil
-}
-
-// StateDirEnv is the variable by which an engine names the state directory
-// of the pool-managerd that started it (preset.StateDirEnv).
-const StateDirEnv = "POOL_MANAGERD_STATE_DIR"
 
 // absDir makes a directory absolute, as engines record it.
 func absDir(dir string) string {
@@ -90,14 +45,14 @@ type Options struct {
 	// ScanProcesses looks through /proc for engines by their marker. Off in
 	// declared mode, where nothing on this machine belongs to the node.
 	ScanProcesses bool
-	// Health probes an engine's health endpoint; nil means HTTPHealth.
-	Health func(ctx context.Context, port int, readyBefore bool) reconcile.Health
+	// Health probes an engine's health endpoint; nil means engine.ProbeHealth.
+	Health func(ctx context.Context, port int, readyBefore bool) engine.Health
 }
 
 // Observe reads the node's GPUs, the state file and the live processes.
 // A missing state directory is a fresh node; a corrupt state file is an error.
 func Observe(ctx context.Context, opts Options) (reconcile.Observed, error) {
-	obs := reconcile.Observed{Node: opts.Node, Source: opts.Source, StateDir: absDir(opts.StateDir), Engines: map[string]reconcile.Engine{}, Pools: map[string]state.PoolRecord{}}
+	obs := reconcile.Observed{Node: opts.Node, Source: opts.Source, StateDir: absDir(opts.StateDir), Engines: map[string]reconcile.Engine{}, Pools: map[string]restart.Record{}}
 	devices, err := opts.GPUs.Devices(ctx)
 	if err != nil {
 		return obs, fmt.Errorf("observe GPUs (%s): %w", opts.Source, err)
@@ -105,7 +60,7 @@ func Observe(ctx context.Context, opts Options) (reconcile.Observed, error) {
 	obs.GPUs = devices
 	health := opts.Health
 	if health == nil {
-		health = HTTPHealth
+		health = engine.ProbeHealth
 	}
 	st := state.New()
 	if opts.StateDir != "" {
@@ -131,7 +86,7 @@ func Observe(ctx context.Context, opts Options) (reconcile.Observed, error) {
 }
 
 // engineOf checks a recorded engine against its live process and health endpoint.
-func engineOf(ctx context.Context, rec state.Engine, pool state.PoolRecord, health func(context.Context, int, bool) reconcile.Health, sessions *sessionIndex) reconcile.Engine {
+func engineOf(ctx context.Context, rec reconcile.EngineRecord, pool restart.Record, health func(context.Context, int, bool) engine.Health, sessions *sessionIndex) reconcile.Engine {
 	e := reconcile.Engine{
 		Pool: rec.Pool, Generation: rec.Generation, SpecHash: rec.SpecHash, Spec: rec.Spec,
 		PID: rec.PID, Port: rec.Port, Recorded: true, ReadyAt: rec.ReadyAt,
@@ -157,7 +112,7 @@ func engineOf(ctx context.Context, rec state.Engine, pool state.PoolRecord, heal
 
 // leftovers lists the live processes of a dead engine's session that carry
 // its pool's marker: workers that outlived it and may hold GPU memory.
-func leftovers(rec state.Engine, sessions *sessionIndex) []int {
+func leftovers(rec reconcile.EngineRecord, sessions *sessionIndex) []int {
 	pids, err := sessions.of(rec.PID)
 	if err != nil {
 		return nil
@@ -171,7 +126,7 @@ func leftovers(rec state.Engine, sessions *sessionIndex) []int {
 		if err != nil {
 			continue
 		}
-		if m, err := ParseMarker(env[MarkerEnv]); err == nil && m.Pool == rec.Pool {
+		if m, err := engine.ParseMarker(env[engine.MarkerEnv]); err == nil && m.Pool == rec.Pool {
 			out = append(out, pid)
 		}
 	}
@@ -193,8 +148,8 @@ func sessionOf(pid int, sessions *sessionIndex) []int {
 
 // scanMarkers adds the live engines of this node that the state file does
 // not know (or knows under an older generation).
-func scanMarkers(ctx context.Context, node, stateDir string, engines map[string]reconcile.Engine, health func(context.Context, int, bool) reconcile.Health, sessions *sessionIndex) error {
-	found, err := proc.FindByEnv(MarkerEnv)
+func scanMarkers(ctx context.Context, node, stateDir string, engines map[string]reconcile.Engine, health func(context.Context, int, bool) engine.Health, sessions *sessionIndex) error {
+	found, err := proc.FindByEnv(engine.MarkerEnv)
 	if err != nil {
 		return fmt.Errorf("scan processes for engines: %w", err)
 	}
@@ -204,7 +159,7 @@ func scanMarkers(ctx context.Context, node, stateDir string, engines map[string]
 	}
 	sort.Ints(pids)
 	for _, pid := range pids {
-		m, err := ParseMarker(found[pid])
+		m, err := engine.ParseMarker(found[pid])
 		if err != nil || m.Node != node {
 			continue
 		}
@@ -212,7 +167,7 @@ func scanMarkers(ctx context.Context, node, stateDir string, engines map[string]
 		if err != nil || info.State == 'Z' || info.Session != pid {
 			continue // gone, or a worker of an engine (the leader is the one)
 		}
-		if env, err := proc.Environ(pid); err == nil && env[StateDirEnv] != "" && stateDir != "" && env[StateDirEnv] != stateDir {
+		if env, err := proc.Environ(pid); err == nil && env[engine.StateDirEnv] != "" && stateDir != "" && env[engine.StateDirEnv] != stateDir {
 			continue // started by a pool-managerd with another state directory
 		}
 		if e, ok := engines[m.Pool]; ok && e.Alive {
@@ -220,7 +175,7 @@ func scanMarkers(ctx context.Context, node, stateDir string, engines map[string]
 		}
 		port := 0
 		if args, err := proc.Cmdline(pid); err == nil {
-			port = PortOf(args)
+			port = engine.PortOf(args)
 		}
 		engines[m.Pool] = reconcile.Engine{
 			Pool: m.Pool, Generation: m.Generation, SpecHash: m.SpecHash, PID: pid, Port: port,
@@ -245,54 +200,6 @@ func (s *sessionIndex) of(sid int) ([]int, error) {
 		return nil, s.err
 	}
 	return s.sessions[sid], nil
-}
-
-// PortOf finds the --port of an engine's command line.
-func PortOf(args []string) int {
-	for i, a := range args {
-		if a == "--port" && i+1 < len(args) {
-			p, _ := strconv.Atoi(args[i+1])
-			return p
-		}
-		if v, ok := strings.CutPrefix(a, "--port="); ok {
-			p, _ := strconv.Atoi(v)
-			return p
-		}
-	}
-	return 0
-}
-
-// HTTPHealth asks an engine's /health on 127.0.0.1. llama-server answers 503
-// "Loading model" while loading; vLLM and TGI refuse connections until
-// loaded, which counts as loading until the engine has once been Ready.
-func HTTPHealth(ctx context.Context, port int, readyBefore bool) reconcile.Health {
-	if port == 0 {
-		return ""
-	}
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/health", port), nil)
-	if err != nil {
-		return reconcile.HealthFailing
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		var op *net.OpError
-		if errors.As(err, &op) && !readyBefore {
-			return reconcile.HealthLoading
-		}
-		return reconcile.HealthFailing
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	switch {
-	case resp.StatusCode == http.StatusOK:
-		return reconcile.HealthOK
-	case resp.StatusCode == http.StatusServiceUnavailable && strings.Contains(string(body), "Loading model"):
-		return reconcile.HealthLoading
-	default:
-		return reconcile.HealthFailing
-	}
 }
 
 // Needs works out each pool's VRAM need: declared, or estimated from its GGUF file.

@@ -5,9 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"net"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,170 +17,14 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/poolmanagerd/pool-managerd/drivers/engine"
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
-	"github.com/poolmanagerd/pool-managerd/internal/proc"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
+	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
-
-func TestMarkerRoundTrip(t *testing.T) {
-	for _, m := range []Marker{
-		{Node: "gpu-01", Pool: "chat", Generation: 3, SpecHash: "sha256:abc"},
-		{Node: "n", Pool: "p", Generation: 0, SpecHash: "sha256:" + strings.Repeat("f", 64)},
-		{Node: "gpu-02", Pool: "llama-70b", Generation: 1 << 40, SpecHash: "sha256:x"},
-		// The spec hash is the rest of the value, slashes and all.
-		{Node: "gpu-01", Pool: "chat", Generation: 7, SpecHash: "sha256:a/b"},
-	} {
-		s := m.String()
-		got, err := ParseMarker(s)
-		if err != nil {
-			t.Errorf("ParseMarker(%q): %v", s, err)
-			continue
-		}
-		if got != m {
-			t.Errorf("ParseMarker(%q) = %+v, want %+v", s, got, m)
-		}
-	}
-	if got, want := (Marker{Node: "gpu-01", Pool: "chat", Generation: 3, SpecHash: "sha256:x"}).String(), "gpu-01/chat/3/sha256:x"; got != want {
-		t.Errorf("String() = %q, want %q", got, want)
-	}
-}
-
-func TestParseMarker(t *testing.T) {
-	for _, tc := range []struct {
-		in      string
-		want    Marker
-		wantErr string
-	}{
-		{in: "gpu-01/chat/3/sha256:x", want: Marker{Node: "gpu-01", Pool: "chat", Generation: 3, SpecHash: "sha256:x"}},
-		{in: "gpu-01/chat/-1/sha256:x", want: Marker{Node: "gpu-01", Pool: "chat", Generation: -1, SpecHash: "sha256:x"}},
-		{in: "", wantErr: `engine marker "": want node/pool/generation/spechash`},
-		{in: "gpu-01", wantErr: `engine marker "gpu-01": want node/pool/generation/spechash`},
-		{in: "gpu-01/chat/3", wantErr: `engine marker "gpu-01/chat/3": want node/pool/generation/spechash`},
-		{in: "gpu-01/chat/three/sha256:x", wantErr: `engine marker "gpu-01/chat/three/sha256:x": generation: strconv.ParseInt: parsing "three": invalid syntax`},
-		{in: "gpu-01/chat//sha256:x", wantErr: `engine marker "gpu-01/chat//sha256:x": generation: `},
-		{in: "gpu-01/chat/99999999999999999999/sha256:x", wantErr: "value out of range"},
-		{in: "gpu-01/chat/1.5/sha256:x", wantErr: "invalid syntax"},
-	} {
-		got, err := ParseMarker(tc.in)
-		if tc.wantErr != "" {
-			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-				t.Errorf("ParseMarker(%q) = %+v, %v; want an error containing %q", tc.in, got, err, tc.wantErr)
-			}
-			if got != (Marker{}) {
-				t.Errorf("ParseMarker(%q) with an error returned %+v, want the zero Marker", tc.in, got)
-			}
-			continue
-		}
-		if err != nil || got != tc.want {
-			t.Errorf("ParseMarker(%q) = %+v, %v; want %+v", tc.in, got, err, tc.want)
-		}
-	}
-}
-
-func TestPortOf(t *testing.T) {
-	for _, tc := range []struct {
-		args []string
-		want int
-	}{
-		{nil, 0},
-		{[]string{"llama-server", "--model", "/m.gguf"}, 0},
-		{[]string{"llama-server", "--port", "8080"}, 8080},
-		{[]string{"llama-server", "--host", "127.0.0.1", "--port", "8081", "--ctx-size", "4096"}, 8081},
-		{[]string{"vllm", "serve", "--port=8082"}, 8082},
-		{[]string{"text-generation-launcher", "--port", "8083", "--port", "9"}, 8083},
-		{[]string{"llama-server", "--port=8084", "--port", "9"}, 8084},
-		{[]string{"llama-server", "--port"}, 0},
-		{[]string{"llama-server", "--port", "http"}, 0},
-		{[]string{"llama-server", "--port="}, 0},
-		{[]string{"llama-server", "-port", "8085"}, 0},
-		{[]string{"llama-server", "--ports", "8086"}, 0},
-	} {
-		if got := PortOf(tc.args); got != tc.want {
-			t.Errorf("PortOf(%q) = %d, want %d", tc.args, got, tc.want)
-		}
-	}
-}
-
-// serverPort starts an HTTP server on 127.0.0.1 that answers /health with
-// status and body, and returns its port.
-func serverPort(t *testing.T, status int, body string) int {
-	t.Helper()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/health" || r.Method != http.MethodGet {
-			http.Error(w, "wrong request "+r.Method+" "+r.URL.Path, http.StatusNotFound)
-			return
-		}
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(status)
-		fmt.Fprint(w, body)
-	}))
-	t.Cleanup(srv.Close)
-	return srv.Listener.Addr().(*net.TCPAddr).Port
-}
-
-// closedPort returns a port on 127.0.0.1 that nothing listens on.
-func closedPort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	if err := l.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return port
-}
-
-func TestHTTPHealth(t *testing.T) {
-	const loading = `{"error":{"message":"Loading model","type":"unavailable_error","code":503}}`
-	ok := serverPort(t, http.StatusOK, `{"status":"ok"}`)
-	okEmpty := serverPort(t, http.StatusOK, "")
-	llamaLoading := serverPort(t, http.StatusServiceUnavailable, loading)
-	unavailable := serverPort(t, http.StatusServiceUnavailable, `{"error":{"message":"no slot available","type":"unavailable_error","code":503}}`)
-	unavailableEmpty := serverPort(t, http.StatusServiceUnavailable, "")
-	internal := serverPort(t, http.StatusInternalServerError, loading)
-	notFound := serverPort(t, http.StatusNotFound, "")
-	closed := closedPort(t)
-
-	for _, tc := range []struct {
-		name        string
-		port        int
-		readyBefore bool
-		want        reconcile.Health
-	}{
-		{"200", ok, false, reconcile.HealthOK},
-		{"200 after ready", ok, true, reconcile.HealthOK},
-		{"200 without body", okEmpty, false, reconcile.HealthOK},
-		{"503 loading model", llamaLoading, false, reconcile.HealthLoading},
-		{"503 loading model after ready", llamaLoading, true, reconcile.HealthLoading},
-		{"503 other", unavailable, false, reconcile.HealthFailing},
-		{"503 empty", unavailableEmpty, false, reconcile.HealthFailing},
-		{"500 with the loading body", internal, false, reconcile.HealthFailing},
-		{"404", notFound, false, reconcile.HealthFailing},
-		{"refused, never ready", closed, false, reconcile.HealthLoading},
-		{"refused after ready", closed, true, reconcile.HealthFailing},
-		{"no port", 0, false, ""},
-		{"no port after ready", 0, true, ""},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := HTTPHealth(context.Background(), tc.port, tc.readyBefore); got != tc.want {
-				t.Errorf("HTTPHealth(port %d, readyBefore %v) = %q, want %q", tc.port, tc.readyBefore, got, tc.want)
-			}
-		})
-	}
-}
-
-func TestHTTPHealthCanceled(t *testing.T) {
-	port := serverPort(t, http.StatusOK, "")
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if got := HTTPHealth(ctx, port, true); got != reconcile.HealthFailing {
-		t.Errorf("HTTPHealth with a canceled context = %q, want %q", got, reconcile.HealthFailing)
-	}
-}
 
 // fakeNode is a gpu.Node with fixed devices.
 type fakeNode struct {
@@ -220,15 +61,15 @@ var fakeDevices = []gpu.Device{
 // healthStub records the ports it is asked about and answers with answer.
 type healthStub struct {
 	mu     sync.Mutex
-	answer reconcile.Health
+	answer engine.Health
 	calls  map[int]bool // port → readyBefore
 }
 
-func newHealthStub(answer reconcile.Health) *healthStub {
+func newHealthStub(answer engine.Health) *healthStub {
 	return &healthStub{answer: answer, calls: map[int]bool{}}
 }
 
-func (h *healthStub) check(_ context.Context, port int, readyBefore bool) reconcile.Health {
+func (h *healthStub) check(_ context.Context, port int, readyBefore bool) engine.Health {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.calls[port] = readyBefore
@@ -294,9 +135,9 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // exec) has the marker.
 func waitForEnv(t *testing.T, pid int, want string) {
 	t.Helper()
-	waitFor(t, fmt.Sprintf("pid %d to show %s=%s", pid, MarkerEnv, want), func() bool {
+	waitFor(t, fmt.Sprintf("pid %d to show %s=%s", pid, engine.MarkerEnv, want), func() bool {
 		env, err := proc.Environ(pid)
-		return err == nil && env[MarkerEnv] == want
+		return err == nil && env[engine.MarkerEnv] == want
 	})
 }
 
@@ -343,16 +184,16 @@ func TestObserveLiveRecordedEngine(t *testing.T) {
 	pid := child.Process.Pid
 	dir := t.TempDir()
 	st := state.New()
-	st.Engines["chat"] = state.Engine{
+	st.Engines["chat"] = reconcile.EngineRecord{
 		Pool: "chat", Generation: 2, SpecHash: "sha256:x", PID: pid, StartTicks: startTicks(t, pid),
 		Port: 18081, ReadyAt: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC),
 	}
-	st.Engines["loading"] = state.Engine{
+	st.Engines["loading"] = reconcile.EngineRecord{
 		Pool: "loading", Generation: 1, SpecHash: "sha256:y", PID: pid, StartTicks: startTicks(t, pid), Port: 18082,
 	}
 	saveState(t, dir, st)
 
-	health := newHealthStub(reconcile.HealthOK)
+	health := newHealthStub(engine.HealthOK)
 	obs, err := Observe(context.Background(), Options{
 		Node: testNode(t), GPUs: &fakeNode{devices: fakeDevices}, Source: "fake", StateDir: dir, Health: health.check,
 	})
@@ -371,7 +212,7 @@ func TestObserveLiveRecordedEngine(t *testing.T) {
 	}
 	want := reconcile.Engine{
 		Pool: "chat", Generation: 2, SpecHash: "sha256:x", PID: pid, Port: 18081,
-		PIDs: []int{pid}, Alive: true, Health: reconcile.HealthOK, Recorded: true, ReadyAt: st.Engines["chat"].ReadyAt,
+		PIDs: []int{pid}, Alive: true, Health: engine.HealthOK, Recorded: true, ReadyAt: st.Engines["chat"].ReadyAt,
 	}
 	if diff := cmp.Diff(want, e); diff != "" {
 		t.Errorf("engine (-want +got):\n%s", diff)
@@ -390,21 +231,21 @@ func TestObserveDeadRecordedEngine(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	spec := &schema.Pool{ID: "chat", Node: "n", Engine: schema.EngineLlamaCpp, Devices: []int{1}, VRAM: 4 << 30}
 	st := state.New()
-	st.Engines["chat"] = state.Engine{Pool: "chat", Generation: 4, SpecHash: "sha256:x", PID: pid, StartTicks: ticks, Port: 18090, Spec: spec}
+	st.Engines["chat"] = reconcile.EngineRecord{Pool: "chat", Generation: 4, SpecHash: "sha256:x", PID: pid, StartTicks: ticks, Port: 18090, Spec: spec}
 	// A live pid with the wrong start time is another process: not the engine.
-	st.Engines["reused"] = state.Engine{Pool: "reused", Generation: 1, SpecHash: "sha256:y", PID: os.Getpid(), StartTicks: 1, Port: 18091}
-	st.Pools["chat"] = state.PoolRecord{
+	st.Engines["reused"] = reconcile.EngineRecord{Pool: "reused", Generation: 1, SpecHash: "sha256:y", PID: os.Getpid(), StartTicks: 1, Port: 18091}
+	st.Pools["chat"] = restart.Record{
 		Failures:            []time.Time{t0, t0.Add(time.Minute)},
 		ConsecutiveFailures: 2,
 		NextRetry:           t0.Add(2 * time.Minute),
-		LastError:           &state.ErrorRecord{Class: "crash", Message: "exited with status 1", Time: t0},
+		LastError:           &restart.ErrorRecord{Class: "crash", Message: "exited with status 1", Time: t0},
 		BreakerState:        "half-open",
 		BreakerRetryAt:      t0.Add(time.Hour),
 	}
-	st.Pools["quiet"] = state.PoolRecord{Restarts: 3}
+	st.Pools["quiet"] = restart.Record{Restarts: 3}
 	saveState(t, dir, st)
 
-	health := newHealthStub(reconcile.HealthOK)
+	health := newHealthStub(engine.HealthOK)
 	obs, err := Observe(context.Background(), Options{
 		Node: testNode(t), GPUs: &fakeNode{}, Source: "fake", StateDir: dir, Health: health.check,
 	})
@@ -419,7 +260,7 @@ func TestObserveDeadRecordedEngine(t *testing.T) {
 	if diff := cmp.Diff(wantEngines, obs.Engines, cmp.AllowUnexported(schema.Source{})); diff != "" {
 		t.Errorf("engines (-want +got):\n%s", diff)
 	}
-	wantPools := map[string]state.PoolRecord{"chat": st.Pools["chat"], "quiet": st.Pools["quiet"]}
+	wantPools := map[string]restart.Record{"chat": st.Pools["chat"], "quiet": st.Pools["quiet"]}
 	if diff := cmp.Diff(wantPools, obs.Pools); diff != "" {
 		t.Errorf("pools (-want +got):\n%s", diff)
 	}
@@ -431,9 +272,9 @@ func TestObserveDeadRecordedEngine(t *testing.T) {
 func TestObserveIntent(t *testing.T) {
 	dir := t.TempDir()
 	st := state.New()
-	st.Engines["new"] = state.Engine{Pool: "new", Generation: 1, SpecHash: "sha256:z", Intent: true}
+	st.Engines["new"] = reconcile.EngineRecord{Pool: "new", Generation: 1, SpecHash: "sha256:z", Intent: true}
 	saveState(t, dir, st)
-	health := newHealthStub(reconcile.HealthOK)
+	health := newHealthStub(engine.HealthOK)
 	obs, err := Observe(context.Background(), Options{Node: testNode(t), GPUs: &fakeNode{}, Source: "fake", StateDir: dir, Health: health.check})
 	if err != nil {
 		t.Fatal(err)
@@ -457,25 +298,25 @@ func TestObserveScanProcesses(t *testing.T) {
 
 	// An engine of pool scanned that the state file does not know: a shell
 	// (the session leader, with --port on its command line) and its worker.
-	scannedMarker := Marker{Node: node, Pool: "scanned", Generation: 3, SpecHash: "sha256:x"}.String()
-	scanned := startChild(t, []string{MarkerEnv + "=" + scannedMarker}, true,
+	scannedMarker := engine.Marker{Node: node, Pool: "scanned", Generation: 3, SpecHash: "sha256:x"}.String()
+	scanned := startChild(t, []string{engine.MarkerEnv + "=" + scannedMarker}, true,
 		"sh", "-c", "sleep 30; exit 0", "engine", "--port", "18123")
 	scannedPID := scanned.Process.Pid
 
 	// Another engine of chat, by its marker: the live recorded one wins.
-	chatMarker := Marker{Node: node, Pool: "chat", Generation: 5, SpecHash: "sha256:z"}.String()
-	dup := startChild(t, []string{MarkerEnv + "=" + chatMarker}, true, "sleep", "30")
+	chatMarker := engine.Marker{Node: node, Pool: "chat", Generation: 5, SpecHash: "sha256:z"}.String()
+	dup := startChild(t, []string{engine.MarkerEnv + "=" + chatMarker}, true, "sleep", "30")
 
 	// An engine of another node, and a marked process that leads no session.
-	otherMarker := Marker{Node: node + "-other", Pool: "foreign", Generation: 1, SpecHash: "sha256:o"}.String()
-	other := startChild(t, []string{MarkerEnv + "=" + otherMarker}, true, "sleep", "30")
-	workerMarker := Marker{Node: node, Pool: "worker", Generation: 1, SpecHash: "sha256:w"}.String()
-	worker := startChild(t, []string{MarkerEnv + "=" + workerMarker}, false, "sleep", "30")
+	otherMarker := engine.Marker{Node: node + "-other", Pool: "foreign", Generation: 1, SpecHash: "sha256:o"}.String()
+	other := startChild(t, []string{engine.MarkerEnv + "=" + otherMarker}, true, "sleep", "30")
+	workerMarker := engine.Marker{Node: node, Pool: "worker", Generation: 1, SpecHash: "sha256:w"}.String()
+	worker := startChild(t, []string{engine.MarkerEnv + "=" + workerMarker}, false, "sleep", "30")
 
 	// A dead recorded engine of pool revived, and a live unrecorded one found by its marker.
 	deadPid, deadTicks := deadPID(t)
-	revivedMarker := Marker{Node: node, Pool: "revived", Generation: 8, SpecHash: "sha256:r"}.String()
-	revived := startChild(t, []string{MarkerEnv + "=" + revivedMarker}, true, "sleep", "30")
+	revivedMarker := engine.Marker{Node: node, Pool: "revived", Generation: 8, SpecHash: "sha256:r"}.String()
+	revived := startChild(t, []string{engine.MarkerEnv + "=" + revivedMarker}, true, "sleep", "30")
 
 	waitForEnv(t, scannedPID, scannedMarker)
 	waitForEnv(t, dup.Process.Pid, chatMarker)
@@ -489,7 +330,7 @@ func TestObserveScanProcesses(t *testing.T) {
 			return false
 		}
 		for _, p := range pids {
-			if env, err := proc.Environ(p); err != nil || env[MarkerEnv] != scannedMarker {
+			if env, err := proc.Environ(p); err != nil || env[engine.MarkerEnv] != scannedMarker {
 				return false
 			}
 			if args, err := proc.Cmdline(p); err != nil || len(args) == 0 {
@@ -499,16 +340,16 @@ func TestObserveScanProcesses(t *testing.T) {
 		scannedPIDs = pids
 		return true
 	})
-	if args, err := proc.Cmdline(scannedPID); err != nil || PortOf(args) != 18123 {
+	if args, err := proc.Cmdline(scannedPID); err != nil || engine.PortOf(args) != 18123 {
 		t.Fatalf("the shell's command line: %q, %v", args, err)
 	}
 
 	st := state.New()
-	st.Engines["chat"] = state.Engine{Pool: "chat", Generation: 2, SpecHash: "sha256:c", PID: recPID, StartTicks: startTicks(t, recPID), Port: 18100}
-	st.Engines["revived"] = state.Engine{Pool: "revived", Generation: 7, SpecHash: "sha256:r", PID: deadPid, StartTicks: deadTicks, Port: 18101}
+	st.Engines["chat"] = reconcile.EngineRecord{Pool: "chat", Generation: 2, SpecHash: "sha256:c", PID: recPID, StartTicks: startTicks(t, recPID), Port: 18100}
+	st.Engines["revived"] = reconcile.EngineRecord{Pool: "revived", Generation: 7, SpecHash: "sha256:r", PID: deadPid, StartTicks: deadTicks, Port: 18101}
 	saveState(t, dir, st)
 
-	health := newHealthStub(reconcile.HealthLoading)
+	health := newHealthStub(engine.HealthLoading)
 	obs, err := Observe(context.Background(), Options{
 		Node: node, GPUs: &fakeNode{devices: fakeDevices}, Source: "fake", StateDir: dir, ScanProcesses: true, Health: health.check,
 	})
@@ -517,11 +358,11 @@ func TestObserveScanProcesses(t *testing.T) {
 	}
 	want := map[string]reconcile.Engine{
 		"chat": {Pool: "chat", Generation: 2, SpecHash: "sha256:c", PID: recPID, Port: 18100, PIDs: []int{recPID},
-			Alive: true, Health: reconcile.HealthLoading, Recorded: true, Unverified: true}, // never recorded Ready
+			Alive: true, Health: engine.HealthLoading, Recorded: true, Unverified: true}, // never recorded Ready
 		"scanned": {Pool: "scanned", Generation: 3, SpecHash: "sha256:x", PID: scannedPID, Port: 18123, PIDs: scannedPIDs,
-			Alive: true, Health: reconcile.HealthLoading},
+			Alive: true, Health: engine.HealthLoading},
 		"revived": {Pool: "revived", Generation: 8, SpecHash: "sha256:r", PID: revived.Process.Pid, PIDs: []int{revived.Process.Pid},
-			Alive: true, Health: reconcile.HealthLoading},
+			Alive: true, Health: engine.HealthLoading},
 	}
 	if diff := cmp.Diff(want, obs.Engines); diff != "" {
 		t.Errorf("engines (-want +got):\n%s", diff)
@@ -569,7 +410,7 @@ func TestObserveFreshNode(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := tc.stateDir(t)
-			health := newHealthStub(reconcile.HealthOK)
+			health := newHealthStub(engine.HealthOK)
 			obs, err := Observe(context.Background(), Options{
 				Node: "n", GPUs: &fakeNode{devices: fakeDevices}, Source: "fake", StateDir: dir, Health: health.check,
 			})
@@ -577,7 +418,7 @@ func TestObserveFreshNode(t *testing.T) {
 				t.Fatal(err)
 			}
 			want := reconcile.Observed{Node: "n", Source: "fake", StateDir: dir, GPUs: fakeDevices,
-				Engines: map[string]reconcile.Engine{}, Pools: map[string]state.PoolRecord{}}
+				Engines: map[string]reconcile.Engine{}, Pools: map[string]restart.Record{}}
 			if diff := cmp.Diff(want, obs); diff != "" {
 				t.Errorf("observed (-want +got):\n%s", diff)
 			}

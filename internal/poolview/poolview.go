@@ -10,7 +10,9 @@ import (
 	"sort"
 	"time"
 
+	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/internal/api"
+	"github.com/poolmanagerd/pool-managerd/internal/executor"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
 	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
@@ -78,9 +80,9 @@ func One(id string, obs reconcile.Observed, st *state.State, now time.Time) api.
 			row.Endpoint = fmt.Sprintf("http://127.0.0.1:%d", e.Port)
 		}
 		switch e.Health {
-		case reconcile.HealthOK:
+		case engine.HealthOK:
 			row.Phase, row.Ready = reconcile.Ready, true
-		case reconcile.HealthLoading:
+		case engine.HealthLoading:
 			row.Phase = reconcile.Preloading
 		default:
 			row.Phase = reconcile.Unready
@@ -94,7 +96,7 @@ func One(id string, obs reconcile.Observed, st *state.State, now time.Time) api.
 		// Recorded and not stopped by pool-managerd, yet gone: it died.
 		row.Phase = reconcile.Unready
 		if row.LastError == nil || !rec.LastError.Time.After(engineRec.ReadyAt) {
-			f := reconcile.DeathFailure(engineRec)
+			f := executor.DeathFailure(engineRec)
 			// When it died is not recorded: its log's last write is the closest.
 			at := now
 			if info, err := os.Stat(engineRec.LogPath); err == nil {
@@ -114,7 +116,7 @@ func One(id string, obs reconcile.Observed, st *state.State, now time.Time) api.
 }
 
 // preload describes the model load of the pool's engine.
-func preload(row api.Pool, rec state.Engine, recorded bool, now time.Time) *api.Preload {
+func preload(row api.Pool, rec reconcile.EngineRecord, recorded bool, now time.Time) *api.Preload {
 	if !recorded || rec.StartedAt.IsZero() {
 		if row.Phase == reconcile.Pending {
 			return &api.Preload{State: api.PreloadPending}

@@ -4,10 +4,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
 	"github.com/poolmanagerd/pool-managerd/internal/api"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
+	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
 )
 
 func TestOne(t *testing.T) {
@@ -15,12 +17,12 @@ func TestOne(t *testing.T) {
 	started, ready := now.Add(-time.Minute), now.Add(-50*time.Second)
 	failedAt := now.Add(-10 * time.Second)
 	gpus := []gpu.Device{{Index: 0, UUID: "GPU-0", Processes: []gpu.Process{{PID: 100, UsedBytes: 4 << 30}}}}
-	liveRec := state.Engine{Pool: "p", PID: 100, Port: 8080, StartedAt: started, ReadyAt: ready, LogPath: "/nonexistent/p.log"}
+	liveRec := reconcile.EngineRecord{Pool: "p", PID: 100, Port: 8080, StartedAt: started, ReadyAt: ready, LogPath: "/nonexistent/p.log"}
 	cases := []struct {
 		name        string
 		obs         map[string]reconcile.Engine
-		engines     map[string]state.Engine
-		pools       map[string]state.PoolRecord
+		engines     map[string]reconcile.EngineRecord
+		pools       map[string]restart.Record
 		wantPhase   reconcile.Phase
 		wantReady   bool
 		wantPID     int
@@ -29,34 +31,34 @@ func TestOne(t *testing.T) {
 		wantGPUs    int
 	}{
 		{name: "nothing known", wantPhase: reconcile.Pending, wantPreload: api.PreloadPending},
-		{name: "healthy engine", obs: map[string]reconcile.Engine{"p": {PID: 100, Port: 8080, Alive: true, Recorded: true, Health: reconcile.HealthOK}},
-			engines: map[string]state.Engine{"p": liveRec}, wantPhase: reconcile.Ready, wantReady: true, wantPID: 100, wantPreload: api.PreloadLoaded, wantGPUs: 1},
-		{name: "loading engine", obs: map[string]reconcile.Engine{"p": {PID: 100, Port: 8080, Alive: true, Recorded: true, Health: reconcile.HealthLoading}},
-			engines: map[string]state.Engine{"p": {Pool: "p", PID: 100, Port: 8080, StartedAt: started}}, wantPhase: reconcile.Preloading, wantPID: 100, wantPreload: api.PreloadLoading, wantGPUs: 1},
-		{name: "failing health", obs: map[string]reconcile.Engine{"p": {PID: 100, Alive: true, Recorded: true, Health: reconcile.HealthFailing}},
-			engines: map[string]state.Engine{"p": liveRec}, wantPhase: reconcile.Unready, wantPID: 100, wantPreload: api.PreloadLoaded, wantGPUs: 1},
+		{name: "healthy engine", obs: map[string]reconcile.Engine{"p": {PID: 100, Port: 8080, Alive: true, Recorded: true, Health: engine.HealthOK}},
+			engines: map[string]reconcile.EngineRecord{"p": liveRec}, wantPhase: reconcile.Ready, wantReady: true, wantPID: 100, wantPreload: api.PreloadLoaded, wantGPUs: 1},
+		{name: "loading engine", obs: map[string]reconcile.Engine{"p": {PID: 100, Port: 8080, Alive: true, Recorded: true, Health: engine.HealthLoading}},
+			engines: map[string]reconcile.EngineRecord{"p": {Pool: "p", PID: 100, Port: 8080, StartedAt: started}}, wantPhase: reconcile.Preloading, wantPID: 100, wantPreload: api.PreloadLoading, wantGPUs: 1},
+		{name: "failing health", obs: map[string]reconcile.Engine{"p": {PID: 100, Alive: true, Recorded: true, Health: engine.HealthFailing}},
+			engines: map[string]reconcile.EngineRecord{"p": liveRec}, wantPhase: reconcile.Unready, wantPID: 100, wantPreload: api.PreloadLoaded, wantGPUs: 1},
 		{name: "dead after Ready", obs: map[string]reconcile.Engine{"p": {PID: 100, Recorded: true}},
-			engines: map[string]state.Engine{"p": liveRec}, wantPhase: reconcile.Unready, wantClass: "exited"},
-		{name: "failed preload with backoff", engines: map[string]state.Engine{"p": {Pool: "p", PID: 100, StartedAt: started}},
+			engines: map[string]reconcile.EngineRecord{"p": liveRec}, wantPhase: reconcile.Unready, wantClass: "exited"},
+		{name: "failed preload with backoff", engines: map[string]reconcile.EngineRecord{"p": {Pool: "p", PID: 100, StartedAt: started}},
 			obs:       map[string]reconcile.Engine{"p": {PID: 100, Recorded: true}},
-			pools:     map[string]state.PoolRecord{"p": {LastError: &state.ErrorRecord{Class: "exited", Message: "boom", Time: failedAt}, NextRetry: now.Add(time.Second)}},
+			pools:     map[string]restart.Record{"p": {LastError: &restart.ErrorRecord{Class: "exited", Message: "boom", Time: failedAt}, NextRetry: now.Add(time.Second)}},
 			wantPhase: reconcile.Unready, wantPreload: api.PreloadFailed, wantClass: "exited"},
-		{name: "breaker open", pools: map[string]state.PoolRecord{"p": {BreakerState: api.BreakerOpen, BreakerRetryAt: now.Add(time.Hour), LastError: &state.ErrorRecord{Class: "exited", Message: "boom", Time: failedAt}}},
+		{name: "breaker open", pools: map[string]restart.Record{"p": {BreakerState: api.BreakerOpen, BreakerRetryAt: now.Add(time.Hour), LastError: &restart.ErrorRecord{Class: "exited", Message: "boom", Time: failedAt}}},
 			wantPhase: reconcile.Failed, wantClass: "exited"},
 		{name: "intent only", obs: map[string]reconcile.Engine{"p": {Recorded: true, Intent: true}},
-			engines: map[string]state.Engine{"p": {Pool: "p", Intent: true, StartedAt: started}}, wantPhase: reconcile.Pending, wantPreload: api.PreloadLoading},
+			engines: map[string]reconcile.EngineRecord{"p": {Pool: "p", Intent: true, StartedAt: started}}, wantPhase: reconcile.Pending, wantPreload: api.PreloadLoading},
 		{name: "started since the observation", obs: map[string]reconcile.Engine{"p": {PID: 99, Recorded: true}},
-			engines: map[string]state.Engine{"p": {Pool: "p", PID: 100, Port: 8081, StartedAt: started}}, wantPhase: reconcile.Preloading, wantPID: 100, wantPreload: api.PreloadLoading},
-		{name: "stopped: a record, no engine", pools: map[string]state.PoolRecord{"p": {Restarts: 2}}, wantPhase: reconcile.Stopped},
+			engines: map[string]reconcile.EngineRecord{"p": {Pool: "p", PID: 100, Port: 8081, StartedAt: started}}, wantPhase: reconcile.Preloading, wantPID: 100, wantPreload: api.PreloadLoading},
+		{name: "stopped: a record, no engine", pools: map[string]restart.Record{"p": {Restarts: 2}}, wantPhase: reconcile.Stopped},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			st := &state.State{Engines: c.engines, Pools: c.pools}
 			if st.Engines == nil {
-				st.Engines = map[string]state.Engine{}
+				st.Engines = map[string]reconcile.EngineRecord{}
 			}
 			if st.Pools == nil {
-				st.Pools = map[string]state.PoolRecord{}
+				st.Pools = map[string]restart.Record{}
 			}
 			obs := reconcile.Observed{GPUs: gpus, Engines: c.obs}
 			got := One("p", obs, st, now)
@@ -83,8 +85,8 @@ func TestOne(t *testing.T) {
 }
 
 func TestBuildSortsAndCovers(t *testing.T) {
-	st := &state.State{Engines: map[string]state.Engine{}, Pools: map[string]state.PoolRecord{"b": {}, "a": {}}}
-	obs := reconcile.Observed{Engines: map[string]reconcile.Engine{"c": {PID: 1, Alive: true, Health: reconcile.HealthOK}}}
+	st := &state.State{Engines: map[string]reconcile.EngineRecord{}, Pools: map[string]restart.Record{"b": {}, "a": {}}}
+	obs := reconcile.Observed{Engines: map[string]reconcile.Engine{"c": {PID: 1, Alive: true, Health: engine.HealthOK}}}
 	rows := Build(obs, st, time.Now())
 	var ids []string
 	for _, r := range rows {

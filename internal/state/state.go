@@ -6,7 +6,9 @@
 // The state records what pool-managerd started (each pool's engine process,
 // identified by pid and start time, see package proc) and each pool's
 // failure history, so that a restarted pool-managerd finds the engines it
-// left running and keeps their backoff and circuit breaker.
+// left running and keeps their backoff and circuit breaker. The records'
+// types are the pure layer's (reconcile.EngineRecord, restart.Record); this
+// package only stores them.
 package state
 
 import (
@@ -16,9 +18,9 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"time"
 
-	"github.com/poolmanagerd/pool-managerd/schema"
+	"github.com/poolmanagerd/pool-managerd/reconcile"
+	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
 )
 
 // CurrentVersion is the version of the state file this pool-managerd reads
@@ -40,68 +42,17 @@ var (
 type State struct {
 	Version int `json:"version"`
 	// Engines are the engine processes pool-managerd started, by pool id.
-	Engines map[string]Engine `json:"engines"`
+	Engines map[string]reconcile.EngineRecord `json:"engines"`
 	// Pools are the pools' restart and breaker history, by pool id.
-	Pools map[string]PoolRecord `json:"pools"`
-}
-
-// Engine is an engine process pool-managerd started (or is about to start:
-// see Intent).
-type Engine struct {
-	Pool       string `json:"pool"`
-	Generation int64  `json:"generation"`
-	// SpecHash is the hash of the pool's spec the engine was started from.
-	SpecHash string `json:"specHash"`
-	// PID and StartTicks identify the process (see proc.Alive); zero while
-	// Intent is set.
-	PID        int       `json:"pid,omitzero"`
-	StartTicks uint64    `json:"startTicks,omitzero"`
-	Port       int       `json:"port,omitzero"`
-	LogPath    string    `json:"logPath,omitzero"`
-	StartedAt  time.Time `json:"startedAt,omitzero"`
-	// Intent is set when the record is written before the spawn: the spawn
-	// may not have happened, so the engine is to be looked for by its marker.
-	Intent bool `json:"intent,omitzero"`
-	// ReadyAt is when the engine first passed its health check; zero while it preloads.
-	ReadyAt time.Time `json:"readyAt,omitzero"`
-	// DrainingSince is when a stop of the engine began (drain, SIGTERM,
-	// grace, SIGKILL); zero while none has. The pool is not ready from then on.
-	DrainingSince time.Time `json:"drainingSince,omitzero"`
-	// Spec is the pool spec the engine was started from, for field-level plan reasons.
-	Spec *schema.Pool `json:"spec,omitzero"`
-	// Argv is the engine's command line, checked when a later run adopts it.
-	Argv []string `json:"argv,omitzero"`
-}
-
-// PoolRecord is a pool's restart and circuit breaker history.
-type PoolRecord struct {
-	// Failures are the recent failures, within the breaker's window.
-	Failures            []time.Time  `json:"failures,omitzero"`
-	ConsecutiveFailures int          `json:"consecutiveFailures,omitzero"`
-	NextRetry           time.Time    `json:"nextRetry,omitzero"`
-	LastError           *ErrorRecord `json:"lastError,omitzero"`
-	BreakerOpenedAt     time.Time    `json:"breakerOpenedAt,omitzero"`
-	BreakerOpenCount    int          `json:"breakerOpenCount,omitzero"`
-	// BreakerRetryAt is when an open breaker allows its half-open try.
-	BreakerRetryAt time.Time `json:"breakerRetryAt,omitzero"`
-	BreakerState   string    `json:"breakerState,omitzero"`
-	Restarts       int       `json:"restarts,omitzero"`
-}
-
-// ErrorRecord is the last error of a pool.
-type ErrorRecord struct {
-	Class   string    `json:"class"`
-	Message string    `json:"message"`
-	Hint    string    `json:"hint,omitzero"`
-	Time    time.Time `json:"time"`
+	Pools map[string]restart.Record `json:"pools"`
 }
 
 // New returns an empty state: a fresh node.
 func New() *State {
 	return &State{
 		Version: CurrentVersion,
-		Engines: map[string]Engine{},
-		Pools:   map[string]PoolRecord{},
+		Engines: map[string]reconcile.EngineRecord{},
+		Pools:   map[string]restart.Record{},
 	}
 }
 
@@ -164,10 +115,10 @@ func decode(path string, data []byte) (*State, error) {
 		return nil, corrupt(jsonError(data, err))
 	}
 	if s.Engines == nil {
-		s.Engines = map[string]Engine{}
+		s.Engines = map[string]reconcile.EngineRecord{}
 	}
 	if s.Pools == nil {
-		s.Pools = map[string]PoolRecord{}
+		s.Pools = map[string]restart.Record{}
 	}
 	return &s, nil
 }
@@ -209,10 +160,10 @@ func encode(s *State) ([]byte, error) {
 		return nil, fmt.Errorf("saving state: version %d, want %d", out.Version, CurrentVersion)
 	}
 	if out.Engines == nil {
-		out.Engines = map[string]Engine{}
+		out.Engines = map[string]reconcile.EngineRecord{}
 	}
 	if out.Pools == nil {
-		out.Pools = map[string]PoolRecord{}
+		out.Pools = map[string]restart.Record{}
 	}
 	data, err := json.MarshalIndent(&out, "", "  ")
 	if err != nil {

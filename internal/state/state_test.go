@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/poolmanagerd/pool-managerd/reconcile"
+	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
 )
 
 // lockHelperEnv makes the test binary a lock holder: it takes the lock on the
@@ -41,20 +43,20 @@ func sample() *State {
 	t0 := time.Date(2026, 5, 17, 10, 30, 0, 123456789, time.UTC)
 	return &State{
 		Version: CurrentVersion,
-		Engines: map[string]Engine{
+		Engines: map[string]reconcile.EngineRecord{
 			"llama-70b": {
 				Pool: "llama-70b", Generation: 3, SpecHash: "sha256:abc", PID: 4242, StartTicks: 987654321,
 				Port: 8081, LogPath: "/var/log/pool-managerd/llama-70b.log", StartedAt: t0,
 			},
 			"qwen": {Pool: "qwen", Generation: 1, SpecHash: "sha256:def", Intent: true},
 		},
-		Pools: map[string]PoolRecord{
+		Pools: map[string]restart.Record{
 			"llama-70b": {Restarts: 2},
 			"qwen": {
 				Failures:            []time.Time{t0.Add(-time.Minute), t0.In(zone)},
 				ConsecutiveFailures: 2,
 				NextRetry:           t0.Add(4 * time.Second),
-				LastError:           &ErrorRecord{Class: "oom", Message: "CUDA out of memory", Hint: "lower ctx", Time: t0},
+				LastError:           &restart.ErrorRecord{Class: "oom", Message: "CUDA out of memory", Hint: "lower ctx", Time: t0},
 				BreakerOpenedAt:     t0.Add(time.Second),
 				BreakerOpenCount:    1,
 				BreakerState:        "open",
@@ -215,7 +217,7 @@ func TestSaveLeavesNoTempFiles(t *testing.T) {
 	st := Store{Dir: dir}
 	s := sample()
 	for i := range 5 {
-		s.Pools["qwen"] = PoolRecord{Restarts: i}
+		s.Pools["qwen"] = restart.Record{Restarts: i}
 		if err := st.Save(s); err != nil {
 			t.Fatal(err)
 		}
@@ -264,7 +266,7 @@ func TestSaveReadOnlyDir(t *testing.T) {
 		t.Skip("this user can write to a read-only directory (root?)")
 	}
 	s := sample()
-	s.Pools["qwen"] = PoolRecord{Restarts: 99}
+	s.Pools["qwen"] = restart.Record{Restarts: 99}
 	if err := st.Save(s); err == nil {
 		t.Fatal("Save into a read-only directory succeeded")
 	}

@@ -10,7 +10,6 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/poolmanagerd/pool-managerd/internal/state"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
 
@@ -186,7 +185,7 @@ func (c *checker) check(after string) {
 
 // sameRecord is cmp.Equal for records, without the reflection: the
 // property test compares millions of them.
-func sameRecord(a, b state.PoolRecord) bool {
+func sameRecord(a, b Record) bool {
 	if !slices.EqualFunc(a.Failures, b.Failures, time.Time.Equal) || (a.LastError == nil) != (b.LastError == nil) ||
 		(a.LastError != nil && !sameError(*a.LastError, *b.LastError)) {
 		return false
@@ -248,6 +247,6 @@ func FuzzTracker(f *testing.F) {
 	})
 }
 
-func sameError(a, b state.ErrorRecord) bool {
+func sameError(a, b ErrorRecord) bool {
 	return a.Class == b.Class && a.Message == b.Message && a.Hint == b.Hint && a.Time.Equal(b.Time)
 }

@@ -6,7 +6,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/poolmanagerd/pool-managerd/internal/state"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
 
@@ -226,14 +225,14 @@ func New(policy schema.RestartPolicy, rnd func() float64) *Tracker {
 //
 // What the record does not keep is the engine: the restored tracker sees
 // none. Report an adopted engine with Adopted, or with Ready and the time it
-// first became Ready (state.Engine.ReadyAt), so that the stable period
+// first became Ready (reconcile.EngineRecord.ReadyAt), so that the stable period
 // counts from then; report a dead one with Failed. A breaker saved
 // half-open may or may not have spawned its try: the restored tracker
 // allows the try (once) unless an adopted engine is reported first. An
 // unknown breaker state is restored as Open (no restart storm from a
 // damaged record). Failure's ExitCode and Signal are not in the record;
 // its Hint is, when it is not the class's.
-func FromRecord(policy schema.RestartPolicy, rec state.PoolRecord, rnd func() float64) *Tracker {
+func FromRecord(policy schema.RestartPolicy, rec Record, rnd func() float64) *Tracker {
 	t := New(policy, rnd)
 	t.failures = slices.Clone(rec.Failures)
 	if len(t.failures) == 0 {
@@ -263,8 +262,8 @@ func FromRecord(policy schema.RestartPolicy, rec state.PoolRecord, rnd func() fl
 }
 
 // Record returns what is saved of the tracker in the state file.
-func (t *Tracker) Record() state.PoolRecord {
-	rec := state.PoolRecord{
+func (t *Tracker) Record() Record {
+	rec := Record{
 		Failures:            slices.Clone(t.failures),
 		ConsecutiveFailures: t.consecutive,
 		NextRetry:           t.nextRetry,
@@ -275,7 +274,7 @@ func (t *Tracker) Record() state.PoolRecord {
 		Restarts:            t.restarts,
 	}
 	if t.last != nil {
-		rec.LastError = &state.ErrorRecord{Class: t.last.Class, Message: t.last.Message, Hint: t.last.HintFor(), Time: t.lastAt}
+		rec.LastError = &ErrorRecord{Class: t.last.Class, Message: t.last.Message, Hint: t.last.HintFor(), Time: t.lastAt}
 	}
 	return rec
 }

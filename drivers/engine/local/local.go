@@ -1,7 +1,7 @@
 // Package local runs engines as processes on this machine: it turns a pool
 // into a command (package preset), starts, adopts and stops it (package
 // supervisor), and asks its health endpoint. It is the engine driver that
-// reconcile's executor uses.
+// the executor (package internal/executor) uses.
 package local
 
 import (
@@ -18,12 +18,11 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/preset"
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/supervisor"
-	"github.com/poolmanagerd/pool-managerd/internal/observe"
-	"github.com/poolmanagerd/pool-managerd/internal/proc"
-	"github.com/poolmanagerd/pool-managerd/internal/state"
-	"github.com/poolmanagerd/pool-managerd/reconcile"
+	"github.com/poolmanagerd/pool-managerd/schema"
 )
 
 // Driver starts and adopts engine processes.
@@ -44,7 +43,7 @@ type Driver struct {
 	given map[int]bool
 }
 
-var _ reconcile.Engines = (*Driver)(nil)
+var _ engine.Driver = (*Driver)(nil)
 
 // DefaultLogMaxBytes is the size at which an engine's log is rotated at its next start.
 const DefaultLogMaxBytes = 64 << 20
@@ -52,7 +51,7 @@ const DefaultLogMaxBytes = 64 << 20
 func (d *Driver) logPath(pool string) string { return filepath.Join(d.LogDir, pool+".log") }
 
 // Start builds the pool's command and starts it.
-func (d *Driver) Start(ctx context.Context, req reconcile.StartRequest) (reconcile.Process, error) {
+func (d *Driver) Start(ctx context.Context, req engine.StartRequest) (engine.Process, error) {
 	port := req.Pool.Port
 	if port == 0 {
 		p, err := d.pickPort()
@@ -90,36 +89,36 @@ func (d *Driver) Start(ctx context.Context, req reconcile.StartRequest) (reconci
 // Adopt takes over a running engine: by its recorded pid, start time and
 // command line, or — for an engine found by its marker, not yet recorded —
 // by its pid and what /proc says of it.
-func (d *Driver) Adopt(_ context.Context, rec state.Engine) (reconcile.Process, error) {
-	gone := func(err error) error { return fmt.Errorf("%w: pid %d: %w", reconcile.ErrGone, rec.PID, err) }
-	ticks, argv := rec.StartTicks, rec.Argv
+func (d *Driver) Adopt(_ context.Context, ref engine.Ref) (engine.Process, error) {
+	gone := func(err error) error { return fmt.Errorf("%w: pid %d: %w", engine.ErrGone, ref.PID, err) }
+	ticks, argv := ref.StartTicks, ref.Argv
 	if ticks == 0 || len(argv) == 0 {
 		// Known by pid alone (found by its marker): it must still carry this
 		// pool's marker, or the pid now belongs to some other process.
-		env, err := proc.Environ(rec.PID)
+		env, err := proc.Environ(ref.PID)
 		if err != nil {
 			return nil, gone(err)
 		}
-		m, err := observe.ParseMarker(env[observe.MarkerEnv])
-		if err != nil || m.Pool != rec.Pool || (d.StateDir != "" && env[observe.StateDirEnv] != "" && env[observe.StateDirEnv] != d.StateDir) {
-			return nil, gone(fmt.Errorf("the process does not carry pool %s's engine marker", rec.Pool))
+		m, err := engine.ParseMarker(env[engine.MarkerEnv])
+		if err != nil || m.Pool != ref.Pool || (d.StateDir != "" && env[engine.StateDirEnv] != "" && env[engine.StateDirEnv] != d.StateDir) {
+			return nil, gone(fmt.Errorf("the process does not carry pool %s's engine marker", ref.Pool))
 		}
 	}
 	if ticks == 0 {
-		info, err := proc.Stat(rec.PID)
+		info, err := proc.Stat(ref.PID)
 		if err != nil {
 			return nil, gone(err)
 		}
 		ticks = info.StartTicks
 	}
 	if len(argv) == 0 {
-		a, err := proc.Cmdline(rec.PID)
+		a, err := proc.Cmdline(ref.PID)
 		if err != nil {
 			return nil, gone(err)
 		}
 		argv = a
 	}
-	h, err := supervisor.Adopt(rec.PID, ticks, argv)
+	h, err := supervisor.Adopt(ref.PID, ticks, argv)
 	if errors.Is(err, supervisor.ErrNotRunning) || errors.Is(err, supervisor.ErrMismatch) {
 		// Not running, or the pid now belongs to another process: our engine is gone.
 		return nil, gone(err)
@@ -127,26 +126,26 @@ func (d *Driver) Adopt(_ context.Context, rec state.Engine) (reconcile.Process, 
 	if err != nil {
 		return nil, err
 	}
-	port := rec.Port
+	port := ref.Port
 	if port == 0 {
-		port = observe.PortOf(argv)
+		port = engine.PortOf(argv)
 	}
-	logPath := rec.LogPath
+	logPath := ref.LogPath
 	if logPath == "" {
-		logPath = d.logPath(rec.Pool)
+		logPath = d.logPath(ref.Pool)
 	}
-	llama := rec.Spec == nil || rec.Spec.Engine == "llamacpp"
+	llama := ref.Engine == "" || ref.Engine == schema.EngineLlamaCpp
 	return &process{h: h, port: port, logPath: logPath, argv: argv, llama: llama}, nil
 }
 
 // Cleanup kills what is left of a dead engine's session: processes of the
 // session it led that still carry its pool's marker (vLLM workers and TGI
 // shards that outlived it, holding GPU memory).
-func (d *Driver) Cleanup(_ context.Context, rec state.Engine) error {
-	if rec.PID == 0 {
+func (d *Driver) Cleanup(_ context.Context, ref engine.Ref) error {
+	if ref.PID == 0 {
 		return nil
 	}
-	pids, err := proc.Session(rec.PID)
+	pids, err := proc.Session(ref.PID)
 	if err != nil {
 		return nil
 	}
@@ -156,12 +155,12 @@ func (d *Driver) Cleanup(_ context.Context, rec state.Engine) error {
 		if err != nil {
 			continue
 		}
-		m, err := observe.ParseMarker(env[observe.MarkerEnv])
-		if err != nil || m.Pool != rec.Pool {
+		m, err := engine.ParseMarker(env[engine.MarkerEnv])
+		if err != nil || m.Pool != ref.Pool {
 			continue
 		}
 		if err := unix.Kill(pid, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
-			return fmt.Errorf("kill pid %d left from pool %s's engine: %w", pid, rec.Pool, err)
+			return fmt.Errorf("kill pid %d left from pool %s's engine: %w", pid, ref.Pool, err)
 		}
 		killed = append(killed, pid)
 	}
@@ -175,7 +174,7 @@ func (d *Driver) Cleanup(_ context.Context, rec state.Engine) error {
 				break
 			}
 			if time.Now().After(deadline) {
-				return fmt.Errorf("pid %d left from pool %s's engine did not die within 10 s of SIGKILL", pid, rec.Pool)
+				return fmt.Errorf("pid %d left from pool %s's engine did not die within 10 s of SIGKILL", pid, ref.Pool)
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
@@ -229,16 +228,16 @@ func (p *process) Port() int               { return p.port }
 func (p *process) LogPath() string         { return p.logPath }
 func (p *process) Argv() []string          { return p.argv }
 func (p *process) Exited() <-chan struct{} { return p.h.Done() }
-func (p *process) Health(ctx context.Context) reconcile.Health {
-	return observe.HTTPHealth(ctx, p.port, false)
+func (p *process) Health(ctx context.Context) engine.Health {
+	return engine.ProbeHealth(ctx, p.port, false)
 }
 
-func (p *process) Exit() reconcile.ExitStatus {
+func (p *process) Exit() engine.ExitStatus {
 	e, ok := p.h.Exited()
 	if !ok {
-		return reconcile.ExitStatus{}
+		return engine.ExitStatus{}
 	}
-	status := reconcile.ExitStatus{Code: e.Code}
+	status := engine.ExitStatus{Code: e.Code}
 	if e.Signo != 0 {
 		status.Signal = unix.SignalName(e.Signo)
 	}

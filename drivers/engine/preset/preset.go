@@ -10,7 +10,7 @@
 //     devices (and of its split): GPU UUIDs for llama.cpp and TGI, NVML
 //     indices for vLLM, which parses the entries as integers and crashes on
 //     UUIDs;
-//   - the engine marker (MarkerEnv), by which a scan of /proc finds it;
+//   - the engine marker (engine.MarkerEnv), by which a scan of /proc finds it;
 //   - a bind to 127.0.0.1 on the given port, the model and its context size;
 //   - the shard count (vLLM, TGI) or tensor split (llama.cpp) of the mask.
 //
@@ -31,14 +31,10 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/vram"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
-
-// MarkerEnv is the variable that carries the engine marker. It is the same as
-// observe.MarkerEnv; it is repeated here because observe imports reconcile,
-// which may import this package (a test keeps the two equal).
-const MarkerEnv = "POOL_MANAGERD_ENGINE"
 
 // SimDirEnv tells a stand-in engine where the simulated node keeps its state
 // (set only when Options.SimDir is).
@@ -47,11 +43,6 @@ const SimDirEnv = "POOL_MANAGERD_SIM_DIR"
 // SimVRAMEnv tells a stand-in engine on a simulated node how much memory its
 // pool needs in all (set only with SimDir).
 const SimVRAMEnv = "POOL_MANAGERD_SIM_VRAM"
-
-// StateDirEnv names the state directory of the pool-managerd that started the
-// engine, so that a scan for engines by marker finds only its own (tests and
-// demos run several on one machine).
-const StateDirEnv = "POOL_MANAGERD_STATE_DIR"
 
 // Host is the address every engine binds to.
 const Host = "127.0.0.1"
@@ -235,11 +226,11 @@ func passed(key string) bool {
 }
 
 // managedEnv are the variables Build sets; a pool may not set them.
-var managedEnv = []string{"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", MarkerEnv, SimDirEnv, StateDirEnv, SimVRAMEnv}
+var managedEnv = []string{"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", engine.MarkerEnv, SimDirEnv, engine.StateDirEnv, SimVRAMEnv}
 
 // Build returns the command that runs pool p's engine on gpus (the pool's
 // masked GPUs, in the order of p.Devices) listening on port, marked with
-// marker (observe.Marker's value).
+// marker (engine.Marker's value).
 func Build(p *schema.Pool, gpus []GPU, port int, b Binaries, marker string, opts Options) (Command, error) {
 	fail := func(format string, args ...any) (Command, error) {
 		return Command{}, fmt.Errorf("pool %s: "+format, append([]any{p.ID}, args...)...)
@@ -348,7 +339,7 @@ func Build(p *schema.Pool, gpus []GPU, port int, b Binaries, marker string, opts
 	}
 	env["CUDA_VISIBLE_DEVICES"] = strings.Join(visible, ",")
 	env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-	env[MarkerEnv] = marker
+	env[engine.MarkerEnv] = marker
 	if opts.SimDir != "" {
 		env[SimDirEnv] = opts.SimDir
 		if opts.SimVRAM > 0 {
@@ -356,7 +347,7 @@ func Build(p *schema.Pool, gpus []GPU, port int, b Binaries, marker string, opts
 		}
 	}
 	if opts.StateDir != "" {
-		env[StateDirEnv] = opts.StateDir
+		env[engine.StateDirEnv] = opts.StateDir
 	}
 	keys := make([]string, 0, len(env))
 	for k := range env {

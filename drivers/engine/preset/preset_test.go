@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
 
@@ -343,7 +344,7 @@ func TestBuildErrors(t *testing.T) {
 		{name: "port differs from the pool's", modify: func(p *schema.Pool) { p.Port = 8080 }, want: "the pool names port 8080"},
 		{name: "no marker", marker: "-", want: "no engine marker"},
 		{name: "managed env", modify: func(p *schema.Pool) { p.Env = map[string]string{"CUDA_VISIBLE_DEVICES": "0"} }, want: "env CUDA_VISIBLE_DEVICES is set by pool-managerd"},
-		{name: "marker env", modify: func(p *schema.Pool) { p.Env = map[string]string{MarkerEnv: "x"} }, want: "env POOL_MANAGERD_ENGINE is set"},
+		{name: "marker env", modify: func(p *schema.Pool) { p.Env = map[string]string{engine.MarkerEnv: "x"} }, want: "env POOL_MANAGERD_ENGINE is set"},
 		{name: "split length", modify: func(p *schema.Pool) { p.Split = []float64{1} }, want: "split [1] for 2 devices"},
 		{name: "unknown engine", modify: func(p *schema.Pool) { p.Engine = "sglang" }, want: `unknown engine "sglang"`},
 		{name: "missing binary", bins: Binaries{LlamaCpp: "/nonexistent/llama-server"}, want: `llamacpp engine binary "/nonexistent/llama-server": no such file`},

@@ -8,7 +8,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/poolmanagerd/pool-managerd/internal/proc"
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
 )
 
 // StopSpec says how to stop an engine.

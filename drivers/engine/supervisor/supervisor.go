@@ -21,7 +21,7 @@
 // adopts it: a process we did not start gives no exit status, only the fact
 // that it is gone.
 //
-// A process is identified by its pid and start time (internal/proc), never
+// A process is identified by its pid and start time (drivers/engine/proc), never
 // by its pid alone.
 package supervisor
 
@@ -40,7 +40,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/poolmanagerd/pool-managerd/internal/proc"
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
 )
 
 // Spec is how to start an engine.

@@ -1,4 +1,4 @@
-package reconcile
+package executor
 
 import (
 	"context"
@@ -6,79 +6,17 @@ import (
 	"fmt"
 	"maps"
 	"sort"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
+	"github.com/poolmanagerd/pool-managerd/reconcile"
 	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
-
-// Engines is what apply needs of the engine driver: start an engine for a
-// pool, take over one that runs already, and clean up after one that died.
-type Engines interface {
-	Start(ctx context.Context, req StartRequest) (Process, error)
-	// Adopt returns an error wrapping ErrGone when the process is not running.
-	Adopt(ctx context.Context, rec state.Engine) (Process, error)
-	// Cleanup kills what is left of a dead engine's session: vLLM workers and
-	// TGI shards that outlived it and still hold GPU memory.
-	Cleanup(ctx context.Context, rec state.Engine) error
-}
-
-// ErrGone is returned by Engines.Adopt when the engine process is not running.
-var ErrGone = errors.New("engine process is not running")
-
-// StartRequest is one engine start.
-type StartRequest struct {
-	Pool *schema.Pool
-	// GPUs are the pool's masked GPUs, in the order of its devices.
-	GPUs []gpu.Device
-	// Marker goes into the engine's environment (see observe.MarkerEnv).
-	Marker string
-	// Need is the pool's VRAM need in all, in bytes (0 when unknown).
-	Need uint64
-}
-
-// Process is a running engine.
-type Process interface {
-	PID() int
-	StartTicks() uint64
-	Port() int
-	LogPath() string
-	// Argv is the engine's command line, recorded to check it on adoption.
-	Argv() []string
-	// Exited is closed, after Exit is set, when the process ends.
-	Exited() <-chan struct{}
-	Exit() ExitStatus
-	// Session lists the processes of the engine's session (its workers hold GPU memory).
-	Session() []int
-	// Health asks the engine's health endpoint.
-	Health(ctx context.Context) Health
-	// Stop drains the engine (waits for busy slots up to drain), sends
-	// SIGTERM to its session, and SIGKILL after grace.
-	Stop(ctx context.Context, drain, grace time.Duration) error
-	// LogTail returns the end of the engine's log, for CUDA errors.
-	LogTail() string
-}
-
-// ExitStatus is how an engine process ended.
-type ExitStatus struct {
-	Code   int    `json:"code"`
-	Signal string `json:"signal,omitempty"`
-}
-
-func (e ExitStatus) String() string {
-	if e.Signal != "" {
-		return "was killed by " + e.Signal
-	}
-	if e.Code < 0 {
-		return "exited (status unknown: it was not started by this run)"
-	}
-	return fmt.Sprintf("exited with status %d", e.Code)
-}
 
 // Store is the state file.
 type Store interface {
@@ -93,7 +31,7 @@ type Store interface {
 type Executor struct {
 	Node    string
 	GPUs    gpu.Node
-	Engines Engines
+	Engines engine.Driver
 	Store   Store
 	// Now and Rand are the clock and random source (jitter).
 	Now  func() time.Time
@@ -121,7 +59,7 @@ type Executor struct {
 // inflightStart is a start's booking of GPU memory.
 type inflightStart struct {
 	need map[int]uint64
-	proc Process
+	proc engine.Process
 }
 
 // The steps of a start, in order, for Executor.Step.
@@ -144,7 +82,7 @@ func (x *Executor) step(pool, step string) {
 type Event struct {
 	Time  time.Time
 	Pool  string
-	Phase Phase
+	Phase reconcile.Phase
 	// Message says what happened, for people.
 	Message string
 	// Failure is set when the pool failed.
@@ -163,8 +101,8 @@ type Event struct {
 // Outcome is how one pool ended an apply.
 type Outcome struct {
 	Pool    string           `json:"pool"`
-	Action  Action           `json:"action"`
-	Phase   Phase            `json:"phase"`
+	Action  reconcile.Action `json:"action"`
+	Phase   reconcile.Phase  `json:"phase"`
 	PID     int              `json:"pid,omitempty"`
 	Failure *restart.Failure `json:"failure,omitempty"`
 }
@@ -177,34 +115,16 @@ type Result struct {
 // Failed reports whether any pool failed or stayed blocked.
 func (r Result) Failed() bool {
 	for _, o := range r.Outcomes {
-		if o.Phase == Failed || o.Phase == Unready {
+		if o.Phase == reconcile.Failed || o.Phase == reconcile.Unready {
 			return true
 		}
 	}
 	return false
 }
 
-// ErrStale is returned when a saved plan no longer matches the states it was made from.
-var ErrStale = errors.New("the plan is stale")
-
-// CheckFresh refuses a plan whose desired or observed state changed since it was made.
-func CheckFresh(p *NodePlan, desired Desired, observed Observed) error {
-	var changed []string
-	if DesiredHash(desired) != p.DesiredHash {
-		changed = append(changed, "the config changed")
-	}
-	if ObservedHash(observed) != p.ObservedHash {
-		changed = append(changed, "the node changed (engines or GPUs)")
-	}
-	if len(changed) > 0 {
-		return fmt.Errorf("%w: %s since it was made at %s; make a new plan", ErrStale, strings.Join(changed, " and "), p.CreatedAt.Format(time.RFC3339))
-	}
-	return nil
-}
-
 func (x *Executor) now() time.Time { return x.Now() }
 
-func (x *Executor) report(pool string, phase Phase, f *restart.Failure, format string, args ...any) {
+func (x *Executor) report(pool string, phase reconcile.Phase, f *restart.Failure, format string, args ...any) {
 	x.emit(Event{Pool: pool, Phase: phase, Message: fmt.Sprintf(format, args...), Failure: f})
 }
 
@@ -252,7 +172,7 @@ func (x *Executor) mutate(fn func(st *state.State)) error {
 // The state file is read at the first Apply and kept in memory after: one
 // Executor is the state file's only writer, and a daemon runs several
 // Applies at once (one per pool that needs work) on the same Executor.
-func (x *Executor) Apply(ctx context.Context, plan *NodePlan) (Result, error) {
+func (x *Executor) Apply(ctx context.Context, plan *reconcile.NodePlan) (Result, error) {
 	if err := x.load(); err != nil {
 		return Result{}, err
 	}
@@ -270,7 +190,7 @@ func (x *Executor) Apply(ctx context.Context, plan *NodePlan) (Result, error) {
 	var stopMu sync.Mutex
 	var errs []error
 	for _, c := range plan.Changes {
-		if c.Action != Delete && !((c.Action == Replace || c.Action == Restart) && c.PID != 0) {
+		if c.Action != reconcile.Delete && !((c.Action == reconcile.Replace || c.Action == reconcile.Restart) && c.PID != 0) {
 			continue
 		}
 		wg.Add(1)
@@ -280,18 +200,18 @@ func (x *Executor) Apply(ctx context.Context, plan *NodePlan) (Result, error) {
 				stopMu.Lock()
 				stopFailed[c.Pool], errs = true, append(errs, err)
 				stopMu.Unlock()
-				x.report(c.Pool, Unready, &restart.Failure{Class: restart.ClassExited, Message: err.Error()}, "could not stop: %v", err)
-				add(Outcome{Pool: c.Pool, Action: c.Action, Phase: Unready, Failure: &restart.Failure{Class: "stop_failed", Message: err.Error()}})
+				x.report(c.Pool, reconcile.Unready, &restart.Failure{Class: restart.ClassExited, Message: err.Error()}, "could not stop: %v", err)
+				add(Outcome{Pool: c.Pool, Action: c.Action, Phase: reconcile.Unready, Failure: &restart.Failure{Class: "stop_failed", Message: err.Error()}})
 				return
 			}
-			if c.Action == Delete {
-				add(Outcome{Pool: c.Pool, Action: Delete, Phase: Stopped})
+			if c.Action == reconcile.Delete {
+				add(Outcome{Pool: c.Pool, Action: reconcile.Delete, Phase: reconcile.Stopped})
 			}
 		}()
 	}
 	wg.Wait()
 	for _, c := range plan.Changes {
-		if c.Action == Blocked {
+		if c.Action == reconcile.Blocked {
 			add(x.blocked(ctx, c))
 		}
 	}
@@ -300,13 +220,13 @@ func (x *Executor) Apply(ctx context.Context, plan *NodePlan) (Result, error) {
 			continue
 		}
 		switch c.Action {
-		case Update:
+		case reconcile.Update:
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				add(x.update(ctx, c))
 			}()
-		case Create, Replace, Restart, Adopt:
+		case reconcile.Create, reconcile.Replace, reconcile.Restart, reconcile.Adopt:
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -315,7 +235,7 @@ func (x *Executor) Apply(ctx context.Context, plan *NodePlan) (Result, error) {
 		}
 	}
 	for _, u := range plan.Unchanged {
-		if u.Health == HealthLoading {
+		if u.Health == engine.HealthLoading {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -332,7 +252,7 @@ func (x *Executor) Apply(ctx context.Context, plan *NodePlan) (Result, error) {
 }
 
 // stop stops the running engine of a delete or replace.
-func (x *Executor) stop(ctx context.Context, c Change) error {
+func (x *Executor) stop(ctx context.Context, c reconcile.Change) error {
 	x.mu.Lock()
 	rec := x.st.Engines[c.Pool]
 	x.mu.Unlock()
@@ -340,10 +260,10 @@ func (x *Executor) stop(ctx context.Context, c Change) error {
 		if rec.PID != c.PID {
 			// Found by its marker, not (or not yet) recorded with its pid:
 			// the driver reads its identity from /proc.
-			rec = state.Engine{Pool: c.Pool, PID: c.PID, Spec: rec.Spec}
+			rec = reconcile.EngineRecord{Pool: c.Pool, PID: c.PID, Spec: rec.Spec}
 		}
-		x.report(c.Pool, Draining, nil, "stopping engine pid %d", c.PID)
-		if c.Action == Restart && c.Spec != nil {
+		x.report(c.Pool, reconcile.Draining, nil, "stopping engine pid %d", c.PID)
+		if c.Action == reconcile.Restart && c.Spec != nil {
 			// Alive but failing its health check: a failure, for backoff and breaker.
 			t := x.tracker(c.Spec)
 			if !rec.ReadyAt.IsZero() {
@@ -355,7 +275,7 @@ func (x *Executor) stop(ctx context.Context, c Change) error {
 				return err
 			}
 		}
-		p, err := x.Engines.Adopt(ctx, rec)
+		p, err := x.Engines.Adopt(ctx, rec.Ref())
 		switch {
 		case err == nil:
 			policy := restartPolicyOf(rec.Spec, c.Spec)
@@ -365,17 +285,17 @@ func (x *Executor) stop(ctx context.Context, c Change) error {
 			if err := p.Stop(stopCtx, policy.DrainTimeout, policy.StopGrace); err != nil {
 				return fmt.Errorf("stop pool %s (pid %d): %w", c.Pool, c.PID, err)
 			}
-		case !errors.Is(err, ErrGone):
+		case !errors.Is(err, engine.ErrGone):
 			// Still there but not what was recorded: keep the record, do not guess.
 			return fmt.Errorf("stop pool %s: engine pid %d: %w", c.Pool, c.PID, err)
 		}
 	}
-	if err := x.Engines.Cleanup(ctx, rec); err != nil {
+	if err := x.Engines.Cleanup(ctx, rec.Ref()); err != nil {
 		return fmt.Errorf("stop pool %s: %w", c.Pool, err)
 	}
 	err := x.mutate(func(st *state.State) {
 		delete(st.Engines, c.Pool)
-		if c.Action == Delete {
+		if c.Action == reconcile.Delete {
 			delete(st.Pools, c.Pool)
 		}
 	})
@@ -389,57 +309,47 @@ func restartPolicyOf(specs ...*schema.Pool) schema.RestartPolicy {
 			return s.Restart
 		}
 	}
-	return DefaultRestartPolicy()
-}
-
-// DefaultRestartPolicy is the schema's default restart policy, for records
-// that lack their spec.
-func DefaultRestartPolicy() schema.RestartPolicy {
-	return schema.RestartPolicy{
-		InitialBackoff: time.Second, MaxBackoff: time.Minute, Jitter: 0.1, ResetAfter: 5 * time.Minute,
-		StartupTimeout: 10 * time.Minute, DrainTimeout: 30 * time.Second, StopGrace: 10 * time.Second,
-		Breaker: schema.Breaker{Failures: 5, Window: 10 * time.Minute, Cooldown: 5 * time.Minute},
-	}
+	return reconcile.DefaultRestartPolicy()
 }
 
 // update records a spec change that needs no restart.
 // update records a spec change that needs no restart; the engine is Ready
 // only if it was (one still loading, or never verified, is waited on).
-func (x *Executor) update(ctx context.Context, c Change) Outcome {
-	var rec state.Engine
+func (x *Executor) update(ctx context.Context, c reconcile.Change) Outcome {
+	var rec reconcile.EngineRecord
 	if err := x.mutate(func(st *state.State) {
 		rec = st.Engines[c.Pool]
 		rec.Spec, rec.SpecHash = c.Spec, c.SpecHash
 		st.Engines[c.Pool] = rec
 	}); err != nil {
-		return Outcome{Pool: c.Pool, Action: Update, Phase: Unready, Failure: &restart.Failure{Class: "state_write_failed", Message: err.Error()}}
+		return Outcome{Pool: c.Pool, Action: reconcile.Update, Phase: reconcile.Unready, Failure: &restart.Failure{Class: "state_write_failed", Message: err.Error()}}
 	}
-	p, err := x.Engines.Adopt(ctx, rec)
+	p, err := x.Engines.Adopt(ctx, rec.Ref())
 	if err != nil {
 		return x.outcome(c, x.failed(ctx, c.Spec, restart.Failure{Class: restart.ClassExited, Message: fmt.Sprintf("engine pid %d: %v", rec.PID, err)}))
 	}
-	if !rec.ReadyAt.IsZero() && p.Health(ctx) == HealthOK {
-		x.report(c.Pool, Ready, nil, "updated in place; the engine keeps running")
-		return Outcome{Pool: c.Pool, Action: Update, Phase: Ready, PID: c.PID}
+	if !rec.ReadyAt.IsZero() && p.Health(ctx) == engine.HealthOK {
+		x.report(c.Pool, reconcile.Ready, nil, "updated in place; the engine keeps running")
+		return Outcome{Pool: c.Pool, Action: reconcile.Update, Phase: reconcile.Ready, PID: c.PID}
 	}
-	x.report(c.Pool, Preloading, nil, "updated in place; engine pid %d is still loading or unverified", rec.PID)
+	x.report(c.Pool, reconcile.Preloading, nil, "updated in place; engine pid %d is still loading or unverified", rec.PID)
 	return x.outcome(c, x.awaitReady(ctx, c.Spec, p, rec.StartedAt))
 }
 
-func (x *Executor) blocked(ctx context.Context, c Change) Outcome {
-	if c.Blocker.Class == ClassInsufficientVRAM && c.Spec != nil {
+func (x *Executor) blocked(ctx context.Context, c reconcile.Change) Outcome {
+	if c.Blocker.Class == reconcile.ClassInsufficientVRAM && c.Spec != nil {
 		// Found before anything was spawned: a failure for backoff and breaker all the same.
 		o := x.failed(ctx, c.Spec, restart.Failure{Class: restart.ClassInsufficientVRAM, Message: c.Blocker.Message, Hint: c.Blocker.Hint})
-		o.Action = Blocked
+		o.Action = reconcile.Blocked
 		return o
 	}
 	f := &restart.Failure{Class: c.Blocker.Class, Message: c.Blocker.Message, Hint: c.Blocker.Hint}
-	phase := Unready
-	if c.Blocker.Class == ClassCircuitOpen {
-		phase = Failed
+	phase := reconcile.Unready
+	if c.Blocker.Class == reconcile.ClassCircuitOpen {
+		phase = reconcile.Failed
 	}
 	x.report(c.Pool, phase, f, "blocked: %s", c.Blocker.Message)
-	return Outcome{Pool: c.Pool, Action: Blocked, Phase: phase, Failure: f}
+	return Outcome{Pool: c.Pool, Action: reconcile.Blocked, Phase: phase, Failure: f}
 }
 
 // tracker restores a pool's backoff and breaker from the state.
@@ -457,11 +367,11 @@ func (x *Executor) saveTracker(pool string, t *restart.Tracker) error {
 // is done (an interrupted apply), nothing failed: nothing is recorded.
 func (x *Executor) failed(ctx context.Context, pool *schema.Pool, f restart.Failure) Outcome {
 	if ctx.Err() != nil {
-		x.report(pool.ID, Unready, nil, "interrupted")
-		return Outcome{Pool: pool.ID, Phase: Unready}
+		x.report(pool.ID, reconcile.Unready, nil, "interrupted")
+		return Outcome{Pool: pool.ID, Phase: reconcile.Unready}
 	}
 	if f.Class == restart.ClassInsufficientVRAM && f.Hint == "" {
-		f.Hint = vramHint(pool)
+		f.Hint = reconcile.VRAMHint(pool)
 	}
 	t := x.tracker(pool)
 	phase := x.recordFailure(pool.ID, t, f)
@@ -476,15 +386,15 @@ func (x *Executor) failed(ctx context.Context, pool *schema.Pool, f restart.Fail
 
 // recordFailure records a failure in the pool's tracker and saves it; it
 // returns the pool's phase after it: Failed once the breaker is open.
-func (x *Executor) recordFailure(pool string, t *restart.Tracker, f restart.Failure) Phase {
+func (x *Executor) recordFailure(pool string, t *restart.Tracker, f restart.Failure) reconcile.Phase {
 	t.Failed(x.now(), f)
 	if err := x.saveTracker(pool, t); err != nil {
-		x.report(pool, Unready, nil, "could not record the failure in the state file: %v", err)
+		x.report(pool, reconcile.Unready, nil, "could not record the failure in the state file: %v", err)
 	}
 	if t.BreakerState() == restart.Open {
-		return Failed
+		return reconcile.Failed
 	}
-	return Unready
+	return reconcile.Unready
 }
 
 func describeDecision(d restart.Decision) string {

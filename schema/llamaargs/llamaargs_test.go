@@ -372,7 +372,7 @@ func TestEnvName(t *testing.T) {
 // not panic, must account for every element it accepts, and must say where
 // it stopped.
 //
-//	go test -run '^$' -fuzz FuzzParseArgv -fuzztime 30s ./internal/llamaargs
+//	go test -run '^$' -fuzz FuzzParseArgv -fuzztime 30s ./schema/llamaargs
 func FuzzParseArgv(f *testing.F) {
 	for _, s := range []string{
 		"",

@@ -1,4 +1,4 @@
-package reconcile
+package executor
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 	"maps"
 
 	"github.com/poolmanagerd/pool-managerd/internal/state"
+	"github.com/poolmanagerd/pool-managerd/reconcile"
 	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
@@ -38,7 +39,7 @@ func (x *Executor) State() (*state.State, error) {
 // allows (or blocks it while the GPU is lost).
 func (x *Executor) Fault(ctx context.Context, pool *schema.Pool, f restart.Failure) Outcome {
 	if err := x.load(); err != nil {
-		return Outcome{Pool: pool.ID, Phase: Unready, Failure: &restart.Failure{Class: "state_read_failed", Message: err.Error()}}
+		return Outcome{Pool: pool.ID, Phase: reconcile.Unready, Failure: &restart.Failure{Class: "state_read_failed", Message: err.Error()}}
 	}
 	x.mu.Lock()
 	rec, running := x.st.Engines[pool.ID]
@@ -53,7 +54,7 @@ func (x *Executor) Fault(ctx context.Context, pool *schema.Pool, f restart.Failu
 	phase := x.recordFailure(pool.ID, t, f)
 	x.report(pool.ID, phase, &f, "%s", f.Message)
 	if running && (rec.PID != 0 || rec.Intent) {
-		if err := x.stop(ctx, Change{Action: Replace, Pool: pool.ID, PID: rec.PID}); err != nil {
+		if err := x.stop(ctx, reconcile.Change{Action: reconcile.Replace, Pool: pool.ID, PID: rec.PID}); err != nil {
 			x.report(pool.ID, phase, nil, "could not stop the engine: %v", err)
 			return Outcome{Pool: pool.ID, Phase: phase, Failure: &f}
 		}
@@ -75,10 +76,10 @@ func (x *Executor) StopPool(ctx context.Context, id string) error {
 	if !ok {
 		return nil
 	}
-	if err := x.stop(ctx, Change{Action: Replace, Pool: id, PID: rec.PID}); err != nil {
+	if err := x.stop(ctx, reconcile.Change{Action: reconcile.Replace, Pool: id, PID: rec.PID}); err != nil {
 		return err
 	}
-	x.report(id, Stopped, nil, "stopped by an operator")
+	x.report(id, reconcile.Stopped, nil, "stopped by an operator")
 	return nil
 }
 

@@ -1,4 +1,4 @@
-package reconcile
+package executor
 
 import (
 	"context"
@@ -7,9 +7,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/supervisor"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
+	"github.com/poolmanagerd/pool-managerd/reconcile"
 	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
@@ -17,9 +19,9 @@ import (
 // start runs one pool's start: the VRAM check (nothing is spawned when the
 // GPUs lack the memory), the intent recorded, the spawn with the marker, the
 // pid recorded, the preload watched until healthy, the placement verified.
-func (x *Executor) start(ctx context.Context, c Change) Outcome {
+func (x *Executor) start(ctx context.Context, c reconcile.Change) Outcome {
 	pool := c.Spec
-	if c.Action == Adopt {
+	if c.Action == reconcile.Adopt {
 		return x.adopt(ctx, c)
 	}
 	if o, stop := x.recordDeath(ctx, c); stop {
@@ -37,7 +39,7 @@ func (x *Executor) start(ctx context.Context, c Change) Outcome {
 	var gen int64
 	if err := x.mutate(func(st *state.State) {
 		gen = st.Engines[pool.ID].Generation + 1
-		st.Engines[pool.ID] = state.Engine{Pool: pool.ID, Generation: gen, SpecHash: c.SpecHash, Spec: pool, Intent: true, StartedAt: now}
+		st.Engines[pool.ID] = reconcile.EngineRecord{Pool: pool.ID, Generation: gen, SpecHash: c.SpecHash, Spec: pool, Intent: true, StartedAt: now}
 	}); err != nil {
 		return x.outcome(c, x.failed(ctx, pool, restart.Failure{Class: restart.ClassSpawnFailed, Message: "record the start: " + err.Error()}))
 	}
@@ -47,8 +49,8 @@ func (x *Executor) start(ctx context.Context, c Change) Outcome {
 	t.Started(now)
 	_ = x.saveTracker(pool.ID, t)
 	marker := fmt.Sprintf("%s/%s/%d/%s", x.Node, pool.ID, gen, c.SpecHash)
-	ev := Event{Pool: pool.ID, Phase: Preloading, Engine: pool.Engine, Spawn: true,
-		Message: fmt.Sprintf("starting %s on %s", pool.Engine, gpuWord(pool.Devices))}
+	ev := Event{Pool: pool.ID, Phase: reconcile.Preloading, Engine: pool.Engine, Spawn: true,
+		Message: fmt.Sprintf("starting %s on %s", pool.Engine, reconcile.GPUWord(pool.Devices))}
 	if f := t.LastFailure(); t.Restarts() > restarts && f != nil {
 		ev.Restart = f.Class
 		ev.Message += fmt.Sprintf(" (restart %d, after %s)", t.Restarts(), f.Class)
@@ -58,7 +60,7 @@ func (x *Executor) start(ctx context.Context, c Change) Outcome {
 	for _, n := range c.Need {
 		total += n.Need
 	}
-	p, err := x.Engines.Start(ctx, StartRequest{Pool: pool, GPUs: masked, Marker: marker, Need: total})
+	p, err := x.Engines.Start(ctx, engine.StartRequest{Pool: pool, GPUs: masked, Marker: marker, Need: total})
 	if err != nil {
 		_ = x.mutate(func(st *state.State) { delete(st.Engines, pool.ID) })
 		return x.outcome(c, x.failed(ctx, pool, restart.Failure{Class: restart.ClassSpawnFailed, Message: err.Error()}))
@@ -73,22 +75,22 @@ func (x *Executor) start(ctx context.Context, c Change) Outcome {
 		return x.outcome(c, x.failed(ctx, pool, restart.Failure{Class: restart.ClassSpawnFailed, Message: "record the engine: " + err.Error()}))
 	}
 	x.step(pool.ID, StepRecorded)
-	x.report(pool.ID, Preloading, nil, "engine pid %d on port %d is loading its model", p.PID(), p.Port())
+	x.report(pool.ID, reconcile.Preloading, nil, "engine pid %d on port %d is loading its model", p.PID(), p.Port())
 	return x.outcome(c, x.awaitReady(ctx, pool, p, now))
 }
 
 // recordDeath records the failure of an engine that died after it was
 // Ready (found dead by this plan, not yet counted), then follows the pool's
 // restart decision: wait out the backoff, or stop at an open breaker.
-func (x *Executor) recordDeath(ctx context.Context, c Change) (Outcome, bool) {
+func (x *Executor) recordDeath(ctx context.Context, c reconcile.Change) (Outcome, bool) {
 	pool := c.Spec
 	x.mu.Lock()
 	rec, known := x.st.Engines[pool.ID]
 	x.mu.Unlock()
 	t := x.tracker(pool)
 	// A recorded engine that is gone (the plan stops none: c.PID is 0).
-	if dead := known && c.PID == 0 && rec.PID != 0 && (c.Action == Restart || c.Action == Replace); dead {
-		if err := x.Engines.Cleanup(ctx, rec); err != nil {
+	if dead := known && c.PID == 0 && rec.PID != 0 && (c.Action == reconcile.Restart || c.Action == reconcile.Replace); dead {
+		if err := x.Engines.Cleanup(ctx, rec.Ref()); err != nil {
 			return x.failed(ctx, pool, restart.Failure{Class: restart.ClassSpawnFailed, Message: err.Error()}), true
 		}
 		if !rec.ReadyAt.IsZero() && rec.ReadyAt.After(t.LastFailureAt()) {
@@ -96,28 +98,28 @@ func (x *Executor) recordDeath(ctx context.Context, c Change) (Outcome, bool) {
 			t.Ready(rec.ReadyAt)
 			t.Failed(x.now(), deathFailure(rec, logTail(rec)))
 			if err := x.saveTracker(pool.ID, t); err != nil {
-				return Outcome{Pool: pool.ID, Phase: Unready}, true
+				return Outcome{Pool: pool.ID, Phase: reconcile.Unready}, true
 			}
 			f := t.LastFailure()
-			x.report(pool.ID, Unready, f, "%s", f.Message)
+			x.report(pool.ID, reconcile.Unready, f, "%s", f.Message)
 		}
 	}
-	if c.Action == Replace && rec.SpecHash != c.SpecHash {
+	if c.Action == reconcile.Replace && rec.SpecHash != c.SpecHash {
 		t.ConfigChanged(x.now()) // a config change closes the breaker and clears the backoff
 		_ = x.saveTracker(pool.ID, t)
 	}
 	d := t.Decide(x.now())
 	switch d.Action {
 	case restart.Blocked:
-		f := &restart.Failure{Class: ClassCircuitOpen, Message: restart.BreakerMessage(pool.ID, t.FailuresInWindow(x.now()), pool.Restart.Breaker.Window),
+		f := &restart.Failure{Class: reconcile.ClassCircuitOpen, Message: restart.BreakerMessage(pool.ID, t.FailuresInWindow(x.now()), pool.Restart.Breaker.Window),
 			Hint: fmt.Sprintf("fix the config or run pool-managerd reset %s", pool.ID)}
-		x.report(pool.ID, Failed, f, "%s", f.Message)
-		return Outcome{Pool: pool.ID, Phase: Failed, Failure: f}, true
+		x.report(pool.ID, reconcile.Failed, f, "%s", f.Message)
+		return Outcome{Pool: pool.ID, Phase: reconcile.Failed, Failure: f}, true
 	case restart.Wait:
-		x.report(pool.ID, Unready, nil, "waiting %v for the backoff (%s)", d.Delay.Round(time.Millisecond), d.Reason)
+		x.report(pool.ID, reconcile.Unready, nil, "waiting %v for the backoff (%s)", d.Delay.Round(time.Millisecond), d.Reason)
 		select {
 		case <-ctx.Done():
-			return Outcome{Pool: pool.ID, Phase: Unready}, true
+			return Outcome{Pool: pool.ID, Phase: reconcile.Unready}, true
 		case <-time.After(d.Delay):
 		}
 	}
@@ -125,26 +127,26 @@ func (x *Executor) recordDeath(ctx context.Context, c Change) (Outcome, bool) {
 }
 
 // DeathFailure describes an engine found dead after it was Ready, from its log.
-func DeathFailure(rec state.Engine) restart.Failure {
+func DeathFailure(rec reconcile.EngineRecord) restart.Failure {
 	return deathFailure(rec, logTail(rec))
 }
 
-func deathFailure(rec state.Engine, logTail string) restart.Failure {
+func deathFailure(rec reconcile.EngineRecord, logTail string) restart.Failure {
 	if line := cudaErrorLine(logTail); line != "" {
-		return restart.Failure{Class: restart.ClassCUDAError, Message: fmt.Sprintf("engine pid %d died after it was Ready (%s); log: %s", rec.PID, line, rec.LogPath)}
+		return restart.Failure{Class: restart.ClassCUDAError, Message: fmt.Sprintf("engine pid %d died after it was reconcile.Ready (%s); log: %s", rec.PID, line, rec.LogPath)}
 	}
-	return restart.Failure{Class: restart.ClassExited, Message: fmt.Sprintf("engine pid %d exited after it was Ready; log: %s", rec.PID, rec.LogPath)}
+	return restart.Failure{Class: restart.ClassExited, Message: fmt.Sprintf("engine pid %d exited after it was reconcile.Ready; log: %s", rec.PID, rec.LogPath)}
 }
 
 // logTail reads what a recorded engine printed since its last start.
-func logTail(rec state.Engine) string {
+func logTail(rec reconcile.EngineRecord) string {
 	if rec.LogPath == "" {
 		return ""
 	}
 	return supervisor.LogSinceStart(rec.LogPath, 16<<10)
 }
 
-func (x *Executor) outcome(c Change, o Outcome) Outcome {
+func (x *Executor) outcome(c reconcile.Change, o Outcome) Outcome {
 	o.Action = c.Action
 	return o
 }
@@ -177,7 +179,7 @@ func (x *Executor) maskedGPUs(ctx context.Context, pool *schema.Pool) ([]gpu.Dev
 // reserve fails fast when a masked GPU lacks the memory the pool needs,
 // counting what other starts in flight have booked but do not yet visibly
 // hold; else it books the need.
-func (x *Executor) reserve(pool *schema.Pool, need []GPUNeed, masked []gpu.Device) *restart.Failure {
+func (x *Executor) reserve(pool *schema.Pool, need []reconcile.GPUNeed, masked []gpu.Device) *restart.Failure {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if x.inflight == nil {
@@ -191,7 +193,7 @@ func (x *Executor) reserve(pool *schema.Pool, need []GPUNeed, masked []gpu.Devic
 		free := d.MemoryFree - min(d.MemoryFree, x.pendingOn(d, pool.ID))
 		if n.Need > free {
 			return &restart.Failure{Class: restart.ClassInsufficientVRAM,
-				Message: fmt.Sprintf("insufficient VRAM on GPU %d (%s, %s): needs %s at ctx %d, %s free", d.Index, d.Name, gib(d.MemoryTotal), gib(n.Need), pool.Model.Ctx, gib(free))}
+				Message: fmt.Sprintf("insufficient VRAM on GPU %d (%s, %s): needs %s at ctx %d, %s free", d.Index, d.Name, reconcile.GiB(d.MemoryTotal), reconcile.GiB(n.Need), pool.Model.Ctx, reconcile.GiB(free))}
 		}
 	}
 	booking := &inflightStart{need: map[int]uint64{}}
@@ -229,7 +231,7 @@ func (x *Executor) pendingOn(d gpu.Device, except string) uint64 {
 }
 
 // spawned attaches a start's engine to its booking.
-func (x *Executor) spawned(pool string, p Process) {
+func (x *Executor) spawned(pool string, p engine.Process) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if b := x.inflight[pool]; b != nil {
@@ -245,7 +247,7 @@ func (x *Executor) unreserve(pool string) {
 
 // awaitReady watches a preloading engine until its health check passes and
 // its GPU memory is where its mask says, or it fails.
-func (x *Executor) awaitReady(ctx context.Context, pool *schema.Pool, p Process, startedAt time.Time) Outcome {
+func (x *Executor) awaitReady(ctx context.Context, pool *schema.Pool, p engine.Process, startedAt time.Time) Outcome {
 	every := x.HealthEvery
 	if every <= 0 || every > 100*time.Millisecond {
 		every = 100 * time.Millisecond
@@ -256,12 +258,12 @@ func (x *Executor) awaitReady(ctx context.Context, pool *schema.Pool, p Process,
 	for {
 		select {
 		case <-ctx.Done():
-			return Outcome{Pool: pool.ID, Phase: Preloading, PID: p.PID()}
+			return Outcome{Pool: pool.ID, Phase: reconcile.Preloading, PID: p.PID()}
 		case <-p.Exited():
 			return x.failed(ctx, pool, exitFailure(p, "while loading its model"))
 		case <-tick.C:
 		}
-		if p.Health(ctx) == HealthOK {
+		if p.Health(ctx) == engine.HealthOK {
 			break
 		}
 		if x.now().After(deadline) {
@@ -291,14 +293,14 @@ func (x *Executor) awaitReady(ctx context.Context, pool *schema.Pool, p Process,
 		st.Pools[pool.ID] = t.Record()
 	})
 	x.step(pool.ID, StepReadyRecorded)
-	x.emit(Event{Pool: pool.ID, Phase: Ready, Engine: pool.Engine, Loaded: now.Sub(startedAt),
+	x.emit(Event{Pool: pool.ID, Phase: reconcile.Ready, Engine: pool.Engine, Loaded: now.Sub(startedAt),
 		Message: fmt.Sprintf("Ready: engine pid %d on port %d, model loaded in %v", p.PID(), p.Port(), now.Sub(startedAt).Round(time.Millisecond))})
-	return Outcome{Pool: pool.ID, Phase: Ready, PID: p.PID()}
+	return Outcome{Pool: pool.ID, Phase: reconcile.Ready, PID: p.PID()}
 }
 
 // exitFailure classifies an engine's exit: out of GPU memory or a CUDA
 // error in its log, a signal, an exit code.
-func exitFailure(p Process, when string) restart.Failure {
+func exitFailure(p engine.Process, when string) restart.Failure {
 	exit := p.Exit()
 	tail := p.LogTail()
 	if line := outOfMemoryLine(tail); line != "" {
@@ -337,7 +339,7 @@ func cudaErrorLine(log string) string {
 
 // checkPlacement verifies that the engine's processes hold memory on its
 // masked GPUs and on no others; none at all means it runs on the CPU.
-func (x *Executor) checkPlacement(ctx context.Context, pool *schema.Pool, p Process) *restart.Failure {
+func (x *Executor) checkPlacement(ctx context.Context, pool *schema.Pool, p engine.Process) *restart.Failure {
 	devices, err := x.GPUs.Devices(ctx)
 	if err != nil {
 		return &restart.Failure{Class: restart.ClassDriverReset, Message: "read GPUs: " + err.Error()}
@@ -358,7 +360,7 @@ func (x *Executor) checkPlacement(ctx context.Context, pool *schema.Pool, p Proc
 				onMask += proc.UsedBytes
 			} else {
 				outside += proc.UsedBytes
-				where = append(where, fmt.Sprintf("%s on GPU %d (pid %d)", gib(proc.UsedBytes), d.Index, proc.PID))
+				where = append(where, fmt.Sprintf("%s on GPU %d (pid %d)", reconcile.GiB(proc.UsedBytes), d.Index, proc.PID))
 			}
 		}
 	}
@@ -374,23 +376,23 @@ func (x *Executor) checkPlacement(ctx context.Context, pool *schema.Pool, p Proc
 }
 
 // adopt takes over a running engine that matches its pool.
-func (x *Executor) adopt(ctx context.Context, c Change) Outcome {
+func (x *Executor) adopt(ctx context.Context, c reconcile.Change) Outcome {
 	pool := c.Spec
 	m := x.markerOf(c)
-	rec := state.Engine{Pool: pool.ID, Generation: m, SpecHash: c.SpecHash, Spec: pool, PID: c.PID, StartedAt: x.now()}
-	p, err := x.Engines.Adopt(ctx, rec)
+	rec := reconcile.EngineRecord{Pool: pool.ID, Generation: m, SpecHash: c.SpecHash, Spec: pool, PID: c.PID, StartedAt: x.now()}
+	p, err := x.Engines.Adopt(ctx, rec.Ref())
 	if err != nil {
 		return x.outcome(c, x.failed(ctx, pool, restart.Failure{Class: restart.ClassExited, Message: fmt.Sprintf("adopt engine pid %d: %v", c.PID, err)}))
 	}
 	rec.StartTicks, rec.Port, rec.LogPath, rec.Argv = p.StartTicks(), p.Port(), p.LogPath(), p.Argv()
 	if err := x.mutate(func(st *state.State) { st.Engines[pool.ID] = rec }); err != nil {
-		return x.outcome(c, Outcome{Pool: pool.ID, Phase: Unready})
+		return x.outcome(c, Outcome{Pool: pool.ID, Phase: reconcile.Unready})
 	}
-	x.report(pool.ID, Preloading, nil, "adopted engine pid %d", p.PID())
+	x.report(pool.ID, reconcile.Preloading, nil, "adopted engine pid %d", p.PID())
 	return x.outcome(c, x.awaitReady(ctx, pool, p, rec.StartedAt))
 }
 
-func (x *Executor) markerOf(c Change) int64 {
+func (x *Executor) markerOf(c reconcile.Change) int64 {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	return x.st.Engines[c.Pool].Generation + 1
@@ -402,12 +404,12 @@ func (x *Executor) awaitLoading(ctx context.Context, id string) Outcome {
 	rec, ok := x.st.Engines[id]
 	x.mu.Unlock()
 	if !ok || rec.Spec == nil {
-		return Outcome{Pool: id, Phase: Preloading}
+		return Outcome{Pool: id, Phase: reconcile.Preloading}
 	}
-	p, err := x.Engines.Adopt(ctx, rec)
+	p, err := x.Engines.Adopt(ctx, rec.Ref())
 	if err != nil {
 		return x.failed(ctx, rec.Spec, restart.Failure{Class: restart.ClassExited, Message: fmt.Sprintf("engine pid %d: %v", rec.PID, err)})
 	}
-	x.report(id, Preloading, nil, "engine pid %d is still loading its model", rec.PID)
+	x.report(id, reconcile.Preloading, nil, "engine pid %d is still loading its model", rec.PID)
 	return x.awaitReady(ctx, rec.Spec, p, rec.StartedAt)
 }
