@@ -203,6 +203,11 @@ func running(spec *schema.Pool, e *Engine, history restart.Record, now time.Time
 	case e.Health == engine.HealthFailing:
 		s.Phase, s.Next, s.Reason = Unready, NextRestart, fmt.Sprintf("engine pid %d fails its health check", e.PID)
 		return s
+	case FailedSinceReady(e.ReadyAt, history):
+		// A failure was recorded against this engine while it ran (a driver
+		// error on its GPU): it is not to be trusted, and is restarted.
+		s.Phase, s.Next, s.Reason = Unready, NextRestart, fmt.Sprintf("engine pid %d: %s", e.PID, history.LastError.Message)
+		return s
 	case !e.Recorded:
 		s.Phase, s.Next = Preloading, NextAdopt
 		s.Reason = fmt.Sprintf("engine pid %d runs this pool's spec but is not in the state file (found by its marker)", e.PID)
@@ -283,6 +288,12 @@ func exitReason(e *Engine) string {
 	return "the engine is not running"
 }
 
+// FailedSinceReady reports whether a failure was recorded after an engine
+// became Ready at readyAt (zero: it never did): one of its own.
+func FailedSinceReady(readyAt time.Time, history restart.Record) bool {
+	return !readyAt.IsZero() && history.LastError != nil && history.LastError.Time.After(readyAt)
+}
+
 // ExitUnrecorded reports whether an engine that was Ready at readyAt (zero:
 // never) and is now gone died without its failure being recorded in the
 // pool's history: the death is counted once, by whoever finds it first.
@@ -291,4 +302,38 @@ func ExitUnrecorded(readyAt time.Time, history restart.Record) bool {
 		return false
 	}
 	return history.LastError == nil || readyAt.After(history.LastError.Time)
+}
+
+// WithRecord brings an observed engine up to date with its record in the
+// state file, which the executor writes as things happen between two
+// observations: a spawn, Ready, the start of a stop. rec nil means the
+// record is gone: the engine was stopped and forgotten since (one found by
+// its marker alone never had a record). The result is what Lifecycle is
+// asked about; e is not changed.
+func WithRecord(e *Engine, rec *EngineRecord) *Engine {
+	if rec == nil {
+		if e != nil && e.Recorded {
+			return nil
+		}
+		return e
+	}
+	if e == nil || rec.PID != e.PID {
+		// Started (or its start recorded) since the observation: it runs
+		// unless it is only an intent, and it loads until recorded Ready.
+		n := &Engine{Pool: rec.Pool, Generation: rec.Generation, SpecHash: rec.SpecHash, Spec: rec.Spec,
+			PID: rec.PID, Port: rec.Port, Recorded: true, Intent: rec.PID == 0 && rec.Intent, Alive: rec.PID != 0,
+			Health: engine.HealthLoading, Unverified: rec.ReadyAt.IsZero(), ReadyAt: rec.ReadyAt, Draining: !rec.DrainingSince.IsZero()}
+		if !rec.ReadyAt.IsZero() {
+			n.Health = engine.HealthOK
+		}
+		return n
+	}
+	c := *e
+	c.Recorded, c.SpecHash, c.Spec = true, rec.SpecHash, rec.Spec
+	c.ReadyAt, c.Unverified = rec.ReadyAt, rec.ReadyAt.IsZero()
+	c.Draining = !rec.DrainingSince.IsZero()
+	if c.Alive && !rec.ReadyAt.IsZero() && c.Health == engine.HealthLoading {
+		c.Health = engine.HealthOK // recorded Ready since the observation
+	}
+	return &c
 }

@@ -178,19 +178,38 @@ type Process interface {
 	// Health asks the engine's health endpoint.
 	Health(ctx context.Context) Health
 	// Stop drains the engine (waits for busy slots up to drain), sends
-	// SIGTERM to its session, and SIGKILL after grace.
-	Stop(ctx context.Context, drain, grace time.Duration) error
+	// SIGTERM to its session, and SIGKILL after grace; it says whether the
+	// SIGKILL was needed.
+	Stop(ctx context.Context, drain, grace time.Duration) (StopReport, error)
 	// LogTail returns the end of the engine's log, for CUDA errors.
 	LogTail() string
 }
 
-// ExitStatus is how an engine process ended.
+// StopReport is how a stop went.
+type StopReport struct {
+	// Killed: the engine (or a process of its session) outlived its grace
+	// after SIGTERM and was sent SIGKILL.
+	Killed bool
+}
+
+// ExitStatus is how an engine process ended. A Code of -1 with no Signal
+// means unknown: the engine was not this process's child (adopted), so its
+// exit status cannot be read.
 type ExitStatus struct {
 	Code   int    `json:"code"`
 	Signal string `json:"signal,omitempty"`
+	// OOMKilled: the kernel's OOM killer killed it (its cgroup's
+	// memory.events counted an oom_kill while it ran).
+	OOMKilled bool `json:"oomKilled,omitempty"`
 }
 
+// Known reports whether the exit status could be read.
+func (e ExitStatus) Known() bool { return e.Signal != "" || e.Code >= 0 }
+
 func (e ExitStatus) String() string {
+	if e.OOMKilled {
+		return "was killed by the kernel's OOM killer (" + e.Signal + ")"
+	}
 	if e.Signal != "" {
 		return "was killed by " + e.Signal
 	}

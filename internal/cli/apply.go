@@ -2,12 +2,14 @@ package cli
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -239,17 +241,18 @@ func runApply(cmd *cobra.Command, target string, src gpuSource, node, stateDir s
 		driver.SimDir = src.Dir
 	}
 	var mu sync.Mutex
+	report := func(e executor.Event) {
+		mu.Lock()
+		defer mu.Unlock()
+		fmt.Fprintf(out, "%s  %-12s %-10s %s\n", e.Time.Format("15:04:05.000"), e.Pool, e.Phase, e.Message)
+		if e.Failure != nil && e.Failure.HintFor() != "" {
+			fmt.Fprintf(out, "%s  %-12s %-10s hint: %s\n", e.Time.Format("15:04:05.000"), e.Pool, "", e.Failure.HintFor())
+		}
+	}
 	x := &executor.Executor{
 		Node: plan.Node, GPUs: s.gpus, Engines: driver, Store: state.Store{Dir: stateDir},
 		Now: time.Now, Rand: rand.Float64,
-		Report: func(e executor.Event) {
-			mu.Lock()
-			defer mu.Unlock()
-			fmt.Fprintf(out, "%s  %-12s %-10s %s\n", e.Time.Format("15:04:05.000"), e.Pool, e.Phase, e.Message)
-			if e.Failure != nil && e.Failure.HintFor() != "" {
-				fmt.Fprintf(out, "%s  %-12s %-10s hint: %s\n", e.Time.Format("15:04:05.000"), e.Pool, "", e.Failure.HintFor())
-			}
-		},
+		Report: report,
 	}
 	// Crash-safety tests: die as kill -9 would, at the named step.
 	x.Step = crashStep()
@@ -257,7 +260,7 @@ func runApply(cmd *cobra.Command, target string, src gpuSource, node, stateDir s
 		return fmt.Errorf("apply: interrupted before anything was done")
 	}
 	fmt.Fprintln(out)
-	res, err := x.Apply(ctx, plan)
+	res, err := applyWaitingBackoffs(ctx, x, plan, report)
 	if err != nil {
 		return fmt.Errorf("apply: %w", err)
 	}
@@ -266,6 +269,96 @@ func runApply(cmd *cobra.Command, target string, src gpuSource, node, stateDir s
 		return silentExit(ExitFailure)
 	}
 	return nil
+}
+
+// applyWaitingBackoffs applies the plan, waiting out backoffs here, in the
+// command: the executor never waits. A restart whose backoff has not
+// elapsed (the plan's notBefore) is applied once it has; a restart that
+// found its engine dead records that failure and starts nothing (its
+// outcome's NotBefore), and is applied again once the new backoff elapses.
+// Each wait is said as "waiting D for the backoff".
+func applyWaitingBackoffs(ctx context.Context, x *executor.Executor, plan *reconcile.NodePlan, report func(executor.Event)) (executor.Result, error) {
+	first, later := splitWaiting(plan, time.Now())
+	res, err := x.Apply(ctx, first)
+	if err != nil {
+		return res, err
+	}
+	for _, c := range later {
+		if err := waitBackoff(ctx, c.Pool, *c.NotBefore, report); err != nil {
+			return res, err
+		}
+	}
+	if len(later) > 0 {
+		more, err := x.Apply(ctx, &reconcile.NodePlan{Node: plan.Node, Source: plan.Source, Changes: later})
+		res.Outcomes = append(res.Outcomes, more.Outcomes...)
+		if err != nil {
+			return res, err
+		}
+	}
+	// Restarts that recorded their engine's death: once more, after the backoff.
+	var again []reconcile.Change
+	kept := res.Outcomes[:0]
+	for _, o := range res.Outcomes {
+		c, ok := changeOf(plan, o.Pool)
+		if ok && o.Action == reconcile.Restart && !o.NotBefore.IsZero() && o.Phase == reconcile.Unready {
+			if err := waitBackoff(ctx, o.Pool, o.NotBefore, report); err != nil {
+				return res, err
+			}
+			again = append(again, c)
+			continue
+		}
+		kept = append(kept, o)
+	}
+	res.Outcomes = kept
+	if len(again) > 0 {
+		more, err := x.Apply(ctx, &reconcile.NodePlan{Node: plan.Node, Source: plan.Source, Changes: again})
+		res.Outcomes = append(res.Outcomes, more.Outcomes...)
+		sort.Slice(res.Outcomes, func(i, j int) bool { return res.Outcomes[i].Pool < res.Outcomes[j].Pool })
+		return res, err
+	}
+	return res, nil
+}
+
+// splitWaiting splits off the restarts whose backoff has not elapsed at now.
+func splitWaiting(plan *reconcile.NodePlan, now time.Time) (*reconcile.NodePlan, []reconcile.Change) {
+	p := *plan
+	p.Changes = nil
+	var later []reconcile.Change
+	for _, c := range plan.Changes {
+		if c.Action != reconcile.Blocked && c.NotBefore != nil && c.NotBefore.After(now) {
+			later = append(later, c)
+			continue
+		}
+		p.Changes = append(p.Changes, c)
+	}
+	return &p, later
+}
+
+func changeOf(plan *reconcile.NodePlan, pool string) (reconcile.Change, bool) {
+	for _, c := range plan.Changes {
+		if c.Pool == pool {
+			return c, true
+		}
+	}
+	return reconcile.Change{}, false
+}
+
+// waitBackoff waits until at, saying so.
+func waitBackoff(ctx context.Context, pool string, at time.Time, report func(executor.Event)) error {
+	d := time.Until(at)
+	if d <= 0 {
+		return nil
+	}
+	report(executor.Event{Time: time.Now(), Pool: pool, Phase: reconcile.Unready,
+		Message: fmt.Sprintf("waiting %v for the backoff", d.Round(time.Millisecond))})
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }
 
 // startingEngines lists the engines the plan starts, whose binaries must exist.

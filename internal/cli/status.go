@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -16,13 +19,12 @@ import (
 
 	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/local"
-	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
 	"github.com/poolmanagerd/pool-managerd/internal/api"
+	"github.com/poolmanagerd/pool-managerd/internal/executor"
 	"github.com/poolmanagerd/pool-managerd/internal/observe"
 	"github.com/poolmanagerd/pool-managerd/internal/poolview"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
-	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
 )
 
 func newStatusCommand() *cobra.Command {
@@ -59,7 +61,7 @@ and its last error with a hint and the next retry. It changes nothing.`,
 			if err != nil {
 				return fmt.Errorf("status: %w", err)
 			}
-			rows := poolview.Build(obs, st, time.Now())
+			rows := poolview.Build(poolview.Input{Observed: obs, State: st, Now: time.Now()})
 			if format == "json" {
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
@@ -154,25 +156,12 @@ reconcile) to start it. It takes the state directory's lock, like apply.`,
 				return fmt.Errorf("reset: %w", err)
 			}
 			defer lock.Unlock()
-			store := state.Store{Dir: stateDir}
-			st, err := store.Load()
-			if err != nil {
-				return fmt.Errorf("reset: %w", err)
-			}
-			for _, id := range args {
-				rec, ok := st.Pools[id]
-				if !ok {
-					return fmt.Errorf("reset: pool %q has no restart record in %s (known: %s)", id, stateDir, strings.Join(sortedPoolIDs(st), ", "))
+			x := offlineExecutor(cmd, stateDir, nil)
+			if err := x.ResetPools(args, nil); err != nil {
+				if errors.Is(err, executor.ErrNoRecord) {
+					st, _ := x.State()
+					return fmt.Errorf("%w (in %s; known: %s)", err, stateDir, strings.Join(sortedPoolIDs(st), ", "))
 				}
-				policy := reconcile.DefaultRestartPolicy()
-				if e, ok := st.Engines[id]; ok && e.Spec != nil {
-					policy = e.Spec.Restart
-				}
-				t := restart.FromRecord(policy, rec, nil)
-				t.Reset(time.Now())
-				st.Pools[id] = t.Record()
-			}
-			if err := store.Save(st); err != nil {
 				return fmt.Errorf("reset: %w", err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "Reset %s: breaker closed, backoff cleared. Run apply to start them.\n", strings.Join(args, ", "))
@@ -212,37 +201,15 @@ func viaDaemon(cmd *cobra.Command, stateDir string, locked error, call func(*api
 	return writeStatusTable(out, pools, time.Now())
 }
 
-// unrecordedEngines finds, by their marker, the engines this state directory
-// started whose pid its state file lacks, by pool.
-func unrecordedEngines(stateDir string, st *state.State) (map[string]int, error) {
-	abs, err := filepath.Abs(stateDir)
-	if err != nil {
-		return nil, err
-	}
-	found, err := proc.FindByEnv(engine.StateDirEnv)
-	if err != nil {
-		return nil, err
-	}
-	out := map[string]int{}
-	for pid, dir := range found {
-		if dir != abs {
-			continue
-		}
-		info, err := proc.Stat(pid)
-		if err != nil || info.State == 'Z' || info.Session != pid {
-			continue
-		}
-		env, err := proc.Environ(pid)
-		if err != nil {
-			continue
-		}
-		m, err := engine.ParseMarker(env[engine.MarkerEnv])
-		if err != nil || st.Engines[m.Pool].PID == pid {
-			continue
-		}
-		out[m.Pool] = pid
-	}
-	return out, nil
+// offlineExecutor is the executor of the CLI's own stop and reset, when no
+// daemon holds the state directory: the same one apply and the daemon use.
+func offlineExecutor(cmd *cobra.Command, stateDir string, driver engine.Driver) *executor.Executor {
+	return &executor.Executor{Engines: driver, Store: state.Store{Dir: stateDir}, Now: time.Now, Rand: rand.Float64,
+		Report: func(e executor.Event) {
+			if e.Killed {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: %s\n", e.Pool, e.Message)
+			}
+		}}
 }
 
 func newStopCommand() *cobra.Command {
@@ -274,90 +241,56 @@ It takes the state directory's lock, like apply.`,
 				return fmt.Errorf("stop: %w", err)
 			}
 			defer lock.Unlock()
-			store := state.Store{Dir: stateDir}
-			st, err := store.Load()
+			abs, err := filepath.Abs(stateDir)
+			if err != nil {
+				return err
+			}
+			x := offlineExecutor(cmd, stateDir, &local.Driver{StateDir: abs})
+			st, err := x.State()
+			if err != nil {
+				return fmt.Errorf("stop: %w", err)
+			}
+			// Engines this state directory started but never recorded with a
+			// pid (a crash between spawn and record) are found by their marker.
+			marked, err := observe.MarkedEngines(abs)
 			if err != nil {
 				return fmt.Errorf("stop: %w", err)
 			}
 			ids := args
 			if all {
-				ids = nil
-				for id := range st.Engines {
-					ids = append(ids, id)
-				}
-				sort.Strings(ids)
-			}
-			// Engines this state directory started but never recorded with a pid
-			// (a crash between spawn and record) are found by their marker.
-			unrecorded, err := unrecordedEngines(stateDir, st)
-			if err != nil {
-				return fmt.Errorf("stop: %w", err)
-			}
-			if all {
-				for id := range unrecorded {
-					if _, recorded := st.Engines[id]; !recorded {
+				ids = slices.Sorted(maps.Keys(st.Engines))
+				for id, pid := range marked {
+					if _, recorded := st.Engines[id]; !recorded && pid != 0 {
 						ids = append(ids, id)
 					}
 				}
-				sort.Strings(ids)
-			}
-			abs, err := filepath.Abs(stateDir)
-			if err != nil {
-				return err
+				slices.Sort(ids)
+				ids = slices.Compact(ids)
 			}
 			stopped := 0
-			driver := &local.Driver{StateDir: abs}
-			// An engine found only by its marker is stopped first (a pool may
-			// have one besides its recorded engine, after a crash).
 			for _, id := range ids {
-				pid, ok := unrecorded[id]
-				if !ok {
-					continue
+				rec, recorded := st.Engines[id]
+				pid, found := marked[id]
+				if !recorded && !found {
+					return fmt.Errorf("stop: pool %q has no engine in %s", id, stateDir)
 				}
-				extra := reconcile.EngineRecord{Pool: id, PID: pid, Spec: st.Engines[id].Spec}
-				if p, err := driver.Adopt(cmd.Context(), extra.Ref()); err == nil {
-					fmt.Fprintf(cmd.OutOrStdout(), "Stopping %s (pid %d, not in the state file)...\n", id, pid)
-					policy := reconcile.DefaultRestartPolicy()
-					if extra.Spec != nil {
-						policy = extra.Spec.Restart
+				// The recorded engine first, then one found only by its marker
+				// (a pool may have one besides its recorded engine, after a crash).
+				if recorded {
+					if rec.PID != 0 && marked[id] == rec.PID {
+						fmt.Fprintf(cmd.OutOrStdout(), "Stopping %s (pid %d)...\n", id, rec.PID)
+						stopped++
 					}
-					if err := p.Stop(cmd.Context(), policy.DrainTimeout, policy.StopGrace); err != nil {
+					if err := x.StopPool(cmd.Context(), id); err != nil {
+						return fmt.Errorf("stop %s: %w", id, err)
+					}
+				}
+				if found && pid != rec.PID {
+					fmt.Fprintf(cmd.OutOrStdout(), "Stopping %s (pid %d, not in the state file)...\n", id, pid)
+					if err := x.StopUnrecorded(cmd.Context(), id, pid); err != nil {
 						return fmt.Errorf("stop %s: %w", id, err)
 					}
 					stopped++
-				}
-				if _, recorded := st.Engines[id]; !recorded {
-					st.Engines[id] = reconcile.EngineRecord{Pool: id}
-				}
-			}
-			for _, id := range ids {
-				rec, ok := st.Engines[id]
-				if !ok {
-					return fmt.Errorf("stop: pool %q has no engine in %s", id, stateDir)
-				}
-				policy := reconcile.DefaultRestartPolicy()
-				if rec.Spec != nil {
-					policy = rec.Spec.Restart
-				}
-				if rec.PID != 0 {
-					p, err := driver.Adopt(cmd.Context(), rec.Ref())
-					switch {
-					case err == nil:
-						fmt.Fprintf(cmd.OutOrStdout(), "Stopping %s (pid %d)...\n", id, rec.PID)
-						if err := p.Stop(cmd.Context(), policy.DrainTimeout, policy.StopGrace); err != nil {
-							return fmt.Errorf("stop %s: %w", id, err)
-						}
-						stopped++
-					case !errors.Is(err, engine.ErrGone):
-						return fmt.Errorf("stop %s: %w", id, err)
-					}
-					if err := driver.Cleanup(cmd.Context(), rec.Ref()); err != nil {
-						return fmt.Errorf("stop %s: %w", id, err)
-					}
-				}
-				delete(st.Engines, id)
-				if err := store.Save(st); err != nil {
-					return fmt.Errorf("stop: %w", err)
 				}
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "Stopped %s.\n", plural(stopped, "engine"))

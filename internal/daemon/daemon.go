@@ -69,6 +69,9 @@ type Options struct {
 	Notify func(state string)
 	// Step is passed to the Executor (crash-safety tests).
 	Step func(pool, step string)
+	// Probe asks an engine's health endpoint for the health watch; nil is
+	// engine.ProbeHealth.
+	Probe func(ctx context.Context, port int) engine.Health
 }
 
 // Daemon is a running pool-managerd serve.
@@ -156,6 +159,13 @@ func New(opts Options) (*Daemon, error) {
 		return nil, fmt.Errorf("daemon: %w", err)
 	}
 	return d, nil
+}
+
+func (d *Daemon) probe(ctx context.Context, port int) engine.Health {
+	if d.opts.Probe != nil {
+		return d.opts.Probe(ctx, port)
+	}
+	return engine.ProbeHealth(ctx, port, true)
 }
 
 // Ping returns once the loop has answered: the systemd watchdog's proof
@@ -255,7 +265,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 // HealthEvery, off the loop (a hung engine takes its timeout to answer),
 // and asks for a pass when one is not healthy: the pass sees it failing and
 // restarts it. Exits are seen at once without it; this finds engines that
-// run but no longer serve.
+// run but no longer serve. Only pools the lifecycle has Ready are asked: an
+// engine that has exited, is being stopped or still loads is not, so no
+// warning is logged about one.
 func (d *Daemon) watchHealth(ctx context.Context) {
 	defer d.watchers.Done()
 	tick := time.NewTicker(d.opts.HealthEvery)
@@ -266,24 +278,35 @@ func (d *Daemon) watchHealth(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-		st, err := d.exec.State()
-		if err != nil {
-			continue
-		}
-		for id, rec := range st.Engines {
-			if rec.PID == 0 || rec.ReadyAt.IsZero() {
+		for _, r := range d.view.pools(d.exec, d.now()) {
+			if !r.Ready || r.Port == 0 {
 				continue
 			}
-			if h := engine.ProbeHealth(ctx, rec.Port, true); h != engine.HealthOK && ctx.Err() == nil {
-				d.log.Warn("engine health check failed", "pool", id, "pid", rec.PID, "health", string(h))
-				select {
-				case d.refresh <- struct{}{}:
-				default:
-				}
-				break
+			h := d.probe(ctx, r.Port)
+			if h == engine.HealthOK || ctx.Err() != nil {
+				continue
 			}
+			if !d.stillReady(r.Pool, r.PID) {
+				continue // stopped or gone meanwhile: not a failure of a Ready engine
+			}
+			d.log.Warn("engine health check failed", "pool", r.Pool, "pid", r.PID, "health", string(h))
+			select {
+			case d.refresh <- struct{}{}:
+			default:
+			}
+			break
 		}
 	}
+}
+
+// stillReady reports whether the pool is still Ready with the engine pid.
+func (d *Daemon) stillReady(pool string, pid int) bool {
+	for _, r := range d.view.pools(d.exec, d.now()) {
+		if r.Pool == pool {
+			return r.Ready && r.PID == pid
+		}
+	}
+	return false
 }
 
 // drain takes the op ends and engine exits that are already waiting, so

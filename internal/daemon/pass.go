@@ -23,7 +23,8 @@ type opKind int
 const (
 	opApply opKind = iota // one change of a plan: start, replace, restart, adopt, update, wait for a preload
 	opStop                // an engine stops: a delete or an operator's stop
-	opFault               // a driver error: drain and stop, record the failure
+	opFault               // a driver error: drain and stop (the failure is recorded first)
+	opRecord              // an engine exited by itself: record its failure
 )
 
 // op is one pool's work in flight.
@@ -109,106 +110,25 @@ func (d *Daemon) pass(ctx context.Context) {
 		return
 	}
 	desired := d.cfg.desired
-	for id, hash := range d.held {
-		if p, ok := desired.Pools[id]; ok && reconcile.SpecHash(p) != hash {
-			delete(d.held, id)
-			d.view.setHeld(id, false)
-			d.log.Info("operator stop lifted: the pool's config changed", "pool", id)
-		}
-	}
+	d.liftHolds(desired)
 	plan := reconcile.Plan(desired, obs, now)
-	d.view.observed(obs, now, d.desiredIDs())
+	d.view.observed(obs, desired.Pools)
 	st, err := d.exec.State()
 	if err != nil {
 		d.log.Error("read the state", "error", err)
 		return
 	}
-
-	// An op whose pool's config changed (or left the config) is cancelled;
-	// the pass after it ends plans the pool again.
-	for id, o := range d.busy {
-		if o.kind != opApply || o.cancelled {
-			continue
-		}
-		if p, ok := desired.Pools[id]; !ok || reconcile.SpecHash(p) != o.specHash {
-			o.cancel()
-			o.cancelled = true
-			d.log.Info("config changed while the pool was busy: cancelling its operation", "pool", id)
-		}
-	}
+	d.cancelStale(desired)
 	d.runFaults(desired, st)
 	d.runHeld(st, obs)
-
-	// GPUs that engines are leaving: a start there waits for the stop, so
-	// that it does not fail for memory about to be freed.
-	var leaving []int
-	for _, o := range d.busy {
-		if o.kind != opApply {
-			leaving = append(leaving, o.devices...)
-		}
-	}
-	for _, c := range plan.Changes {
-		if c.Action != reconcile.Delete || d.busy[c.Pool] != nil {
-			continue
-		}
-		if _, held := d.held[c.Pool]; held {
-			continue
-		}
-		leaving = append(leaving, c.Devices...)
-		d.launchChange(c)
-	}
 	var wake time.Time
 	later := func(t time.Time) {
 		if wake.IsZero() || t.Before(wake) {
 			wake = t
 		}
 	}
-	for _, c := range plan.Changes {
-		if c.Action == reconcile.Delete || d.busy[c.Pool] != nil {
-			continue
-		}
-		if _, held := d.held[c.Pool]; held {
-			continue
-		}
-		status := obs.Pools[c.Pool]
-		switch c.Action {
-		case reconcile.Blocked:
-			if c.Blocker.Class == reconcile.ClassCircuitOpen && !status.BreakerRetryAt.IsZero() {
-				later(status.BreakerRetryAt)
-			}
-			if c.Blocker.Class == reconcile.ClassInsufficientVRAM && status.NextRetry.After(now) {
-				later(status.NextRetry)
-				continue // counted as a failure: once per backoff
-			}
-			key := c.Blocker.Class + ": " + c.Blocker.Message
-			if c.Blocker.Class != reconcile.ClassInsufficientVRAM && d.reported[c.Pool] == key {
-				continue // reported already
-			}
-			d.reported[c.Pool] = key
-		case reconcile.Create, reconcile.Restart:
-			if status.NextRetry.After(now) {
-				later(status.NextRetry)
-				continue
-			}
-		}
-		if starts(c.Action) && overlaps(leaving, c.Devices) {
-			continue // the op that frees the GPU pokes the loop when it ends
-		}
-		if c.Action != reconcile.Blocked {
-			delete(d.reported, c.Pool)
-		}
-		d.launchChange(c)
-	}
-	for _, u := range plan.Unchanged {
-		delete(d.reported, u.Pool)
-		if u.Health != engine.HealthLoading || d.busy[u.Pool] != nil {
-			continue
-		}
-		if _, held := d.held[u.Pool]; held {
-			continue
-		}
-		d.launchPlan(u.Pool, &op{kind: opApply, specHash: st.Engines[u.Pool].SpecHash}, &reconcile.NodePlan{Node: d.opts.Node, Unchanged: []reconcile.Unchanged{u}})
-	}
+	d.launchChanges(plan, now, later)
+	d.launchAwaits(plan, st)
 	if !d.watchExits(obs, st) {
 		// An engine died between the observation and its exit watch: no
 		// exit event will come, so look again soon rather than at the resync.
@@ -221,6 +141,97 @@ func (d *Daemon) pass(ctx context.Context) {
 		d.notify("READY=1")
 	}
 	d.notifyStatus()
+}
+
+// liftHolds lifts the operator stops of pools whose config changed.
+func (d *Daemon) liftHolds(desired reconcile.Desired) {
+	for id, hash := range d.held {
+		if p, ok := desired.Pools[id]; ok && reconcile.SpecHash(p) != hash {
+			delete(d.held, id)
+			d.view.setHeld(id, false)
+			d.log.Info("operator stop lifted: the pool's config changed", "pool", id)
+		}
+	}
+}
+
+// cancelStale cancels each op whose pool's config changed (or left the
+// config); the pass after it ends plans the pool again.
+func (d *Daemon) cancelStale(desired reconcile.Desired) {
+	for id, o := range d.busy {
+		if o.kind != opApply || o.cancelled {
+			continue
+		}
+		if p, ok := desired.Pools[id]; !ok || reconcile.SpecHash(p) != o.specHash {
+			o.cancel()
+			o.cancelled = true
+			d.log.Info("config changed while the pool was busy: cancelling its operation", "pool", id)
+		}
+	}
+}
+
+// free reports whether the loop may launch an op for the pool: none runs,
+// and no operator holds it stopped.
+func (d *Daemon) free(pool string) bool {
+	_, held := d.held[pool]
+	return d.busy[pool] == nil && !held
+}
+
+// launchChanges launches the plan's changes: deletes first (they free
+// GPUs), then the others. A change whose backoff or breaker cool-down has
+// not elapsed (NotBefore) is not launched: the loop looks again then. A
+// start on a GPU that an engine is leaving waits for that stop (the op that
+// frees it pokes the loop when it ends), so that it does not fail for
+// memory about to be freed.
+func (d *Daemon) launchChanges(plan *reconcile.NodePlan, now time.Time, later func(time.Time)) {
+	var leaving []int
+	for _, o := range d.busy {
+		if o.kind != opApply {
+			leaving = append(leaving, o.devices...)
+		}
+	}
+	for _, c := range plan.Changes {
+		if c.Action == reconcile.Delete && d.free(c.Pool) {
+			leaving = append(leaving, c.Devices...)
+			d.launchChange(c)
+		}
+	}
+	for _, c := range plan.Changes {
+		if c.Action == reconcile.Delete || !d.free(c.Pool) {
+			continue
+		}
+		if c.NotBefore != nil && c.NotBefore.After(now) {
+			later(*c.NotBefore)
+			continue
+		}
+		if c.Action == reconcile.Blocked && c.Blocker.Class != reconcile.ClassInsufficientVRAM {
+			// Reported once until it changes; a VRAM shortage is a failure,
+			// counted once per backoff (the NotBefore above).
+			key := c.Blocker.Class + ": " + c.Blocker.Message
+			if d.reported[c.Pool] == key {
+				continue
+			}
+			d.reported[c.Pool] = key
+		}
+		if starts(c.Action) && overlaps(leaving, c.Devices) {
+			continue
+		}
+		if c.Action != reconcile.Blocked {
+			delete(d.reported, c.Pool)
+		}
+		d.launchChange(c)
+	}
+}
+
+// launchAwaits watches each engine that was still loading (or whose
+// placement was never verified) when the node was observed, until Ready.
+func (d *Daemon) launchAwaits(plan *reconcile.NodePlan, st *state.State) {
+	for _, u := range plan.Unchanged {
+		delete(d.reported, u.Pool)
+		if u.Health != engine.HealthLoading || !d.free(u.Pool) {
+			continue
+		}
+		d.launchPlan(u.Pool, &op{kind: opApply, specHash: st.Engines[u.Pool].SpecHash}, &reconcile.NodePlan{Node: d.opts.Node, Unchanged: []reconcile.Unchanged{u}})
+	}
 }
 
 func starts(a reconcile.Action) bool {
@@ -240,11 +251,16 @@ func overlaps(a, b []int) bool {
 	return false
 }
 
-// launchChange runs one change of a plan as its pool's op.
+// launchChange runs one change of a plan as its pool's op. A change that
+// stops a running engine marks it draining first, so that from the moment
+// the stop is decided the pool is ready nowhere.
 func (d *Daemon) launchChange(c reconcile.Change) {
 	o := &op{kind: opApply, specHash: c.SpecHash, devices: c.Devices}
 	if c.Action == reconcile.Delete {
 		o.kind = opStop
+	}
+	if c.PID != 0 && (c.Action == reconcile.Delete || c.Action == reconcile.Replace || c.Action == reconcile.Restart) {
+		d.exec.BeginStop(c.Pool, c.PID)
 	}
 	d.launchPlan(c.Pool, o, &reconcile.NodePlan{Node: d.opts.Node, Source: d.opts.Source, Changes: []reconcile.Change{c}})
 }
@@ -312,8 +328,9 @@ func (d *Daemon) driverEvent(ev gpu.Event) {
 	d.log.Warn("GPU driver event: "+what, "gpu", ev.Index, "uuid", ev.UUID, "kind", string(ev.Kind), "xid", ev.Xid, "pools", affected)
 }
 
-// runFaults launches the fault op of each pool a driver event hit, once
-// its op in flight (cancelled) has returned.
+// runFaults records the failure of each pool a driver event hit, once its
+// op in flight (cancelled) has returned: from then on the lifecycle has it
+// Unready. Then its engine is drained and stopped as an op of its own.
 func (d *Daemon) runFaults(desired reconcile.Desired, st *state.State) {
 	for id, ev := range d.faulted {
 		if d.busy[id] != nil {
@@ -324,7 +341,8 @@ func (d *Daemon) runFaults(desired reconcile.Desired, st *state.State) {
 		if !ok {
 			continue // leaving the config: the plan deletes it
 		}
-		if _, running := st.Engines[id]; !running {
+		rec, running := st.Engines[id]
+		if !running {
 			continue
 		}
 		f := restart.Failure{Class: restart.ClassDriverReset}
@@ -333,8 +351,10 @@ func (d *Daemon) runFaults(desired reconcile.Desired, st *state.State) {
 		} else {
 			f.Message = fmt.Sprintf("GPU %d (%s) reported Xid %d, a critical driver error", ev.Index, ev.UUID, ev.Xid)
 		}
+		d.exec.RecordFault(pool, f)
+		d.exec.BeginStop(id, rec.PID)
 		d.launch(id, &op{kind: opFault, devices: pool.Devices}, func(ctx context.Context) opResult {
-			return opResult{outcome: d.exec.Fault(ctx, pool, f)}
+			return opResult{err: d.exec.StopEngine(ctx, id)}
 		})
 	}
 }
@@ -379,6 +399,9 @@ func (d *Daemon) watchExits(obs reconcile.Observed, st *state.State) bool {
 	return ok
 }
 
+// engineExited handles the exit of a watched engine that no op stopped: its
+// failure is recorded, classified by its exit status, as an op of its pool;
+// the pass after it sees the backoff and looks again when it elapses.
 func (d *Daemon) engineExited(e exitEvent) {
 	if d.watching[e.pool] == e.pid {
 		delete(d.watching, e.pool)
@@ -387,10 +410,20 @@ func (d *Daemon) engineExited(e exitEvent) {
 		return // stopped by its own op
 	}
 	args := []any{"pool", e.pool, "pid", e.pid}
-	if e.exit.Code >= 0 || e.exit.Signal != "" {
+	if e.exit.Known() {
 		args = append(args, "exit", e.exit.String())
 	}
 	d.log.Warn("engine exited", args...)
+	pool, ok := d.desiredPool(e.pool)
+	if !ok {
+		return
+	}
+	if _, held := d.held[e.pool]; held {
+		return
+	}
+	d.launch(e.pool, &op{kind: opRecord}, func(ctx context.Context) opResult {
+		return opResult{outcome: d.exec.RecordExit(ctx, pool, e.pid, e.exit)}
+	})
 }
 
 func (d *Daemon) notify(s string) {

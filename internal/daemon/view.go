@@ -15,31 +15,24 @@ import (
 )
 
 // view is what the API and the metrics read: the last observation, the
-// latest transition of each pool, the config's state. The loop and the ops
-// write it; requests read it; no one waits for the loop.
+// config in force, the operator's holds, the config's state; each pool's
+// phase is the lifecycle's answer from these and the executor's state. The
+// loop and the ops write it; requests read it; no one waits for the loop.
 type view struct {
 	mu        sync.RWMutex
 	cfg       api.Config
 	lastDiags []string
-	desired   []string
-	obs       reconcile.Observed
-	obsAt     time.Time
-	phases    map[string]transition
-	held      map[string]bool
+	// desired is the config in force for this node, by pool id.
+	desired map[string]*schema.Pool
+	obs     reconcile.Observed
+	held    map[string]bool
 	ready     bool
 	// preloads are the preloads under way, by pool, for the preload metrics.
 	preloads map[string]schema.Engine
 }
 
-// transition is a pool's latest phase as an op reported it.
-type transition struct {
-	phase reconcile.Phase
-	at    time.Time
-}
-
 func (v *view) init(configDir string) {
 	v.cfg = api.Config{Dir: configDir}
-	v.phases = map[string]transition{}
 	v.held = map[string]bool{}
 	v.preloads = map[string]schema.Engine{}
 }
@@ -83,16 +76,10 @@ func (v *view) config() api.Config {
 	return c
 }
 
-func (v *view) observed(obs reconcile.Observed, at time.Time, desired []string) {
+func (v *view) observed(obs reconcile.Observed, desired map[string]*schema.Pool) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	v.obs, v.obsAt, v.desired = obs, at, desired
-}
-
-func (v *view) setPhase(pool string, phase reconcile.Phase, at time.Time) {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	v.phases[pool] = transition{phase: phase, at: at}
+	v.obs, v.desired = obs, desired
 }
 
 func (v *view) setHeld(pool string, held bool) {
@@ -105,11 +92,10 @@ func (v *view) setHeld(pool string, held bool) {
 	}
 }
 
-// forget drops a deleted pool's transitions.
+// forget drops a deleted pool's preload.
 func (v *view) forget(pool string) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	delete(v.phases, pool)
 	delete(v.preloads, pool)
 }
 
@@ -128,8 +114,10 @@ func (v *view) isReady() bool {
 	return v.ready
 }
 
-// pools builds every pool's view: from the last observation and the state,
-// with the phase of a transition reported since the observation.
+// pools renders every pool as the lifecycle says it stands: from the last
+// observation, the state as the executor holds it now (newer: a spawn, Ready,
+// a stop begun since), the config in force and the operator's holds. The
+// pools of the config in force and every pool with an engine or a record.
 func (v *view) pools(x *executor.Executor, now time.Time) []api.Pool {
 	st, err := x.State()
 	if err != nil {
@@ -137,39 +125,7 @@ func (v *view) pools(x *executor.Executor, now time.Time) []api.Pool {
 	}
 	v.mu.RLock()
 	defer v.mu.RUnlock()
-	rows := poolview.Build(v.obs, st, now)
-	for _, id := range v.desired {
-		if !slices.ContainsFunc(rows, func(p api.Pool) bool { return p.Pool == id }) {
-			rows = append(rows, poolview.One(id, v.obs, st, now))
-		}
-	}
-	for i := range rows {
-		r := &rows[i]
-		t, ok := v.phases[r.Pool]
-		switch {
-		case ok && t.at.After(v.obsAt):
-			r.Phase, r.Ready = t.phase, t.phase == reconcile.Ready
-			if t.phase == reconcile.Stopped {
-				// Stopped since the observation: its engine is gone.
-				r.PID, r.Port, r.Endpoint, r.GPUs, r.Preload = 0, 0, "", []api.GPU{}, nil
-			}
-		case r.Ready && (r.Preload == nil || r.Preload.State != api.PreloadLoaded):
-			// Healthy, but its placement is not verified yet: Ready comes from the op.
-			r.Phase, r.Ready = reconcile.Preloading, false
-		case v.held[r.Pool] && r.PID == 0:
-			r.Phase, r.Ready = reconcile.Stopped, false
-		}
-	}
-	slices.SortFunc(rows, func(a, b api.Pool) int {
-		switch {
-		case a.Pool < b.Pool:
-			return -1
-		case a.Pool > b.Pool:
-			return 1
-		}
-		return 0
-	})
-	return rows
+	return poolview.Build(poolview.Input{Desired: v.desired, Held: v.held, Observed: v.obs, State: st, Now: now})
 }
 
 // readyCount counts the Ready pools of the config in force.
@@ -178,7 +134,7 @@ func (v *view) readyCount(x *executor.Executor) (ready, total int) {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
 	for _, r := range rows {
-		if !slices.Contains(v.desired, r.Pool) {
+		if _, wanted := v.desired[r.Pool]; !wanted {
 			continue
 		}
 		total++
@@ -213,15 +169,19 @@ func (d *Daemon) snapshot() metrics.Snapshot {
 // onEvent is the Executor's report: one log event per transition, the
 // pool's phase for the API, and the preload and restart metrics.
 func (d *Daemon) onEvent(e executor.Event) {
-	// The phase is shown after it is logged: whoever sees it can read why;
-	// then a pass observes the node again.
+	// Once it is logged, a pass observes the node again, so that the view
+	// (pids, ports, GPU memory) follows what the executor did.
 	defer func() {
-		d.view.setPhase(e.Pool, e.Phase, e.Time)
 		select {
 		case d.refresh <- struct{}{}:
 		default:
 		}
 	}()
+	if e.Killed {
+		d.metrics.EngineKilled(e.Pool)
+		d.log.Warn(e.Message, "pool", e.Pool, "pid", e.PID, "grace", e.Grace.String(), "event", "engine_killed")
+		return
+	}
 	args := []any{"pool", e.Pool, "phase", string(e.Phase)}
 	if e.Restart != "" {
 		args = append(args, "restart_reason", e.Restart)

@@ -96,6 +96,11 @@ type Event struct {
 	// Loaded is set on the Ready event that ends a preload: the time from
 	// the engine's start to Ready.
 	Loaded time.Duration
+	// Killed is set when a stopped engine outlived its grace after SIGTERM
+	// and was sent SIGKILL: PID is the engine, Grace the grace that ran out.
+	Killed bool
+	PID    int
+	Grace  time.Duration
 }
 
 // Outcome is how one pool ended an apply.
@@ -105,6 +110,10 @@ type Outcome struct {
 	Phase   reconcile.Phase  `json:"phase"`
 	PID     int              `json:"pid,omitempty"`
 	Failure *restart.Failure `json:"failure,omitempty"`
+	// NotBefore is set when nothing was started because a failure was just
+	// recorded (an engine found dead): when its backoff (or its breaker's
+	// cool-down) allows the start. The caller waits or looks again then.
+	NotBefore time.Time `json:"notBefore,omitzero"`
 }
 
 // Result is what an apply did.
@@ -262,8 +271,9 @@ func (x *Executor) stop(ctx context.Context, c reconcile.Change) error {
 			// the driver reads its identity from /proc.
 			rec = reconcile.EngineRecord{Pool: c.Pool, PID: c.PID, Spec: rec.Spec}
 		}
+		x.markDraining(c.Pool, c.PID)
 		x.report(c.Pool, reconcile.Draining, nil, "stopping engine pid %d", c.PID)
-		if c.Action == reconcile.Restart && c.Spec != nil {
+		if c.Action == reconcile.Restart && c.Spec != nil && !reconcile.FailedSinceReady(rec.ReadyAt, x.history(c.Pool)) {
 			// Alive but failing its health check: a failure, for backoff and breaker.
 			t := x.tracker(c.Spec)
 			if !rec.ReadyAt.IsZero() {
@@ -282,7 +292,12 @@ func (x *Executor) stop(ctx context.Context, c reconcile.Change) error {
 			// A stop that has begun finishes, drain and grace included, even if apply is interrupted.
 			stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), policy.DrainTimeout+policy.StopGrace+30*time.Second)
 			defer cancel()
-			if err := p.Stop(stopCtx, policy.DrainTimeout, policy.StopGrace); err != nil {
+			report, err := p.Stop(stopCtx, policy.DrainTimeout, policy.StopGrace)
+			if report.Killed {
+				x.emit(Event{Pool: c.Pool, Phase: reconcile.Draining, Killed: true, PID: c.PID, Grace: policy.StopGrace,
+					Message: fmt.Sprintf("engine pid %d outlived its stop grace of %v after SIGTERM: killed with SIGKILL", c.PID, policy.StopGrace)})
+			}
+			if err != nil {
 				return fmt.Errorf("stop pool %s (pid %d): %w", c.Pool, c.PID, err)
 			}
 		case !errors.Is(err, engine.ErrGone):
@@ -352,6 +367,13 @@ func (x *Executor) blocked(ctx context.Context, c reconcile.Change) Outcome {
 	return Outcome{Pool: c.Pool, Action: reconcile.Blocked, Phase: phase, Failure: f}
 }
 
+// history returns the pool's restart record.
+func (x *Executor) history(pool string) restart.Record {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.st.Pools[pool]
+}
+
 // tracker restores a pool's backoff and breaker from the state.
 func (x *Executor) tracker(pool *schema.Pool) *restart.Tracker {
 	x.mu.Lock()
@@ -374,7 +396,7 @@ func (x *Executor) failed(ctx context.Context, pool *schema.Pool, f restart.Fail
 		f.Hint = reconcile.VRAMHint(pool)
 	}
 	t := x.tracker(pool)
-	phase := x.recordFailure(pool.ID, t, f)
+	phase := x.recordFailure(pool, t, f)
 	fc := f
 	if fc.Hint == "" {
 		fc.Hint = restart.Hint(f.Class)
@@ -385,16 +407,49 @@ func (x *Executor) failed(ctx context.Context, pool *schema.Pool, f restart.Fail
 }
 
 // recordFailure records a failure in the pool's tracker and saves it; it
-// returns the pool's phase after it: Failed once the breaker is open.
-func (x *Executor) recordFailure(pool string, t *restart.Tracker, f restart.Failure) reconcile.Phase {
+// returns the pool's phase after it, as the lifecycle says.
+func (x *Executor) recordFailure(pool *schema.Pool, t *restart.Tracker, f restart.Failure) reconcile.Phase {
 	t.Failed(x.now(), f)
-	if err := x.saveTracker(pool, t); err != nil {
-		x.report(pool, reconcile.Unready, nil, "could not record the failure in the state file: %v", err)
+	if err := x.saveTracker(pool.ID, t); err != nil {
+		x.report(pool.ID, reconcile.Unready, nil, "could not record the failure in the state file: %v", err)
 	}
-	if t.BreakerState() == restart.Open {
-		return reconcile.Failed
+	return x.phaseAfter(pool, t)
+}
+
+// phaseAfter is the pool's phase once its engine is gone with the history
+// t: the lifecycle's answer (Failed once the breaker is open), for the
+// events the executor reports. The executor decides no phase of its own.
+func (x *Executor) phaseAfter(pool *schema.Pool, t *restart.Tracker) reconcile.Phase {
+	return reconcile.Lifecycle(reconcile.Facts{Spec: pool, History: t.Record()}, x.now()).Phase
+}
+
+// markDraining records that a stop of the pool's engine pid begins now:
+// from this moment the pool is not ready anywhere (the lifecycle says
+// Draining), in the API and metrics at once and in the state file, so that
+// status and a daemon restarted in the middle see it too.
+func (x *Executor) markDraining(pool string, pid int) {
+	_ = x.mutate(func(st *state.State) {
+		if rec, ok := st.Engines[pool]; ok && rec.PID == pid && rec.DrainingSince.IsZero() {
+			rec.DrainingSince = x.now()
+			st.Engines[pool] = rec
+		}
+	})
+}
+
+// BeginStop marks the pool's engine pid as draining in memory, the moment
+// the caller decides to stop it (the stop saves it): between that decision
+// and the stop's first step, nothing shows the pool ready.
+func (x *Executor) BeginStop(pool string, pid int) {
+	if x.load() != nil {
+		return
 	}
-	return reconcile.Unready
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if rec, ok := x.st.Engines[pool]; ok && rec.PID == pid && pid != 0 && rec.DrainingSince.IsZero() {
+		rec.DrainingSince = x.now()
+		x.st.Engines[pool] = rec
+		x.publish()
+	}
 }
 
 func describeDecision(d restart.Decision) string {

@@ -32,17 +32,18 @@ func (x *Executor) State() (*state.State, error) {
 	return &state.State{Version: s.Version, Engines: maps.Clone(s.Engines), Pools: maps.Clone(s.Pools)}, nil
 }
 
-// Fault handles a driver error on one of a pool's GPUs (a critical Xid, a
-// lost GPU): the pool is Unready at once, its failure is recorded for the
-// backoff (driver errors double it) and the breaker, and its engine is
-// drained and stopped, so that the next plan restarts it once the backoff
-// allows (or blocks it while the GPU is lost).
-func (x *Executor) Fault(ctx context.Context, pool *schema.Pool, f restart.Failure) Outcome {
+// RecordFault records a driver error on one of a pool's GPUs (a critical
+// Xid, a lost GPU) as a failure of the pool, for its backoff (driver errors
+// double it) and breaker. From then on the lifecycle has the pool Unready:
+// a failure recorded against a running engine means it is not to be
+// trusted. Its engine is then stopped (StopEngine), and the next plan
+// restarts it once the backoff allows (or blocks it while the GPU is lost).
+func (x *Executor) RecordFault(pool *schema.Pool, f restart.Failure) Outcome {
 	if err := x.load(); err != nil {
 		return Outcome{Pool: pool.ID, Phase: reconcile.Unready, Failure: &restart.Failure{Class: "state_read_failed", Message: err.Error()}}
 	}
 	x.mu.Lock()
-	rec, running := x.st.Engines[pool.ID]
+	rec := x.st.Engines[pool.ID]
 	x.mu.Unlock()
 	if f.Hint == "" {
 		f.Hint = restart.Hint(f.Class)
@@ -51,22 +52,25 @@ func (x *Executor) Fault(ctx context.Context, pool *schema.Pool, f restart.Failu
 	if !rec.ReadyAt.IsZero() {
 		t.Ready(rec.ReadyAt)
 	}
-	phase := x.recordFailure(pool.ID, t, f)
+	phase := x.recordFailure(pool, t, f)
 	x.report(pool.ID, phase, &f, "%s", f.Message)
-	if running && (rec.PID != 0 || rec.Intent) {
-		if err := x.stop(ctx, reconcile.Change{Action: reconcile.Replace, Pool: pool.ID, PID: rec.PID}); err != nil {
-			x.report(pool.ID, phase, nil, "could not stop the engine: %v", err)
-			return Outcome{Pool: pool.ID, Phase: phase, Failure: &f}
-		}
-	}
-	x.report(pool.ID, phase, nil, "engine stopped; next try %s", describeDecision(t.Decide(x.now())))
-	return Outcome{Pool: pool.ID, Phase: phase, Failure: &f}
+	return Outcome{Pool: pool.ID, Phase: phase, Failure: &f, NotBefore: t.NextRetry()}
+}
+
+// StopEngine drains and stops a pool's engine after a driver error (see
+// RecordFault) and forgets it; its restart record is kept.
+func (x *Executor) StopEngine(ctx context.Context, id string) error {
+	return x.stopPool(ctx, id, "engine stopped after the driver error")
 }
 
 // StopPool stops a pool's engine as an operator asked (drain, SIGTERM,
 // grace, SIGKILL) and forgets it; its restart record is kept. A pool
 // without an engine is no error.
 func (x *Executor) StopPool(ctx context.Context, id string) error {
+	return x.stopPool(ctx, id, "stopped by an operator")
+}
+
+func (x *Executor) stopPool(ctx context.Context, id, why string) error {
 	if err := x.load(); err != nil {
 		return err
 	}
@@ -79,8 +83,18 @@ func (x *Executor) StopPool(ctx context.Context, id string) error {
 	if err := x.stop(ctx, reconcile.Change{Action: reconcile.Replace, Pool: id, PID: rec.PID}); err != nil {
 		return err
 	}
-	x.report(id, reconcile.Stopped, nil, "stopped by an operator")
+	x.report(id, reconcile.Stopped, nil, "%s", why)
 	return nil
+}
+
+// StopUnrecorded stops an engine of the pool found by its marker, not in
+// the state file (a crash between its spawn and its record), as StopPool
+// does a recorded one.
+func (x *Executor) StopUnrecorded(ctx context.Context, id string, pid int) error {
+	if err := x.load(); err != nil {
+		return err
+	}
+	return x.stop(ctx, reconcile.Change{Action: reconcile.Replace, Pool: id, PID: pid})
 }
 
 // ResetPools closes the named pools' circuit breakers and clears their

@@ -24,7 +24,7 @@ func (x *Executor) start(ctx context.Context, c reconcile.Change) Outcome {
 	if c.Action == reconcile.Adopt {
 		return x.adopt(ctx, c)
 	}
-	if o, stop := x.recordDeath(ctx, c); stop {
+	if o, deferred := x.settleDeath(ctx, c); deferred {
 		return x.outcome(c, o)
 	}
 	masked, err := x.maskedGPUs(ctx, pool)
@@ -79,63 +79,88 @@ func (x *Executor) start(ctx context.Context, c reconcile.Change) Outcome {
 	return x.outcome(c, x.awaitReady(ctx, pool, p, now))
 }
 
-// recordDeath records the failure of an engine that died after it was
-// Ready (found dead by this plan, not yet counted), then follows the pool's
-// restart decision: wait out the backoff, or stop at an open breaker.
-func (x *Executor) recordDeath(ctx context.Context, c reconcile.Change) (Outcome, bool) {
+// settleDeath cleans up after a recorded engine that is gone (its leftover
+// workers) and records its death when nothing has yet: then a restart
+// starts nothing now, and its outcome says when the backoff allows it
+// (NotBefore); the daemon looks again then, apply waits. A replace (the
+// config changed, which closes the breaker and clears the backoff) goes on.
+// The executor decides no phase and waits out no backoff: the lifecycle
+// does the one, the caller the other.
+func (x *Executor) settleDeath(ctx context.Context, c reconcile.Change) (Outcome, bool) {
 	pool := c.Spec
 	x.mu.Lock()
 	rec, known := x.st.Engines[pool.ID]
+	history := x.st.Pools[pool.ID]
 	x.mu.Unlock()
-	t := x.tracker(pool)
+	if c.Action == reconcile.Restart && c.PID != 0 {
+		// Its engine failed its health check and was stopped, which recorded
+		// that failure: the backoff says when to start again.
+		return x.deferred(pool, x.tracker(pool)), true
+	}
 	// A recorded engine that is gone (the plan stops none: c.PID is 0).
 	if dead := known && c.PID == 0 && rec.PID != 0 && (c.Action == reconcile.Restart || c.Action == reconcile.Replace); dead {
 		if err := x.Engines.Cleanup(ctx, rec.Ref()); err != nil {
 			return x.failed(ctx, pool, restart.Failure{Class: restart.ClassSpawnFailed, Message: err.Error()}), true
 		}
-		if !rec.ReadyAt.IsZero() && rec.ReadyAt.After(t.LastFailureAt()) {
+		if reconcile.ExitUnrecorded(rec.ReadyAt, history) {
 			// It died after it was Ready, and nothing has counted that yet.
-			t.Ready(rec.ReadyAt)
-			t.Failed(x.now(), deathFailure(rec, logTail(rec)))
-			if err := x.saveTracker(pool.ID, t); err != nil {
-				return Outcome{Pool: pool.ID, Phase: reconcile.Unready}, true
+			f := exitFailure(rec.PID, engine.ExitStatus{Code: -1}, logTail(rec), rec.LogPath, "after it was Ready")
+			o := x.recordExit(pool, rec, f)
+			if c.Action == reconcile.Restart {
+				return o, true
 			}
-			f := t.LastFailure()
-			x.report(pool.ID, reconcile.Unready, f, "%s", f.Message)
 		}
 	}
 	if c.Action == reconcile.Replace && rec.SpecHash != c.SpecHash {
+		t := x.tracker(pool)
 		t.ConfigChanged(x.now()) // a config change closes the breaker and clears the backoff
 		_ = x.saveTracker(pool.ID, t)
-	}
-	d := t.Decide(x.now())
-	switch d.Action {
-	case restart.Blocked:
-		f := &restart.Failure{Class: reconcile.ClassCircuitOpen, Message: restart.BreakerMessage(pool.ID, t.FailuresInWindow(x.now()), pool.Restart.Breaker.Window),
-			Hint: fmt.Sprintf("fix the config or run pool-managerd reset %s", pool.ID)}
-		x.report(pool.ID, reconcile.Failed, f, "%s", f.Message)
-		return Outcome{Pool: pool.ID, Phase: reconcile.Failed, Failure: f}, true
-	case restart.Wait:
-		x.report(pool.ID, reconcile.Unready, nil, "waiting %v for the backoff (%s)", d.Delay.Round(time.Millisecond), d.Reason)
-		select {
-		case <-ctx.Done():
-			return Outcome{Pool: pool.ID, Phase: reconcile.Unready}, true
-		case <-time.After(d.Delay):
-		}
 	}
 	return Outcome{}, false
 }
 
-// DeathFailure describes an engine found dead after it was Ready, from its log.
-func DeathFailure(rec reconcile.EngineRecord) restart.Failure {
-	return deathFailure(rec, logTail(rec))
+// RecordExit records the failure of a pool's engine that exited by itself
+// after it was Ready, as the daemon saw it exit: classified from its exit
+// status (signaled with the signal's name, oom_killed, an exit code) and
+// its log (a CUDA error). Its record stays, dead, so that the next plan
+// restarts it once its backoff allows. An exit already recorded, or of an
+// engine that is no longer the pool's, changes nothing.
+func (x *Executor) RecordExit(ctx context.Context, pool *schema.Pool, pid int, exit engine.ExitStatus) Outcome {
+	if err := x.load(); err != nil {
+		return Outcome{Pool: pool.ID, Phase: reconcile.Unready, Failure: &restart.Failure{Class: "state_read_failed", Message: err.Error()}}
+	}
+	x.mu.Lock()
+	rec, known := x.st.Engines[pool.ID]
+	history := x.st.Pools[pool.ID]
+	x.mu.Unlock()
+	if !known || rec.PID != pid || !rec.DrainingSince.IsZero() || !reconcile.ExitUnrecorded(rec.ReadyAt, history) {
+		return Outcome{Pool: pool.ID}
+	}
+	_ = x.Engines.Cleanup(ctx, rec.Ref())
+	return x.recordExit(pool, rec, exitFailure(pid, exit, logTail(rec), rec.LogPath, "after it was Ready"))
 }
 
-func deathFailure(rec reconcile.EngineRecord, logTail string) restart.Failure {
-	if line := cudaErrorLine(logTail); line != "" {
-		return restart.Failure{Class: restart.ClassCUDAError, Message: fmt.Sprintf("engine pid %d died after it was reconcile.Ready (%s); log: %s", rec.PID, line, rec.LogPath)}
+// recordExit records an engine's death after Ready as a failure of its pool.
+func (x *Executor) recordExit(pool *schema.Pool, rec reconcile.EngineRecord, f restart.Failure) Outcome {
+	t := x.tracker(pool)
+	t.Ready(rec.ReadyAt)
+	t.Failed(x.now(), f)
+	if err := x.saveTracker(pool.ID, t); err != nil {
+		x.report(pool.ID, reconcile.Unready, nil, "could not record the failure in the state file: %v", err)
 	}
-	return restart.Failure{Class: restart.ClassExited, Message: fmt.Sprintf("engine pid %d exited after it was reconcile.Ready; log: %s", rec.PID, rec.LogPath)}
+	o := x.deferred(pool, t)
+	x.report(pool.ID, o.Phase, o.Failure, "%s; next try %s", o.Failure.Message, describeDecision(t.Decide(x.now())))
+	return o
+}
+
+// deferred is the outcome of a start that did not start because a failure
+// was just recorded: when the backoff, or the breaker's cool-down, allows it.
+func (x *Executor) deferred(pool *schema.Pool, t *restart.Tracker) Outcome {
+	o := Outcome{Pool: pool.ID, Phase: x.phaseAfter(pool, t), Failure: t.LastFailure(), NotBefore: t.NextRetry()}
+	if t.BreakerState() == restart.Open {
+		o.NotBefore = t.BreakerRetryAt()
+	}
+	return o
 }
 
 // logTail reads what a recorded engine printed since its last start.
@@ -260,14 +285,14 @@ func (x *Executor) awaitReady(ctx context.Context, pool *schema.Pool, p engine.P
 		case <-ctx.Done():
 			return Outcome{Pool: pool.ID, Phase: reconcile.Preloading, PID: p.PID()}
 		case <-p.Exited():
-			return x.failed(ctx, pool, exitFailure(p, "while loading its model"))
+			return x.failed(ctx, pool, exitFailure(p.PID(), p.Exit(), p.LogTail(), p.LogPath(), "while loading its model"))
 		case <-tick.C:
 		}
 		if p.Health(ctx) == engine.HealthOK {
 			break
 		}
 		if x.now().After(deadline) {
-			_ = p.Stop(ctx, 0, pool.Restart.StopGrace)
+			_, _ = p.Stop(ctx, 0, pool.Restart.StopGrace)
 			return x.failed(ctx, pool, restart.Failure{Class: restart.ClassHealthTimeout,
 				Message: fmt.Sprintf("engine pid %d did not pass its health check within %v", p.PID(), pool.Restart.StartupTimeout)})
 		}
@@ -277,10 +302,10 @@ func (x *Executor) awaitReady(ctx context.Context, pool *schema.Pool, p engine.P
 		select {
 		case <-p.Exited():
 			// It died meanwhile: that, not the memory it no longer holds, is the failure.
-			return x.failed(ctx, pool, exitFailure(p, "right after its health check passed"))
+			return x.failed(ctx, pool, exitFailure(p.PID(), p.Exit(), p.LogTail(), p.LogPath(), "right after its health check passed"))
 		default:
 		}
-		_ = p.Stop(ctx, 0, pool.Restart.StopGrace)
+		_, _ = p.Stop(ctx, 0, pool.Restart.StopGrace)
 		return x.failed(ctx, pool, *f)
 	}
 	now := x.now()
@@ -299,20 +324,36 @@ func (x *Executor) awaitReady(ctx context.Context, pool *schema.Pool, p engine.P
 }
 
 // exitFailure classifies an engine's exit: out of GPU memory or a CUDA
-// error in its log, a signal, an exit code.
-func exitFailure(p engine.Process, when string) restart.Failure {
-	exit := p.Exit()
-	tail := p.LogTail()
+// error in its log, the kernel's OOM killer, a signal, an exit code. An
+// exit status that cannot be read (an adopted engine is not this process's
+// child) is an exit "status unknown".
+func exitFailure(pid int, exit engine.ExitStatus, tail, logPath, when string) restart.Failure {
+	with := func(class, msg string) restart.Failure {
+		f := restart.Failure{Class: class, Message: msg, Signal: exit.Signal}
+		if exit.Signal == "" && exit.Code >= 0 {
+			f.ExitCode = exit.Code
+		}
+		return f
+	}
+	status := exit.String()
+	if !exit.Known() {
+		// Not this process's child (adopted, or found dead): its status
+		// cannot be read.
+		status, when = "exited", when+" (status unknown)"
+	}
 	if line := outOfMemoryLine(tail); line != "" {
-		return restart.Failure{Class: restart.ClassInsufficientVRAM, Message: fmt.Sprintf("engine pid %d %s %s: it ran out of GPU memory (%s); log: %s", p.PID(), exit, when, line, p.LogPath()), ExitCode: exit.Code, Signal: exit.Signal}
+		return with(restart.ClassInsufficientVRAM, fmt.Sprintf("engine pid %d %s %s: it ran out of GPU memory (%s); log: %s", pid, status, when, line, logPath))
 	}
 	if line := cudaErrorLine(tail); line != "" {
-		return restart.Failure{Class: restart.ClassCUDAError, Message: fmt.Sprintf("engine pid %d %s %s (%s); log: %s", p.PID(), exit, when, line, p.LogPath()), ExitCode: exit.Code, Signal: exit.Signal}
+		return with(restart.ClassCUDAError, fmt.Sprintf("engine pid %d %s %s (%s); log: %s", pid, status, when, line, logPath))
 	}
-	if exit.Signal != "" {
-		return restart.Failure{Class: restart.ClassSignaled, Message: fmt.Sprintf("engine pid %d %s %s; log: %s", p.PID(), exit, when, p.LogPath()), Signal: exit.Signal}
+	switch {
+	case exit.OOMKilled:
+		return with(restart.ClassOOMKilled, fmt.Sprintf("engine pid %d %s %s: host memory ran out; log: %s", pid, status, when, logPath))
+	case exit.Signal != "":
+		return with(restart.ClassSignaled, fmt.Sprintf("engine pid %d %s %s; log: %s", pid, status, when, logPath))
 	}
-	return restart.Failure{Class: restart.ClassExited, Message: fmt.Sprintf("engine pid %d %s %s; log: %s", p.PID(), exit, when, p.LogPath()), ExitCode: exit.Code}
+	return with(restart.ClassExited, fmt.Sprintf("engine pid %d %s %s; log: %s", pid, status, when, logPath))
 }
 
 // outOfMemoryLine finds where an engine's log says a GPU allocation failed

@@ -60,6 +60,7 @@ type Metrics struct {
 	preloads        *prometheus.CounterVec
 	preloadDuration *prometheus.HistogramVec
 	restarts        *prometheus.CounterVec
+	engineKills     *prometheus.CounterVec
 	driverEvents    *prometheus.CounterVec
 	reconcile       prometheus.Histogram
 	configValid     prometheus.Gauge
@@ -101,6 +102,11 @@ func New(reg prometheus.Registerer, snapshot func() Snapshot) (*Metrics, error) 
 			Name:      "restarts_total",
 			Help:      "Engine restarts after a failure, by pool and reason (the error class of the failure).",
 		}, []string{"pool", "reason"}),
+		engineKills: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace,
+			Name:      "engine_kills_total",
+			Help:      "Engines that outlived their stop grace after SIGTERM and were sent SIGKILL, by pool.",
+		}, []string{"pool"}),
 		driverEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace,
 			Name:      "driver_events_total",
@@ -132,7 +138,7 @@ func New(reg prometheus.Registerer, snapshot func() Snapshot) (*Metrics, error) 
 
 func (m *Metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{
-		m.preloads, m.preloadDuration, m.restarts, m.driverEvents,
+		m.preloads, m.preloadDuration, m.restarts, m.engineKills, m.driverEvents,
 		m.reconcile, m.configValid, m.configLoaded, m.snapshot,
 	}
 }
@@ -180,6 +186,15 @@ func (m *Metrics) Restarted(pool, reason string) {
 	m.restarts.WithLabelValues(pool, reason).Inc()
 }
 
+// EngineKilled records that pool's engine outlived its stop grace and was
+// sent SIGKILL.
+func (m *Metrics) EngineKilled(pool string) {
+	if m == nil {
+		return
+	}
+	m.engineKills.WithLabelValues(pool).Inc()
+}
+
 // DriverEvent records a GPU driver event: an Xid error, counted under its
 // code, or a lost GPU, counted under [XidLost].
 func (m *Metrics) DriverEvent(e gpu.Event) {
@@ -219,7 +234,7 @@ func (m *Metrics) ConfigLoaded(at time.Time, err error) {
 }
 
 // ForgetPool deletes the event series of a pool removed from the config
-// (preload_total, preload_duration_seconds, restarts_total). Its snapshot
+// (preload_total, preload_duration_seconds, restarts_total, engine_kills_total). Its snapshot
 // series go away by themselves once the snapshot no longer lists it.
 func (m *Metrics) ForgetPool(pool string) {
 	if m == nil {
@@ -229,4 +244,5 @@ func (m *Metrics) ForgetPool(pool string) {
 	m.preloads.DeletePartialMatch(labels)
 	m.preloadDuration.DeletePartialMatch(labels)
 	m.restarts.DeletePartialMatch(labels)
+	m.engineKills.DeletePartialMatch(labels)
 }

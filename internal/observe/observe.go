@@ -149,18 +149,65 @@ func sessionOf(pid int, sessions *sessionIndex) []int {
 // scanMarkers adds the live engines of this node that the state file does
 // not know (or knows under an older generation).
 func scanMarkers(ctx context.Context, node, stateDir string, engines map[string]reconcile.Engine, health func(context.Context, int, bool) engine.Health, sessions *sessionIndex) error {
+	found, err := markedLeaders(stateDir)
+	if err != nil {
+		return err
+	}
+	for _, f := range found {
+		if f.marker.Node != node {
+			continue
+		}
+		if e, ok := engines[f.marker.Pool]; ok && e.Alive {
+			continue
+		}
+		engines[f.marker.Pool] = reconcile.Engine{
+			Pool: f.marker.Pool, Generation: f.marker.Generation, SpecHash: f.marker.SpecHash, PID: f.pid, Port: f.port,
+			PIDs: sessionOf(f.pid, sessions), Alive: true, Health: health(ctx, f.port, false),
+		}
+	}
+	return nil
+}
+
+// MarkedEngines finds, by the marker in their environment, the live
+// engines that a pool-managerd with this state directory started, whatever
+// their node, by pool (the newest pid of a pool wins). It is the one scan
+// of /proc for engines: Observe uses it, and so do the CLI's offline stop
+// for engines a crash kept out of the state file.
+func MarkedEngines(stateDir string) (map[string]int, error) {
+	found, err := markedLeaders(absDir(stateDir))
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]int{}
+	for _, f := range found {
+		out[f.marker.Pool] = f.pid
+	}
+	return out, nil
+}
+
+type markedLeader struct {
+	pid    int
+	port   int
+	marker engine.Marker
+}
+
+// markedLeaders lists, in pid order, the live leaders of engine sessions
+// (not their workers) that carry an engine marker and were started for
+// stateDir (or do not say which state directory).
+func markedLeaders(stateDir string) ([]markedLeader, error) {
 	found, err := proc.FindByEnv(engine.MarkerEnv)
 	if err != nil {
-		return fmt.Errorf("scan processes for engines: %w", err)
+		return nil, fmt.Errorf("scan processes for engines: %w", err)
 	}
 	pids := make([]int, 0, len(found))
 	for pid := range found {
 		pids = append(pids, pid)
 	}
 	sort.Ints(pids)
+	var out []markedLeader
 	for _, pid := range pids {
 		m, err := engine.ParseMarker(found[pid])
-		if err != nil || m.Node != node {
+		if err != nil {
 			continue
 		}
 		info, err := proc.Stat(pid)
@@ -170,19 +217,13 @@ func scanMarkers(ctx context.Context, node, stateDir string, engines map[string]
 		if env, err := proc.Environ(pid); err == nil && env[engine.StateDirEnv] != "" && stateDir != "" && env[engine.StateDirEnv] != stateDir {
 			continue // started by a pool-managerd with another state directory
 		}
-		if e, ok := engines[m.Pool]; ok && e.Alive {
-			continue
-		}
 		port := 0
 		if args, err := proc.Cmdline(pid); err == nil {
 			port = engine.PortOf(args)
 		}
-		engines[m.Pool] = reconcile.Engine{
-			Pool: m.Pool, Generation: m.Generation, SpecHash: m.SpecHash, PID: pid, Port: port,
-			PIDs: sessionOf(pid, sessions), Alive: true, Health: health(ctx, port, false),
-		}
+		out = append(out, markedLeader{pid: pid, port: port, marker: m})
 	}
-	return nil
+	return out, nil
 }
 
 // sessionIndex is every session's processes, read from /proc once, on first

@@ -1,7 +1,8 @@
-// Package poolview works out how each pool stands, as `pool-managerd
-// status` and the daemon's /v1/pools show it, from what was observed on the
-// node (engines alive, their health, GPU memory) and the state file (engine
-// records, restart and breaker history).
+// Package poolview renders how each pool stands, as `pool-managerd status`
+// and the daemon's /v1/pools show it. It gathers each pool's facts (the
+// config in force, what was observed on the node, the state file's records)
+// and asks the lifecycle (reconcile.Lifecycle) for the phase and readiness:
+// it renders that answer and never decides a phase of its own.
 package poolview
 
 import (
@@ -10,108 +11,129 @@ import (
 	"sort"
 	"time"
 
-	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/internal/api"
-	"github.com/poolmanagerd/pool-managerd/internal/executor"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
 	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
+	"github.com/poolmanagerd/pool-managerd/schema"
 )
 
-// Build returns every pool that has an engine or a restart record, sorted
-// by id.
-func Build(obs reconcile.Observed, st *state.State, now time.Time) []api.Pool {
+// Input is what the view is made from.
+type Input struct {
+	// Desired is the config in force for this node, by pool id; nil when it
+	// is not known (status reads the state directory alone): a pool is then
+	// taken to want the spec its engine was started from.
+	Desired map[string]*schema.Pool
+	// Held are the pools an operator stopped (the daemon's holds).
+	Held map[string]bool
+	// Observed is the last observation of the node; State the state file as
+	// the executor holds it now (newer than the observation).
+	Observed reconcile.Observed
+	State    *state.State
+	Now      time.Time
+}
+
+// Build returns the row of every pool of the config in force and of every
+// pool that has an engine or a restart record, sorted by id.
+func Build(in Input) []api.Pool {
 	ids := map[string]bool{}
-	for id := range obs.Engines {
+	for id := range in.Desired {
 		ids[id] = true
 	}
-	for id := range st.Pools {
+	for id := range in.Observed.Engines {
+		ids[id] = true
+	}
+	for id := range in.State.Engines {
+		ids[id] = true
+	}
+	for id := range in.State.Pools {
 		ids[id] = true
 	}
 	rows := make([]api.Pool, 0, len(ids))
 	for id := range ids {
-		rows = append(rows, One(id, obs, st, now))
+		rows = append(rows, One(id, in))
 	}
 	sort.Slice(rows, func(i, j int) bool { return rows[i].Pool < rows[j].Pool })
 	return rows
 }
 
-// One returns one pool's view. A pool with neither an engine nor a record
-// is Pending: nothing was tried yet.
-func One(id string, obs reconcile.Observed, st *state.State, now time.Time) api.Pool {
-	e, hasEngine := obs.Engines[id]
-	rec, hasRecord := st.Pools[id]
-	engineRec, recorded := st.Engines[id]
-	row := api.Pool{Pool: id, Restarts: rec.Restarts, Breaker: api.BreakerClosed, GPUs: []api.GPU{}}
-	if rec.BreakerState != "" {
-		row.Breaker = rec.BreakerState
+// Facts gathers what the lifecycle decides one pool from.
+func Facts(id string, in Input) reconcile.Facts {
+	var observed, e *reconcile.Engine
+	if o, ok := in.Observed.Engines[id]; ok {
+		observed = &o
 	}
-	if rec.LastError != nil {
-		hint := rec.LastError.Hint
+	var rec *reconcile.EngineRecord
+	if r, ok := in.State.Engines[id]; ok {
+		rec = &r
+	}
+	e = reconcile.WithRecord(observed, rec)
+	history := in.State.Pools[id]
+	f := reconcile.Facts{Engine: e, History: history, Held: in.Held[id]}
+	switch {
+	case in.Desired != nil:
+		f.Spec = in.Desired[id]
+	case rec != nil && rec.Spec != nil:
+		f.Spec = rec.Spec
+	case history.LastError != nil || history.BreakerState != "":
+		// No config at hand and no engine record: a pool with a failure is
+		// taken to be wanted still, under the default restart policy.
+		f.Spec = &schema.Pool{ID: id, Restart: reconcile.DefaultRestartPolicy()}
+	}
+	return f
+}
+
+// One returns one pool's row.
+func One(id string, in Input) api.Pool {
+	f := Facts(id, in)
+	st := reconcile.Lifecycle(f, in.Now)
+	return Render(id, st, f, in)
+}
+
+// Render writes the row of a pool whose lifecycle status is st.
+func Render(id string, st reconcile.Status, f reconcile.Facts, in Input) api.Pool {
+	history := f.History
+	engineRec, recorded := in.State.Engines[id]
+	row := api.Pool{Pool: id, Phase: st.Phase, Ready: st.Ready, Restarts: history.Restarts, Breaker: st.Breaker.String(), GPUs: []api.GPU{}}
+	if history.LastError != nil {
+		hint := history.LastError.Hint
 		if hint == "" {
-			hint = restart.Hint(rec.LastError.Class)
+			hint = restart.Hint(history.LastError.Class)
 		}
-		row.LastError = &api.LastError{Class: rec.LastError.Class, Message: rec.LastError.Message, Hint: hint, Time: rec.LastError.Time}
+		row.LastError = &api.LastError{Class: history.LastError.Class, Message: history.LastError.Message, Hint: hint, Time: history.LastError.Time}
 	}
-	if !rec.NextRetry.IsZero() && rec.NextRetry.After(now) {
-		row.NextRetry = rec.NextRetry
-	}
-	if rec.BreakerState == api.BreakerOpen {
+	switch st.Next {
+	case reconcile.NextWait:
+		row.NextRetry = st.At
+	case reconcile.NextBlocked:
 		// The next try is the breaker's half-open one, not the backoff's.
-		row.NextRetry, row.BreakerRetryAt = rec.BreakerRetryAt, rec.BreakerRetryAt
+		row.NextRetry, row.BreakerRetryAt = st.At, st.At
 		if row.LastError != nil {
 			row.LastError.Hint = fmt.Sprintf("the circuit breaker is open: fix the config or run pool-managerd reset %s; %s", id, row.LastError.Hint)
 		}
+	case reconcile.NextRecordExit:
+		// It died after it was Ready, and no one has recorded it yet.
+		at := in.Now
+		if info, err := os.Stat(engineRec.LogPath); err == nil {
+			at = info.ModTime() // when it died is not recorded: its log's last write is the closest
+		}
+		row.LastError = &api.LastError{Class: restart.ClassExited,
+			Message: fmt.Sprintf("engine pid %d exited after it was Ready; log: %s; the next apply restarts it", engineRec.PID, engineRec.LogPath),
+			Hint:    restart.Hint(restart.ClassExited), Time: at}
 	}
 	if recorded {
 		row.Log = engineRec.LogPath
 	}
-	switch {
-	case recorded && engineRec.PID != 0 && (!hasEngine || e.PID != engineRec.PID):
-		// Started since the node was observed: the state file knows it
-		// better than the observation.
-		row.PID, row.Port, row.Phase = engineRec.PID, engineRec.Port, reconcile.Preloading
-		if row.Port != 0 {
-			row.Endpoint = fmt.Sprintf("http://127.0.0.1:%d", row.Port)
-		}
-	case hasEngine && e.Alive:
+	if e := f.Engine; e != nil && e.Alive {
 		row.PID, row.Port = e.PID, e.Port
 		if e.Port != 0 {
 			row.Endpoint = fmt.Sprintf("http://127.0.0.1:%d", e.Port)
 		}
-		switch e.Health {
-		case engine.HealthOK:
-			row.Phase, row.Ready = reconcile.Ready, true
-		case engine.HealthLoading:
-			row.Phase = reconcile.Preloading
-		default:
-			row.Phase = reconcile.Unready
+		if o, ok := in.Observed.Engines[id]; ok && o.PID == e.PID {
+			row.GPUs = held(in.Observed, o)
 		}
-		row.GPUs = held(obs, e)
-	case rec.BreakerState == api.BreakerOpen:
-		row.Phase = reconcile.Failed
-	case hasEngine && e.Intent:
-		row.Phase = reconcile.Pending
-	case hasEngine && e.PID != 0 && recorded:
-		// Recorded and not stopped by pool-managerd, yet gone: it died.
-		row.Phase = reconcile.Unready
-		if row.LastError == nil || !rec.LastError.Time.After(engineRec.ReadyAt) {
-			f := executor.DeathFailure(engineRec)
-			// When it died is not recorded: its log's last write is the closest.
-			at := now
-			if info, err := os.Stat(engineRec.LogPath); err == nil {
-				at = info.ModTime()
-			}
-			row.LastError = &api.LastError{Class: f.Class, Message: f.Message + "; the next apply restarts it", Hint: restart.Hint(f.Class), Time: at}
-		}
-	case rec.LastError != nil:
-		row.Phase = reconcile.Unready
-	case hasRecord || recorded:
-		row.Phase = reconcile.Stopped
-	default:
-		row.Phase = reconcile.Pending
 	}
-	row.Preload = preload(row, engineRec, recorded, now)
+	row.Preload = preload(row, engineRec, recorded, in.Now)
 	return row
 }
 

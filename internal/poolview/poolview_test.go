@@ -10,6 +10,7 @@ import (
 	"github.com/poolmanagerd/pool-managerd/internal/state"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
 	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
+	"github.com/poolmanagerd/pool-managerd/schema"
 )
 
 func TestOne(t *testing.T) {
@@ -17,7 +18,9 @@ func TestOne(t *testing.T) {
 	started, ready := now.Add(-time.Minute), now.Add(-50*time.Second)
 	failedAt := now.Add(-10 * time.Second)
 	gpus := []gpu.Device{{Index: 0, UUID: "GPU-0", Processes: []gpu.Process{{PID: 100, UsedBytes: 4 << 30}}}}
-	liveRec := reconcile.EngineRecord{Pool: "p", PID: 100, Port: 8080, StartedAt: started, ReadyAt: ready, LogPath: "/nonexistent/p.log"}
+	spec := &schema.Pool{ID: "p", Node: "n", Engine: schema.EngineLlamaCpp, Devices: []int{0}, Restart: reconcile.DefaultRestartPolicy()}
+	hash := reconcile.SpecHash(spec)
+	liveRec := reconcile.EngineRecord{Pool: "p", PID: 100, Port: 8080, StartedAt: started, ReadyAt: ready, LogPath: "/nonexistent/p.log", SpecHash: hash, Spec: spec}
 	cases := []struct {
 		name        string
 		obs         map[string]reconcile.Engine
@@ -29,27 +32,33 @@ func TestOne(t *testing.T) {
 		wantPreload string
 		wantClass   string
 		wantGPUs    int
+		held        bool
 	}{
 		{name: "nothing known", wantPhase: reconcile.Pending, wantPreload: api.PreloadPending},
-		{name: "healthy engine", obs: map[string]reconcile.Engine{"p": {PID: 100, Port: 8080, Alive: true, Recorded: true, Health: engine.HealthOK}},
+		{name: "healthy engine", obs: map[string]reconcile.Engine{"p": {PID: 100, Port: 8080, Alive: true, Recorded: true, Health: engine.HealthOK, SpecHash: hash, ReadyAt: ready}},
 			engines: map[string]reconcile.EngineRecord{"p": liveRec}, wantPhase: reconcile.Ready, wantReady: true, wantPID: 100, wantPreload: api.PreloadLoaded, wantGPUs: 1},
-		{name: "loading engine", obs: map[string]reconcile.Engine{"p": {PID: 100, Port: 8080, Alive: true, Recorded: true, Health: engine.HealthLoading}},
-			engines: map[string]reconcile.EngineRecord{"p": {Pool: "p", PID: 100, Port: 8080, StartedAt: started}}, wantPhase: reconcile.Preloading, wantPID: 100, wantPreload: api.PreloadLoading, wantGPUs: 1},
-		{name: "failing health", obs: map[string]reconcile.Engine{"p": {PID: 100, Alive: true, Recorded: true, Health: engine.HealthFailing}},
+		{name: "loading engine", obs: map[string]reconcile.Engine{"p": {PID: 100, Port: 8080, Alive: true, Recorded: true, Health: engine.HealthLoading, SpecHash: hash, Unverified: true}},
+			engines: map[string]reconcile.EngineRecord{"p": {Pool: "p", PID: 100, Port: 8080, StartedAt: started, SpecHash: hash}}, wantPhase: reconcile.Preloading, wantPID: 100, wantPreload: api.PreloadLoading, wantGPUs: 1},
+		{name: "failing health", obs: map[string]reconcile.Engine{"p": {PID: 100, Alive: true, Recorded: true, Health: engine.HealthFailing, SpecHash: hash, ReadyAt: ready}},
 			engines: map[string]reconcile.EngineRecord{"p": liveRec}, wantPhase: reconcile.Unready, wantPID: 100, wantPreload: api.PreloadLoaded, wantGPUs: 1},
-		{name: "dead after Ready", obs: map[string]reconcile.Engine{"p": {PID: 100, Recorded: true}},
+		{name: "dead after Ready", obs: map[string]reconcile.Engine{"p": {PID: 100, Recorded: true, SpecHash: hash, ReadyAt: ready}},
 			engines: map[string]reconcile.EngineRecord{"p": liveRec}, wantPhase: reconcile.Unready, wantClass: "exited"},
-		{name: "failed preload with backoff", engines: map[string]reconcile.EngineRecord{"p": {Pool: "p", PID: 100, StartedAt: started}},
-			obs:       map[string]reconcile.Engine{"p": {PID: 100, Recorded: true}},
-			pools:     map[string]restart.Record{"p": {LastError: &restart.ErrorRecord{Class: "exited", Message: "boom", Time: failedAt}, NextRetry: now.Add(time.Second)}},
+		{name: "failed preload with backoff", engines: map[string]reconcile.EngineRecord{"p": {Pool: "p", PID: 100, StartedAt: started, SpecHash: hash}},
+			obs:       map[string]reconcile.Engine{"p": {PID: 100, Recorded: true, SpecHash: hash}},
+			pools:     map[string]restart.Record{"p": {LastError: &restart.ErrorRecord{Class: "exited", Message: "boom", Time: failedAt}, ConsecutiveFailures: 1, NextRetry: now.Add(time.Second)}},
 			wantPhase: reconcile.Unready, wantPreload: api.PreloadFailed, wantClass: "exited"},
 		{name: "breaker open", pools: map[string]restart.Record{"p": {BreakerState: api.BreakerOpen, BreakerRetryAt: now.Add(time.Hour), LastError: &restart.ErrorRecord{Class: "exited", Message: "boom", Time: failedAt}}},
 			wantPhase: reconcile.Failed, wantClass: "exited"},
-		{name: "intent only", obs: map[string]reconcile.Engine{"p": {Recorded: true, Intent: true}},
-			engines: map[string]reconcile.EngineRecord{"p": {Pool: "p", Intent: true, StartedAt: started}}, wantPhase: reconcile.Pending, wantPreload: api.PreloadLoading},
-		{name: "started since the observation", obs: map[string]reconcile.Engine{"p": {PID: 99, Recorded: true}},
-			engines: map[string]reconcile.EngineRecord{"p": {Pool: "p", PID: 100, Port: 8081, StartedAt: started}}, wantPhase: reconcile.Preloading, wantPID: 100, wantPreload: api.PreloadLoading},
-		{name: "stopped: a record, no engine", pools: map[string]restart.Record{"p": {Restarts: 2}}, wantPhase: reconcile.Stopped},
+		{name: "intent only", obs: map[string]reconcile.Engine{"p": {Recorded: true, Intent: true, SpecHash: hash}},
+			engines: map[string]reconcile.EngineRecord{"p": {Pool: "p", Intent: true, StartedAt: started, SpecHash: hash}}, wantPhase: reconcile.Pending, wantPreload: api.PreloadLoading},
+		{name: "started since the observation", obs: map[string]reconcile.Engine{"p": {PID: 99, Recorded: true, SpecHash: hash}},
+			engines: map[string]reconcile.EngineRecord{"p": {Pool: "p", PID: 100, Port: 8081, StartedAt: started, SpecHash: hash}}, wantPhase: reconcile.Preloading, wantPID: 100, wantPreload: api.PreloadLoading},
+		{name: "stopped by an operator", pools: map[string]restart.Record{"p": {Restarts: 2}}, held: true, wantPhase: reconcile.Stopped},
+		{name: "draining since the observation: not ready", obs: map[string]reconcile.Engine{"p": {PID: 100, Port: 8080, Alive: true, Recorded: true, Health: engine.HealthOK, SpecHash: hash, ReadyAt: ready}},
+			engines: map[string]reconcile.EngineRecord{"p": func() reconcile.EngineRecord { r := liveRec; r.DrainingSince = now; return r }()},
+			wantPhase: reconcile.Draining, wantPID: 100, wantPreload: api.PreloadLoaded, wantGPUs: 1},
+		{name: "stopped and forgotten since the observation", obs: map[string]reconcile.Engine{"p": {PID: 100, Port: 8080, Alive: true, Recorded: true, Health: engine.HealthOK, SpecHash: hash, ReadyAt: ready}},
+			held: true, wantPhase: reconcile.Stopped},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -61,7 +70,7 @@ func TestOne(t *testing.T) {
 				st.Pools = map[string]restart.Record{}
 			}
 			obs := reconcile.Observed{GPUs: gpus, Engines: c.obs}
-			got := One("p", obs, st, now)
+			got := One("p", Input{Desired: map[string]*schema.Pool{"p": spec}, Held: map[string]bool{"p": c.held}, Observed: obs, State: st, Now: now})
 			if got.Phase != c.wantPhase || got.Ready != c.wantReady || got.PID != c.wantPID || len(got.GPUs) != c.wantGPUs {
 				t.Errorf("phase %s ready %v pid %d gpus %v; want %s %v %d %d", got.Phase, got.Ready, got.PID, got.GPUs, c.wantPhase, c.wantReady, c.wantPID, c.wantGPUs)
 			}
@@ -87,12 +96,32 @@ func TestOne(t *testing.T) {
 func TestBuildSortsAndCovers(t *testing.T) {
 	st := &state.State{Engines: map[string]reconcile.EngineRecord{}, Pools: map[string]restart.Record{"b": {}, "a": {}}}
 	obs := reconcile.Observed{Engines: map[string]reconcile.Engine{"c": {PID: 1, Alive: true, Health: engine.HealthOK}}}
-	rows := Build(obs, st, time.Now())
+	rows := Build(Input{Observed: obs, State: st, Now: time.Now()})
 	var ids []string
 	for _, r := range rows {
 		ids = append(ids, r.Pool)
 	}
 	if len(ids) != 3 || ids[0] != "a" || ids[1] != "b" || ids[2] != "c" {
 		t.Errorf("pools %v, want [a b c]", ids)
+	}
+}
+
+// Without a config (status reads the state directory alone), a pool wants
+// the spec its engine was started from.
+func TestStatusWithoutConfig(t *testing.T) {
+	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	spec := &schema.Pool{ID: "p", Node: "n", Engine: schema.EngineLlamaCpp, Devices: []int{0}, Restart: reconcile.DefaultRestartPolicy()}
+	hash := reconcile.SpecHash(spec)
+	rec := reconcile.EngineRecord{Pool: "p", PID: 100, Port: 8080, StartedAt: now.Add(-time.Minute), ReadyAt: now.Add(-50 * time.Second), SpecHash: hash, Spec: spec}
+	st := &state.State{Engines: map[string]reconcile.EngineRecord{"p": rec}, Pools: map[string]restart.Record{
+		"gone":    {Restarts: 1},
+		"failing": {ConsecutiveFailures: 1, NextRetry: now.Add(time.Minute), LastError: &restart.ErrorRecord{Class: "exited", Message: "boom", Time: now}},
+	}}
+	obs := reconcile.Observed{Engines: map[string]reconcile.Engine{"p": {PID: 100, Port: 8080, Alive: true, Recorded: true, Health: engine.HealthOK, SpecHash: hash, ReadyAt: rec.ReadyAt}}}
+	want := map[string]reconcile.Phase{"p": reconcile.Ready, "gone": reconcile.Stopped, "failing": reconcile.Unready}
+	for _, r := range Build(Input{Observed: obs, State: st, Now: now}) {
+		if r.Phase != want[r.Pool] {
+			t.Errorf("pool %s: %s, want %s", r.Pool, r.Phase, want[r.Pool])
+		}
 	}
 }

@@ -36,6 +36,10 @@ type Driver struct {
 	SimDir string
 	// StateDir is the state directory the engines belong to (absolute).
 	StateDir string
+	// OOM counts the kernel's OOM kills in an engine's cgroup, so that an
+	// engine the OOM killer ended is told apart from one killed by hand;
+	// nil reads cgroup v2's memory.events (CgroupOOM).
+	OOM OOMSource
 
 	mu sync.Mutex
 	// given are the ports handed to engines by this driver: parallel starts
@@ -83,7 +87,9 @@ func (d *Driver) Start(ctx context.Context, req engine.StartRequest) (engine.Pro
 	if err != nil {
 		return nil, err
 	}
-	return &process{h: h, port: port, logPath: d.logPath(req.Pool.ID), argv: cmd.Argv(), llama: cmd.Health == preset.LlamaServer}, nil
+	p := &process{h: h, port: port, logPath: d.logPath(req.Pool.ID), argv: cmd.Argv(), llama: cmd.Health == preset.LlamaServer}
+	p.watchOOM(d.oomSource())
+	return p, nil
 }
 
 // Adopt takes over a running engine: by its recorded pid, start time and
@@ -135,7 +141,9 @@ func (d *Driver) Adopt(_ context.Context, ref engine.Ref) (engine.Process, error
 		logPath = d.logPath(ref.Pool)
 	}
 	llama := ref.Engine == "" || ref.Engine == schema.EngineLlamaCpp
-	return &process{h: h, port: port, logPath: logPath, argv: argv, llama: llama}, nil
+	p := &process{h: h, port: port, logPath: logPath, argv: argv, llama: llama}
+	p.watchOOM(d.oomSource())
+	return p, nil
 }
 
 // Cleanup kills what is left of a dead engine's session: processes of the
@@ -214,10 +222,15 @@ func freePort() (int, error) {
 }
 
 type process struct {
-	h       *supervisor.Handle
-	port    int
-	logPath string
-	argv    []string
+	h *supervisor.Handle
+	// oom, cgroup and oomKills: the engine's cgroup and its OOM kill count
+	// when it was started or adopted; oom is nil when they are unknown.
+	oom      OOMSource
+	cgroup   string
+	oomKills uint64
+	port     int
+	logPath  string
+	argv     []string
 	// llama: llama-server's /slots can be drained; vLLM and TGI have none.
 	llama bool
 }
@@ -241,6 +254,12 @@ func (p *process) Exit() engine.ExitStatus {
 	if e.Signo != 0 {
 		status.Signal = unix.SignalName(e.Signo)
 	}
+	if e.Signo == unix.SIGKILL && !e.Killed && p.oom != nil {
+		// Killed, and not by its stop: the OOM killer, if its cgroup counted one since.
+		if n, err := p.oom.OOMKills(p.cgroup); err == nil && n > p.oomKills {
+			status.OOMKilled = true
+		}
+	}
 	return status
 }
 
@@ -253,13 +272,13 @@ func (p *process) Session() []int {
 }
 
 // Stop drains (llama-server: until no slot is processing), then SIGTERM, then SIGKILL after grace.
-func (p *process) Stop(ctx context.Context, drain, grace time.Duration) error {
+func (p *process) Stop(ctx context.Context, drain, grace time.Duration) (engine.StopReport, error) {
 	spec := supervisor.StopSpec{DrainTimeout: drain, Grace: grace}
 	if p.llama && drain > 0 {
 		spec.Drain = func(ctx context.Context) error { return drainSlots(ctx, p.port) }
 	}
-	_, err := p.h.Stop(ctx, spec)
-	return err
+	e, err := p.h.Stop(ctx, spec)
+	return engine.StopReport{Killed: e.Killed}, err
 }
 
 // drainSlots waits until no slot of a llama-server is processing a request.
