@@ -256,7 +256,7 @@ func stopped(spec *schema.Pool, e *Engine, history restart.Record, now time.Time
 	switch d.Action {
 	case restart.Blocked:
 		s.Phase, s.Next, s.At = Failed, NextBlocked, d.At
-		s.Reason = fmt.Sprintf("circuit open after %d failures in %s (half-open try at %s)", t.FailuresInWindow(now), restart.Human(spec.Restart.Breaker.Window), d.At.UTC().Format(time.RFC3339))
+		s.Reason = fmt.Sprintf("circuit open after %d failures in %s (half-open try at %s)", len(history.Failures), restart.Human(spec.Restart.Breaker.Window), d.At.UTC().Format(time.RFC3339))
 		return s
 	case restart.Wait:
 		s.Phase, s.Next, s.At = Unready, NextWait, d.At
