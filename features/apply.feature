@@ -238,8 +238,6 @@ Feature: Apply and state: plans carried out, recorded, crash-safe
       | healthy        |
       | ready-recorded |
 
-  # Defect: an apply killed after the health check but before the placement check
-  # leaves an engine the next apply takes as Ready without checking where it holds memory.
   @PM-1022 @OC-POOL-3020
   Scenario: An apply killed between the health check and the placement check: the next apply checks the placement
     Given the config file "pools/leaky.cue":

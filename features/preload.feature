@@ -95,8 +95,6 @@ Feature: Preload and readiness
     And the JSON status of pool "hog" is Ready with a pid and an endpoint
     And the JSON status of pool "fits" is Ready with a pid and an endpoint
 
-  # Defect: when the blocked pool is the plan's only change, apply says "Nothing to do"
-  # and records no failure: status does not list the pool, and there is no next retry.
   @OC-POOL-3002
   Scenario Outline: A start whose GPU lacks the memory fails before anything is spawned, and is retried later
     # hog declares 4 GiB but its engine holds 10 GiB of the 3060's 12 GiB.
@@ -130,6 +128,7 @@ Feature: Preload and readiness
     Then the exit status is 1
     And stdout contains "blocked: insufficient VRAM on GPU 1 (NVIDIA GeForce RTX 3060, 12.0 GiB): needs <need> at ctx 4096, 2.0 GiB free"
     And stdout contains "late: Unready (insufficient_vram)"
+    And stdout contains "Apply done: 0 Ready, 1 failed or blocked, 0 stopped."
     And no engine was ever spawned for pool "late"
     And 1 engine process runs for pool "hog"
     When I run "pool-managerd status --gpus SIM --state-dir STATE --node gpu-01 --format json"
