@@ -291,6 +291,7 @@ Feature: The daemon: config watching, resync, the API and operator actions
     Given the daemon is started with POOL_MANAGERD_TOKEN=s3cret and "--listen 0.0.0.0:0"
     When I GET "/healthz" from the daemon
     Then the response status is 200
+    And the daemon is ready
     When I GET "/v1/pools" from the daemon
     Then the response status is 401
     When I GET "/v1/pools" from the daemon with the token "wrong"
