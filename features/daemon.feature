@@ -199,15 +199,37 @@ Feature: The daemon: config watching, resync, the API and operator actions
     And the daemon shows pool "coder" with 0 restarts
 
   @PM-1030 @PM-1022
-  Scenario: SIGTERM stops the daemon and leaves the engines running; SIGHUP reloads
-    Given the daemon is started with "--resync 1h"
+  Scenario: SIGHUP reloads the config, even a change the watcher cannot see; SIGTERM stops the daemon and leaves the engines running
+    # pools/chat.cue links to a file outside the config directory. The watcher does not see that
+    # file edited in place, and the resync timer is an hour away: only SIGHUP can load the change.
+    Given the config file "pools/chat.cue" is a link to a file outside the config directory
+    And the daemon is started with "--resync 1h"
     And the daemon shows pool "coder" as Ready
+    And the daemon shows pool "chat" as Ready
     When I note the engine pids
+    And I edit the file that "pools/chat.cue" links to, in place:
+      """
+      pools: chat: {
+      	node:    "gpu-01"
+      	engine:  "llamacpp"
+      	model: {path: "WORKSPACE/models/model.gguf", ctx: 8192}
+      	devices: [1]
+      	vram:    4Gi
+      	restart: {initialBackoff: "100ms", jitter: 0}
+      }
+      """
     And I send SIGHUP to the daemon
     Then the daemon has logged an info event containing "SIGHUP: reloading the config"
-    When I send SIGTERM to the daemon
+    And the daemon has loaded its config again since the SIGHUP
+    And the daemon has logged "config loaded" for the reason "SIGHUP"
+    And the daemon shows pool "chat" Ready with a new engine pid
+    And the engine of pool "chat" was started with "--ctx-size 8192"
+    And pool "coder" has the engine pid noted
+    When I note the engine pids
+    And I send SIGTERM to the daemon
     Then the daemon exits with status 0
     And pool "coder" has the engine pid noted
+    And pool "chat" has the engine pid noted
     And the daemon has logged an info event containing "engines keep running"
 
   @PM-1032 @OC-POOL-3003
@@ -246,7 +268,7 @@ Feature: The daemon: config watching, resync, the API and operator actions
 
   @PM-1032
   Scenario: reset and stop go through the daemon while it holds the state directory
-    Given the daemon is started
+    Given the daemon is started with "--resync 1h"
     And the daemon shows pool "coder" as Ready
     When I run "pool-managerd stop coder --state-dir STATE"
     Then the exit status is 0
@@ -254,8 +276,9 @@ Feature: The daemon: config watching, resync, the API and operator actions
     And the daemon shows pool "coder" as Stopped
     And no engine process runs for pool "coder"
     When I send SIGHUP to the daemon
-    Then the daemon has logged an info event containing "SIGHUP"
+    Then the daemon has loaded its config again since the SIGHUP
     And the daemon shows pool "coder" as Stopped
+    And no engine process runs for pool "coder"
     When I run "pool-managerd reset coder --state-dir STATE"
     Then the exit status is 0
     And the daemon shows pool "coder" as Ready
@@ -268,6 +291,7 @@ Feature: The daemon: config watching, resync, the API and operator actions
     Given the daemon is started with POOL_MANAGERD_TOKEN=s3cret and "--listen 0.0.0.0:0"
     When I GET "/healthz" from the daemon
     Then the response status is 200
+    And the daemon is ready
     When I GET "/v1/pools" from the daemon
     Then the response status is 401
     When I GET "/v1/pools" from the daemon with the token "wrong"

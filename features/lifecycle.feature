@@ -54,13 +54,16 @@ Feature: Engine processes: supervised, logged, stopped
       	restart: {drainTimeout: "400ms", stopGrace: "10s"}
       }
       """
+    # The slot stays busy for ever, so the drain can only end by giving up after drainTimeout; then
+    # the engine must end on SIGTERM, which its log and the GPU memory it gave back itself show.
     When I apply the config
+    And I note the engine pids
     And I run "pool-managerd stop busy --state-dir STATE"
     Then the exit status is 0
+    And stdout contains "Stopped 1 engine."
     And the command took at least 400ms
-    And the command took less than 5000ms
     And no engine process runs for pool "busy"
-    And the log of pool "busy" contains "cleaning up before exit"
+    And the engine of pool "busy" exited on SIGTERM, with no SIGKILL
 
   @PM-1040
   Scenario: An engine that ignores SIGTERM is killed after restart.stopGrace
@@ -77,9 +80,11 @@ Feature: Engine processes: supervised, logged, stopped
       }
       """
     When I apply the config
+    And I note the engine pids
     And I run "pool-managerd stop stubborn --state-dir STATE"
     Then the exit status is 0
     And stdout contains "Stopped 1 engine."
     And the command took at least 400ms
     And no engine process runs for pool "stubborn"
     And the log of pool "stubborn" contains "fake-engine: SIGTERM ignored (FAKE_ENGINE_IGNORE_SIGTERM=1)"
+    And the engine of pool "stubborn" was killed with SIGKILL

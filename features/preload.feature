@@ -41,79 +41,6 @@ Feature: Preload and readiness
     Then the status table shows pool "slow" as Ready
     And stdout matches "slow +Ready +yes +\d+ +http://127\.0\.0\.1:\d+ +1: 2\.0 GiB"
 
-  @PM-1020
-  Scenario: Every pool of the mixed example comes up Ready; a second apply changes nothing; a change replaces only its pool
-    Given a copy of the example config "mixed-24-12" with its models in the workspace and no fixed ports
-    When I apply the config
-    Then the exit status is 0
-    And stdout contains "Plan: 2 to create. 0 unchanged."
-    And stdout contains "Apply done: 2 Ready, 0 failed or blocked, 0 stopped."
-    And apply started pools "coder" and "llama70b" before either was Ready
-    When I run "pool-managerd status --gpus SIM --state-dir STATE --node gpu-01 --format json"
-    Then the JSON status of pool "coder" is Ready with a pid and an endpoint
-    And the JSON status of pool "llama70b" is Ready with a pid and an endpoint
-    And I note the engine pids
-    When I apply the config again
-    Then the exit status is 0
-    And stdout contains "Plan: no changes. 2 unchanged."
-    And stdout contains "Nothing to do: the node runs what the config says."
-    And pool "coder" has the engine pid noted
-    And pool "llama70b" has the engine pid noted
-    And 1 engine process runs for pool "coder"
-    And 1 engine process runs for pool "llama70b"
-    When I append to the config file "pools/coder.cue":
-      """
-      pools: coder: model: ctx: 8192
-      """
-    And I apply the config
-    Then the exit status is 0
-    And stdout contains "-/+ replace  coder"
-    And stdout contains "model.ctx: 4096 → 8192"
-    And stdout contains "Plan: 1 to replace. 1 unchanged."
-    And pool "coder" has a new engine pid
-    And pool "llama70b" has the engine pid noted
-    And the engine of pool "coder" was started with "--ctx-size 8192"
-    And 1 engine process runs for pool "coder"
-    And 1 engine process runs for pool "llama70b"
-
-  @PM-1020
-  Scenario: A pool that leaves the config is stopped first, freeing its GPU for the pool that takes its place
-    Given the config file "pools/old.cue":
-      """
-      pools: old: {
-      	node:    "gpu-01"
-      	engine:  "llamacpp"
-      	model: path: "WORKSPACE/models/model.gguf"
-      	devices: [1]
-      	vram:    10Gi
-      	env: {FAKE_ENGINE_LOAD_DELAY: "100ms", FAKE_ENGINE_VRAM: "10Gi"}
-      }
-      """
-    And I apply the config
-    And the config file "pools/old.cue":
-      """
-      package poolmanagerd
-      """
-    And the config file "pools/new.cue":
-      """
-      pools: new: {
-      	node:    "gpu-01"
-      	engine:  "llamacpp"
-      	model: path: "WORKSPACE/models/model.gguf"
-      	devices: [1]
-      	vram:    10Gi
-      	env: {FAKE_ENGINE_LOAD_DELAY: "100ms", FAKE_ENGINE_VRAM: "10Gi"}
-      }
-      """
-    When I apply the config
-    Then the exit status is 0
-    And stdout contains "- delete   old"
-    And stdout contains "+ create   new"
-    And apply stopped pool "old" before it started pool "new"
-    And stdout contains "Apply done: 1 Ready, 0 failed or blocked, 1 stopped."
-    And no engine process runs for pool "old"
-    And 1 engine process runs for pool "new"
-
   @OC-POOL-3002
   Scenario: Of two new pools, the one whose GPU lacks the memory fails before it is spawned, and is retried later
     # hog declares 4 GiB but its engine holds 10 GiB of the 3060's 12 GiB.
@@ -168,8 +95,6 @@ Feature: Preload and readiness
     And the JSON status of pool "hog" is Ready with a pid and an endpoint
     And the JSON status of pool "fits" is Ready with a pid and an endpoint
 
-  # Defect: when the blocked pool is the plan's only change, apply says "Nothing to do"
-  # and records no failure: status does not list the pool, and there is no next retry.
   @OC-POOL-3002
   Scenario Outline: A start whose GPU lacks the memory fails before anything is spawned, and is retried later
     # hog declares 4 GiB but its engine holds 10 GiB of the 3060's 12 GiB.
@@ -203,6 +128,7 @@ Feature: Preload and readiness
     Then the exit status is 1
     And stdout contains "blocked: insufficient VRAM on GPU 1 (NVIDIA GeForce RTX 3060, 12.0 GiB): needs <need> at ctx 4096, 2.0 GiB free"
     And stdout contains "late: Unready (insufficient_vram)"
+    And stdout contains "Apply done: 0 Ready, 1 failed or blocked, 0 stopped."
     And no engine was ever spawned for pool "late"
     And 1 engine process runs for pool "hog"
     When I run "pool-managerd status --gpus SIM --state-dir STATE --node gpu-01 --format json"

@@ -68,7 +68,8 @@ func (w *world) registerApply(sc *godog.ScenarioContext) {
 	sc.Step(`^the background command ends with exit status (\d+)$`, w.backgroundEnds)
 	sc.Step(`^stderr names the background command as the holder of the lock$`, w.holderNamed)
 	sc.Step(`^the command was killed by SIGKILL$`, w.killedBySIGKILL)
-	sc.Step(`^the command took (at least|less than) (\d+)ms$`, w.took)
+	sc.Step(`^the command took at least (\d+)ms$`, w.tookAtLeast)
+	sc.Step(`^the command ended while the background command was still loading pool "([^"]*)"$`, w.endedWhileLoading)
 
 	sc.Step(`^apply reported pool "([^"]*)" Preloading, then Ready at least (\d+)ms later$`, w.preloadingThenReady)
 	sc.Step(`^apply waited about (\d+)ms for the backoff of pool "([^"]*)"$`, w.waitedBackoff)
@@ -102,6 +103,8 @@ func (w *world) registerApply(sc *godog.ScenarioContext) {
 	sc.Step(`^the log of pool "([^"]*)" holds (\d+) starts?$`, w.logStarts)
 	sc.Step(`^the log of pool "([^"]*)" contains "(.*)"$`, w.logContains)
 	sc.Step(`^in the log of pool "([^"]*)", "(.*)" comes before start (\d+)$`, w.logBefore)
+	sc.Step(`^the engine of pool "([^"]*)" exited on SIGTERM, with no SIGKILL$`, w.exitedOnSIGTERM)
+	sc.Step(`^the engine of pool "([^"]*)" was killed with SIGKILL$`, w.killedWithSIGKILL)
 	sc.Step(`^the state file is valid and records the live engine of pool "([^"]*)"$`, w.stateRecordsEngine)
 }
 
@@ -176,10 +179,12 @@ func (w *world) killedBySIGKILL() error {
 	return nil
 }
 
-func (w *world) took(how string, ms int) error {
+// tookAtLeast checks a lower bound only: how long a command may take on a
+// busy machine has no upper bound the steps could check.
+func (w *world) tookAtLeast(ms int) error {
 	limit := time.Duration(ms) * time.Millisecond
-	if (how == "at least") != (w.elapsed >= limit) {
-		return fmt.Errorf("the command took %v, want %s %v\n%s", w.elapsed, how, limit, w.output())
+	if w.elapsed < limit {
+		return fmt.Errorf("the command took %v, want at least %v\n%s", w.elapsed, limit, w.output())
 	}
 	return nil
 }
@@ -274,6 +279,31 @@ func (w *world) backgroundEnds(want int) error {
 	w.previous = w.stdout
 	w.stdout, w.stderr, w.status, w.signal = bg.stdout.String(), bg.stderr.String(), bg.status, ""
 	return w.exitStatus(want)
+}
+
+// endedWhileLoading checks, after the last command ended, that the
+// background apply has reported the pool Preloading and nothing after it:
+// the command did not wait for the background apply to finish that start.
+func (w *world) endedWhileLoading(pool string) error {
+	bg, err := w.background()
+	if err != nil {
+		return err
+	}
+	out := bg.stdout.String()
+	preloading := false
+	for _, e := range progress(out) {
+		if e.pool != pool {
+			continue
+		}
+		if e.phase != "Preloading" {
+			return fmt.Errorf("the background command reported pool %s %s before the command ended: the command waited for it\n--- background stdout\n%s--- command\n%s", pool, e.phase, out, w.output())
+		}
+		preloading = true
+	}
+	if !preloading {
+		return fmt.Errorf("the background command has not reported pool %s Preloading\n%s", pool, out)
+	}
+	return w.backgroundRunning()
 }
 
 func (w *world) holderNamed() error {
@@ -891,6 +921,103 @@ func (w *world) logBefore(pool, text string, n int) error {
 	}
 	if i := strings.Index(log, text); i < 0 || i > starts[n-1][0] {
 		return fmt.Errorf("in the log of pool %s, %q does not come before start %d\n%s", pool, text, n, log)
+	}
+	return nil
+}
+
+// lastRun is what the pool's engine log holds since its last start.
+func (w *world) lastRun(pool string) (string, error) {
+	log, err := w.engineLog(pool)
+	if err != nil {
+		return "", err
+	}
+	starts := startLine.FindAllStringIndex(log, -1)
+	if len(starts) == 0 {
+		return "", fmt.Errorf("the log of pool %s holds no start\n%s", pool, log)
+	}
+	return log[starts[len(starts)-1][0]:], nil
+}
+
+// simClaim reports whether the simulated node still holds the GPU memory
+// claim of a process. The stand-in engine writes its claim (the file
+// claims/PID.json of the simulated node) before it reports its model
+// loaded, and removes it as the last thing its SIGTERM handler does; a
+// process killed with SIGKILL leaves it behind.
+func (w *world) simClaim(pid int) (bool, error) {
+	_, err := os.Stat(filepath.Join(w.simDir(), "claims", strconv.Itoa(pid)+".json"))
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, os.ErrNotExist):
+		return false, nil
+	}
+	return false, err
+}
+
+// notedEngine is the engine pid noted for the pool.
+func (w *world) notedEngine(pool string) (int, error) {
+	pid, ok := w.noted[pool]
+	if !ok || pid == 0 {
+		return 0, fmt.Errorf("no engine pid noted for pool %s: note the engine pids first", pool)
+	}
+	return pid, nil
+}
+
+// exitedOnSIGTERM checks, by what the noted engine left behind, that its
+// SIGTERM handler ran to the end: its log says it loaded its model (so it
+// held memory), then cleaned up, without ignoring a SIGTERM or being
+// interrupted a second time, and it gave back its GPU memory itself, which
+// a SIGKILL would have prevented.
+func (w *world) exitedOnSIGTERM(pool string) error {
+	pid, err := w.notedEngine(pool)
+	if err != nil {
+		return err
+	}
+	run, err := w.lastRun(pool)
+	if err != nil {
+		return err
+	}
+	loaded := strings.Index(run, "main: model loaded")
+	cleanup := strings.Index(run, "cleaning up before exit")
+	switch {
+	case loaded < 0:
+		return fmt.Errorf("the engine of pool %s never reported its model loaded\n%s", pool, run)
+	case cleanup < loaded:
+		return fmt.Errorf("the engine of pool %s did not clean up on SIGTERM after it loaded\n%s", pool, run)
+	case strings.Contains(run, "SIGTERM ignored"), strings.Contains(run, "Received second interrupt"):
+		return fmt.Errorf("the engine of pool %s did not end on the first SIGTERM\n%s", pool, run)
+	}
+	held, err := w.simClaim(pid)
+	if err != nil {
+		return err
+	}
+	if held {
+		return fmt.Errorf("engine pid %d of pool %s still holds its simulated GPU memory: it did not finish its SIGTERM handler (killed?)\n%s", pid, pool, run)
+	}
+	return nil
+}
+
+// killedWithSIGKILL checks that the noted engine was gone without running a
+// SIGTERM handler to its end: it ignored SIGTERM, never cleaned up, and its
+// GPU memory claim is left behind, as only a SIGKILL leaves it.
+func (w *world) killedWithSIGKILL(pool string) error {
+	pid, err := w.notedEngine(pool)
+	if err != nil {
+		return err
+	}
+	run, err := w.lastRun(pool)
+	if err != nil {
+		return err
+	}
+	if !strings.Contains(run, "SIGTERM ignored") || strings.Contains(run, "cleaning up before exit") {
+		return fmt.Errorf("the engine of pool %s did not ignore SIGTERM without cleaning up\n%s", pool, run)
+	}
+	held, err := w.simClaim(pid)
+	if err != nil {
+		return err
+	}
+	if !held {
+		return fmt.Errorf("engine pid %d of pool %s gave back its simulated GPU memory: it was not killed with SIGKILL\n%s", pid, pool, run)
 	}
 	return nil
 }

@@ -31,6 +31,8 @@ type daemonState struct {
 	daemons  map[string]*daemonProc
 	httpCode int
 	httpBody string
+	// hupAt is when the last SIGHUP was about to be sent.
+	hupAt time.Time
 }
 
 // daemonProc is one pool-managerd serve.
@@ -50,6 +52,10 @@ func (w *world) registerDaemon(sc *godog.ScenarioContext) {
 	sc.Step(`^I write the config file "([^"]*)" in two parts with a pause between them:$`, w.writeInTwoParts)
 	sc.Step(`^I remove the config file "([^"]*)"$`, w.removeConfig)
 	sc.Step(`^I send (SIGHUP|SIGTERM) to the daemon$`, w.signalDaemon)
+	sc.Step(`^the daemon has loaded its config again since the SIGHUP$`, w.reloadedSinceHUP)
+	sc.Step(`^the daemon has logged "([^"]*)" for the reason "([^"]*)"$`, w.loggedFor)
+	sc.Step(`^the config file "([^"]*)" is a link to a file outside the config directory$`, w.linkOutside)
+	sc.Step(`^I edit the file that "([^"]*)" links to, in place:$`, w.editLinkTarget)
 	sc.Step(`^I kill the daemon with SIGKILL$`, w.killDaemon)
 	sc.Step(`^the daemon exits with status (\d+)$`, w.daemonExits)
 	sc.Step(`^I kill the engine of pool "([^"]*)" with SIGKILL$`, w.killEngine)
@@ -258,7 +264,85 @@ func (w *world) signalDaemon(name string) error {
 	if name == "SIGTERM" {
 		sig = syscall.SIGTERM
 	}
+	if sig == syscall.SIGHUP {
+		w.hupAt = time.Now()
+	}
 	return d.cmd.Process.Signal(sig)
+}
+
+// reloadedSinceHUP waits until GET /v1/config says the config was loaded
+// after the last SIGHUP was sent. Run the daemon with --resync 1h and leave
+// the config directory alone meanwhile, so that neither the resync timer
+// nor the watcher can have made that load.
+func (w *world) reloadedSinceHUP() error {
+	if w.hupAt.IsZero() {
+		return errors.New("no SIGHUP was sent")
+	}
+	return w.eventually("a config load after the SIGHUP", func() error {
+		cfg, err := w.daemonConfig()
+		if err != nil {
+			return err
+		}
+		if !cfg.LastLoad.After(w.hupAt) {
+			return fmt.Errorf("the last load was at %v, the SIGHUP was sent at %v", cfg.LastLoad, w.hupAt)
+		}
+		return nil
+	})
+}
+
+// loggedFor waits for an event with the message and its reason field.
+func (w *world) loggedFor(message, reason string) error {
+	return w.eventually(fmt.Sprintf("a %q event for the reason %q", message, reason), func() error {
+		events, err := w.logEvents()
+		if err != nil {
+			return err
+		}
+		for _, e := range events {
+			if e["@message"] == message && e["reason"] == reason {
+				return nil
+			}
+		}
+		return errors.New("none yet")
+	})
+}
+
+// linkTarget is where linkOutside moves a config file: outside the config directory.
+func (w *world) linkTarget(rel string) string {
+	return filepath.Join(w.workspace, "outside", filepath.Base(rel))
+}
+
+// linkOutside moves a config file out of the config directory and leaves a
+// symbolic link to it in its place. The loader follows the link; the
+// watcher sees changes of the link, not edits of its target (see package
+// internal/watch, Limits).
+func (w *world) linkOutside(rel string) error {
+	data, err := os.ReadFile(w.path(rel))
+	if err != nil {
+		return err
+	}
+	target := w.linkTarget(rel)
+	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(target, data, 0o644); err != nil {
+		return err
+	}
+	if err := os.Remove(w.path(rel)); err != nil {
+		return err
+	}
+	return os.Symlink(target, w.path(rel))
+}
+
+// editLinkTarget rewrites the file a config link points to, in place.
+func (w *world) editLinkTarget(rel string, doc *godog.DocString) error {
+	target, err := os.Readlink(w.path(rel))
+	if err != nil {
+		return err
+	}
+	if target != w.linkTarget(rel) {
+		return fmt.Errorf("%s links to %s, not to the file outside the config directory", rel, target)
+	}
+	return os.WriteFile(target, []byte(strings.ReplaceAll(doc.Content, "WORKSPACE", w.workspace)), 0o644)
 }
 
 func (w *world) killDaemon() error {

@@ -6,10 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strings"
 	"time"
 
@@ -30,8 +32,8 @@ type world struct {
 	status int
 	// previous is the stdout of the run before the last.
 	previous string
-	// golden is the output of the golden plan tests.
-	golden string
+	// golden is what the golden plan steps keep.
+	golden goldenRun
 	// applyState is what the apply and lifecycle steps keep (steps_apply_test.go).
 	applyState
 	// daemonState is what the daemon steps keep (steps_daemon_test.go).
@@ -129,25 +131,61 @@ func (w *world) savedPlan(name, node string) error {
 	return nil
 }
 
-func (w *world) goldenTests() error {
+// The environment variables of the golden plan tests (reconcile/golden_test.go).
+const (
+	updateGoldenEnv = "POOL_MANAGERD_UPDATE_GOLDEN"
+	goldenDirEnv    = "POOL_MANAGERD_GOLDEN_DIR"
+)
+
+// goldenRun is what the golden plan steps keep of a scenario.
+type goldenRun struct {
+	// out and err are the output and error of the last go test run.
+	out string
+	err error
+	// copy is the workspace's copy of the golden cases, before is what it
+	// held before a case was changed, and source is what the source tree's
+	// cases held then.
+	copy           string
+	before, source map[string][]byte
+	// changed is the file of the copy that was changed, relative to it.
+	changed string
+}
+
+// goldenSource is the source tree's folder of golden cases.
+func (w *world) goldenSource() string { return filepath.Join(w.h.repo, "testdata", "golden") }
+
+// goTest runs go test in the repository with the golden switches of the
+// caller's environment dropped and env added (KEY=VALUE), so that a run
+// never rewrites the source tree; it keeps the output and the error.
+func (w *world) goTest(env []string, args ...string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", "test", "-count=1", "-run", "^TestGolden$", "-v", "./reconcile")
+	cmd := exec.CommandContext(ctx, "go", append([]string{"test"}, args...)...)
 	cmd.Dir = w.h.repo
+	for _, kv := range os.Environ() {
+		if k, _, _ := strings.Cut(kv, "="); k != updateGoldenEnv && k != goldenDirEnv {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, env...)
 	out, err := cmd.CombinedOutput()
-	w.golden = string(out)
-	if err != nil {
-		return fmt.Errorf("golden tests failed: %w\n%s", err, out)
+	w.golden.out, w.golden.err = string(out), err
+}
+
+func (w *world) goldenTests() error {
+	w.goTest(nil, "-count=1", "-run", "^TestGolden$", "-v", "./reconcile")
+	if w.golden.err != nil {
+		return fmt.Errorf("golden tests failed: %w\n%s", w.golden.err, w.golden.out)
 	}
 	return nil
 }
 
 func (w *world) goldenPassed(minCases int) error {
-	passed := strings.Count(w.golden, "--- PASS: TestGolden/")
+	passed := strings.Count(w.golden.out, "--- PASS: TestGolden/")
 	if passed < minCases {
-		return fmt.Errorf("%d golden cases passed, want at least %d\n%s", passed, minCases, w.golden)
+		return fmt.Errorf("%d golden cases passed, want at least %d\n%s", passed, minCases, w.golden.out)
 	}
-	cases, err := os.ReadDir(filepath.Join(w.h.repo, "testdata", "golden"))
+	cases, err := os.ReadDir(w.goldenSource())
 	if err != nil {
 		return err
 	}
@@ -156,10 +194,179 @@ func (w *world) goldenPassed(minCases int) error {
 			continue
 		}
 		for _, f := range []string{"desired", "observed.json", "plan.txt", "plan.json"} {
-			if _, err := os.Stat(filepath.Join(w.h.repo, "testdata", "golden", c.Name(), f)); err != nil {
+			if _, err := os.Stat(filepath.Join(w.goldenSource(), c.Name(), f)); err != nil {
 				return fmt.Errorf("golden case %s: %w", c.Name(), err)
 			}
 		}
+	}
+	return nil
+}
+
+// readTree reads every file under dir, by path relative to it.
+func readTree(dir string) (map[string][]byte, error) {
+	files := map[string][]byte{}
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, err := filepath.Rel(dir, p)
+		if err != nil {
+			return err
+		}
+		data, err := os.ReadFile(p)
+		files[rel] = data
+		return err
+	})
+	return files, err
+}
+
+// writeTree writes files (by relative path) under dir.
+func writeTree(dir string, files map[string][]byte) error {
+	for rel, data := range files {
+		p := filepath.Join(dir, rel)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// treeDiff lists the files that differ between two trees, or are in one only.
+func treeDiff(want, got map[string][]byte) []string {
+	var diff []string
+	for rel, data := range want {
+		if g, ok := got[rel]; !ok {
+			diff = append(diff, rel+" is gone")
+		} else if !bytes.Equal(g, data) {
+			diff = append(diff, rel+" changed")
+		}
+	}
+	for rel := range got {
+		if _, ok := want[rel]; !ok {
+			diff = append(diff, rel+" is new")
+		}
+	}
+	sort.Strings(diff)
+	return diff
+}
+
+func (w *world) copyGolden() error {
+	src, err := readTree(w.goldenSource())
+	if err != nil {
+		return err
+	}
+	w.golden.source = src
+	w.golden.copy = filepath.Join(w.workspace, "golden")
+	return writeTree(w.golden.copy, src)
+}
+
+// changeGoldenPlan edits the expected text plan of one case of the copy: a
+// line the planner does not write is added to it.
+func (w *world) changeGoldenPlan(name string) error {
+	if w.golden.copy == "" {
+		return errors.New("no copy of the golden cases")
+	}
+	before, err := readTree(w.golden.copy)
+	if err != nil {
+		return err
+	}
+	rel := filepath.Join(name, "plan.txt")
+	plan, ok := before[rel]
+	if !ok {
+		return fmt.Errorf("the golden cases have no %s", rel)
+	}
+	w.golden.before, w.golden.changed = before, rel
+	edited := append(bytes.Clone(plan), "Changed by hand: an expectation the planner does not make.\n"...)
+	return os.WriteFile(filepath.Join(w.golden.copy, rel), edited, 0o644)
+}
+
+func (w *world) goldenOnCopy() error {
+	w.goTest([]string{goldenDirEnv + "=" + w.golden.copy}, "-count=1", "-run", "^TestGolden$", "-v", "./reconcile")
+	return nil
+}
+
+// goldenFailOnChange checks that the run failed on the changed case only,
+// naming the changed file and the command that regenerates it.
+func (w *world) goldenFailOnChange() error {
+	if w.golden.err == nil {
+		return fmt.Errorf("the golden tests passed on a changed expectation\n%s", w.golden.out)
+	}
+	name := filepath.Dir(w.golden.changed)
+	failed := regexp.MustCompile(`--- FAIL: TestGolden/(\S+)`).FindAllStringSubmatch(w.golden.out, -1)
+	if len(failed) != 1 || failed[0][1] != name {
+		return fmt.Errorf("failed cases %v, want %s only\n%s", failed, name, w.golden.out)
+	}
+	for _, want := range []string{
+		filepath.Join(w.golden.copy, w.golden.changed) + " differs",
+		updateGoldenEnv + "=1 go test ./reconcile -run TestGolden",
+	} {
+		if !strings.Contains(w.golden.out, want) {
+			return fmt.Errorf("the failure does not say %q\n%s", want, w.golden.out)
+		}
+	}
+	return nil
+}
+
+// regenerateCopy runs the command that README.md documents, as written
+// there, with POOL_MANAGERD_GOLDEN_DIR naming the copy (and GOFLAGS=-count=1,
+// so that no cached result stands in for the run).
+func (w *world) regenerateCopy(command string) error {
+	readme, err := os.ReadFile(filepath.Join(w.h.repo, "README.md"))
+	if err != nil {
+		return err
+	}
+	if !bytes.Contains(readme, []byte("`"+command+"`")) {
+		return fmt.Errorf("README.md does not document the command `%s`", command)
+	}
+	env := []string{goldenDirEnv + "=" + w.golden.copy, "GOFLAGS=" + strings.TrimSpace(os.Getenv("GOFLAGS")+" -count=1")}
+	fields := strings.Fields(command)
+	for len(fields) > 0 && strings.Contains(fields[0], "=") {
+		env = append(env, fields[0])
+		fields = fields[1:]
+	}
+	if len(fields) < 2 || fields[0] != "go" || fields[1] != "test" {
+		return fmt.Errorf("the command %q is not a go test run", command)
+	}
+	w.goTest(env, fields[2:]...)
+	return nil
+}
+
+func (w *world) regenerationPassed() error {
+	if w.golden.err != nil {
+		return fmt.Errorf("the regeneration failed: %w\n%s", w.golden.err, w.golden.out)
+	}
+	return nil
+}
+
+// goldenRestored checks the copy after the regeneration: the changed file
+// holds what the planner makes (the source tree's file, which the golden
+// tests passed on) and every other file is byte for byte what it was.
+func (w *world) goldenRestored() error {
+	after, err := readTree(w.golden.copy)
+	if err != nil {
+		return err
+	}
+	if got, want := after[w.golden.changed], w.golden.source[w.golden.changed]; !bytes.Equal(got, want) {
+		return fmt.Errorf("%s was not rewritten to what the planner makes:\n%s\n--- want\n%s", w.golden.changed, got, want)
+	}
+	want := maps.Clone(w.golden.before)
+	want[w.golden.changed] = after[w.golden.changed]
+	if diff := treeDiff(want, after); len(diff) > 0 {
+		return fmt.Errorf("the regeneration changed more than the changed expectation: %s", strings.Join(diff, ", "))
+	}
+	return nil
+}
+
+func (w *world) goldenSourceUntouched() error {
+	now, err := readTree(w.goldenSource())
+	if err != nil {
+		return err
+	}
+	if diff := treeDiff(w.golden.source, now); len(diff) > 0 {
+		return fmt.Errorf("the golden cases of the source tree changed: %s", strings.Join(diff, ", "))
 	}
 	return nil
 }
@@ -190,6 +397,14 @@ func (w *world) register(sc *godog.ScenarioContext) {
 	sc.Step(`^the file "([^"]*)" holds a plan for node "([^"]*)"$`, w.savedPlan)
 	sc.Step(`^the golden plan tests run$`, w.goldenTests)
 	sc.Step(`^they pass, with at least (\d+) cases, each with its config, observed state and both renderings$`, w.goldenPassed)
+	sc.Step(`^a copy of the golden cases in the workspace$`, w.copyGolden)
+	sc.Step(`^I change the expected text plan of golden case "([^"]*)" in the copy$`, w.changeGoldenPlan)
+	sc.Step(`^the golden plan tests run on the copy$`, w.goldenOnCopy)
+	sc.Step(`^they fail on that case only, naming the changed file and the command that regenerates it$`, w.goldenFailOnChange)
+	sc.Step(`^I run the regeneration command that README\.md documents, "([^"]*)", on the copy$`, w.regenerateCopy)
+	sc.Step(`^the regeneration passes$`, w.regenerationPassed)
+	sc.Step(`^the changed plan is rewritten to what the planner makes, and every other file of the copy is as it was$`, w.goldenRestored)
+	sc.Step(`^the golden cases of the source tree are untouched$`, w.goldenSourceUntouched)
 	sc.Step(`^the exit status is (\d+)$`, w.exitStatus)
 	sc.Step(`^stdout contains "(.*)"$`, w.stdoutContains)
 	sc.Step(`^stdout matches "([^"]*)"$`, w.stdoutMatches)

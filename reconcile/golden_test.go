@@ -24,7 +24,29 @@ import (
 // also works as `go test ./...` (a flag exists only in the package defining it).
 const UpdateGoldenEnv = "POOL_MANAGERD_UPDATE_GOLDEN"
 
-const goldenRoot = "../testdata/golden"
+// GoldenDirEnv names another folder of golden cases than testdata/golden:
+// an absolute path, or one relative to the repository root. The BDD
+// scenario of PM-1013 runs the regeneration on a copy through it, so that
+// the source tree is never rewritten.
+//
+//	POOL_MANAGERD_GOLDEN_DIR=/tmp/golden POOL_MANAGERD_UPDATE_GOLDEN=1 go test ./reconcile -run TestGolden
+const GoldenDirEnv = "POOL_MANAGERD_GOLDEN_DIR"
+
+// repoRoot is the repository root as seen from this package's folder,
+// where go test runs it.
+const repoRoot = ".."
+
+// goldenRoot is the folder of golden cases: GoldenDirEnv, or testdata/golden.
+func goldenRoot() string {
+	dir := os.Getenv(GoldenDirEnv)
+	if dir == "" {
+		dir = filepath.Join("testdata", "golden")
+	}
+	if !filepath.IsAbs(dir) {
+		dir = filepath.Join(repoRoot, dir)
+	}
+	return dir
+}
 
 // goldenNow is the time every golden plan is made at.
 var goldenNow = time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
@@ -91,9 +113,10 @@ func exists(path string) bool {
 }
 
 func TestGolden(t *testing.T) {
-	entries, err := os.ReadDir(goldenRoot)
+	root := goldenRoot()
+	entries, err := os.ReadDir(root)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("golden cases: %v", err)
 	}
 	update := os.Getenv(UpdateGoldenEnv) != ""
 	cases := 0
@@ -102,7 +125,7 @@ func TestGolden(t *testing.T) {
 			continue
 		}
 		cases++
-		dir := filepath.Join(goldenRoot, e.Name())
+		dir := filepath.Join(root, e.Name())
 		t.Run(e.Name(), func(t *testing.T) {
 			desired, observed := loadGoldenCase(t, dir)
 			plan := Plan(desired, observed, goldenNow)
@@ -140,6 +163,15 @@ func TestGolden(t *testing.T) {
 	}
 }
 
+// regenerate is the command that regenerates the golden cases in use.
+func regenerate() string {
+	cmd := UpdateGoldenEnv + "=1 go test ./reconcile -run TestGolden"
+	if dir := os.Getenv(GoldenDirEnv); dir != "" {
+		cmd = GoldenDirEnv + "=" + dir + " " + cmd
+	}
+	return cmd
+}
+
 func checkGolden(t *testing.T, path string, got []byte, update bool) {
 	t.Helper()
 	if update {
@@ -150,12 +182,12 @@ func checkGolden(t *testing.T, path string, got []byte, update bool) {
 	}
 	want, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("%s is missing; run %s=1 go test ./reconcile -run TestGolden", path, UpdateGoldenEnv)
+		t.Fatalf("%s is missing; run %s", path, regenerate())
 	}
 	if err != nil {
 		t.Fatal(err)
 	}
 	if diff := cmp.Diff(string(want), string(got)); diff != "" {
-		t.Errorf("%s differs (-golden +got); if the change is intended, run %s=1 go test ./reconcile -run TestGolden and review the diff:\n%s", path, UpdateGoldenEnv, diff)
+		t.Errorf("%s differs (-golden +got); if the change is intended, run %s and review the diff:\n%s", path, regenerate(), diff)
 	}
 }
