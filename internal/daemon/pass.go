@@ -21,10 +21,10 @@ import (
 type opKind int
 
 const (
-	opApply opKind = iota // one change of a plan: start, replace, restart, adopt, update, wait for a preload
-	opStop                // an engine stops: a delete or an operator's stop
-	opFault               // a driver error: drain and stop (the failure is recorded first)
-	opRecord              // an engine exited by itself: record its failure
+	opApply  opKind = iota // one change of a plan: start, replace, restart, adopt, update, wait for a preload
+	opStop                 // an engine stops: a delete or an operator's stop
+	opFault                // a driver error: drain and stop (the failure is recorded first)
+	opRecord               // an engine exited by itself: record its failure
 )
 
 // op is one pool's work in flight.

@@ -26,7 +26,7 @@ type view struct {
 	desired map[string]*schema.Pool
 	obs     reconcile.Observed
 	held    map[string]bool
-	ready     bool
+	ready   bool
 	// preloads are the preloads under way, by pool, for the preload metrics.
 	preloads map[string]schema.Engine
 }

@@ -97,7 +97,7 @@ func (d *fakeDriver) Cleanup(context.Context, engine.Ref) error { return nil }
 
 type noGPUs struct{}
 
-func (noGPUs) Devices(context.Context) ([]gpu.Device, error)   { return nil, nil }
+func (noGPUs) Devices(context.Context) ([]gpu.Device, error)    { return nil, nil }
 func (noGPUs) Events(context.Context) (<-chan gpu.Event, error) { return nil, nil }
 func (noGPUs) Close() error                                     { return nil }
 

@@ -55,7 +55,7 @@ func TestOne(t *testing.T) {
 			engines: map[string]reconcile.EngineRecord{"p": {Pool: "p", PID: 100, Port: 8081, StartedAt: started, SpecHash: hash}}, wantPhase: reconcile.Preloading, wantPID: 100, wantPreload: api.PreloadLoading},
 		{name: "stopped by an operator", pools: map[string]restart.Record{"p": {Restarts: 2}}, held: true, wantPhase: reconcile.Stopped},
 		{name: "draining since the observation: not ready", obs: map[string]reconcile.Engine{"p": {PID: 100, Port: 8080, Alive: true, Recorded: true, Health: engine.HealthOK, SpecHash: hash, ReadyAt: ready}},
-			engines: map[string]reconcile.EngineRecord{"p": func() reconcile.EngineRecord { r := liveRec; r.DrainingSince = now; return r }()},
+			engines:   map[string]reconcile.EngineRecord{"p": func() reconcile.EngineRecord { r := liveRec; r.DrainingSince = now; return r }()},
 			wantPhase: reconcile.Draining, wantPID: 100, wantPreload: api.PreloadLoaded, wantGPUs: 1},
 		{name: "stopped and forgotten since the observation", obs: map[string]reconcile.Engine{"p": {PID: 100, Port: 8080, Alive: true, Recorded: true, Health: engine.HealthOK, SpecHash: hash, ReadyAt: ready}},
 			held: true, wantPhase: reconcile.Stopped},
