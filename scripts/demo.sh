@@ -7,7 +7,8 @@ pm=$(realpath "${1:-bin/pool-managerd}")
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
 cleanup() {
-	# Stop any engine the demo left running, then remove its files.
+	# Stop any engine the demo left running, then remove its files, whatever fails.
+	set +e
 	[ -n "${daemon:-}" ] && kill -TERM "$daemon" 2>/dev/null && wait "$daemon" 2>/dev/null
 	[ -d "$work/run/state" ] && "$pm" stop --all --state-dir "$work/run/state" >/dev/null 2>&1
 	rm -rf "$work"
@@ -147,14 +148,26 @@ show_log() {
 	tail -c +"$((shown + 1))" "$log" | head -c "$((size - shown))" | sed -e 's/^[0-9T:.-]*Z //' -e 's/^/   | /'
 	shown=$size
 }
-# wait_for waits (at most 30 s) until the JSON status says what grep looks for.
-wait_for() {
-	for _ in $(seq 300); do
-		"$pm" status "${node[@]}" --format json | tr -d ' \n' | grep -q "$1" && return 0
-		sleep 0.1
-	done
-	echo "   (gave up waiting for $1)"
+# fail ends the demo with a message and the daemon's log since the last step.
+fail() {
+	printf '\n%sdemo: step %d failed: %s%s\n' "$bold" "$step" "$1" "$plain" >&2
+	[ -s "$log" ] && show_log >&2
+	exit 1
 }
+# await waits until the daemon reports what pool-managerd wait is asked for:
+# a pool's phase (and a new engine), its first reconcile, the config's state.
+# wait gives up after its timeout (60 s) saying what it last saw, and so does
+# the demo.
+await() {
+	printf '%s$ pool-managerd wait %s%s\n' "$bold" "$*" "$plain"
+	"$pm" wait --state-dir "$state" "$@" | sed 's/^/   /' || fail "pool-managerd wait $* (see above)"
+}
+# pid_of prints the pid of the pool's engine, as status sees it.
+pid_of() {
+	"$pm" status "$1" --field pid "${node[@]}" || fail "no engine for pool $1"
+}
+# now is the time, for wait --since: a config load after it read what we wrote after it.
+now() { date -u +%Y-%m-%dT%H:%M:%S.%NZ; }
 api() {
 	if command -v curl >/dev/null; then
 		printf '%s$ curl http://%s%s%s\n' "$bold" "$(cat "$state/api.addr")" "$1" "$plain"
@@ -162,15 +175,13 @@ api() {
 		echo
 	fi
 }
-pid_of() {
-	"$pm" status "${node[@]}" --format json | tr -d ' \n' | grep -o "\"pool\":\"$1\",\"phase\":\"[A-Za-z]*\",\"ready\":[a-z]*,\"preload\":{[^}]*},\"pid\":[0-9]*" | grep -o '[0-9]*$'
-}
 : >"$log"
 start_daemon
-wait_for '"pool":"coder","phase":"Ready"'
+await --for ready
+await coder --for phase=Ready
 echo "   ... coder is Ready; llama70b is still loading:"
 "$pm" status "${node[@]}" | sed 's/^/   /'
-wait_for '"pool":"llama70b","phase":"Ready"'
+await llama70b --for phase=Ready
 say "Its log: one event per transition (go-hclog; --log-format json for one JSON object a line)"
 show_log
 
@@ -191,49 +202,55 @@ say "A live config edit is picked up and re-planned" \
 coder_pid=$(pid_of coder)
 big_pid=$(pid_of llama70b)
 run sed -i 's/ctx:  8192/ctx:  4096/' "$config/pools/llama70b.cue"
-for _ in $(seq 300); do
-	new=$(pid_of llama70b)
-	[ -n "$new" ] && [ "$new" != "$big_pid" ] && break
-	sleep 0.1
-done
-wait_for '"pool":"llama70b","phase":"Ready"'
+await llama70b --for phase=Ready --not-pid "$big_pid"
+await coder --for phase=Ready
 show_log
-echo "   coder's pid: $coder_pid before, $(pid_of coder) after."
+coder_after=$(pid_of coder)
+echo "   coder's pid: $coder_pid before, $coder_after after."
 
 say "A broken edit is never applied" \
 	"We save a half-written file. The daemon keeps the last good config in force, says why in the" \
 	"log, at /v1/config and in pool_managerd_config_valid, and picks up the fix."
+since=$(now)
 run sh -c "printf 'pools: coder: { ctx: ' >>'$config/pools/coder.cue'"
-sleep 1
+await --for config=invalid --since "$since"
 show_log
 api /v1/config
+since=$(now)
 run sed -i '$d' "$config/pools/coder.cue"
-sleep 1
+await --for config=valid --since "$since"
 show_log
 
 say "An engine crashes" \
 	"We kill coder's engine with SIGKILL. The daemon sees the exit at once, records the failure," \
 	"waits out the backoff (1 s, doubling, with jitter) and starts it again."
-run kill -9 "$(pid_of coder)"
-sleep 0.5
-wait_for '"pool":"coder","phase":"Ready"'
+coder_pid=$(pid_of coder)
+run kill -9 "$coder_pid"
+await coder --for phase=Ready --not-pid "$coder_pid"
 show_log
 run "$pm" status "${node[@]}"
 
 say "A clean shutdown leaves the engines running" \
 	"SIGTERM stops the daemon; the engines keep serving. A new daemon adopts them: no restart."
+coder_pid=$(pid_of coder)
+big_pid=$(pid_of llama70b)
 run kill -TERM "$daemon"
 wait "$daemon" || true
 show_log
 start_daemon
-sleep 1.5
+await --for ready
+await coder llama70b --for phase=Ready
 show_log
 run "$pm" status "${node[@]}"
+coder_after=$(pid_of coder)
+big_after=$(pid_of llama70b)
+echo "   pids: coder $coder_pid before, $coder_after after; llama70b $big_pid before, $big_after after."
 
 say "Stop every pool, through the daemon" \
 	"While the daemon holds the state directory, stop and reset go through its API. Engines are" \
 	"drained, sent SIGTERM, and SIGKILL only after their grace period."
 run "$pm" stop --all --state-dir "$state"
+await coder llama70b --for phase=Stopped
 kill -TERM "$daemon"
 wait "$daemon" || true
 show_log

@@ -129,7 +129,7 @@ Exit codes: 0 success, 1 failure or invalid config, 2 usage error.`,
 	root.SetErr(stderr)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageFlagError{err} })
 	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error { return flagsFromEnv(cmd) }
-	root.AddCommand(newVersionCommand(), newValidateCommand(), newSchemaCommand(), newPlanCommand(), newApplyCommand(), newServeCommand(), newStatusCommand(), newResetCommand(), newStopCommand(), newInventoryCommand(), newSimCommand())
+	root.AddCommand(newVersionCommand(), newValidateCommand(), newSchemaCommand(), newPlanCommand(), newApplyCommand(), newServeCommand(), newStatusCommand(), newResetCommand(), newStopCommand(), newWaitCommand(), newInventoryCommand(), newSimCommand())
 	for _, c := range root.Commands() {
 		wrapArgs(c)
 	}

@@ -29,24 +29,37 @@ import (
 
 func newStatusCommand() *cobra.Command {
 	var nf nodeFlags
-	var format string
+	var format, field string
 	cmd := &cobra.Command{
-		Use:   "status",
+		Use:   "status [POOL...]",
 		Short: "Show each pool's phase, engine, GPU memory, restarts and last error",
 		Long: `status reads the state directory and the node's GPUs and shows, for every pool this
-node has run: its phase (Preloading, Ready, Unready, Failed, Stopped), its engine
-(pid, port), the memory it holds on each GPU, its restarts, the circuit breaker,
-and its last error with a hint and the next retry. It changes nothing.`,
+node has run (or the named pools): its phase (Preloading, Ready, Unready, Failed,
+Stopped), its engine (pid, port), the memory it holds on each GPU, its restarts,
+the circuit breaker, and its last error with a hint and the next retry. It
+changes nothing.
+
+--field NAME prints one value of one pool, alone on a line, for scripts:
+` + statusFieldList() + `.
+pid, port and endpoint exit 1 when the pool has no engine.
+
+Exit codes: 0 shown, 1 a named pool unknown, no engine for --field, or an
+error, 2 usage error.`,
 		Example: `  pool-managerd status --gpus sim:/tmp/node --state-dir /tmp/state
-  pool-managerd status --format json`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+  pool-managerd status --format json
+  pool-managerd status coder --field pid`,
+		RunE: func(cmd *cobra.Command, args []string) error {
 			src, node, err := nf.parse()
 			if err != nil {
 				return err
 			}
 			if format != "table" && format != "json" {
 				return usageError("--format %q: want table or json", format)
+			}
+			if field != "" {
+				if err := checkStatusField(args, field, cmd.Flags().Changed("format")); err != nil {
+					return err
+				}
 			}
 			gpus, err := src.open(nil, false)
 			if err != nil {
@@ -61,7 +74,18 @@ and its last error with a hint and the next retry. It changes nothing.`,
 			if err != nil {
 				return fmt.Errorf("status: %w", err)
 			}
-			rows := poolview.Build(poolview.Input{Observed: obs, State: st, Now: time.Now()})
+			rows, err := selectPools(poolview.Build(poolview.Input{Observed: obs, State: st, Now: time.Now()}), args)
+			if err != nil {
+				return fmt.Errorf("status: %w", err)
+			}
+			if field != "" {
+				v, err := statusField(rows[0], field)
+				if err != nil {
+					return fmt.Errorf("status: %w", err)
+				}
+				_, err = fmt.Fprintln(cmd.OutOrStdout(), v)
+				return err
+			}
 			if format == "json" {
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
@@ -72,7 +96,90 @@ and its last error with a hint and the next retry. It changes nothing.`,
 	}
 	nf.register(cmd)
 	cmd.Flags().StringVar(&format, "format", "table", "output format: table or json")
+	cmd.Flags().StringVar(&field, "field", "", "print only this value of the one named pool: "+statusFieldList())
 	return cmd
+}
+
+// statusFields are the values --field prints, in the order help lists them.
+func statusFields() []string {
+	return []string{"phase", "ready", "pid", "port", "endpoint", "restarts", "breaker", "log"}
+}
+
+func statusFieldList() string { return strings.Join(statusFields(), ", ") }
+
+// checkStatusField checks status's arguments for --field: one pool, a known
+// field, and no --format beside it.
+func checkStatusField(pools []string, field string, formatGiven bool) error {
+	if !slices.Contains(statusFields(), field) {
+		return usageError("--field %q: want one of %s", field, statusFieldList())
+	}
+	if len(pools) != 1 {
+		return usageError("--field %s prints one pool's value: name one pool (got %d)", field, len(pools))
+	}
+	if formatGiven {
+		return usageError("--field prints one value: leave out --format")
+	}
+	return nil
+}
+
+// selectPools returns the rows of the named pools, in the order named; all
+// rows when none is named. A named pool without a row is an error.
+func selectPools(rows []api.Pool, ids []string) ([]api.Pool, error) {
+	if len(ids) == 0 {
+		return rows, nil
+	}
+	out := make([]api.Pool, 0, len(ids))
+	for _, id := range ids {
+		i := slices.IndexFunc(rows, func(r api.Pool) bool { return r.Pool == id })
+		if i < 0 {
+			known := make([]string, 0, len(rows))
+			for _, r := range rows {
+				known = append(known, r.Pool)
+			}
+			if len(known) == 0 {
+				known = append(known, "none")
+			}
+			return nil, fmt.Errorf("pool %q has not run on this node (known: %s)", id, strings.Join(known, ", "))
+		}
+		out = append(out, rows[i])
+	}
+	return out, nil
+}
+
+// statusField returns one value of a pool's row, as --field prints it. The
+// engine's values (pid, port, endpoint) are an error when it has none.
+func statusField(r api.Pool, field string) (string, error) {
+	noEngine := func() (string, error) {
+		return "", fmt.Errorf("pool %s has no engine (phase %s)", r.Pool, r.Phase)
+	}
+	switch field {
+	case "phase":
+		return string(r.Phase), nil
+	case "ready":
+		return fmt.Sprint(r.Ready), nil
+	case "pid":
+		if r.PID == 0 {
+			return noEngine()
+		}
+		return fmt.Sprint(r.PID), nil
+	case "port":
+		if r.Port == 0 {
+			return noEngine()
+		}
+		return fmt.Sprint(r.Port), nil
+	case "endpoint":
+		if r.Endpoint == "" {
+			return noEngine()
+		}
+		return r.Endpoint, nil
+	case "restarts":
+		return fmt.Sprint(r.Restarts), nil
+	case "breaker":
+		return r.Breaker, nil
+	case "log":
+		return r.Log, nil
+	}
+	return "", usageError("--field %q: want one of %s", field, statusFieldList())
 }
 
 func writeStatusTable(w io.Writer, rows []api.Pool, now time.Time) error {
