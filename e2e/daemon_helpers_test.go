@@ -23,7 +23,7 @@ import (
 
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
 	"github.com/poolmanagerd/pool-managerd/internal/api"
-	"github.com/poolmanagerd/pool-managerd/internal/syncbuf"
+	"github.com/poolmanagerd/pool-managerd/testkit/syncbuf"
 )
 
 // daemonTimeout guards every wait on a daemon. It is a failure guard, not a

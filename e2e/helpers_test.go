@@ -24,7 +24,7 @@ import (
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu/sim"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
-	"github.com/poolmanagerd/pool-managerd/internal/syncbuf"
+	"github.com/poolmanagerd/pool-managerd/testkit/syncbuf"
 )
 
 // cmdTimeout bounds every pool-managerd command a test runs.

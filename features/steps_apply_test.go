@@ -24,7 +24,7 @@ import (
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu/sim"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
-	"github.com/poolmanagerd/pool-managerd/internal/syncbuf"
+	"github.com/poolmanagerd/pool-managerd/testkit/syncbuf"
 )
 
 // applyState is what the apply and lifecycle steps keep of a scenario, besides the world's.

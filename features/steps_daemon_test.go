@@ -22,7 +22,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/poolmanagerd/pool-managerd/internal/api"
-	"github.com/poolmanagerd/pool-managerd/internal/syncbuf"
+	"github.com/poolmanagerd/pool-managerd/testkit/syncbuf"
 )
 
 // daemonState is what the daemon steps keep of a scenario: the daemons it

@@ -17,7 +17,7 @@ import (
 
 	"github.com/cucumber/godog"
 
-	"github.com/poolmanagerd/pool-managerd/internal/ggufgen"
+	"github.com/poolmanagerd/pool-managerd/testkit/ggufgen"
 )
 
 // world is one scenario's state: a workspace folder with a config

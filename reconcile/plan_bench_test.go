@@ -12,9 +12,9 @@ import (
 	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/vram"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
-	"github.com/poolmanagerd/pool-managerd/internal/benchgen"
 	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
 	"github.com/poolmanagerd/pool-managerd/schema"
+	"github.com/poolmanagerd/pool-managerd/testkit/benchgen"
 )
 
 // benchFleet is a generated fleet, loaded, with every node's desired and

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/poolmanagerd/pool-managerd/internal/benchgen"
+	"github.com/poolmanagerd/pool-managerd/testkit/benchgen"
 )
 
 // BenchmarkLoad loads generated config repositories of 100, 1,000 and 10,000

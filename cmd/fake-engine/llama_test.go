@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu/sim"
-	"github.com/poolmanagerd/pool-managerd/internal/fakeengine"
+	"github.com/poolmanagerd/pool-managerd/testkit/fakeengine"
 )
 
 const loadingBody = `{"error":{"code":503,"message":"Loading model","type":"unavailable_error"}}`

@@ -11,9 +11,9 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/poolmanagerd/pool-managerd/internal/api/openapicheck"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
 	"github.com/poolmanagerd/pool-managerd/schema"
+	"github.com/poolmanagerd/pool-managerd/testkit/openapicheck"
 )
 
 // The tests in this file hold docs/openapi.yaml to the handler: every route
@@ -23,7 +23,7 @@ import (
 // objects too), and every documented response is produced by some case; the
 // Go types have exactly the schemas' properties, the optional ones being
 // those with omitempty or omitzero. The validator lives in package
-// openapicheck, shared with internal/daemon's test that checks the real
+// testkit/openapicheck, shared with internal/daemon's test that checks the real
 // daemon's responses the same way.
 
 const specPath = "../../docs/openapi.yaml"

@@ -30,8 +30,8 @@ import (
 	"github.com/poolmanagerd/pool-managerd/internal/api"
 	"github.com/poolmanagerd/pool-managerd/internal/daemon"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
-	"github.com/poolmanagerd/pool-managerd/internal/syncbuf"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
+	"github.com/poolmanagerd/pool-managerd/testkit/syncbuf"
 )
 
 // waitTimeout guards every wait. It is a failure guard, not a timing

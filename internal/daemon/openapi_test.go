@@ -17,8 +17,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/poolmanagerd/pool-managerd/internal/api"
-	"github.com/poolmanagerd/pool-managerd/internal/api/openapicheck"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
+	"github.com/poolmanagerd/pool-managerd/testkit/openapicheck"
 )
 
 // specPath is the API's OpenAPI document, which internal/api's tests hold

@@ -8,7 +8,7 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/poolmanagerd/pool-managerd/internal/benchgen"
+	"github.com/poolmanagerd/pool-managerd/testkit/benchgen"
 )
 
 func main() {

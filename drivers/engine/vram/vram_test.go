@@ -15,8 +15,8 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/vram"
-	"github.com/poolmanagerd/pool-managerd/internal/ggufgen"
 	"github.com/poolmanagerd/pool-managerd/schema"
+	"github.com/poolmanagerd/pool-managerd/testkit/ggufgen"
 )
 
 const gib = 1 << 30

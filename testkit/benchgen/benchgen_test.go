@@ -7,8 +7,8 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/poolmanagerd/pool-managerd/internal/benchgen"
 	"github.com/poolmanagerd/pool-managerd/schema"
+	"github.com/poolmanagerd/pool-managerd/testkit/benchgen"
 )
 
 func TestWriteIsValid(t *testing.T) {

@@ -11,7 +11,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	gguf "github.com/gpustack/gguf-parser-go"
 
-	"github.com/poolmanagerd/pool-managerd/internal/ggufgen"
+	"github.com/poolmanagerd/pool-managerd/testkit/ggufgen"
 )
 
 // header is what the parser reads back of a written model.
