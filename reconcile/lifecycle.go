@@ -86,6 +86,10 @@ type Facts struct {
 	// Held: an operator stopped the pool; it stays Stopped until a reset, a
 	// change of its config or a daemon restart.
 	Held bool
+	// WantedHash is the hash of the spec the pool wants, when Spec is not
+	// that spec itself (status without a config knows only the hash its
+	// engine was started from); empty means SpecHash(Spec).
+	WantedHash string
 }
 
 // Status is the lifecycle's answer for one pool: the one place a pool's
@@ -138,9 +142,16 @@ func Lifecycle(f Facts, now time.Time) Status {
 	case f.Spec == nil:
 		return unwanted(e)
 	case e != nil && e.Alive:
-		return running(f.Spec, e, f.History, now)
+		return running(f.Spec, f.wanted(), e, f.History, now)
 	}
-	return stopped(f.Spec, e, f.History, now)
+	return stopped(f.Spec, f.wanted(), e, f.History, now)
+}
+
+func (f Facts) wanted() string {
+	if f.WantedHash != "" {
+		return f.WantedHash
+	}
+	return SpecHash(f.Spec)
 }
 
 // held: an operator stopped the pool.
@@ -163,8 +174,7 @@ func unwanted(e *Engine) Status {
 }
 
 // running decides about a pool whose engine runs.
-func running(spec *schema.Pool, e *Engine, history restart.Record, now time.Time) Status {
-	hash := SpecHash(spec)
+func running(spec *schema.Pool, hash string, e *Engine, history restart.Record, now time.Time) Status {
 	t := restart.FromRecord(spec.Restart, history, nil)
 	if !e.ReadyAt.IsZero() {
 		t.Ready(e.ReadyAt)
@@ -241,8 +251,7 @@ func healthy(e *Engine, s Status) Status {
 }
 
 // stopped decides about a wanted pool whose engine does not run.
-func stopped(spec *schema.Pool, e *Engine, history restart.Record, now time.Time) Status {
-	hash := SpecHash(spec)
+func stopped(spec *schema.Pool, hash string, e *Engine, history restart.Record, now time.Time) Status {
 	t := restart.FromRecord(spec.Restart, history, nil)
 	if e != nil && e.SpecHash != hash {
 		t.ConfigChanged(now) // a config change closes the breaker and clears the backoff
@@ -269,8 +278,14 @@ func stopped(spec *schema.Pool, e *Engine, history restart.Record, now time.Time
 		s.Phase, s.Reason = Unready, "circuit half-open: one try"
 	case e != nil && e.Intent:
 		s.Phase, s.Reason = Pending, "an earlier start was recorded but no engine process was found"
-	case history.LastError != nil && d.Reason == restart.ReasonBackoffElapsed:
+	case d.Reason == restart.ReasonConfigChanged:
+		s.Phase, s.Reason = Pending, "its config changed: it starts afresh"
+	case d.Reason == restart.ReasonBackoffElapsed:
 		s.Phase, s.Reason = Unready, "the backoff has elapsed"
+	case e != nil && e.PID != 0:
+		s.Phase, s.Reason = Unready, exitReason(e)
+	case history.LastError != nil:
+		s.Phase, s.Reason = Unready, "it failed: "+history.LastError.Message
 	default:
 		s.Phase, s.Reason = Pending, "no engine runs this pool"
 	}

@@ -73,11 +73,15 @@ func Facts(id string, in Input) reconcile.Facts {
 	switch {
 	case in.Desired != nil:
 		f.Spec = in.Desired[id]
-	case rec != nil && rec.Spec != nil:
-		f.Spec = rec.Spec
+	case rec != nil:
+		// No config at hand: the pool wants what its engine was started from.
+		f.Spec, f.WantedHash = rec.Spec, rec.SpecHash
+		if f.Spec == nil {
+			f.Spec = &schema.Pool{ID: id, Restart: reconcile.DefaultRestartPolicy()}
+		}
 	case history.LastError != nil || history.BreakerState != "":
-		// No config at hand and no engine record: a pool with a failure is
-		// taken to be wanted still, under the default restart policy.
+		// No config and no engine record: a pool with a failure is taken
+		// to be wanted still, under the default restart policy.
 		f.Spec = &schema.Pool{ID: id, Restart: reconcile.DefaultRestartPolicy()}
 	}
 	return f
