@@ -210,8 +210,9 @@ func testCrashBeforePlacement(t *testing.T) {
 			if r.signal != syscall.SIGKILL {
 				t.Fatalf("apply should die of SIGKILL: %s", r)
 			}
-			// Loaded and healthy before the next apply looks.
-			waitFor(t, 5*time.Second, "the engine to pass its health check", func() bool { return w.status()["a"].Ready })
+			// Loaded and healthy before the next apply looks (and not Ready:
+			// its placement is not verified).
+			w.waitForHealthy("a", 5*time.Second)
 			r = w.apply()
 			s := w.status()["a"]
 			if r.code != 1 || s.LastError == nil || s.LastError.Class != restart.ClassCPUSpillover || len(w.engines()["a"]) != 0 {

@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
 )
 
@@ -277,7 +279,7 @@ func testInsufficientVRAM(t *testing.T) {
 		len(plan.Unchanged) != 1 || plan.Unchanged[0].Health != "loading" {
 		t.Fatalf("the plan should create small while big loads (machine too slow?):\n%s", data)
 	}
-	w.waitForReady("big", 10*time.Second)
+	w.waitForHealthy("big", 10*time.Second)
 
 	r = w.applyPlan(planFile)
 	// The hint of a single-GPU pool (a split cannot move).
@@ -310,4 +312,18 @@ func testInsufficientVRAM(t *testing.T) {
 func (w *workspace) waitForReady(pool string, timeout time.Duration) {
 	w.t.Helper()
 	waitFor(w.t, timeout, pool+" to be Ready", func() bool { return w.status()[pool].Ready })
+}
+
+// waitForHealthy waits until the pool's engine answers its health check.
+// An engine no apply watched to Ready is healthy, but its placement is not
+// verified: status shows it Preloading, never Ready, until an apply does.
+func (w *workspace) waitForHealthy(pool string, timeout time.Duration) {
+	w.t.Helper()
+	waitFor(w.t, timeout, pool+"'s engine to pass its health check", func() bool {
+		s := w.status()[pool]
+		return s.Port != 0 && engine.ProbeHealth(context.Background(), s.Port, false) == engine.HealthOK
+	})
+	if s := w.status()[pool]; s.Ready || s.Phase != "Preloading" {
+		w.t.Errorf("%s: healthy but never verified, want Preloading and not ready; got %s", pool, s)
+	}
 }

@@ -332,6 +332,9 @@ func WithRecord(e *Engine, rec *EngineRecord) *Engine {
 		}
 		return e
 	}
+	if rec.PID == 0 && e != nil && e.PID != 0 {
+		return e // only the intent is recorded; the observation found its engine (by its marker)
+	}
 	if e == nil || rec.PID != e.PID {
 		// Started (or its start recorded) since the observation: it runs
 		// unless it is only an intent, and it loads until recorded Ready.

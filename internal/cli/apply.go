@@ -304,6 +304,7 @@ func applyWaitingBackoffs(ctx context.Context, x *executor.Executor, plan *recon
 			if err := waitBackoff(ctx, o.Pool, o.NotBefore, report); err != nil {
 				return res, err
 			}
+			c.PID = 0 // the engine it named is gone (stopped, or found dead)
 			again = append(again, c)
 			continue
 		}

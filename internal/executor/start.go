@@ -104,8 +104,7 @@ func (x *Executor) settleDeath(ctx context.Context, c reconcile.Change) (Outcome
 		}
 		if reconcile.ExitUnrecorded(rec.ReadyAt, history) {
 			// It died after it was Ready, and nothing has counted that yet.
-			f := exitFailure(rec.PID, engine.ExitStatus{Code: -1}, logTail(rec), rec.LogPath, "after it was Ready")
-			o := x.recordExit(pool, rec, f)
+			o := x.recordExit(pool, rec, DeathFailure(rec))
 			if c.Action == reconcile.Restart {
 				return o, true
 			}
@@ -149,18 +148,39 @@ func (x *Executor) recordExit(pool *schema.Pool, rec reconcile.EngineRecord, f r
 		x.report(pool.ID, reconcile.Unready, nil, "could not record the failure in the state file: %v", err)
 	}
 	o := x.deferred(pool, t)
-	x.report(pool.ID, o.Phase, o.Failure, "%s; next try %s", o.Failure.Message, describeDecision(t.Decide(x.now())))
+	x.report(pool.ID, o.Phase, fc(t), "%s; next try %s", f.Message, describeDecision(t.Decide(x.now())))
+	if o.Failure.Class == reconcile.ClassCircuitOpen {
+		x.report(pool.ID, o.Phase, o.Failure, "%s", o.Failure.Message)
+	}
 	return o
+}
+
+// fc is the tracker's last failure with its hint.
+func fc(t *restart.Tracker) *restart.Failure {
+	f := t.LastFailure()
+	if f != nil && f.Hint == "" {
+		f.Hint = restart.Hint(f.Class)
+	}
+	return f
 }
 
 // deferred is the outcome of a start that did not start because a failure
 // was just recorded: when the backoff, or the breaker's cool-down, allows it.
+// An open breaker's outcome is the breaker's, with its hint.
 func (x *Executor) deferred(pool *schema.Pool, t *restart.Tracker) Outcome {
 	o := Outcome{Pool: pool.ID, Phase: x.phaseAfter(pool, t), Failure: t.LastFailure(), NotBefore: t.NextRetry()}
 	if t.BreakerState() == restart.Open {
 		o.NotBefore = t.BreakerRetryAt()
+		o.Failure = &restart.Failure{Class: reconcile.ClassCircuitOpen, Message: restart.BreakerMessage(pool.ID, t.FailuresInWindow(x.now()), pool.Restart.Breaker.Window),
+			Hint: fmt.Sprintf("fix the config or run pool-managerd reset %s", pool.ID)}
 	}
 	return o
+}
+
+// DeathFailure classifies, from its log, the death of a recorded engine
+// found gone after it was Ready, whose exit status no one could read.
+func DeathFailure(rec reconcile.EngineRecord) restart.Failure {
+	return exitFailure(rec.PID, engine.ExitStatus{Code: -1}, logTail(rec), rec.LogPath, "after it was Ready")
 }
 
 // logTail reads what a recorded engine printed since its last start.
@@ -335,17 +355,20 @@ func exitFailure(pid int, exit engine.ExitStatus, tail, logPath, when string) re
 		}
 		return f
 	}
-	status := exit.String()
+	status, unknown := exit.String(), ""
 	if !exit.Known() {
 		// Not this process's child (adopted, or found dead): its status
 		// cannot be read.
-		status, when = "exited", when+" (status unknown)"
+		status, unknown = "died", " (status unknown)"
 	}
 	if line := outOfMemoryLine(tail); line != "" {
 		return with(restart.ClassInsufficientVRAM, fmt.Sprintf("engine pid %d %s %s: it ran out of GPU memory (%s); log: %s", pid, status, when, line, logPath))
 	}
 	if line := cudaErrorLine(tail); line != "" {
 		return with(restart.ClassCUDAError, fmt.Sprintf("engine pid %d %s %s (%s); log: %s", pid, status, when, line, logPath))
+	}
+	if unknown != "" {
+		status, when = "exited", when+unknown
 	}
 	switch {
 	case exit.OOMKilled:

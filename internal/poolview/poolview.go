@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/poolmanagerd/pool-managerd/internal/api"
+	"github.com/poolmanagerd/pool-managerd/internal/executor"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
 	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
@@ -121,9 +122,8 @@ func Render(id string, st reconcile.Status, f reconcile.Facts, in Input) api.Poo
 		if info, err := os.Stat(engineRec.LogPath); err == nil {
 			at = info.ModTime() // when it died is not recorded: its log's last write is the closest
 		}
-		row.LastError = &api.LastError{Class: restart.ClassExited,
-			Message: fmt.Sprintf("engine pid %d exited after it was Ready; log: %s; the next apply restarts it", engineRec.PID, engineRec.LogPath),
-			Hint:    restart.Hint(restart.ClassExited), Time: at}
+		f := executor.DeathFailure(engineRec)
+		row.LastError = &api.LastError{Class: f.Class, Message: f.Message + "; the next apply restarts it", Hint: restart.Hint(f.Class), Time: at}
 	}
 	if recorded {
 		row.Log = engineRec.LogPath
