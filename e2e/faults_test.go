@@ -309,11 +309,6 @@ func testInsufficientVRAM(t *testing.T) {
 }
 
 // waitForReady waits until status shows the pool Ready.
-func (w *workspace) waitForReady(pool string, timeout time.Duration) {
-	w.t.Helper()
-	waitFor(w.t, timeout, pool+" to be Ready", func() bool { return w.status()[pool].Ready })
-}
-
 // waitForHealthy waits until the pool's engine answers its health check.
 // An engine no apply watched to Ready is healthy, but its placement is not
 // verified: status shows it Preloading, never Ready, until an apply does.
