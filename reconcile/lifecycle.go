@@ -109,25 +109,11 @@ type Status struct {
 	Reason string
 }
 
-// Lifecycle decides where one pool stands at now, and what comes next. It
-// is pure: no I/O, no clock; ask as often as needed.
-//
-//	              start                 health ok, placement verified
-//	Pending ──────────────▶ Preloading ─────────────────────────────▶ Ready
-//	   ▲                     │ exit, timeout, CUDA error,              │ exit, health
-//	   │                     ▼ spillover, mask violation              ▼ failing, Xid
-//	   │                  Unready ◀────────────────────────────────────┘
-//	   │      backoff elapsed │ ▲  │ breaker opens
-//	   └──────────────────────┘ │  ▼
-//	                            │ Failed ── cool-down: one half-open try (Preloading);
-//	                            │           success only once Ready for resetAfter
-//	  replace, delete, restart, │
-//	  driver error, operator ──▶ Draining ──▶ (stopped) ──▶ Pending / Unready / Stopped
-//
-// Draining starts the moment the executor begins a stop (it marks the
-// engine's record) and lasts until the engine is gone; a pool is never
-// ready while draining. Adding a phase or an input is one case here, one
-// constant above, and a line in Phases.
+// Lifecycle decides where one pool stands at now, and what comes next (the
+// package doc draws its diagram and tables). It is pure: no I/O, no clock;
+// ask as often as needed. Draining starts the moment the executor begins a
+// stop (it marks the engine's record) and lasts until the engine is gone; a
+// pool is never ready while draining.
 func Lifecycle(f Facts, now time.Time) Status {
 	e := f.Engine
 	if e != nil && e.Draining && !e.Alive {

@@ -966,11 +966,11 @@ func assertIdempotent(t *testing.T, d Desired, o Observed) {
 	}
 }
 
-// Defect A: a pool whose engine fails its health check and whose spec
-// changed only in fields that need no restart (here restart.initialBackoff)
-// gets an update: the record changes, the failing engine keeps running, and
-// only the next plan restarts it. The plan should restart it with the new
-// spec at once.
+// Regression A (fixed): a pool whose engine fails its health check and
+// whose spec changed only in fields that need no restart (here
+// restart.initialBackoff) got an update: the record changed, the failing
+// engine kept running, and only the next plan restarted it. The plan
+// restarts it with the new spec at once.
 func TestRegressionUpdateHidesRestartOfFailingEngine(t *testing.T) {
 	want := defectPool("chat", 6, 0)
 	ran := clonePool(want)
@@ -981,11 +981,11 @@ func TestRegressionUpdateHidesRestartOfFailingEngine(t *testing.T) {
 	assertIdempotent(t, d, o)
 }
 
-// Defect B: starts are booked in pool-id order, and a replace or restart
-// frees its engine's memory only when its own pool comes up. Pool "a" needs
+// Regression B (fixed): starts were booked in pool-id order, and a replace
+// or restart freed its engine's memory only when its own pool came up. Pool "a" needs
 // 6 GiB on a 16 GiB GPU with 4 GiB free; pool "b"'s engine holds 12 GiB and
 // its new spec needs 8. Stopping b frees room for both (6 + 8 <= 16), but a
-// is checked first, against 4 GiB, and blocked; the next plan creates it.
+// was checked first, against 4 GiB, and blocked; the next plan created it.
 func TestRegressionLaterStopNotCountedForEarlierStart(t *testing.T) {
 	a, b := defectPool("a", 6, 0), defectPool("b", 8, 0)
 	ran := clonePool(b)
@@ -999,8 +999,8 @@ func TestRegressionLaterStopNotCountedForEarlierStart(t *testing.T) {
 	assertIdempotent(t, d, o)
 }
 
-// Defect C: the VRAM check follows pool-id order, apply runs the changes in
-// action order (replace before restart). Pool "a"'s failing engine holds
+// Regression C (fixed): the VRAM check followed pool-id order while apply
+// runs the changes in action order (replace before restart). Pool "a"'s failing engine holds
 // 14 GiB of a 24 GiB GPU and needs 6 once restarted; pool "b" (crashed,
 // spec changed: a replace) needs 12. The plan checks a first (24 GiB free
 // after its stop, 18 left) and then b against 18 GiB; but apply replaces b
@@ -1018,11 +1018,11 @@ func TestRegressionBookingOrderIsNotApplyOrder(t *testing.T) {
 	assertIdempotent(t, d, o)
 }
 
-// Defect D: a config change does not close an open circuit breaker.
+// Regression D (fixed): a config change did not close an open circuit breaker.
 // OC-POOL-3011 says the breaker stops the restarts "until the config
 // changes or an operator resets it", and the blocker's hint says "fix the
-// config", but a pool whose crashed engine ran another spec is a replace,
-// and a replace is blocked by the open breaker like a restart until its
+// config", but a pool whose crashed engine ran another spec was a replace,
+// and a replace was blocked by the open breaker like a restart until its
 // half-open time.
 func TestRegressionConfigChangeDoesNotCloseBreaker(t *testing.T) {
 	want := defectPool("coder", 6, 0)

@@ -1,13 +1,3 @@
-// Package reconcile decides what to do on a node (package internal/executor does it). Plan is a pure
-// function of the desired state, the observed state and the time: no I/O, no
-// goroutines, no clock, so its output is deterministic and golden-tested.
-//
-//	config ──schema.Load──▶ Desired ──┐
-//	                                   ├──▶ Plan ──▶ Changes (create, update, replace,
-//	GPUs + state file ──observe──▶ Observed ┘          delete, restart, adopt, blocked)
-//
-// The reasons attached to a change are for people; the change's action and
-// spec are what apply acts on.
 package reconcile
 
 import (
