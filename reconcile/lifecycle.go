@@ -86,6 +86,10 @@ type Facts struct {
 	// Held: an operator stopped the pool; it stays Stopped until a reset, a
 	// change of its config or a daemon restart.
 	Held bool
+	// Blocked names why the node cannot run the pool now, whatever its
+	// history (the plan's blocker class: a lost GPU, a foreign process on
+	// its GPUs, too little VRAM, an unknown need); empty when nothing does.
+	Blocked string
 	// WantedHash is the hash of the spec the pool wants, when Spec is not
 	// that spec itself (status without a config knows only the hash its
 	// engine was started from); empty means SpecHash(Spec).
@@ -130,7 +134,7 @@ func Lifecycle(f Facts, now time.Time) Status {
 	case e != nil && e.Alive:
 		return running(f.Spec, f.wanted(), e, f.History, now)
 	}
-	return stopped(f.Spec, f.wanted(), e, f.History, now)
+	return stopped(f, f.wanted(), e, now)
 }
 
 func (f Facts) wanted() string {
@@ -237,7 +241,8 @@ func healthy(e *Engine, s Status) Status {
 }
 
 // stopped decides about a wanted pool whose engine does not run.
-func stopped(spec *schema.Pool, hash string, e *Engine, history restart.Record, now time.Time) Status {
+func stopped(f Facts, hash string, e *Engine, now time.Time) Status {
+	spec, history := f.Spec, f.History
 	t := restart.FromRecord(spec.Restart, history, nil)
 	if e != nil && e.SpecHash != hash {
 		t.ConfigChanged(now) // a config change closes the breaker and clears the backoff
@@ -260,6 +265,8 @@ func stopped(spec *schema.Pool, hash string, e *Engine, history restart.Record, 
 	}
 	s.Next = NextStart
 	switch {
+	case f.Blocked != "":
+		s.Phase, s.Reason = Unready, "blocked: "+f.Blocked
 	case d.Reason == restart.ReasonHalfOpen:
 		s.Phase, s.Reason = Unready, "circuit half-open: one try"
 	case e != nil && e.Intent:

@@ -112,7 +112,7 @@ func (d *Daemon) pass(ctx context.Context) {
 	desired := d.cfg.desired
 	d.liftHolds(desired)
 	plan := reconcile.Plan(desired, obs, now)
-	d.view.observed(obs, desired.Pools)
+	d.view.observed(obs, desired.Pools, plan)
 	st, err := d.exec.State()
 	if err != nil {
 		d.log.Error("read the state", "error", err)

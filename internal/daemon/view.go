@@ -24,6 +24,8 @@ type view struct {
 	lastDiags []string
 	// desired is the config in force for this node, by pool id.
 	desired map[string]*schema.Pool
+	// blocked are the pools the last plan blocked, with the blocker's class.
+	blocked map[string]string
 	obs     reconcile.Observed
 	held    map[string]bool
 	ready   bool
@@ -76,10 +78,16 @@ func (v *view) config() api.Config {
 	return c
 }
 
-func (v *view) observed(obs reconcile.Observed, desired map[string]*schema.Pool) {
+func (v *view) observed(obs reconcile.Observed, desired map[string]*schema.Pool, plan *reconcile.NodePlan) {
+	blocked := map[string]string{}
+	for _, c := range plan.Changes {
+		if c.Action == reconcile.Blocked {
+			blocked[c.Pool] = c.Blocker.Class
+		}
+	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	v.obs, v.desired = obs, desired
+	v.obs, v.desired, v.blocked = obs, desired, blocked
 }
 
 func (v *view) setHeld(pool string, held bool) {
@@ -125,7 +133,7 @@ func (v *view) pools(x *executor.Executor, now time.Time) []api.Pool {
 	}
 	v.mu.RLock()
 	defer v.mu.RUnlock()
-	return poolview.Build(poolview.Input{Desired: v.desired, Held: v.held, Observed: v.obs, State: st, Now: now})
+	return poolview.Build(poolview.Input{Desired: v.desired, Held: v.held, Blocked: v.blocked, Observed: v.obs, State: st, Now: now})
 }
 
 // readyCount counts the Ready pools of the config in force.

@@ -360,8 +360,8 @@ func (x *Executor) blocked(ctx context.Context, c reconcile.Change) Outcome {
 	}
 	f := &restart.Failure{Class: c.Blocker.Class, Message: c.Blocker.Message, Hint: c.Blocker.Hint}
 	phase := reconcile.Unready
-	if c.Blocker.Class == reconcile.ClassCircuitOpen {
-		phase = reconcile.Failed
+	if c.Spec != nil {
+		phase = reconcile.Lifecycle(reconcile.Facts{Spec: c.Spec, History: x.history(c.Pool), Blocked: c.Blocker.Class}, x.now()).Phase
 	}
 	x.report(c.Pool, phase, f, "blocked: %s", c.Blocker.Message)
 	return Outcome{Pool: c.Pool, Action: reconcile.Blocked, Phase: phase, Failure: f}

@@ -27,6 +27,9 @@ type Input struct {
 	Desired map[string]*schema.Pool
 	// Held are the pools an operator stopped (the daemon's holds).
 	Held map[string]bool
+	// Blocked are the pools the last plan found the node cannot run now,
+	// with the blocker's class.
+	Blocked map[string]string
 	// Observed is the last observation of the node; State the state file as
 	// the executor holds it now (newer than the observation).
 	Observed reconcile.Observed
@@ -70,7 +73,7 @@ func Facts(id string, in Input) reconcile.Facts {
 	}
 	e = reconcile.WithRecord(observed, rec)
 	history := in.State.Pools[id]
-	f := reconcile.Facts{Engine: e, History: history, Held: in.Held[id]}
+	f := reconcile.Facts{Engine: e, History: history, Held: in.Held[id], Blocked: in.Blocked[id]}
 	switch {
 	case in.Desired != nil:
 		f.Spec = in.Desired[id]
