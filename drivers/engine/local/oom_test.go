@@ -2,6 +2,7 @@ package local
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,7 +11,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/poolmanagerd/pool-managerd/drivers/engine"
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/preset"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/supervisor"
+	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
+	"github.com/poolmanagerd/pool-managerd/schema"
 )
 
 // fakeOOM is an injected cgroup: its OOM kill count is what the test says.
@@ -122,5 +127,40 @@ func TestParseOOMKills(t *testing.T) {
 	}
 	if cg, err := (CgroupOOM{Proc: dir}).Cgroup(1); err != nil || cg != "/system.slice/pool-managerd.service" {
 		t.Errorf("Cgroup = %q, %v", cg, err)
+	}
+}
+
+// An engine this driver spawned, adopted again (the daemon's exit watch),
+// is the same child: its exit status names the signal that killed it.
+func TestAdoptingASpawnedEngineReadsItsExitStatus(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "engine")
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\nexec sleep 60\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	d := &Driver{Binaries: preset.Binaries{LlamaCpp: bin}, LogDir: filepath.Join(dir, "logs"), StateDir: dir, OOM: &fakeOOM{}}
+	pool := &schema.Pool{ID: "chat", Node: "n", Engine: schema.EngineLlamaCpp, Model: schema.Model{Path: filepath.Join(dir, "m.gguf"), Ctx: 512}, Devices: []int{0}}
+	p, err := d.Start(context.Background(), engine.StartRequest{Pool: pool, GPUs: []gpu.Device{{Index: 0, UUID: "GPU-0"}}, Marker: "n/chat/1/x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(p.PID(), syscall.SIGKILL) })
+	watched, err := d.Adopt(context.Background(), engine.Ref{Pool: "chat", PID: p.PID(), StartTicks: p.StartTicks(), Argv: p.Argv()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(p.PID(), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-watched.Exited():
+	case <-time.After(10 * time.Second):
+		t.Fatal("no exit seen")
+	}
+	if got := watched.Exit(); got.Signal != "SIGKILL" || !got.Known() {
+		t.Errorf("the adopted handle's exit = %+v, want killed by SIGKILL", got)
+	}
+	if _, err := d.Adopt(context.Background(), engine.Ref{Pool: "chat", PID: p.PID(), StartTicks: p.StartTicks()}); !errors.Is(err, engine.ErrGone) {
+		t.Errorf("Adopt after the exit = %v, want ErrGone", err)
 	}
 }
