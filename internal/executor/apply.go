@@ -273,6 +273,8 @@ func (x *Executor) stop(ctx context.Context, c reconcile.Change) error {
 		}
 		x.markDraining(c.Pool, c.PID)
 		x.report(c.Pool, reconcile.Draining, nil, "stopping engine pid %d", c.PID)
+		// A restart stops an engine that fails its health check: a failure,
+		// unless one was recorded against it already (a driver error).
 		if c.Action == reconcile.Restart && c.Spec != nil && !reconcile.FailedSinceReady(rec.ReadyAt, x.history(c.Pool)) {
 			// Alive but failing its health check: a failure, for backoff and breaker.
 			t := x.tracker(c.Spec)
