@@ -12,7 +12,6 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
@@ -66,7 +65,7 @@ func ObservedHash(o Observed) string {
 	}
 	for id, e := range o.Engines {
 		view.Engines[id] = engineView{Generation: e.Generation, SpecHash: e.SpecHash, PID: e.PID, Alive: e.Alive,
-			Failing: e.Health == engine.HealthFailing, Recorded: e.Recorded, Intent: e.Intent, Draining: e.Draining}
+			Failing: e.Health == HealthFailing, Recorded: e.Recorded, Intent: e.Intent, Draining: e.Draining}
 	}
 	return hashJSON(view)
 }

@@ -5,7 +5,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
@@ -181,7 +180,7 @@ func running(spec *schema.Pool, hash string, e *Engine, history restart.Record, 
 		}
 		return s
 	case e.SpecHash != hash:
-		if e.Spec != nil && inPlace(diffSpecs(e.Spec, spec)) && e.Health != engine.HealthFailing {
+		if e.Spec != nil && inPlace(diffSpecs(e.Spec, spec)) && e.Health != HealthFailing {
 			s = healthy(e, s)
 			s.Next, s.Reason = NextUpdate, "only fields that need no restart changed; the engine keeps running"
 			return s
@@ -194,13 +193,13 @@ func running(spec *schema.Pool, hash string, e *Engine, history restart.Record, 
 		switch {
 		case e.Spec == nil:
 			s.Reason = "the running engine was started from another spec (its fields are not recorded)"
-		case e.Health == engine.HealthFailing:
+		case e.Health == HealthFailing:
 			s.Reason = fmt.Sprintf("engine pid %d fails its health check, and its spec changed", e.PID)
 		default:
 			s.Reason = "fields that need a new engine changed"
 		}
 		return s
-	case e.Health == engine.HealthFailing:
+	case e.Health == HealthFailing:
 		s.Phase, s.Next, s.Reason = Unready, NextRestart, fmt.Sprintf("engine pid %d fails its health check", e.PID)
 		return s
 	case FailedSinceReady(e.ReadyAt, history):
@@ -225,9 +224,9 @@ func running(spec *schema.Pool, hash string, e *Engine, history restart.Record, 
 // its placement was verified (it was recorded Ready).
 func healthy(e *Engine, s Status) Status {
 	switch {
-	case e.Health == engine.HealthLoading:
+	case e.Health == HealthLoading:
 		s.Phase, s.Reason = Preloading, "running, loading its model"
-	case e.Health == engine.HealthFailing:
+	case e.Health == HealthFailing:
 		s.Phase, s.Reason = Unready, fmt.Sprintf("engine pid %d fails its health check", e.PID)
 	case e.Unverified || !e.Recorded:
 		// Healthy, but its placement was never checked: waited on like a preload.
@@ -333,9 +332,9 @@ func WithRecord(e *Engine, rec *EngineRecord) *Engine {
 		// unless it is only an intent, and it loads until recorded Ready.
 		n := &Engine{Pool: rec.Pool, Generation: rec.Generation, SpecHash: rec.SpecHash, Spec: rec.Spec,
 			PID: rec.PID, Port: rec.Port, Recorded: true, Intent: rec.PID == 0 && rec.Intent, Alive: rec.PID != 0,
-			Health: engine.HealthLoading, Unverified: rec.ReadyAt.IsZero(), ReadyAt: rec.ReadyAt, Draining: !rec.DrainingSince.IsZero()}
+			Health: HealthLoading, Unverified: rec.ReadyAt.IsZero(), ReadyAt: rec.ReadyAt, Draining: !rec.DrainingSince.IsZero()}
 		if !rec.ReadyAt.IsZero() {
-			n.Health = engine.HealthOK
+			n.Health = HealthOK
 		}
 		return n
 	}
@@ -343,8 +342,8 @@ func WithRecord(e *Engine, rec *EngineRecord) *Engine {
 	c.Recorded, c.SpecHash, c.Spec = true, rec.SpecHash, rec.Spec
 	c.ReadyAt, c.Unverified = rec.ReadyAt, rec.ReadyAt.IsZero()
 	c.Draining = !rec.DrainingSince.IsZero()
-	if c.Alive && !rec.ReadyAt.IsZero() && c.Health == engine.HealthLoading {
-		c.Health = engine.HealthOK // recorded Ready since the observation
+	if c.Alive && !rec.ReadyAt.IsZero() && c.Health == HealthLoading {
+		c.Health = HealthOK // recorded Ready since the observation
 	}
 	return &c
 }

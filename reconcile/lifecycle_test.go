@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
@@ -24,7 +23,7 @@ func TestLifecycle(t *testing.T) {
 	changed.Model.Ctx = 4096
 	readyAt := now.Add(-time.Hour)
 	live := func(mod func(e *Engine)) *Engine {
-		e := &Engine{Pool: "chat", SpecHash: hash, Spec: spec, PID: 42, Port: 18000, Alive: true, Health: engine.HealthOK, Recorded: true, ReadyAt: readyAt}
+		e := &Engine{Pool: "chat", SpecHash: hash, Spec: spec, PID: 42, Port: 18000, Alive: true, Health: HealthOK, Recorded: true, ReadyAt: readyAt}
 		if mod != nil {
 			mod(e)
 		}
@@ -60,7 +59,7 @@ func TestLifecycle(t *testing.T) {
 	}{
 		{"nothing yet", Facts{Spec: spec}, Status{Phase: Pending, Next: NextStart}},
 		{"Ready", Facts{Spec: spec, Engine: live(nil)}, Status{Phase: Ready, Ready: true, Next: NextNone}},
-		{"loading", Facts{Spec: spec, Engine: live(func(e *Engine) { e.Health, e.ReadyAt, e.Unverified = engine.HealthLoading, time.Time{}, true })},
+		{"loading", Facts{Spec: spec, Engine: live(func(e *Engine) { e.Health, e.ReadyAt, e.Unverified = HealthLoading, time.Time{}, true })},
 			Status{Phase: Preloading, Next: NextAwait}},
 		{"healthy, placement not verified", Facts{Spec: spec, Engine: live(func(e *Engine) { e.ReadyAt, e.Unverified = time.Time{}, true })},
 			Status{Phase: Preloading, Next: NextAwait}},
@@ -72,7 +71,7 @@ func TestLifecycle(t *testing.T) {
 			Status{Phase: Pending, Next: NextStart}},
 		{"spec changed, stop not begun: still serving", Facts{Spec: changed, Engine: live(nil)},
 			Status{Phase: Ready, Ready: true, Next: NextReplace}},
-		{"failing health", Facts{Spec: spec, Engine: live(func(e *Engine) { e.Health = engine.HealthFailing })},
+		{"failing health", Facts{Spec: spec, Engine: live(func(e *Engine) { e.Health = HealthFailing })},
 			Status{Phase: Unready, Next: NextRestart}},
 		{"found by its marker", Facts{Spec: spec, Engine: live(func(e *Engine) { e.Recorded, e.ReadyAt = false, time.Time{} })},
 			Status{Phase: Preloading, Next: NextAdopt}},
@@ -130,7 +129,7 @@ func TestLifecycleNeverReadyWhileDraining(t *testing.T) {
 	spec := lifecyclePool()
 	for _, held := range []bool{false, true} {
 		for _, wanted := range []*schema.Pool{spec, nil} {
-			for _, health := range []engine.Health{engine.HealthOK, engine.HealthLoading, engine.HealthFailing, ""} {
+			for _, health := range []Health{HealthOK, HealthLoading, HealthFailing, ""} {
 				e := &Engine{Pool: "chat", SpecHash: SpecHash(spec), Spec: spec, PID: 42, Alive: true, Health: health, Recorded: true, ReadyAt: now.Add(-time.Hour), Draining: true}
 				got := Lifecycle(Facts{Spec: wanted, Engine: e, Held: held}, now)
 				if got.Ready || got.Phase != Draining {

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
 	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
 	"github.com/poolmanagerd/pool-managerd/schema"
@@ -160,7 +159,7 @@ type Unchanged struct {
 	PID    int    `json:"pid,omitempty"`
 	Status string `json:"status"`
 	// Health is the engine's health: loading while it preloads (apply waits for it).
-	Health engine.Health `json:"health,omitempty"`
+	Health Health `json:"health,omitempty"`
 }
 
 // Summary counts a plan's changes.
@@ -328,7 +327,7 @@ func (p *planner) decide(pool *schema.Pool) (Change, *Unchanged) {
 	case NextNone, NextAwait:
 		u := &Unchanged{Pool: pool.ID, PID: e.PID, Status: st.Reason, Health: e.Health}
 		if st.Next == NextAwait {
-			u.Health = engine.HealthLoading
+			u.Health = HealthLoading
 		}
 		return c, u
 	case NextUpdate:

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/vram"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
 	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
@@ -87,7 +86,7 @@ func newBenchFleet(b *testing.B, pools int) *benchFleet {
 			}
 			pid++
 			o.Engines[id] = Engine{Pool: id, Generation: 1, SpecHash: SpecHash(p), Spec: p, PID: pid, PIDs: []int{pid},
-				Port: 18000 + i, Alive: true, Health: engine.HealthOK, Recorded: true}
+				Port: 18000 + i, Alive: true, Health: HealthOK, Recorded: true}
 			for k, idx := range p.Devices {
 				j := slices.IndexFunc(o.GPUs, func(g gpu.Device) bool { return g.Index == idx })
 				o.GPUs[j].Processes = append(o.GPUs[j].Processes, gpu.Process{PID: pid, UsedBytes: need.PerGPU[k]})

@@ -16,7 +16,6 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/vram"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
 	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
@@ -437,7 +436,7 @@ func applyModel(obs Observed, plan *NodePlan, stopsFirst bool) (Observed, error)
 				sort.Slice(d.Processes, func(a, b int) bool { return d.Processes[a].PID < d.Processes[b].PID })
 			}
 			o.Engines[c.Pool] = Engine{Pool: c.Pool, Generation: e.Generation + 1, SpecHash: c.SpecHash, Spec: c.Spec,
-				PID: pid, PIDs: []int{pid}, Port: 20000 + pid%10000, Alive: true, Health: engine.HealthOK, Recorded: true}
+				PID: pid, PIDs: []int{pid}, Port: 20000 + pid%10000, Alive: true, Health: HealthOK, Recorded: true}
 			st := o.Pools[c.Pool]
 			st.NextRetry, st.BreakerState, st.BreakerRetryAt = time.Time{}, "", time.Time{}
 			o.Pools[c.Pool] = st
@@ -723,7 +722,7 @@ func (g *stateGen) alive(e *Engine) {
 			e.PIDs = append(e.PIDs, g.pid())
 		}
 	}
-	e.Health = pick(g, engine.HealthOK, engine.HealthOK, engine.HealthOK, engine.HealthLoading, engine.HealthFailing, "")
+	e.Health = pick(g, HealthOK, HealthOK, HealthOK, HealthLoading, HealthFailing, "")
 }
 
 func (g *stateGen) uuid() string {
@@ -946,7 +945,7 @@ func defectGPU(totalGiB uint64, procs map[int]uint64) gpu.Device {
 	return d
 }
 
-func runningEngine(spec *schema.Pool, pid int, health engine.Health) Engine {
+func runningEngine(spec *schema.Pool, pid int, health Health) Engine {
 	return Engine{Pool: spec.ID, Generation: 1, SpecHash: SpecHash(spec), Spec: spec, PID: pid, PIDs: []int{pid},
 		Alive: true, Health: health, Recorded: true}
 }
@@ -977,7 +976,7 @@ func TestRegressionUpdateHidesRestartOfFailingEngine(t *testing.T) {
 	ran.Restart.InitialBackoff = 2 * time.Second
 	d := defectDesired(want)
 	o := Observed{Node: "gpu-01", Source: "sim", GPUs: []gpu.Device{defectGPU(24, map[int]uint64{100: 6})},
-		Engines: map[string]Engine{"chat": runningEngine(ran, 100, engine.HealthFailing)}}
+		Engines: map[string]Engine{"chat": runningEngine(ran, 100, HealthFailing)}}
 	assertIdempotent(t, d, o)
 }
 
@@ -992,7 +991,7 @@ func TestRegressionLaterStopNotCountedForEarlierStart(t *testing.T) {
 	ran.Model.Ctx, ran.VRAM = 32768, 12*giB
 	d := defectDesired(a, b)
 	o := Observed{Node: "gpu-01", Source: "sim", GPUs: []gpu.Device{defectGPU(16, map[int]uint64{200: 12})},
-		Engines: map[string]Engine{"b": runningEngine(ran, 200, engine.HealthOK)}}
+		Engines: map[string]Engine{"b": runningEngine(ran, 200, HealthOK)}}
 	if p := Plan(d, o, propertyNow); p.Summary.Blocked != 0 {
 		t.Errorf("blocked although both pools fit once b's engine stops:\n%s", planText(p))
 	}
@@ -1012,7 +1011,7 @@ func TestRegressionBookingOrderIsNotApplyOrder(t *testing.T) {
 	d := defectDesired(a, b)
 	o := Observed{Node: "gpu-01", Source: "sim", GPUs: []gpu.Device{defectGPU(24, map[int]uint64{300: 14})},
 		Engines: map[string]Engine{
-			"a": runningEngine(a, 300, engine.HealthFailing),
+			"a": runningEngine(a, 300, HealthFailing),
 			"b": {Pool: "b", Generation: 1, SpecHash: SpecHash(ranB), Spec: ranB, PID: 301, Recorded: true, Exit: "exited with status 1"},
 		}}
 	assertIdempotent(t, d, o)

@@ -3,7 +3,6 @@ package reconcile
 import (
 	"time"
 
-	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
 
@@ -33,13 +32,4 @@ type EngineRecord struct {
 	Spec *schema.Pool `json:"spec,omitzero"`
 	// Argv is the engine's command line, checked when a later run adopts it.
 	Argv []string `json:"argv,omitzero"`
-}
-
-// Ref is what a driver needs of the record to adopt the engine or clean up after it.
-func (r EngineRecord) Ref() engine.Ref {
-	ref := engine.Ref{Pool: r.Pool, PID: r.PID, StartTicks: r.StartTicks, Port: r.Port, LogPath: r.LogPath, Argv: r.Argv}
-	if r.Spec != nil {
-		ref.Engine = r.Spec.Engine
-	}
-	return ref
 }

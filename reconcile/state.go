@@ -3,7 +3,6 @@ package reconcile
 import (
 	"time"
 
-	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
 	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
 	"github.com/poolmanagerd/pool-managerd/schema"
@@ -69,6 +68,21 @@ func DesiredFor(cfg *schema.Desired, node string) Desired {
 	return d
 }
 
+// Health is what an engine's health endpoint said when the node was
+// observed (observe asks it through drivers/engine).
+type Health string
+
+// Engine health as observed.
+const (
+	// HealthOK: the engine answered its health check; the model is loaded.
+	HealthOK Health = "ok"
+	// HealthLoading: the engine is up but still loading its model (llama-server
+	// answers 503, vLLM and TGI refuse connections).
+	HealthLoading Health = "loading"
+	// HealthFailing: the engine answers that it is unhealthy, or stopped answering after it was Ready.
+	HealthFailing Health = "failing"
+)
+
 // Observed is what pool-managerd sees on the node at one moment.
 type Observed struct {
 	Node string `json:"node"`
@@ -100,8 +114,8 @@ type Engine struct {
 	// shards are children): the ones that may hold its GPU memory.
 	PIDs []int `json:"pids,omitempty"`
 	// Alive: the process runs (same pid and start time; not a zombie).
-	Alive  bool          `json:"alive"`
-	Health engine.Health `json:"health,omitempty"`
+	Alive  bool   `json:"alive"`
+	Health Health `json:"health,omitempty"`
 	// Recorded: the engine is in the state file. An engine found only by the
 	// marker in its environment (a crash between spawn and record) is not.
 	Recorded bool `json:"recorded"`

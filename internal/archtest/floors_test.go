@@ -44,6 +44,21 @@ var floors = []struct {
 	{"internal/archtest", tools},
 }
 
+// pure are the packages of pure decisions (no I/O: DESIGN's floor 3) and
+// the only packages of the module they may import: the config's types and
+// the GPU driver's plain types. The engine drivers (drivers/engine, which
+// probes health over HTTP and reads /proc) are out of bounds for them.
+var pure = map[string][]string{
+	"reconcile":         {"schema", "drivers/gpu", "reconcile/restart"},
+	"reconcile/restart": {"schema"},
+}
+
+// mayImport reports whether imp is one of the allowed packages, or below
+// schema (the config's own leaf packages).
+func mayImport(allowed []string, imp string) bool {
+	return slices.Contains(allowed, imp) || (slices.Contains(allowed, "schema") && strings.HasPrefix(imp, "schema/"))
+}
+
 // floorOf returns the floor of a package, by its path within the module.
 func floorOf(rel string) (int, bool) {
 	best, floor := -1, 0
@@ -85,6 +100,8 @@ func check(pkgs []pkg) []string {
 				bad = append(bad, fmt.Sprintf("%s (floor %d) imports %s, a test tool", p.Path, from, imp))
 			case to > from:
 				bad = append(bad, fmt.Sprintf("%s (floor %d) imports %s (floor %d), a floor above it", p.Path, from, imp, to))
+			case pure[p.Path] != nil && !mayImport(pure[p.Path], imp):
+				bad = append(bad, fmt.Sprintf("%s is pure and imports %s, which it may not (only %s)", p.Path, imp, strings.Join(pure[p.Path], ", ")))
 			}
 		}
 	}
@@ -182,7 +199,7 @@ func TestCheck(t *testing.T) {
 				{Path: "schema/llamaargs"},
 				{Path: "schema", Imports: []string{"schema/llamaargs"}},
 				{Path: "drivers/engine/local", Imports: []string{"drivers/engine", "drivers/engine/proc", "schema"}},
-				{Path: "reconcile", Imports: []string{"drivers/gpu", "drivers/engine", "reconcile/restart", "schema"}},
+				{Path: "reconcile", Imports: []string{"drivers/gpu", "reconcile/restart", "schema", "schema/llamaargs"}},
 				{Path: "internal/executor", Imports: []string{"internal/state", "reconcile", "drivers/engine/supervisor"}},
 				{Path: "internal/poolview", Imports: []string{"internal/api", "internal/state"}},
 				{Path: "cmd/pool-managerd", Imports: []string{"internal/cli"}},
@@ -216,6 +233,14 @@ func TestCheck(t *testing.T) {
 			name: "a product package imports a test tool",
 			pkgs: []pkg{{Path: "internal/daemon", Imports: []string{"testkit/syncbuf"}}},
 			want: []string{"internal/daemon (floor 5) imports testkit/syncbuf, a test tool"},
+		},
+		{
+			name: "the pure planner reaches for an engine driver",
+			pkgs: []pkg{{Path: "reconcile", Imports: []string{"drivers/engine", "schema"}}, {Path: "reconcile/restart", Imports: []string{"drivers/gpu"}}},
+			want: []string{
+				"reconcile is pure and imports drivers/engine, which it may not (only schema, drivers/gpu, reconcile/restart)",
+				"reconcile/restart is pure and imports drivers/gpu, which it may not (only schema)",
+			},
 		},
 		{
 			name: "a package without a floor",

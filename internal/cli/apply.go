@@ -16,7 +16,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/local"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/preset"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
@@ -211,7 +210,7 @@ func runApply(cmd *cobra.Command, target string, src gpuSource, node, stateDir s
 	}
 	loading := false
 	for _, u := range plan.Unchanged {
-		loading = loading || u.Health == engine.HealthLoading
+		loading = loading || u.Health == reconcile.HealthLoading
 	}
 	if !plan.HasChanges() && !loading && plan.Summary.Blocked == 0 {
 		fmt.Fprintln(out, "Nothing to do: the node runs what the config says.")

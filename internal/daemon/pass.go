@@ -227,7 +227,7 @@ func (d *Daemon) launchChanges(plan *reconcile.NodePlan, now time.Time, later fu
 func (d *Daemon) launchAwaits(plan *reconcile.NodePlan, st *state.State) {
 	for _, u := range plan.Unchanged {
 		delete(d.reported, u.Pool)
-		if u.Health != engine.HealthLoading || !d.free(u.Pool) {
+		if u.Health != reconcile.HealthLoading || !d.free(u.Pool) {
 			continue
 		}
 		d.launchPlan(u.Pool, &op{kind: opApply, specHash: st.Engines[u.Pool].SpecHash}, &reconcile.NodePlan{Node: d.opts.Node, Unchanged: []reconcile.Unchanged{u}})
@@ -377,7 +377,7 @@ func (d *Daemon) watchExits(obs reconcile.Observed, st *state.State) bool {
 		if !e.Alive || !recorded || rec.PID != e.PID || d.watching[id] == e.PID || d.busy[id] != nil {
 			continue
 		}
-		p, err := d.opts.Engines.Adopt(d.runCtx, rec.Ref())
+		p, err := d.opts.Engines.Adopt(d.runCtx, executor.RefOf(rec))
 		if err != nil {
 			ok = false // gone meanwhile: the next pass sees it
 			continue

@@ -244,7 +244,7 @@ func (x *Executor) Apply(ctx context.Context, plan *reconcile.NodePlan) (Result,
 		}
 	}
 	for _, u := range plan.Unchanged {
-		if u.Health == engine.HealthLoading {
+		if u.Health == reconcile.HealthLoading {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -287,7 +287,7 @@ func (x *Executor) stop(ctx context.Context, c reconcile.Change) error {
 				return err
 			}
 		}
-		p, err := x.Engines.Adopt(ctx, rec.Ref())
+		p, err := x.Engines.Adopt(ctx, RefOf(rec))
 		switch {
 		case err == nil:
 			policy := restartPolicyOf(rec.Spec, c.Spec)
@@ -307,7 +307,7 @@ func (x *Executor) stop(ctx context.Context, c reconcile.Change) error {
 			return fmt.Errorf("stop pool %s: engine pid %d: %w", c.Pool, c.PID, err)
 		}
 	}
-	if err := x.Engines.Cleanup(ctx, rec.Ref()); err != nil {
+	if err := x.Engines.Cleanup(ctx, RefOf(rec)); err != nil {
 		return fmt.Errorf("stop pool %s: %w", c.Pool, err)
 	}
 	err := x.mutate(func(st *state.State) {
@@ -341,7 +341,7 @@ func (x *Executor) update(ctx context.Context, c reconcile.Change) Outcome {
 	}); err != nil {
 		return Outcome{Pool: c.Pool, Action: reconcile.Update, Phase: reconcile.Unready, Failure: &restart.Failure{Class: "state_write_failed", Message: err.Error()}}
 	}
-	p, err := x.Engines.Adopt(ctx, rec.Ref())
+	p, err := x.Engines.Adopt(ctx, RefOf(rec))
 	if err != nil {
 		return x.outcome(c, x.failed(ctx, c.Spec, restart.Failure{Class: restart.ClassExited, Message: fmt.Sprintf("engine pid %d: %v", rec.PID, err)}))
 	}
@@ -367,6 +367,16 @@ func (x *Executor) blocked(ctx context.Context, c reconcile.Change) Outcome {
 	}
 	x.report(c.Pool, phase, f, "blocked: %s", c.Blocker.Message)
 	return Outcome{Pool: c.Pool, Action: reconcile.Blocked, Phase: phase, Failure: f}
+}
+
+// RefOf is what a driver needs of an engine's record to adopt the engine
+// or clean up after it.
+func RefOf(r reconcile.EngineRecord) engine.Ref {
+	ref := engine.Ref{Pool: r.Pool, PID: r.PID, StartTicks: r.StartTicks, Port: r.Port, LogPath: r.LogPath, Argv: r.Argv}
+	if r.Spec != nil {
+		ref.Engine = r.Spec.Engine
+	}
+	return ref
 }
 
 // history returns the pool's restart record.

@@ -146,7 +146,7 @@ func (h *harness) lifecycleOf(t *testing.T, pool *schema.Pool) reconcile.Status 
 		t.Fatal(err)
 	}
 	rec := st.Engines[pool.ID]
-	observed := &reconcile.Engine{Pool: pool.ID, SpecHash: rec.SpecHash, Spec: rec.Spec, PID: rec.PID, Alive: true, Health: engine.HealthOK, Recorded: true, ReadyAt: rec.ReadyAt}
+	observed := &reconcile.Engine{Pool: pool.ID, SpecHash: rec.SpecHash, Spec: rec.Spec, PID: rec.PID, Alive: true, Health: reconcile.HealthOK, Recorded: true, ReadyAt: rec.ReadyAt}
 	var r *reconcile.EngineRecord
 	if _, ok := st.Engines[pool.ID]; ok {
 		r = &rec

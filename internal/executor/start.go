@@ -99,7 +99,7 @@ func (x *Executor) settleDeath(ctx context.Context, c reconcile.Change) (Outcome
 	}
 	// A recorded engine that is gone (the plan stops none: c.PID is 0).
 	if dead := known && c.PID == 0 && rec.PID != 0 && (c.Action == reconcile.Restart || c.Action == reconcile.Replace); dead {
-		if err := x.Engines.Cleanup(ctx, rec.Ref()); err != nil {
+		if err := x.Engines.Cleanup(ctx, RefOf(rec)); err != nil {
 			return x.failed(ctx, pool, restart.Failure{Class: restart.ClassSpawnFailed, Message: err.Error()}), true
 		}
 		if reconcile.ExitUnrecorded(rec.ReadyAt, history) {
@@ -135,7 +135,7 @@ func (x *Executor) RecordExit(ctx context.Context, pool *schema.Pool, pid int, e
 	if !known || rec.PID != pid || !rec.DrainingSince.IsZero() || !reconcile.ExitUnrecorded(rec.ReadyAt, history) {
 		return Outcome{Pool: pool.ID}
 	}
-	_ = x.Engines.Cleanup(ctx, rec.Ref())
+	_ = x.Engines.Cleanup(ctx, RefOf(rec))
 	return x.recordExit(pool, rec, exitFailure(pid, exit, logTail(rec), rec.LogPath, "after it was Ready"))
 }
 
@@ -444,7 +444,7 @@ func (x *Executor) adopt(ctx context.Context, c reconcile.Change) Outcome {
 	pool := c.Spec
 	m := x.markerOf(c)
 	rec := reconcile.EngineRecord{Pool: pool.ID, Generation: m, SpecHash: c.SpecHash, Spec: pool, PID: c.PID, StartedAt: x.now()}
-	p, err := x.Engines.Adopt(ctx, rec.Ref())
+	p, err := x.Engines.Adopt(ctx, RefOf(rec))
 	if err != nil {
 		return x.outcome(c, x.failed(ctx, pool, restart.Failure{Class: restart.ClassExited, Message: fmt.Sprintf("adopt engine pid %d: %v", c.PID, err)}))
 	}
@@ -470,7 +470,7 @@ func (x *Executor) awaitLoading(ctx context.Context, id string) Outcome {
 	if !ok || rec.Spec == nil {
 		return Outcome{Pool: id, Phase: reconcile.Preloading}
 	}
-	p, err := x.Engines.Adopt(ctx, rec.Ref())
+	p, err := x.Engines.Adopt(ctx, RefOf(rec))
 	if err != nil {
 		return x.failed(ctx, rec.Spec, restart.Failure{Class: restart.ClassExited, Message: fmt.Sprintf("engine pid %d: %v", rec.PID, err)})
 	}

@@ -106,7 +106,7 @@ func engineOf(ctx context.Context, rec reconcile.EngineRecord, pool restart.Reco
 	e.Unverified = rec.ReadyAt.IsZero()
 	e.Draining = !rec.DrainingSince.IsZero()
 	e.PIDs = sessionOf(rec.PID, sessions)
-	e.Health = health(ctx, rec.Port, !rec.ReadyAt.IsZero())
+	e.Health = reconcile.Health(health(ctx, rec.Port, !rec.ReadyAt.IsZero()))
 	return e
 }
 
@@ -162,7 +162,7 @@ func scanMarkers(ctx context.Context, node, stateDir string, engines map[string]
 		}
 		engines[f.marker.Pool] = reconcile.Engine{
 			Pool: f.marker.Pool, Generation: f.marker.Generation, SpecHash: f.marker.SpecHash, PID: f.pid, Port: f.port,
-			PIDs: sessionOf(f.pid, sessions), Alive: true, Health: health(ctx, f.port, false),
+			PIDs: sessionOf(f.pid, sessions), Alive: true, Health: reconcile.Health(health(ctx, f.port, false)),
 		}
 	}
 	return nil

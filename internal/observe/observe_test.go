@@ -212,7 +212,7 @@ func TestObserveLiveRecordedEngine(t *testing.T) {
 	}
 	want := reconcile.Engine{
 		Pool: "chat", Generation: 2, SpecHash: "sha256:x", PID: pid, Port: 18081,
-		PIDs: []int{pid}, Alive: true, Health: engine.HealthOK, Recorded: true, ReadyAt: st.Engines["chat"].ReadyAt,
+		PIDs: []int{pid}, Alive: true, Health: reconcile.HealthOK, Recorded: true, ReadyAt: st.Engines["chat"].ReadyAt,
 	}
 	if diff := cmp.Diff(want, e); diff != "" {
 		t.Errorf("engine (-want +got):\n%s", diff)
@@ -358,11 +358,11 @@ func TestObserveScanProcesses(t *testing.T) {
 	}
 	want := map[string]reconcile.Engine{
 		"chat": {Pool: "chat", Generation: 2, SpecHash: "sha256:c", PID: recPID, Port: 18100, PIDs: []int{recPID},
-			Alive: true, Health: engine.HealthLoading, Recorded: true, Unverified: true}, // never recorded Ready
+			Alive: true, Health: reconcile.HealthLoading, Recorded: true, Unverified: true}, // never recorded Ready
 		"scanned": {Pool: "scanned", Generation: 3, SpecHash: "sha256:x", PID: scannedPID, Port: 18123, PIDs: scannedPIDs,
-			Alive: true, Health: engine.HealthLoading},
+			Alive: true, Health: reconcile.HealthLoading},
 		"revived": {Pool: "revived", Generation: 8, SpecHash: "sha256:r", PID: revived.Process.Pid, PIDs: []int{revived.Process.Pid},
-			Alive: true, Health: engine.HealthLoading},
+			Alive: true, Health: reconcile.HealthLoading},
 	}
 	if diff := cmp.Diff(want, obs.Engines); diff != "" {
 		t.Errorf("engines (-want +got):\n%s", diff)

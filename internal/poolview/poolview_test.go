@@ -4,7 +4,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
 	"github.com/poolmanagerd/pool-managerd/internal/api"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
@@ -35,11 +34,11 @@ func TestOne(t *testing.T) {
 		held        bool
 	}{
 		{name: "nothing known", wantPhase: reconcile.Pending, wantPreload: api.PreloadPending},
-		{name: "healthy engine", obs: map[string]reconcile.Engine{"p": {PID: 100, Port: 8080, Alive: true, Recorded: true, Health: engine.HealthOK, SpecHash: hash, ReadyAt: ready}},
+		{name: "healthy engine", obs: map[string]reconcile.Engine{"p": {PID: 100, Port: 8080, Alive: true, Recorded: true, Health: reconcile.HealthOK, SpecHash: hash, ReadyAt: ready}},
 			engines: map[string]reconcile.EngineRecord{"p": liveRec}, wantPhase: reconcile.Ready, wantReady: true, wantPID: 100, wantPreload: api.PreloadLoaded, wantGPUs: 1},
-		{name: "loading engine", obs: map[string]reconcile.Engine{"p": {PID: 100, Port: 8080, Alive: true, Recorded: true, Health: engine.HealthLoading, SpecHash: hash, Unverified: true}},
+		{name: "loading engine", obs: map[string]reconcile.Engine{"p": {PID: 100, Port: 8080, Alive: true, Recorded: true, Health: reconcile.HealthLoading, SpecHash: hash, Unverified: true}},
 			engines: map[string]reconcile.EngineRecord{"p": {Pool: "p", PID: 100, Port: 8080, StartedAt: started, SpecHash: hash}}, wantPhase: reconcile.Preloading, wantPID: 100, wantPreload: api.PreloadLoading, wantGPUs: 1},
-		{name: "failing health", obs: map[string]reconcile.Engine{"p": {PID: 100, Alive: true, Recorded: true, Health: engine.HealthFailing, SpecHash: hash, ReadyAt: ready}},
+		{name: "failing health", obs: map[string]reconcile.Engine{"p": {PID: 100, Alive: true, Recorded: true, Health: reconcile.HealthFailing, SpecHash: hash, ReadyAt: ready}},
 			engines: map[string]reconcile.EngineRecord{"p": liveRec}, wantPhase: reconcile.Unready, wantPID: 100, wantPreload: api.PreloadLoaded, wantGPUs: 1},
 		{name: "dead after Ready", obs: map[string]reconcile.Engine{"p": {PID: 100, Recorded: true, SpecHash: hash, ReadyAt: ready}},
 			engines: map[string]reconcile.EngineRecord{"p": liveRec}, wantPhase: reconcile.Unready, wantClass: "exited"},
@@ -54,10 +53,10 @@ func TestOne(t *testing.T) {
 		{name: "started since the observation", obs: map[string]reconcile.Engine{"p": {PID: 99, Recorded: true, SpecHash: hash}},
 			engines: map[string]reconcile.EngineRecord{"p": {Pool: "p", PID: 100, Port: 8081, StartedAt: started, SpecHash: hash}}, wantPhase: reconcile.Preloading, wantPID: 100, wantPreload: api.PreloadLoading},
 		{name: "stopped by an operator", pools: map[string]restart.Record{"p": {Restarts: 2}}, held: true, wantPhase: reconcile.Stopped},
-		{name: "draining since the observation: not ready", obs: map[string]reconcile.Engine{"p": {PID: 100, Port: 8080, Alive: true, Recorded: true, Health: engine.HealthOK, SpecHash: hash, ReadyAt: ready}},
+		{name: "draining since the observation: not ready", obs: map[string]reconcile.Engine{"p": {PID: 100, Port: 8080, Alive: true, Recorded: true, Health: reconcile.HealthOK, SpecHash: hash, ReadyAt: ready}},
 			engines:   map[string]reconcile.EngineRecord{"p": func() reconcile.EngineRecord { r := liveRec; r.DrainingSince = now; return r }()},
 			wantPhase: reconcile.Draining, wantPID: 100, wantPreload: api.PreloadLoaded, wantGPUs: 1},
-		{name: "stopped and forgotten since the observation", obs: map[string]reconcile.Engine{"p": {PID: 100, Port: 8080, Alive: true, Recorded: true, Health: engine.HealthOK, SpecHash: hash, ReadyAt: ready}},
+		{name: "stopped and forgotten since the observation", obs: map[string]reconcile.Engine{"p": {PID: 100, Port: 8080, Alive: true, Recorded: true, Health: reconcile.HealthOK, SpecHash: hash, ReadyAt: ready}},
 			held: true, wantPhase: reconcile.Stopped},
 	}
 	for _, c := range cases {
@@ -95,7 +94,7 @@ func TestOne(t *testing.T) {
 
 func TestBuildSortsAndCovers(t *testing.T) {
 	st := &state.State{Engines: map[string]reconcile.EngineRecord{}, Pools: map[string]restart.Record{"b": {}, "a": {}}}
-	obs := reconcile.Observed{Engines: map[string]reconcile.Engine{"c": {PID: 1, Alive: true, Health: engine.HealthOK}}}
+	obs := reconcile.Observed{Engines: map[string]reconcile.Engine{"c": {PID: 1, Alive: true, Health: reconcile.HealthOK}}}
 	rows := Build(Input{Observed: obs, State: st, Now: time.Now()})
 	var ids []string
 	for _, r := range rows {
@@ -117,7 +116,7 @@ func TestStatusWithoutConfig(t *testing.T) {
 		"gone":    {Restarts: 1},
 		"failing": {ConsecutiveFailures: 1, NextRetry: now.Add(time.Minute), LastError: &restart.ErrorRecord{Class: "exited", Message: "boom", Time: now}},
 	}}
-	obs := reconcile.Observed{Engines: map[string]reconcile.Engine{"p": {PID: 100, Port: 8080, Alive: true, Recorded: true, Health: engine.HealthOK, SpecHash: hash, ReadyAt: rec.ReadyAt}}}
+	obs := reconcile.Observed{Engines: map[string]reconcile.Engine{"p": {PID: 100, Port: 8080, Alive: true, Recorded: true, Health: reconcile.HealthOK, SpecHash: hash, ReadyAt: rec.ReadyAt}}}
 	want := map[string]reconcile.Phase{"p": reconcile.Ready, "gone": reconcile.Stopped, "failing": reconcile.Unready}
 	for _, r := range Build(Input{Observed: obs, State: st, Now: now}) {
 		if r.Phase != want[r.Pool] {
