@@ -45,6 +45,11 @@ type Driver struct {
 	// given are the ports handed to engines by this driver: parallel starts
 	// must not get the same free port between its probe and the engine's bind.
 	given map[int]bool
+	// started are the engines this driver started that still run, by pid.
+	// Adopt hands out the started process itself: this process is their
+	// parent, so it learns how each ends (the signal, the exit code), which
+	// a watch on an adopted process cannot.
+	started map[int]*process
 }
 
 var _ engine.Driver = (*Driver)(nil)
@@ -89,13 +94,53 @@ func (d *Driver) Start(ctx context.Context, req engine.StartRequest) (engine.Pro
 	}
 	p := &process{h: h, port: port, logPath: d.logPath(req.Pool.ID), argv: cmd.Argv(), llama: cmd.Health == preset.LlamaServer}
 	p.watchOOM(d.oomSource())
+	d.remember(p)
 	return p, nil
+}
+
+// remember keeps a started engine for Adopt until it exits.
+func (d *Driver) remember(p *process) {
+	d.mu.Lock()
+	if d.started == nil {
+		d.started = map[int]*process{}
+	}
+	d.started[p.PID()] = p
+	d.mu.Unlock()
+	go func() {
+		<-p.h.Done()
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if d.started[p.PID()] == p {
+			delete(d.started, p.PID())
+		}
+	}()
+}
+
+// startedEngine returns the engine that this driver started, still
+// running, that ref names (its pid, and its start time when recorded).
+func (d *Driver) startedEngine(ref engine.Ref) *process {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	p := d.started[ref.PID]
+	if p == nil || (ref.StartTicks != 0 && ref.StartTicks != p.StartTicks()) {
+		return nil
+	}
+	select {
+	case <-p.h.Done():
+		return nil // exited: not running, as Adopt then finds
+	default:
+		return p
+	}
 }
 
 // Adopt takes over a running engine: by its recorded pid, start time and
 // command line, or — for an engine found by its marker, not yet recorded —
-// by its pid and what /proc says of it.
+// by its pid and what /proc says of it. An engine this driver started and
+// that still runs is the started process itself, whose exit status is known.
 func (d *Driver) Adopt(_ context.Context, ref engine.Ref) (engine.Process, error) {
+	if p := d.startedEngine(ref); p != nil {
+		return p, nil
+	}
 	gone := func(err error) error { return fmt.Errorf("%w: pid %d: %w", engine.ErrGone, ref.PID, err) }
 	ticks, argv := ref.StartTicks, ref.Argv
 	if ticks == 0 || len(argv) == 0 {

@@ -2,6 +2,7 @@ package local
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/poolmanagerd/pool-managerd/drivers/engine"
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/supervisor"
 )
 
@@ -122,5 +125,75 @@ func TestParseOOMKills(t *testing.T) {
 	}
 	if cg, err := (CgroupOOM{Proc: dir}).Cgroup(1); err != nil || cg != "/system.slice/pool-managerd.service" {
 		t.Errorf("Cgroup = %q, %v", cg, err)
+	}
+}
+
+// TestAdoptOfAStartedEngineKnowsHowItEnds: Adopt of an engine this driver
+// started returns the started process, whose exit status this process, its
+// parent, learns: a SIGKILL is seen as one. An engine the driver did not
+// start (another daemon's) is adopted through /proc, and how it ends is
+// unknown. Once the started engine has exited, Adopt finds it gone.
+func TestAdoptOfAStartedEngineKnowsHowItEnds(t *testing.T) {
+	ended := func(t *testing.T, p engine.Process) engine.ExitStatus {
+		t.Helper()
+		select {
+		case <-p.Exited():
+		case <-time.After(10 * time.Second):
+			t.Fatal("the process did not exit")
+		}
+		return p.Exit()
+	}
+	// refOf is the engine's record: its command line is read once the
+	// process has exec'd (it reads empty for a moment before).
+	refOf := func(t *testing.T, h *supervisor.Handle) engine.Ref {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			argv, err := proc.Cmdline(h.PID())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(argv) > 0 && argv[len(argv)-1] == "60" {
+				return engine.Ref{Pool: "a", PID: h.PID(), StartTicks: h.StartTicks(), Argv: argv}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("pid %d: command line %q, want sleep's", h.PID(), argv)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	for _, tt := range []struct {
+		name    string
+		started bool
+		want    engine.ExitStatus
+	}{
+		{name: "started by this driver", started: true, want: engine.ExitStatus{Code: -1, Signal: "SIGKILL"}},
+		{name: "started elsewhere", started: false, want: engine.ExitStatus{Code: -1}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			d := &Driver{OOM: &fakeOOM{}}
+			started := &process{h: startSleep(t)}
+			if tt.started {
+				d.remember(started)
+			}
+			ref := refOf(t, started.h)
+			p, err := d.Adopt(context.Background(), ref)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if same := p == engine.Process(started); same != tt.started {
+				t.Errorf("Adopt returned the started process: %v, want %v", same, tt.started)
+			}
+			if err := syscall.Kill(ref.PID, syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			if got := ended(t, p); got != tt.want {
+				t.Errorf("Exit() = %+v, want %+v", got, tt.want)
+			}
+			<-started.h.Done()
+			if _, err := d.Adopt(context.Background(), ref); !errors.Is(err, engine.ErrGone) {
+				t.Errorf("Adopt after the exit: %v, want ErrGone", err)
+			}
+		})
 	}
 }
