@@ -140,10 +140,10 @@ Feature: The daemon: config watching, resync, the API and operator actions
     And the daemon shows pool "coder" as Ready
     When I note the engine pids
     And I kill the engine of pool "coder" with SIGKILL
-    Then the daemon shows pool "coder" with 1 restart and a last error of class "exited" with a message, a time and a hint
+    Then the daemon shows pool "coder" with 1 restart and a last error of class "signaled" with a message, a time and a hint
     And the daemon shows pool "coder" Ready with a new engine pid
     And pool "chat" has the engine pid noted
-    And the metric pool_managerd_restarts_total{pool="coder",reason="exited"} is 1
+    And the metric pool_managerd_restarts_total{pool="coder",reason="signaled"} is 1
 
   @PM-1031
   Scenario: An engine that stops answering its health check once Ready is restarted between resyncs

@@ -415,6 +415,7 @@ func (w *world) register(sc *godog.ScenarioContext) {
 	sc.Step(`^a GitHub annotation is printed for "([^"]*)" at line (\d+), column (\d+)$`, w.githubAnnotation)
 	w.registerApply(sc)
 	w.registerDaemon(sc)
+	w.registerLifecycle(sc)
 }
 
 func (w *world) path(rel string) string { return filepath.Join(w.workspace, w.config, rel) }

@@ -33,6 +33,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/poolmanagerd/pool-managerd/drivers/engine"
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
 	"github.com/poolmanagerd/pool-managerd/internal/executor"
 	"github.com/poolmanagerd/pool-managerd/internal/metrics"
@@ -286,8 +287,11 @@ func (d *Daemon) watchHealth(ctx context.Context) {
 			if h == engine.HealthOK || ctx.Err() != nil {
 				continue
 			}
-			if !d.stillReady(r.Pool, r.PID) {
-				continue // stopped or gone meanwhile: not a failure of a Ready engine
+			if !d.stillReady(r.Pool, r.PID) || !d.engineAlive(r.Pool, r.PID) {
+				// Stopped or gone meanwhile: not a failure of a Ready engine.
+				// An engine that died is its exit watch's to report, with its
+				// exit status, however soon the probe found it gone.
+				continue
 			}
 			d.log.Warn("engine health check failed", "pool", r.Pool, "pid", r.PID, "health", string(h))
 			select {
@@ -297,6 +301,17 @@ func (d *Daemon) watchHealth(ctx context.Context) {
 			break
 		}
 	}
+}
+
+// engineAlive reports whether the pool's recorded engine pid still runs
+// (the same process: its start time is the recorded one; not a zombie).
+func (d *Daemon) engineAlive(pool string, pid int) bool {
+	st, err := d.exec.State()
+	if err != nil {
+		return true // unknown: the probe's answer stands
+	}
+	rec, ok := st.Engines[pool]
+	return ok && rec.PID == pid && proc.Alive(pid, rec.StartTicks)
 }
 
 // stillReady reports whether the pool is still Ready with the engine pid.

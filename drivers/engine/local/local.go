@@ -45,11 +45,11 @@ type Driver struct {
 	// given are the ports handed to engines by this driver: parallel starts
 	// must not get the same free port between its probe and the engine's bind.
 	given map[int]bool
-	// spawned are the engines this driver started, by pid: adopting one
-	// again (the daemon's exit watch, a stop) gets the same process, this
-	// process's child, whose exit status (a signal, an exit code) can be
-	// read; a handle adopted anew could not read it.
-	spawned map[int]*process
+	// started are the engines this driver started that still run, by pid.
+	// Adopt hands out the started process itself: this process is their
+	// parent, so it learns how each ends (the signal, the exit code), which
+	// a watch on an adopted process cannot.
+	started map[int]*process
 }
 
 var _ engine.Driver = (*Driver)(nil)
@@ -94,37 +94,52 @@ func (d *Driver) Start(ctx context.Context, req engine.StartRequest) (engine.Pro
 	}
 	p := &process{h: h, port: port, logPath: d.logPath(req.Pool.ID), argv: cmd.Argv(), llama: cmd.Health == preset.LlamaServer}
 	p.watchOOM(d.oomSource())
-	d.mu.Lock()
-	if d.spawned == nil {
-		d.spawned = map[int]*process{}
-	}
-	d.spawned[p.PID()] = p
-	d.mu.Unlock()
+	d.remember(p)
 	return p, nil
 }
 
-// child returns the engine this driver started as pid, if it did.
-func (d *Driver) child(pid int, ticks uint64) (*process, bool) {
+// remember keeps a started engine for Adopt until it exits.
+func (d *Driver) remember(p *process) {
+	d.mu.Lock()
+	if d.started == nil {
+		d.started = map[int]*process{}
+	}
+	d.started[p.PID()] = p
+	d.mu.Unlock()
+	go func() {
+		<-p.h.Done()
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if d.started[p.PID()] == p {
+			delete(d.started, p.PID())
+		}
+	}()
+}
+
+// startedEngine returns the engine that this driver started, still
+// running, that ref names (its pid, and its start time when recorded).
+func (d *Driver) startedEngine(ref engine.Ref) *process {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	p, ok := d.spawned[pid]
-	if !ok || (ticks != 0 && p.StartTicks() != ticks) {
-		return nil, false
+	p := d.started[ref.PID]
+	if p == nil || (ref.StartTicks != 0 && ref.StartTicks != p.StartTicks()) {
+		return nil
 	}
-	return p, true
+	select {
+	case <-p.h.Done():
+		return nil // exited: not running, as Adopt then finds
+	default:
+		return p
+	}
 }
 
 // Adopt takes over a running engine: by its recorded pid, start time and
 // command line, or — for an engine found by its marker, not yet recorded —
-// by its pid and what /proc says of it.
+// by its pid and what /proc says of it. An engine this driver started and
+// that still runs is the started process itself, whose exit status is known.
 func (d *Driver) Adopt(_ context.Context, ref engine.Ref) (engine.Process, error) {
-	if p, ok := d.child(ref.PID, ref.StartTicks); ok {
-		select {
-		case <-p.Exited():
-			return nil, fmt.Errorf("%w: pid %d: %s", engine.ErrGone, ref.PID, p.Exit())
-		default:
-			return p, nil
-		}
+	if p := d.startedEngine(ref); p != nil {
+		return p, nil
 	}
 	gone := func(err error) error { return fmt.Errorf("%w: pid %d: %w", engine.ErrGone, ref.PID, err) }
 	ticks, argv := ref.StartTicks, ref.Argv
@@ -180,15 +195,6 @@ func (d *Driver) Adopt(_ context.Context, ref engine.Ref) (engine.Process, error
 // session it led that still carry its pool's marker (vLLM workers and TGI
 // shards that outlived it, holding GPU memory).
 func (d *Driver) Cleanup(_ context.Context, ref engine.Ref) error {
-	d.mu.Lock()
-	if p, ok := d.spawned[ref.PID]; ok {
-		select {
-		case <-p.Exited():
-			delete(d.spawned, ref.PID) // gone, and cleaned up after: forgotten
-		default:
-		}
-	}
-	d.mu.Unlock()
 	if ref.PID == 0 {
 		return nil
 	}

@@ -12,10 +12,8 @@ import (
 	"time"
 
 	"github.com/poolmanagerd/pool-managerd/drivers/engine"
-	"github.com/poolmanagerd/pool-managerd/drivers/engine/preset"
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/supervisor"
-	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
-	"github.com/poolmanagerd/pool-managerd/schema"
 )
 
 // fakeOOM is an injected cgroup: its OOM kill count is what the test says.
@@ -130,37 +128,72 @@ func TestParseOOMKills(t *testing.T) {
 	}
 }
 
-// An engine this driver spawned, adopted again (the daemon's exit watch),
-// is the same child: its exit status names the signal that killed it.
-func TestAdoptingASpawnedEngineReadsItsExitStatus(t *testing.T) {
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "engine")
-	if err := os.WriteFile(bin, []byte("#!/bin/sh\nexec sleep 60\n"), 0o755); err != nil {
-		t.Fatal(err)
+// TestAdoptOfAStartedEngineKnowsHowItEnds: Adopt of an engine this driver
+// started returns the started process, whose exit status this process, its
+// parent, learns: a SIGKILL is seen as one. An engine the driver did not
+// start (another daemon's) is adopted through /proc, and how it ends is
+// unknown. Once the started engine has exited, Adopt finds it gone.
+func TestAdoptOfAStartedEngineKnowsHowItEnds(t *testing.T) {
+	ended := func(t *testing.T, p engine.Process) engine.ExitStatus {
+		t.Helper()
+		select {
+		case <-p.Exited():
+		case <-time.After(10 * time.Second):
+			t.Fatal("the process did not exit")
+		}
+		return p.Exit()
 	}
-	d := &Driver{Binaries: preset.Binaries{LlamaCpp: bin}, LogDir: filepath.Join(dir, "logs"), StateDir: dir, OOM: &fakeOOM{}}
-	pool := &schema.Pool{ID: "chat", Node: "n", Engine: schema.EngineLlamaCpp, Model: schema.Model{Path: filepath.Join(dir, "m.gguf"), Ctx: 512}, Devices: []int{0}}
-	p, err := d.Start(context.Background(), engine.StartRequest{Pool: pool, GPUs: []gpu.Device{{Index: 0, UUID: "GPU-0"}}, Marker: "n/chat/1/x"})
-	if err != nil {
-		t.Fatal(err)
+	// refOf is the engine's record: its command line is read once the
+	// process has exec'd (it reads empty for a moment before).
+	refOf := func(t *testing.T, h *supervisor.Handle) engine.Ref {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			argv, err := proc.Cmdline(h.PID())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(argv) > 0 && argv[len(argv)-1] == "60" {
+				return engine.Ref{Pool: "a", PID: h.PID(), StartTicks: h.StartTicks(), Argv: argv}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("pid %d: command line %q, want sleep's", h.PID(), argv)
+			}
+			time.Sleep(time.Millisecond)
+		}
 	}
-	t.Cleanup(func() { _ = syscall.Kill(p.PID(), syscall.SIGKILL) })
-	watched, err := d.Adopt(context.Background(), engine.Ref{Pool: "chat", PID: p.PID(), StartTicks: p.StartTicks(), Argv: p.Argv()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Kill(p.PID(), syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-watched.Exited():
-	case <-time.After(10 * time.Second):
-		t.Fatal("no exit seen")
-	}
-	if got := watched.Exit(); got.Signal != "SIGKILL" || !got.Known() {
-		t.Errorf("the adopted handle's exit = %+v, want killed by SIGKILL", got)
-	}
-	if _, err := d.Adopt(context.Background(), engine.Ref{Pool: "chat", PID: p.PID(), StartTicks: p.StartTicks()}); !errors.Is(err, engine.ErrGone) {
-		t.Errorf("Adopt after the exit = %v, want ErrGone", err)
+	for _, tt := range []struct {
+		name    string
+		started bool
+		want    engine.ExitStatus
+	}{
+		{name: "started by this driver", started: true, want: engine.ExitStatus{Code: -1, Signal: "SIGKILL"}},
+		{name: "started elsewhere", started: false, want: engine.ExitStatus{Code: -1}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			d := &Driver{OOM: &fakeOOM{}}
+			started := &process{h: startSleep(t)}
+			if tt.started {
+				d.remember(started)
+			}
+			ref := refOf(t, started.h)
+			p, err := d.Adopt(context.Background(), ref)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if same := p == engine.Process(started); same != tt.started {
+				t.Errorf("Adopt returned the started process: %v, want %v", same, tt.started)
+			}
+			if err := syscall.Kill(ref.PID, syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			if got := ended(t, p); got != tt.want {
+				t.Errorf("Exit() = %+v, want %+v", got, tt.want)
+			}
+			<-started.h.Done()
+			if _, err := d.Adopt(context.Background(), ref); !errors.Is(err, engine.ErrGone) {
+				t.Errorf("Adopt after the exit: %v, want ErrGone", err)
+			}
+		})
 	}
 }
