@@ -261,10 +261,13 @@ func TestDaemonEngineKilled(t *testing.T) {
 		t.Fatal(err)
 	}
 	a := d.waitNewEngine("a", before["a"].PID)
-	classes := []string{restart.ClassExited, restart.ClassSignaled}
-	if a.Restarts != 1 || a.LastError == nil || !slices.Contains(classes, a.LastError.Class) {
-		t.Errorf("pool a after its engine was killed: want restarts 1 and last error one of %v, got restarts %d, last error %+v",
-			classes, a.Restarts, a.LastError)
+	// The daemon spawned it: its exit status is read, and the class says so.
+	if a.Restarts != 1 || a.LastError == nil || a.LastError.Class != restart.ClassSignaled || !strings.Contains(a.LastError.Message, "SIGKILL") {
+		t.Errorf("pool a after its engine was killed: want restarts 1 and last error %s naming SIGKILL, got restarts %d, last error %+v",
+			restart.ClassSignaled, a.Restarts, a.LastError)
+	}
+	if got, ok := d.metrics().value(t, "pool_managerd_restarts_total", map[string]string{"pool": "a", "reason": restart.ClassSignaled}); !ok || got != 1 {
+		t.Errorf("restarts_total{pool=a,reason=signaled} = %v (found %v), want 1", got, ok)
 	}
 	w.onlyEngine("a")
 	d.samePIDs(before, "b")
