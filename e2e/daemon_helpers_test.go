@@ -82,7 +82,7 @@ func (w *workspace) startDaemon(extra ...string) *daemon {
 		t.Fatal(err)
 	}
 	d := &daemon{t: t, w: w, args: append(w.daemonFlags(), extra...), stderr: &syncbuf.Buffer{}, done: make(chan struct{})}
-	d.cmd = exec.Command(pmBin, d.args...)
+	d.cmd = exec.Command(testEnv.Bin.PoolManagerd, d.args...)
 	d.cmd.Env = commandEnv(nil)
 	d.cmd.Dir = w.dir
 	d.cmd.Stdout, d.cmd.Stderr = d.stderr, d.stderr

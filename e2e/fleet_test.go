@@ -30,7 +30,7 @@ func TestFleet(t *testing.T) {
 	wa.writeConfig(pool{ID: "a1"}, pool{ID: "a2", Devices: []int{1}})
 	for _, w := range []*workspace{wb, wc} {
 		w.writeConfig()
-		decl, err := os.ReadFile(filepath.Join(w.config, "node.cue"))
+		decl, err := os.ReadFile(filepath.Join(w.config, "nodes", w.node+".cue"))
 		if err != nil {
 			t.Fatal(err)
 		}

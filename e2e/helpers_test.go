@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
@@ -25,6 +26,7 @@ import (
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu/sim"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
 	"github.com/poolmanagerd/pool-managerd/testkit/syncbuf"
+	"github.com/poolmanagerd/pool-managerd/testkit/testenv"
 )
 
 // cmdTimeout bounds every pool-managerd command a test runs.
@@ -32,13 +34,15 @@ const cmdTimeout = 30 * time.Second
 
 var nodeSeq atomic.Int64
 
-// workspace is one test's world: a config directory, a simulated node, a
-// state directory, model files, and a node name no other test (and no other
-// pool-managerd on this machine) uses — pool-managerd finds engines by the
-// marker in their environment, node/pool/generation/hash, so two tests with
-// one node name would adopt each other's engines.
+// workspace is one test's world, a node laid out by testenv: a config
+// directory, a simulated node, a state directory, model files, and a node
+// name no other test (and no other pool-managerd on this machine) uses —
+// pool-managerd finds engines by the marker in their environment,
+// node/pool/generation/hash, so two tests with one node name would adopt
+// each other's engines.
 type workspace struct {
 	t      *testing.T
+	n      *testenv.Node
 	dir    string
 	config string
 	sim    string
@@ -55,25 +59,20 @@ func newWorkspace(t *testing.T) *workspace {
 }
 
 // newWorkspaceGPUs makes a workspace on a simulated node with these GPUs.
+// Its cleanup stops its engines with `pool-managerd stop --all`; then
+// testenv's leak check fails the test if one of them still runs.
 func newWorkspaceGPUs(t *testing.T, gpus []sim.GPUSpec) *workspace {
 	t.Helper()
-	dir := t.TempDir()
+	n := testEnv.NewNode(t, fmt.Sprintf("e2e%d-%d", os.Getpid(), nodeSeq.Add(1)), gpus)
 	w := &workspace{
 		t:      t,
-		dir:    dir,
-		config: filepath.Join(dir, "config"),
-		sim:    filepath.Join(dir, "node"),
-		state:  filepath.Join(dir, "state"),
-		models: filepath.Join(dir, "models"),
-		node:   fmt.Sprintf("e2e%d-%d", os.Getpid(), nodeSeq.Add(1)),
-	}
-	for _, d := range []string{w.config, w.models} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := sim.Init(w.sim, gpus); err != nil {
-		t.Fatal(err)
+		n:      n,
+		dir:    n.Dir,
+		config: n.Config,
+		sim:    n.Sim,
+		state:  n.State,
+		models: n.Models,
+		node:   n.Name,
 	}
 	t.Cleanup(w.cleanup)
 	return w
@@ -82,11 +81,7 @@ func newWorkspaceGPUs(t *testing.T, gpus []sim.GPUSpec) *workspace {
 // model creates an (empty) model file and returns its path.
 func (w *workspace) model(name string) string {
 	w.t.Helper()
-	path := filepath.Join(w.models, name)
-	if err := os.WriteFile(path, nil, 0o644); err != nil {
-		w.t.Fatal(err)
-	}
-	return path
+	return w.n.ModelFile(name)
 }
 
 // pool is one pool of a test config. Empty fields take the defaults below.
@@ -108,36 +103,26 @@ type pool struct {
 // fastRestart keeps the tests quick: short backoff, grace and drain.
 const fastRestart = `initialBackoff: "100ms", maxBackoff: "400ms", jitter: 0, stopGrace: "2s", drainTimeout: "1s"`
 
-// writeConfig replaces the config with the node's declaration and these pools.
+// writeConfig replaces the config with the node's declaration
+// (nodes/NODE.cue) and these pools (pools/ID.cue).
 func (w *workspace) writeConfig(pools ...pool) {
 	w.t.Helper()
-	if err := os.RemoveAll(w.config); err != nil {
-		w.t.Fatal(err)
+	specs := make([]testenv.Pool, len(pools))
+	for i, p := range pools {
+		specs[i] = w.poolSpec(p)
 	}
-	if err := os.MkdirAll(filepath.Join(w.config, "pools"), 0o755); err != nil {
-		w.t.Fatal(err)
-	}
-	var node strings.Builder
-	fmt.Fprintf(&node, "package poolmanagerd\n\nnodes: %q: gpus: [\n", w.node)
-	specs, err := sim.GPUs(w.sim) // with the UUIDs Init made
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	for i, g := range specs {
-		fmt.Fprintf(&node, "\t{index: %d, uuid: %q, model: %q, vram: %d},\n", i, g.UUID, g.Name, g.MemoryBytes)
-	}
-	node.WriteString("]\n")
-	w.writeFile("node.cue", node.String())
-	for _, p := range pools {
-		w.writeFile(filepath.Join("pools", p.ID+".cue"), w.poolCUE(p))
-	}
+	w.n.WriteConfig(specs...)
 }
 
+// poolCUE is the file of a pool on this workspace's node.
 func (w *workspace) poolCUE(p pool) string {
 	w.t.Helper()
-	if p.Engine == "" {
-		p.Engine = "llamacpp"
-	}
+	return w.poolSpec(p).CUE()
+}
+
+// poolSpec is the pool with the defaults filled in, on this node.
+func (w *workspace) poolSpec(p pool) testenv.Pool {
+	w.t.Helper()
 	if p.Model == "" {
 		p.Model = w.model(p.ID + ".gguf")
 	}
@@ -150,53 +135,18 @@ func (w *workspace) poolCUE(p pool) string {
 	if p.Restart == "" {
 		p.Restart = fastRestart
 	}
-	env := map[string]string{"FAKE_ENGINE_LOAD_DELAY": "100ms"}
-	for k, v := range p.Env {
-		env[k] = v
+	vars := map[string]string{"FAKE_ENGINE_LOAD_DELAY": "100ms"}
+	maps.Copy(vars, p.Env)
+	return testenv.Pool{
+		ID: p.ID, Node: w.node, Engine: p.Engine, Model: p.Model, Ctx: p.Ctx, Devices: p.Devices, Split: p.Split,
+		VRAM: p.VRAM, Share: p.Share, Env: vars, Restart: p.Restart,
 	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "package poolmanagerd\n\npools: %q: {\n", p.ID)
-	fmt.Fprintf(&b, "\tnode:   %q\n\tengine: %q\n", w.node, p.Engine)
-	if p.Ctx != 0 {
-		fmt.Fprintf(&b, "\tmodel: {path: %q, ctx: %d}\n", p.Model, p.Ctx)
-	} else {
-		fmt.Fprintf(&b, "\tmodel: path: %q\n", p.Model)
-	}
-	devs := make([]string, len(p.Devices))
-	for i, d := range p.Devices {
-		devs[i] = strconv.Itoa(d)
-	}
-	fmt.Fprintf(&b, "\tdevices: [%s]\n", strings.Join(devs, ", "))
-	if p.Split != "" {
-		fmt.Fprintf(&b, "\tsplit: %s\n", p.Split)
-	}
-	fmt.Fprintf(&b, "\tvram: %s\n", p.VRAM)
-	if p.Share {
-		b.WriteString("\tshare: true\n")
-	}
-	keys := make([]string, 0, len(env))
-	for k := range env {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	b.WriteString("\tenv: {\n")
-	for _, k := range keys {
-		fmt.Fprintf(&b, "\t\t%s: %q\n", k, env[k])
-	}
-	b.WriteString("\t}\n")
-	fmt.Fprintf(&b, "\trestart: {%s}\n}\n", p.Restart)
-	return b.String()
 }
 
+// writeFile writes a file of the config tree in place.
 func (w *workspace) writeFile(rel, content string) {
 	w.t.Helper()
-	path := filepath.Join(w.config, rel)
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		w.t.Fatal(err)
-	}
-	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
-		w.t.Fatal(err)
-	}
+	w.n.WriteFile(rel, content)
 }
 
 // result is how a pool-managerd command ended.
@@ -239,7 +189,7 @@ func commandEnv(extra []string) []string {
 			continue
 		}
 		if k == "PATH" {
-			kv = "PATH=" + binDir + string(os.PathListSeparator) + strings.TrimPrefix(kv, "PATH=")
+			kv = "PATH=" + testEnv.Bin.Dir + string(os.PathListSeparator) + strings.TrimPrefix(kv, "PATH=")
 		}
 		env = append(env, kv)
 	}
@@ -250,7 +200,7 @@ func commandEnv(extra []string) []string {
 func (w *workspace) start(env []string, args ...string) *running {
 	w.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
-	cmd := exec.CommandContext(ctx, pmBin, args...)
+	cmd := exec.CommandContext(ctx, testEnv.Bin.PoolManagerd, args...)
 	cmd.Env = commandEnv(env)
 	cmd.Dir = w.dir
 	r := &running{cmd: cmd, args: args, stdout: &syncbuf.Buffer{}, stderr: &syncbuf.Buffer{}, done: make(chan struct{}), cancel: cancel}
@@ -309,7 +259,7 @@ func (w *workspace) nodeFlags() []string {
 }
 
 func engineFlags() []string {
-	return []string{"--llama-server", fakeBin, "--vllm", vllmBin, "--tgi", tgiBin}
+	return []string{"--llama-server", testEnv.Bin.FakeEngine, "--vllm", testEnv.Bin.VLLM, "--tgi", testEnv.Bin.TGI}
 }
 
 // applyArgs are the arguments of an apply of target (the config when empty).
@@ -549,30 +499,14 @@ func pidsIn(out string) []int {
 var enginePID = regexp.MustCompile(`engine pid (\d+)`)
 
 // cleanup stops the workspace's engines with `stop --all`, as a person
-// would, then checks that nothing of this node is left running (killing
-// what is, and failing the test).
+// would. testenv's leak check, which runs next, fails the test if one of
+// them still runs (and kills it).
 func (w *workspace) cleanup() {
-	t := w.t
 	if _, err := os.Stat(w.state); err == nil {
 		r := w.run(nil, "stop", "--all", "--state-dir", w.state)
 		if r.code != 0 {
-			t.Errorf("cleanup: stop --all failed: %s", r)
+			w.t.Errorf("cleanup: stop --all failed: %s", r)
 		}
-	}
-	left := w.allEnginePIDs()
-	if len(left) == 0 {
-		return
-	}
-	var desc []string
-	for _, pid := range left {
-		desc = append(desc, describeProcess(pid))
-		_ = syscall.Kill(pid, syscall.SIGKILL)
-	}
-	t.Errorf("cleanup: `pool-managerd stop --all` left %d engine process(es) of node %s running (killed now):\n\t%s",
-		len(left), w.node, strings.Join(desc, "\n\t"))
-	deadline := time.Now().Add(5 * time.Second)
-	for len(w.allEnginePIDs()) > 0 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 

@@ -3,12 +3,11 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"os/signal"
-	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -18,17 +17,14 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
+	"github.com/poolmanagerd/pool-managerd/testkit/testenv"
 )
 
-// The binaries under test, built by TestMain into a temporary directory.
-var (
-	binDir string
-	// pmBin is pool-managerd.
-	pmBin string
-	// fakeBin is fake-engine; vllmBin and tgiBin are links to it named as
-	// the engines it plays (it chooses its mode by the name it runs under).
-	fakeBin, vllmBin, tgiBin string
-)
+// testEnv is the shared test environment, set up by TestMain: the binaries
+// under test (pool-managerd, and fake-engine with its links named vllm and
+// text-generation-launcher: it chooses its mode by the name it runs under)
+// and the folder that holds every test's workspace.
+var testEnv *testenv.Env
 
 // markerEnv is the variable every engine pool-managerd starts carries
 // (engine.MarkerEnv), spelled out here so that a change of it shows.
@@ -39,16 +35,12 @@ func TestMain(m *testing.M) {
 }
 
 func runMain(m *testing.M) int {
-	root, err := os.MkdirTemp("", "pool-managerd-e2e-")
+	e, err := testenv.New(context.Background(), "e2e")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
 		return 1
 	}
-	defer os.RemoveAll(root)
-	if err := buildBinaries(filepath.Join(root, "bin")); err != nil {
-		fmt.Fprintln(os.Stderr, "e2e:", err)
-		return 1
-	}
+	testEnv = e
 
 	// pool-managerd starts engines detached (their own session) so that they
 	// outlive it: when an apply exits, its engines lose their parent. The
@@ -73,23 +65,10 @@ func runMain(m *testing.M) int {
 
 	// No test leaves a process running: every test stops its engines in its
 	// cleanup; this catches whatever escaped. Only our own engines count
-	// (their executable is our fake-engine): other pool-managerd runs on the
-	// same machine are not ours to judge or kill.
-	if left := ourEngines(); len(left) > 0 {
-		var lines []string
-		for _, pid := range left {
-			lines = append(lines, describeProcess(pid))
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
-		fmt.Fprintf(os.Stderr, "e2e: FAIL: %d engine process(es) were still running after the tests (killed now):\n\t%s\n",
-			len(left), strings.Join(lines, "\n\t"))
-		deadline := time.Now().Add(5 * time.Second)
-		for len(ourEngines()) > 0 && time.Now().Before(deadline) {
-			time.Sleep(20 * time.Millisecond)
-		}
-		if still := ourEngines(); len(still) > 0 {
-			fmt.Fprintf(os.Stderr, "e2e: FAIL: engine processes %v survived SIGKILL\n", still)
-		}
+	// (those of the workspaces under env's folder): other pool-managerd runs
+	// on the same machine are not ours to judge or kill.
+	if err := testEnv.Close(); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: FAIL:", err)
 		code = 1
 	}
 	close(stop)
@@ -97,63 +76,10 @@ func runMain(m *testing.M) int {
 	return code
 }
 
-// buildBinaries builds pool-managerd and fake-engine into dir, with links
-// named vllm and text-generation-launcher to fake-engine.
-func buildBinaries(dir string) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	cmd := exec.Command("go", "build", "-o", dir+string(filepath.Separator),
-		"github.com/poolmanagerd/pool-managerd/cmd/pool-managerd",
-		"github.com/poolmanagerd/pool-managerd/cmd/fake-engine")
-	cmd.Dir = ".."
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build: %v\n%s", err, out)
-	}
-	binDir = dir
-	pmBin = filepath.Join(dir, "pool-managerd")
-	fakeBin = filepath.Join(dir, "fake-engine")
-	vllmBin = filepath.Join(dir, "vllm")
-	tgiBin = filepath.Join(dir, "text-generation-launcher")
-	for _, link := range []string{vllmBin, tgiBin} {
-		if err := os.Symlink(fakeBin, link); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// ourEngines returns the live (not zombie) processes that carry the engine
-// marker and run our fake-engine: engines and their workers.
-func ourEngines() []int {
-	found, err := proc.FindByEnv(markerEnv)
-	if err != nil {
-		return nil
-	}
-	var out []int
-	for pid := range found {
-		if !isOurs(pid) {
-			continue
-		}
-		if info, err := proc.Stat(pid); err != nil || info.State == 'Z' || info.State == 'X' {
-			continue
-		}
-		out = append(out, pid)
-	}
-	sort.Ints(out)
-	return out
-}
-
-// isOurs reports whether pid runs the fake-engine built by TestMain.
-func isOurs(pid int) bool {
-	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
-	return err == nil && exe == fakeBin
-}
-
 func describeProcess(pid int) string {
-	env, _ := proc.Environ(pid)
+	vars, _ := proc.Environ(pid)
 	argv, _ := proc.Cmdline(pid)
-	return fmt.Sprintf("pid %d marker %q: %s", pid, env[markerEnv], strings.Join(argv, " "))
+	return fmt.Sprintf("pid %d marker %q: %s", pid, vars[markerEnv], strings.Join(argv, " "))
 }
 
 // reaper collects the exit status of the orphans re-parented to this

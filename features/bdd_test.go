@@ -8,31 +8,35 @@
 package features
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 
 	"github.com/cucumber/godog"
 	"github.com/cucumber/godog/colors"
+
+	"github.com/poolmanagerd/pool-managerd/testkit/testenv"
 )
 
 // FeaturePathEnv narrows a run to one feature file or folder, as in the original harness.
 const FeaturePathEnv = "LLORCH_BDD_FEATURE_PATH"
 
-// harness holds what every scenario shares: the binaries built once per run.
+// harness holds what every scenario shares: the test environment (the
+// binaries, built once per go test run, and the folder that holds every
+// scenario's workspace).
 type harness struct {
-	// bin is the folder holding pool-managerd and fake-engine (the stand-in engine).
-	bin string
+	env *testenv.Env
 	// repo is the repository root, for the examples.
 	repo string
 }
 
-func (h *harness) poolManagerd() string { return filepath.Join(h.bin, "pool-managerd") }
+func (h *harness) poolManagerd() string { return h.env.Bin.PoolManagerd }
 
-func (h *harness) fakeEngine() string { return filepath.Join(h.bin, "fake-engine") }
+// fakeEngine is the stand-in engine.
+func (h *harness) fakeEngine() string { return h.env.Bin.FakeEngine }
 
 var opts = godog.Options{Output: colors.Colored(os.Stdout), Format: "pretty", Strict: true}
 
@@ -47,19 +51,25 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
+// buildHarness sets up the test environment. When the test ends, every
+// scenario has stopped its engines: an engine still running under the
+// environment's folder fails the test (and is killed).
 func buildHarness(t *testing.T) *harness {
 	t.Helper()
 	repo, err := filepath.Abs("..")
 	if err != nil {
 		t.Fatal(err)
 	}
-	bin := t.TempDir()
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/pool-managerd", "./cmd/fake-engine")
-	cmd.Dir = repo
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build pool-managerd and fake-engine: %v\n%s", err, out)
+	env, err := testenv.New(context.Background(), "bdd")
+	if err != nil {
+		t.Fatal(err)
 	}
-	return &harness{bin: bin, repo: repo}
+	t.Cleanup(func() {
+		if err := env.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return &harness{env: env, repo: repo}
 }
 
 // featurePaths returns the features to run: LLORCH_BDD_FEATURE_PATH (relative to

@@ -25,6 +25,7 @@ import (
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu/sim"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
 	"github.com/poolmanagerd/pool-managerd/testkit/syncbuf"
+	"github.com/poolmanagerd/pool-managerd/testkit/testenv"
 )
 
 // applyState is what the apply and lifecycle steps keep of a scenario, besides the world's.
@@ -1044,8 +1045,8 @@ func (w *world) stateRecordsEngine(pool string) error {
 // --- clean-up
 
 // stopEngines leaves no process of the scenario behind: it kills a
-// background command, runs pool-managerd stop --all, then kills whatever
-// engine still names the scenario's simulated node.
+// background command and runs pool-managerd stop --all; then the leak check
+// fails the scenario if an engine of its workspace still runs (and kills it).
 func (w *world) stopEngines() error {
 	if bg := w.bg; bg != nil {
 		select {
@@ -1058,21 +1059,5 @@ func (w *world) stopEngines() error {
 	if _, err := os.Stat(w.stateDir()); err == nil {
 		_, _ = w.quiet("stop --all --state-dir STATE")
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		ps, err := w.engineProcesses()
-		if err != nil {
-			return err
-		}
-		if len(ps) == 0 {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("engine processes left behind: %v", ps)
-		}
-		for _, p := range ps {
-			_ = syscall.Kill(p.pid, syscall.SIGKILL)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	return testenv.CheckEngines(context.Background(), w.workspace)
 }

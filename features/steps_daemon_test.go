@@ -23,6 +23,7 @@ import (
 
 	"github.com/poolmanagerd/pool-managerd/internal/api"
 	"github.com/poolmanagerd/pool-managerd/testkit/syncbuf"
+	"github.com/poolmanagerd/pool-managerd/testkit/testenv"
 )
 
 // daemonState is what the daemon steps keep of a scenario: the daemons it
@@ -701,7 +702,8 @@ func (w *world) fleetNode(node string, gib int) error {
 	if _, err := w.quiet(fmt.Sprintf("sim init %s --gpu NVIDIA-GPU=%dGi", w.fleetSim(node), gib)); err != nil {
 		return err
 	}
-	return w.writeFile(fmt.Sprintf("nodes/%s.cue", node), fmt.Sprintf("nodes: %q: gpus: [{index: 0, vram: %dGi}]\n", node, gib))
+	decl := testenv.NodeDecl{Name: node, GPUs: []testenv.GPUDecl{{Index: 0, VRAM: fmt.Sprintf("%dGi", gib)}}}
+	return w.writeFile(fmt.Sprintf("nodes/%s.cue", node), decl.CUE())
 }
 
 func (w *world) startNodeDaemon(node string) error {

@@ -18,6 +18,7 @@ import (
 	"github.com/cucumber/godog"
 
 	"github.com/poolmanagerd/pool-managerd/testkit/ggufgen"
+	"github.com/poolmanagerd/pool-managerd/testkit/testenv"
 )
 
 // world is one scenario's state: a workspace folder with a config
@@ -373,7 +374,7 @@ func (w *world) goldenSourceUntouched() error {
 
 func (w *world) register(sc *godog.ScenarioContext) {
 	sc.Before(func(ctx context.Context, _ *godog.Scenario) (context.Context, error) {
-		dir, err := os.MkdirTemp("", "pool-managerd-bdd-")
+		dir, err := os.MkdirTemp(w.h.env.Root, "scenario-")
 		w.workspace, w.config = dir, "config"
 		return ctx, err
 	})
@@ -459,36 +460,32 @@ func (w *world) configFile(rel string, doc *godog.DocString) error {
 }
 
 func (w *world) twoGPUNode(name string, a, b int) error {
-	return w.writeFile("nodes/"+name+".cue", fmt.Sprintf("package poolmanagerd\n\nnodes: %q: gpus: [{index: 0, vram: %dGi}, {index: 1, vram: %dGi}]\n", name, a, b))
+	node := testenv.NodeDecl{Name: name, GPUs: []testenv.GPUDecl{
+		{Index: 0, VRAM: fmt.Sprintf("%dGi", a)},
+		{Index: 1, VRAM: fmt.Sprintf("%dGi", b)},
+	}}
+	return w.writeFile("nodes/"+name+".cue", node.CUE())
 }
 
 // poolNode is the node the pool steps put their pools on.
 const poolNode = "gpu-01"
 
-func (w *world) splitPool(id string, g0, g1 int, split string) error {
-	return w.writeFile("pools/"+id+".cue", fmt.Sprintf(`package poolmanagerd
-
-pools: %q: {
-	node:    %q
-	engine:  "llamacpp"
-	model: {path: "/models/model.gguf", ctx: 8192}
-	devices: [%d, %d]
-	split:   [%s]
+// stepPool is a pool of the pool steps: its file's lines are as
+// testenv.Pool.CUE says, which the positions in the scenarios count on.
+func stepPool(id string, devices ...int) testenv.Pool {
+	return testenv.Pool{ID: id, Node: poolNode, Model: "/models/model.gguf", Ctx: 8192, Devices: devices}
 }
-`, id, poolNode, g0, g1, split))
+
+func (w *world) splitPool(id string, g0, g1 int, split string) error {
+	p := stepPool(id, g0, g1)
+	p.Split = "[" + split + "]"
+	return w.writeFile("pools/"+id+".cue", p.CUE())
 }
 
 func (w *world) flagPool(id string, gpu int, flags string) error {
-	return w.writeFile("pools/"+id+".cue", fmt.Sprintf(`package poolmanagerd
-
-pools: %q: {
-	node:    %q
-	engine:  "llamacpp"
-	model: {path: "/models/model.gguf", ctx: 8192}
-	devices: [%d]
-	flags:   [%s]
-}
-`, id, poolNode, gpu, flags))
+	p := stepPool(id, gpu)
+	p.Flags = "[" + flags + "]"
+	return w.writeFile("pools/"+id+".cue", p.CUE())
 }
 
 func (w *world) stateDir() string { return filepath.Join(w.workspace, "state") }

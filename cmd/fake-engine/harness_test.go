@@ -18,38 +18,27 @@ import (
 
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu/sim"
+	"github.com/poolmanagerd/pool-managerd/testkit/testenv"
 )
 
-// binDir holds the fake-engine binary built for the tests, and links to it
-// named vllm, text-generation-launcher and llama-server.
+// binDir holds the fake-engine binary the tests run (built by testenv,
+// once per go test run), and links to it named vllm,
+// text-generation-launcher and llama-server.
 var binDir string
 
 func TestMain(m *testing.M) { os.Exit(testMain(m)) }
 
 func testMain(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "fake-engine-test-")
+	bin, err := testenv.Binaries(context.Background())
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
-	}
-	defer os.RemoveAll(dir)
-	build := exec.Command("go", "build", "-o", filepath.Join(dir, "fake-engine"), ".")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building fake-engine:", err)
-		return 1
-	}
-	for _, name := range []string{"vllm", "text-generation-launcher", "llama-server"} {
-		if err := os.Symlink("fake-engine", filepath.Join(dir, name)); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
 	}
 	// Workers whose main process died are re-parented to this process (not
 	// to init), so that the tests reap them and leave no zombie behind.
 	const prSetChildSubreaper = 36
 	syscall.RawSyscall(syscall.SYS_PRCTL, prSetChildSubreaper, 1, 0)
-	binDir = dir
+	binDir = bin.Dir
 	return m.Run()
 }
 

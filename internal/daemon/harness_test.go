@@ -6,12 +6,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -32,6 +32,7 @@ import (
 	"github.com/poolmanagerd/pool-managerd/internal/state"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
 	"github.com/poolmanagerd/pool-managerd/testkit/syncbuf"
+	"github.com/poolmanagerd/pool-managerd/testkit/testenv"
 )
 
 // waitTimeout guards every wait. It is a failure guard, not a timing
@@ -45,12 +46,13 @@ const fastRestart = `initialBackoff: "100ms", maxBackoff: "400ms", jitter: 0, st
 
 var nodeSeq atomic.Int64
 
-// node is one test's world: a simulated node, a config directory written
-// as one file (config.cue, replaced atomically, so the daemon never sees a
-// half-written config unless a test writes one on purpose), a state
-// directory, model files, and a node name of its own.
+// node is one test's world: a simulated node laid out by testenv, whose
+// config directory holds one file (config.cue, replaced atomically, so the
+// daemon never sees a half-written config unless a test writes one on
+// purpose), and a node name of its own.
 type node struct {
 	t      *testing.T
+	env    *testenv.Node
 	name   string
 	config string
 	sim    string
@@ -72,26 +74,19 @@ func gpus16(n int) []sim.GPUSpec {
 
 // newNode makes a node with n GPUs of 16 GiB. Its cleanup, which runs after
 // the cleanups of the daemons started on it, stops every engine its state
-// records (with a fresh daemon's StopEngines) and fails the test if an
-// engine of its state directory is still alive then.
+// records (with a fresh daemon's StopEngines); then testenv's leak check
+// fails the test if an engine of its folder is still alive.
 func newNode(t *testing.T, n int) *node {
 	t.Helper()
-	dir := t.TempDir()
+	tn := testEnv.NewNode(t, fmt.Sprintf("node%d-%d", os.Getpid(), nodeSeq.Add(1)), gpus16(n))
 	nd := &node{
 		t:      t,
-		name:   fmt.Sprintf("node%d-%d", os.Getpid(), nodeSeq.Add(1)),
-		config: filepath.Join(dir, "config"),
-		sim:    filepath.Join(dir, "sim"),
-		state:  filepath.Join(dir, "state"),
-		models: filepath.Join(dir, "models"),
-	}
-	for _, d := range []string{nd.config, nd.models} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := sim.Init(nd.sim, gpus16(n)); err != nil {
-		t.Fatal(err)
+		env:    tn,
+		name:   tn.Name,
+		config: tn.Config,
+		sim:    tn.Sim,
+		state:  tn.State,
+		models: tn.Models,
 	}
 	g, err := sim.Open(nd.sim)
 	if err != nil {
@@ -108,17 +103,12 @@ func (n *node) cleanup() {
 	d, err := daemon.New(n.options())
 	if err != nil {
 		t.Errorf("cleanup: %v", err)
-	} else {
-		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
-		if err := d.StopEngines(ctx); err != nil {
-			t.Errorf("cleanup: StopEngines: %v", err)
-		}
-		cancel()
+		return
 	}
-	if left := ourEngines(n.state); len(left) > 0 {
-		t.Errorf("cleanup: %d engine process(es) of %s still running after StopEngines (killed now):\n\t%s",
-			len(left), n.state, strings.Join(describe(left), "\n\t"))
-		kill(left)
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	if err := d.StopEngines(ctx); err != nil {
+		t.Errorf("cleanup: StopEngines: %v", err)
 	}
 }
 
@@ -146,7 +136,7 @@ func (n *node) options() daemon.Options {
 	return daemon.Options{
 		ConfigDir: n.config, StateDir: n.state, Node: n.name, GPUs: n.gpus, Source: "sim:" + n.sim,
 		Engines: &local.Driver{
-			Binaries: preset.Binaries{LlamaCpp: fakeBin},
+			Binaries: preset.Binaries{LlamaCpp: testEnv.Bin.FakeEngine},
 			LogDir:   filepath.Join(n.state, "logs"), StateDir: n.state, SimDir: n.sim,
 		},
 		Resync:   time.Hour, // every reaction comes from the event a test caused
@@ -216,21 +206,10 @@ func (n *node) cue(name string, pools ...pool) string {
 	if name == "" {
 		name = n.name
 	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "package poolmanagerd\n\nnodes: %q: gpus: [\n", name)
-	specs, err := sim.GPUs(n.sim)
-	if err != nil {
-		n.t.Fatal(err)
-	}
-	for i, g := range specs {
-		fmt.Fprintf(&b, "\t{index: %d, uuid: %q, vram: %d},\n", i, g.UUID, g.MemoryBytes)
-	}
-	b.WriteString("]\n")
-	for _, p := range pools {
-		model := filepath.Join(n.models, p.id+".gguf")
-		if err := os.WriteFile(model, nil, 0o644); err != nil {
-			n.t.Fatal(err)
-		}
+	decl := n.env.Decl()
+	decl.Name = name
+	specs := make([]testenv.Pool, len(pools))
+	for i, p := range pools {
 		if p.devices == nil {
 			p.devices = []int{0}
 		}
@@ -240,31 +219,14 @@ func (n *node) cue(name string, pools ...pool) string {
 		if p.restart == "" {
 			p.restart = fastRestart
 		}
-		env := map[string]string{"FAKE_ENGINE_LOAD_DELAY": "50ms"}
-		for k, v := range p.env {
-			env[k] = v
+		vars := map[string]string{"FAKE_ENGINE_LOAD_DELAY": "50ms"}
+		maps.Copy(vars, p.env)
+		specs[i] = testenv.Pool{
+			ID: p.id, Node: name, Model: n.env.ModelFile(p.id + ".gguf"), Devices: p.devices, Split: p.split,
+			Port: portFor(n.t, n.name, p.id), VRAM: p.vram, Share: true, Env: vars, Restart: p.restart,
 		}
-		devs := make([]string, len(p.devices))
-		for i, d := range p.devices {
-			devs[i] = strconv.Itoa(d)
-		}
-		fmt.Fprintf(&b, "\npools: %q: {\n\tnode: %q\n\tengine: \"llamacpp\"\n\tmodel: path: %q\n\tdevices: [%s]\n",
-			p.id, name, model, strings.Join(devs, ", "))
-		if p.split != "" {
-			fmt.Fprintf(&b, "\tsplit: %s\n", p.split)
-		}
-		fmt.Fprintf(&b, "\tport: %d\n\tvram: %s\n\tshare: true\n\tenv: {\n", portFor(n.t, n.name, p.id), p.vram)
-		keys := make([]string, 0, len(env))
-		for k := range env {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
-			fmt.Fprintf(&b, "\t\t%s: %q\n", k, env[k])
-		}
-		fmt.Fprintf(&b, "\t}\n\trestart: {%s}\n}\n", p.restart)
 	}
-	return b.String()
+	return testenv.ConfigFile(decl, specs...)
 }
 
 // writeConfig replaces the config with these pools on this node.
@@ -277,14 +239,7 @@ func (n *node) writeConfig(pools ...pool) {
 // temporary file (which the watcher and the loader skip) renamed into place.
 func (n *node) writeFile(rel, content string) {
 	n.t.Helper()
-	path := filepath.Join(n.config, rel)
-	tmp := filepath.Join(filepath.Dir(path), ".tmp-"+filepath.Base(path))
-	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
-		n.t.Fatal(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		n.t.Fatal(err)
-	}
+	n.env.SaveFile(rel, content)
 }
 
 func (n *node) removeFile(rel string) {

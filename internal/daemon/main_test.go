@@ -3,92 +3,57 @@
 package daemon_test
 
 import (
+	"context"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"slices"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
+	"github.com/poolmanagerd/pool-managerd/testkit/testenv"
 )
 
-// fakeBin is the stand-in engine (cmd/fake-engine), built by TestMain; every
-// pool of these tests is a llama.cpp pool run by it.
-var fakeBin string
+// testEnv is the shared test environment, set up by TestMain: the stand-in
+// engine (cmd/fake-engine), which runs every pool of these tests as a
+// llama.cpp pool, and the folder that holds every test's node.
+var testEnv *testenv.Env
 
 func TestMain(m *testing.M) {
 	os.Exit(runMain(m))
 }
 
 func runMain(m *testing.M) int {
-	root, err := os.MkdirTemp("", "pool-managerd-daemon-test-")
+	e, err := testenv.New(context.Background(), "daemon-test")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "daemon test:", err)
 		return 1
 	}
-	defer os.RemoveAll(root)
-	if err := buildFakeEngine(root); err != nil {
-		fmt.Fprintln(os.Stderr, "daemon test:", err)
-		return 1
-	}
+	testEnv = e
 
 	code := m.Run()
 
-	// No test leaves an engine running: each test's cleanup stops its
-	// engines (and fails the test if one survives). This catches whatever
-	// escaped even so. Only our fake-engine counts: other pool-managerd runs
-	// on this machine are not ours to judge.
-	if left := ourEngines(""); len(left) > 0 {
-		fmt.Fprintf(os.Stderr, "daemon test: FAIL: %d engine process(es) still running after the tests (killed now):\n\t%s\n",
-			len(left), strings.Join(describe(left), "\n\t"))
-		kill(left)
+	// No test leaves an engine running: each node's cleanup stops its
+	// engines and fails the test if one survives. This catches whatever
+	// escaped even so (engines of this process only).
+	if err := testEnv.Close(); err != nil {
+		fmt.Fprintln(os.Stderr, "daemon test: FAIL:", err)
 		code = 1
 	}
 	return code
 }
 
-// buildFakeEngine builds cmd/fake-engine into dir.
-func buildFakeEngine(dir string) error {
-	cmd := exec.Command("go", "build", "-o", filepath.Join(dir, "fake-engine"), "./cmd/fake-engine")
-	cmd.Dir = filepath.Join("..", "..")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build ./cmd/fake-engine: %v\n%s", err, out)
-	}
-	bin, err := filepath.EvalSymlinks(filepath.Join(dir, "fake-engine"))
-	if err != nil {
-		return err
-	}
-	fakeBin = bin
-	return nil
-}
-
-// ourEngines returns the live (not zombie) processes that run our
-// fake-engine and carry a state directory in their environment: stateDir's
-// when it is not empty, any otherwise.
+// ourEngines returns the pids of the live engines (and their workers) whose
+// state directory is stateDir.
 func ourEngines(stateDir string) []int {
-	found, err := proc.FindByEnv(engine.StateDirEnv)
+	found, err := testenv.Engines(stateDir)
 	if err != nil {
 		return nil
 	}
-	var out []int
-	for pid, dir := range found {
-		if stateDir != "" && dir != stateDir {
-			continue
-		}
-		if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err != nil || exe != fakeBin {
-			continue
-		}
-		if !alive(pid) {
-			continue
-		}
-		out = append(out, pid)
+	out := make([]int, len(found))
+	for i, e := range found {
+		out[i] = e.PID
 	}
-	slices.Sort(out)
 	return out
 }
 
@@ -101,23 +66,9 @@ func alive(pid int) bool {
 func describe(pids []int) []string {
 	var out []string
 	for _, pid := range pids {
-		env, _ := proc.Environ(pid)
+		vars, _ := proc.Environ(pid)
 		argv, _ := proc.Cmdline(pid)
-		out = append(out, fmt.Sprintf("pid %d marker %q: %s", pid, env[engine.MarkerEnv], strings.Join(argv, " ")))
+		out = append(out, fmt.Sprintf("pid %d marker %q: %s", pid, vars[engine.MarkerEnv], strings.Join(argv, " ")))
 	}
 	return out
-}
-
-// kill kills pids and waits (up to a guard) for them to be gone.
-func kill(pids []int) {
-	for _, pid := range pids {
-		_ = syscall.Kill(pid, syscall.SIGKILL)
-	}
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		if !slices.ContainsFunc(pids, alive) {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
