@@ -24,20 +24,27 @@ const moduleRoot = ".."
 // documented cue vet command names it.
 const schemaRel = "schema/" + SchemaFileName
 
-// buildCUE builds the cue command at the version go.mod requires (go.mod has
-// `tool cuelang.org/go/cmd/cue`, so this works offline once the modules are
-// in the module cache) and returns its path.
+// buildCUE returns the cue command at the version go.mod requires (go.mod
+// has `tool cuelang.org/go/cmd/cue`, so this works offline once the modules
+// are in the module cache). `go tool -n` builds it once and keeps it in the
+// build cache, so a later run does not link it again.
 func buildCUE(t *testing.T) string {
 	t.Helper()
 	goTool, err := exec.LookPath("go")
 	if err != nil {
 		t.Skip("go is not on PATH: cannot build the cue command")
 	}
-	bin := filepath.Join(t.TempDir(), "cue")
-	cmd := exec.Command(goTool, "build", "-o", bin, "cuelang.org/go/cmd/cue")
+	cmd := exec.Command(goTool, "tool", "-n", "cue")
 	cmd.Dir = moduleRoot
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build cuelang.org/go/cmd/cue: %v\n%s", err, out)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go tool -n cue: %v\n%s", err, stderr.Bytes())
+	}
+	bin := strings.TrimSpace(string(out))
+	if info, err := os.Stat(bin); err != nil || info.IsDir() {
+		t.Fatalf("go tool -n cue printed %q, not the cue command (%v)", bin, err)
 	}
 	return bin
 }
