@@ -744,7 +744,10 @@ func (w *world) engineCount(n int, pool string) error {
 	return nil
 }
 
-func (w *world) noEngine(pool string) error { return w.engineCount(0, pool) }
+// noEngine waits until no engine process runs for the pool. A daemon stops
+// an engine after it shows why (the pool Unready, its last error), so the
+// engine may still be draining when the step before saw that.
+func (w *world) noEngine(pool string) error { return w.engineExited(pool) }
 
 // neverSpawned checks that no engine runs for the pool and none ever wrote to its log.
 func (w *world) neverSpawned(pool string) error {
