@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
 
 	"github.com/cucumber/godog"
@@ -38,7 +39,14 @@ func (h *harness) poolManagerd() string { return h.env.Bin.PoolManagerd }
 // fakeEngine is the stand-in engine.
 func (h *harness) fakeEngine() string { return h.env.Bin.FakeEngine }
 
-var opts = godog.Options{Output: colors.Colored(os.Stdout), Format: "pretty", Strict: true}
+// opts run the scenarios several at a time: each has a workspace, a
+// simulated node and a state directory of its own, and most of a
+// scenario's time is spent waiting on the programs it runs.
+// -godog.concurrency=1 runs them one by one.
+var opts = godog.Options{
+	Output: colors.Colored(os.Stdout), Format: "pretty", Strict: true,
+	Concurrency: 2 * runtime.GOMAXPROCS(0),
+}
 
 func init() {
 	// On the go test flag set, so that -godog.tags and the others parse with
