@@ -61,6 +61,11 @@ func runMain(m *testing.M) int {
 		reap.loop(stop)
 	}()
 
+	// The tests wait on engines and daemons far more than they compute.
+	if err := testenv.WaitBoundParallel(); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
 	code := m.Run()
 
 	// No test leaves a process running: every test stops its engines in its

@@ -31,6 +31,11 @@ func runMain(m *testing.M) int {
 	}
 	testEnv = e
 
+	// The tests wait on engines and daemons far more than they compute.
+	if err := testenv.WaitBoundParallel(); err != nil {
+		fmt.Fprintln(os.Stderr, "daemon test:", err)
+		return 1
+	}
 	code := m.Run()
 
 	// No test leaves an engine running: each node's cleanup stops its
