@@ -104,7 +104,11 @@ func (r *reaper) loop(stop <-chan struct{}) {
 	sigs := make(chan os.Signal, 64)
 	signal.Notify(sigs, syscall.SIGCHLD)
 	defer signal.Stop(sigs)
-	tick := time.NewTicker(50 * time.Millisecond)
+	// SIGCHLD starts a scan whenever a child ends; the tick only catches a
+	// zombie a scan missed (one whose SIGCHLD came just before the kernel
+	// showed it as a zombie). Every scan reads /proc/PID/stat of every
+	// process on the machine.
+	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		select {
