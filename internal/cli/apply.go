@@ -283,7 +283,7 @@ func applyWaitingBackoffs(ctx context.Context, x *executor.Executor, plan *recon
 		return res, err
 	}
 	for _, c := range later {
-		if err := waitBackoff(ctx, c.Pool, *c.NotBefore, report); err != nil {
+		if err := waitBackoff(ctx, x, c.Pool, *c.NotBefore, report); err != nil {
 			return res, err
 		}
 	}
@@ -300,7 +300,7 @@ func applyWaitingBackoffs(ctx context.Context, x *executor.Executor, plan *recon
 	for _, o := range res.Outcomes {
 		c, ok := changeOf(plan, o.Pool)
 		if ok && o.Action == reconcile.Restart && !o.NotBefore.IsZero() && o.Phase == reconcile.Unready {
-			if err := waitBackoff(ctx, o.Pool, o.NotBefore, report); err != nil {
+			if err := waitBackoff(ctx, x, o.Pool, o.NotBefore, report); err != nil {
 				return res, err
 			}
 			c.PID = 0 // the engine it named is gone (stopped, or found dead)
@@ -343,14 +343,21 @@ func changeOf(plan *reconcile.NodePlan, pool string) (reconcile.Change, bool) {
 	return reconcile.Change{}, false
 }
 
-// waitBackoff waits until at, saying so.
-func waitBackoff(ctx context.Context, pool string, at time.Time, report func(executor.Event)) error {
+// waitBackoff waits until at, saying so, with the backoff chosen after the
+// pool's last failure (the state's next retry less its time), which the
+// wait is what is left of.
+func waitBackoff(ctx context.Context, x *executor.Executor, pool string, at time.Time, report func(executor.Event)) error {
 	d := time.Until(at)
 	if d <= 0 {
 		return nil
 	}
-	report(executor.Event{Time: time.Now(), Pool: pool, Phase: reconcile.Unready,
-		Message: fmt.Sprintf("waiting %v for the backoff", d.Round(time.Millisecond))})
+	msg := fmt.Sprintf("waiting %v for the backoff", d.Round(time.Millisecond))
+	if st, err := x.State(); err == nil {
+		if h := st.Pools[pool]; h.LastError != nil && h.NextRetry.Equal(at) {
+			msg += fmt.Sprintf(" (%v after the failure)", h.NextRetry.Sub(h.LastError.Time).Round(time.Millisecond))
+		}
+	}
+	report(executor.Event{Time: time.Now(), Pool: pool, Phase: reconcile.Unready, Message: msg})
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
