@@ -975,17 +975,23 @@ func (w *world) notedEngine(pool string) (int, error) {
 	return pid, nil
 }
 
+// notedRun returns the pool's noted engine and what its log says of its last run.
+func (w *world) notedRun(pool string) (int, string, error) {
+	pid, err := w.notedEngine(pool)
+	if err != nil {
+		return 0, "", err
+	}
+	run, err := w.lastRun(pool)
+	return pid, run, err
+}
+
 // exitedOnSIGTERM checks, by what the noted engine left behind, that its
 // SIGTERM handler ran to the end: its log says it loaded its model (so it
 // held memory), then cleaned up, without ignoring a SIGTERM or being
 // interrupted a second time, and it gave back its GPU memory itself, which
 // a SIGKILL would have prevented.
 func (w *world) exitedOnSIGTERM(pool string) error {
-	pid, err := w.notedEngine(pool)
-	if err != nil {
-		return err
-	}
-	run, err := w.lastRun(pool)
+	pid, run, err := w.notedRun(pool)
 	if err != nil {
 		return err
 	}
@@ -1013,11 +1019,7 @@ func (w *world) exitedOnSIGTERM(pool string) error {
 // SIGTERM handler to its end: it ignored SIGTERM, never cleaned up, and its
 // GPU memory claim is left behind, as only a SIGKILL leaves it.
 func (w *world) killedWithSIGKILL(pool string) error {
-	pid, err := w.notedEngine(pool)
-	if err != nil {
-		return err
-	}
-	run, err := w.lastRun(pool)
+	pid, run, err := w.notedRun(pool)
 	if err != nil {
 		return err
 	}
