@@ -41,7 +41,8 @@ events name the phase the lifecycle gives.
 	  error, operator stop
 
 	Phase       ready  what comes next (Next)
-	Pending     no     start (first start, a changed config, a recorded intent)
+	Pending     no     start (first start, a changed config, a recorded intent; one
+	                   that waits for GPUs a pool pending removal holds)
 	Preloading  no     await (loading, or healthy with its placement not verified), adopt
 	Ready       yes    none, update (in place), replace (the stop has not begun yet)
 	Unready     no     wait (backoff until At), start, restart (health failing, driver
@@ -55,6 +56,11 @@ Draining begins the moment the executor begins a stop: it marks the engine's
 record (EngineRecord.DrainingSince) before the drain, so a router reading
 `ready` never sends traffic to an engine being stopped. A failure recorded
 against a running engine (a driver error on its GPU) makes it Unready at once.
+
+A pool that leaves the config is not stopped at once: the daemon keeps it in
+the desired state as Desired.Settling until its removal settles (serve
+--removal-settle), so its phase is what it was, and a start that needs the
+memory it holds is blocked as awaiting_removal, which is not a failure.
 
 Adding a phase or an input is one case in Lifecycle, one constant and a line
 in Phases: the pool_phase metric and the API's phase enum are checked against

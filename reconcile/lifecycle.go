@@ -264,6 +264,8 @@ func stopped(f Facts, hash string, e *Engine, now time.Time) Status {
 	}
 	s.Next = NextStart
 	switch {
+	case f.Blocked == ClassAwaitingRemoval:
+		s.Phase, s.Reason = Pending, "waiting for its GPUs: a pool that left the config holds them until its removal settles"
 	case f.Blocked != "":
 		s.Phase, s.Reason = Unready, "blocked: "+f.Blocked
 	case d.Reason == restart.ReasonHalfOpen:

@@ -118,6 +118,10 @@ const (
 	ClassForeignProcess    = "foreign_process"
 	ClassMaskViolation     = "mask_violation"
 	ClassEngineUnreachable = "engine_unhealthy"
+	// ClassAwaitingRemoval: the memory a start needs is held by a pool
+	// that has left the config and is stopped once its removal settles
+	// (Desired.Settling). Not a failure: the start waits for it.
+	ClassAwaitingRemoval = "awaiting_removal"
 )
 
 // GPUNeed is a start's VRAM need on one GPU against what will be free for it.
@@ -575,11 +579,52 @@ func (p *planner) vramBlocker(c Change, free map[int]uint64) *Blocker {
 			continue
 		}
 		d, _ := p.observed.device(idx)
+		if pools, held := p.settlingOn(idx); free[idx]+held >= need.PerGPU[j] {
+			at := p.desired.Settling[pools[0]]
+			for _, id := range pools[1:] {
+				at = later(at, p.desired.Settling[id])
+			}
+			return &Blocker{Class: ClassAwaitingRemoval,
+				Message: fmt.Sprintf("GPU %d is held by %s, which left the config and is stopped at %s unless it comes back", idx, poolList(pools), at.UTC().Format(time.RFC3339)),
+				Hint:    "nothing to do: the pool starts once the removal settles (serve --removal-settle)"}
+		}
 		return &Blocker{Class: ClassInsufficientVRAM,
 			Message: fmt.Sprintf("insufficient VRAM on GPU %d (%s, %s): needs %s at ctx %d, %s free", idx, d.Name, gib(d.MemoryTotal), gib(need.PerGPU[j]), c.Spec.Model.Ctx, gib(free[idx])),
 			Hint:    VRAMHint(c.Spec)}
 	}
 	return nil
+}
+
+// settlingOn returns the pools pending removal that hold memory on GPU idx,
+// sorted, and how much they hold together.
+func (p *planner) settlingOn(idx int) ([]string, uint64) {
+	var pools []string
+	var held uint64
+	for _, id := range slices.Sorted(maps.Keys(p.desired.Settling)) {
+		e, ok := p.observed.Engines[id]
+		if !ok || !e.Alive {
+			continue
+		}
+		if b := p.observed.heldBy(e)[idx]; b > 0 {
+			pools = append(pools, id)
+			held += b
+		}
+	}
+	return pools, held
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+func poolList(pools []string) string {
+	if len(pools) == 1 {
+		return "pool " + pools[0]
+	}
+	return "pools " + strings.Join(pools, ", ")
 }
 
 // VRAMHint is the hint for a pool that lacks GPU memory: what to change in its spec.

@@ -21,6 +21,12 @@ type Desired struct {
 	Needs map[string]Need `json:"needs"`
 	// OtherPools counts the config's pools that belong to other nodes.
 	OtherPools int `json:"otherPools"`
+	// Settling are pools of Pools that have left the config, by when their
+	// removal takes effect: the daemon keeps them (their engines serve and
+	// hold their GPUs) until then, in case they come back. A start that
+	// lacks memory they hold waits for them (ClassAwaitingRemoval), and is
+	// not a failure.
+	Settling map[string]time.Time `json:"settling,omitempty"`
 }
 
 // Need is a pool's VRAM need on each GPU of its mask.

@@ -16,6 +16,10 @@ type Pool struct {
 	Phase reconcile.Phase `json:"phase"`
 	// Ready is true when the engine passed its health check and its placement holds.
 	Ready bool `json:"ready"`
+	// Reason says why the pool is in its phase, for people (the lifecycle's
+	// reason: "running, healthy", "backoff: not before ...", "waiting for its
+	// GPUs: ...").
+	Reason string `json:"reason,omitempty"`
 	// Preload is the engine's model load; nil when no engine was started.
 	Preload *Preload `json:"preload,omitempty"`
 	// PID, Port and Endpoint are the running engine's; zero without one.
@@ -35,6 +39,9 @@ type Pool struct {
 	LastError *LastError `json:"lastError,omitempty"`
 	// NextRetry is when the next start is tried, while a backoff or an open breaker waits.
 	NextRetry time.Time `json:"nextRetry,omitzero"`
+	// RemovalAt is set while the pool, gone from the config, waits for its
+	// removal to settle: its engine is stopped then unless it comes back.
+	RemovalAt time.Time `json:"removalAt,omitzero"`
 	// Log is the path of the engine's log file.
 	Log string `json:"log,omitempty"`
 }
@@ -102,6 +109,71 @@ type Config struct {
 	// Pools and Nodes are the ids of the pools and nodes of the config in force.
 	Pools []string `json:"pools"`
 	Nodes []string `json:"nodes"`
+	// LastAppliedRevision is the revision of the config in force;
+	// LastAttemptedRevision that of the last config loaded, applied or not
+	// (Flux's lastAppliedRevision and lastAttemptedRevision). Absent when
+	// the config is a plain directory outside Git.
+	LastAppliedRevision   *Revision `json:"lastAppliedRevision,omitempty"`
+	LastAttemptedRevision *Revision `json:"lastAttemptedRevision,omitempty"`
+	// HeldBack says why the last config that loaded is not applied (it
+	// leaves the node no pools while engines run); absent when it is.
+	HeldBack *HeldBack `json:"heldBack,omitempty"`
+	// Git is the built-in Git source's state; absent for a plain directory.
+	Git *GitSource `json:"git,omitempty"`
+}
+
+// Revision is the version of a config tree: a commit.
+type Revision struct {
+	// Commit is the full commit hash.
+	Commit string `json:"commit"`
+	// Ref is the branch or tag it came from, when known.
+	Ref string `json:"ref,omitempty"`
+	// Dirty: the config directory, a Git work tree, has changes that are
+	// not committed (only for a plain directory).
+	Dirty bool `json:"dirty,omitempty"`
+}
+
+// String is the revision as logs and status print it: the commit, "+dirty"
+// when the work tree has uncommitted changes, and the ref.
+func (r *Revision) String() string {
+	if r == nil {
+		return ""
+	}
+	s := r.Commit
+	if r.Dirty {
+		s += "+dirty"
+	}
+	if r.Ref != "" {
+		s += " (" + r.Ref + ")"
+	}
+	return s
+}
+
+// HeldBack is a config that loaded and is not applied.
+type HeldBack struct {
+	Reason string    `json:"reason"`
+	Since  time.Time `json:"since"`
+}
+
+// GitSource is the state of serve --git: the repository it follows and
+// how its last fetches went.
+type GitSource struct {
+	URL  string `json:"url"`
+	Ref  string `json:"ref"`
+	Path string `json:"path,omitempty"`
+	// IntervalSeconds is the time between fetches.
+	IntervalSeconds float64 `json:"intervalSeconds"`
+	// LastFetch is when the last fetch ended; LastSuccess the last one that worked.
+	LastFetch   time.Time `json:"lastFetch,omitzero"`
+	LastSuccess time.Time `json:"lastSuccess,omitzero"`
+	// Error is the last fetch's error; empty when it worked.
+	Error string `json:"error,omitempty"`
+	// Failures counts the fetches that failed in a row; retries back off.
+	Failures int `json:"failures"`
+	// NextFetch is when the next fetch is due.
+	NextFetch time.Time `json:"nextFetch,omitzero"`
+	// Fetched is the commit the last successful fetch found on the ref.
+	Fetched string `json:"fetched,omitempty"`
 }
 
 // Readiness is GET /readyz's body when the daemon is ready.

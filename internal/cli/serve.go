@@ -36,6 +36,8 @@ type serveFlags struct {
 	stopEnginesOnExit   bool
 	resync, debounce    time.Duration
 	healthEvery         time.Duration
+	removalSettle       time.Duration
+	allowEmpty          bool
 }
 
 func newServeCommand() *cobra.Command {
@@ -50,7 +52,12 @@ needs work gets its own operation, so a long preload never holds up the others.
 
 A config that fails to load is never applied: the last good one stays in force,
 and the error shows at GET /v1/config, in pool_managerd_config_valid and in the
-log until the files are fixed. A critical Xid or a lost GPU makes the pools on
+log until the files are fixed. A pool that leaves the config is stopped only once
+its absence has held for --removal-settle (5 s): a file saved in two steps or a
+tree restored folder by folder stops nothing. A config that leaves this node no
+pools while its engines run is held back (GET /v1/config's heldBack,
+pool_managerd_config_held_back, the log) unless --allow-empty; to empty a node
+on purpose, run pool-managerd stop --all. A critical Xid or a lost GPU makes the pools on
 that GPU Unready; they are drained, stopped and restarted with the driver-error
 backoff.
 
@@ -85,6 +92,8 @@ name in upper case with _ for - (POOL_MANAGERD_CONFIG, POOL_MANAGERD_LISTEN, ...
 	fl.DurationVar(&f.resync, "resync", 30*time.Second, "period of the full resync: reload the config, observe, plan and apply")
 	fl.DurationVar(&f.debounce, "debounce", 200*time.Millisecond, "quiet time after a config change before it is loaded")
 	fl.DurationVar(&f.healthEvery, "health-interval", 10*time.Second, "how often Ready engines' health endpoints are asked between resyncs (an engine that fails is restarted)")
+	fl.DurationVar(&f.removalSettle, "removal-settle", 5*time.Second, "how long a pool must stay out of the config before its engine is stopped (0: at once); one that comes back within it is untouched")
+	fl.BoolVar(&f.allowEmpty, "allow-empty", false, "apply a config that leaves this node no pools while its engines run (by default it is held back, as Argo CD's allowEmpty)")
 	return cmd
 }
 
@@ -111,6 +120,9 @@ func runServe(cmd *cobra.Command, f serveFlags) error {
 	}
 	if f.resync <= 0 || f.debounce <= 0 || f.healthEvery <= 0 {
 		return usageError("--resync, --debounce and --health-interval must be positive")
+	}
+	if f.removalSettle < 0 {
+		return usageError("--removal-settle %v: must be 0 or more", f.removalSettle)
 	}
 	src, node, err := f.node.parse()
 	if err != nil {
@@ -158,6 +170,7 @@ func runServe(cmd *cobra.Command, f serveFlags) error {
 	d, err := daemon.New(daemon.Options{
 		ConfigDir: configDir, StateDir: stateDir, Node: node, GPUs: gpus, Source: src.String(), Engines: driver,
 		Logger: log, Registry: reg, Resync: f.resync, Debounce: f.debounce, HealthEvery: f.healthEvery, Notify: sdNotify(log),
+		RemovalSettle: f.removalSettle, AllowEmpty: f.allowEmpty,
 		Step: crashStep(),
 	})
 	if err != nil {

@@ -9,7 +9,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/poolmanagerd/pool-managerd/internal/api"
 	"github.com/poolmanagerd/pool-managerd/internal/observe"
+	"github.com/poolmanagerd/pool-managerd/internal/state"
 	"github.com/poolmanagerd/pool-managerd/internal/watch"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
 	"github.com/poolmanagerd/pool-managerd/schema"
@@ -34,21 +36,34 @@ func describeChange(ch watch.Change) string {
 	return "config changed: " + strings.Join(ch.Paths, ", ")
 }
 
-// loadConfig loads the config tree. A config that fails to load is never
+// tree is a config tree to load: its directory and the revision it holds.
+type tree struct {
+	dir string
+	// rev is nil when the directory is not in Git.
+	rev *api.Revision
+	// source is where the revision comes from (the --git URL or the
+	// config directory), as the state file records it.
+	source string
+}
+
+// loadConfig loads a config tree. A config that fails to load is never
 // used: the last good one stays in force, and the error is shown (once
-// each time it changes) until the files are fixed. reason says why it was
-// loaded, for the log; empty for the resync, which logs only changes.
-func (d *Daemon) loadConfig(ctx context.Context, reason string) {
+// each time it changes) until the files are fixed. A config that loads but
+// leaves the node no pools while its engines run is held back the same way
+// (holdBack). reason says why it was loaded, for the log; empty for the
+// resync, which logs only changes.
+func (d *Daemon) loadConfig(ctx context.Context, reason string, t tree) {
 	now := d.now()
-	all, err := schema.Load(ctx, d.opts.ConfigDir)
+	d.view.attempted(t.rev)
+	all, err := schema.Load(ctx, t.dir)
 	if err == nil {
-		err = d.checkNode(all)
+		err = d.checkNode(all, t.dir)
 	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return
 		}
-		diags := diagnosticsOf(d.opts.ConfigDir, err)
+		diags := diagnosticsOf(t.dir, err)
 		changed := d.view.configFailed(now, diags)
 		d.metrics.ConfigLoaded(now, err)
 		if changed || reason != "" {
@@ -60,30 +75,83 @@ func (d *Daemon) loadConfig(ctx context.Context, reason string) {
 			for i, dg := range diags {
 				lines[i] = dg.String()
 			}
-			d.log.Error("config invalid: "+keep, "reason", reason, "problems", len(diags), "errors", strings.Join(lines, "; "))
+			args := []any{"reason", reason, "problems", len(diags), "errors", strings.Join(lines, "; ")}
+			d.log.Error("config invalid: "+keep, append(args, revisionArgs(t.rev)...)...)
 		}
 		return
 	}
 	desired := reconcile.DesiredFor(all, d.opts.Node)
+	if why := d.holdBack(desired); why != "" {
+		if d.view.configHeldBack(now, why) || reason != "" {
+			args := []any{"reason", reason}
+			d.log.Warn("config held back: "+why, append(args, revisionArgs(t.rev)...)...)
+		}
+		d.metrics.ConfigLoaded(now, nil)
+		return
+	}
 	d.needs(ctx, &desired)
 	hash := reconcile.DesiredHash(desired)
-	wasValid := d.view.configValid()
-	d.view.configLoaded(now, all, d.opts.Node)
+	wasValid, wasHeld := d.view.configValid(), d.view.heldBack()
+	revChanged := d.view.configLoaded(now, all, t.rev)
 	d.metrics.ConfigLoaded(now, nil)
+	d.recordRevision(t)
 	if d.cfg != nil && d.cfg.hash == hash {
-		if !wasValid {
+		switch {
+		case revChanged:
+			d.log.Info("config loaded; this node's pools are unchanged", append([]any{"reason", reason}, revisionArgs(t.rev)...)...)
+		case !wasValid || wasHeld:
 			d.log.Info("config valid again; this node's pools are unchanged", "reason", reason)
 		}
 		d.cfg.all = all
 		return
 	}
+	d.noteRemovals(d.cfg, desired, all, now)
 	d.cfg = &config{all: all, desired: desired, hash: hash}
-	d.log.Info("config loaded", "reason", reason, "pools", len(desired.Pools), "other_nodes_pools", desired.OtherPools, "files", len(all.Files))
+	args := []any{"reason", reason, "pools", len(desired.Pools), "other_nodes_pools", desired.OtherPools, "files", len(all.Files)}
+	d.log.Info("config loaded", append(args, revisionArgs(t.rev)...)...)
+}
+
+// dirTree is the config directory as a tree to load. Its revision (HEAD,
+// and whether it is dirty, when it is in a Git work tree) is worked out
+// only when changed says the watcher saw a change: working out dirtiness
+// hashes every file, and an idle resync must cost nothing.
+func (d *Daemon) dirTree(changed bool) tree {
+	if changed {
+		d.dirRev = nil
+	}
+	return tree{dir: d.opts.ConfigDir, rev: d.dirRev, source: d.opts.ConfigDir}
+}
+
+// revisionArgs are a log event's fields naming a config's revision.
+func revisionArgs(rev *api.Revision) []any {
+	if rev == nil {
+		return nil
+	}
+	args := []any{"revision", rev.Commit}
+	if rev.Ref != "" {
+		args = append(args, "ref", rev.Ref)
+	}
+	if rev.Dirty {
+		args = append(args, "dirty", true)
+	}
+	return args
+}
+
+// recordRevision keeps the applied revision in the state file, for status
+// and for a restarted daemon to start from.
+func (d *Daemon) recordRevision(t tree) {
+	var rev *state.Revision
+	if t.rev != nil {
+		rev = &state.Revision{Source: t.source, Commit: t.rev.Commit, Ref: t.rev.Ref, Dirty: t.rev.Dirty}
+	}
+	if err := d.exec.RecordRevision(rev); err != nil {
+		d.log.Error("record the applied revision in the state file", "error", err)
+	}
 }
 
 // checkNode refuses a config that does not know this node: a misspelt
 // --node would otherwise stop every engine the node runs.
-func (d *Daemon) checkNode(all *schema.Desired) error {
+func (d *Daemon) checkNode(all *schema.Desired, dir string) error {
 	if _, ok := all.Nodes[d.opts.Node]; ok {
 		return nil
 	}
@@ -92,7 +160,7 @@ func (d *Daemon) checkNode(all *schema.Desired) error {
 			return nil
 		}
 	}
-	return schema.Diagnostics{{Pos: schema.Pos{File: d.opts.ConfigDir}, Message: fmt.Sprintf(
+	return schema.Diagnostics{{Pos: schema.Pos{File: dir}, Message: fmt.Sprintf(
 		"node %q is not in the config: no nodes.%s and no pool names it (nodes: %s); set --node (or POOL_MANAGERD_NODE) to this machine's name in the config",
 		d.opts.Node, d.opts.Node, strings.Join(all.SortedNodeNames(), ", "))}}
 }

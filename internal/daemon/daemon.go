@@ -35,6 +35,7 @@ import (
 	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
+	"github.com/poolmanagerd/pool-managerd/internal/api"
 	"github.com/poolmanagerd/pool-managerd/internal/executor"
 	"github.com/poolmanagerd/pool-managerd/internal/metrics"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
@@ -73,6 +74,13 @@ type Options struct {
 	// Probe asks an engine's health endpoint for the health watch; nil is
 	// engine.ProbeHealth.
 	Probe func(ctx context.Context, port int) engine.Health
+	// RemovalSettle is how long a pool's absence from the config must hold
+	// before its engine is stopped (serve --removal-settle); 0 stops it at
+	// once.
+	RemovalSettle time.Duration
+	// AllowEmpty applies a config that leaves the node no pools while
+	// engines of it run (serve --allow-empty); by default it is held back.
+	AllowEmpty bool
 }
 
 // Daemon is a running pool-managerd serve.
@@ -109,6 +117,11 @@ type Daemon struct {
 	reported  map[string]string
 	needCache map[string]cachedNeed
 	stopWait  map[string][]*stopRequest
+	// removing are the pools pending removal (removal.go).
+	removing map[string]*removal
+	// dirRev is the revision of the config directory, worked out when the
+	// watcher saw a change (never on an idle resync).
+	dirRev *api.Revision
 	// wakeAt is the earliest backoff or half-open try the last pass deferred.
 	wakeAt     time.Time
 	lastStatus string
@@ -141,7 +154,7 @@ func New(opts Options) (*Daemon, error) {
 		opDone: make(chan opResult), exited: make(chan exitEvent, 16), pings: make(chan chan struct{}), refresh: make(chan struct{}, 1),
 		busy: map[string]*op{}, held: map[string]string{}, faulted: map[string]*gpu.Event{},
 		watching: map[string]int{}, reported: map[string]string{}, needCache: map[string]cachedNeed{},
-		stopWait: map[string][]*stopRequest{},
+		stopWait: map[string][]*stopRequest{}, removing: map[string]*removal{},
 	}
 	d.runCtx, d.cancelRun = context.WithCancel(context.Background())
 	d.view.init(opts.ConfigDir)
@@ -213,7 +226,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.watchers.Add(1)
 	go d.watchHealth(ctx)
 	d.log.Info("daemon started", "node", d.opts.Node, "config", d.opts.ConfigDir, "state_dir", d.opts.StateDir, "gpus", d.opts.Source)
-	d.loadConfig(ctx, "start")
+	d.loadConfig(ctx, "start", d.dirTree(true))
 	d.pass(ctx)
 	resync := time.NewTicker(d.opts.Resync)
 	defer resync.Stop()
@@ -232,11 +245,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 				changes = nil
 				continue
 			}
-			d.loadConfig(ctx, describeChange(ch))
+			d.loadConfig(ctx, describeChange(ch), d.dirTree(true))
 		case <-d.reloads:
-			d.loadConfig(ctx, "SIGHUP")
+			d.loadConfig(ctx, "SIGHUP", d.dirTree(true))
 		case <-resync.C:
-			d.loadConfig(ctx, "")
+			d.loadConfig(ctx, "", d.dirTree(false))
 		case ev, ok := <-events:
 			if !ok {
 				events = nil

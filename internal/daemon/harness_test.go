@@ -210,23 +210,41 @@ func (n *node) cue(name string, pools ...pool) string {
 	decl.Name = name
 	specs := make([]testenv.Pool, len(pools))
 	for i, p := range pools {
-		if p.devices == nil {
-			p.devices = []int{0}
-		}
-		if p.vram == "" {
-			p.vram = "1Gi"
-		}
-		if p.restart == "" {
-			p.restart = fastRestart
-		}
-		vars := map[string]string{"FAKE_ENGINE_LOAD_DELAY": "50ms"}
-		maps.Copy(vars, p.env)
-		specs[i] = testenv.Pool{
-			ID: p.id, Node: name, Model: n.env.ModelFile(p.id + ".gguf"), Devices: p.devices, Split: p.split,
-			Port: portFor(n.t, n.name, p.id), VRAM: p.vram, Share: true, Env: vars, Restart: p.restart,
-		}
+		specs[i] = n.spec(name, p)
 	}
 	return testenv.ConfigFile(decl, specs...)
+}
+
+// spec is a pool of a test config on node name, with the defaults filled in.
+func (n *node) spec(name string, p pool) testenv.Pool {
+	n.t.Helper()
+	if p.devices == nil {
+		p.devices = []int{0}
+	}
+	if p.vram == "" {
+		p.vram = "1Gi"
+	}
+	if p.restart == "" {
+		p.restart = fastRestart
+	}
+	vars := map[string]string{"FAKE_ENGINE_LOAD_DELAY": "50ms"}
+	maps.Copy(vars, p.env)
+	return testenv.Pool{
+		ID: p.id, Node: name, Model: n.env.ModelFile(p.id + ".gguf"), Devices: p.devices, Split: p.split,
+		Port: portFor(n.t, n.name, p.id), VRAM: p.vram, Share: true, Env: vars, Restart: p.restart,
+	}
+}
+
+// writeSplit writes the config as nodes.cue (this node) and one file per
+// pool, pools/ID.cue, as an operator's repository holds it.
+func (n *node) writeSplit(pools ...pool) {
+	n.t.Helper()
+	decl := n.env.Decl()
+	decl.Name = n.name
+	n.writeFile("nodes.cue", decl.CUE())
+	for _, p := range pools {
+		n.writeFile("pools/"+p.id+".cue", n.spec(n.name, p).CUE())
+	}
 }
 
 // writeConfig replaces the config with these pools on this node.

@@ -109,15 +109,16 @@ func (d *Daemon) pass(ctx context.Context) {
 		// engines, and must not be acted on.
 		return
 	}
-	desired := d.cfg.desired
-	d.liftHolds(desired)
-	plan := reconcile.Plan(desired, obs, now)
-	d.view.observed(obs, desired.Pools, plan)
 	st, err := d.exec.State()
 	if err != nil {
 		d.log.Error("read the state", "error", err)
 		return
 	}
+	d.trackRemovals(ctx, obs, st, now)
+	desired, settles := d.effective(now)
+	d.liftHolds(desired)
+	plan := reconcile.Plan(desired, obs, now)
+	d.view.observed(obs, desired.Pools, plan, d.removalTimes())
 	d.cancelStale(desired)
 	d.runFaults(desired, st)
 	d.runHeld(st, obs)
@@ -126,6 +127,9 @@ func (d *Daemon) pass(ctx context.Context) {
 		if wake.IsZero() || t.Before(wake) {
 			wake = t
 		}
+	}
+	if !settles.IsZero() {
+		later(settles)
 	}
 	d.launchChanges(plan, now, later)
 	d.launchAwaits(plan, st)
@@ -190,10 +194,16 @@ func (d *Daemon) launchChanges(plan *reconcile.NodePlan, now time.Time, later fu
 		}
 	}
 	for _, c := range plan.Changes {
-		if c.Action == reconcile.Delete && d.free(c.Pool) {
-			leaving = append(leaving, c.Devices...)
-			d.launchChange(c)
+		if c.Action != reconcile.Delete || !d.free(c.Pool) {
+			continue
 		}
+		if d.settling(c.Pool, now) {
+			// Pending removal with no spec on record to keep it by: its
+			// delete waits for the settle window all the same.
+			continue
+		}
+		leaving = append(leaving, c.Devices...)
+		d.launchChange(c)
 	}
 	for _, c := range plan.Changes {
 		if c.Action == reconcile.Delete || !d.free(c.Pool) {

@@ -31,10 +31,16 @@ type view struct {
 	ready   bool
 	// preloads are the preloads under way, by pool, for the preload metrics.
 	preloads map[string]schema.Engine
+	// removals are the pools pending removal, by when it takes effect.
+	removals map[string]time.Time
+	// source is where the config comes from: the --git URL or the config
+	// directory.
+	source string
 }
 
 func (v *view) init(configDir string) {
 	v.cfg = api.Config{Dir: configDir}
+	v.source = configDir
 	v.held = map[string]bool{}
 	v.preloads = map[string]schema.Engine{}
 }
@@ -50,18 +56,60 @@ func (v *view) configFailed(at time.Time, diags schema.Diagnostics) bool {
 	}
 	changed := v.cfg.Valid || !slices.Equal(lines, v.lastDiags)
 	v.lastDiags = lines
-	v.cfg.Valid, v.cfg.Errors, v.cfg.LastLoad = false, diags, at
+	v.cfg.Valid, v.cfg.Errors, v.cfg.LastLoad, v.cfg.HeldBack = false, diags, at, nil
 	return changed
 }
 
-func (v *view) configLoaded(at time.Time, all *schema.Desired, node string) {
+// configLoaded records a config that came into force; it reports whether
+// its revision differs from the one in force before.
+func (v *view) configLoaded(at time.Time, all *schema.Desired, rev *api.Revision) bool {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.lastDiags = nil
-	v.cfg.Valid, v.cfg.Errors, v.cfg.LastLoad, v.cfg.LastGoodLoad = true, nil, at, at
+	changed := v.cfg.LastAppliedRevision.String() != rev.String()
+	v.cfg.Valid, v.cfg.Errors, v.cfg.LastLoad, v.cfg.LastGoodLoad, v.cfg.HeldBack = true, nil, at, at, nil
+	v.cfg.LastAppliedRevision = cloneRevision(rev)
 	v.cfg.Files = all.Files
 	v.cfg.Pools = all.SortedPoolIDs()
 	v.cfg.Nodes = all.SortedNodeNames()
+	return changed
+}
+
+// attempted records the revision of a config about to be loaded.
+func (v *view) attempted(rev *api.Revision) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.cfg.LastAttemptedRevision = cloneRevision(rev)
+}
+
+// configHeldBack records a config that loaded and is not applied; it
+// reports whether the reason differs from the last one's.
+func (v *view) configHeldBack(at time.Time, why string) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.lastDiags = nil
+	changed := v.cfg.HeldBack == nil || v.cfg.HeldBack.Reason != why
+	since := at
+	if !changed {
+		since = v.cfg.HeldBack.Since
+	}
+	v.cfg.Valid, v.cfg.Errors, v.cfg.LastLoad = true, nil, at
+	v.cfg.HeldBack = &api.HeldBack{Reason: why, Since: since}
+	return changed
+}
+
+func (v *view) heldBack() bool {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return v.cfg.HeldBack != nil
+}
+
+func cloneRevision(rev *api.Revision) *api.Revision {
+	if rev == nil {
+		return nil
+	}
+	r := *rev
+	return &r
 }
 
 func (v *view) configValid() bool {
@@ -75,10 +123,15 @@ func (v *view) config() api.Config {
 	defer v.mu.RUnlock()
 	c := v.cfg
 	c.Files, c.Errors, c.Pools, c.Nodes = slices.Clone(c.Files), slices.Clone(c.Errors), slices.Clone(c.Pools), slices.Clone(c.Nodes)
+	c.LastAppliedRevision, c.LastAttemptedRevision = cloneRevision(c.LastAppliedRevision), cloneRevision(c.LastAttemptedRevision)
+	if c.HeldBack != nil {
+		h := *c.HeldBack
+		c.HeldBack = &h
+	}
 	return c
 }
 
-func (v *view) observed(obs reconcile.Observed, desired map[string]*schema.Pool, plan *reconcile.NodePlan) {
+func (v *view) observed(obs reconcile.Observed, desired map[string]*schema.Pool, plan *reconcile.NodePlan, removals map[string]time.Time) {
 	blocked := map[string]string{}
 	for _, c := range plan.Changes {
 		if c.Action == reconcile.Blocked {
@@ -87,7 +140,7 @@ func (v *view) observed(obs reconcile.Observed, desired map[string]*schema.Pool,
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	v.obs, v.desired, v.blocked = obs, desired, blocked
+	v.obs, v.desired, v.blocked, v.removals = obs, desired, blocked, removals
 }
 
 func (v *view) setHeld(pool string, held bool) {
@@ -133,7 +186,7 @@ func (v *view) pools(x *executor.Executor, now time.Time) []api.Pool {
 	}
 	v.mu.RLock()
 	defer v.mu.RUnlock()
-	return poolview.Build(poolview.Input{Desired: v.desired, Held: v.held, Blocked: v.blocked, Observed: v.obs, State: st, Now: now})
+	return poolview.Build(poolview.Input{Desired: v.desired, Held: v.held, Blocked: v.blocked, Removals: v.removals, Observed: v.obs, State: st, Now: now})
 }
 
 // readyCount counts the Ready pools of the config in force.
@@ -169,6 +222,15 @@ func (d *Daemon) snapshot() metrics.Snapshot {
 	}
 	d.view.mu.RLock()
 	s.GPUs = slices.Clone(d.view.obs.GPUs)
+	s.Config.HeldBack = d.view.cfg.HeldBack != nil
+	if rev := d.view.cfg.LastAppliedRevision; rev != nil {
+		s.Config.Revision, s.Config.Dirty, s.Config.Source = rev.Commit, rev.Dirty, d.view.source
+	}
+	for _, at := range d.view.removals {
+		if at.After(now) {
+			s.Config.PendingRemovals++
+		}
+	}
 	d.view.mu.RUnlock()
 	s.HostTotal, s.HostAvailable, _ = metrics.HostMemory()
 	return s

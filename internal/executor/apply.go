@@ -162,7 +162,12 @@ func (x *Executor) load() error {
 
 // publish makes a copy of the state the one State returns. Called with x.mu held.
 func (x *Executor) publish() {
-	x.snap.Store(&state.State{Version: x.st.Version, Engines: maps.Clone(x.st.Engines), Pools: maps.Clone(x.st.Pools)})
+	snap := &state.State{Version: x.st.Version, Engines: maps.Clone(x.st.Engines), Pools: maps.Clone(x.st.Pools)}
+	if x.st.AppliedRevision != nil {
+		rev := *x.st.AppliedRevision
+		snap.AppliedRevision = &rev
+	}
+	x.snap.Store(snap)
 }
 
 // mutate changes the state under the lock and saves it atomically.

@@ -29,7 +29,36 @@ func (x *Executor) State() (*state.State, error) {
 		}
 		s = x.snap.Load()
 	}
-	return &state.State{Version: s.Version, Engines: maps.Clone(s.Engines), Pools: maps.Clone(s.Pools)}, nil
+	out := &state.State{Version: s.Version, Engines: maps.Clone(s.Engines), Pools: maps.Clone(s.Pools)}
+	if s.AppliedRevision != nil {
+		rev := *s.AppliedRevision
+		out.AppliedRevision = &rev
+	}
+	return out, nil
+}
+
+// RecordRevision records the revision of the config the daemon applied (nil:
+// not from Git), so that status can print it without the daemon and a
+// restarted daemon can start from it. Nothing is written when it is unchanged.
+func (x *Executor) RecordRevision(rev *state.Revision) error {
+	if st, err := x.State(); err == nil && equalRevision(st.AppliedRevision, rev) {
+		return nil
+	}
+	return x.mutate(func(st *state.State) {
+		if rev == nil {
+			st.AppliedRevision = nil
+			return
+		}
+		r := *rev
+		st.AppliedRevision = &r
+	})
+}
+
+func equalRevision(a, b *state.Revision) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return *a == *b
 }
 
 // RecordFault records a driver error on one of a pool's GPUs (a critical

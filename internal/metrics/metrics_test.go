@@ -210,6 +210,45 @@ pool_managerd_host_memory_total_bytes 6.8719476736e+10
 pool_managerd_host_memory_available_bytes 5.1539607552e+10
 `,
 	}, {
+		name:     "config from a plain directory outside Git",
+		snapshot: Snapshot{},
+		metrics: []string{"pool_managerd_config_revision_info", "pool_managerd_config_held_back", "pool_managerd_pools_pending_removal",
+			"pool_managerd_git_fetch_ok", "pool_managerd_git_fetch_failures", "pool_managerd_git_last_success_timestamp_seconds"},
+		want: heldBackHeader + `
+pool_managerd_config_held_back 0
+` + pendingHeader + `
+pool_managerd_pools_pending_removal 0
+`,
+	}, {
+		name: "config from Git, held back, a fetch failing",
+		snapshot: Snapshot{Config: ConfigSnapshot{Revision: "0123abcd", Source: "https://git.example.com/pools.git", HeldBack: true, PendingRemovals: 2,
+			Git: &GitSnapshot{Failures: 3, LastSuccess: time.Unix(1700000000, 0)}}},
+		metrics: []string{"pool_managerd_config_revision_info", "pool_managerd_config_held_back", "pool_managerd_pools_pending_removal",
+			"pool_managerd_git_fetch_ok", "pool_managerd_git_fetch_failures", "pool_managerd_git_last_success_timestamp_seconds"},
+		want: revisionHeader + `
+pool_managerd_config_revision_info{revision="0123abcd",source="https://git.example.com/pools.git"} 1
+` + heldBackHeader + `
+pool_managerd_config_held_back 1
+` + pendingHeader + `
+pool_managerd_pools_pending_removal 2
+# HELP pool_managerd_git_fetch_ok Whether serve --git's last fetch worked (1) or failed (0); the last applied revision stays in force while it fails.
+# TYPE pool_managerd_git_fetch_ok gauge
+pool_managerd_git_fetch_ok 0
+# HELP pool_managerd_git_fetch_failures Fetches of serve --git that failed in a row (retries back off); 0 after one works.
+# TYPE pool_managerd_git_fetch_failures gauge
+pool_managerd_git_fetch_failures 3
+# HELP pool_managerd_git_last_success_timestamp_seconds Unix time in seconds of the last fetch of serve --git that worked; absent until one has.
+# TYPE pool_managerd_git_last_success_timestamp_seconds gauge
+pool_managerd_git_last_success_timestamp_seconds 1.7e+09
+`,
+	}, {
+		name:     "a dirty work tree",
+		snapshot: Snapshot{Config: ConfigSnapshot{Revision: "0123abcd", Source: "/etc/pool-managerd/config", Dirty: true}},
+		metrics:  []string{"pool_managerd_config_revision_info"},
+		want: revisionHeader + `
+pool_managerd_config_revision_info{revision="0123abcd+dirty",source="/etc/pool-managerd/config"} 1
+`,
+	}, {
 		name:     "host memory unknown",
 		snapshot: Snapshot{HostAvailable: 1 << 30},
 		metrics:  []string{"pool_managerd_host_memory_total_bytes", "pool_managerd_host_memory_available_bytes"},
@@ -398,3 +437,15 @@ pool_managerd_restarts_total{pool="chat",reason="exited"} 1
 		t.Errorf("restarts of a returning pool: got %v, want 1", got)
 	}
 }
+
+const revisionHeader = `
+# HELP pool_managerd_config_revision_info The revision of the config in force: always 1, with the commit as the revision label (+dirty when the config directory's work tree has uncommitted changes) and where it came from as source. Absent for a plain directory outside Git.
+# TYPE pool_managerd_config_revision_info gauge`
+
+const heldBackHeader = `
+# HELP pool_managerd_config_held_back Whether the last config that loaded is held back (1): it leaves the node no pools while engines run, and serve --allow-empty is not set; the engines keep running.
+# TYPE pool_managerd_config_held_back gauge`
+
+const pendingHeader = `
+# HELP pool_managerd_pools_pending_removal Pools that left the config and keep running until their removal settles (serve --removal-settle).
+# TYPE pool_managerd_pools_pending_removal gauge`

@@ -21,6 +21,36 @@ type Snapshot struct {
 	// [HostMemory]); a HostTotal of 0 means unknown, and the host series are
 	// then left out.
 	HostTotal, HostAvailable uint64
+	// Config is the state of the config source.
+	Config ConfigSnapshot
+}
+
+// ConfigSnapshot is the state of the config and where it comes from.
+type ConfigSnapshot struct {
+	// Revision is the commit of the config in force, Source where it came
+	// from (the --git URL or the config directory); Revision is empty for a
+	// plain directory outside Git, and config_revision_info is then left out.
+	Revision, Source string
+	Dirty            bool
+	// HeldBack: the last config that loaded is not applied (it leaves the
+	// node no pools while engines run).
+	HeldBack bool
+	// PendingRemovals counts the pools that left the config and wait for
+	// their removal to settle.
+	PendingRemovals int
+	// Git is the built-in Git source's state; nil for a plain directory
+	// (the git_* series are then left out).
+	Git *GitSnapshot
+}
+
+// GitSnapshot is the state of serve --git's fetches.
+type GitSnapshot struct {
+	// OK: the last fetch worked.
+	OK bool
+	// Failures counts the fetches that failed in a row.
+	Failures int
+	// LastSuccess is when a fetch last worked; zero if none has.
+	LastSuccess time.Time
 }
 
 // PoolSnapshot is one pool's state.
@@ -56,6 +86,8 @@ type snapshotCollector struct {
 	poolReady, poolPhase, backoff, circuit *prometheus.Desc
 	gpuTotal, gpuUsed, gpuFree             *prometheus.Desc
 	hostTotal, hostAvailable               *prometheus.Desc
+	revision, heldBack, pendingRemovals    *prometheus.Desc
+	gitUp, gitFailures, gitLastSuccess     *prometheus.Desc
 }
 
 func newSnapshotCollector(snapshot func() Snapshot) *snapshotCollector {
@@ -90,6 +122,24 @@ func newSnapshotCollector(snapshot func() Snapshot) *snapshotCollector {
 		hostAvailable: prometheus.NewDesc(name("host_memory_available_bytes"),
 			"Memory of the host available for new processes without swapping, in bytes (MemAvailable of /proc/meminfo).",
 			nil, nil),
+		revision: prometheus.NewDesc(name("config_revision_info"),
+			"The revision of the config in force: always 1, with the commit as the revision label (+dirty when the config directory's work tree has uncommitted changes) and where it came from as source. Absent for a plain directory outside Git.",
+			[]string{"revision", "source"}, nil),
+		heldBack: prometheus.NewDesc(name("config_held_back"),
+			"Whether the last config that loaded is held back (1): it leaves the node no pools while engines run, and serve --allow-empty is not set; the engines keep running.",
+			nil, nil),
+		pendingRemovals: prometheus.NewDesc(name("pools_pending_removal"),
+			"Pools that left the config and keep running until their removal settles (serve --removal-settle).",
+			nil, nil),
+		gitUp: prometheus.NewDesc(name("git_fetch_ok"),
+			"Whether serve --git's last fetch worked (1) or failed (0); the last applied revision stays in force while it fails.",
+			nil, nil),
+		gitFailures: prometheus.NewDesc(name("git_fetch_failures"),
+			"Fetches of serve --git that failed in a row (retries back off); 0 after one works.",
+			nil, nil),
+		gitLastSuccess: prometheus.NewDesc(name("git_last_success_timestamp_seconds"),
+			"Unix time in seconds of the last fetch of serve --git that worked; absent until one has.",
+			nil, nil),
 	}
 }
 
@@ -98,6 +148,8 @@ func (c *snapshotCollector) Describe(ch chan<- *prometheus.Desc) {
 		c.poolReady, c.poolPhase, c.backoff, c.circuit,
 		c.gpuTotal, c.gpuUsed, c.gpuFree,
 		c.hostTotal, c.hostAvailable,
+		c.revision, c.heldBack, c.pendingRemovals,
+		c.gitUp, c.gitFailures, c.gitLastSuccess,
 	} {
 		ch <- d
 	}
@@ -128,6 +180,23 @@ func (c *snapshotCollector) Collect(ch chan<- prometheus.Metric) {
 	if s.HostTotal > 0 {
 		gauge(c.hostTotal, float64(s.HostTotal))
 		gauge(c.hostAvailable, float64(s.HostAvailable))
+	}
+	cfg := s.Config
+	if cfg.Revision != "" {
+		rev := cfg.Revision
+		if cfg.Dirty {
+			rev += "+dirty"
+		}
+		gauge(c.revision, 1, rev, cfg.Source)
+	}
+	gauge(c.heldBack, bool01(cfg.HeldBack))
+	gauge(c.pendingRemovals, float64(cfg.PendingRemovals))
+	if g := cfg.Git; g != nil {
+		gauge(c.gitUp, bool01(g.OK))
+		gauge(c.gitFailures, float64(g.Failures))
+		if !g.LastSuccess.IsZero() {
+			gauge(c.gitLastSuccess, float64(g.LastSuccess.UnixNano())/1e9)
+		}
 	}
 }
 

@@ -30,6 +30,9 @@ type Input struct {
 	// Blocked are the pools the last plan found the node cannot run now,
 	// with the blocker's class.
 	Blocked map[string]string
+	// Removals are the pools that left the config and wait for their
+	// removal to settle, by when it takes effect (the daemon's).
+	Removals map[string]time.Time
 	// Observed is the last observation of the node; State the state file as
 	// the executor holds it now (newer than the observation).
 	Observed reconcile.Observed
@@ -102,7 +105,7 @@ func One(id string, in Input) api.Pool {
 func Render(id string, st reconcile.Status, f reconcile.Facts, in Input) api.Pool {
 	history := f.History
 	engineRec, recorded := in.State.Engines[id]
-	row := api.Pool{Pool: id, Phase: st.Phase, Ready: st.Ready, Restarts: history.Restarts, Breaker: st.Breaker.String(), GPUs: []api.GPU{}}
+	row := api.Pool{Pool: id, Phase: st.Phase, Ready: st.Ready, Reason: st.Reason, Restarts: history.Restarts, Breaker: st.Breaker.String(), GPUs: []api.GPU{}}
 	if history.LastError != nil {
 		hint := history.LastError.Hint
 		if hint == "" {
@@ -131,6 +134,7 @@ func Render(id string, st reconcile.Status, f reconcile.Facts, in Input) api.Poo
 	if recorded {
 		row.Log = engineRec.LogPath
 	}
+	row.RemovalAt = in.Removals[id]
 	if e := f.Engine; e != nil && e.Alive {
 		row.PID, row.Port = e.PID, e.Port
 		if e.Port != 0 {

@@ -45,6 +45,21 @@ type State struct {
 	Engines map[string]reconcile.EngineRecord `json:"engines"`
 	// Pools are the pools' restart and breaker history, by pool id.
 	Pools map[string]restart.Record `json:"pools"`
+	// AppliedRevision is the revision of the config the daemon last
+	// applied, when it came from Git; nil otherwise. Added within version 1:
+	// older files lack it, older daemons ignore it.
+	AppliedRevision *Revision `json:"appliedRevision,omitempty"`
+}
+
+// Revision is a config's version: the commit of a Git source or of the
+// work tree a config directory is in.
+type Revision struct {
+	// Source is where the config came from: the --git URL, or the config
+	// directory.
+	Source string `json:"source"`
+	Commit string `json:"commit"`
+	Ref    string `json:"ref,omitempty"`
+	Dirty  bool   `json:"dirty,omitempty"`
 }
 
 // New returns an empty state: a fresh node.
