@@ -38,7 +38,9 @@ node has run (or the named pools): its phase as the pool lifecycle decides it
 (Pending, Preloading, Ready, Unready, Draining, Failed, Stopped), its engine (pid,
 port), the memory it holds on each GPU, its restarts, the circuit breaker, and
 its last error with a hint and the next retry. Without the config at hand, a
-pool is taken to want what its engine was started from. It changes nothing.
+pool is taken to want what its engine was started from. Above the table it
+prints the revision of the config the daemon last applied (the commit, and its
+branch or tag) when that config came from Git. It changes nothing.
 
 --field NAME prints one value of one pool, alone on a line, for scripts:
 ` + statusFieldList() + `.
@@ -91,6 +93,9 @@ error, 2 usage error.`,
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
 				return enc.Encode(rows)
+			}
+			if err := writeRevision(cmd.OutOrStdout(), st.AppliedRevision); err != nil {
+				return err
 			}
 			return writeStatusTable(cmd.OutOrStdout(), rows, time.Now())
 		},
@@ -181,6 +186,17 @@ func statusField(r api.Pool, field string) (string, error) {
 		return r.Log, nil
 	}
 	return "", usageError("--field %q: want one of %s", field, statusFieldList())
+}
+
+// writeRevision prints the revision of the config the daemon last applied,
+// as the state file records it; nothing when it did not come from Git.
+func writeRevision(w io.Writer, rev *state.Revision) error {
+	if rev == nil {
+		return nil
+	}
+	r := api.Revision{Commit: rev.Commit, Ref: rev.Ref, Dirty: rev.Dirty}
+	_, err := fmt.Fprintf(w, "Config revision applied: %s from %s\n\n", r.String(), rev.Source)
+	return err
 }
 
 func writeStatusTable(w io.Writer, rows []api.Pool, now time.Time) error {
