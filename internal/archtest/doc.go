@@ -6,7 +6,8 @@
 //  1. schema/… (the config language; schema/llamaargs)
 //  2. drivers/… (the machine: GPUs and engines)
 //  3. reconcile/… (pure decisions)
-//  4. internal/executor, internal/state, internal/observe, internal/watch
+//  4. internal/executor, internal/state, internal/observe, internal/watch,
+//     internal/gitsource
 //  5. internal/daemon, internal/api, internal/metrics, internal/poolview,
 //     internal/cli, cmd/pool-managerd
 //

@@ -29,6 +29,7 @@ var floors = []struct {
 	{"internal/state", 4},
 	{"internal/observe", 4},
 	{"internal/watch", 4},
+	{"internal/gitsource", 4},
 	{"internal/daemon", 5},
 	{"internal/api", 5},
 	{"internal/metrics", 5},

@@ -1,0 +1,292 @@
+package gitsource
+
+import (
+	"context"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/go-git/go-git/v5"
+	"github.com/go-git/go-git/v5/config"
+	"github.com/go-git/go-git/v5/plumbing"
+	"github.com/go-git/go-git/v5/plumbing/object"
+	"github.com/hashicorp/go-hclog"
+)
+
+func TestMain(m *testing.M) {
+	InstallFileTransport()
+	os.Exit(m.Run())
+}
+
+// waitLimit bounds every wait on an event; it is a deadline for a hung
+// test, never a timing assertion.
+const waitLimit = 60 * time.Second
+
+func testLogger(t *testing.T) hclog.Logger {
+	return hclog.New(&hclog.LoggerOptions{Name: "gitsource", Level: hclog.Debug, Output: t.Output()})
+}
+
+var sig = &object.Signature{Name: "Test", Email: "test@example.com", When: time.Unix(1_700_000_000, 0)}
+
+// remoteRepo is a bare repository standing in for the remote, and a work
+// clone that commits and pushes to it.
+type remoteRepo struct {
+	t       *testing.T
+	bare    string
+	workDir string
+	work    *git.Repository
+	n       int
+}
+
+func newRemoteRepo(t *testing.T) *remoteRepo {
+	t.Helper()
+	dir := t.TempDir()
+	r := &remoteRepo{t: t, bare: filepath.Join(dir, "remote.git"), workDir: filepath.Join(dir, "work")}
+	main := plumbing.NewBranchReferenceName("main")
+	if _, err := git.PlainInitWithOptions(r.bare, &git.PlainInitOptions{Bare: true, InitOptions: git.InitOptions{DefaultBranch: main}}); err != nil {
+		t.Fatal(err)
+	}
+	work, err := git.PlainInitWithOptions(r.workDir, &git.PlainInitOptions{InitOptions: git.InitOptions{DefaultBranch: main}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := work.CreateRemote(&config.RemoteConfig{Name: "origin", URLs: []string{r.bare}}); err != nil {
+		t.Fatal(err)
+	}
+	r.work = work
+	return r
+}
+
+// write puts a file into the work tree (mode 0 is 0644).
+func (r *remoteRepo) write(name, content string, mode fs.FileMode) {
+	r.t.Helper()
+	if mode == 0 {
+		mode = 0o644
+	}
+	p := filepath.Join(r.workDir, filepath.FromSlash(name))
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		r.t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(content), mode); err != nil {
+		r.t.Fatal(err)
+	}
+	if err := os.Chmod(p, mode); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+func (r *remoteRepo) symlink(name, target string) {
+	r.t.Helper()
+	p := filepath.Join(r.workDir, filepath.FromSlash(name))
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		r.t.Fatal(err)
+	}
+	if err := os.Symlink(target, p); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+func (r *remoteRepo) remove(name string) {
+	r.t.Helper()
+	if err := os.RemoveAll(filepath.Join(r.workDir, filepath.FromSlash(name))); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+// commit commits every change of the work tree and returns the hash.
+func (r *remoteRepo) commit() string {
+	r.t.Helper()
+	wt, err := r.work.Worktree()
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	if err := wt.AddWithOptions(&git.AddOptions{All: true}); err != nil {
+		r.t.Fatal(err)
+	}
+	r.n++
+	s := *sig
+	s.When = s.When.Add(time.Duration(r.n) * time.Minute)
+	h, err := wt.Commit("commit", &git.CommitOptions{All: true, Author: &s, AllowEmptyCommits: true})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return h.String()
+}
+
+// push force-pushes refspecs (default: main) to the bare repository.
+func (r *remoteRepo) push(refspecs ...string) {
+	r.t.Helper()
+	if len(refspecs) == 0 {
+		refspecs = []string{"+refs/heads/main:refs/heads/main"}
+	}
+	specs := make([]config.RefSpec, len(refspecs))
+	for i, s := range refspecs {
+		specs[i] = config.RefSpec(s)
+	}
+	err := r.work.Push(&git.PushOptions{RemoteName: "origin", RefSpecs: specs, Force: true})
+	if err != nil && err != git.NoErrAlreadyUpToDate {
+		r.t.Fatal(err)
+	}
+}
+
+// resetHard moves the work tree's branch back to commit.
+func (r *remoteRepo) resetHard(commit string) {
+	r.t.Helper()
+	wt, err := r.work.Worktree()
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	if err := wt.Reset(&git.ResetOptions{Commit: plumbing.NewHash(commit), Mode: git.HardReset}); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+// running is a Source whose Run goroutine the test controls.
+type running struct {
+	*Source
+	statuses chan Status
+	stop     func()
+}
+
+// start makes a Source (with a test logger) and runs it until the test
+// ends or stop is called. Every attempt's status arrives on statuses.
+func start(t *testing.T, opts Options) *running {
+	t.Helper()
+	s := mustNew(t, opts)
+	return run(t, s)
+}
+
+func mustNew(t *testing.T, opts Options) *Source {
+	t.Helper()
+	if opts.Logger == nil {
+		opts.Logger = testLogger(t)
+	}
+	if opts.Dir == "" {
+		opts.Dir = t.TempDir()
+	}
+	s, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func run(t *testing.T, s *Source) *running {
+	t.Helper()
+	r := &running{Source: s, statuses: make(chan Status, 1000)}
+	s.observe = func(st Status) {
+		select {
+		case r.statuses <- st:
+		default:
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	stopped := false
+	r.stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}
+	t.Cleanup(r.stop)
+	return r
+}
+
+// next waits for the next delivered checkout.
+func (r *running) next(t *testing.T) Checkout {
+	t.Helper()
+	select {
+	case co := <-r.Checkouts():
+		return co
+	case <-time.After(waitLimit):
+		t.Fatalf("no checkout delivered within %v; status %+v", waitLimit, r.Status())
+		return Checkout{}
+	}
+}
+
+// attempt waits for the status of the next fetch attempt.
+func (r *running) attempt(t *testing.T) Status {
+	t.Helper()
+	select {
+	case st := <-r.statuses:
+		return st
+	case <-time.After(waitLimit):
+		t.Fatalf("no fetch attempt within %v; status %+v", waitLimit, r.Status())
+		return Status{}
+	}
+}
+
+// noDelivery fails when a checkout is waiting on the channel.
+func (r *running) noDelivery(t *testing.T) {
+	t.Helper()
+	select {
+	case co := <-r.Checkouts():
+		t.Fatalf("unexpected delivery %+v", co)
+	default:
+	}
+}
+
+// describeTree maps each entry under root (relative, slash-separated) to
+// its kind, mode and content or link target.
+func describeTree(t *testing.T, root string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if p == root {
+			return nil
+		}
+		rel, _ := filepath.Rel(root, p)
+		rel = filepath.ToSlash(rel)
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		switch {
+		case fi.Mode()&fs.ModeSymlink != 0:
+			target, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			out[rel] = "link -> " + target
+		case fi.IsDir():
+			out[rel] = fmt.Sprintf("dir %#o", fi.Mode().Perm())
+		default:
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			out[rel] = fmt.Sprintf("file %#o %s", fi.Mode().Perm(), b)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// checkoutDirs lists the commit directories under the source's checkouts.
+func checkoutDirs(t *testing.T, s *Source) map[string]bool {
+	t.Helper()
+	entries, err := os.ReadDir(s.checkoutsDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]bool{}
+	for _, e := range entries {
+		out[e.Name()] = true
+	}
+	return out
+}
