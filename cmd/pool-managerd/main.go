@@ -6,6 +6,11 @@ import (
 	"os"
 
 	"github.com/poolmanagerd/pool-managerd/internal/cli"
+	"github.com/poolmanagerd/pool-managerd/internal/gitsource"
 )
 
-func main() { os.Exit(cli.Main(os.Args[1:], os.Stdout, os.Stderr)) }
+func main() {
+	// serve --git with a local path fetches in-process, without git-upload-pack.
+	gitsource.InstallFileTransport()
+	os.Exit(cli.Main(os.Args[1:], os.Stdout, os.Stderr))
+}

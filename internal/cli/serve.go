@@ -22,6 +22,7 @@ import (
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/local"
 	"github.com/poolmanagerd/pool-managerd/internal/api"
 	"github.com/poolmanagerd/pool-managerd/internal/daemon"
+	"github.com/poolmanagerd/pool-managerd/internal/gitsource"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
 
@@ -38,6 +39,66 @@ type serveFlags struct {
 	healthEvery         time.Duration
 	removalSettle       time.Duration
 	allowEmpty          bool
+	git                 gitFlags
+}
+
+// gitFlags configure the built-in Git source (serve --git).
+type gitFlags struct {
+	url, ref, path      string
+	interval            time.Duration
+	username, tokenFile string
+	sshKey, knownHosts  string
+}
+
+func (g *gitFlags) register(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.StringVar(&g.url, "git", "", "follow this Git repository instead of --config: https://..., ssh://..., git@host:path or a local path (fetched with go-git; no git binary needed)")
+	fl.StringVar(&g.ref, "git-ref", "main", "the branch (followed, force pushes too) or tag (pinned) of --git")
+	fl.StringVar(&g.path, "git-path", "", "the subdirectory of the --git repository that is the config root (default: its root)")
+	fl.DurationVar(&g.interval, "git-interval", time.Minute, "time between fetches of --git; failed fetches are retried with a backoff")
+	fl.StringVar(&g.username, "git-username", "git", "user name for an HTTPS --git with a token")
+	fl.StringVar(&g.tokenFile, "git-token-file", "", "file holding the token for an HTTPS --git (or set the token itself in "+GitTokenEnv+")")
+	fl.StringVar(&g.sshKey, "git-ssh-key", "", "SSH private key file for an SSH --git (no passphrase)")
+	fl.StringVar(&g.knownHosts, "git-known-hosts", "", "known_hosts file for an SSH --git (default: SSH_KNOWN_HOSTS, ~/.ssh/known_hosts, /etc/ssh/ssh_known_hosts)")
+}
+
+// GitTokenEnv holds the token of an HTTPS --git, as an alternative to
+// --git-token-file.
+const GitTokenEnv = "POOL_MANAGERD_GIT_TOKEN"
+
+// source opens the built-in Git source, keeping its clone and checkouts in
+// STATE_DIR/git; nil without --git. Options that can never work are usage
+// errors (exit 2).
+func (g *gitFlags) source(stateDir string, log hclog.Logger) (*gitsource.Source, error) {
+	if g.url == "" {
+		return nil, nil
+	}
+	if g.interval <= 0 {
+		return nil, usageError("--git-interval %v: must be positive", g.interval)
+	}
+	token := os.Getenv(GitTokenEnv)
+	if g.tokenFile != "" {
+		data, err := os.ReadFile(g.tokenFile)
+		if err != nil {
+			return nil, usageError("--git-token-file: %v", err)
+		}
+		token = strings.TrimSpace(string(data))
+		if token == "" {
+			return nil, usageError("--git-token-file %s is empty", g.tokenFile)
+		}
+	}
+	src, err := gitsource.New(gitsource.Options{
+		URL: g.url, Ref: g.ref, Path: g.path, Interval: g.interval, Dir: filepath.Join(stateDir, "git"),
+		Auth:   gitsource.Auth{Username: g.username, Token: token, SSHKeyFile: g.sshKey, KnownHostsFile: g.knownHosts},
+		Logger: log.Named("git"),
+	})
+	if errors.Is(err, gitsource.ErrInvalid) {
+		return nil, usageError("%v", err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("serve: %w", err)
+	}
+	return src, nil
 }
 
 func newServeCommand() *cobra.Command {
@@ -68,7 +129,22 @@ the state directory's lock. --listen 127.0.0.1:0 picks a free port; the address
 is written to STATE_DIR/api.addr. A non-loopback address needs a bearer token
 in POOL_MANAGERD_TOKEN.
 
-SIGHUP reloads the config. SIGTERM and SIGINT stop the daemon and leave the
+With --git URL the daemon follows a Git repository itself instead of a
+directory (the first choice for a fleet; a pull timer or git-sync writing into
+--config still work). It fetches --git-ref every --git-interval off the
+reconcile loop (go-git, pure Go: HTTPS with a token from --git-token-file or
+POOL_MANAGERD_GIT_TOKEN, SSH with --git-ssh-key and --git-known-hosts, or a
+local path), checks each new commit out into a fresh directory under
+STATE_DIR/git and switches to it at once, so no half-updated tree is ever
+loaded. --git-path names the subdirectory that is the config root. A commit that
+fails to load is reported with its hash and never applied; a remote that cannot
+be reached is retried with a backoff while the last applied revision stays in
+force, also across daemon restarts (its checkout is kept). GET /v1/config shows
+lastAppliedRevision and lastAttemptedRevision (for a --config directory in a Git
+work tree: its HEAD and whether it is dirty) and the fetches' state;
+pool_managerd_config_revision_info carries the applied revision.
+
+SIGHUP reloads the config (with --git: fetches at once). SIGTERM and SIGINT stop the daemon and leave the
 engines running: the next daemon adopts them without restarting any (with
 --stop-engines-on-exit they are stopped). Under systemd it reports READY=1
 after the first reconcile, a STATUS line, and answers the watchdog.
@@ -83,8 +159,9 @@ name in upper case with _ for - (POOL_MANAGERD_CONFIG, POOL_MANAGERD_LISTEN, ...
 	}
 	f.node.register(cmd)
 	f.engines.register(cmd)
+	f.git.register(cmd)
 	fl := cmd.Flags()
-	fl.StringVar(&f.config, "config", "", "the config directory tree (required)")
+	fl.StringVar(&f.config, "config", "", "the config directory tree (required unless --git)")
 	fl.StringVar(&f.listen, "listen", DefaultListen, "the API's address, HOST:PORT (port 0: a free one, written to STATE_DIR/api.addr)")
 	fl.StringVar(&f.logFormat, "log-format", "text", "log format: text or json (one JSON object a line)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: trace, debug, info, warn or error")
@@ -112,11 +189,15 @@ func newLogger(w io.Writer, format, level string) (hclog.Logger, error) {
 }
 
 func runServe(cmd *cobra.Command, f serveFlags) error {
-	if f.config == "" {
-		return usageError("serve needs --config DIR (or POOL_MANAGERD_CONFIG)")
-	}
-	if info, err := os.Stat(f.config); err != nil || !info.IsDir() {
-		return usageError("--config %s: not a directory", f.config)
+	switch {
+	case f.config == "" && f.git.url == "":
+		return usageError("serve needs --config DIR or --git URL (or POOL_MANAGERD_CONFIG, POOL_MANAGERD_GIT)")
+	case f.config != "" && f.git.url != "":
+		return usageError("--config and --git both given: the config comes from one of them")
+	case f.config != "":
+		if info, err := os.Stat(f.config); err != nil || !info.IsDir() {
+			return usageError("--config %s: not a directory", f.config)
+		}
 	}
 	if f.resync <= 0 || f.debounce <= 0 || f.healthEvery <= 0 {
 		return usageError("--resync, --debounce and --health-interval must be positive")
@@ -136,11 +217,17 @@ func runServe(cmd *cobra.Command, f serveFlags) error {
 	if err != nil {
 		return err
 	}
-	configDir, err := filepath.Abs(f.config)
+	var configDir string
+	if f.config != "" {
+		if configDir, err = filepath.Abs(f.config); err != nil {
+			return err
+		}
+	}
+	stateDir, err := filepath.Abs(f.node.stateDir)
 	if err != nil {
 		return err
 	}
-	stateDir, err := filepath.Abs(f.node.stateDir)
+	git, err := f.git.source(stateDir, log)
 	if err != nil {
 		return err
 	}
@@ -149,7 +236,7 @@ func runServe(cmd *cobra.Command, f serveFlags) error {
 		return fmt.Errorf("serve: %w", err)
 	}
 	defer lock.Unlock()
-	if f.node.node == "" && src.Kind == "sim" {
+	if f.node.node == "" && src.Kind == "sim" && configDir != "" {
 		// Trying a one-node config on the simulated node: act as that node.
 		if cfg, err := schema.Load(cmd.Context(), configDir); err == nil {
 			node = chooseNode(io.Discard, cfg, configDir, src, node, false)
@@ -170,7 +257,7 @@ func runServe(cmd *cobra.Command, f serveFlags) error {
 	d, err := daemon.New(daemon.Options{
 		ConfigDir: configDir, StateDir: stateDir, Node: node, GPUs: gpus, Source: src.String(), Engines: driver,
 		Logger: log, Registry: reg, Resync: f.resync, Debounce: f.debounce, HealthEvery: f.healthEvery, Notify: sdNotify(log),
-		RemovalSettle: f.removalSettle, AllowEmpty: f.allowEmpty,
+		RemovalSettle: f.removalSettle, AllowEmpty: f.allowEmpty, Git: git,
 		Step: crashStep(),
 	})
 	if err != nil {

@@ -44,6 +44,9 @@ type tree struct {
 	// source is where the revision comes from (the --git URL or the
 	// config directory), as the state file records it.
 	source string
+	// missing says why the tree is not there (--git-path is not in the
+	// commit); it is then a load error.
+	missing string
 }
 
 // loadConfig loads a config tree. A config that fails to load is never
@@ -55,7 +58,13 @@ type tree struct {
 func (d *Daemon) loadConfig(ctx context.Context, reason string, t tree) {
 	now := d.now()
 	d.view.attempted(t.rev)
-	all, err := schema.Load(ctx, t.dir)
+	var all *schema.Desired
+	var err error
+	if t.missing != "" {
+		err = missingDiagnostics(t)
+	} else {
+		all, err = schema.Load(ctx, t.dir)
+	}
 	if err == nil {
 		err = d.checkNode(all, t.dir)
 	}
@@ -92,7 +101,7 @@ func (d *Daemon) loadConfig(ctx context.Context, reason string, t tree) {
 	d.needs(ctx, &desired)
 	hash := reconcile.DesiredHash(desired)
 	wasValid, wasHeld := d.view.configValid(), d.view.heldBack()
-	revChanged := d.view.configLoaded(now, all, t.rev)
+	revChanged := d.view.configLoaded(now, t.dir, all, t.rev)
 	d.metrics.ConfigLoaded(now, nil)
 	d.recordRevision(t)
 	if d.cfg != nil && d.cfg.hash == hash {
@@ -109,17 +118,6 @@ func (d *Daemon) loadConfig(ctx context.Context, reason string, t tree) {
 	d.cfg = &config{all: all, desired: desired, hash: hash}
 	args := []any{"reason", reason, "pools", len(desired.Pools), "other_nodes_pools", desired.OtherPools, "files", len(all.Files)}
 	d.log.Info("config loaded", append(args, revisionArgs(t.rev)...)...)
-}
-
-// dirTree is the config directory as a tree to load. Its revision (HEAD,
-// and whether it is dirty, when it is in a Git work tree) is worked out
-// only when changed says the watcher saw a change: working out dirtiness
-// hashes every file, and an idle resync must cost nothing.
-func (d *Daemon) dirTree(changed bool) tree {
-	if changed {
-		d.dirRev = nil
-	}
-	return tree{dir: d.opts.ConfigDir, rev: d.dirRev, source: d.opts.ConfigDir}
 }
 
 // revisionArgs are a log event's fields naming a config's revision.

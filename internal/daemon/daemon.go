@@ -37,9 +37,9 @@ import (
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
 	"github.com/poolmanagerd/pool-managerd/internal/api"
 	"github.com/poolmanagerd/pool-managerd/internal/executor"
+	"github.com/poolmanagerd/pool-managerd/internal/gitsource"
 	"github.com/poolmanagerd/pool-managerd/internal/metrics"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
-	"github.com/poolmanagerd/pool-managerd/internal/watch"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
@@ -81,6 +81,10 @@ type Options struct {
 	// AllowEmpty applies a config that leaves the node no pools while
 	// engines of it run (serve --allow-empty); by default it is held back.
 	AllowEmpty bool
+	// Git, when set, is where the config comes from (serve --git): each new
+	// commit it checks out is loaded, and ConfigDir is not used. The daemon
+	// runs its fetch loop.
+	Git *gitsource.Source
 }
 
 // Daemon is a running pool-managerd serve.
@@ -122,6 +126,8 @@ type Daemon struct {
 	// dirRev is the revision of the config directory, worked out when the
 	// watcher saw a change (never on an idle resync).
 	dirRev *api.Revision
+	// checkout is the Git source's commit last loaded, applied or not.
+	checkout *gitsource.Checkout
 	// wakeAt is the earliest backoff or half-open try the last pass deferred.
 	wakeAt     time.Time
 	lastStatus string
@@ -131,8 +137,8 @@ type Daemon struct {
 
 // New checks the options and creates the daemon; Run starts it.
 func New(opts Options) (*Daemon, error) {
-	if opts.ConfigDir == "" || opts.StateDir == "" || opts.Node == "" || opts.GPUs == nil || opts.Engines == nil {
-		return nil, errors.New("daemon: ConfigDir, StateDir, Node, GPUs and Engines are required")
+	if (opts.ConfigDir == "" && opts.Git == nil) || opts.StateDir == "" || opts.Node == "" || opts.GPUs == nil || opts.Engines == nil {
+		return nil, errors.New("daemon: ConfigDir (or Git), StateDir, Node, GPUs and Engines are required")
 	}
 	if opts.Resync <= 0 {
 		opts.Resync = 30 * time.Second
@@ -158,6 +164,9 @@ func New(opts Options) (*Daemon, error) {
 	}
 	d.runCtx, d.cancelRun = context.WithCancel(context.Background())
 	d.view.init(opts.ConfigDir)
+	if opts.Git != nil {
+		d.view.source = opts.Git.Status().URL
+	}
 	d.exec = &executor.Executor{
 		Node: opts.Node, GPUs: opts.GPUs, Engines: opts.Engines, Store: state.Store{Dir: opts.StateDir},
 		Now: time.Now, Rand: rand.Float64, Report: d.onEvent, Step: opts.Step,
@@ -213,32 +222,36 @@ func (d *Daemon) Run(ctx context.Context) error {
 	defer stop()
 	defer d.cancelRun()
 	ctx = d.runCtx
-	w, err := watch.New(d.opts.ConfigDir, watch.Options{Debounce: d.opts.Debounce, Logger: d.log.Named("watch")})
+	src, err := d.openSource(ctx)
 	if err != nil {
-		return fmt.Errorf("serve: %w", err)
+		return err
 	}
-	watchErr := make(chan error, 1)
-	go func() { watchErr <- w.Run(ctx) }()
 	events, err := d.opts.GPUs.Events(ctx)
 	if err != nil {
+		d.cancelRun()
+		<-src.done
 		return fmt.Errorf("serve: GPU events: %w", err)
 	}
 	d.watchers.Add(1)
 	go d.watchHealth(ctx)
-	d.log.Info("daemon started", "node", d.opts.Node, "config", d.opts.ConfigDir, "state_dir", d.opts.StateDir, "gpus", d.opts.Source)
-	d.loadConfig(ctx, "start", d.dirTree(true))
+	where := d.opts.ConfigDir
+	if d.opts.Git != nil {
+		where = d.opts.Git.Status().URL
+	}
+	d.log.Info("daemon started", "node", d.opts.Node, "config", where, "state_dir", d.opts.StateDir, "gpus", d.opts.Source)
+	d.firstLoad(ctx)
 	d.pass(ctx)
 	resync := time.NewTicker(d.opts.Resync)
 	defer resync.Stop()
 	wake := time.NewTimer(time.Hour)
 	defer wake.Stop()
-	changes := w.Changes()
+	changes, checkouts := src.changes, src.checkouts
 	for {
 		d.schedule(wake)
 		select {
 		case <-ctx.Done():
 			d.shutdown()
-			<-watchErr
+			<-src.done
 			return nil
 		case ch, ok := <-changes:
 			if !ok {
@@ -246,10 +259,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 				continue
 			}
 			d.loadConfig(ctx, describeChange(ch), d.dirTree(true))
+		case co := <-checkouts:
+			d.loadCheckout(ctx, "new commit "+co.Commit, co)
 		case <-d.reloads:
-			d.loadConfig(ctx, "SIGHUP", d.dirTree(true))
+			d.reload(ctx, "SIGHUP", true)
 		case <-resync.C:
-			d.loadConfig(ctx, "", d.dirTree(false))
+			d.reload(ctx, "", false)
 		case ev, ok := <-events:
 			if !ok {
 				events = nil

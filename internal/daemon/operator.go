@@ -140,7 +140,11 @@ func (d *Daemon) operatorReset(r resetRequest) {
 func (d *Daemon) Ready() bool { return d.view.isReady() }
 
 // Config returns the config's state.
-func (d *Daemon) Config() api.Config { return d.view.config() }
+func (d *Daemon) Config() api.Config {
+	c := d.view.config()
+	c.Git = d.gitStatus()
+	return c
+}
 
 // Pools returns every pool of the config in force and every pool the
 // state still has an engine or a record for.

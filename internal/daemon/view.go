@@ -62,10 +62,11 @@ func (v *view) configFailed(at time.Time, diags schema.Diagnostics) bool {
 
 // configLoaded records a config that came into force; it reports whether
 // its revision differs from the one in force before.
-func (v *view) configLoaded(at time.Time, all *schema.Desired, rev *api.Revision) bool {
+func (v *view) configLoaded(at time.Time, dir string, all *schema.Desired, rev *api.Revision) bool {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.lastDiags = nil
+	v.cfg.Dir = dir
 	changed := v.cfg.LastAppliedRevision.String() != rev.String()
 	v.cfg.Valid, v.cfg.Errors, v.cfg.LastLoad, v.cfg.LastGoodLoad, v.cfg.HeldBack = true, nil, at, at, nil
 	v.cfg.LastAppliedRevision = cloneRevision(rev)
@@ -225,6 +226,9 @@ func (d *Daemon) snapshot() metrics.Snapshot {
 	s.Config.HeldBack = d.view.cfg.HeldBack != nil
 	if rev := d.view.cfg.LastAppliedRevision; rev != nil {
 		s.Config.Revision, s.Config.Dirty, s.Config.Source = rev.Commit, rev.Dirty, d.view.source
+	}
+	if g := d.gitStatus(); g != nil {
+		s.Config.Git = &metrics.GitSnapshot{OK: g.Error == "" && !g.LastFetch.IsZero(), Failures: g.Failures, LastSuccess: g.LastSuccess}
 	}
 	for _, at := range d.view.removals {
 		if at.After(now) {
