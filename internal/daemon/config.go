@@ -95,7 +95,7 @@ func (d *Daemon) loadConfig(ctx context.Context, reason string, t tree) {
 			args := []any{"reason", reason}
 			d.log.Warn("config held back: "+why, append(args, revisionArgs(t.rev)...)...)
 		}
-		d.metrics.ConfigLoaded(now, nil)
+		d.metrics.ConfigHeldBack()
 		return
 	}
 	d.needs(ctx, &desired)

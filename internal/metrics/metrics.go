@@ -233,6 +233,16 @@ func (m *Metrics) ConfigLoaded(at time.Time, err error) {
 	m.configLoaded.Set(float64(at.UnixNano()) / 1e9)
 }
 
+// ConfigHeldBack records a config that loaded but is held back (it leaves
+// the node no pools while engines run): config_valid is 1, and the last
+// load timestamp stays that of the config in force.
+func (m *Metrics) ConfigHeldBack() {
+	if m == nil {
+		return
+	}
+	m.configValid.Set(1)
+}
+
 // ForgetPool deletes the event series of a pool removed from the config
 // (preload_total, preload_duration_seconds, restarts_total, engine_kills_total). Its snapshot
 // series go away by themselves once the snapshot no longer lists it.

@@ -368,8 +368,9 @@ pool_managerd_config_last_load_timestamp_seconds %s
 func TestConfigLoaded(t *testing.T) {
 	type load struct {
 		at  time.Time
-		err error
+		err error // heldBack: loaded, not applied (ConfigHeldBack)
 	}
+	heldBack := errors.New("held back")
 	bad := errors.New("pools/chat.cue: model: incomplete value")
 	tests := []struct {
 		name             string
@@ -387,11 +388,20 @@ func TestConfigLoaded(t *testing.T) {
 			{time.Unix(1700000000, 0), bad},
 			{time.Unix(1700000100, 0), nil},
 		}, "1", "1.7000001e+09"},
+		{"bad then held back: valid, the time of the config in force", []load{
+			{time.Unix(1700000000, 0), nil},
+			{time.Unix(1700000100, 0), bad},
+			{time.Unix(1700000200, 0), heldBack},
+		}, "1", "1.7e+09"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			m, _ := newMetrics(t, Snapshot{})
 			for _, l := range tt.loads {
+				if l.err == heldBack {
+					m.ConfigHeldBack()
+					continue
+				}
 				m.ConfigLoaded(l.at, l.err)
 			}
 			want := fmt.Sprintf(configHeader, tt.valid, tt.timestamp)
