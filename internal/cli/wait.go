@@ -31,6 +31,10 @@ const (
 	waitReady
 	// waitConfig: the config valid or invalid, as /v1/config says (--for config=valid|invalid).
 	waitConfig
+	// waitHeldBack: a config that loaded is held back (--for config=held-back).
+	waitHeldBack
+	// waitRevision: the config of a commit applied (--for revision=COMMIT).
+	waitRevision
 )
 
 // waitFlags are wait's flags as given.
@@ -54,8 +58,10 @@ type waitSpec struct {
 	// Valid is the config state waited for (waitConfig).
 	Valid bool
 	// Since, when not zero, holds only for a config load after it (waitConfig).
-	Since   time.Time
-	Timeout time.Duration
+	Since time.Time
+	// Revision is the commit, or a prefix of it, waited for (waitRevision).
+	Revision string
+	Timeout  time.Duration
 }
 
 // knownPhases are the phases a pool can be in: the lifecycle's.
@@ -81,7 +87,7 @@ func parseWaitArgs(pools []string, f waitFlags) (waitSpec, error) {
 	key, value, hasValue := strings.Cut(f.cond, "=")
 	switch {
 	case f.cond == "":
-		return s, usageError("say what to wait for: --for phase=NAME (with pools), --for ready, or --for config=valid|invalid")
+		return s, usageError("say what to wait for: --for phase=NAME (with pools), --for ready, --for config=valid|invalid|held-back, or --for revision=COMMIT")
 	case key == "phase" && hasValue:
 		s.Kind = waitPhase
 		for _, p := range knownPhases() {
@@ -105,11 +111,18 @@ func parseWaitArgs(pools []string, f waitFlags) (waitSpec, error) {
 		case "valid":
 			s.Valid = true
 		case "invalid":
+		case "held-back":
+			s.Kind = waitHeldBack
 		default:
-			return s, usageError("--for %s: want config=valid or config=invalid", f.cond)
+			return s, usageError("--for %s: want config=valid, config=invalid or config=held-back", f.cond)
+		}
+	case key == "revision" && hasValue:
+		s.Kind, s.Revision = waitRevision, strings.ToLower(value)
+		if len(value) < 4 || strings.Trim(s.Revision, "0123456789abcdef") != "" {
+			return s, usageError("--for %s: want revision=COMMIT, a commit hash or its first 4 or more hex digits", f.cond)
 		}
 	default:
-		return s, usageError("--for %q: want phase=NAME (with pools), ready, or config=valid|invalid", f.cond)
+		return s, usageError("--for %q: want phase=NAME (with pools), ready, config=valid|invalid|held-back, or revision=COMMIT", f.cond)
 	}
 	if s.Kind != waitPhase && len(pools) > 0 {
 		return s, usageError("--for %s waits on the daemon, not on pools: drop %s", f.cond, strings.Join(pools, " "))
@@ -118,8 +131,8 @@ func parseWaitArgs(pools []string, f waitFlags) (waitSpec, error) {
 		return s, usageError("--not-pid goes with pools and --for phase=NAME")
 	}
 	if f.since != "" {
-		if s.Kind != waitConfig {
-			return s, usageError("--since goes with --for config=valid|invalid")
+		if s.Kind != waitConfig && s.Kind != waitHeldBack {
+			return s, usageError("--since goes with --for config=valid|invalid|held-back")
 		}
 		t, err := time.Parse(time.RFC3339Nano, f.since)
 		if err != nil {
@@ -158,6 +171,14 @@ func (s waitSpec) String() string {
 			what += ", loaded after " + s.Since.Format(time.RFC3339Nano)
 		}
 		return what
+	case waitHeldBack:
+		what := "a config held back"
+		if !s.Since.IsZero() {
+			what += ", loaded after " + s.Since.Format(time.RFC3339Nano)
+		}
+		return what
+	case waitRevision:
+		return "revision " + s.Revision + " applied"
 	}
 	return "nothing"
 }
@@ -208,7 +229,37 @@ func (s waitSpec) configHolds(c api.Config) (bool, string) {
 	if !c.Valid && len(c.Errors) > 0 {
 		seen += fmt.Sprintf(" (%s)", c.Errors[0].String())
 	}
-	return c.Valid == s.Valid && (s.Since.IsZero() || c.LastLoad.After(s.Since)), seen
+	if c.HeldBack != nil {
+		seen += ", held back: " + c.HeldBack.Reason
+	}
+	recent := s.Since.IsZero() || c.LastLoad.After(s.Since)
+	if s.Kind == waitHeldBack {
+		return c.HeldBack != nil && recent, seen
+	}
+	return c.Valid == s.Valid && recent, seen
+}
+
+// revisionHolds reports whether the config of the spec's commit is in
+// force, and describes the revisions the daemon shows.
+func (s waitSpec) revisionHolds(c api.Config) (bool, string) {
+	seen := "applied revision " + orNone(c.LastAppliedRevision.String()) + ", last attempted " + orNone(c.LastAttemptedRevision.String())
+	if !c.Valid && len(c.Errors) > 0 {
+		seen += fmt.Sprintf(" (invalid: %s)", c.Errors[0].String())
+	}
+	if c.HeldBack != nil {
+		seen += " (held back: " + c.HeldBack.Reason + ")"
+	}
+	if c.Git != nil && c.Git.Error != "" {
+		seen += " (fetch failing: " + c.Git.Error + ")"
+	}
+	return c.LastAppliedRevision != nil && strings.HasPrefix(c.LastAppliedRevision.Commit, s.Revision), seen
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
 }
 
 // waitClient is the part of the daemon's API wait asks; *api.Client has it.
@@ -237,12 +288,15 @@ func (s waitSpec) check(ctx context.Context, c waitClient) (bool, string, error)
 			return true, "the daemon is ready: its first reconcile is done", nil
 		}
 		return false, "the daemon is not ready: its first reconcile is not done", nil
-	case waitConfig:
+	case waitConfig, waitHeldBack, waitRevision:
 		cfg, err := c.Config(ctx)
 		if err != nil {
 			return false, "", err
 		}
 		ok, seen := s.configHolds(cfg)
+		if s.Kind == waitRevision {
+			ok, seen = s.revisionHolds(cfg)
+		}
 		return ok, seen, nil
 	}
 	return false, "", fmt.Errorf("wait: unknown condition %d", s.Kind)
@@ -292,7 +346,7 @@ func runWait(ctx context.Context, s waitSpec, stateDir, token string, interval t
 func newWaitCommand() *cobra.Command {
 	var f waitFlags
 	cmd := &cobra.Command{
-		Use:   "wait [POOL...] --for phase=NAME|ready|config=valid|config=invalid",
+		Use:   "wait [POOL...] --for phase=NAME|ready|config=valid|config=invalid|config=held-back|revision=COMMIT",
 		Short: "Wait until the daemon reports a pool's phase, its readiness or the config's state",
 		Long: `wait asks the running daemon's API (its address is in STATE_DIR/api.addr; the
 token, if any, is read from POOL_MANAGERD_TOKEN) every 50 ms until what it
@@ -306,6 +360,11 @@ Conditions (--for):
   ready             the daemon's first reconcile is done (/readyz)
   config=valid      the config loaded (/v1/config); with --since TIME, a load
   config=invalid    after TIME (RFC 3339), such as one noted before an edit
+  config=held-back  a config loaded and is held back: it leaves the node no
+                    pools while engines run (serve --allow-empty)
+  revision=COMMIT   the config of this commit (or a commit it is a prefix of)
+                    is in force (/v1/config's lastAppliedRevision): a rollout
+                    from Git reached this node
 
 A daemon that does not answer yet (not started, or its address not written)
 is asked again until the timeout.
@@ -316,7 +375,8 @@ the daemon last reported) or the daemon refused the token, 2 usage error.`,
   pool-managerd wait coder llama70b --for phase=Ready
   pool-managerd wait llama70b --for phase=Ready --not-pid 1234 --timeout 5m
   since=$(date -u +%Y-%m-%dT%H:%M:%S.%NZ); vi config/pools/coder.cue
-  pool-managerd wait --for config=valid --since "$since"`,
+  pool-managerd wait --for config=valid --since "$since"
+  pool-managerd wait --for revision=$(git rev-parse HEAD) --timeout 5m`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			spec, err := parseWaitArgs(args, f)
 			if err != nil {
@@ -331,7 +391,7 @@ the daemon last reported) or the daemon refused the token, 2 usage error.`,
 		},
 	}
 	cmd.Flags().StringVar(&f.stateDir, "state-dir", DefaultStateDir, "the daemon's state directory (its API address is in api.addr)")
-	cmd.Flags().StringVar(&f.cond, "for", "", "the condition: phase=NAME (with pools), ready, config=valid or config=invalid")
+	cmd.Flags().StringVar(&f.cond, "for", "", "the condition: phase=NAME (with pools), ready, config=valid, config=invalid, config=held-back or revision=COMMIT")
 	cmd.Flags().IntVar(&f.notPID, "not-pid", 0, "with --for phase=NAME: only on an engine other than this pid")
 	cmd.Flags().StringVar(&f.since, "since", "", "with --for config=...: only a config load after this time (RFC 3339)")
 	cmd.Flags().DurationVar(&f.timeout, "timeout", defaultWaitTimeout, "how long to wait before exit status 1")

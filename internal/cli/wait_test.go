@@ -42,6 +42,12 @@ func TestParseWaitArgs(t *testing.T) {
 		{name: "ready", flags: flags("ready"), want: waitSpec{Kind: waitReady, Timeout: time.Minute}},
 		{name: "config valid", flags: flags("config=valid"), want: waitSpec{Kind: waitConfig, Valid: true, Timeout: time.Minute}},
 		{name: "config invalid", flags: flags("config=invalid"), want: waitSpec{Kind: waitConfig, Timeout: time.Minute}},
+		{name: "config held back", flags: flags("config=held-back"), want: waitSpec{Kind: waitHeldBack, Timeout: time.Minute}},
+		{name: "revision", flags: flags("revision=0123ABcd"), want: waitSpec{Kind: waitRevision, Revision: "0123abcd", Timeout: time.Minute}},
+		{name: "revision too short", flags: flags("revision=012"), wantErr: "--for revision=012: want revision=COMMIT, a commit hash or its first 4 or more hex digits"},
+		{name: "revision not hex", flags: flags("revision=main"), wantErr: "--for revision=main: want revision=COMMIT, a commit hash or its first 4 or more hex digits"},
+		{name: "revision with pools", pools: []string{"coder"}, flags: flags("revision=0123abcd"),
+			wantErr: "--for revision=0123abcd waits on the daemon, not on pools: drop coder"},
 		{name: "config since", flags: with(flags("config=valid"), func(f *waitFlags) { f.since = "2026-12-01T10:00:00.123456789Z" }),
 			want: waitSpec{Kind: waitConfig, Valid: true, Since: since, Timeout: time.Minute}},
 		{name: "since without fraction", flags: with(flags("config=invalid"), func(f *waitFlags) { f.since = "2026-12-01T11:00:00+01:00" }),
@@ -50,30 +56,30 @@ func TestParseWaitArgs(t *testing.T) {
 			want: waitSpec{Kind: waitReady, Timeout: 5 * time.Minute}},
 
 		{name: "no condition", pools: []string{"coder"}, flags: flags(""),
-			wantErr: "say what to wait for: --for phase=NAME (with pools), --for ready, or --for config=valid|invalid"},
+			wantErr: "say what to wait for: --for phase=NAME (with pools), --for ready, --for config=valid|invalid|held-back, or --for revision=COMMIT"},
 		{name: "unknown condition", flags: flags("healthy"),
-			wantErr: `--for "healthy": want phase=NAME (with pools), ready, or config=valid|invalid`},
+			wantErr: `--for "healthy": want phase=NAME (with pools), ready, config=valid|invalid|held-back, or revision=COMMIT`},
 		{name: "phase without a name", pools: []string{"coder"}, flags: flags("phase"),
-			wantErr: `--for "phase": want phase=NAME (with pools), ready, or config=valid|invalid`},
+			wantErr: `--for "phase": want phase=NAME (with pools), ready, config=valid|invalid|held-back, or revision=COMMIT`},
 		{name: "unknown phase", pools: []string{"coder"}, flags: flags("phase=Running"),
 			wantErr: `--for phase=Running: unknown phase "Running"; want one of Pending, Preloading, Ready, Unready, Draining, Failed, Stopped`},
 		{name: "phase without pools", flags: flags("phase=Ready"), wantErr: "--for phase=Ready: name the pools to wait for"},
 		{name: "empty pool", pools: []string{""}, flags: flags("phase=Ready"), wantErr: "an empty pool name"},
 		{name: "ready with a value", flags: flags("ready=yes"),
-			wantErr: `--for "ready=yes": want phase=NAME (with pools), ready, or config=valid|invalid`},
+			wantErr: `--for "ready=yes": want phase=NAME (with pools), ready, config=valid|invalid|held-back, or revision=COMMIT`},
 		{name: "ready with pools", pools: []string{"coder"}, flags: flags("ready"),
 			wantErr: "--for ready waits on the daemon, not on pools: drop coder"},
 		{name: "config with pools", pools: []string{"coder", "x"}, flags: flags("config=valid"),
 			wantErr: "--for config=valid waits on the daemon, not on pools: drop coder x"},
-		{name: "config state", flags: flags("config=ok"), wantErr: "--for config=ok: want config=valid or config=invalid"},
+		{name: "config state", flags: flags("config=ok"), wantErr: "--for config=ok: want config=valid, config=invalid or config=held-back"},
 		{name: "config without a state", flags: flags("config"),
-			wantErr: `--for "config": want phase=NAME (with pools), ready, or config=valid|invalid`},
+			wantErr: `--for "config": want phase=NAME (with pools), ready, config=valid|invalid|held-back, or revision=COMMIT`},
 		{name: "not-pid without a phase", flags: with(flags("ready"), func(f *waitFlags) { f.notPID = 1 }),
 			wantErr: "--not-pid goes with pools and --for phase=NAME"},
 		{name: "negative not-pid", pools: []string{"coder"}, flags: with(flags("phase=Ready"), func(f *waitFlags) { f.notPID = -1 }),
 			wantErr: "--not-pid -1: want a process id"},
 		{name: "since with a phase", pools: []string{"coder"}, flags: with(flags("phase=Ready"), func(f *waitFlags) { f.since = "2026-12-01T10:00:00Z" }),
-			wantErr: "--since goes with --for config=valid|invalid"},
+			wantErr: "--since goes with --for config=valid|invalid|held-back"},
 		{name: "since not RFC 3339", flags: with(flags("config=valid"), func(f *waitFlags) { f.since = "10:00" }),
 			wantErr: `--since "10:00": want a time in RFC 3339, such as $(date -u +%Y-%m-%dT%H:%M:%S.%NZ)`},
 		{name: "zero timeout", flags: with(flags("ready"), func(f *waitFlags) { f.timeout = 0 }),
@@ -152,6 +158,8 @@ func TestWaitConfigHolds(t *testing.T) {
 	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
 	valid := api.Config{Valid: true, LastLoad: t0}
 	invalid := api.Config{Valid: false, LastLoad: t0, Errors: []schema.Diagnostic{{Pos: schema.Pos{File: "pools/coder.cue", Line: 17, Column: 22}, Message: "expected operand, found 'EOF'"}}}
+	held := valid
+	held.HeldBack = &api.HeldBack{Reason: "the config leaves node gpu-01 no pools while 1 engines run (coder)", Since: t0}
 	tests := []struct {
 		name     string
 		spec     waitSpec
@@ -170,13 +178,49 @@ func TestWaitConfigHolds(t *testing.T) {
 			wantSeen: "the config valid, last loaded 2026-12-01T10:00:00Z"},
 		{name: "loaded before since", spec: waitSpec{Since: t0.Add(time.Second)}, cfg: invalid, want: false,
 			wantSeen: "the config invalid, last loaded 2026-12-01T10:00:00Z (pools/coder.cue:17:22: expected operand, found 'EOF')"},
+		{name: "held back", spec: waitSpec{Kind: waitHeldBack}, cfg: held, want: true,
+			wantSeen: "the config valid, last loaded 2026-12-01T10:00:00Z, held back: the config leaves node gpu-01 no pools while 1 engines run (coder)"},
+		{name: "not held back", spec: waitSpec{Kind: waitHeldBack}, cfg: valid, want: false, wantSeen: "the config valid, last loaded 2026-12-01T10:00:00Z"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tt.spec.Kind = waitConfig
+			if tt.spec.Kind == 0 {
+				tt.spec.Kind = waitConfig
+			}
 			got, seen := tt.spec.configHolds(tt.cfg)
 			if got != tt.want || seen != tt.wantSeen {
 				t.Errorf("configHolds = %v, %q; want %v, %q", got, seen, tt.want, tt.wantSeen)
+			}
+		})
+	}
+}
+
+func TestRevisionHolds(t *testing.T) {
+	applied := &api.Revision{Commit: "0123abcd0123abcd0123abcd0123abcd0123abcd", Ref: "main"}
+	bad := &api.Revision{Commit: "feedbeeffeedbeeffeedbeeffeedbeeffeedbeef", Ref: "main"}
+	tests := []struct {
+		name     string
+		want     string
+		cfg      api.Config
+		holds    bool
+		wantSeen string
+	}{
+		{"applied, full hash", applied.Commit, api.Config{Valid: true, LastAppliedRevision: applied, LastAttemptedRevision: applied}, true,
+			"applied revision 0123abcd0123abcd0123abcd0123abcd0123abcd (main), last attempted 0123abcd0123abcd0123abcd0123abcd0123abcd (main)"},
+		{"applied, a prefix", "0123abcd", api.Config{Valid: true, LastAppliedRevision: applied}, true,
+			"applied revision 0123abcd0123abcd0123abcd0123abcd0123abcd (main), last attempted none"},
+		{"attempted, failed to load", "feedbeef", api.Config{LastAppliedRevision: applied, LastAttemptedRevision: bad,
+			Errors: []schema.Diagnostic{{Pos: schema.Pos{File: "pools/x.cue", Line: 1, Column: 2}, Message: "bad"}}}, false,
+			"applied revision 0123abcd0123abcd0123abcd0123abcd0123abcd (main), last attempted feedbeeffeedbeeffeedbeeffeedbeeffeedbeef (main) (invalid: pools/x.cue:1:2: bad)"},
+		{"none yet, fetch failing", "0123abcd", api.Config{Git: &api.GitSource{Error: "repository not found"}}, false,
+			"applied revision none, last attempted none (fetch failing: repository not found)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := waitSpec{Kind: waitRevision, Revision: tt.want}
+			holds, seen := s.revisionHolds(tt.cfg)
+			if holds != tt.holds || seen != tt.wantSeen {
+				t.Errorf("revisionHolds = %v, %q; want %v, %q", holds, seen, tt.holds, tt.wantSeen)
 			}
 		})
 	}
