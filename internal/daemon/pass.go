@@ -77,7 +77,24 @@ func (d *Daemon) finish(r opResult) {
 			d.metrics.ForgetPool(r.pool)
 			d.view.forget(r.pool)
 		}
+		d.recheckHeldBack()
 	}
+}
+
+// recheckHeldBack loads a held-back config again once the last stop in
+// flight has ended: when an operator stopped the engines (stop --all), the
+// config that empties the node no longer leaves engines running, and is
+// applied now rather than at the next resync.
+func (d *Daemon) recheckHeldBack() {
+	if !d.view.heldBack() {
+		return
+	}
+	for _, o := range d.busy {
+		if o.kind == opStop {
+			return
+		}
+	}
+	d.reload(d.runCtx, "engines stopped while a config was held back", false)
 }
 
 // pass observes the node, plans, and launches an op for each pool that

@@ -54,9 +54,16 @@ func (d *Daemon) noteRemovals(prev *config, next reconcile.Desired, all *schema.
 	if prev == nil {
 		return
 	}
+	st, err := d.exec.State()
+	if err != nil {
+		return // the pass's trackRemovals starts the windows from what it observes
+	}
 	for _, id := range slices.Sorted(maps.Keys(prev.desired.Pools)) {
 		if _, kept := next.Pools[id]; kept || d.removing[id] != nil {
 			continue
+		}
+		if rec, ok := st.Engines[id]; !ok || !d.engineAlive(id, rec.PID) {
+			continue // no engine to keep: removing it costs nothing
 		}
 		where := "left the config"
 		if p, ok := all.Pools[id]; ok {

@@ -230,3 +230,30 @@ func TestRenameWaitsForTheRemoval(t *testing.T) {
 		t.Errorf("pool new's history %+v, want no failure: waiting for a removal is not one", h)
 	}
 }
+
+// An operator who empties the node on purpose stops its engines: the
+// held-back config is applied as soon as they are stopped, not at the
+// next resync (the harness's is an hour away).
+func TestHeldBackConfigAppliedAfterStopAll(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, 1)
+	a := pool{id: "a"}
+	n.writeSplit(a)
+	r := n.start(settleAfter(time.Minute))
+	pids := r.waitReady("a")
+	n.removeFile("pools/a.cue")
+	r.waitFor("the empty config to be held back", func() bool { return r.d.Config().HeldBack != nil })
+	if err := r.d.Stop(r.ctx(), nil, true); err != nil {
+		t.Fatalf("stop --all: %v", err)
+	}
+	r.waitFor("the empty config to be applied", func() bool {
+		c := r.d.Config()
+		return c.HeldBack == nil && c.Valid && len(c.Pools) == 0
+	})
+	if alive(pids["a"]) {
+		t.Errorf("pool a's engine pid %d still runs after stop --all", pids["a"])
+	}
+	if strings.Contains(r.log.String(), "pool left the config") {
+		t.Errorf("a removal settle window was started for a pool with no engine:\n%s", r.log.String())
+	}
+}
