@@ -14,7 +14,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -34,15 +36,20 @@ import (
 
 	"cuelang.org/go/cue/cuecontext"
 	cueyaml "cuelang.org/go/encoding/yaml"
+	"github.com/go-git/go-git/v5/plumbing/transport"
 	"github.com/google/go-cmp/cmp"
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/knownhosts"
 
 	"github.com/poolmanagerd/pool-managerd/internal/api"
 	"github.com/poolmanagerd/pool-managerd/internal/cli"
+	"github.com/poolmanagerd/pool-managerd/internal/gitsource"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
 
 const (
 	unitFile    = "systemd/pool-managerd.service"
+	gitDropIn   = "systemd/pool-managerd.service.d/git.conf"
 	envFile     = "systemd/pool-managerd.env"
 	pullService = "systemd/pool-managerd-config-pull.service"
 	pullTimer   = "systemd/pool-managerd-config-pull.timer"
@@ -118,11 +125,16 @@ func serveFlags(t *testing.T) flagSpec {
 	return flags
 }
 
+// secretEnv are the POOL_MANAGERD_ variables that are not a flag's: the
+// API's token and the token of an HTTPS --git, kept out of the command line
+// so that they stay out of ps.
+var secretEnv = []string{api.TokenEnv, cli.GitTokenEnv}
+
 // flagOfEnv maps POOL_MANAGERD_STATE_DIR to state-dir; ok is false for a
-// variable that is not a flag's (the token, or no POOL_MANAGERD_ prefix).
+// variable that is not a flag's (a token, or no POOL_MANAGERD_ prefix).
 func flagOfEnv(name string) (flag string, ok bool) {
 	rest, found := strings.CutPrefix(name, envPrefix)
-	if !found || name == api.TokenEnv {
+	if !found || slices.Contains(secretEnv, name) {
 		return "", false
 	}
 	return strings.ReplaceAll(strings.ToLower(rest), "_", "-"), true
@@ -193,7 +205,7 @@ func checkEnvNames(t *testing.T, where string, names []string) {
 	for _, n := range names {
 		flag, ok := flagOfEnv(n)
 		if !ok {
-			if n != api.TokenEnv {
+			if !slices.Contains(secretEnv, n) {
 				t.Errorf("%s: %s is not a POOL_MANAGERD_ variable", where, n)
 			}
 			continue
@@ -561,6 +573,144 @@ func TestSystemdConfigPull(t *testing.T) {
 		t.Errorf("%s starts %s, want %s", tm.path, target, filepath.Base(pullService))
 	}
 	tm.want(t, "Install", "WantedBy", "timers.target")
+}
+
+// ---- the built-in Git source ------------------------------------------------
+
+// gitSettings is how a deployment sets up serve's built-in Git source.
+type gitSettings struct {
+	url, ref, path, interval      string
+	sshKey, knownHosts, tokenFile string
+	// token: POOL_MANAGERD_GIT_TOKEN is set.
+	token bool
+}
+
+// checkGitSource hands a deployment's settings to the Git source that serve
+// builds from them (gitsource.New: it checks the URL, the ref and the path,
+// refuses credentials that do not fit the URL, and reads the key files, as
+// serve does at start, with exit 2 for what can never work). A generated
+// key and a known_hosts line for the URL's host stand in for the
+// deployment's files. New fetches nothing: no network.
+func checkGitSource(t *testing.T, where string, g gitSettings) {
+	t.Helper()
+	opts := gitsource.Options{URL: g.url, Ref: g.ref, Path: g.path, Dir: t.TempDir()}
+	if g.interval != "" {
+		d, err := time.ParseDuration(g.interval)
+		if err != nil {
+			t.Errorf("%s: --git-interval %s: %v", where, g.interval, err)
+		}
+		opts.Interval = d
+	}
+	if g.token || g.tokenFile != "" {
+		opts.Auth.Token = "a-token"
+	}
+	for _, f := range []struct{ flag, file string }{{"git-ssh-key", g.sshKey}, {"git-known-hosts", g.knownHosts}, {"git-token-file", g.tokenFile}} {
+		if f.file != "" && !path.IsAbs(f.file) {
+			t.Errorf("%s: --%s %s is not an absolute path", where, f.flag, f.file)
+		}
+	}
+	ep, err := transport.NewEndpoint(g.url)
+	if err != nil {
+		t.Errorf("%s: --git %s: %v", where, g.url, err)
+		return
+	}
+	if ep.Protocol == "ssh" && g.knownHosts == "" {
+		t.Errorf("%s: the SSH --git %s has no --git-known-hosts: the daemon would rely on ~/.ssh/known_hosts of its user", where, g.url)
+	}
+	if g.sshKey != "" || g.knownHosts != "" {
+		key, hosts := sshFiles(t, ep)
+		if g.sshKey != "" {
+			opts.Auth.SSHKeyFile = key
+		}
+		if g.knownHosts != "" {
+			opts.Auth.KnownHostsFile = hosts
+		}
+	}
+	if _, err := gitsource.New(opts); err != nil {
+		t.Errorf("%s: the Git source refuses these settings: %v", where, err)
+	}
+}
+
+// sshFiles writes a private key without a passphrase, as a deploy key is,
+// and a known_hosts file that names ep's host.
+func sshFiles(t *testing.T, ep *transport.Endpoint) (keyFile, knownHostsFile string) {
+	t.Helper()
+	pub, priv, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, err := ssh.MarshalPrivateKey(priv, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sshPub, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ep.Port
+	if port == 0 {
+		port = 22
+	}
+	dir := t.TempDir()
+	keyFile, knownHostsFile = filepath.Join(dir, "deploy_key"), filepath.Join(dir, "known_hosts")
+	line := knownhosts.Line([]string{knownhosts.Normalize(net.JoinHostPort(ep.Host, strconv.Itoa(port)))}, sshPub)
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(block), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(knownHostsFile, []byte(line+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return keyFile, knownHostsFile
+}
+
+// TestSystemdGitDropIn checks the drop-in that runs pool-managerd.service
+// with the built-in Git source: it replaces the unit's ExecStart= (clearing
+// it first, as a service that is not Type=oneshot may have only one), with
+// --git instead of --config and the unit's other flags kept, on a command
+// line that pool-managerd accepts.
+func TestSystemdGitDropIn(t *testing.T) {
+	if dir, want := filepath.Base(filepath.Dir(gitDropIn)), filepath.Base(unitFile)+".d"; dir != want {
+		t.Errorf("%s is in %s, but a drop-in of %s goes in %s", gitDropIn, dir, filepath.Base(unitFile), want)
+	}
+	d := parseUnit(t, gitDropIn)
+	starts := d.sections["Service"]["ExecStart"]
+	if len(starts) != 2 || starts[0] != "" || starts[1] == "" {
+		t.Fatalf("%s: ExecStart= %q: want an empty ExecStart= that clears the unit's, then the new one", gitDropIn, starts)
+	}
+	args := command(t, starts[1])
+	if path.Base(args[0]) != "pool-managerd" || len(args) < 2 || args[1] != "serve" {
+		t.Fatalf("%s: ExecStart=%s does not run pool-managerd serve", gitDropIn, starts[1])
+	}
+	u := parseUnit(t, unitFile)
+	unitArgs := command(t, mustGet(t, u, "Service", "ExecStart"))
+	if args[0] != unitArgs[0] {
+		t.Errorf("%s runs %s, but %s runs %s", gitDropIn, args[0], unitFile, unitArgs[0])
+	}
+
+	flags := checkServeArgs(t, gitDropIn+": ExecStart", args[1:])
+	if v, ok := flagValue(flags, "config"); ok {
+		t.Errorf("%s: ExecStart has --config %s: --config and --git exclude each other", gitDropIn, v)
+	}
+	url, ok := flagValue(flags, "git")
+	if !ok {
+		t.Fatalf("%s: ExecStart has no --git", gitDropIn)
+	}
+	// The unit's other flags stay as they were: the state directory that
+	// StateDirectory= creates (and that holds the clone, in git/), the log
+	// format, ...
+	for _, f := range checkServeArgs(t, unitFile+": ExecStart", unitArgs[1:]) {
+		if f.name == "config" {
+			continue
+		}
+		if v, ok := flagValue(flags, f.name); !ok || v != f.value {
+			t.Errorf("%s: ExecStart drops or changes the unit's --%s %s", gitDropIn, f.name, f.value)
+		}
+	}
+	get := func(name string) string { v, _ := flagValue(flags, name); return v }
+	checkGitSource(t, gitDropIn, gitSettings{
+		url: url, ref: get("git-ref"), path: get("git-path"), interval: get("git-interval"),
+		sshKey: get("git-ssh-key"), knownHosts: get("git-known-hosts"), tokenFile: get("git-token-file"),
+	})
 }
 
 func mustGet(t *testing.T, u *unit, section, key string) string {
