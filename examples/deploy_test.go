@@ -805,6 +805,7 @@ type (
 	volumeMount struct {
 		Name      string `json:"name"`
 		MountPath string `json:"mountPath"`
+		ReadOnly  bool   `json:"readOnly"`
 	}
 	envVar struct {
 		Name      string `json:"name"`
@@ -830,6 +831,15 @@ type (
 		HostPath *struct {
 			Path string `json:"path"`
 		} `json:"hostPath"`
+		Secret *struct {
+			SecretName string       `json:"secretName"`
+			Items      []secretItem `json:"items"`
+		} `json:"secret"`
+	}
+	// secretItem puts a key of a Secret volume at a path of its own.
+	secretItem struct {
+		Key  string `json:"key"`
+		Path string `json:"path"`
 	}
 )
 
@@ -944,9 +954,10 @@ func (c *container) probePort(t *testing.T, p *probe) int {
 }
 
 // TestDaemonSet checks the DaemonSet: hostPID, the node name from the
-// downward API, the token from a Secret, the state directory on the host,
-// probes on the API's port, git-sync publishing where the daemon reads, the
-// models of the example configs visible in the container, and a serve
+// downward API, the token from a Secret, the state directory (and with it
+// the Git source's clone) on the host, probes on the API's port, the config
+// from the built-in Git source with its credentials in a mounted Secret,
+// the models of the example configs visible in the container, and a serve
 // command line and environment that pool-managerd accepts.
 func TestDaemonSet(t *testing.T) {
 	ds, c := theDaemonSet(t)
@@ -1021,8 +1032,15 @@ func TestDaemonSet(t *testing.T) {
 			}
 		}
 	}
+	// It holds the Git source's clone and the checkout in force (STATE_DIR/git),
+	// which a new pod starts from before its first fetch.
 	if name, mp := c.mountOf(stateDir); mp != stateDir || volumes[name].HostPath == nil || volumes[name].HostPath.Path != stateDir {
 		t.Errorf("--state-dir %s is not a hostPath volume of the same path mounted there", stateDir)
+	}
+	for _, m := range c.VolumeMounts {
+		if m.MountPath == stateDir && m.ReadOnly {
+			t.Errorf("--state-dir %s is mounted read-only: the daemon writes its state, logs and Git checkouts there", stateDir)
+		}
 	}
 
 	// The models the example configs name are inside a mount.
@@ -1047,40 +1065,65 @@ func TestDaemonSet(t *testing.T) {
 		}
 	}
 
-	// git-sync publishes its link where the daemon reads its config.
-	config, _ := c.setting("config")
-	var syncers int
-	for _, gs := range slices.Concat(pod.InitContainers, pod.Containers) {
-		if !strings.Contains(gs.Image, "git-sync") {
-			continue
-		}
-		syncers++
-		opt := func(name string) string {
-			for _, a := range gs.Args {
-				if v, ok := strings.CutPrefix(a, "--"+name+"="); ok {
-					return v
-				}
-			}
-			return ""
-		}
-		link := opt("link")
-		if !path.IsAbs(link) {
-			link = path.Join(opt("root"), link)
-		}
-		if link != config {
-			t.Errorf("git-sync container %s publishes %s (--root, --link), but the daemon reads --config %s", gs.Name, link, config)
-		}
-		if name, _ := c.mountOf(config); name == "" || !slices.ContainsFunc(gs.VolumeMounts, func(m volumeMount) bool { return m.Name == name }) {
-			t.Errorf("git-sync container %s and the daemon share no volume at %s", gs.Name, config)
+	// The config comes from the built-in Git source; its credentials are
+	// files of a Secret mounted in the serve container, under the keys that
+	// docs/deploy.md's kubectl commands create.
+	if config, ok := c.setting("config"); ok {
+		t.Errorf("the serve container sets --config %s: the DaemonSet follows its repository with --git, and the two exclude each other", config)
+	}
+	git, ok := c.setting("git")
+	if !ok {
+		t.Error("the serve container sets no --git / POOL_MANAGERD_GIT: where does the config come from?")
+	}
+	for _, ct := range slices.Concat(pod.InitContainers, pod.Containers) {
+		if strings.Contains(ct.Image, "git-sync") {
+			t.Errorf("container %s runs git-sync: the daemon fetches the repository itself (--git)", ct.Name)
 		}
 	}
-	if syncers == 0 {
-		t.Error("no git-sync container: where does the config come from?")
+	secrets := docSecretKeys(t)
+	for _, flag := range []string{"git-ssh-key", "git-known-hosts", "git-token-file"} {
+		file, ok := c.setting(flag)
+		if !ok {
+			continue
+		}
+		name, mp := c.mountOf(file)
+		v := volumes[name]
+		if name == "" || v.Secret == nil {
+			t.Errorf("--%s %s is in no Secret volume mounted in the serve container", flag, file)
+			continue
+		}
+		key := strings.TrimPrefix(file, strings.TrimSuffix(mp, "/")+"/")
+		if len(v.Secret.Items) > 0 {
+			i := slices.IndexFunc(v.Secret.Items, func(it secretItem) bool { return it.Path == key })
+			if i < 0 {
+				t.Errorf("--%s %s: the items of Secret volume %s put no file at %s", flag, file, name, key)
+				continue
+			}
+			key = v.Secret.Items[i].Key
+		}
+		switch keys, known := secrets[v.Secret.SecretName]; {
+		case !known:
+			t.Errorf("--%s %s is in Secret %s, which %s never creates (kubectl create secret generic)", flag, file, v.Secret.SecretName, deployDoc)
+		case !slices.Contains(keys, key):
+			t.Errorf("--%s %s is key %s of Secret %s, which %s creates with the keys %v", flag, file, key, v.Secret.SecretName, deployDoc, keys)
+		}
+	}
+	token := c.env(cli.GitTokenEnv)
+	if token != nil && (token.ValueFrom == nil || token.ValueFrom.SecretKeyRef == nil) {
+		t.Errorf("%s does not come from a Secret (secretKeyRef)", cli.GitTokenEnv)
+	}
+	if git != "" {
+		get := func(flag string) string { v, _ := c.setting(flag); return v }
+		checkGitSource(t, daemonSet, gitSettings{
+			url: git, ref: get("git-ref"), path: get("git-path"), interval: get("git-interval"),
+			sshKey: get("git-ssh-key"), knownHosts: get("git-known-hosts"), tokenFile: get("git-token-file"),
+			token: token != nil,
+		})
 	}
 
 	t.Run("serve flags", func(t *testing.T) {
 		flags := checkServeArgs(t, daemonSet+": args", c.Args)
-		for _, name := range []string{"config", "state-dir"} {
+		for _, name := range []string{"git", "state-dir"} {
 			if _, ok := flagValue(flags, name); !ok {
 				t.Errorf("%s: the serve container's args have no --%s", daemonSet, name)
 			}
@@ -1093,6 +1136,36 @@ func TestDaemonSet(t *testing.T) {
 		}
 		checkEnvNames(t, daemonSet+": env", names)
 	})
+}
+
+// secretCreate matches `kubectl create secret generic NAME --from-...`.
+var (
+	secretCreate = regexp.MustCompile(`\bcreate secret generic ([a-z0-9][a-z0-9.-]*)((?:\s+--from-(?:file|literal)=\S+)+)`)
+	secretSource = regexp.MustCompile(`--from-(file|literal)=(\S+)`)
+)
+
+// docSecretKeys returns the Secrets that docs/deploy.md has the reader
+// create with kubectl, and the keys of each.
+func docSecretKeys(t *testing.T) map[string][]string {
+	t.Helper()
+	data, err := os.ReadFile(deployDoc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string][]string{}
+	for _, m := range secretCreate.FindAllStringSubmatch(string(data), -1) {
+		for _, src := range secretSource.FindAllStringSubmatch(m[2], -1) {
+			key, _, named := strings.Cut(src[2], "=")
+			if src[1] == "file" && !named {
+				key = path.Base(src[2]) // --from-file=PATH: the file's name
+			}
+			out[m[1]] = append(out[m[1]], key)
+		}
+	}
+	if len(out) == 0 {
+		t.Fatalf("%s creates no Secret (kubectl create secret generic NAME --from-file=KEY=FILE)", deployDoc)
+	}
+	return out
 }
 
 // probeSource is an api.Source for a daemon that has done its first reconcile.
@@ -1159,8 +1232,9 @@ func symlink(t *testing.T, target, link string) {
 	}
 }
 
-// TestConfigLayouts loads the fleet example the ways the DaemonSet hands it
-// to the daemon: through git-sync's link (--config is a symbolic link to a
+// TestConfigLayouts loads the fleet example the ways docs/deploy.md's
+// alternatives to the built-in Git source hand it to the daemon in
+// Kubernetes: through git-sync's link (--config is a symbolic link to a
 // worktree) and as a ConfigMap volume (the kubelet's ..data link, hidden
 // timestamped directory and one link per top-level entry); each must load
 // the same config as the plain directory.
