@@ -55,6 +55,7 @@ const (
 	pullTimer   = "systemd/pool-managerd-config-pull.timer"
 	daemonSet   = "kubernetes/daemonset.yaml"
 	deployDoc   = "../docs/deploy.md"
+	readmeFile  = "../README.md"
 
 	// envPrefix starts the environment variable of every serve flag.
 	envPrefix = "POOL_MANAGERD_"
@@ -1355,8 +1356,9 @@ func commandArgs(words []string) []string {
 }
 
 // TestDeployDoc checks docs/deploy.md: its links and the example paths it
-// names exist, the README sections are marked in pairs, and every
-// pool-managerd command and POOL_MANAGERD_ variable it shows is real.
+// names exist, the README sections are marked in pairs and appear in the
+// README word for word, and every pool-managerd command and POOL_MANAGERD_
+// variable it shows is real.
 func TestDeployDoc(t *testing.T) {
 	data, err := os.ReadFile(deployDoc)
 	if err != nil {
@@ -1381,6 +1383,10 @@ func TestDeployDoc(t *testing.T) {
 		}
 	}
 
+	readme, err := os.ReadFile(readmeFile)
+	if err != nil {
+		t.Fatal(err)
+	}
 	open := map[string]int{}
 	sections := 0
 	for _, m := range readmeMark.FindAllStringSubmatchIndex(doc, -1) {
@@ -1398,8 +1404,12 @@ func TestDeployDoc(t *testing.T) {
 			continue
 		}
 		delete(open, name)
-		if strings.TrimSpace(doc[start:m[0]]) == "" {
+		section := strings.TrimSpace(doc[start:m[0]])
+		if section == "" {
 			t.Errorf("%s: README section %s is empty", deployDoc, name)
+		}
+		if !strings.Contains(string(readme), section) {
+			t.Errorf("%s: the README section %s is not in %s as it is here: copy it there whole", deployDoc, name, readmeFile)
 		}
 		sections++
 	}
