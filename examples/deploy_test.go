@@ -14,7 +14,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -34,20 +36,26 @@ import (
 
 	"cuelang.org/go/cue/cuecontext"
 	cueyaml "cuelang.org/go/encoding/yaml"
+	"github.com/go-git/go-git/v5/plumbing/transport"
 	"github.com/google/go-cmp/cmp"
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/knownhosts"
 
 	"github.com/poolmanagerd/pool-managerd/internal/api"
 	"github.com/poolmanagerd/pool-managerd/internal/cli"
+	"github.com/poolmanagerd/pool-managerd/internal/gitsource"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
 
 const (
 	unitFile    = "systemd/pool-managerd.service"
+	gitDropIn   = "systemd/pool-managerd.service.d/git.conf"
 	envFile     = "systemd/pool-managerd.env"
 	pullService = "systemd/pool-managerd-config-pull.service"
 	pullTimer   = "systemd/pool-managerd-config-pull.timer"
 	daemonSet   = "kubernetes/daemonset.yaml"
 	deployDoc   = "../docs/deploy.md"
+	readmeFile  = "../README.md"
 
 	// envPrefix starts the environment variable of every serve flag.
 	envPrefix = "POOL_MANAGERD_"
@@ -118,11 +126,16 @@ func serveFlags(t *testing.T) flagSpec {
 	return flags
 }
 
+// secretEnv are the POOL_MANAGERD_ variables that are not a flag's: the
+// API's token and the token of an HTTPS --git, kept out of the command line
+// so that they stay out of ps.
+var secretEnv = []string{api.TokenEnv, cli.GitTokenEnv}
+
 // flagOfEnv maps POOL_MANAGERD_STATE_DIR to state-dir; ok is false for a
-// variable that is not a flag's (the token, or no POOL_MANAGERD_ prefix).
+// variable that is not a flag's (a token, or no POOL_MANAGERD_ prefix).
 func flagOfEnv(name string) (flag string, ok bool) {
 	rest, found := strings.CutPrefix(name, envPrefix)
-	if !found || name == api.TokenEnv {
+	if !found || slices.Contains(secretEnv, name) {
 		return "", false
 	}
 	return strings.ReplaceAll(strings.ToLower(rest), "_", "-"), true
@@ -193,7 +206,7 @@ func checkEnvNames(t *testing.T, where string, names []string) {
 	for _, n := range names {
 		flag, ok := flagOfEnv(n)
 		if !ok {
-			if n != api.TokenEnv {
+			if !slices.Contains(secretEnv, n) {
 				t.Errorf("%s: %s is not a POOL_MANAGERD_ variable", where, n)
 			}
 			continue
@@ -563,6 +576,144 @@ func TestSystemdConfigPull(t *testing.T) {
 	tm.want(t, "Install", "WantedBy", "timers.target")
 }
 
+// ---- the built-in Git source ------------------------------------------------
+
+// gitSettings is how a deployment sets up serve's built-in Git source.
+type gitSettings struct {
+	url, ref, path, interval      string
+	sshKey, knownHosts, tokenFile string
+	// token: POOL_MANAGERD_GIT_TOKEN is set.
+	token bool
+}
+
+// checkGitSource hands a deployment's settings to the Git source that serve
+// builds from them (gitsource.New: it checks the URL, the ref and the path,
+// refuses credentials that do not fit the URL, and reads the key files, as
+// serve does at start, with exit 2 for what can never work). A generated
+// key and a known_hosts line for the URL's host stand in for the
+// deployment's files. New fetches nothing: no network.
+func checkGitSource(t *testing.T, where string, g gitSettings) {
+	t.Helper()
+	opts := gitsource.Options{URL: g.url, Ref: g.ref, Path: g.path, Dir: t.TempDir()}
+	if g.interval != "" {
+		d, err := time.ParseDuration(g.interval)
+		if err != nil {
+			t.Errorf("%s: --git-interval %s: %v", where, g.interval, err)
+		}
+		opts.Interval = d
+	}
+	if g.token || g.tokenFile != "" {
+		opts.Auth.Token = "a-token"
+	}
+	for _, f := range []struct{ flag, file string }{{"git-ssh-key", g.sshKey}, {"git-known-hosts", g.knownHosts}, {"git-token-file", g.tokenFile}} {
+		if f.file != "" && !path.IsAbs(f.file) {
+			t.Errorf("%s: --%s %s is not an absolute path", where, f.flag, f.file)
+		}
+	}
+	ep, err := transport.NewEndpoint(g.url)
+	if err != nil {
+		t.Errorf("%s: --git %s: %v", where, g.url, err)
+		return
+	}
+	if ep.Protocol == "ssh" && g.knownHosts == "" {
+		t.Errorf("%s: the SSH --git %s has no --git-known-hosts: the daemon would rely on ~/.ssh/known_hosts of its user", where, g.url)
+	}
+	if g.sshKey != "" || g.knownHosts != "" {
+		key, hosts := sshFiles(t, ep)
+		if g.sshKey != "" {
+			opts.Auth.SSHKeyFile = key
+		}
+		if g.knownHosts != "" {
+			opts.Auth.KnownHostsFile = hosts
+		}
+	}
+	if _, err := gitsource.New(opts); err != nil {
+		t.Errorf("%s: the Git source refuses these settings: %v", where, err)
+	}
+}
+
+// sshFiles writes a private key without a passphrase, as a deploy key is,
+// and a known_hosts file that names ep's host.
+func sshFiles(t *testing.T, ep *transport.Endpoint) (keyFile, knownHostsFile string) {
+	t.Helper()
+	pub, priv, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, err := ssh.MarshalPrivateKey(priv, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sshPub, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ep.Port
+	if port == 0 {
+		port = 22
+	}
+	dir := t.TempDir()
+	keyFile, knownHostsFile = filepath.Join(dir, "deploy_key"), filepath.Join(dir, "known_hosts")
+	line := knownhosts.Line([]string{knownhosts.Normalize(net.JoinHostPort(ep.Host, strconv.Itoa(port)))}, sshPub)
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(block), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(knownHostsFile, []byte(line+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return keyFile, knownHostsFile
+}
+
+// TestSystemdGitDropIn checks the drop-in that runs pool-managerd.service
+// with the built-in Git source: it replaces the unit's ExecStart= (clearing
+// it first, as a service that is not Type=oneshot may have only one), with
+// --git instead of --config and the unit's other flags kept, on a command
+// line that pool-managerd accepts.
+func TestSystemdGitDropIn(t *testing.T) {
+	if dir, want := filepath.Base(filepath.Dir(gitDropIn)), filepath.Base(unitFile)+".d"; dir != want {
+		t.Errorf("%s is in %s, but a drop-in of %s goes in %s", gitDropIn, dir, filepath.Base(unitFile), want)
+	}
+	d := parseUnit(t, gitDropIn)
+	starts := d.sections["Service"]["ExecStart"]
+	if len(starts) != 2 || starts[0] != "" || starts[1] == "" {
+		t.Fatalf("%s: ExecStart= %q: want an empty ExecStart= that clears the unit's, then the new one", gitDropIn, starts)
+	}
+	args := command(t, starts[1])
+	if path.Base(args[0]) != "pool-managerd" || len(args) < 2 || args[1] != "serve" {
+		t.Fatalf("%s: ExecStart=%s does not run pool-managerd serve", gitDropIn, starts[1])
+	}
+	u := parseUnit(t, unitFile)
+	unitArgs := command(t, mustGet(t, u, "Service", "ExecStart"))
+	if args[0] != unitArgs[0] {
+		t.Errorf("%s runs %s, but %s runs %s", gitDropIn, args[0], unitFile, unitArgs[0])
+	}
+
+	flags := checkServeArgs(t, gitDropIn+": ExecStart", args[1:])
+	if v, ok := flagValue(flags, "config"); ok {
+		t.Errorf("%s: ExecStart has --config %s: --config and --git exclude each other", gitDropIn, v)
+	}
+	url, ok := flagValue(flags, "git")
+	if !ok {
+		t.Fatalf("%s: ExecStart has no --git", gitDropIn)
+	}
+	// The unit's other flags stay as they were: the state directory that
+	// StateDirectory= creates (and that holds the clone, in git/), the log
+	// format, ...
+	for _, f := range checkServeArgs(t, unitFile+": ExecStart", unitArgs[1:]) {
+		if f.name == "config" {
+			continue
+		}
+		if v, ok := flagValue(flags, f.name); !ok || v != f.value {
+			t.Errorf("%s: ExecStart drops or changes the unit's --%s %s", gitDropIn, f.name, f.value)
+		}
+	}
+	get := func(name string) string { v, _ := flagValue(flags, name); return v }
+	checkGitSource(t, gitDropIn, gitSettings{
+		url: url, ref: get("git-ref"), path: get("git-path"), interval: get("git-interval"),
+		sshKey: get("git-ssh-key"), knownHosts: get("git-known-hosts"), tokenFile: get("git-token-file"),
+	})
+}
+
 func mustGet(t *testing.T, u *unit, section, key string) string {
 	t.Helper()
 	v, ok := u.get(section, key)
@@ -655,6 +806,7 @@ type (
 	volumeMount struct {
 		Name      string `json:"name"`
 		MountPath string `json:"mountPath"`
+		ReadOnly  bool   `json:"readOnly"`
 	}
 	envVar struct {
 		Name      string `json:"name"`
@@ -680,6 +832,15 @@ type (
 		HostPath *struct {
 			Path string `json:"path"`
 		} `json:"hostPath"`
+		Secret *struct {
+			SecretName string       `json:"secretName"`
+			Items      []secretItem `json:"items"`
+		} `json:"secret"`
+	}
+	// secretItem puts a key of a Secret volume at a path of its own.
+	secretItem struct {
+		Key  string `json:"key"`
+		Path string `json:"path"`
 	}
 )
 
@@ -794,9 +955,10 @@ func (c *container) probePort(t *testing.T, p *probe) int {
 }
 
 // TestDaemonSet checks the DaemonSet: hostPID, the node name from the
-// downward API, the token from a Secret, the state directory on the host,
-// probes on the API's port, git-sync publishing where the daemon reads, the
-// models of the example configs visible in the container, and a serve
+// downward API, the token from a Secret, the state directory (and with it
+// the Git source's clone) on the host, probes on the API's port, the config
+// from the built-in Git source with its credentials in a mounted Secret,
+// the models of the example configs visible in the container, and a serve
 // command line and environment that pool-managerd accepts.
 func TestDaemonSet(t *testing.T) {
 	ds, c := theDaemonSet(t)
@@ -871,8 +1033,15 @@ func TestDaemonSet(t *testing.T) {
 			}
 		}
 	}
+	// It holds the Git source's clone and the checkout in force (STATE_DIR/git),
+	// which a new pod starts from before its first fetch.
 	if name, mp := c.mountOf(stateDir); mp != stateDir || volumes[name].HostPath == nil || volumes[name].HostPath.Path != stateDir {
 		t.Errorf("--state-dir %s is not a hostPath volume of the same path mounted there", stateDir)
+	}
+	for _, m := range c.VolumeMounts {
+		if m.MountPath == stateDir && m.ReadOnly {
+			t.Errorf("--state-dir %s is mounted read-only: the daemon writes its state, logs and Git checkouts there", stateDir)
+		}
 	}
 
 	// The models the example configs name are inside a mount.
@@ -897,40 +1066,65 @@ func TestDaemonSet(t *testing.T) {
 		}
 	}
 
-	// git-sync publishes its link where the daemon reads its config.
-	config, _ := c.setting("config")
-	var syncers int
-	for _, gs := range slices.Concat(pod.InitContainers, pod.Containers) {
-		if !strings.Contains(gs.Image, "git-sync") {
-			continue
-		}
-		syncers++
-		opt := func(name string) string {
-			for _, a := range gs.Args {
-				if v, ok := strings.CutPrefix(a, "--"+name+"="); ok {
-					return v
-				}
-			}
-			return ""
-		}
-		link := opt("link")
-		if !path.IsAbs(link) {
-			link = path.Join(opt("root"), link)
-		}
-		if link != config {
-			t.Errorf("git-sync container %s publishes %s (--root, --link), but the daemon reads --config %s", gs.Name, link, config)
-		}
-		if name, _ := c.mountOf(config); name == "" || !slices.ContainsFunc(gs.VolumeMounts, func(m volumeMount) bool { return m.Name == name }) {
-			t.Errorf("git-sync container %s and the daemon share no volume at %s", gs.Name, config)
+	// The config comes from the built-in Git source; its credentials are
+	// files of a Secret mounted in the serve container, under the keys that
+	// docs/deploy.md's kubectl commands create.
+	if config, ok := c.setting("config"); ok {
+		t.Errorf("the serve container sets --config %s: the DaemonSet follows its repository with --git, and the two exclude each other", config)
+	}
+	git, ok := c.setting("git")
+	if !ok {
+		t.Error("the serve container sets no --git / POOL_MANAGERD_GIT: where does the config come from?")
+	}
+	for _, ct := range slices.Concat(pod.InitContainers, pod.Containers) {
+		if strings.Contains(ct.Image, "git-sync") {
+			t.Errorf("container %s runs git-sync: the daemon fetches the repository itself (--git)", ct.Name)
 		}
 	}
-	if syncers == 0 {
-		t.Error("no git-sync container: where does the config come from?")
+	secrets := docSecretKeys(t)
+	for _, flag := range []string{"git-ssh-key", "git-known-hosts", "git-token-file"} {
+		file, ok := c.setting(flag)
+		if !ok {
+			continue
+		}
+		name, mp := c.mountOf(file)
+		v := volumes[name]
+		if name == "" || v.Secret == nil {
+			t.Errorf("--%s %s is in no Secret volume mounted in the serve container", flag, file)
+			continue
+		}
+		key := strings.TrimPrefix(file, strings.TrimSuffix(mp, "/")+"/")
+		if len(v.Secret.Items) > 0 {
+			i := slices.IndexFunc(v.Secret.Items, func(it secretItem) bool { return it.Path == key })
+			if i < 0 {
+				t.Errorf("--%s %s: the items of Secret volume %s put no file at %s", flag, file, name, key)
+				continue
+			}
+			key = v.Secret.Items[i].Key
+		}
+		switch keys, known := secrets[v.Secret.SecretName]; {
+		case !known:
+			t.Errorf("--%s %s is in Secret %s, which %s never creates (kubectl create secret generic)", flag, file, v.Secret.SecretName, deployDoc)
+		case !slices.Contains(keys, key):
+			t.Errorf("--%s %s is key %s of Secret %s, which %s creates with the keys %v", flag, file, key, v.Secret.SecretName, deployDoc, keys)
+		}
+	}
+	token := c.env(cli.GitTokenEnv)
+	if token != nil && (token.ValueFrom == nil || token.ValueFrom.SecretKeyRef == nil) {
+		t.Errorf("%s does not come from a Secret (secretKeyRef)", cli.GitTokenEnv)
+	}
+	if git != "" {
+		get := func(flag string) string { v, _ := c.setting(flag); return v }
+		checkGitSource(t, daemonSet, gitSettings{
+			url: git, ref: get("git-ref"), path: get("git-path"), interval: get("git-interval"),
+			sshKey: get("git-ssh-key"), knownHosts: get("git-known-hosts"), tokenFile: get("git-token-file"),
+			token: token != nil,
+		})
 	}
 
 	t.Run("serve flags", func(t *testing.T) {
 		flags := checkServeArgs(t, daemonSet+": args", c.Args)
-		for _, name := range []string{"config", "state-dir"} {
+		for _, name := range []string{"git", "state-dir"} {
 			if _, ok := flagValue(flags, name); !ok {
 				t.Errorf("%s: the serve container's args have no --%s", daemonSet, name)
 			}
@@ -943,6 +1137,36 @@ func TestDaemonSet(t *testing.T) {
 		}
 		checkEnvNames(t, daemonSet+": env", names)
 	})
+}
+
+// secretCreate matches `kubectl create secret generic NAME --from-...`.
+var (
+	secretCreate = regexp.MustCompile(`\bcreate secret generic ([a-z0-9][a-z0-9.-]*)((?:\s+--from-(?:file|literal)=\S+)+)`)
+	secretSource = regexp.MustCompile(`--from-(file|literal)=(\S+)`)
+)
+
+// docSecretKeys returns the Secrets that docs/deploy.md has the reader
+// create with kubectl, and the keys of each.
+func docSecretKeys(t *testing.T) map[string][]string {
+	t.Helper()
+	data, err := os.ReadFile(deployDoc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string][]string{}
+	for _, m := range secretCreate.FindAllStringSubmatch(string(data), -1) {
+		for _, src := range secretSource.FindAllStringSubmatch(m[2], -1) {
+			key, _, named := strings.Cut(src[2], "=")
+			if src[1] == "file" && !named {
+				key = path.Base(src[2]) // --from-file=PATH: the file's name
+			}
+			out[m[1]] = append(out[m[1]], key)
+		}
+	}
+	if len(out) == 0 {
+		t.Fatalf("%s creates no Secret (kubectl create secret generic NAME --from-file=KEY=FILE)", deployDoc)
+	}
+	return out
 }
 
 // probeSource is an api.Source for a daemon that has done its first reconcile.
@@ -1009,8 +1233,9 @@ func symlink(t *testing.T, target, link string) {
 	}
 }
 
-// TestConfigLayouts loads the fleet example the ways the DaemonSet hands it
-// to the daemon: through git-sync's link (--config is a symbolic link to a
+// TestConfigLayouts loads the fleet example the ways docs/deploy.md's
+// alternatives to the built-in Git source hand it to the daemon in
+// Kubernetes: through git-sync's link (--config is a symbolic link to a
 // worktree) and as a ConfigMap volume (the kubelet's ..data link, hidden
 // timestamped directory and one link per top-level entry); each must load
 // the same config as the plain directory.
@@ -1131,8 +1356,9 @@ func commandArgs(words []string) []string {
 }
 
 // TestDeployDoc checks docs/deploy.md: its links and the example paths it
-// names exist, the README sections are marked in pairs, and every
-// pool-managerd command and POOL_MANAGERD_ variable it shows is real.
+// names exist, the README sections are marked in pairs and appear in the
+// README word for word, and every pool-managerd command and POOL_MANAGERD_
+// variable it shows is real.
 func TestDeployDoc(t *testing.T) {
 	data, err := os.ReadFile(deployDoc)
 	if err != nil {
@@ -1157,6 +1383,10 @@ func TestDeployDoc(t *testing.T) {
 		}
 	}
 
+	readme, err := os.ReadFile(readmeFile)
+	if err != nil {
+		t.Fatal(err)
+	}
 	open := map[string]int{}
 	sections := 0
 	for _, m := range readmeMark.FindAllStringSubmatchIndex(doc, -1) {
@@ -1174,8 +1404,12 @@ func TestDeployDoc(t *testing.T) {
 			continue
 		}
 		delete(open, name)
-		if strings.TrimSpace(doc[start:m[0]]) == "" {
+		section := strings.TrimSpace(doc[start:m[0]])
+		if section == "" {
 			t.Errorf("%s: README section %s is empty", deployDoc, name)
+		}
+		if !strings.Contains(string(readme), section) {
+			t.Errorf("%s: the README section %s is not in %s as it is here: copy it there whole", deployDoc, name, readmeFile)
 		}
 		sections++
 	}
