@@ -4,11 +4,18 @@ Feature: The daemon: config watching, resync, the API and operator actions
   re-plans and applies on every settled change, keeps the last good config when a change
   does not load, resyncs on a timer and on GPU events, and serves an HTTP API on loopback.
 
+  A config can be valid and momentarily incomplete: an editor that truncates a file before it
+  writes it, a restore that copies nodes/ before pools/. A pool that leaves the config therefore
+  keeps serving until its absence has held for the settle window (`--removal-settle`, 5 s by
+  default), and a config that leaves the node no pools while its engines run is held back
+  unless `--allow-empty`.
+
   These scenarios run on a simulated RTX 3090 + RTX 3060 node with the bundled stand-in
   engine. "The daemon is started" runs
   `pool-managerd serve --config CONFIG --gpus SIM --state-dir STATE --node gpu-01
   --listen 127.0.0.1:0 --debounce 50ms --log-format json --llama-server ENGINE`
-  in the background; the API's address is read from STATE/api.addr.
+  in the background, with the default settle window; a scenario that wants a removal soon
+  passes a short one. The API's address is read from STATE/api.addr.
 
   Background:
     Given a simulated node with an RTX 3090 (24 GiB) and an RTX 3060 (12 GiB)
@@ -62,7 +69,7 @@ Feature: The daemon: config watching, resync, the API and operator actions
 
   @PM-1030
   Scenario: A pool added in a new folder is started; a removed file stops its pool
-    Given the daemon is started
+    Given the daemon is started with "--removal-settle 200ms"
     And the daemon shows pool "chat" as Ready
     When I save the config file "team-b/pools/embed.cue":
       """

@@ -80,7 +80,8 @@ func (w *world) registerDaemon(sc *godog.ScenarioContext) {
 	sc.Step(`^the daemon never logged "(.*)"$`, w.neverLogged)
 
 	sc.Step(`^a simulated node "([^"]*)" with one GPU of (\d+) GiB$`, w.fleetNode)
-	sc.Step(`^the daemon of node "([^"]*)" is started$`, w.startNodeDaemon)
+	sc.Step(`^the daemon of node "([^"]*)" is started(?: with "([^"]*)")?$`, w.startNodeDaemon)
+	sc.Step(`^the daemon of node "([^"]*)" has logged an? (error|warn|info) event containing "(.*)"$`, w.nodeLoggedEvent)
 	sc.Step(`^the daemon of node "([^"]*)" shows pool "([^"]*)" as (\w+)$`, w.nodeShows)
 	sc.Step(`^the daemon of node "([^"]*)" knows only pools? "([^"]*)"$`, w.nodeKnowsOnly)
 	sc.Step(`^the engines on node "([^"]*)" are those of pools? "([^"]*)"$`, w.nodeEngines)
@@ -629,8 +630,11 @@ func labelsMatch[L interface {
 }
 
 // logEvents decodes the default daemon's JSON log.
-func (w *world) logEvents() ([]map[string]any, error) {
-	d, err := w.daemon(applyNode)
+func (w *world) logEvents() ([]map[string]any, error) { return w.nodeLogEvents(applyNode) }
+
+// nodeLogEvents decodes a node's daemon's JSON log.
+func (w *world) nodeLogEvents(node string) ([]map[string]any, error) {
+	d, err := w.daemon(node)
 	if err != nil {
 		return nil, err
 	}
@@ -647,8 +651,12 @@ func (w *world) logEvents() ([]map[string]any, error) {
 }
 
 func (w *world) loggedEvent(level, text string) error {
-	return w.eventually(fmt.Sprintf("a %s event containing %q", level, text), func() error {
-		events, err := w.logEvents()
+	return w.nodeLoggedEvent(applyNode, level, text)
+}
+
+func (w *world) nodeLoggedEvent(node, level, text string) error {
+	return w.eventually(fmt.Sprintf("a %s event of the daemon of %s containing %q", level, node, text), func() error {
+		events, err := w.nodeLogEvents(node)
 		if err != nil {
 			return err
 		}
@@ -706,8 +714,8 @@ func (w *world) fleetNode(node string, gib int) error {
 	return w.writeFile(fmt.Sprintf("nodes/%s.cue", node), decl.CUE())
 }
 
-func (w *world) startNodeDaemon(node string) error {
-	return w.launchDaemon(node, w.fleetState(node), w.fleetSim(node), nil, "")
+func (w *world) startNodeDaemon(node, extra string) error {
+	return w.launchDaemon(node, w.fleetState(node), w.fleetSim(node), nil, extra)
 }
 
 func (w *world) nodeKnowsOnly(node, pools string) error {
