@@ -34,6 +34,13 @@ type daemonState struct {
 	httpBody string
 	// hupAt is when the last SIGHUP was about to be sent.
 	hupAt time.Time
+	// changedAt is when the last change of the config directory was about
+	// to be made (a file saved, removed, truncated or written in place, a
+	// folder moved aside or restored).
+	changedAt time.Time
+	// removalAt is, by pool, the time of its removal that the daemon
+	// showed while it was pending.
+	removalAt map[string]time.Time
 }
 
 // daemonProc is one pool-managerd serve.
@@ -85,6 +92,8 @@ func (w *world) registerDaemon(sc *godog.ScenarioContext) {
 	sc.Step(`^the daemon of node "([^"]*)" shows pool "([^"]*)" as (\w+)$`, w.nodeShows)
 	sc.Step(`^the daemon of node "([^"]*)" knows only pools? "([^"]*)"$`, w.nodeKnowsOnly)
 	sc.Step(`^the engines on node "([^"]*)" are those of pools? "([^"]*)"$`, w.nodeEngines)
+
+	w.registerRemoval(sc)
 }
 
 // daemonFlags are the flags every daemon of these scenarios runs with: a
@@ -213,6 +222,7 @@ func (w *world) daemonReady() error {
 // saveConfig writes a config file as an editor saves it: a temp file
 // renamed over the old one.
 func (w *world) saveConfig(rel string, doc *godog.DocString) error {
+	w.changing()
 	return w.writeFile(rel, strings.ReplaceAll(doc.Content, "WORKSPACE", w.workspace))
 }
 
@@ -255,7 +265,10 @@ func (w *world) writeInTwoParts(rel string, doc *godog.DocString) error {
 	return f.Close()
 }
 
-func (w *world) removeConfig(rel string) error { return os.Remove(w.path(rel)) }
+func (w *world) removeConfig(rel string) error {
+	w.changing()
+	return os.Remove(w.path(rel))
+}
 
 func (w *world) signalDaemon(name string) error {
 	d, err := w.daemon(applyNode)
