@@ -66,12 +66,14 @@ func checkSpawns(t *testing.T, w *workspace, want map[string]int) {
 // TestDaemonEditReplanApply is the daemon's acceptance: a config edit is
 // re-planned and applied to the one pool it concerns; a pool added in a
 // directory made after the daemon started is started; a pool whose file is
-// removed is stopped and forgotten.
+// removed is stopped, once its removal settles (a short settle window here:
+// the settle window itself is TestRemoval* of internal/daemon and the
+// removal scenarios of features/daemon.feature), and forgotten.
 func TestDaemonEditReplanApply(t *testing.T) {
 	t.Parallel()
 	w := newWorkspaceGPUs(t, sameGPUs(3))
 	w.writeConfig(pool{ID: "a"}, pool{ID: "b", Devices: []int{1}})
-	d := w.serve()
+	d := w.serve("--removal-settle", "200ms")
 	before := d.waitPools("a", "b")
 	for _, id := range []string{"a", "b"} {
 		if e := w.onlyEngine(id); e.PID != before[id].PID {
@@ -97,11 +99,17 @@ func TestDaemonEditReplanApply(t *testing.T) {
 	w.onlyEngine("c")
 	checkSpawns(t, w, map[string]int{"a": 2, "b": 1, "c": 1})
 
-	// Remove b's file: its engine is stopped and the pool forgotten.
+	// Remove b's file: its engine is stopped once its removal settles, and
+	// the pool forgotten.
 	if err := os.Remove(filepath.Join(w.config, "pools", "b.cue")); err != nil {
 		t.Fatal(err)
 	}
 	d.waitFor("pool b's engine to stop", func() bool { return !alive(now["b"].PID) })
+	if _, ok := d.findLog(func(e logEvent) bool {
+		return e.str("pool") == "b" && strings.HasPrefix(e.str("@message"), "pool left the config: ") && e.str("settle") == "200ms"
+	}); !ok {
+		t.Errorf("the log does not say pool b left the config with a settle window of 200ms")
+	}
 	d.waitFor("pool b to leave /v1/pools", func() bool {
 		_, listed := d.pools()["b"]
 		return !listed

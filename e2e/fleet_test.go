@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu/sim"
@@ -18,7 +19,9 @@ import (
 // state directory), share one config repository that declares the three
 // nodes. Each runs exactly its node's pools; a pool moved to another node
 // by editing its node field is stopped by the daemon of the node it left
-// and started by the daemon of the node it joined.
+// and started by the daemon of the node it joined (node a stops it once its
+// removal settles: a short settle window here; node a keeps a1, so the move
+// does not leave it empty, which would be held back).
 func TestFleet(t *testing.T) {
 	t.Parallel()
 	wa, wb, wc := newWorkspace(t), newWorkspace(t), newWorkspace(t)
@@ -42,7 +45,7 @@ func TestFleet(t *testing.T) {
 
 	daemons := map[*workspace]*daemon{}
 	for _, w := range nodes {
-		daemons[w] = w.serve("--config", wa.config)
+		daemons[w] = w.serve("--config", wa.config, "--removal-settle", "200ms")
 	}
 	before := map[*workspace]map[string]api.Pool{}
 	for _, w := range nodes {
@@ -59,6 +62,11 @@ func TestFleet(t *testing.T) {
 		_, listed := da.pools()["a2"]
 		return !listed && !alive(old)
 	})
+	if _, ok := da.findLog(func(e logEvent) bool {
+		return e.str("pool") == "a2" && strings.HasPrefix(e.str("@message"), "pool moved to node "+wb.node+": ")
+	}); !ok {
+		t.Errorf("daemon a's log does not say a2 moved to node %s", wb.node)
+	}
 	a2 := db.waitPools("a2", "b1")["a2"]
 	if a2.PID == old {
 		t.Fatalf("a2 runs on node b with the pid it had on node a (%d)", old)

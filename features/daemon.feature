@@ -4,11 +4,18 @@ Feature: The daemon: config watching, resync, the API and operator actions
   re-plans and applies on every settled change, keeps the last good config when a change
   does not load, resyncs on a timer and on GPU events, and serves an HTTP API on loopback.
 
+  A config can be valid and momentarily incomplete: an editor that truncates a file before it
+  writes it, a restore that copies nodes/ before pools/. A pool that leaves the config therefore
+  keeps serving until its absence has held for the settle window (`--removal-settle`, 5 s by
+  default), and a config that leaves the node no pools while its engines run is held back
+  unless `--allow-empty`.
+
   These scenarios run on a simulated RTX 3090 + RTX 3060 node with the bundled stand-in
   engine. "The daemon is started" runs
   `pool-managerd serve --config CONFIG --gpus SIM --state-dir STATE --node gpu-01
   --listen 127.0.0.1:0 --debounce 50ms --log-format json --llama-server ENGINE`
-  in the background; the API's address is read from STATE/api.addr.
+  in the background, with the default settle window; a scenario that wants a removal soon
+  passes a short one. The API's address is read from STATE/api.addr.
 
   Background:
     Given a simulated node with an RTX 3090 (24 GiB) and an RTX 3060 (12 GiB)
@@ -62,7 +69,7 @@ Feature: The daemon: config watching, resync, the API and operator actions
 
   @PM-1030
   Scenario: A pool added in a new folder is started; a removed file stops its pool
-    Given the daemon is started
+    Given the daemon is started with "--removal-settle 200ms"
     And the daemon shows pool "chat" as Ready
     When I save the config file "team-b/pools/embed.cue":
       """
@@ -132,6 +139,161 @@ Feature: The daemon: config watching, resync, the API and operator actions
     And the log of pool "chat" holds 2 starts
     And the engine of pool "chat" was started with "--ctx-size 8192"
     And the daemon has logged an error event containing "pools/chat.cue"
+    And pool "coder" has the engine pid noted
+
+  @PM-1030 @PM-1034
+  Scenario: A pool file truncated in place and written again a second later leaves its engine alone
+    # An editor or scp that writes in place: the file holds 0 bytes until its content is written.
+    # The daemon loads the config without chat in between; chat keeps serving until its removal
+    # settles (5 s by default), and is back long before.
+    Given the daemon is started
+    And the daemon shows pool "coder" as Ready
+    And the daemon shows pool "chat" as Ready
+    When I note the engine pids
+    And I truncate the config file "pools/chat.cue" to 0 bytes in place
+    Then the daemon shows pool "chat" pending removal, Ready with the noted engine pid
+    And the metric pool_managerd_pools_pending_removal is 1
+    And the daemon has logged an info event containing "pool left the config: its engine keeps running until its removal settles"
+    When I write the config file "pools/chat.cue" in place, 1s after the last change:
+      """
+      pools: chat: {
+      	node:    "gpu-01"
+      	engine:  "llamacpp"
+      	model: {path: "WORKSPACE/models/model.gguf", ctx: 4096}
+      	devices: [1]
+      	vram:    4Gi
+      	restart: {initialBackoff: "100ms", jitter: 0}
+      }
+      """
+    Then the daemon has logged an info event containing "pool is back in the config before its removal settled: its engine is untouched"
+    And the daemon shows pool "chat" Ready with the noted engine pid and no removal pending
+    And the metric pool_managerd_pools_pending_removal is 0
+    And the daemon never logged a stop of pool "chat"
+    And the log of pool "chat" holds 1 start
+    And pool "coder" has the engine pid noted
+
+  @PM-1030 @PM-1034
+  Scenario: A config tree restored in two steps, nodes/ first and pools/ a second later, stops no engine
+    # As rm -r then cp -r, rsync or a restore from backup: the daemon sees an empty tree (invalid:
+    # the last good config stays), then a node with no pools (held back), then the pools.
+    Given the daemon is started
+    And the daemon shows pool "coder" as Ready
+    And the daemon shows pool "chat" as Ready
+    When I note the engine pids
+    And I move the config tree aside
+    Then the daemon's config is invalid with an error containing "no .cue files"
+    When I restore "nodes" from what was moved aside
+    Then the daemon's config is held back since the last change, with a reason containing:
+      | no pools      |
+      | chat, coder   |
+      | stop --all    |
+      | --allow-empty |
+    And the metric pool_managerd_config_held_back is 1
+    And the daemon's config in force has the pools "chat, coder"
+    And the daemon shows pool "coder" Ready with the noted engine pid and no removal pending
+    And the daemon shows pool "chat" Ready with the noted engine pid and no removal pending
+    When I restore "pools" from what was moved aside, 1s after the last change
+    Then the daemon's config is applied, not held back
+    And the metric pool_managerd_config_held_back is 0
+    And the daemon shows pool "coder" Ready with the noted engine pid and no removal pending
+    And the daemon shows pool "chat" Ready with the noted engine pid and no removal pending
+    And the daemon never logged a stop of pool "coder"
+    And the daemon never logged a stop of pool "chat"
+    And the log of pool "coder" holds 1 start
+    And the log of pool "chat" holds 1 start
+
+  @PM-1030 @PM-1034
+  Scenario: A config that leaves the node no pools is held back: nothing is stopped, and /v1/config, the log and a metric say why
+    Given the daemon is started
+    And the daemon shows pool "coder" as Ready
+    And the daemon shows pool "chat" as Ready
+    When I note the engine pids
+    And I move the config folder "pools" aside
+    Then the daemon's config is held back since the last change, with a reason containing:
+      | no pools      |
+      | chat, coder   |
+      | stop --all    |
+      | --allow-empty |
+    And the daemon has logged a warn event containing "config held back: the config leaves node gpu-01 no pools while 2 engines run"
+    And the metric pool_managerd_config_held_back is 1
+    And the metric pool_managerd_pools_pending_removal is 0
+    And the daemon's config in force has the pools "chat, coder"
+    And the daemon shows pool "coder" Ready with the noted engine pid and no removal pending
+    And the daemon shows pool "chat" Ready with the noted engine pid and no removal pending
+    When I restore "pools" from what was moved aside
+    Then the daemon's config is applied, not held back
+    And the metric pool_managerd_config_held_back is 0
+    And the daemon shows pool "coder" Ready with the noted engine pid and no removal pending
+    And the daemon shows pool "chat" Ready with the noted engine pid and no removal pending
+    And the daemon never logged a stop of pool "coder"
+    And the daemon never logged a stop of pool "chat"
+
+  @PM-1030 @PM-1034
+  Scenario: With --allow-empty, a config that leaves the node no pools is applied: its pools are stopped once their removal settles
+    Given the daemon is started with "--allow-empty --removal-settle 3s"
+    And the daemon shows pool "coder" as Ready
+    And the daemon shows pool "chat" as Ready
+    When I note the engine pids
+    And I move the config folder "pools" aside
+    Then the daemon shows pool "coder" pending removal, Ready with the noted engine pid
+    And the daemon shows pool "chat" pending removal, Ready with the noted engine pid
+    And the daemon's config is applied, not held back
+    And the daemon's config in force has the pools ""
+    And the metric pool_managerd_config_held_back is 0
+    And the metric pool_managerd_pools_pending_removal is 2
+    Then the daemon does not know pool "coder"
+    And the daemon does not know pool "chat"
+    And no engine process runs for pool "coder"
+    And no engine process runs for pool "chat"
+    And the daemon stopped the engine of pool "coder" once, not before the removal time it showed
+    And the daemon stopped the engine of pool "chat" once, not before the removal time it showed
+    And the metric pool_managerd_pools_pending_removal is 0
+
+  @PM-1030 @PM-1034
+  Scenario: A pool really removed keeps serving until its removal settles, then is stopped once
+    Given the daemon is started with "--removal-settle 3s"
+    And the daemon shows pool "coder" as Ready
+    And the daemon shows pool "chat" as Ready
+    When I note the engine pids
+    And I remove the config file "pools/chat.cue"
+    Then the daemon shows pool "chat" pending removal, Ready with the noted engine pid
+    And the metric pool_managerd_pools_pending_removal is 1
+    And the daemon's config in force has the pools "coder"
+    Then the daemon does not know pool "chat"
+    And no engine process runs for pool "chat"
+    And the daemon stopped the engine of pool "chat" once, not before the removal time it showed
+    And the engine of pool "chat" exited on SIGTERM, with no SIGKILL
+    And the metric pool_managerd_pools_pending_removal is 0
+    And the daemon never logged a stop of pool "coder"
+    And pool "coder" has the engine pid noted
+
+  @PM-1030 @PM-1034
+  Scenario: A pool renamed on a GPU with memory for one waits for the old one's removal, without a failure
+    # GPU 1 has 12 GiB: chat holds 4 GiB of it until its removal settles, talk needs 10 GiB.
+    Given the daemon is started with "--removal-settle 3s"
+    And the daemon shows pool "coder" as Ready
+    And the daemon shows pool "chat" as Ready
+    When I note the engine pids
+    And I save the config file "pools/chat.cue":
+      """
+      pools: talk: {
+      	node:    "gpu-01"
+      	engine:  "llamacpp"
+      	model: {path: "WORKSPACE/models/model.gguf", ctx: 4096}
+      	devices: [1]
+      	vram:    10Gi
+      	restart: {initialBackoff: "100ms", jitter: 0}
+      }
+      """
+    Then the daemon shows pool "talk" as Pending with no engine, the reason "waiting for its GPUs: a pool that left the config holds them until its removal settles" and no failure recorded
+    And the daemon shows pool "chat" pending removal, Ready with the noted engine pid
+    Then the daemon shows pool "talk" as Ready
+    And the daemon shows pool "talk" with no failure recorded
+    And the log of pool "talk" holds 1 start
+    And the daemon does not know pool "chat"
+    And no engine process runs for pool "chat"
+    And the daemon stopped the engine of pool "chat" once, not before the removal time it showed
+    And the daemon never logged a stop of pool "talk"
     And pool "coder" has the engine pid noted
 
   @PM-1031 @OC-POOL-3011

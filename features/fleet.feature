@@ -25,7 +25,9 @@ Feature: A fleet shares one config repository
 
   @PM-1033
   Scenario: Three daemons on one config each run exactly their node's pools; a moved pool follows its node
-    When the daemon of node "a" is started
+    # Node a stops a moved pool once its removal settles: a short settle window keeps this quick.
+    # Node a keeps a1, so the move does not leave it empty (that config would be held back).
+    When the daemon of node "a" is started with "--removal-settle 200ms"
     And the daemon of node "b" is started
     And the daemon of node "c" is started
     Then the daemon of node "a" shows pool "a1" as Ready
@@ -49,6 +51,7 @@ Feature: A fleet shares one config repository
       }
       """
     Then the daemon of node "b" shows pool "a2" as Ready
+    And the daemon of node "a" has logged an info event containing "pool moved to node b: its engine keeps running until its removal settles"
     And the daemon of node "a" knows only pool "a1"
     And the engines on node "a" are those of pool "a1"
     And the engines on node "b" are those of pools "a2, b1"

@@ -34,6 +34,13 @@ type daemonState struct {
 	httpBody string
 	// hupAt is when the last SIGHUP was about to be sent.
 	hupAt time.Time
+	// changedAt is when the last change of the config directory was about
+	// to be made (a file saved, removed, truncated or written in place, a
+	// folder moved aside or restored).
+	changedAt time.Time
+	// removalAt is, by pool, the time of its removal that the daemon
+	// showed while it was pending.
+	removalAt map[string]time.Time
 }
 
 // daemonProc is one pool-managerd serve.
@@ -80,10 +87,13 @@ func (w *world) registerDaemon(sc *godog.ScenarioContext) {
 	sc.Step(`^the daemon never logged "(.*)"$`, w.neverLogged)
 
 	sc.Step(`^a simulated node "([^"]*)" with one GPU of (\d+) GiB$`, w.fleetNode)
-	sc.Step(`^the daemon of node "([^"]*)" is started$`, w.startNodeDaemon)
+	sc.Step(`^the daemon of node "([^"]*)" is started(?: with "([^"]*)")?$`, w.startNodeDaemon)
+	sc.Step(`^the daemon of node "([^"]*)" has logged an? (error|warn|info) event containing "(.*)"$`, w.nodeLoggedEvent)
 	sc.Step(`^the daemon of node "([^"]*)" shows pool "([^"]*)" as (\w+)$`, w.nodeShows)
 	sc.Step(`^the daemon of node "([^"]*)" knows only pools? "([^"]*)"$`, w.nodeKnowsOnly)
 	sc.Step(`^the engines on node "([^"]*)" are those of pools? "([^"]*)"$`, w.nodeEngines)
+
+	w.registerRemoval(sc)
 }
 
 // daemonFlags are the flags every daemon of these scenarios runs with: a
@@ -212,6 +222,7 @@ func (w *world) daemonReady() error {
 // saveConfig writes a config file as an editor saves it: a temp file
 // renamed over the old one.
 func (w *world) saveConfig(rel string, doc *godog.DocString) error {
+	w.changing()
 	return w.writeFile(rel, strings.ReplaceAll(doc.Content, "WORKSPACE", w.workspace))
 }
 
@@ -254,7 +265,10 @@ func (w *world) writeInTwoParts(rel string, doc *godog.DocString) error {
 	return f.Close()
 }
 
-func (w *world) removeConfig(rel string) error { return os.Remove(w.path(rel)) }
+func (w *world) removeConfig(rel string) error {
+	w.changing()
+	return os.Remove(w.path(rel))
+}
 
 func (w *world) signalDaemon(name string) error {
 	d, err := w.daemon(applyNode)
@@ -629,8 +643,11 @@ func labelsMatch[L interface {
 }
 
 // logEvents decodes the default daemon's JSON log.
-func (w *world) logEvents() ([]map[string]any, error) {
-	d, err := w.daemon(applyNode)
+func (w *world) logEvents() ([]map[string]any, error) { return w.nodeLogEvents(applyNode) }
+
+// nodeLogEvents decodes a node's daemon's JSON log.
+func (w *world) nodeLogEvents(node string) ([]map[string]any, error) {
+	d, err := w.daemon(node)
 	if err != nil {
 		return nil, err
 	}
@@ -647,8 +664,12 @@ func (w *world) logEvents() ([]map[string]any, error) {
 }
 
 func (w *world) loggedEvent(level, text string) error {
-	return w.eventually(fmt.Sprintf("a %s event containing %q", level, text), func() error {
-		events, err := w.logEvents()
+	return w.nodeLoggedEvent(applyNode, level, text)
+}
+
+func (w *world) nodeLoggedEvent(node, level, text string) error {
+	return w.eventually(fmt.Sprintf("a %s event of the daemon of %s containing %q", level, node, text), func() error {
+		events, err := w.nodeLogEvents(node)
 		if err != nil {
 			return err
 		}
@@ -706,8 +727,8 @@ func (w *world) fleetNode(node string, gib int) error {
 	return w.writeFile(fmt.Sprintf("nodes/%s.cue", node), decl.CUE())
 }
 
-func (w *world) startNodeDaemon(node string) error {
-	return w.launchDaemon(node, w.fleetState(node), w.fleetSim(node), nil, "")
+func (w *world) startNodeDaemon(node, extra string) error {
+	return w.launchDaemon(node, w.fleetState(node), w.fleetSim(node), nil, extra)
 }
 
 func (w *world) nodeKnowsOnly(node, pools string) error {
