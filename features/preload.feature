@@ -67,6 +67,8 @@ Feature: Preload and readiness
       	vram:    4Gi
       	share:   true
       	env: FAKE_ENGINE_LOAD_DELAY: "100ms"
+      	// long enough that status, however slow the machine, runs within it
+      	restart: initialBackoff: "1m"
       }
       """
     And the config file "pools/fits.cue":
@@ -122,6 +124,8 @@ Feature: Preload and readiness
       	vram:    <vram>
       	share:   true
       	env: FAKE_ENGINE_LOAD_DELAY: "100ms"
+      	// long enough that status, however slow the machine, runs within it
+      	restart: initialBackoff: "1m"
       }
       """
     When I apply the config
