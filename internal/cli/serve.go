@@ -56,7 +56,7 @@ func (g *gitFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&g.ref, "git-ref", "main", "the branch (followed, force pushes too) or tag (pinned) of --git")
 	fl.StringVar(&g.path, "git-path", "", "the subdirectory of the --git repository that is the config root (default: its root)")
 	fl.DurationVar(&g.interval, "git-interval", time.Minute, "time between fetches of --git; failed fetches are retried with a backoff")
-	fl.StringVar(&g.username, "git-username", "git", "user name for an HTTPS --git with a token")
+	fl.StringVar(&g.username, "git-username", "", "user name for an HTTPS --git with a token (default: git)")
 	fl.StringVar(&g.tokenFile, "git-token-file", "", "file holding the token for an HTTPS --git (or set the token itself in "+GitTokenEnv+")")
 	fl.StringVar(&g.sshKey, "git-ssh-key", "", "SSH private key file for an SSH --git (no passphrase)")
 	fl.StringVar(&g.knownHosts, "git-known-hosts", "", "known_hosts file for an SSH --git (default: SSH_KNOWN_HOSTS, ~/.ssh/known_hosts, /etc/ssh/ssh_known_hosts)")
