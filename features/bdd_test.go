@@ -110,6 +110,7 @@ func TestFeatures(t *testing.T) {
 		ScenarioInitializer: func(sc *godog.ScenarioContext) {
 			w := &world{h: h}
 			w.register(sc)
+			w.registerGit(sc)
 		},
 		Options: &o,
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
+	"github.com/poolmanagerd/pool-managerd/internal/gitsource"
 	"github.com/poolmanagerd/pool-managerd/testkit/testenv"
 )
 
@@ -24,6 +25,8 @@ func TestMain(m *testing.M) {
 }
 
 func runMain(m *testing.M) int {
+	// As cmd/pool-managerd does: the Git source reads file URLs in-process.
+	gitsource.InstallFileTransport()
 	e, err := testenv.New(context.Background(), "daemon-test")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "daemon test:", err)

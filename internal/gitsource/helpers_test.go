@@ -9,9 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-git/go-git/v5"
-	"github.com/go-git/go-git/v5/config"
-	"github.com/go-git/go-git/v5/plumbing"
 	"github.com/go-git/go-git/v5/plumbing/object"
 	"github.com/hashicorp/go-hclog"
 )
@@ -29,120 +26,8 @@ func testLogger(t *testing.T) hclog.Logger {
 	return hclog.New(&hclog.LoggerOptions{Name: "gitsource", Level: hclog.Debug, Output: t.Output()})
 }
 
+// sig signs the tags the tests make.
 var sig = &object.Signature{Name: "Test", Email: "test@example.com", When: time.Unix(1_700_000_000, 0)}
-
-// remoteRepo is a bare repository standing in for the remote, and a work
-// clone that commits and pushes to it.
-type remoteRepo struct {
-	t       *testing.T
-	bare    string
-	workDir string
-	work    *git.Repository
-	n       int
-}
-
-func newRemoteRepo(t *testing.T) *remoteRepo {
-	t.Helper()
-	dir := t.TempDir()
-	r := &remoteRepo{t: t, bare: filepath.Join(dir, "remote.git"), workDir: filepath.Join(dir, "work")}
-	main := plumbing.NewBranchReferenceName("main")
-	if _, err := git.PlainInitWithOptions(r.bare, &git.PlainInitOptions{Bare: true, InitOptions: git.InitOptions{DefaultBranch: main}}); err != nil {
-		t.Fatal(err)
-	}
-	work, err := git.PlainInitWithOptions(r.workDir, &git.PlainInitOptions{InitOptions: git.InitOptions{DefaultBranch: main}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := work.CreateRemote(&config.RemoteConfig{Name: "origin", URLs: []string{r.bare}}); err != nil {
-		t.Fatal(err)
-	}
-	r.work = work
-	return r
-}
-
-// write puts a file into the work tree (mode 0 is 0644).
-func (r *remoteRepo) write(name, content string, mode fs.FileMode) {
-	r.t.Helper()
-	if mode == 0 {
-		mode = 0o644
-	}
-	p := filepath.Join(r.workDir, filepath.FromSlash(name))
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		r.t.Fatal(err)
-	}
-	if err := os.WriteFile(p, []byte(content), mode); err != nil {
-		r.t.Fatal(err)
-	}
-	if err := os.Chmod(p, mode); err != nil {
-		r.t.Fatal(err)
-	}
-}
-
-func (r *remoteRepo) symlink(name, target string) {
-	r.t.Helper()
-	p := filepath.Join(r.workDir, filepath.FromSlash(name))
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		r.t.Fatal(err)
-	}
-	if err := os.Symlink(target, p); err != nil {
-		r.t.Fatal(err)
-	}
-}
-
-func (r *remoteRepo) remove(name string) {
-	r.t.Helper()
-	if err := os.RemoveAll(filepath.Join(r.workDir, filepath.FromSlash(name))); err != nil {
-		r.t.Fatal(err)
-	}
-}
-
-// commit commits every change of the work tree and returns the hash.
-func (r *remoteRepo) commit() string {
-	r.t.Helper()
-	wt, err := r.work.Worktree()
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	if err := wt.AddWithOptions(&git.AddOptions{All: true}); err != nil {
-		r.t.Fatal(err)
-	}
-	r.n++
-	s := *sig
-	s.When = s.When.Add(time.Duration(r.n) * time.Minute)
-	h, err := wt.Commit("commit", &git.CommitOptions{All: true, Author: &s, AllowEmptyCommits: true})
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	return h.String()
-}
-
-// push force-pushes refspecs (default: main) to the bare repository.
-func (r *remoteRepo) push(refspecs ...string) {
-	r.t.Helper()
-	if len(refspecs) == 0 {
-		refspecs = []string{"+refs/heads/main:refs/heads/main"}
-	}
-	specs := make([]config.RefSpec, len(refspecs))
-	for i, s := range refspecs {
-		specs[i] = config.RefSpec(s)
-	}
-	err := r.work.Push(&git.PushOptions{RemoteName: "origin", RefSpecs: specs, Force: true})
-	if err != nil && err != git.NoErrAlreadyUpToDate {
-		r.t.Fatal(err)
-	}
-}
-
-// resetHard moves the work tree's branch back to commit.
-func (r *remoteRepo) resetHard(commit string) {
-	r.t.Helper()
-	wt, err := r.work.Worktree()
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	if err := wt.Reset(&git.ResetOptions{Commit: plumbing.NewHash(commit), Mode: git.HardReset}); err != nil {
-		r.t.Fatal(err)
-	}
-}
 
 // running is a Source whose Run goroutine the test controls.
 type running struct {

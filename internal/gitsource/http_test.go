@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/poolmanagerd/pool-managerd/testkit/gitrepo"
 )
 
 // TestHTTPSToken serves the remote over loopback HTTP with git's own smart
@@ -20,17 +22,17 @@ func TestHTTPToken(t *testing.T) {
 	if err != nil {
 		t.Skip("the git binary is not on PATH; git http-backend serves this test's remote")
 	}
-	remote := newRemoteRepo(t)
-	remote.write("a.cue", "a\n", 0)
-	commit := remote.commit()
-	remote.push()
+	remote := gitrepo.New(t)
+	remote.Write("a.cue", "a\n")
+	commit := remote.Commit()
+	remote.Push()
 
 	const token = "s3cret-token"
 	backend := &cgi.Handler{
 		Path: gitBin,
 		Args: []string{"http-backend"},
 		Env: []string{
-			"GIT_PROJECT_ROOT=" + filepath.Dir(remote.bare),
+			"GIT_PROJECT_ROOT=" + filepath.Dir(remote.Path()),
 			"GIT_HTTP_EXPORT_ALL=1",
 			"GIT_CONFIG_NOSYSTEM=1",
 			"HOME=" + t.TempDir(),
@@ -55,7 +57,7 @@ func TestHTTPToken(t *testing.T) {
 		backend.ServeHTTP(w, r)
 	}))
 	t.Cleanup(srv.Close)
-	url := srv.URL + "/" + filepath.Base(remote.bare)
+	url := srv.URL + "/" + filepath.Base(remote.Path())
 
 	for _, tc := range []struct {
 		name, token string

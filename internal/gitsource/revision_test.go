@@ -7,43 +7,45 @@ import (
 
 	"github.com/go-git/go-git/v5"
 	"github.com/go-git/go-git/v5/plumbing"
+
+	"github.com/poolmanagerd/pool-managerd/testkit/gitrepo"
 )
 
 func TestDirRevision(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		dir    string // the config dir inside the work tree
-		change func(r *remoteRepo, head string)
+		change func(t *testing.T, r *gitrepo.Repo, head string)
 		ref    string
 		dirty  bool
 	}{
 		{"clean", "config", nil, "main", false},
 		{"clean, the root", ".", nil, "main", false},
-		{"edit under the dir", "config", func(r *remoteRepo, _ string) { r.write("config/pools/a.cue", "changed\n", 0) }, "main", true},
-		{"new file under the dir", "config", func(r *remoteRepo, _ string) { r.write("config/new.cue", "new\n", 0) }, "main", true},
-		{"deleted file under the dir", "config", func(r *remoteRepo, _ string) { r.remove("config/pools/a.cue") }, "main", true},
-		{"edit outside the dir", "config", func(r *remoteRepo, _ string) { r.write("README", "changed\n", 0) }, "main", false},
-		{"new file outside the dir", "config", func(r *remoteRepo, _ string) { r.write("configs.txt", "x\n", 0) }, "main", false},
-		{"ignored file under the dir", "config", func(r *remoteRepo, _ string) { r.write("config/x.swp", "x\n", 0) }, "main", false},
-		{"edit outside, dir is the root", ".", func(r *remoteRepo, _ string) { r.write("README", "changed\n", 0) }, "main", true},
-		{"nested dir, edit in its parent", "config/pools", func(r *remoteRepo, _ string) { r.write("config/nodes.cue", "changed\n", 0) }, "main", false},
-		{"detached HEAD", "config", func(r *remoteRepo, head string) {
-			if err := r.work.Storer.SetReference(plumbing.NewHashReference(plumbing.HEAD, plumbing.NewHash(head))); err != nil {
-				r.t.Fatal(err)
+		{"edit under the dir", "config", func(_ *testing.T, r *gitrepo.Repo, _ string) { r.Write("config/pools/a.cue", "changed\n") }, "main", true},
+		{"new file under the dir", "config", func(_ *testing.T, r *gitrepo.Repo, _ string) { r.Write("config/new.cue", "new\n") }, "main", true},
+		{"deleted file under the dir", "config", func(_ *testing.T, r *gitrepo.Repo, _ string) { r.Remove("config/pools/a.cue") }, "main", true},
+		{"edit outside the dir", "config", func(_ *testing.T, r *gitrepo.Repo, _ string) { r.Write("README", "changed\n") }, "main", false},
+		{"new file outside the dir", "config", func(_ *testing.T, r *gitrepo.Repo, _ string) { r.Write("configs.txt", "x\n") }, "main", false},
+		{"ignored file under the dir", "config", func(_ *testing.T, r *gitrepo.Repo, _ string) { r.Write("config/x.swp", "x\n") }, "main", false},
+		{"edit outside, dir is the root", ".", func(_ *testing.T, r *gitrepo.Repo, _ string) { r.Write("README", "changed\n") }, "main", true},
+		{"nested dir, edit in its parent", "config/pools", func(_ *testing.T, r *gitrepo.Repo, _ string) { r.Write("config/nodes.cue", "changed\n") }, "main", false},
+		{"detached HEAD", "config", func(t *testing.T, r *gitrepo.Repo, head string) {
+			if err := r.Work().Storer.SetReference(plumbing.NewHashReference(plumbing.HEAD, plumbing.NewHash(head))); err != nil {
+				t.Fatal(err)
 			}
 		}, "", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := newRemoteRepo(t)
-			r.write("README", "readme\n", 0)
-			r.write(".gitignore", "*.swp\n", 0)
-			r.write("config/nodes.cue", "nodes\n", 0)
-			r.write("config/pools/a.cue", "a\n", 0)
-			head := r.commit()
+			r := gitrepo.New(t)
+			r.Write("README", "readme\n")
+			r.Write(".gitignore", "*.swp\n")
+			r.Write("config/nodes.cue", "nodes\n")
+			r.Write("config/pools/a.cue", "a\n")
+			head := r.Commit()
 			if tc.change != nil {
-				tc.change(r, head)
+				tc.change(t, r, head)
 			}
-			rev, ok, err := DirRevision(filepath.Join(r.workDir, tc.dir))
+			rev, ok, err := DirRevision(filepath.Join(r.WorkDir(), tc.dir))
 			if err != nil || !ok {
 				t.Fatalf("DirRevision = %+v, %v, %v", rev, ok, err)
 			}
@@ -75,9 +77,9 @@ func TestDirRevisionOutsideAWorkTree(t *testing.T) {
 }
 
 func TestDirRevisionBeforeTheFirstCommit(t *testing.T) {
-	r := newRemoteRepo(t)
-	r.write("config/a.cue", "a\n", 0)
-	rev, ok, err := DirRevision(filepath.Join(r.workDir, "config"))
+	r := gitrepo.New(t)
+	r.Write("config/a.cue", "a\n")
+	rev, ok, err := DirRevision(filepath.Join(r.WorkDir(), "config"))
 	if err != nil || !ok {
 		t.Fatalf("DirRevision = %+v, %v, %v", rev, ok, err)
 	}

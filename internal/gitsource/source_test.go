@@ -13,17 +13,19 @@ import (
 	"github.com/go-git/go-git/v5/plumbing/object"
 	"github.com/go-git/go-git/v5/plumbing/storer"
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/poolmanagerd/pool-managerd/testkit/gitrepo"
 )
 
 func TestFirstFetchDeliversTheWholeTree(t *testing.T) {
-	remote := newRemoteRepo(t)
-	remote.write("nodes/gpu-01.cue", "nodes: x: {}\n", 0)
-	remote.write("pools/team-a/deep/a.cue", "pools: a: {}\n", 0)
-	remote.write("bin/hook.sh", "#!/bin/sh\n", 0o755)
-	remote.symlink("current.cue", "nodes/gpu-01.cue")
-	remote.symlink("team", "pools/team-a")
-	commit := remote.commit()
-	remote.push()
+	remote := gitrepo.New(t)
+	remote.Write("nodes/gpu-01.cue", "nodes: x: {}\n")
+	remote.Write("pools/team-a/deep/a.cue", "pools: a: {}\n")
+	remote.WriteMode("bin/hook.sh", "#!/bin/sh\n", 0o755)
+	remote.Symlink("current.cue", "nodes/gpu-01.cue")
+	remote.Symlink("team", "pools/team-a")
+	commit := remote.Commit()
+	remote.Push()
 
 	want := map[string]string{
 		"nodes":                   "dir 0755",
@@ -40,9 +42,9 @@ func TestFirstFetchDeliversTheWholeTree(t *testing.T) {
 	for _, tc := range []struct {
 		name, url string
 	}{
-		{"bare repository by path", remote.bare},
-		{"bare repository by file URL", "file://" + remote.bare},
-		{"work tree by path", remote.workDir},
+		{"bare repository by path", remote.Path()},
+		{"bare repository by file URL", "file://" + remote.Path()},
+		{"work tree by path", remote.WorkDir()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := mustNew(t, Options{URL: tc.url, Interval: time.Hour})
@@ -80,21 +82,21 @@ func TestFirstFetchDeliversTheWholeTree(t *testing.T) {
 }
 
 func TestFollowsNewCommitsAndForcePushes(t *testing.T) {
-	remote := newRemoteRepo(t)
-	remote.write("pools/a.cue", "v1\n", 0)
-	c1 := remote.commit()
-	remote.push()
+	remote := gitrepo.New(t)
+	remote.Write("pools/a.cue", "v1\n")
+	c1 := remote.Commit()
+	remote.Push()
 
-	r := start(t, Options{URL: remote.bare, Interval: time.Hour})
+	r := start(t, Options{URL: remote.Path(), Interval: time.Hour})
 	if co := r.next(t); co.Commit != c1 {
 		t.Fatalf("first checkout %s, want %s", co.Commit, c1)
 	}
 	r.attempt(t)
 
-	remote.write("pools/a.cue", "v2\n", 0)
-	remote.write("pools/b.cue", "b\n", 0)
-	c2 := remote.commit()
-	remote.push()
+	remote.Write("pools/a.cue", "v2\n")
+	remote.Write("pools/b.cue", "b\n")
+	c2 := remote.Commit()
+	remote.Push()
 	r.FetchNow()
 	co := r.next(t)
 	if co.Commit != c2 {
@@ -109,11 +111,11 @@ func TestFollowsNewCommitsAndForcePushes(t *testing.T) {
 	}
 	r.attempt(t)
 
-	// Rewrite history: c2 is dropped, c3 is built on c1.
-	remote.resetHard(c1)
-	remote.write("pools/c.cue", "c\n", 0)
-	c3 := remote.commit()
-	remote.push()
+	// Rewrite history: c2 is dropped, c3 is built on c1, and force-pushed.
+	remote.Reset(c1)
+	remote.Write("pools/c.cue", "c\n")
+	c3 := remote.Commit()
+	remote.ForcePush()
 	r.FetchNow()
 	co = r.next(t)
 	if co.Commit != c3 {
@@ -137,26 +139,26 @@ func TestFollowsNewCommitsAndForcePushes(t *testing.T) {
 }
 
 func TestTagRefs(t *testing.T) {
-	remote := newRemoteRepo(t)
-	remote.write("a.cue", "one\n", 0)
-	c1 := remote.commit()
-	remote.write("a.cue", "two\n", 0)
-	c2 := remote.commit()
-	remote.push()
-	if _, err := remote.work.CreateTag("v1-light", plumbing.NewHash(c1), nil); err != nil {
+	remote := gitrepo.New(t)
+	remote.Write("a.cue", "one\n")
+	c1 := remote.Commit()
+	remote.Write("a.cue", "two\n")
+	c2 := remote.Commit()
+	remote.Push()
+	if _, err := remote.Work().CreateTag("v1-light", plumbing.NewHash(c1), nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := remote.work.CreateTag("v1-annotated", plumbing.NewHash(c1), &git.CreateTagOptions{Tagger: sig, Message: "release"}); err != nil {
+	if _, err := remote.Work().CreateTag("v1-annotated", plumbing.NewHash(c1), &git.CreateTagOptions{Tagger: sig, Message: "release"}); err != nil {
 		t.Fatal(err)
 	}
 	// A branch and a tag of one name: the branch wins.
-	if _, err := remote.work.CreateTag("both", plumbing.NewHash(c1), nil); err != nil {
+	if _, err := remote.Work().CreateTag("both", plumbing.NewHash(c1), nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := remote.work.Storer.SetReference(plumbing.NewHashReference(plumbing.NewBranchReferenceName("both"), plumbing.NewHash(c2))); err != nil {
+	if err := remote.Work().Storer.SetReference(plumbing.NewHashReference(plumbing.NewBranchReferenceName("both"), plumbing.NewHash(c2))); err != nil {
 		t.Fatal(err)
 	}
-	remote.push("refs/tags/*:refs/tags/*", "refs/heads/both:refs/heads/both")
+	remote.Push("refs/tags/*:refs/tags/*", "refs/heads/both:refs/heads/both")
 
 	for _, tc := range []struct {
 		ref, commit, fullRef, content string
@@ -166,7 +168,7 @@ func TestTagRefs(t *testing.T) {
 		{"both", c2, "refs/heads/both", "two\n"},
 	} {
 		t.Run(tc.ref, func(t *testing.T) {
-			r := start(t, Options{URL: remote.bare, Ref: tc.ref, Interval: time.Hour})
+			r := start(t, Options{URL: remote.Path(), Ref: tc.ref, Interval: time.Hour})
 			co := r.next(t)
 			if co.Commit != tc.commit || co.Ref != tc.fullRef {
 				t.Errorf("checkout %s of %s, want %s of %s", co.Commit, co.Ref, tc.commit, tc.fullRef)
@@ -182,17 +184,17 @@ func TestTagRefs(t *testing.T) {
 }
 
 func TestFailuresBackOffAndDeliverNothing(t *testing.T) {
-	remote := newRemoteRepo(t)
-	remote.write("a.cue", "a\n", 0)
-	remote.commit()
-	remote.push()
+	remote := gitrepo.New(t)
+	remote.Write("a.cue", "a\n")
+	remote.Commit()
+	remote.Push()
 	notRepo := t.TempDir()
 
 	const interval = 40 * time.Millisecond
 	for _, tc := range []struct {
 		name, url, ref, want string
 	}{
-		{"missing ref", remote.bare, "nope", `no branch or tag "nope"`},
+		{"missing ref", remote.Path(), "nope", `no branch or tag "nope"`},
 		{"directory that is not a repository", notRepo, "", "repository not found"},
 		{"path that does not exist", filepath.Join(notRepo, "absent.git"), "", "repository not found"},
 		{"unreachable remote", "http://127.0.0.1:1/x.git", "", "connection refused"},
@@ -227,18 +229,18 @@ func TestFailuresBackOffAndDeliverNothing(t *testing.T) {
 }
 
 func TestSuccessResetsTheBackoff(t *testing.T) {
-	remote := newRemoteRepo(t)
-	remote.write("a.cue", "a\n", 0)
-	c1 := remote.commit()
-	remote.push()
+	remote := gitrepo.New(t)
+	remote.Write("a.cue", "a\n")
+	c1 := remote.Commit()
+	remote.Push()
 
-	r := start(t, Options{URL: remote.bare, Ref: "dev", Interval: 50 * time.Millisecond})
+	r := start(t, Options{URL: remote.Path(), Ref: "dev", Interval: 50 * time.Millisecond})
 	for i := 1; i <= 2; i++ {
 		if st := r.attempt(t); st.Failures != i {
 			t.Fatalf("attempt %d: Failures = %d", i, st.Failures)
 		}
 	}
-	remote.push("refs/heads/main:refs/heads/dev")
+	remote.Push("refs/heads/main:refs/heads/dev")
 	r.FetchNow()
 	if co := r.next(t); co.Commit != c1 || co.Ref != "refs/heads/dev" {
 		t.Fatalf("checkout %+v, want %s of refs/heads/dev", co, c1)
@@ -252,11 +254,11 @@ func TestSuccessResetsTheBackoff(t *testing.T) {
 }
 
 func TestPath(t *testing.T) {
-	remote := newRemoteRepo(t)
-	remote.write("deploy/prod/pools.cue", "prod\n", 0)
-	remote.write("README", "r\n", 0)
-	c1 := remote.commit()
-	remote.push()
+	remote := gitrepo.New(t)
+	remote.Write("deploy/prod/pools.cue", "prod\n")
+	remote.Write("README", "r\n")
+	c1 := remote.Commit()
+	remote.Push()
 
 	for _, tc := range []struct {
 		path, sub string
@@ -269,7 +271,7 @@ func TestPath(t *testing.T) {
 		{"README", "README", true}, // a file is not a config directory
 	} {
 		t.Run(tc.path, func(t *testing.T) {
-			r := start(t, Options{URL: remote.bare, Path: tc.path, Interval: time.Hour})
+			r := start(t, Options{URL: remote.Path(), Path: tc.path, Interval: time.Hour})
 			co := r.next(t)
 			want := filepath.Join(r.checkoutsDir, c1, filepath.FromSlash(tc.sub))
 			if co.Root != want || co.Missing != tc.missing {
@@ -282,13 +284,13 @@ func TestPath(t *testing.T) {
 	}
 
 	// The path disappears in a later commit: delivered, Missing.
-	r := start(t, Options{URL: remote.bare, Path: "deploy/prod", Interval: time.Hour})
+	r := start(t, Options{URL: remote.Path(), Path: "deploy/prod", Interval: time.Hour})
 	if co := r.next(t); co.Missing {
 		t.Fatalf("first checkout %+v is missing its path", co)
 	}
-	remote.remove("deploy")
-	c2 := remote.commit()
-	remote.push()
+	remote.Remove("deploy")
+	c2 := remote.Commit()
+	remote.Push()
 	r.FetchNow()
 	if co := r.next(t); co.Commit != c2 || !co.Missing {
 		t.Errorf("checkout %+v, want %s with Missing set", co, c2)
@@ -296,16 +298,16 @@ func TestPath(t *testing.T) {
 }
 
 func TestCleanupKeepsTheCheckoutInForce(t *testing.T) {
-	remote := newRemoteRepo(t)
+	remote := gitrepo.New(t)
 	dir := t.TempDir()
 	commit := func(content string) string {
-		remote.write("a.cue", content, 0)
-		c := remote.commit()
-		remote.push()
+		remote.Write("a.cue", content)
+		c := remote.Commit()
+		remote.Push()
 		return c
 	}
 	c1 := commit("1")
-	r := start(t, Options{URL: remote.bare, Dir: dir, Interval: time.Hour})
+	r := start(t, Options{URL: remote.Path(), Dir: dir, Interval: time.Hour})
 	deliver := func(want string) {
 		t.Helper()
 		r.FetchNow()
@@ -361,7 +363,7 @@ func TestCleanupKeepsTheCheckoutInForce(t *testing.T) {
 
 	// Restart: a new Source on the same directory finds the checkout in force.
 	r.stop()
-	s2 := mustNew(t, Options{URL: remote.bare, Dir: dir, Path: "", Interval: time.Hour})
+	s2 := mustNew(t, Options{URL: remote.Path(), Dir: dir, Path: "", Interval: time.Hour})
 	co, ok := s2.Checkout(c4)
 	if !ok || co.Commit != c4 || co.Root != filepath.Join(s2.checkoutsDir, c4) || co.Missing || co.Ref != "" {
 		t.Errorf("Checkout(%s) after a restart = %+v, %v", c4, co, ok)
@@ -385,11 +387,11 @@ func TestCleanupKeepsTheCheckoutInForce(t *testing.T) {
 }
 
 func TestRunTwiceIsRefused(t *testing.T) {
-	remote := newRemoteRepo(t)
-	remote.write("a.cue", "a\n", 0)
-	remote.commit()
-	remote.push()
-	r := start(t, Options{URL: remote.bare, Interval: time.Hour})
+	remote := gitrepo.New(t)
+	remote.Write("a.cue", "a\n")
+	remote.Commit()
+	remote.Push()
+	r := start(t, Options{URL: remote.Path(), Interval: time.Hour})
 	r.next(t)
 	if err := r.Run(t.Context()); err == nil || !strings.Contains(err.Error(), "already running") {
 		t.Errorf("second Run = %v, want an error", err)
@@ -420,8 +422,8 @@ func TestUnsafeTreeIsNotCheckedOut(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			remote := newRemoteRepo(t)
-			bare, err := git.PlainOpen(remote.bare)
+			remote := gitrepo.New(t)
+			bare, err := git.PlainOpen(remote.Path())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -442,7 +444,7 @@ func TestUnsafeTreeIsNotCheckedOut(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			r := start(t, Options{URL: remote.bare, Interval: time.Hour})
+			r := start(t, Options{URL: remote.Path(), Interval: time.Hour})
 			st := r.attempt(t)
 			if !strings.Contains(st.LastError, tc.want) || st.Failures != 1 || st.Fetched != h.String() {
 				t.Errorf("status %+v, want a failure saying %q for fetched %s", st, tc.want, h)
