@@ -93,7 +93,7 @@ func (g *gitFlags) source(stateDir string, log hclog.Logger) (*gitsource.Source,
 		Logger: log.Named("git"),
 	})
 	if errors.Is(err, gitsource.ErrInvalid) {
-		return nil, usageError("%v", err)
+		return nil, usageError("--git and its --git-* options: %v", err)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("serve: %w", err)

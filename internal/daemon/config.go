@@ -57,7 +57,6 @@ type tree struct {
 // resync, which logs only changes.
 func (d *Daemon) loadConfig(ctx context.Context, reason string, t tree) {
 	now := d.now()
-	d.view.attempted(t.rev)
 	var all *schema.Desired
 	var err error
 	if t.missing != "" {
@@ -73,7 +72,7 @@ func (d *Daemon) loadConfig(ctx context.Context, reason string, t tree) {
 			return
 		}
 		diags := diagnosticsOf(t.dir, err)
-		changed := d.view.configFailed(now, diags)
+		changed := d.view.configFailed(now, t.rev, diags)
 		d.metrics.ConfigLoaded(now, err)
 		if changed || reason != "" {
 			keep := "nothing is applied until it loads"
@@ -91,7 +90,7 @@ func (d *Daemon) loadConfig(ctx context.Context, reason string, t tree) {
 	}
 	desired := reconcile.DesiredFor(all, d.opts.Node)
 	if why := d.holdBack(desired); why != "" {
-		if d.view.configHeldBack(now, why) || reason != "" {
+		if d.view.configHeldBack(now, t.rev, why) || reason != "" {
 			args := []any{"reason", reason}
 			d.log.Warn("config held back: "+why, append(args, revisionArgs(t.rev)...)...)
 		}

@@ -45,16 +45,18 @@ func (v *view) init(configDir string) {
 	v.preloads = map[string]schema.Engine{}
 }
 
-// configFailed records a failed load; it reports whether the errors differ
-// from the last failure's.
-func (v *view) configFailed(at time.Time, diags schema.Diagnostics) bool {
+// configFailed records a failed load of the revision rev (nil outside
+// Git); it reports whether the errors or the revision differ from the last
+// failure's.
+func (v *view) configFailed(at time.Time, rev *api.Revision, diags schema.Diagnostics) bool {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	lines := make([]string, len(diags))
 	for i, d := range diags {
 		lines[i] = d.String()
 	}
-	changed := v.cfg.Valid || !slices.Equal(lines, v.lastDiags)
+	changed := v.cfg.Valid || !slices.Equal(lines, v.lastDiags) || v.cfg.LastAttemptedRevision.String() != rev.String()
+	v.cfg.LastAttemptedRevision = cloneRevision(rev)
 	v.lastDiags = lines
 	v.cfg.Valid, v.cfg.Errors, v.cfg.LastLoad, v.cfg.HeldBack = false, diags, at, nil
 	return changed
@@ -69,27 +71,22 @@ func (v *view) configLoaded(at time.Time, dir string, all *schema.Desired, rev *
 	v.cfg.Dir = dir
 	changed := v.cfg.LastAppliedRevision.String() != rev.String()
 	v.cfg.Valid, v.cfg.Errors, v.cfg.LastLoad, v.cfg.LastGoodLoad, v.cfg.HeldBack = true, nil, at, at, nil
-	v.cfg.LastAppliedRevision = cloneRevision(rev)
+	v.cfg.LastAppliedRevision, v.cfg.LastAttemptedRevision = cloneRevision(rev), cloneRevision(rev)
 	v.cfg.Files = all.Files
 	v.cfg.Pools = all.SortedPoolIDs()
 	v.cfg.Nodes = all.SortedNodeNames()
 	return changed
 }
 
-// attempted records the revision of a config about to be loaded.
-func (v *view) attempted(rev *api.Revision) {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	v.cfg.LastAttemptedRevision = cloneRevision(rev)
-}
-
-// configHeldBack records a config that loaded and is not applied; it
-// reports whether the reason differs from the last one's.
-func (v *view) configHeldBack(at time.Time, why string) bool {
+// configHeldBack records a config of revision rev that loaded and is not
+// applied; it reports whether the reason or the revision differ from the
+// last one's.
+func (v *view) configHeldBack(at time.Time, rev *api.Revision, why string) bool {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.lastDiags = nil
-	changed := v.cfg.HeldBack == nil || v.cfg.HeldBack.Reason != why
+	changed := v.cfg.HeldBack == nil || v.cfg.HeldBack.Reason != why || v.cfg.LastAttemptedRevision.String() != rev.String()
+	v.cfg.LastAttemptedRevision = cloneRevision(rev)
 	since := at
 	if !changed {
 		since = v.cfg.HeldBack.Since
