@@ -136,8 +136,8 @@ state="$work/run/state"
 node=(--gpus "sim:$work/node" --state-dir "$state" --node gpu-01)
 log="$work/daemon.log"
 start_daemon() {
-	printf '%s$ pool-managerd serve --config %s %s --listen 127.0.0.1:0 --llama-server bin/fake-engine &%s\n' "$bold" "$config" "${node[*]}" "$plain"
-	"$pm" serve --config "$config" "${node[@]}" --listen 127.0.0.1:0 --llama-server "$(dirname "$pm")/fake-engine" 2>>"$log" &
+	printf '%s$ pool-managerd serve --config %s %s --listen 127.0.0.1:0 --removal-settle 1m --llama-server bin/fake-engine &%s\n' "$bold" "$config" "${node[*]}" "$plain"
+	"$pm" serve --config "$config" "${node[@]}" --listen 127.0.0.1:0 --removal-settle 1m --llama-server "$(dirname "$pm")/fake-engine" 2>>"$log" &
 	daemon=$!
 }
 shown=0
@@ -220,6 +220,26 @@ since=$(now)
 run sed -i '$d' "$config/pools/coder.cue"
 await --for config=valid --since "$since"
 show_log
+
+say "A file saved in two steps stops nothing" \
+	"An editor or scp that writes in place leaves llama70b's file empty for a moment. The daemon" \
+	"loads that valid config without llama70b, but keeps its engine serving until its absence has" \
+	"held for --removal-settle (5 s by default; a minute here, for a slow machine; /v1/pools shows" \
+	"removalAt). Written back in time, the engine is untouched: same pid, no 70B model reloaded."
+big_pid=$(pid_of llama70b)
+cp "$config/pools/llama70b.cue" "$work/llama70b.cue"
+since=$(now)
+run sh -c ": >'$config/pools/llama70b.cue'"
+await --for config=valid --since "$since"
+api /v1/pools/llama70b
+since=$(now)
+run cp "$work/llama70b.cue" "$config/pools/llama70b.cue"
+await --for config=valid --since "$since"
+await llama70b --for phase=Ready
+show_log
+big_after=$(pid_of llama70b)
+echo "   llama70b's pid: $big_pid before, $big_after after."
+[ "$big_after" = "$big_pid" ] || fail "llama70b's engine was replaced by a save in two steps"
 
 say "An engine crashes" \
 	"We kill coder's engine with SIGKILL. The daemon sees the exit at once, records the failure," \

@@ -113,10 +113,11 @@ func (d *Daemon) loadConfig(ctx context.Context, reason string, t tree) {
 		d.cfg.all = all
 		return
 	}
-	d.noteRemovals(d.cfg, desired, all, now)
+	prev := d.cfg
 	d.cfg = &config{all: all, desired: desired, hash: hash}
 	args := []any{"reason", reason, "pools", len(desired.Pools), "other_nodes_pools", desired.OtherPools, "files", len(all.Files)}
 	d.log.Info("config loaded", append(args, revisionArgs(t.rev)...)...)
+	d.noteRemovals(prev, desired, all, now)
 }
 
 // revisionArgs are a log event's fields naming a config's revision.
