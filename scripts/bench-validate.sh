@@ -10,21 +10,23 @@
 # Environment:
 #   RUNS=3        timed runs of each command per size, after one untimed
 #                 warm-up run of each; the two commands alternate (so that
-#                 load from elsewhere hits both alike) and the fastest run counts
+#                 load from elsewhere hits both alike) and the best run counts,
+#                 for each of wall time, CPU time and peak memory apart
 #   SIZES="100:10 1000:100 10000:1000"
 #                 POOLS:FILES pairs to generate and time, smallest first
 #   BENCH_STRICT=1
-#                 exit 1 when validate is slower than cue vet at the largest
-#                 size, or grows more than 1.5 times linearly between the
+#                 exit 1 when a target below is missed at the largest size,
+#                 or validate grows more than 1.5 times linearly between the
 #                 last two sizes
 #
 # Both commands read the same files: `cue vet -c schema/poolmanagerd.cue` gets
 # every .cue file that validate reads (the find in schema/poolmanagerd.cue).
-# Times are wall-clock seconds; cpu_s is user+sys, which the Go GC spreads
-# over both cores of a 2-core machine.
+# Each run is measured by tools/rusage: wall-clock seconds, cpu_s (user+sys,
+# which the Go GC spreads over both cores of a 2-core machine) and peak RSS.
 #
-# Target (the issue): validate at most as slow as cue vet at 10,000 pools,
-# growing linearly. Needs bash 4.4+, coreutils, awk and Go; nothing else.
+# Targets (issue 12), at the largest size: validate at most 0.7 times cue
+# vet's wall time, and at most 1.0 times its CPU time and peak RSS; growing
+# linearly. Needs bash 4.4+, coreutils, awk and Go; nothing else.
 set -euo pipefail
 shopt -s inherit_errexit
 
@@ -61,35 +63,46 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-echo "building bin/cue (cuelang.org/go/cmd/cue at the version in go.mod) and tools/genconfig..." >&2
+echo "building bin/cue (cuelang.org/go/cmd/cue at the version in go.mod), tools/genconfig and tools/rusage..." >&2
 mkdir -p bin
 "$GO" build -o bin/cue cuelang.org/go/cmd/cue
 "$GO" build -o "$work/genconfig" ./tools/genconfig
+"$GO" build -o "$work/rusage" ./tools/rusage
 cue_bin=$PWD/bin/cue
 schema_file=$PWD/schema/poolmanagerd.cue
 
-# run_once LABEL CMD...: runs CMD once and prints "WALL CPU" in seconds; if
-# CMD does not exit 0, shows its output and fails the script.
+# run_once LABEL CMD...: runs CMD once and prints "WALL CPU RSS_KIB"; if CMD
+# does not exit 0, shows its output and fails the script.
 run_once() {
-	local label=$1 rc=0 TIMEFORMAT='%3R %3U %3S'
+	local label=$1 rc=0
 	shift
-	{ time "$@" >"$work/out" 2>&1; } 2>"$work/time" || rc=$?
+	"$work/rusage" -o "$work/cost" -- "$@" >"$work/out" 2>&1 || rc=$?
 	if [[ $rc -ne 0 ]]; then
 		echo "$0: $label exited $rc:" >&2
 		head -c 4000 "$work/out" >&2
 		exit 1
 	fi
-	awk '{ printf "%.3f %.3f\n", $1, $2 + $3 }' "$work/time"
+	cat "$work/cost"
 }
 
-# faster A B: whether run "WALL CPU" A has a shorter wall time than B (or B is empty).
-faster() { [[ -z $2 ]] || awk -v a="${1%% *}" -v b="${2%% *}" 'BEGIN { exit !(a < b) }'; }
+# best A B: the better of two runs "WALL CPU RSS", each figure apart (B may be empty).
+best() {
+	if [[ -z $2 ]]; then
+		echo "$1"
+		return
+	fi
+	awk -v a="$1" -v b="$2" 'BEGIN {
+		split(a, x, " "); split(b, y, " ")
+		for (i = 1; i <= 3; i++) m[i] = (x[i] < y[i] ? x[i] : y[i])
+		printf "%s %s %s\n", m[1], m[2], m[3]
+	}'
+}
 
-printf '%s; %s; %s CPUs; fastest of %d warm runs each\n\n' "$(bin/cue version | head -1)" "$("$GO" version)" \
+printf '%s; %s; %s CPUs; best of %d warm runs each (wall, CPU and RSS apart)\n\n' "$(bin/cue version | head -1)" "$("$GO" version)" \
 	"$(nproc 2>/dev/null || echo '?')" "$RUNS"
-printf '%7s %6s %11s %10s %13s %15s %14s %17s %16s\n' pools files validate_s cue_vet_s validate/cue \
-	validate_cpu_s cue_vet_cpu_s validate_pools/s cue_vet_pools/s
-declare -a sizes_done=() v_times=() c_times=()
+printf '%7s %6s %11s %10s %6s %15s %14s %6s %12s %11s %6s\n' pools files validate_s cue_vet_s ratio \
+	validate_cpu_s cue_vet_cpu_s ratio validate_MiB cue_vet_MiB ratio
+declare -a sizes_done=() v_times=() c_times=() v_runs=() c_runs=()
 for size in $SIZES; do
 	pools=${size%%:*} files=${size##*:}
 	dir=$work/repo-$pools
@@ -101,19 +114,19 @@ for size in $SIZES; do
 	run_once "cue vet ($pools pools)" "${ccmd[@]}" >/dev/null
 	v="" c=""
 	for ((i = 0; i < RUNS; i++)); do
-		t=$(run_once "pool-managerd validate ($pools pools)" "${vcmd[@]}")
-		if faster "$t" "$v"; then v=$t; fi
-		t=$(run_once "cue vet ($pools pools)" "${ccmd[@]}")
-		if faster "$t" "$c"; then c=$t; fi
+		v=$(best "$(run_once "pool-managerd validate ($pools pools)" "${vcmd[@]}")" "$v")
+		c=$(best "$(run_once "cue vet ($pools pools)" "${ccmd[@]}")" "$c")
 	done
 	awk -v p="$pools" -v f="$files" -v v="$v" -v c="$c" 'BEGIN {
 		split(v, vv, " "); split(c, cc, " ")
-		printf "%7d %6d %11.3f %10.3f %13.2f %15.3f %14.3f %17.0f %16.0f\n",
-			p, f, vv[1], cc[1], vv[1] / cc[1], vv[2], cc[2], p / vv[1], p / cc[1]
+		printf "%7d %6d %11.3f %10.3f %6.2f %15.3f %14.3f %6.2f %12.0f %11.0f %6.2f\n",
+			p, f, vv[1], cc[1], vv[1] / cc[1], vv[2], cc[2], vv[2] / cc[2], vv[3] / 1024, cc[3] / 1024, vv[3] / cc[3]
 	}'
 	sizes_done+=("$pools")
 	v_times+=("${v%% *}")
 	c_times+=("${c%% *}")
+	v_runs+=("$v")
+	c_runs+=("$c")
 	rm -rf -- "$dir"
 done
 
@@ -139,10 +152,18 @@ if ((n >= 2)); then
 		fi
 	done
 fi
-if ! awk -v p="${sizes_done[n - 1]}" -v v="${v_times[n - 1]}" -v c="${c_times[n - 1]}" 'BEGIN {
-	printf "target: validate at most as slow as cue vet at %d pools: validate takes %.2fx cue vet: %s\n",
-		p, v / c, (v <= c ? "met" : "NOT MET")
-	exit !(v <= c)
+if ! awk -v p="${sizes_done[n - 1]}" -v v="${v_runs[n - 1]}" -v c="${c_runs[n - 1]}" 'BEGIN {
+	split(v, vv, " "); split(c, cc, " ")
+	split("wall time,CPU time,peak RSS", what, ",")
+	split("0.7 1.0 1.0", limit, " ")
+	ok = 1
+	for (i = 1; i <= 3; i++) {
+		r = vv[i] / cc[i]
+		met = (r <= limit[i] + 1e-9)
+		printf "target: validate %s at most %.1fx cue vet at %d pools: %.2fx: %s\n", what[i], limit[i], p, r, (met ? "met" : "NOT MET")
+		if (!met) ok = 0
+	}
+	exit !ok
 }'; then
 	failed=1
 fi
