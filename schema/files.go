@@ -37,14 +37,22 @@ type collected struct {
 	diags   Diagnostics
 }
 
+// readFunc reads a config file that the walk found: path is where it was
+// found, rel that path relative to the config directory, info its stat
+// (of the link's target for a symbolic link).
+type readFunc func(path, rel string, info fs.FileInfo) ([]byte, error)
+
 // collectFiles reads every .cue file in the tree under dir. It follows
 // symbolic links to files and directories, detects symlink loops, skips
 // hidden files and directories and cue.mod, refuses non-regular and
 // oversized files, and reports every problem as a diagnostic rather than
 // stopping at the first one. It returns ErrNotDirectory (wrapped) when dir
-// itself is not a readable directory.
-func collectFiles(ctx context.Context, dir string) (collected, error) {
+// itself is not a readable directory. Each file is read with read (nil: from disk).
+func collectFiles(ctx context.Context, dir string, read readFunc) (collected, error) {
 	var out collected
+	if read == nil {
+		read = func(path, _ string, _ fs.FileInfo) ([]byte, error) { return readLimited(path, MaxFileSize) }
+	}
 	info, err := os.Stat(dir)
 	if err != nil {
 		return out, fmt.Errorf("%w: %w", ErrNotDirectory, err)
@@ -52,7 +60,7 @@ func collectFiles(ctx context.Context, dir string) (collected, error) {
 	if !info.IsDir() {
 		return out, fmt.Errorf("%w: %s is a file; give the directory that holds the config", ErrNotDirectory, dir)
 	}
-	w := walker{ctx: ctx, root: dir, out: &out, active: map[fileID]string{}, seen: map[fileID]string{}}
+	w := walker{ctx: ctx, root: dir, read: read, out: &out, active: map[fileID]string{}, seen: map[fileID]string{}}
 	if err := w.walkDir(dir, "", info); err != nil {
 		return out, err
 	}
@@ -73,6 +81,7 @@ func idOf(info fs.FileInfo) (fileID, bool) {
 type walker struct {
 	ctx  context.Context
 	root string
+	read readFunc
 	out  *collected
 	// active holds the directories on the current path, to detect loops.
 	active map[fileID]string
@@ -157,7 +166,7 @@ func (w *walker) walkDir(path, rel string, info fs.FileInfo) error {
 		case !w.firstVisit(info, childRel):
 			// The same file through another link: read once.
 		default:
-			data, err := readLimited(childPath, MaxFileSize)
+			data, err := w.read(childPath, childRel, info)
 			if err != nil {
 				w.fileProblem(childRel, "cannot read: %v", unwrapPathError(err))
 				continue

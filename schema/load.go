@@ -39,90 +39,31 @@ const schemaPath = "<schema>/" + SchemaFileName
 // against the schema and the declared inventories, and returns the desired
 // state. Problems with the config are returned together as Diagnostics,
 // sorted and without duplicates; a dir that is not a directory gives an error
-// wrapping ErrNotDirectory; cancelling ctx stops the load.
+// wrapping ErrNotDirectory; cancelling ctx stops the load. It is a Loader's
+// first load: a program that loads the same tree again keeps a Loader.
 func Load(ctx context.Context, dir string) (*Desired, error) {
-	dir = filepath.Clean(dir)
-	files, err := collectFiles(ctx, dir)
-	if err != nil {
-		return nil, err
-	}
-	diags := files.diags
-	if len(files.files) == 0 && len(diags) == 0 {
-		msg := "no .cue files found"
-		if files.ignored > 0 {
-			msg = fmt.Sprintf("no .cue files found (%d other files ignored)", files.ignored)
-		}
-		return nil, Diagnostics{{Pos: Pos{File: dir}, Message: msg}}
-	}
-	d, evalDiags := evaluate(files.files)
-	diags = append(diags, evalDiags...)
-	if len(diags) > 0 {
-		return nil, diags.normalize()
-	}
-	return d, nil
+	return NewLoader().Load(ctx, dir)
 }
 
-// evaluate builds the schema and every file as one CUE instance, evaluates it
-// once, and reads the desired state out of it.
-func evaluate(files []sourceFile) (*Desired, Diagnostics) {
-	var diags Diagnostics
-	var parsed []parsedFile
-	for _, f := range files {
-		syntax, err := parser.ParseFile(f.name, f.data)
-		if err != nil {
-			diags = append(diags, cueDiagnostics(err, nil)...)
-			continue
-		}
-		switch pkg := syntax.PackageName(); pkg {
-		case "":
-			syntax.Decls = append([]ast.Decl{&ast.Package{Name: ast.NewIdent(PackageName)}}, syntax.Decls...)
-		case PackageName:
-		default:
-			diags = append(diags, Diagnostic{Pos: posOf(syntax.Pos()), Message: fmt.Sprintf("package %s: config files belong to package %s (or have no package clause)", pkg, PackageName)})
-			continue
-		}
-		if problems := checkSyntax(syntax); len(problems) > 0 {
-			diags = append(diags, problems...)
-			continue
-		}
-		parsed = append(parsed, parsedFile{name: f.name, size: len(f.data), syntax: syntax})
+// parseConfig parses one config file under the name it is evaluated as,
+// gives it the package clause when it has none, and refuses what a config
+// file may not hold. The diagnostics name the file as it was parsed.
+func parseConfig(name string, data []byte) (*ast.File, Diagnostics) {
+	syntax, err := parser.ParseFile(name, data)
+	if err != nil {
+		return nil, cueDiagnostics(err, nil)
 	}
-	if len(diags) > 0 {
-		return nil, diags
+	switch pkg := syntax.PackageName(); pkg {
+	case "":
+		syntax.Decls = append([]ast.Decl{&ast.Package{Name: ast.NewIdent(PackageName)}}, syntax.Decls...)
+	case PackageName:
+	default:
+		return nil, Diagnostics{{Pos: posOf(syntax.Pos()), Message: fmt.Sprintf("package %s: config files belong to package %s (or have no package clause)", pkg, PackageName)}}
 	}
-	groups := partition(parsed)
-	results := make([]groupResult, len(groups))
-	var wg sync.WaitGroup
-	for i, g := range groups {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			results[i] = evaluateGroup(g, files[0].name)
-		}()
+	if problems := checkSyntax(syntax); len(problems) > 0 {
+		return nil, problems
 	}
-	wg.Wait()
-	d := &Desired{Nodes: map[string]*Node{}, Pools: map[string]*Pool{}}
-	broken := map[string]bool{}
-	for _, res := range results {
-		diags = append(diags, res.diags...)
-		for k, v := range res.desired.Nodes {
-			d.Nodes[k] = v
-		}
-		for k, v := range res.desired.Pools {
-			d.Pools[k] = v
-		}
-		for k := range res.broken {
-			broken[k] = true
-		}
-	}
-	for _, f := range files {
-		d.Files = append(d.Files, f.rel)
-	}
-	diags = append(diags, checkDesired(d, broken)...)
-	if len(diags) > 0 {
-		return nil, diags
-	}
-	return d, nil
+	return syntax, nil
 }
 
 // parsedFile is a config file parsed and checked, ready to evaluate.
@@ -132,16 +73,23 @@ type parsedFile struct {
 	syntax *ast.File
 }
 
-// groupResult is what evaluating one group of files gives.
+// groupResult is what evaluating one group of files gives. It holds plain
+// Go values: the evaluated CUE value stays only in pos, which drops it
+// when released and evaluates the group again if a position is asked for.
 type groupResult struct {
 	desired *Desired
 	diags   Diagnostics
 	broken  map[string]bool
+	pos     *positions
+	// fatal: the group did not compile (a reference to nothing, say), so
+	// nothing of it could be read. Evaluated with every file, such an error
+	// is all a load reports: the loader reports only the fatal groups.
+	fatal bool
 }
 
-// evaluateGroup builds the schema and a group of files as one CUE instance,
-// evaluates it once, and reads the desired state out of it.
-func evaluateGroup(files []parsedFile, fallback string) groupResult {
+// buildGroup builds the schema and a group of files as one CUE instance
+// and evaluates it. It fails only when a file cannot join the instance.
+func buildGroup(files []parsedFile) (cue.Value, map[string]bool, Diagnostics) {
 	schemaFile, err := parser.ParseFile(schemaPath, schemaSource)
 	if err != nil {
 		panic(fmt.Sprintf("embedded schema does not parse: %v", err))
@@ -153,20 +101,35 @@ func evaluateGroup(files []parsedFile, fallback string) groupResult {
 	}
 	var diags Diagnostics
 	names := map[string]bool{}
-	syntaxes := make([]*ast.File, 0, len(files))
 	for _, f := range files {
 		if err := inst.AddSyntax(f.syntax); err != nil {
 			diags = append(diags, Diagnostic{Pos: Pos{File: f.name}, Message: err.Error()})
 			continue
 		}
 		names[f.name] = true
-		syntaxes = append(syntaxes, f.syntax)
 	}
 	if len(diags) > 0 {
-		return groupResult{desired: &Desired{}, diags: diags}
+		return cue.Value{}, nil, diags
 	}
-	value := cuecontext.New().BuildInstance(inst)
-	r := &reader{posResolver: &posResolver{root: value, userFiles: names, fallback: fallback}, broken: map[string]bool{},
+	return cuecontext.New().BuildInstance(inst), names, nil
+}
+
+// evaluateGroup builds the schema and a group of files as one CUE instance,
+// evaluates it once, and reads the desired state out of it. What it gives
+// depends only on the files of the group: positions that fall back to no
+// file name fallbackName, for the caller to replace. rebuild evaluates the
+// same files again, for positions asked for after the value is released.
+func evaluateGroup(files []parsedFile, rebuild func() cue.Value) groupResult {
+	value, names, diags := buildGroup(files)
+	if len(diags) > 0 {
+		return groupResult{desired: &Desired{}, diags: diags, fatal: true}
+	}
+	syntaxes := make([]*ast.File, 0, len(files))
+	for _, f := range files {
+		syntaxes = append(syntaxes, f.syntax)
+	}
+	pos := &positions{root: value, live: true, userFiles: names, rebuild: rebuild}
+	r := &reader{posResolver: &posResolver{positions: pos, fallback: fallbackName}, broken: map[string]bool{},
 		paths: map[string]cue.Path{}, keys: scanKeys(syntaxes)}
 	if err := value.Validate(cue.Concrete(true)); err != nil {
 		r.collectErrors(value)
@@ -174,7 +137,8 @@ func evaluateGroup(files []parsedFile, fallback string) groupResult {
 		r.valid = true
 	}
 	d := r.desired(value)
-	return groupResult{desired: d, diags: r.diags, broken: r.broken}
+	_, err := value.Fields()
+	return groupResult{desired: d, diags: r.diags, broken: r.broken, pos: pos, fatal: err != nil}
 }
 
 // checkSyntax refuses what a config file may not hold, before evaluation:
@@ -500,22 +464,64 @@ func friendlyMessage(path []string, msg string) string {
 	return msg
 }
 
+// positions holds a group's evaluated value while positions are read from
+// it. Released, it keeps only what evaluates the group again.
+type positions struct {
+	mu   sync.Mutex
+	root cue.Value
+	live bool
+	// userFiles are the names of the group's config files, as evaluated.
+	userFiles map[string]bool
+	// rebuild evaluates the group again; nil when the value cannot be released.
+	rebuild func() cue.Value
+}
+
+// value returns the evaluated value, evaluating the group again if it was
+// released; it holds the lock until done is called.
+func (ps *positions) value() (root cue.Value, done func()) {
+	ps.mu.Lock()
+	if !ps.live {
+		ps.root, ps.live = ps.rebuild(), true
+	}
+	return ps.root, ps.mu.Unlock
+}
+
+// release drops the evaluated value, so that only Go values stay.
+func (ps *positions) release() {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if ps.rebuild != nil {
+		ps.root, ps.live = cue.Value{}, false
+	}
+}
+
 // posResolver finds where values of an evaluated config are written.
 type posResolver struct {
-	root      cue.Value
-	userFiles map[string]bool
+	*positions
 	// fallback is the file named when nothing better is known: every diagnostic names a file.
 	fallback string
+	// shown maps the names the files were evaluated under to the names
+	// people see; nil while the group is read, whose diagnostics the loader renames.
+	shown *shownNames
 }
 
 // posAt returns where the value at path, or its nearest parent, is written in a config file.
 func (pr *posResolver) posAt(path []cue.Selector) Pos {
-	for n := len(path); n >= 0; n-- {
-		if p := pr.userPos(pr.root.LookupPath(cue.MakePath(path[:n]...))); p.File != "" {
-			return p
+	root, done := pr.value()
+	defer done()
+	// The search stops at the node or pool (or the top-level field): the
+	// nodes and pools structs, and the root, hold every file's fields, so
+	// where they are written depends on which files are evaluated together.
+	floor := 1
+	if len(path) > 0 && (path[0].String() == "nodes" || path[0].String() == "pools") {
+		floor = 2
+	}
+	for n := len(path); n >= floor; n-- {
+		if p := pr.userPos(root.LookupPath(cue.MakePath(path[:n]...))); p.File != "" {
+			return pr.shown.pos(p)
 		}
 	}
-	return Pos{File: pr.fallback}
+	return pr.shown.pos(Pos{File: pr.fallback})
 }
 
 func selectors(path []string) []cue.Selector {
@@ -562,17 +568,17 @@ func unquote(s string) string {
 }
 
 // userPos returns where a value is written in a config file (not in the schema).
-func (pr *posResolver) userPos(v cue.Value) Pos {
+func (ps *positions) userPos(v cue.Value) Pos {
 	if !v.Exists() {
 		return Pos{}
 	}
-	if p := v.Pos(); pr.userFiles[p.Filename()] {
+	if p := v.Pos(); ps.userFiles[p.Filename()] {
 		return posOf(p)
 	}
 	var best Pos
 	if op, args := v.Expr(); op == cue.AndOp {
 		for _, a := range args {
-			if p := a.Pos(); pr.userFiles[p.Filename()] {
+			if p := a.Pos(); ps.userFiles[p.Filename()] {
 				if pp := posOf(p); best.File == "" || comparePos(pp, best) < 0 {
 					best = pp
 				}

@@ -16,8 +16,7 @@ func parsedFiles(t *testing.T, srcs map[string]string) []parsedFile {
 		if err != nil {
 			t.Fatal(err)
 		}
-		// Pad the size past the threshold: partition only splits big configs.
-		out = append(out, parsedFile{name: name, size: parallelThreshold, syntax: f})
+		out = append(out, parsedFile{name: name, size: len(src), syntax: f})
 	}
 	return out
 }
@@ -85,7 +84,7 @@ func TestPartitionedLoadEqualsWhole(t *testing.T) {
 	files := map[string]string{"nodes.cue": b.String()}
 	for f := 0; f < 4; f++ {
 		var p strings.Builder
-		for i := 0; p.Len() < parallelThreshold/2; i++ {
+		for i := 0; p.Len() < 128<<10; i++ {
 			p.WriteString("pools: \"p" + string(rune('a'+f)) + strconv.Itoa(i) + "\": {node: \"a\", engine: \"vllm\", model: path: \"/m\", devices: [0], vram: 1Mi, share: true}\n")
 		}
 		files["pools"+strconv.Itoa(f)+".cue"] = p.String()

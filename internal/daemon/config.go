@@ -62,7 +62,7 @@ func (d *Daemon) loadConfig(ctx context.Context, reason string, t tree) {
 	if t.missing != "" {
 		err = missingDiagnostics(t)
 	} else {
-		all, err = schema.Load(ctx, t.dir)
+		all, err = d.loader.Load(ctx, t.dir)
 	}
 	if err == nil {
 		err = d.checkNode(all, t.dir)

@@ -112,6 +112,10 @@ type Daemon struct {
 	ops       sync.WaitGroup
 	watchers  sync.WaitGroup
 
+	// loader loads the config trees, evaluating only the files that changed
+	// since its last load (a new Git checkout reuses the unchanged files).
+	loader *schema.Loader
+
 	// loop state: touched only by the loop goroutine
 	cfg       *config
 	busy      map[string]*op
@@ -161,6 +165,7 @@ func New(opts Options) (*Daemon, error) {
 		busy: map[string]*op{}, held: map[string]string{}, faulted: map[string]*gpu.Event{},
 		watching: map[string]int{}, reported: map[string]string{}, needCache: map[string]cachedNeed{},
 		stopWait: map[string][]*stopRequest{}, removing: map[string]*removal{},
+		loader: schema.NewLoader(),
 	}
 	d.runCtx, d.cancelRun = context.WithCancel(context.Background())
 	d.view.init(opts.ConfigDir)
