@@ -65,6 +65,10 @@ func (d *Daemon) loadConfig(ctx context.Context, reason string, t tree) {
 		all, err = schema.Load(ctx, t.dir)
 	}
 	if err == nil {
+		// The daemon keeps decoded values, not the evaluation of the whole
+		// fleet's config that their Sources point into: it needs no
+		// positions of a config that loaded.
+		all.ReleaseSources()
 		err = d.checkNode(all, t.dir)
 	}
 	if err != nil {
@@ -110,11 +114,10 @@ func (d *Daemon) loadConfig(ctx context.Context, reason string, t tree) {
 		case !wasValid || wasHeld:
 			d.log.Info("config valid again; this node's pools are unchanged", "reason", reason)
 		}
-		d.cfg.all = all
 		return
 	}
 	prev := d.cfg
-	d.cfg = &config{all: all, desired: desired, hash: hash}
+	d.cfg = &config{desired: desired, hash: hash}
 	args := []any{"reason", reason, "pools", len(desired.Pools), "other_nodes_pools", desired.OtherPools, "files", len(all.Files)}
 	d.log.Info("config loaded", append(args, revisionArgs(t.rev)...)...)
 	d.noteRemovals(prev, desired, all, now)

@@ -41,7 +41,6 @@ import (
 	"github.com/poolmanagerd/pool-managerd/internal/metrics"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
-	"github.com/poolmanagerd/pool-managerd/schema"
 )
 
 // Options configure a daemon.
@@ -417,9 +416,9 @@ func (d *Daemon) StopEngines(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// config is a config that loaded: the desired state of this node.
+// config is a config that loaded: the desired state of this node. The
+// fleet's other pools and nodes are not kept (the view keeps their names).
 type config struct {
-	all     *schema.Desired
 	desired reconcile.Desired
 	hash    string
 }
