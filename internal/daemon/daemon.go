@@ -130,6 +130,8 @@ type Daemon struct {
 	// wakeAt is the earliest backoff or half-open try the last pass deferred.
 	wakeAt     time.Time
 	lastStatus string
+	// memory hands what config loads leave behind back to the OS.
+	memory *memoryReturn
 
 	view view
 }
@@ -160,6 +162,7 @@ func New(opts Options) (*Daemon, error) {
 		busy: map[string]*op{}, held: map[string]string{}, faulted: map[string]*gpu.Event{},
 		watching: map[string]int{}, reported: map[string]string{}, needCache: map[string]cachedNeed{},
 		stopWait: map[string][]*stopRequest{}, removing: map[string]*removal{},
+		memory: newMemoryReturn(),
 	}
 	d.runCtx, d.cancelRun = context.WithCancel(context.Background())
 	d.view.init(opts.ConfigDir)
@@ -240,6 +243,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.log.Info("daemon started", "node", d.opts.Node, "config", where, "state_dir", d.opts.StateDir, "gpus", d.opts.Source)
 	d.firstLoad(ctx)
 	d.pass(ctx)
+	d.returnMemory()
 	resync := time.NewTicker(d.opts.Resync)
 	defer resync.Stop()
 	wake := time.NewTimer(time.Hour)
@@ -286,6 +290,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 		d.drain()
 		d.pass(ctx)
+		d.returnMemory()
 	}
 }
 
