@@ -65,6 +65,9 @@ func (d *Daemon) loadConfig(ctx context.Context, reason string, t tree) {
 		all, err = d.loader.Load(ctx, t.dir)
 	}
 	if err == nil {
+		// The loader keeps decoded values, not the evaluation of the fleet's
+		// config: their Sources evaluate a group again only when asked for
+		// a position (schema.Loader).
 		err = d.checkNode(all, t.dir)
 	}
 	if err != nil {
@@ -110,11 +113,10 @@ func (d *Daemon) loadConfig(ctx context.Context, reason string, t tree) {
 		case !wasValid || wasHeld:
 			d.log.Info("config valid again; this node's pools are unchanged", "reason", reason)
 		}
-		d.cfg.all = all
 		return
 	}
 	prev := d.cfg
-	d.cfg = &config{all: all, desired: desired, hash: hash}
+	d.cfg = &config{desired: desired, hash: hash}
 	args := []any{"reason", reason, "pools", len(desired.Pools), "other_nodes_pools", desired.OtherPools, "files", len(all.Files)}
 	d.log.Info("config loaded", append(args, revisionArgs(t.rev)...)...)
 	d.noteRemovals(prev, desired, all, now)

@@ -135,6 +135,8 @@ type Daemon struct {
 	// wakeAt is the earliest backoff or half-open try the last pass deferred.
 	wakeAt     time.Time
 	lastStatus string
+	// memory hands what config loads leave behind back to the OS.
+	memory *memoryReturn
 
 	view view
 }
@@ -166,6 +168,7 @@ func New(opts Options) (*Daemon, error) {
 		watching: map[string]int{}, reported: map[string]string{}, needCache: map[string]cachedNeed{},
 		stopWait: map[string][]*stopRequest{}, removing: map[string]*removal{},
 		loader: schema.NewLoader(),
+		memory: newMemoryReturn(),
 	}
 	d.runCtx, d.cancelRun = context.WithCancel(context.Background())
 	d.view.init(opts.ConfigDir)
@@ -246,6 +249,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.log.Info("daemon started", "node", d.opts.Node, "config", where, "state_dir", d.opts.StateDir, "gpus", d.opts.Source)
 	d.firstLoad(ctx)
 	d.pass(ctx)
+	d.returnMemory()
 	resync := time.NewTicker(d.opts.Resync)
 	defer resync.Stop()
 	wake := time.NewTimer(time.Hour)
@@ -292,6 +296,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 		d.drain()
 		d.pass(ctx)
+		d.returnMemory()
 	}
 }
 
@@ -422,9 +427,9 @@ func (d *Daemon) StopEngines(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// config is a config that loaded: the desired state of this node.
+// config is a config that loaded: the desired state of this node. The
+// fleet's other pools and nodes are not kept (the view keeps their names).
 type config struct {
-	all     *schema.Desired
 	desired reconcile.Desired
 	hash    string
 }
