@@ -15,7 +15,8 @@
 #   rss10_MiB     resident memory after the 10 edits
 # Each edit is saved as an editor does (a hidden temporary file renamed over the
 # old one); the own edit changes a llama.cpp pool's ctx (a replace), the other
-# node's edit a pool's ctx on gpu-0001.
+# node's edit the ctx of the first pool in a file of gpu-0001 (in a file apart
+# from gpu-0000's, when the fleet has one).
 #
 # Usage: scripts/bench-fleet.sh BINDIR   (BINDIR holds pool-managerd and fake-engine)
 # Environment: SIZES="100:10 1000:100 10000:1000" (POOLS:FILES), BENCH_IDLE=30,
@@ -128,9 +129,12 @@ for size in $SIZES; do
 	# Model paths point at empty files here (the stand-in engine reads none);
 	# gpu-0000 is declared without UUIDs, so the simulated GPUs match it.
 	sed -i "s|\"/models/|\"$run/models/|g" "$config"/pools/*.cue
-	awk '/nodes: "gpu-0000"/ {f = 1} /^]/ {f = 0} {if (f) gsub(/uuid: "[^"]*", /, ""); print}' "$config/nodes/nodes-0.cue" >"$run/n"
-	mv "$run/n" "$config/nodes/nodes-0.cue"
-	for m in $(grep -ho "\"$run/models/[^\"]*\"" "$config/pools/pools-0.cue" | tr -d '"'); do
+	nodes_file=$(grep -l 'nodes: "gpu-0000"' "$config"/nodes/*.cue | head -1)
+	own_file=$(grep -l 'node: *"gpu-0000"' "$config"/pools/*.cue | head -1)
+	other_file=$(grep -l 'node: *"gpu-0001"' "$config"/pools/*.cue | grep -vxF "$own_file" | head -1 || true)
+	awk '/nodes: "gpu-0000"/ {f = 1} /^]/ {f = 0} {if (f) gsub(/uuid: "[^"]*", /, ""); print}' "$nodes_file" >"$run/n"
+	mv "$run/n" "$nodes_file"
+	for m in $(grep -ho "\"$run/models/[^\"]*\"" "$own_file" | tr -d '"'); do
 		mkdir -p "$(dirname "$m")"
 		: >"$m"
 	done
@@ -160,17 +164,17 @@ for size in $SIZES; do
 		new=$((ctx == 16384 ? 8192 : 16384))
 		offset=$(stat -c %s "$log")
 		w=$(now_ns)
-		save "$config/pools/pools-0.cue" "/\"$own_pool\"/,/^}/ s/ctx: $ctx/ctx: $new/"
+		save "$own_file" "/\"$own_pool\"/,/^}/ s/ctx: $ctx/ctx: $new/"
 		ctx=$new
 		l=$(wait_event "$offset" '"@message":"config loaded"')
 		d=$(wait_event "$offset" "\"pool\":\"$own_pool\"" '"phase":"Draining"')
 		own_load+=($((l - w / 1000000)))
 		own_drain+=($((d - w / 1000000)))
 		wait_own_ready
-		if [ "$files" -ge 2 ]; then
+		if [ -n "$other_file" ]; then
 			before=$(last_load_ms)
 			w=$(now_ns)
-			save "$config/pools/pools-1.cue" "0,/ctx: [0-9]*/ s/ctx: [0-9]*/ctx: $((i % 2 ? 16384 : 32768))/"
+			save "$other_file" "0,/ctx: [0-9]*/ s/ctx: [0-9]*/ctx: $((i % 2 ? 16384 : 32768))/"
 			for _ in $(seq 6000); do
 				l=$(last_load_ms)
 				[ "$l" -gt "$before" ] && [ "$l" -ge $((w / 1000000)) ] && break
