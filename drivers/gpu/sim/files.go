@@ -3,7 +3,8 @@
 // engine, tests) see and change the same GPUs.
 //
 // The node is served through the very NVML adapter of package nvml, over
-// go-nvml's mock server: Open reads the directory on every NVML call.
+// go-nvml's mock server: Open watches the directory with inotify and reads
+// again what changed before answering an NVML call.
 //
 // The directory holds:
 //
@@ -438,74 +439,4 @@ func listJSON(dir, sub string) ([]string, error) {
 	}
 	sort.Strings(names)
 	return names, nil
-}
-
-// readClaims reads every claim file. A file removed while reading is skipped.
-func readClaims(dir string, desc nodeDesc) ([]claimFile, error) {
-	names, err := listJSON(dir, claimsDir)
-	if err != nil {
-		return nil, err
-	}
-	var claims []claimFile
-	for _, name := range names {
-		path := filepath.Join(dir, claimsDir, name)
-		data, err := os.ReadFile(path)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue
-		} else if err != nil {
-			return nil, fmt.Errorf("simulated node: %w", err)
-		}
-		var c claimFile
-		if err := strictUnmarshal(data, &c); err != nil {
-			return nil, fmt.Errorf("simulated node: %s is corrupt: %w", path, err)
-		}
-		if strconv.Itoa(c.PID)+".json" != name {
-			return nil, fmt.Errorf("simulated node: %s is corrupt: it holds the claim of pid %d", path, c.PID)
-		}
-		for index := range c.GPUs {
-			if index < 0 || index >= len(desc.GPUs) {
-				return nil, fmt.Errorf("simulated node: %s is corrupt: no GPU %d", path, index)
-			}
-		}
-		claims = append(claims, c)
-	}
-	return claims, nil
-}
-
-// readForeign reads every foreign hold.
-func readForeign(dir string, desc nodeDesc) ([]foreignFile, error) {
-	names, err := listJSON(dir, foreignDir)
-	if err != nil {
-		return nil, err
-	}
-	var holds []foreignFile
-	for _, name := range names {
-		path := filepath.Join(dir, foreignDir, name)
-		data, err := os.ReadFile(path)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue
-		} else if err != nil {
-			return nil, fmt.Errorf("simulated node: %w", err)
-		}
-		var h foreignFile
-		if err := strictUnmarshal(data, &h); err != nil {
-			return nil, fmt.Errorf("simulated node: %s is corrupt: %w", path, err)
-		}
-		if h.Index < 0 || h.Index >= len(desc.GPUs) {
-			return nil, fmt.Errorf("simulated node: %s is corrupt: no GPU %d", path, h.Index)
-		}
-		holds = append(holds, h)
-	}
-	return holds, nil
-}
-
-// isLost reports whether GPU index is lost.
-func isLost(dir string, index int) (bool, error) {
-	_, err := os.Stat(filepath.Join(dir, lostDir, strconv.Itoa(index)))
-	if err == nil {
-		return true, nil
-	} else if errors.Is(err, fs.ErrNotExist) {
-		return false, nil
-	}
-	return false, fmt.Errorf("simulated node: %w", err)
 }

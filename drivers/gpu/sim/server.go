@@ -20,13 +20,16 @@ import (
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu/nvml"
 )
 
-// pollInterval is how often an event set looks at events.log while waiting.
+// pollInterval is how often an event set looks at events.log while waiting,
+// when inotify does not tell it of changes.
 const pollInterval = 50 * time.Millisecond
 
 // Open serves the simulated node in dir through the NVML adapter. The GPUs
 // are read from node.json now; claims, foreign holds, events and lost GPUs
-// are read from dir on every NVML call, so changes made by other processes
-// are seen.
+// are read from dir again whenever inotify reports that they changed, so
+// that changes made by other processes are seen by the next NVML call, and
+// a node where nothing changes costs next to nothing to ask (see view).
+// Closing the node (Shutdown) releases the inotify and pidfd descriptors.
 func Open(dir string) (*nvml.Node, error) {
 	lib, err := newLibrary(dir)
 	if err != nil {
@@ -39,6 +42,12 @@ func Open(dir string) (*nvml.Node, error) {
 type library struct {
 	*server.Server
 	dir string
+
+	vmu  sync.Mutex // guards view
+	view *view
+	// followed is closed when the goroutine that follows the view's
+	// watcher has returned; nil when there is none.
+	followed <-chan struct{}
 
 	mu      sync.Mutex
 	lastErr error
@@ -63,16 +72,23 @@ func (l *library) failed(err error) gonvml.Return {
 	return gonvml.ERROR_UNKNOWN
 }
 
-func newLibrary(dir string) (*library, error) {
-	desc, err := readNode(dir)
+func newLibrary(dir string) (l *library, err error) {
+	v := newView(dir)
+	defer func() {
+		if err != nil {
+			v.close()
+		}
+	}()
+	// Read everything once, so that a corrupt file is reported here, by name.
+	v.sync()
+	desc, err := v.readNode()
 	if err != nil {
 		return nil, err
 	}
-	// Read everything once, so that a corrupt file is reported here, by name.
-	if _, err := readClaims(dir, desc); err != nil {
+	if _, err := v.claims.read(v, desc); err != nil {
 		return nil, err
 	}
-	if _, err := readForeign(dir, desc); err != nil {
+	if _, err := v.foreign.read(v, desc); err != nil {
 		return nil, err
 	}
 	if err := checkEvents(dir); err != nil {
@@ -90,13 +106,31 @@ func newLibrary(dir string) (*library, error) {
 	if err != nil {
 		return nil, fmt.Errorf("simulated node %s: %w", dir, err)
 	}
-	l := &library{Server: srv, dir: dir}
+	l = &library{Server: srv, dir: dir, view: v}
 	for i, d := range srv.Devices {
 		dev := d.(*server.Device)
 		dev.UUID = desc.GPUs[i].UUID
 		l.wireDevice(dev)
 	}
 	l.wireServer()
+	if w := v.w; w != nil {
+		// Drain inotify's events as they come, so that an event set
+		// waiting for events.log wakes when it changes, and only then.
+		l.followed = w.follow(func() {
+			l.vmu.Lock()
+			defer l.vmu.Unlock()
+			if l.view.w == w {
+				l.view.sync()
+			}
+		}, func() {
+			l.vmu.Lock()
+			defer l.vmu.Unlock()
+			if l.view.w == w {
+				l.view.unwatch()
+				l.view.invalidate()
+			}
+		})
+	}
 	return l, nil
 }
 
@@ -125,11 +159,24 @@ func (l *library) wireServer() {
 	s.DeviceGetNameFunc = func(d gonvml.Device) (string, gonvml.Return) { return d.GetName() }
 	s.DeviceGetIndexFunc = func(d gonvml.Device) (int, gonvml.Return) { return d.GetIndex() }
 	s.ErrorStringFunc = func(r gonvml.Return) string { return r.Error() }
+	shutdown := s.ShutdownFunc
+	s.ShutdownFunc = func() gonvml.Return {
+		l.vmu.Lock()
+		l.view.close()
+		l.vmu.Unlock()
+		if l.followed != nil {
+			<-l.followed
+		}
+		return shutdown()
+	}
 }
 
 // lost returns ERROR_GPU_IS_LOST when GPU index is lost, SUCCESS when not.
 func (l *library) lost(index int) gonvml.Return {
-	lost, err := isLost(l.dir, index)
+	l.vmu.Lock()
+	l.view.sync()
+	lost, err := l.view.isLost(index)
+	l.vmu.Unlock()
 	if err != nil {
 		return l.failed(err)
 	}
@@ -209,18 +256,22 @@ func (l *library) wireDevice(d *server.Device) {
 // usage reads GPU index's total memory and the processes holding memory on
 // it: live claimants and foreign holds.
 func (l *library) usage(index int) (uint64, []gonvml.ProcessInfo, error) {
-	desc, err := readNode(l.dir)
+	l.vmu.Lock()
+	defer l.vmu.Unlock()
+	v := l.view
+	v.sync()
+	desc, err := v.readNode()
 	if err != nil {
 		return 0, nil, err
 	}
 	if index >= len(desc.GPUs) {
 		return 0, nil, fmt.Errorf("simulated node %s: GPU %d is gone from %s", l.dir, index, nodeFile)
 	}
-	claims, err := readClaims(l.dir, desc)
+	claims, err := v.claims.read(v, desc)
 	if err != nil {
 		return 0, nil, err
 	}
-	holds, err := readForeign(l.dir, desc)
+	holds, err := v.foreign.read(v, desc)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -233,9 +284,17 @@ func (l *library) usage(index int) (uint64, []gonvml.ProcessInfo, error) {
 			ComputeInstanceId: 0xFFFFFFFF,
 		})
 	}
+	var mine []*claim
+	var claimants []*claimant
 	for _, c := range claims {
-		if bytes, ok := c.GPUs[index]; ok && alive(c) {
-			add(c.PID, bytes)
+		if _, ok := c.GPUs[index]; ok {
+			mine = append(mine, c)
+			claimants = append(claimants, c.claimant)
+		}
+	}
+	for i, live := range living(claimants, v.w != nil) {
+		if live {
+			add(mine[i].PID, mine[i].GPUs[index])
 		}
 	}
 	for _, h := range holds {
@@ -255,12 +314,14 @@ type eventSet struct {
 	mu         sync.Mutex
 	registered map[int]uint64 // GPU index -> event types
 	offset     int64          // of the first byte of events.log not yet read
+	seen       uint64         // the library's count of events.log changes when it was read
 	pending    []eventLine
 	freed      bool
 }
 
 func (l *library) newEventSet() (gonvml.EventSet, gonvml.Return) {
-	es := &eventSet{l: l, registered: map[int]uint64{}}
+	seen, _ := l.eventsChanges()
+	es := &eventSet{l: l, registered: map[int]uint64{}, seen: seen}
 	size, err := eventsSize(l.dir)
 	if err != nil {
 		return nil, l.failed(err)
@@ -278,6 +339,16 @@ func (l *library) newEventSet() (gonvml.EventSet, gonvml.Return) {
 	return es, gonvml.SUCCESS
 }
 
+// eventsChanges counts the changes to events.log so far: an event set
+// whose count is the same has nothing new to read. changed is closed on
+// the next change (nil: poll).
+func (l *library) eventsChanges() (count uint64, changed <-chan struct{}) {
+	l.vmu.Lock()
+	defer l.vmu.Unlock()
+	l.view.sync()
+	return l.view.events, l.view.eventsSignal()
+}
+
 func (l *library) eventSetOf(set gonvml.EventSet) (*eventSet, bool) {
 	es, ok := set.(*eventSet)
 	return es, ok && es.l == l
@@ -289,12 +360,13 @@ func (es *eventSet) register(index int, types uint64) {
 	es.registered[index] |= types
 }
 
-// wait returns the next event for a registered GPU, polling events.log until
-// the timeout; ERROR_TIMEOUT when none came.
+// wait returns the next event for a registered GPU, reading events.log when
+// it changed, until the timeout; ERROR_TIMEOUT when none came. It sleeps
+// until the file changes (polling it without inotify).
 func (es *eventSet) wait(timeoutms uint32) (gonvml.EventData, gonvml.Return) {
 	deadline := time.Now().Add(time.Duration(timeoutms) * time.Millisecond)
 	for {
-		ev, ret, ok := es.next()
+		ev, ret, ok, changed := es.next()
 		if ok {
 			return ev, ret
 		}
@@ -302,22 +374,34 @@ func (es *eventSet) wait(timeoutms uint32) (gonvml.EventData, gonvml.Return) {
 		if left <= 0 {
 			return gonvml.EventData{}, gonvml.ERROR_TIMEOUT
 		}
-		time.Sleep(min(left, pollInterval))
+		if changed == nil {
+			time.Sleep(min(left, pollInterval))
+			continue
+		}
+		t := time.NewTimer(left)
+		select {
+		case <-changed:
+		case <-t.C:
+		}
+		t.Stop()
 	}
 }
 
 // next reads new lines of events.log and returns the first event for a
-// registered GPU, if any.
-func (es *eventSet) next() (gonvml.EventData, gonvml.Return, bool) {
+// registered GPU, if any; when none, changed is closed once events.log
+// changes after what was read (nil: poll).
+func (es *eventSet) next() (_ gonvml.EventData, _ gonvml.Return, ok bool, changed <-chan struct{}) {
 	es.mu.Lock()
 	defer es.mu.Unlock()
 	if es.freed {
-		return gonvml.EventData{}, gonvml.ERROR_UNINITIALIZED, true
+		return gonvml.EventData{}, gonvml.ERROR_UNINITIALIZED, true, nil
 	}
-	if len(es.pending) == 0 {
+	changes, changed := es.l.eventsChanges()
+	if len(es.pending) == 0 && changes != es.seen {
 		if err := es.read(); err != nil {
-			return gonvml.EventData{}, es.l.failed(err), true
+			return gonvml.EventData{}, es.l.failed(err), true, nil
 		}
+		es.seen = changes
 	}
 	for len(es.pending) > 0 {
 		e := es.pending[0]
@@ -331,9 +415,9 @@ func (es *eventSet) next() (gonvml.EventData, gonvml.Return, bool) {
 			EventData:         e.Xid,
 			GpuInstanceId:     0xFFFFFFFF,
 			ComputeInstanceId: 0xFFFFFFFF,
-		}, gonvml.SUCCESS, true
+		}, gonvml.SUCCESS, true, nil
 	}
-	return gonvml.EventData{}, gonvml.SUCCESS, false
+	return gonvml.EventData{}, gonvml.SUCCESS, false, changed
 }
 
 // read appends the whole lines written to events.log since the last read to
