@@ -1,6 +1,8 @@
 package gitsource
 
 import (
+	"github.com/google/go-cmp/cmp"
+
 	"context"
 	"fmt"
 	"io/fs"
@@ -96,6 +98,20 @@ func (r *running) next(t *testing.T) Checkout {
 		t.Fatalf("no checkout delivered within %v; status %+v", waitLimit, r.Status())
 		return Checkout{}
 	}
+}
+
+// nextIs waits for the next checkout and checks that it is commit, with the
+// tree want (as describeTree gives it); what names the step for failures.
+func (r *running) nextIs(t *testing.T, what, commit string, want map[string]string) Checkout {
+	t.Helper()
+	co := r.next(t)
+	if co.Commit != commit {
+		t.Fatalf("%s: checkout %s, want %s", what, co.Commit, commit)
+	}
+	if diff := cmp.Diff(want, describeTree(t, co.Root)); diff != "" {
+		t.Errorf("tree %s (-want +got):\n%s", what, diff)
+	}
+	return co
 }
 
 // attempt waits for the status of the next fetch attempt.
