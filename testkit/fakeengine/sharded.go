@@ -18,6 +18,9 @@ type shardedEngine struct {
 	host    string
 	port    int
 	handler http.Handler
+	// warmUp, when > 0, is how long the engine answers on its port before
+	// it is Ready (SGLang: /health 503 until its warm-up request is done).
+	warmUp time.Duration
 	// Logs, in the engine's words.
 	loadFailed func(reason string)
 	died       func(e shardExit)
@@ -25,6 +28,8 @@ type shardedEngine struct {
 	bindFailed func(err error)
 	stopping   func()
 	stopped    func()
+	// warm logs the end of the warm-up (with warmUp).
+	warm func()
 	cudaError  func()
 }
 
@@ -58,10 +63,20 @@ func (p *process) runSharded(specs []shardSpec, e shardedEngine) int {
 		set.stop(shardGrace)
 		return 1
 	}
-	p.state.setReady(time.Now())
 	hs := &http.Server{Handler: e.handler, ErrorLog: discardLog()}
 	go hs.Serve(ln)
 	e.listening(ln.Addr().(*net.TCPAddr).Port)
+	if e.warmUp > 0 {
+		warm := time.AfterFunc(e.warmUp, func() {
+			p.state.setReady(time.Now())
+			if e.warm != nil {
+				e.warm()
+			}
+		})
+		defer warm.Stop()
+	} else {
+		p.state.setReady(time.Now())
+	}
 	return p.runReady(sigs, afterReady{
 		shutdown: func() int {
 			e.stopping()

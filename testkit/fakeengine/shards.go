@@ -238,6 +238,10 @@ func runWorker(argv []string) int {
 		prefix = ""
 	}
 	logf := func(level, format string, a ...any) {
+		if *engine == string(SGLang) {
+			out.printf("%s%s", sglangPrefix(*rank), fmt.Sprintf(format, a...))
+			return
+		}
 		if *engine == string(TGI) {
 			out.printf("%s  %s text_generation_launcher: %s", tgiTime(), level, fmt.Sprintf(format, a...))
 			return
@@ -334,6 +338,9 @@ func checkFree(dir string, claims map[int]uint64, engine string) string {
 	for i, b := range claims {
 		if i < 0 || i >= len(specs) || b <= free[i] {
 			continue
+		}
+		if engine == string(SGLang) {
+			return sglangNotEnoughMemory(i, b, free[i])
 		}
 		if engine == string(TGI) {
 			return fmt.Sprintf("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate %.2f GiB. GPU %d has a total capacity of %.2f GiB of which %.2f GiB is free.", gib(b), i, gib(specs[i].MemoryBytes), gib(free[i]))
