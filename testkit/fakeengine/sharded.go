@@ -29,8 +29,8 @@ type shardedEngine struct {
 	stopping   func()
 	stopped    func()
 	// warm logs the end of the warm-up (with warmUp).
-	warm func()
-	cudaError  func()
+	warm      func()
+	cudaError func()
 }
 
 // runSharded starts the workers, waits until they are loaded, then serves.
