@@ -13,6 +13,9 @@ import (
 
 const tgiVersion = "3.3.6"
 
+// tgiFill is the share of a GPU that TGI fills at --cuda-memory-fraction 1.
+const tgiFill = 0.9
+
 // A small model of clap (TGI's launcher): "--name value" and "--name=value",
 // every option also read from an environment variable of the same name in
 // capitals (--model-id: MODEL_ID), an option given twice refused, errors
@@ -119,8 +122,10 @@ type TGIConfig struct {
 	MaxInputTokens int
 	MaxTotalTokens int
 	APIKey         string
-	Help           bool
-	Version        bool
+	// CUDAMemoryFraction is --cuda-memory-fraction (0 when not given).
+	CUDAMemoryFraction float64
+	Help               bool
+	Version            bool
 }
 
 // ParseTGIArgs reads a text-generation-launcher command line (without the
@@ -213,6 +218,9 @@ func ParseTGIArgs(argv []string, getenv func(string) string) (TGIConfig, error) 
 	cfg.MaxInputTokens = num("max-input-tokens", 0)
 	cfg.MaxTotalTokens = num("max-total-tokens", 0)
 	cfg.APIKey = values["api-key"]
+	if v, ok := values["cuda-memory-fraction"]; ok {
+		cfg.CUDAMemoryFraction, _ = strconv.ParseFloat(v, 64)
+	}
 	return cfg, nil
 }
 
@@ -306,7 +314,11 @@ func (p *process) runTGI(argv []string) int {
 		return 1
 	}
 	logf("INFO", "download", "Successfully downloaded weights for %s", cfg.ModelID)
+	// TGI fills about 90 % of each GPU × --cuda-memory-fraction.
 	claims := p.evenClaims(n, gpus)
+	if cfg.CUDAMemoryFraction > 0 {
+		claims = p.fractionClaims(n, gpus, tgiFill*cfg.CUDAMemoryFraction)
+	}
 	specs := make([]shardSpec, n)
 	for i := range specs {
 		specs[i] = shardSpec{title: "text-generation-server", claims: claims[i]}

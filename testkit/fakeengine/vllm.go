@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -85,7 +86,9 @@ type VLLMConfig struct {
 	MaxModelLen      int
 	ServedModelNames []string
 	APIKey           string
-	Help             bool
+	// GPUMemoryUtilization is --gpu-memory-utilization (0 when not given).
+	GPUMemoryUtilization float64
+	Help                 bool
 }
 
 const vllmUsage = "usage: vllm serve [model_tag] [options]"
@@ -127,6 +130,9 @@ func ParseVLLMArgs(argv []string) (VLLMConfig, error) {
 	cfg.MaxModelLen = a.num("--max-model-len", 0)
 	cfg.ServedModelNames = a.values["--served-model-name"]
 	cfg.APIKey = a.str("--api-key", os.Getenv("VLLM_API_KEY"))
+	if v := a.str("--gpu-memory-utilization", ""); v != "" {
+		cfg.GPUMemoryUtilization, _ = strconv.ParseFloat(v, 64)
+	}
 	return cfg, nil
 }
 
@@ -183,7 +189,8 @@ func (p *process) runVLLM(argv []string) int {
 	if maxLen <= 0 {
 		maxLen = llamaModelCtx
 	}
-	claims := p.evenClaims(world, gpus)
+	// vLLM takes --gpu-memory-utilization of each GPU, whatever a pool declares.
+	claims := p.fractionClaims(world, gpus, cfg.GPUMemoryUtilization)
 	specs := make([]shardSpec, world)
 	for i := range specs {
 		specs[i] = shardSpec{title: fmt.Sprintf("VLLM::Worker_TP%d", i), claims: claims[i]}
