@@ -123,7 +123,8 @@ func TestEnginesWithWorkers(t *testing.T) {
 // holding GPU memory (FAKE_ENGINE_ORPHAN_WORKERS, as vLLM's do when the API
 // server is killed). They carry the engine's marker and session: they are
 // pool-managerd's own. The next apply must clean them up and restart the
-// pool, not block it as if a stranger held the GPUs.
+// pool, not block it as if a stranger held the GPUs. TestKilledVLLMServer
+// does the same with vLLM's own process tree and a SIGKILL.
 func TestOrphanedWorkers(t *testing.T) {
 	t.Parallel()
 	w := newWorkspaceGPUs(t, twoEqualGPUs())
@@ -167,4 +168,45 @@ func describeExit(r result) string {
 		return "exits 0"
 	}
 	return fmt.Sprintf("exits %d", r.code)
+}
+
+// TestKilledVLLMServer: vLLM's API server is killed with SIGKILL; its
+// EngineCore and the workers under it (API server → VLLM::EngineCore →
+// VLLM::Worker_TP<n>, one session) live on, holding both GPUs, as real vLLM's
+// do. The next apply cleans all of them up and starts the pool again, and
+// stop --all leaves nothing of the new engine's tree.
+func TestKilledVLLMServer(t *testing.T) {
+	t.Parallel()
+	w := newWorkspaceGPUs(t, twoEqualGPUs())
+	w.writeConfig(pool{ID: "v", Engine: "vllm", Model: w.modelDir("v"), Devices: []int{0, 1}, VRAM: "8Gi"})
+	mustExit(t, w.apply(), 0)
+	e := w.onlyEngine("v")
+	rest := session(t, e.PID)[1:]
+	if len(rest) != 3 {
+		t.Fatalf("vLLM -tp 2 should run an EngineCore and 2 workers besides its API server; its session: %v", session(t, e.PID))
+	}
+	if err := syscall.Kill(e.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the API server to die", func() bool { return !alive(e.PID) })
+	for _, pid := range rest {
+		if !alive(pid) {
+			t.Fatalf("pid %d of the engine's tree died with its API server: the stand-in does not act as vLLM", pid)
+		}
+	}
+
+	r := w.apply()
+	mustExit(t, r, 0)
+	if s := w.status()["v"]; !s.Ready || len(s.GPUs) != 2 {
+		t.Errorf("v after its API server was killed and apply ran again: %s\n%s", s, r.stdout)
+	}
+	for _, pid := range rest {
+		if alive(pid) {
+			t.Errorf("pid %d of the killed engine's tree still runs after the next apply", pid)
+		}
+	}
+	mustExit(t, w.run(nil, "stop", "--all", "--state-dir", w.state), 0)
+	if left := w.allEnginePIDs(); len(left) > 0 {
+		t.Errorf("stop --all left engine processes: %v", left)
+	}
 }

@@ -7,16 +7,21 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu/sim"
 )
 
-// workersHolding waits until each of the engine's n children in its session
-// holds memory on one simulated GPU, and returns them by GPU index.
+// workersHolding waits until each of n workers in the engine's session
+// holds memory on one simulated GPU, and returns them by GPU index. The
+// session may hold more (vLLM's EngineCore between the API server and its
+// workers), but only n processes besides the main one hold memory.
 func workersHolding(t *testing.T, e *engine, dir string, n int, each uint64) map[int]int {
 	t.Helper()
 	children := e.sessionChildren()
-	if len(children) != n {
-		t.Fatalf("session of %d has %v besides it, want %d workers", e.pid, children, n)
+	if len(children) < n {
+		t.Fatalf("session of %d has %v besides it, want at least %d workers", e.pid, children, n)
 	}
 	want := map[int]map[int]uint64{}
 	byGPU := map[int]int{}
@@ -28,8 +33,8 @@ func workersHolding(t *testing.T, e *engine, dir string, n int, each uint64) map
 	}
 	for gpu := 0; gpu < n; gpu++ {
 		pid := byGPU[gpu]
-		if !children[pid] {
-			t.Fatalf("GPU %d held by %d, not a child of the engine (children %v); held %v", gpu, pid, keys(children), got)
+		if _, ok := children[pid]; !ok {
+			t.Fatalf("GPU %d held by %d, not in the engine's session (%v); held %v", gpu, pid, keys(children), got)
 		}
 		want[gpu] = map[int]uint64{pid: each}
 	}
@@ -59,6 +64,9 @@ func TestVLLM(t *testing.T) {
 	if r := e.mustGet("/v1/models"); r.code != 200 || !strings.Contains(r.body, `"max_model_len":8192`) {
 		t.Errorf("/v1/models: %d %s", r.code, r.body)
 	}
+	// API server → VLLM::EngineCore → VLLM::Worker_TP0, VLLM::Worker_TP1,
+	// all in one session; the EngineCore holds nothing with -tp 2.
+	wantTree(t, e, map[string]string{"VLLM::EngineCore": "", "VLLM::Worker_TP0": "VLLM::EngineCore", "VLLM::Worker_TP1": "VLLM::EngineCore"})
 
 	// A supervisor signals the whole process group: the workers wait for
 	// the main process to stop them, so that it exits 0.
@@ -73,6 +81,38 @@ func TestVLLM(t *testing.T) {
 		}
 	}
 	e.wantLog("Starting vLLM API server 0 on http://127.0.0.1:"+strconv.Itoa(port), "Model loading took 2.0000 GiB")
+}
+
+// wantTree checks the engine's session: each process titled as a key, whose
+// parent is titled as its value ("" for the main process).
+func wantTree(t *testing.T, e *engine, want map[string]string) {
+	t.Helper()
+	members, err := sessionOf(e.pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	titles := map[int]string{e.pid: ""}
+	for _, pid := range members {
+		argv, err := proc.Cmdline(pid)
+		if err == nil && len(argv) > 0 {
+			titles[pid] = argv[0]
+		}
+	}
+	titles[e.pid] = ""
+	got := map[string]string{}
+	for _, pid := range members {
+		if pid == e.pid {
+			continue
+		}
+		info, err := proc.Stat(pid)
+		if err != nil {
+			continue
+		}
+		got[titles[pid]] = titles[info.PPID]
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("process tree of engine %d (title: parent's title; -want +got):\n%s", e.pid, diff)
+	}
 }
 
 func alive(pid int) bool {
@@ -163,25 +203,30 @@ func TestVLLMFaults(t *testing.T) {
 	})
 	t.Run("exit signal", func(t *testing.T) {
 		dir := newSim(t)
-		e := run(t, dir, "FAKE_ENGINE_EXIT_AFTER=100ms", "FAKE_ENGINE_EXIT_SIGNAL=SIGKILL")
+		e := run(t, dir, "FAKE_ENGINE_EXIT_AFTER=100ms", "FAKE_ENGINE_EXIT_SIGNAL=SIGKILL", "FAKE_ENGINE_ORPHAN_WORKERS=0")
 		wantSignal(t, e.wait(5*time.Second), syscall.SIGKILL, e.log())
-		// The workers notice and exit.
+		// Told to follow their API server, the EngineCore and workers exit.
 		waitHeld(t, dir, map[int]map[int]uint64{}, 3*time.Second)
 	})
-	t.Run("orphaned workers keep their memory", func(t *testing.T) {
+	t.Run("a killed API server leaves its EngineCore and workers holding the GPUs", func(t *testing.T) {
 		dir := newSim(t)
-		e := run(t, dir, "FAKE_ENGINE_ORPHAN_WORKERS=1")
+		e := run(t, dir) // vLLM's own behaviour: no FAKE_ENGINE_ORPHAN_WORKERS needed
 		e.firstAnswer("/health", 5*time.Second)
 		workers := workersHolding(t, e, dir, 2, 1<<30)
+		before := e.sessionChildren()
 		e.signal(syscall.SIGKILL)
 		e.wait(5 * time.Second)
-		time.Sleep(200 * time.Millisecond)
+		// Still holding, and still in the engine's session for a supervisor that looks there.
 		waitHeld(t, dir, map[int]map[int]uint64{0: {workers[0]: 1 << 30}, 1: {workers[1]: 1 << 30}}, time.Second)
-		// Still in the engine's session, for a supervisor that looks there.
 		members, _ := sessionOf(e.pid)
-		if len(members) != 2 {
-			t.Errorf("session %d: %v, want the 2 workers", e.pid, members)
+		if len(members) != len(before) {
+			t.Errorf("session %d: %v, want the EngineCore and 2 workers %v", e.pid, members, keys(before))
 		}
+		// SIGTERM to the session (what a supervisor's cleanup sends) ends them.
+		for _, pid := range members {
+			syscall.Kill(pid, syscall.SIGTERM)
+		}
+		waitHeld(t, dir, map[int]map[int]uint64{}, 5*time.Second)
 	})
 }
 

@@ -121,6 +121,10 @@ func Main(args []string) int {
 		simDir: os.Getenv(EnvSimDir),
 		state:  newEngineState(faults),
 	}
+	// vLLM's EngineCore and workers survive a killed API server, holding the
+	// GPUs; FAKE_ENGINE_ORPHAN_WORKERS=0 makes them follow it, =1 makes TGI's
+	// shards and SGLang's schedulers outlive their main process too.
+	p.orphans = faults.OrphanWorkers || (mode == VLLM && os.Getenv(EnvOrphanWorkers) != "0")
 	switch mode {
 	case VLLM:
 		return p.runVLLM(rest)
@@ -162,6 +166,9 @@ type process struct {
 	pid    int
 	simDir string
 	state  *engineState
+
+	// orphans: the workers outlive this process when it is killed (vLLM's do).
+	orphans bool
 
 	claimMu sync.Mutex
 	claimed bool

@@ -191,15 +191,19 @@ func (p *process) runVLLM(argv []string) int {
 	}
 	// vLLM takes --gpu-memory-utilization of each GPU, whatever a pool declares.
 	claims := p.fractionClaims(world, gpus, cfg.GPUMemoryUtilization)
-	specs := make([]shardSpec, world)
-	for i := range specs {
-		specs[i] = shardSpec{title: fmt.Sprintf("VLLM::Worker_TP%d", i), claims: claims[i]}
-		if world == 1 {
-			specs[i].title = "VLLM::EngineCore"
-		}
+	workers := make([]shardSpec, world)
+	for i := range workers {
+		workers[i] = shardSpec{title: fmt.Sprintf("VLLM::Worker_TP%d", i), claims: claims[i]}
 		if p.faults.FailLoad {
-			specs[i].fail = fmt.Sprintf("RuntimeError: Failed to load model weights (%s=1)", EnvFailLoad)
+			workers[i].fail = fmt.Sprintf("RuntimeError: Failed to load model weights (%s=1)", EnvFailLoad)
 		}
+	}
+	// API server → VLLM::EngineCore → VLLM::Worker_TP<n>; with one GPU the
+	// EngineCore runs the model itself and holds the memory.
+	specs := []shardSpec{{title: "VLLM::EngineCore", children: workers}}
+	if world == 1 {
+		specs[0] = workers[0]
+		specs[0].title = "VLLM::EngineCore"
 	}
 	info("core.py:74", "Initializing a V1 LLM engine (v%s) with config: model='%s', tensor_parallel_size=%d, pipeline_parallel_size=%d, max_seq_len=%d", vllmVersion, cfg.Model, cfg.TensorParallel, cfg.PipelineParallel, maxLen)
 	names := cfg.ServedModelNames
