@@ -278,3 +278,41 @@ func TestTGIRefuses(t *testing.T) {
 		t.Errorf("max-input-tokens >= max-total-tokens: status %d, stderr %q", st.ExitCode(), stderr)
 	}
 }
+
+// TestVLLMVersions: what depends on the vLLM version the stand-in imitates
+// (FAKE_ENGINE_VLLM_VERSION): --shutdown-timeout from v0.18, full GPU UUIDs in
+// CUDA_VISIBLE_DEVICES from v0.24; --help lists what the version knows.
+func TestVLLMVersions(t *testing.T) {
+	t.Parallel()
+	gpus := sim.DefaultGPUs()
+	dir := newSim(t)
+	args := []string{"serve", "/m", "--port", "1", "--shutdown-timeout", "8"}
+	_, stderr, st := runShort(t, "vllm", args, simEnv(dir, "0", "FAKE_ENGINE_SKIP_MODEL_CHECK=1", "FAKE_ENGINE_VLLM_VERSION=0.17.1")...)
+	if st.ExitCode() != 2 || !strings.Contains(stderr, "unrecognized arguments: --shutdown-timeout 8") {
+		t.Errorf("v0.17 with --shutdown-timeout: status %d, stderr %q", st.ExitCode(), stderr)
+	}
+	for _, tc := range []struct {
+		version string
+		listed  bool
+	}{{"0.17.1", false}, {"0.18.0", true}, {"0.24.2", true}} {
+		stdout, _, st := runShort(t, "vllm", []string{"serve", "--help=all"}, "FAKE_ENGINE_VLLM_VERSION="+tc.version)
+		if st.ExitCode() != 0 || strings.Contains(stdout, "--shutdown-timeout") != tc.listed || !strings.Contains(stdout, "imitating vLLM "+tc.version) {
+			t.Errorf("v%s serve --help=all: status %d, lists --shutdown-timeout: %v, want %v", tc.version, st.ExitCode(), strings.Contains(stdout, "--shutdown-timeout"), tc.listed)
+		}
+	}
+	// v0.24 takes full UUIDs (and --shutdown-timeout); a short one still fails.
+	port := freePort(t)
+	e := start(t, "vllm", port, []string{"serve", model(t), "--host", "127.0.0.1", "--port", strconv.Itoa(port), "-tp", "2", "--shutdown-timeout", "8"},
+		simEnv(dir, gpus[1].UUID+","+gpus[0].UUID, "FAKE_ENGINE_VLLM_VERSION=0.24.0", "FAKE_ENGINE_VRAM=2Gi")...)
+	if r, _ := e.firstAnswer("/health", 5*time.Second); r.code != 200 {
+		t.Errorf("v0.24 with full UUIDs: /health %d", r.code)
+	}
+	workersHolding(t, e, dir, 2, 1<<30)
+	if r := e.mustGet("/version"); !strings.Contains(r.body, `"0.24.0"`) {
+		t.Errorf("/version: %s", r.body)
+	}
+	stdout, _, st := runShort(t, "vllm", []string{"serve", "/m", "--port", "1"}, simEnv(dir, gpus[0].UUID[:12], "FAKE_ENGINE_SKIP_MODEL_CHECK=1", "FAKE_ENGINE_VLLM_VERSION=0.24.0")...)
+	if st.ExitCode() != 1 || !strings.Contains(stdout, "ValueError: invalid literal for int() with base 10: '"+gpus[0].UUID[:12]+"'") {
+		t.Errorf("v0.24 with a short UUID: status %d, stdout:\n%s", st.ExitCode(), stdout)
+	}
+}
