@@ -247,7 +247,32 @@ func TestTGI(t *testing.T) {
 	if r := e.mustGet("/info"); !strings.Contains(r.body, `"max_total_tokens":4096`) {
 		t.Errorf("/info: %s", r.body)
 	}
-	e.signal(syscall.SIGTERM)
+	// The launcher, each shard and the router (which owns the port) each in
+	// a process group of its own, all in the launcher's session.
+	wantTree(t, e, map[string]string{"text-generation-server": "", "text-generation-router": ""})
+	members, err := sessionOf(e.pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	groups := map[int]bool{}
+	for _, pid := range members {
+		info, err := proc.Stat(pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.PGID != pid {
+			t.Errorf("pid %d is in process group %d, want a group of its own", pid, info.PGID)
+		}
+		groups[info.PGID] = true
+	}
+	if len(members) != 4 || len(groups) != 4 {
+		t.Errorf("session %d: %v in %d process groups; want the launcher, 2 shards and the router, each its own group", e.pid, members, len(groups))
+	}
+	// SIGTERM to the launcher's group reaches only the launcher: it stops
+	// the router, then the shards.
+	if err := syscall.Kill(-e.pid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
 	wantExit(t, e.wait(5*time.Second), 0, e.log())
 	waitHeld(t, dir, map[int]map[int]uint64{}, time.Second)
 	e.wantLog("Shard ready in", "Connected", "Shutting down shards")
@@ -296,8 +321,8 @@ func TestVLLMVersions(t *testing.T) {
 		listed  bool
 	}{{"0.17.1", false}, {"0.18.0", true}, {"0.24.2", true}} {
 		stdout, _, st := runShort(t, "vllm", []string{"serve", "--help=all"}, "FAKE_ENGINE_VLLM_VERSION="+tc.version)
-		if st.ExitCode() != 0 || strings.Contains(stdout, "--shutdown-timeout") != tc.listed || !strings.Contains(stdout, "imitating vLLM "+tc.version) {
-			t.Errorf("v%s serve --help=all: status %d, lists --shutdown-timeout: %v, want %v", tc.version, st.ExitCode(), strings.Contains(stdout, "--shutdown-timeout"), tc.listed)
+		if st.ExitCode() != 0 || strings.Contains(stdout, "\n  --shutdown-timeout\n") != tc.listed || !strings.Contains(stdout, "imitating vLLM "+tc.version) {
+			t.Errorf("v%s serve --help=all: status %d, lists --shutdown-timeout: %v, want %v", tc.version, st.ExitCode(), strings.Contains(stdout, "\n  --shutdown-timeout\n"), tc.listed)
 		}
 	}
 	// v0.24 takes full UUIDs (and --shutdown-timeout); a short one still fails.

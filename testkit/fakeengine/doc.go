@@ -50,7 +50,12 @@
 // --fake-engine-worker), in the engine's session and process group, with
 // titles as the engines name them: vLLM runs API server → VLLM::EngineCore →
 // VLLM::Worker_TP<n> (with -tp 1 the EngineCore holds the memory itself);
-// TGI's shards are text-generation-server; SGLang's sglang::scheduler_TP<n>.
+// TGI's shards are text-generation-server, each in a process group of its
+// own, and its port is served by text-generation-router, another process of
+// its own group that binds only once the shards are warm: a SIGTERM to the
+// launcher's group reaches only the launcher, which stops the router, then
+// the shards, giving each stage --graceful-termination-timeout (default 90s);
+// SGLang's are sglang::scheduler_TP<n>.
 // They exit when the main process goes away, except vLLM's, which keep their
 // GPUs after the API server is killed, as vLLM's do.
 //

@@ -176,12 +176,13 @@ func TestParseVLLMArgs(t *testing.T) {
 }
 
 func TestParseTGIArgs(t *testing.T) {
-	env := map[string]string{"MAX_TOTAL_TOKENS": "4096", "PORT": "9999"}
-	cfg, err := ParseTGIArgs(strings.Fields("--model-id /m --hostname 127.0.0.1 --port=3001 --num-shard 2 --max-input-tokens 2048 --trust-remote-code"), func(k string) string { return env[k] })
+	env := map[string]string{"MAX_TOTAL_TOKENS": "4096", "PORT": "9999", "GRACEFUL_TERMINATION_TIMEOUT": "3"}
+	cfg, err := ParseTGIArgs(strings.Fields("--model-id /m --hostname 127.0.0.1 --port=3001 --num-shard 2 --max-input-tokens 2048 --trust-remote-code --cuda-memory-fraction 0.8"), func(k string) string { return env[k] })
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := TGIConfig{ModelID: "/m", Hostname: "127.0.0.1", Port: 3001, NumShard: 2, NumShardSet: true, MaxInputTokens: 2048, MaxTotalTokens: 4096}
+	want := TGIConfig{ModelID: "/m", Hostname: "127.0.0.1", Port: 3001, NumShard: 2, NumShardSet: true, MaxInputTokens: 2048, MaxTotalTokens: 4096,
+		CUDAMemoryFraction: 0.8, GracefulTimeout: 3 * time.Second}
 	if diff := cmp.Diff(want, cfg); diff != "" {
 		t.Errorf("config (-want +got):\n%s", diff)
 	}

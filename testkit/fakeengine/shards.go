@@ -5,6 +5,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -61,6 +63,16 @@ type shardSpec struct {
 	// EngineCore with -tp > 1): it holds nothing itself, starts these
 	// workers as its own children and reports ready when they all are.
 	children []shardSpec
+	// ownGroup starts the worker in a process group of its own (TGI's
+	// shards and router), still in the engine's session: a signal to the
+	// engine's group does not reach it; its parent stops it.
+	ownGroup bool
+	// router makes the worker TGI's router: it serves the engine's HTTP on
+	// the port of the launcher's command line (routerArgs), binding only
+	// now that the shards are warm, and reports ready once it listens.
+	router     bool
+	routerArgs []string
+	shards     int
 }
 
 // childSep separates the fields of a -child argument (title, claims, fail).
@@ -120,6 +132,9 @@ func (p *process) startShards(specs []shardSpec) (*shardSet, error) {
 		for _, c := range spec.children {
 			args = append(args, "-child", c.encode())
 		}
+		if spec.router {
+			args = append(append(args, "-router", "-shards", strconv.Itoa(spec.shards), "--"), spec.routerArgs...)
+		}
 		cmd := &exec.Cmd{
 			Path:       self,
 			Args:       args,
@@ -128,6 +143,9 @@ func (p *process) startShards(specs []shardSpec) (*shardSet, error) {
 			Stdout:     os.Stdout,
 			Stderr:     os.Stderr,
 			ExtraFiles: []*os.File{lifeR, repW},
+		}
+		if spec.ownGroup {
+			cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 		}
 		if err := cmd.Start(); err != nil {
 			for _, c := range s.cmds {
@@ -241,6 +259,8 @@ func runWorker(argv []string) int {
 	delay := fs.Duration("delay", 0, "")
 	fail := fs.String("fail", "", "")
 	orphan := fs.Bool("orphan", false, "")
+	router := fs.Bool("router", false, "")
+	shards := fs.Int("shards", 1, "")
 	var children []shardSpec
 	fs.Func("child", "", func(v string) error {
 		c, err := decodeShardSpec(v)
@@ -259,6 +279,9 @@ func runWorker(argv []string) int {
 	faults.OrphanWorkers = faults.OrphanWorkers || *orphan
 	if len(children) > 0 {
 		return runCore(Mode(*engine), *rank, faults, children)
+	}
+	if *router {
+		return runRouter(*rank, faults, *shards, fs.Args())
 	}
 	out := &syncWriter{w: os.Stdout}
 	reports := os.NewFile(4, "reports")
@@ -467,6 +490,58 @@ func runCore(mode Mode, rank int, faults Faults, children []shardSpec) int {
 				continue
 			}
 			set.stop(shardGrace)
+			return 0
+		}
+	}
+}
+
+// runRouter is TGI's text-generation-router: started by the launcher once
+// its shards are warm, in a process group of its own, it binds the port and
+// serves the engine's HTTP; it reports ready once it listens, or the bind
+// error. It stops on SIGTERM from the launcher or when the launcher is gone.
+func runRouter(rank int, faults Faults, shards int, argv []string) int {
+	reports := os.NewFile(4, "reports")
+	report := func(format string, a ...any) {
+		fmt.Fprintf(reports, format+"\n", a...)
+		reports.Close()
+	}
+	lifeline := make(chan struct{})
+	go func() {
+		io.Copy(io.Discard, os.NewFile(3, "lifeline"))
+		close(lifeline)
+	}()
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	cfg, err := ParseTGIArgs(argv, os.Getenv)
+	if err != nil {
+		report("fail %d %v", rank, err)
+		return 2
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.Hostname, strconv.Itoa(cfg.Port)))
+	if err != nil {
+		report("fail %d %v", rank, err)
+		return 1
+	}
+	state := newEngineState(faults)
+	state.setReady(time.Now())
+	hs := &http.Server{Handler: &tgiServer{cfg: cfg, shards: shards, state: state}, ErrorLog: discardLog()}
+	go hs.Serve(ln)
+	report("ready %d", rank)
+	for {
+		select {
+		case s := <-sigs:
+			if s == syscall.SIGTERM && faults.IgnoreSIGTERM {
+				continue
+			}
+			time.Sleep(faults.ShutdownDelay) // in-flight requests finish
+			hs.Close()
+			return 0
+		case <-lifeline:
+			lifeline = nil
+			if faults.OrphanWorkers {
+				continue
+			}
+			hs.Close()
 			return 0
 		}
 	}

@@ -124,8 +124,11 @@ type TGIConfig struct {
 	APIKey         string
 	// CUDAMemoryFraction is --cuda-memory-fraction (0 when not given).
 	CUDAMemoryFraction float64
-	Help               bool
-	Version            bool
+	// GracefulTimeout is --graceful-termination-timeout (default 90s): how
+	// long a stop waits for the router and then for each shard.
+	GracefulTimeout time.Duration
+	Help            bool
+	Version         bool
 }
 
 // ParseTGIArgs reads a text-generation-launcher command line (without the
@@ -218,6 +221,7 @@ func ParseTGIArgs(argv []string, getenv func(string) string) (TGIConfig, error) 
 	cfg.MaxInputTokens = num("max-input-tokens", 0)
 	cfg.MaxTotalTokens = num("max-total-tokens", 0)
 	cfg.APIKey = values["api-key"]
+	cfg.GracefulTimeout = time.Duration(num("graceful-termination-timeout", 90)) * time.Second
 	if v, ok := values["cuda-memory-fraction"]; ok {
 		cfg.CUDAMemoryFraction, _ = strconv.ParseFloat(v, 64)
 	}
@@ -321,7 +325,8 @@ func (p *process) runTGI(argv []string) int {
 	}
 	specs := make([]shardSpec, n)
 	for i := range specs {
-		specs[i] = shardSpec{title: "text-generation-server", claims: claims[i]}
+		// Each shard in a process group of its own, as the launcher starts them.
+		specs[i] = shardSpec{title: "text-generation-server", claims: claims[i], ownGroup: true}
 		if visible >= 0 && i >= len(gpus) {
 			specs[i].fail = "RuntimeError: CUDA error: invalid device ordinal"
 		}
@@ -331,11 +336,14 @@ func (p *process) runTGI(argv []string) int {
 		logf("INFO", "shard-manager: text_generation_launcher", "Starting shard rank=%d", i)
 	}
 	start := time.Now()
-	h := &tgiServer{cfg: cfg, shards: n, state: p.state}
+	// The router (text-generation-router) is a process of its own group
+	// that binds the port only once the shards are warm.
+	router := &shardSpec{title: "text-generation-router", ownGroup: true, router: true, routerArgs: argv, shards: n}
 	return p.runSharded(specs, shardedEngine{
-		host:    cfg.Hostname,
-		port:    cfg.Port,
-		handler: h,
+		host:       cfg.Hostname,
+		port:       cfg.Port,
+		router:     router,
+		stageGrace: cfg.GracefulTimeout,
 		loadFailed: func(reason string) {
 			logf("ERROR", "text_generation_launcher", "Error when initializing model\n%s", reason)
 			logf("ERROR", "text_generation_launcher", "Shard 0 failed to start")
