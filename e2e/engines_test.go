@@ -119,28 +119,37 @@ func TestEnginesWithWorkers(t *testing.T) {
 	}
 }
 
-// TestOrphanedWorkers: a vLLM engine dies after Ready, its workers live on
-// holding GPU memory (FAKE_ENGINE_ORPHAN_WORKERS, as vLLM's do when the API
-// server is killed). They carry the engine's marker and session: they are
-// pool-managerd's own. The next apply must clean them up and restart the
-// pool, not block it as if a stranger held the GPUs.
+// TestOrphanedWorkers: a TGI launcher is killed after Ready; its shards and
+// its router (each in a process group of its own) live on, holding GPU
+// memory and the port (FAKE_ENGINE_ORPHAN_WORKERS; vLLM's EngineCore and
+// workers do it by themselves, see TestKilledVLLMServer). They carry the
+// engine's marker and session: they are pool-managerd's own. The next apply
+// must clean them up and restart the pool, not block it as if a stranger
+// held the GPUs. (A kill, not FAKE_ENGINE_EXIT_AFTER: that would end the
+// restarted engine too, racing the status read after the apply.)
 func TestOrphanedWorkers(t *testing.T) {
 	t.Parallel()
 	w := newWorkspaceGPUs(t, twoEqualGPUs())
-	w.writeConfig(pool{ID: "v", Engine: "vllm", Model: w.modelDir("v"), Devices: []int{0, 1}, VRAM: "8Gi",
-		Env: map[string]string{"FAKE_ENGINE_EXIT_AFTER": "700ms", "FAKE_ENGINE_ORPHAN_WORKERS": "1"}})
+	w.writeConfig(pool{ID: "g", Engine: "tgi", Model: w.modelDir("g"), Devices: []int{0, 1}, VRAM: "8Gi",
+		Env: map[string]string{"FAKE_ENGINE_ORPHAN_WORKERS": "1"}})
 	mustExit(t, w.apply(), 0)
-	e := w.onlyEngine("v")
+	e := w.onlyEngine("g")
 	workers := session(t, e.PID)[1:]
-	waitFor(t, 5*time.Second, "the engine to exit", func() bool { return !alive(e.PID) })
+	if len(workers) != 3 {
+		t.Fatalf("TGI with 2 shards should run 2 shards and a router besides its launcher; its session: %v", session(t, e.PID))
+	}
+	if err := syscall.Kill(e.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the launcher to die", func() bool { return !alive(e.PID) })
 	for _, pid := range workers {
 		if !alive(pid) {
-			t.Fatalf("worker pid %d died with its engine: FAKE_ENGINE_ORPHAN_WORKERS did not act", pid)
+			t.Fatalf("pid %d died with its launcher: FAKE_ENGINE_ORPHAN_WORKERS did not act", pid)
 		}
 	}
 
 	r := w.apply()
-	s := w.status()["v"]
+	s := w.status()["g"]
 	var left []int
 	for _, pid := range workers {
 		if alive(pid) {
@@ -148,14 +157,14 @@ func TestOrphanedWorkers(t *testing.T) {
 		}
 	}
 	if r.code != 0 || !s.Ready || len(left) > 0 {
-		t.Errorf("DEFECT: the workers %v of a dead engine (pid %d) are left holding GPU memory; the next apply %s; status: %s; workers still alive: %v\n%s",
+		t.Errorf("DEFECT: the shards and router %v of a dead engine (pid %d) are left holding GPU memory; the next apply %s; status: %s; still alive: %v\n%s",
 			workers, e.PID, describeExit(r), s, left, r.stdout)
 	}
 	if len(left) > 0 {
 		stop := w.run(nil, "stop", "--all", "--state-dir", w.state)
 		for _, pid := range left {
 			if alive(pid) {
-				t.Errorf("DEFECT: `stop --all` (%q) leaves worker pid %d of the dead engine running", stop.stdout, pid)
+				t.Errorf("DEFECT: `stop --all` (%q) leaves pid %d of the dead engine running", stop.stdout, pid)
 				_ = syscall.Kill(pid, syscall.SIGKILL)
 			}
 		}
@@ -167,4 +176,45 @@ func describeExit(r result) string {
 		return "exits 0"
 	}
 	return fmt.Sprintf("exits %d", r.code)
+}
+
+// TestKilledVLLMServer: vLLM's API server is killed with SIGKILL; its
+// EngineCore and the workers under it (API server → VLLM::EngineCore →
+// VLLM::Worker_TP<n>, one session) live on, holding both GPUs, as real vLLM's
+// do. The next apply cleans all of them up and starts the pool again, and
+// stop --all leaves nothing of the new engine's tree.
+func TestKilledVLLMServer(t *testing.T) {
+	t.Parallel()
+	w := newWorkspaceGPUs(t, twoEqualGPUs())
+	w.writeConfig(pool{ID: "v", Engine: "vllm", Model: w.modelDir("v"), Devices: []int{0, 1}, VRAM: "8Gi"})
+	mustExit(t, w.apply(), 0)
+	e := w.onlyEngine("v")
+	rest := session(t, e.PID)[1:]
+	if len(rest) != 3 {
+		t.Fatalf("vLLM -tp 2 should run an EngineCore and 2 workers besides its API server; its session: %v", session(t, e.PID))
+	}
+	if err := syscall.Kill(e.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the API server to die", func() bool { return !alive(e.PID) })
+	for _, pid := range rest {
+		if !alive(pid) {
+			t.Fatalf("pid %d of the engine's tree died with its API server: the stand-in does not act as vLLM", pid)
+		}
+	}
+
+	r := w.apply()
+	mustExit(t, r, 0)
+	if s := w.status()["v"]; !s.Ready || len(s.GPUs) != 2 {
+		t.Errorf("v after its API server was killed and apply ran again: %s\n%s", s, r.stdout)
+	}
+	for _, pid := range rest {
+		if alive(pid) {
+			t.Errorf("pid %d of the killed engine's tree still runs after the next apply", pid)
+		}
+	}
+	mustExit(t, w.run(nil, "stop", "--all", "--state-dir", w.state), 0)
+	if left := w.allEnginePIDs(); len(left) > 0 {
+		t.Errorf("stop --all left engine processes: %v", left)
+	}
 }

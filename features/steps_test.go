@@ -417,6 +417,7 @@ func (w *world) register(sc *godog.ScenarioContext) {
 	w.registerApply(sc)
 	w.registerDaemon(sc)
 	w.registerLifecycle(sc)
+	w.registerEngines(sc)
 }
 
 func (w *world) path(rel string) string { return filepath.Join(w.workspace, w.config, rel) }

@@ -26,7 +26,7 @@ Feature: Validating a config repository before anything touches a GPU
       """
     When I run "pool-managerd validate CONFIG"
     Then the exit status is 1
-    And an error is reported at "pools/coder.cue:5:11" containing "engine must be \"llamacpp\", \"vllm\" or \"tgi\""
+    And an error is reported at "pools/coder.cue:5:11" containing "engine must be \"llamacpp\", \"vllm\", \"tgi\" or \"sglang\""
     And 1 error is reported
 
   @PM-1002

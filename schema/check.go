@@ -104,6 +104,9 @@ func (c *checker) pool(p *Pool) bool {
 	if len(gpus) != len(p.Devices) || (len(p.Split) > 0 && len(p.Split) != len(p.Devices)) {
 		return false
 	}
+	for _, f := range c.flags.checkSized(p, gpus) {
+		c.poolProblem(p, f.path, "%s", f.message)
+	}
 	return c.split(p, gpus)
 }
 

@@ -170,6 +170,7 @@ var exampleChecks = map[string]func(t *testing.T, d *Desired){
 			"dgx-01":   a100s,
 			"rtx-01":   {24 * gi, 24 * gi, 24 * gi, 24 * gi},
 			"mixed-01": {48 * gi, 16 * gi},
+			"h100-01":  {80 * gi, 80 * gi},
 		}
 		if diff := cmp.Diff(wantGPUs, exampleGPUSizes(d)); diff != "" {
 			t.Errorf("GPU sizes differ (-want +got):\n%s", diff)
@@ -192,6 +193,8 @@ var exampleChecks = map[string]func(t *testing.T, d *Desired){
 				Restart: schemaDefaultRestart},
 			"llama70b-q4": {Node: "mixed-01", Engine: EngineLlamaCpp, Ctx: 16384, Devices: []int{0, 1}, Split: []float64{0.75, 0.25},
 				VRAM: 56 * gi, Share: true, Restart: schemaDefaultRestart},
+			"qwen72b-sglang": {Node: "h100-01", Engine: EngineSGLang, Ctx: 32768, Devices: []int{0, 1}, VRAM: 144 * gi, Port: 30000,
+				Restart: withRestart(func(r *RestartPolicy) { r.StartupTimeout = 20 * time.Minute })},
 			"bge-embed": {Node: "mixed-01", Engine: EngineLlamaCpp, Ctx: 8192, Devices: []int{0}, VRAM: 4 * gi, Share: true,
 				Restart: schemaDefaultRestart},
 		}

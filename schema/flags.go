@@ -54,7 +54,15 @@ func (c *flagChecker) check(p *Pool) []flagProblem {
 		out = checkDashFlags(p.Flags, "vllm", vllmRules)
 	case EngineTGI:
 		out = checkDashFlags(p.Flags, "text-generation-launcher", tgiRules)
+	case EngineSGLang:
+		out = checkDashFlags(p.Flags, "sglang", sglangRules)
+		if p.VRAM == 0 {
+			// vllm and tgi are checked for vram where the pool is read; this
+			// is the same rule for sglang.
+			out = append(out, flagProblem{path: "vram", message: "missing required field vram (sglang pools declare their total VRAM need, e.g. vram: 40Gi; --mem-fraction-static is derived from it)"})
+		}
 	}
+	out = append(out, checkShutdown(p)...)
 	return append(out, c.checkEnv(p)...)
 }
 
@@ -144,6 +152,14 @@ func (c *flagChecker) llamaProblem(opt *llamaargs.Option, values []string) strin
 		if strings.EqualFold(value, "none") {
 			return name + " none " + cpuSpill
 		}
+	case "--api-key", "--api-key-file":
+		return "puts /slots behind an API key (401 without it), so pool-managerd cannot see busy slots and the drain before a stop silently does nothing; remove it and authenticate in the reverse proxy in front of the engine (it listens on 127.0.0.1 only)"
+	case "--no-slots":
+		return "turns /slots off (501), which the drain before a stop needs to see busy slots; remove it"
+	case "--sleep-idle-seconds":
+		return "unloads the model when idle: its GPU memory is freed while /health still answers 200, so the pool looks Ready without its model and the memory booked for it can be taken by others; remove it"
+	case "--models-dir", "--models-preset":
+		return "starts llama-server's multi-model router mode, but a pool serves one model on its own GPUs; remove it and declare one pool per model with model.path"
 	case "--n-gpu-layers-draft":
 		if n, err := strconv.Atoi(value); value != "all" && (err != nil || n < 999) {
 			return fmt.Sprintf("%s %s may leave draft-model layers on the CPU; use \"all\" or 999, or leave it out", name, value)
@@ -205,6 +221,24 @@ var vllmRules = []dashRule{
 	}},
 }
 
+var sglangRules = []dashRule{
+	{[]string{"--model-path", "--model"}, managed("use model.path instead")},
+	{[]string{"--host"}, managed("pool-managerd binds engines to 127.0.0.1")},
+	{[]string{"--port"}, managed("use the pool's port field instead")},
+	{[]string{"--context-length"}, managed("use model.ctx instead")},
+	{[]string{"--tp-size", "--tp", "--tensor-parallel-size"}, managed("the shard count is the number of devices")},
+	{[]string{"--pp-size", "--pipeline-parallel-size"}, managed("the shard count is the number of devices")},
+	{[]string{"--dp-size", "--dp", "--data-parallel-size"}, managed("run one pool per replica instead")},
+	{[]string{"--base-gpu-id"}, managed("use devices (the device mask) instead")},
+	{[]string{"--cpu-offload-gb"}, spillIfPositive},
+	{[]string{"--device"}, func(v string) string {
+		if strings.EqualFold(v, "cpu") {
+			return strings.Replace(cpuSpill, "would run", "runs", 1)
+		}
+		return ""
+	}},
+}
+
 var tgiRules = []dashRule{
 	{[]string{"--model-id"}, managed("use model.path instead")},
 	{[]string{"--hostname"}, managed("pool-managerd binds engines to 127.0.0.1")},
@@ -212,6 +246,33 @@ var tgiRules = []dashRule{
 	{[]string{"--num-shard"}, managed("the shard count is the number of devices")},
 	{[]string{"--sharded"}, managed("the shard count is the number of devices")},
 	{[]string{"--max-total-tokens"}, managed("use model.ctx instead")},
+}
+
+// DashFlag finds the last occurrence of an argparse- or clap-style flag
+// ("--name value" or "--name=value"; '_' in a long name reads as '-') among
+// flags, under any of its spellings: its index in flags and its value.
+func DashFlag(flags []string, spellings ...string) (index int, value string, found bool) {
+	index = -1
+	for i, arg := range flags {
+		if !strings.HasPrefix(arg, "-") {
+			continue
+		}
+		name, v, inline := strings.Cut(arg, "=")
+		if strings.HasPrefix(name, "--") {
+			name = "--" + strings.ReplaceAll(name[2:], "_", "-")
+		}
+		if !slices.Contains(spellings, name) {
+			continue
+		}
+		if !inline {
+			v = ""
+			if i+1 < len(flags) && !strings.HasPrefix(flags[i+1], "-") {
+				v = flags[i+1]
+			}
+		}
+		index, value, found = i, v, true
+	}
+	return index, value, found
 }
 
 // checkDashFlags checks the flags of an engine that parses "--name value" and

@@ -39,7 +39,7 @@ type invalidCase struct {
 var invalidCases = []invalidCase{
 	// ---- schema-level: the pool's own fields ----
 	{name: "unknown-engine", cueLevel: true, want: []invalidDiag{
-		{"pools.cue", 5, 10, "pools.chat.engine", `engine must be "llamacpp", "vllm" or "tgi"`},
+		{"pools.cue", 5, 10, "pools.chat.engine", `engine must be "llamacpp", "vllm", "tgi" or "sglang"`},
 	}},
 	{name: "conflicting-engine-two-files", cueLevel: true,
 		want: []invalidDiag{
@@ -325,6 +325,23 @@ var invalidCases = []invalidCase{
 		{"pools.cue", 8, 10, "pools.chat.flags[0]", `"--device": --device none would run part of the model on the CPU`},
 	}},
 
+	// ---- Go-level: llama-server flags that break management ----
+	{name: "flag-api-key", want: []invalidDiag{
+		{"pools.cue", 8, 29, "pools.chat.flags[2]", `"--api-key": puts /slots behind an API key (401 without it), so pool-managerd cannot see busy slots and the drain before a stop silently does nothing; remove it`},
+	}},
+	{name: "flag-no-slots", want: []invalidDiag{
+		{"pools.cue", 8, 10, "pools.chat.flags[0]", `"--no-slots": turns /slots off (501), which the drain before a stop needs to see busy slots; remove it`},
+	}},
+	{name: "flag-sleep-idle-seconds", want: []invalidDiag{
+		{"pools.cue", 8, 10, "pools.chat.flags[0]", `"--sleep-idle-seconds": unloads the model when idle: its GPU memory is freed while /health still answers 200`},
+	}},
+	{name: "flag-models-dir", want: []invalidDiag{
+		{"pools.cue", 8, 10, "pools.chat.flags[0]", `"--models-dir": starts llama-server's multi-model router mode, but a pool serves one model on its own GPUs; remove it and declare one pool per model with model.path`},
+	}},
+	{name: "flag-models-preset", want: []invalidDiag{
+		{"pools.cue", 8, 23, "pools.chat.flags[1]", `"--models-preset": starts llama-server's multi-model router mode`},
+	}},
+
 	// ---- Go-level: llama-server argv syntax ----
 	{name: "flag-unknown-option",
 		want: []invalidDiag{
@@ -364,6 +381,31 @@ var invalidCases = []invalidCase{
 	}},
 	{name: "tgi-env-num-shard", want: []invalidDiag{
 		{"pools.cue", 9, 18, "pools.chat.env.NUM_SHARD", "text-generation-launcher reads NUM_SHARD as a flag that pool-managerd sets; use devices instead"},
+	}},
+	{name: "sglang-tp-size", want: []invalidDiag{
+		{"pools.cue", 9, 10, "pools.chat.flags[0]", `"--tp": this sglang option is set by pool-managerd itself; the shard count is the number of devices`},
+	}},
+	{name: "sglang-without-vram", cueLevel: true, want: []invalidDiag{
+		{"pools.cue", 3, 8, "pools.chat.vram", "missing required field vram (sglang pools declare their total VRAM need"},
+	}},
+
+	// ---- Go-level: engine memory the plan does not book (vllm, tgi, sglang take a fraction of each GPU) ----
+	{name: "vllm-memory-over-need", want: []invalidDiag{
+		{"pools.cue", 9, 10, "pools.chat.flags[0]", `"--gpu-memory-utilization": vllm would take 21.6 GiB of GPU 0 (24.0 GiB), more than the pool declares for each GPU (vram 40.0 GiB over 2 GPUs = 20.0 GiB); the plan books only what vram says, so leave the flag out (pool-managerd passes --gpu-memory-utilization 0.8333, derived from vram) or raise vram to 43.2 GiB`},
+	}},
+	{name: "tgi-env-memory-fraction-over-need", want: []invalidDiag{
+		{"pools.cue", 9, 29, "pools.chat.env.CUDA_MEMORY_FRACTION", "CUDA_MEMORY_FRACTION=1.0: tgi would take 21.6 GiB of GPU 0 (24.0 GiB), more than the pool declares for each GPU"},
+	}},
+	{name: "sglang-mem-fraction-over-need", want: []invalidDiag{
+		{"pools.cue", 9, 10, "pools.chat.flags[0]", `"--mem-fraction-static=0.95": sglang would take 22.8 GiB of GPU 0 (24.0 GiB), more than the pool declares for each GPU`},
+	}},
+
+	// ---- Go-level: engine shutdowns that do not fit the stop grace ----
+	{name: "vllm-shutdown-timeout-over-grace", want: []invalidDiag{
+		{"pools.cue", 9, 10, "pools.chat.flags[0]", `"--shutdown-timeout": vllm waits up to 30s for in-flight requests after SIGTERM, but pool-managerd sends SIGKILL restart.stopGrace (15s) after SIGTERM`},
+	}},
+	{name: "tgi-graceful-timeout-over-grace", want: []invalidDiag{
+		{"pools.cue", 9, 10, "pools.chat.flags[0]", `"--graceful-termination-timeout": on SIGTERM text-generation-launcher waits up to 5s for its router and then 5s for each of its 2 shards (15s in all), longer than restart.stopGrace (10s) after which pool-managerd sends SIGKILL; lower it to at most 3 (stopGrace / (shards + 1)), or raise restart.stopGrace to at least 15s`},
 	}},
 }
 

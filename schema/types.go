@@ -20,7 +20,16 @@ const (
 	EngineLlamaCpp Engine = "llamacpp"
 	EngineVLLM     Engine = "vllm"
 	EngineTGI      Engine = "tgi"
+	// EngineSGLang is SGLang's server (python -m sglang.launch_server).
+	EngineSGLang Engine = "sglang"
 )
+
+// Sharded reports whether the engine shards a model evenly over its GPUs
+// (tensor parallel) and so has no GGUF file to estimate its need from: vLLM,
+// TGI and SGLang. Such pools declare vram.
+func (e Engine) Sharded() bool {
+	return e == EngineVLLM || e == EngineTGI || e == EngineSGLang
+}
 
 // Desired is the desired state of a fleet: every node's declared inventory and
 // every pool, as read from one config directory.

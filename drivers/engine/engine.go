@@ -68,7 +68,8 @@ const (
 	// HealthOK: the engine answered its health check; the model is loaded.
 	HealthOK Health = "ok"
 	// HealthLoading: the engine is up but still loading its model (llama-server
-	// answers 503, vLLM and TGI refuse connections).
+	// answers 503, vLLM and TGI refuse connections, SGLang refuses them and
+	// then answers 503 with an empty body until its warm-up is done).
 	HealthLoading Health = "loading"
 	// HealthFailing: the engine answers that it is unhealthy, or stopped answering after it was Ready.
 	HealthFailing Health = "failing"
@@ -92,6 +93,11 @@ func PortOf(args []string) int {
 // ProbeHealth asks an engine's /health on 127.0.0.1. llama-server answers 503
 // "Loading model" while loading; vLLM and TGI refuse connections until
 // loaded, which counts as loading until the engine has once been Ready.
+// SGLang refuses connections while it loads its weights and then answers 503
+// with an empty body until its warm-up request succeeds: before the engine
+// was once Ready that is loading too, after it a failure (SGLang answers the
+// same while it exits). No other engine answers an empty 503 before it is
+// Ready: vLLM's (its engine died) and TGI's (a JSON body) come only later.
 func ProbeHealth(ctx context.Context, port int, ready bool) Health {
 	if port == 0 {
 		return ""
@@ -116,6 +122,8 @@ func ProbeHealth(ctx context.Context, port int, ready bool) Health {
 	case resp.StatusCode == http.StatusOK:
 		return HealthOK
 	case resp.StatusCode == http.StatusServiceUnavailable && strings.Contains(string(body), "Loading model"):
+		return HealthLoading
+	case resp.StatusCode == http.StatusServiceUnavailable && !ready && len(strings.TrimSpace(string(body))) == 0:
 		return HealthLoading
 	default:
 		return HealthFailing

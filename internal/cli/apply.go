@@ -32,17 +32,18 @@ const CrashAtEnv = "POOL_MANAGERD_TEST_CRASH_AT"
 
 // engineFlags are the engine binaries, set by flags shared by apply and serve.
 type engineFlags struct {
-	llama, vllm, tgi string
+	llama, vllm, tgi, sglang string
 }
 
 func (e *engineFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&e.llama, "llama-server", preset.DefaultLlamaCpp, "llama.cpp's llama-server binary (path, or a name looked up in PATH)")
 	cmd.Flags().StringVar(&e.vllm, "vllm", preset.DefaultVLLM, "vLLM's vllm binary")
 	cmd.Flags().StringVar(&e.tgi, "tgi", preset.DefaultTGI, "TGI's text-generation-launcher binary")
+	cmd.Flags().StringVar(&e.sglang, "sglang", preset.DefaultSGLang, "the Python interpreter with SGLang installed (it runs python -m "+preset.SGLangModule+")")
 }
 
 func (e *engineFlags) binaries() preset.Binaries {
-	return preset.Binaries{LlamaCpp: e.llama, VLLM: e.vllm, TGI: e.tgi}
+	return preset.Binaries{LlamaCpp: e.llama, VLLM: e.vllm, TGI: e.tgi, SGLang: e.sglang}
 }
 
 // nodeFlags are the flags that say which node and where its state is.
@@ -229,7 +230,7 @@ func runApply(cmd *cobra.Command, target string, src gpuSource, node, stateDir s
 		}
 	}
 	if err := bins.Check(startingEngines(plan)...); err != nil {
-		return fmt.Errorf("apply: %w\nhint: set the engine's binary with --llama-server, --vllm or --tgi (or POOL_MANAGERD_LLAMA_SERVER, ...)", err)
+		return fmt.Errorf("apply: %w\nhint: set the engine's binary with --llama-server, --vllm, --tgi or --sglang (or POOL_MANAGERD_LLAMA_SERVER, ...)", err)
 	}
 	absState, err := filepath.Abs(stateDir)
 	if err != nil {

@@ -61,8 +61,8 @@ func TestGithubAnnotation(t *testing.T) {
 	}{
 		{
 			name: "positioned, with a path",
-			d:    schema.Diagnostic{Pos: schema.Pos{File: "config/pools.cue", Line: 3, Column: 10}, Path: "pools.coder.engine", Message: `engine must be "llamacpp", "vllm" or "tgi"`},
-			want: `::error file=config/pools.cue,line=3,col=10,title=pool-managerd validate%3A pools.coder.engine::engine must be "llamacpp", "vllm" or "tgi"`,
+			d:    schema.Diagnostic{Pos: schema.Pos{File: "config/pools.cue", Line: 3, Column: 10}, Path: "pools.coder.engine", Message: `engine must be "llamacpp", "vllm", "tgi" or "sglang"`},
+			want: `::error file=config/pools.cue,line=3,col=10,title=pool-managerd validate%3A pools.coder.engine::engine must be "llamacpp", "vllm", "tgi" or "sglang"`,
 		},
 		{
 			name: "a whole file: no line or column",

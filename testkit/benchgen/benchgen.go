@@ -74,7 +74,7 @@ var slots = [PoolsPerNode]slot{
 	{
 		name: "llama31-70b", engine: "vllm", path: "/models/meta-llama/Llama-3.1-70B-Instruct", ctx: 32768,
 		devices: []int{0, 1}, vramGi: 120, port: 8000,
-		flags:   []string{"--gpu-memory-utilization", "0.90", "--enable-prefix-caching"},
+		flags:   []string{"--gpu-memory-utilization", "0.75", "--enable-prefix-caching"},
 		env:     [][2]string{{"HF_HUB_OFFLINE", "1"}, {"VLLM_LOGGING_LEVEL", "WARNING"}},
 		restart: `startupTimeout: "20m", breaker: failures: 3`,
 	},

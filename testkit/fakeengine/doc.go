@@ -1,5 +1,5 @@
 // Package fakeengine is fake-engine, the stand-in for the LLM inference
-// engines pool-managerd runs (llama.cpp llama-server, vLLM, TGI), for tests
+// engines pool-managerd runs (llama.cpp llama-server, vLLM, TGI, SGLang), for tests
 // and the demo on machines without GPUs. It parses its command line as the
 // engine does, answers the engine's health and status endpoints, holds
 // memory on a simulated GPU node (package sim) while it lives, and acts out
@@ -36,10 +36,37 @@
 //	              until warm, then GET /health 200 (empty body) or 503
 //	              {"error":"unhealthy","error_type":"healthcheck"}.
 //
+//	SGLang        python -m sglang.launch_server (any interpreter name: the first
+//	              arguments -m sglang.launch_server say it; or FAKE_ENGINE_AS=sglang).
+//	              argparse-style options (unknown: "launch_server.py: error:
+//	              unrecognized arguments: X", exit 2). One scheduler process per
+//	              --tp-size rank holds --mem-fraction-static of its GPU. Connection
+//	              refused while loading, then /health and /health_generate answer
+//	              503 with an empty body until the warm-up is done
+//	              (FAKE_ENGINE_WARMUP), then 200, and 503 again while it exits;
+//	              /ping is always 200.
+//
 // Workers and shards are this program run again (first argument
-// --fake-engine-worker), children of the main process in its session and
-// process group, with titles VLLM::Worker_TP<n> (VLLM::EngineCore with one)
-// or text-generation-server. They exit when the main process goes away.
+// --fake-engine-worker), in the engine's session and process group, with
+// titles as the engines name them: vLLM runs API server → VLLM::EngineCore →
+// VLLM::Worker_TP<n> (with -tp 1 the EngineCore holds the memory itself);
+// TGI's shards are text-generation-server, each in a process group of its
+// own, and its port is served by text-generation-router, another process of
+// its own group that binds only once the shards are warm: a SIGTERM to the
+// launcher's group reaches only the launcher, which stops the router, then
+// the shards, giving each stage --graceful-termination-timeout (default 90s);
+// SGLang's are sglang::scheduler_TP<n>.
+// They exit when the main process goes away, except vLLM's, which keep their
+// GPUs after the API server is killed, as vLLM's do.
+//
+// vLLM behaves as the version FAKE_ENGINE_VLLM_VERSION names (default
+// 0.11.0): --shutdown-timeout is known from 0.18 (older: unrecognized, exit
+// 2), full GPU UUIDs in CUDA_VISIBLE_DEVICES work from 0.24 (older: the
+// int() ValueError; short UUIDs always fail). `vllm serve --help` (and
+// --help=all) lists the options that version knows. vLLM, TGI and SGLang
+// hold the share of each GPU their memory flag says (vLLM
+// --gpu-memory-utilization × total, TGI 0.9 × --cuda-memory-fraction × total,
+// SGLang --mem-fraction-static × total) unless FAKE_ENGINE_VRAM is set.
 //
 // # GPUs
 //
@@ -92,8 +119,11 @@
 //	FAKE_ENGINE_BUSY_SLOTS=<n>         n slots report is_processing from Ready on,
 //	FAKE_ENGINE_BUSY_FOR=1s            for this long ("forever": until exit)
 //	FAKE_ENGINE_GEN_DELAY=100ms        how long a completion request holds a slot
-//	FAKE_ENGINE_ORPHAN_WORKERS=1       vLLM workers and TGI shards outlive a main
-//	                                   process that dies (holding their memory)
+//	FAKE_ENGINE_ORPHAN_WORKERS=1       TGI shards and SGLang schedulers outlive a main
+//	                                   process that dies (holding their memory), as
+//	                                   vLLM's EngineCore and workers always do (=0: not even they)
+//	FAKE_ENGINE_WARMUP=200ms           SGLang: how long /health answers 503 after the port opens
+//	FAKE_ENGINE_VLLM_VERSION=0.11.0    the vLLM version imitated (see above)
 //
 // An invalid value of one of them prints "fake-engine: invalid environment:
 // ..." and exits 1.
@@ -103,8 +133,10 @@ package fakeengine
 const envHelp = `----- fake-engine (pool-managerd's stand-in engine) -----
 
 Plays llama-server (default), vLLM (started as "vllm serve ...", or as
-"fake-engine serve MODEL ...", or with FAKE_ENGINE_AS=vllm) or TGI (started
-as "text-generation-launcher", or with --model-id, or with FAKE_ENGINE_AS=tgi).
+"fake-engine serve MODEL ...", or with FAKE_ENGINE_AS=vllm), TGI (started
+as "text-generation-launcher", or with --model-id, or with FAKE_ENGINE_AS=tgi)
+or SGLang (started as "ANY -m sglang.launch_server ...", or with
+FAKE_ENGINE_AS=sglang).
 A first argument --fake-engine-as=MODE also chooses.
 
 GPUs: POOL_MANAGERD_SIM_DIR is the simulated node (unset: no memory is held);
@@ -130,5 +162,9 @@ Environment:
   FAKE_ENGINE_BUSY_SLOTS=<n>         n slots busy from Ready on, for
   FAKE_ENGINE_BUSY_FOR=1s            this long ("forever": until exit)
   FAKE_ENGINE_GEN_DELAY=100ms        how long a completion request holds a slot
-  FAKE_ENGINE_ORPHAN_WORKERS=1       vLLM/TGI workers outlive a dead main process
+  FAKE_ENGINE_ORPHAN_WORKERS=1       TGI/SGLang workers outlive a dead main process
+                                     (vLLM's always do; =0: not even they)
+  FAKE_ENGINE_WARMUP=200ms           SGLang: /health 503 this long after the port opens
+  FAKE_ENGINE_VLLM_VERSION=0.11.0    vLLM version imitated (--shutdown-timeout from
+                                     0.18, full GPU UUIDs from 0.24)
 `

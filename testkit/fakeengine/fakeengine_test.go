@@ -115,12 +115,37 @@ func TestCppStoi(t *testing.T) {
 	}
 }
 
+func TestParseSGLangArgs(t *testing.T) {
+	cfg, err := ParseSGLangArgs(strings.Fields("-m sglang.launch_server --model-path /m --host 127.0.0.1 --port 30001 --tp 2 --context_length 8192 --mem-fraction-static=0.8 --enable-metrics --served-model-name q"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := SGLangConfig{ModelPath: "/m", Host: "127.0.0.1", Port: 30001, TP: 2, DP: 1, ContextLength: 8192, MemFraction: 0.8, ServedModelName: "q"}
+	if diff := cmp.Diff(want, cfg); diff != "" {
+		t.Errorf("config (-want +got):\n%s", diff)
+	}
+	for _, tc := range []struct {
+		argv []string
+		want string
+	}{
+		{strings.Fields("-m sglang.launch_server --port 1"), "the following arguments are required: --model-path"},
+		{strings.Fields("-m sglang.launch_server --model-path /m --tp-size x"), "argument --tp-size/--tp: invalid int value: 'x'"},
+		{strings.Fields("-m sglang.launch_server --model-path /m --fit off"), "unrecognized arguments: --fit off"},
+	} {
+		_, err := ParseSGLangArgs(tc.argv)
+		var ue *UsageError
+		if !errors.As(err, &ue) || ue.Code != 2 || !strings.Contains(ue.Message, tc.want) {
+			t.Errorf("ParseSGLangArgs(%q) = %v; want a usage error (2) containing %q", tc.argv, err, tc.want)
+		}
+	}
+}
+
 func TestParseVLLMArgs(t *testing.T) {
 	cfg, err := ParseVLLMArgs(strings.Fields("serve /m --host 127.0.0.1 --port=8001 -tp 2 --max_model_len 32k --gpu-memory-utilization 0.85 --enforce-eager --no-enable-prefix-caching --served-model-name a b"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := VLLMConfig{Model: "/m", Host: "127.0.0.1", Port: 8001, TensorParallel: 2, PipelineParallel: 1, MaxModelLen: 32000, ServedModelNames: []string{"a", "b"}}
+	want := VLLMConfig{Model: "/m", Host: "127.0.0.1", Port: 8001, TensorParallel: 2, PipelineParallel: 1, MaxModelLen: 32000, ServedModelNames: []string{"a", "b"}, GPUMemoryUtilization: 0.85}
 	if diff := cmp.Diff(want, cfg); diff != "" {
 		t.Errorf("config (-want +got):\n%s", diff)
 	}
@@ -151,12 +176,13 @@ func TestParseVLLMArgs(t *testing.T) {
 }
 
 func TestParseTGIArgs(t *testing.T) {
-	env := map[string]string{"MAX_TOTAL_TOKENS": "4096", "PORT": "9999"}
-	cfg, err := ParseTGIArgs(strings.Fields("--model-id /m --hostname 127.0.0.1 --port=3001 --num-shard 2 --max-input-tokens 2048 --trust-remote-code"), func(k string) string { return env[k] })
+	env := map[string]string{"MAX_TOTAL_TOKENS": "4096", "PORT": "9999", "GRACEFUL_TERMINATION_TIMEOUT": "3"}
+	cfg, err := ParseTGIArgs(strings.Fields("--model-id /m --hostname 127.0.0.1 --port=3001 --num-shard 2 --max-input-tokens 2048 --trust-remote-code --cuda-memory-fraction 0.8"), func(k string) string { return env[k] })
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := TGIConfig{ModelID: "/m", Hostname: "127.0.0.1", Port: 3001, NumShard: 2, NumShardSet: true, MaxInputTokens: 2048, MaxTotalTokens: 4096}
+	want := TGIConfig{ModelID: "/m", Hostname: "127.0.0.1", Port: 3001, NumShard: 2, NumShardSet: true, MaxInputTokens: 2048, MaxTotalTokens: 4096,
+		CUDAMemoryFraction: 0.8, GracefulTimeout: 3 * time.Second}
 	if diff := cmp.Diff(want, cfg); diff != "" {
 		t.Errorf("config (-want +got):\n%s", diff)
 	}
@@ -228,6 +254,9 @@ func TestDetectMode(t *testing.T) {
 		{[]string{"/bin/fake-engine", "serve", "/m", "--port", "1"}, "", VLLM, []string{"serve", "/m", "--port", "1"}},
 		{[]string{"/bin/fake-engine", "--port", "1", "--model-id=/m"}, "", TGI, []string{"--port", "1", "--model-id=/m"}},
 		{[]string{"/bin/llama-server", "serve"}, "", LlamaCpp, []string{"serve"}},
+		// SGLang is a Python module: the interpreter's name says nothing.
+		{[]string{"/opt/venv/bin/python3", "-m", "sglang.launch_server", "--model-path", "/m"}, "", SGLang, []string{"-m", "sglang.launch_server", "--model-path", "/m"}},
+		{[]string{"fake-engine", "--model-path", "/m"}, "sglang", SGLang, []string{"--model-path", "/m"}},
 	}
 	for _, tt := range tests {
 		got, rest, err := DetectMode(tt.args, env(tt.as))
@@ -235,8 +264,8 @@ func TestDetectMode(t *testing.T) {
 			t.Errorf("DetectMode(%q, %s=%q) = %s %q %v; want %s %q", tt.args, EnvAs, tt.as, got, rest, err, tt.want, tt.wantRest)
 		}
 	}
-	if _, _, err := DetectMode([]string{"x"}, env("sglang")); err == nil {
-		t.Error("FAKE_ENGINE_AS=sglang: no error")
+	if _, _, err := DetectMode([]string{"x"}, env("ollama")); err == nil {
+		t.Error("FAKE_ENGINE_AS=ollama: no error")
 	}
 }
 

@@ -23,6 +23,7 @@ const (
 	LlamaCpp Mode = "llamacpp"
 	VLLM     Mode = "vllm"
 	TGI      Mode = "tgi"
+	SGLang   Mode = "sglang"
 )
 
 // modeFlag is the optional first argument that chooses the mode.
@@ -36,8 +37,8 @@ const workerFlag = "--fake-engine-worker"
 // --fake-engine-as MODE), the variable FAKE_ENGINE_AS, the name the program
 // was started under (vllm, text-generation-launcher, llama-server), then
 // the command line: one that starts with serve is vLLM's, one with
-// --model-id TGI's (llama-server refuses both); anything else is
-// llama-server's.
+// --model-id TGI's, one that starts with -m sglang.launch_server SGLang's
+// (llama-server refuses all three); anything else is llama-server's.
 func DetectMode(args []string, getenv func(string) string) (Mode, []string, error) {
 	var rest []string
 	if len(args) > 1 {
@@ -52,7 +53,7 @@ func DetectMode(args []string, getenv func(string) string) (Mode, []string, erro
 		} else if len(rest) > 1 {
 			choice, rest = rest[1], rest[2:]
 		} else {
-			return "", nil, fmt.Errorf("%s needs a value: llamacpp, vllm or tgi", modeFlag)
+			return "", nil, fmt.Errorf("%s needs a value: llamacpp, vllm, tgi or sglang", modeFlag)
 		}
 	}
 	if choice != "" {
@@ -63,8 +64,10 @@ func DetectMode(args []string, getenv func(string) string) (Mode, []string, erro
 			return VLLM, rest, nil
 		case "tgi", "text-generation-launcher":
 			return TGI, rest, nil
+		case "sglang":
+			return SGLang, rest, nil
 		}
-		return "", nil, fmt.Errorf("%s=%q: want llamacpp, vllm or tgi", source, choice)
+		return "", nil, fmt.Errorf("%s=%q: want llamacpp, vllm, tgi or sglang", source, choice)
 	}
 	if len(args) > 0 {
 		switch filepath.Base(args[0]) {
@@ -81,6 +84,9 @@ func DetectMode(args []string, getenv func(string) string) (Mode, []string, erro
 	// is vLLM's, --model-id TGI's.
 	if len(rest) > 0 && rest[0] == "serve" {
 		return VLLM, rest, nil
+	}
+	if IsSGLang(rest) {
+		return SGLang, rest, nil
 	}
 	for _, a := range rest {
 		if a == "--model-id" || strings.HasPrefix(a, "--model-id=") {
@@ -115,11 +121,17 @@ func Main(args []string) int {
 		simDir: os.Getenv(EnvSimDir),
 		state:  newEngineState(faults),
 	}
+	// vLLM's EngineCore and workers survive a killed API server, holding the
+	// GPUs; FAKE_ENGINE_ORPHAN_WORKERS=0 makes them follow it, =1 makes TGI's
+	// shards and SGLang's schedulers outlive their main process too.
+	p.orphans = faults.OrphanWorkers || (mode == VLLM && os.Getenv(EnvOrphanWorkers) != "0")
 	switch mode {
 	case VLLM:
 		return p.runVLLM(rest)
 	case TGI:
 		return p.runTGI(rest)
+	case SGLang:
+		return p.runSGLang(rest)
 	default:
 		return p.runLlama(rest)
 	}
@@ -154,6 +166,9 @@ type process struct {
 	pid    int
 	simDir string
 	state  *engineState
+
+	// orphans: the workers outlive this process when it is killed (vLLM's do).
+	orphans bool
 
 	claimMu sync.Mutex
 	claimed bool
@@ -308,7 +323,7 @@ func (p *process) secondSignal(sigs chan os.Signal) {
 		switch p.mode {
 		case LlamaCpp:
 			p.stderr.printf("Received second interrupt, terminating immediately.")
-		case VLLM:
+		case VLLM, SGLang:
 			p.stdout.printf("INFO:     Received second signal, forcing exit")
 		default:
 			p.stdout.printf("%s  WARN text_generation_launcher: Received second signal, exiting now", tgiTime())

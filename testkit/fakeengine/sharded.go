@@ -1,9 +1,11 @@
 package fakeengine
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"time"
 )
@@ -18,6 +20,9 @@ type shardedEngine struct {
 	host    string
 	port    int
 	handler http.Handler
+	// warmUp, when > 0, is how long the engine answers on its port before
+	// it is Ready (SGLang: /health 503 until its warm-up request is done).
+	warmUp time.Duration
 	// Logs, in the engine's words.
 	loadFailed func(reason string)
 	died       func(e shardExit)
@@ -25,6 +30,16 @@ type shardedEngine struct {
 	bindFailed func(err error)
 	stopping   func()
 	stopped    func()
+	// warm logs the end of the warm-up (with warmUp).
+	warm func()
+	// router, when set, is the process that serves the port (TGI's
+	// text-generation-router), started once the workers are loaded; the
+	// engine itself does not listen then. handler is not used.
+	router *shardSpec
+	// stageGrace is how long a stop waits for the router and then for the
+	// workers before it kills them (TGI's --graceful-termination-timeout);
+	// 0 means shardGrace.
+	stageGrace time.Duration
 	cudaError  func()
 }
 
@@ -52,16 +67,29 @@ func (p *process) runSharded(specs []shardSpec, e shardedEngine) int {
 		set.stop(shardGrace)
 		return 1
 	}
+	if e.router != nil {
+		return p.runRouted(sigs, set, e)
+	}
 	ln, err := net.Listen("tcp", net.JoinHostPort(e.host, strconv.Itoa(e.port)))
 	if err != nil {
 		e.bindFailed(err)
 		set.stop(shardGrace)
 		return 1
 	}
-	p.state.setReady(time.Now())
 	hs := &http.Server{Handler: e.handler, ErrorLog: discardLog()}
 	go hs.Serve(ln)
 	e.listening(ln.Addr().(*net.TCPAddr).Port)
+	if e.warmUp > 0 {
+		warm := time.AfterFunc(e.warmUp, func() {
+			p.state.setReady(time.Now())
+			if e.warm != nil {
+				e.warm()
+			}
+		})
+		defer warm.Stop()
+	} else {
+		p.state.setReady(time.Now())
+	}
 	return p.runReady(sigs, afterReady{
 		shutdown: func() int {
 			e.stopping()
@@ -117,4 +145,83 @@ func exitDescription(e shardExit) string {
 		return e.state.String()
 	}
 	return fmt.Sprintf("exit code %d", e.state.ExitCode())
+}
+
+// runRouted is runSharded's second half for an engine whose port is served
+// by a router process of its own (TGI): the router starts once the workers
+// are loaded; a stop ends the router first, then the workers, each given
+// stageGrace, as TGI's launcher does.
+func (p *process) runRouted(sigs chan os.Signal, set *shardSet, e shardedEngine) int {
+	grace := e.stageGrace
+	if grace <= 0 {
+		grace = shardGrace
+	}
+	rset, err := p.startShards([]shardSpec{*e.router})
+	if err != nil {
+		e.bindFailed(err)
+		set.stop(grace)
+		return 1
+	}
+	fail, died, sig := rset.waitReady(sigs, p.faults.IgnoreSIGTERM)
+	switch {
+	case sig != nil:
+		e.stopping()
+		rset.stop(grace)
+		set.stop(grace)
+		e.stopped()
+		return 0
+	case fail != nil:
+		e.bindFailed(errors.New(fail.reason))
+		rset.stop(grace)
+		set.stop(grace)
+		return 1
+	case died != nil:
+		e.bindFailed(fmt.Errorf("router exited (%s)", exitDescription(*died)))
+		rset.stop(grace)
+		set.stop(grace)
+		return 1
+	}
+	p.state.setReady(time.Now())
+	e.listening(e.port)
+	// A worker or the router (rank -1) that exits.
+	exited := make(chan shardExit, 2)
+	go func() {
+		for {
+			select {
+			case x := <-set.exited:
+				exited <- x
+			case x := <-rset.exited:
+				x.rank = -1
+				exited <- x
+			}
+		}
+	}()
+	stopAll := func() {
+		rset.stop(grace)
+		set.stop(grace)
+	}
+	return p.runReady(sigs, afterReady{
+		shutdown: func() int {
+			e.stopping()
+			stopAll()
+			e.stopped()
+			return 0
+		},
+		exit: func(code int) int { return code },
+		cudaError: func() int {
+			e.cudaError()
+			stopAll()
+			return 1
+		},
+		died: exited,
+		onDied: func(x shardExit) int {
+			if x.rank < 0 {
+				e.bindFailed(fmt.Errorf("router exited (%s)", exitDescription(x)))
+			} else {
+				e.died(x)
+			}
+			stopAll()
+			return 1
+		},
+	})
 }

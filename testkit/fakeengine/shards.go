@@ -5,6 +5,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -57,6 +59,39 @@ type shardSpec struct {
 	title  string // argv[0], as vLLM and TGI name their worker processes
 	claims map[int]uint64
 	fail   string // reason to fail loading, or ""
+	// children, when set, make this worker a process in between (vLLM's
+	// EngineCore with -tp > 1): it holds nothing itself, starts these
+	// workers as its own children and reports ready when they all are.
+	children []shardSpec
+	// ownGroup starts the worker in a process group of its own (TGI's
+	// shards and router), still in the engine's session: a signal to the
+	// engine's group does not reach it; its parent stops it.
+	ownGroup bool
+	// router makes the worker TGI's router: it serves the engine's HTTP on
+	// the port of the launcher's command line (routerArgs), binding only
+	// now that the shards are warm, and reports ready once it listens.
+	router     bool
+	routerArgs []string
+	shards     int
+}
+
+// childSep separates the fields of a -child argument (title, claims, fail).
+const childSep = "\x1f"
+
+func (s shardSpec) encode() string {
+	return strings.Join([]string{s.title, encodeClaims(s.claims), s.fail}, childSep)
+}
+
+func decodeShardSpec(v string) (shardSpec, error) {
+	f := strings.Split(v, childSep)
+	if len(f) != 3 {
+		return shardSpec{}, fmt.Errorf("-child %q: want title, claims and failure", v)
+	}
+	c, err := decodeClaims(f[1])
+	if err != nil {
+		return shardSpec{}, err
+	}
+	return shardSpec{title: f[0], claims: c, fail: f[2]}, nil
 }
 
 // startShards starts one worker per spec.
@@ -91,6 +126,15 @@ func (p *process) startShards(specs []shardSpec) (*shardSet, error) {
 		if spec.fail != "" {
 			args = append(args, "-fail", spec.fail)
 		}
+		if p.orphans {
+			args = append(args, "-orphan")
+		}
+		for _, c := range spec.children {
+			args = append(args, "-child", c.encode())
+		}
+		if spec.router {
+			args = append(append(args, "-router", "-shards", strconv.Itoa(spec.shards), "--"), spec.routerArgs...)
+		}
 		cmd := &exec.Cmd{
 			Path:       self,
 			Args:       args,
@@ -99,6 +143,9 @@ func (p *process) startShards(specs []shardSpec) (*shardSet, error) {
 			Stdout:     os.Stdout,
 			Stderr:     os.Stderr,
 			ExtraFiles: []*os.File{lifeR, repW},
+		}
+		if spec.ownGroup {
+			cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 		}
 		if err := cmd.Start(); err != nil {
 			for _, c := range s.cmds {
@@ -211,6 +258,15 @@ func runWorker(argv []string) int {
 	claimsArg := fs.String("claims", "", "")
 	delay := fs.Duration("delay", 0, "")
 	fail := fs.String("fail", "", "")
+	orphan := fs.Bool("orphan", false, "")
+	router := fs.Bool("router", false, "")
+	shards := fs.Int("shards", 1, "")
+	var children []shardSpec
+	fs.Func("child", "", func(v string) error {
+		c, err := decodeShardSpec(v)
+		children = append(children, c)
+		return err
+	})
 	if err := fs.Parse(argv); err != nil {
 		return 2
 	}
@@ -220,6 +276,13 @@ func runWorker(argv []string) int {
 		return 2
 	}
 	faults, _ := ParseFaults(os.Getenv)
+	faults.OrphanWorkers = faults.OrphanWorkers || *orphan
+	if len(children) > 0 {
+		return runCore(Mode(*engine), *rank, faults, children)
+	}
+	if *router {
+		return runRouter(*rank, faults, *shards, fs.Args())
+	}
 	out := &syncWriter{w: os.Stdout}
 	reports := os.NewFile(4, "reports")
 	report := func(format string, a ...any) {
@@ -238,6 +301,10 @@ func runWorker(argv []string) int {
 		prefix = ""
 	}
 	logf := func(level, format string, a ...any) {
+		if *engine == string(SGLang) {
+			out.printf("%s%s", sglangPrefix(*rank), fmt.Sprintf(format, a...))
+			return
+		}
 		if *engine == string(TGI) {
 			out.printf("%s  %s text_generation_launcher: %s", tgiTime(), level, fmt.Sprintf(format, a...))
 			return
@@ -335,10 +402,147 @@ func checkFree(dir string, claims map[int]uint64, engine string) string {
 		if i < 0 || i >= len(specs) || b <= free[i] {
 			continue
 		}
+		if engine == string(SGLang) {
+			return sglangNotEnoughMemory(i, b, free[i])
+		}
 		if engine == string(TGI) {
 			return fmt.Sprintf("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate %.2f GiB. GPU %d has a total capacity of %.2f GiB of which %.2f GiB is free.", gib(b), i, gib(specs[i].MemoryBytes), gib(free[i]))
 		}
 		return fmt.Sprintf("ValueError: Free memory on device cuda:%d (%.2f/%.2f GiB) on startup is less than desired GPU memory utilization (%.2f GiB). Decrease GPU memory utilization or reduce GPU memory used by other processes.", i, gib(free[i]), gib(specs[i].MemoryBytes), gib(b))
 	}
 	return ""
+}
+
+// runCore is a worker in between (vLLM's EngineCore with -tp > 1): it holds
+// no memory, starts its own workers, reports ready to the main process when
+// they all are, relays the first failure, and stops them when it stops. Like
+// a worker it outlives the main process when told to (-orphan: vLLM's
+// EngineCore and workers keep the GPUs after the API server is killed).
+func runCore(mode Mode, rank int, faults Faults, children []shardSpec) int {
+	reports := os.NewFile(4, "reports")
+	report := func(format string, a ...any) {
+		fmt.Fprintf(reports, format+"\n", a...)
+		reports.Close()
+	}
+	lifeline := make(chan struct{})
+	go func() {
+		io.Copy(io.Discard, os.NewFile(3, "lifeline"))
+		close(lifeline)
+	}()
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	p := &process{mode: mode, faults: faults, stdout: &syncWriter{w: os.Stdout}, stderr: &syncWriter{w: os.Stderr},
+		pid: os.Getpid(), simDir: os.Getenv(EnvSimDir), state: newEngineState(faults), orphans: faults.OrphanWorkers}
+	set, err := p.startShards(children)
+	if err != nil {
+		report("fail %d starting worker processes: %v", rank, err)
+		return 1
+	}
+	type loaded struct {
+		fail *shardReport
+		died *shardExit
+	}
+	readyC := make(chan loaded, 1)
+	go func() {
+		fail, died, _ := set.waitReady(nil, false)
+		readyC <- loaded{fail, died}
+	}()
+	var exitedC <-chan shardExit
+	var termTimeout <-chan time.Time
+	lifelineOpen := true
+	for {
+		select {
+		case l := <-readyC:
+			switch {
+			case l.fail != nil:
+				report("fail %d %s", rank, l.fail.reason)
+				set.stop(shardGrace)
+				return 1
+			case l.died != nil:
+				report("fail %d worker %d died (%s)", rank, l.died.rank, exitDescription(*l.died))
+				set.stop(shardGrace)
+				return 1
+			}
+			report("ready %d", rank)
+			exitedC = set.exited
+		case e := <-exitedC:
+			p.stdout.printf("ERROR %s [multiproc_executor.py:149] Worker proc VllmWorker-%d died unexpectedly (%s), shutting down executor.", vllmTime(), e.rank, exitDescription(e))
+			set.stop(shardGrace)
+			return 1
+		case s := <-sigs:
+			if s == syscall.SIGTERM && faults.IgnoreSIGTERM {
+				continue
+			}
+			if !lifelineOpen {
+				set.stop(shardGrace)
+				return 0
+			}
+			if termTimeout == nil {
+				termTimeout = time.After(workerTermWait)
+			}
+		case <-termTimeout:
+			set.stop(shardGrace)
+			return 0
+		case <-lifeline:
+			lifelineOpen = false
+			lifeline = nil
+			if faults.OrphanWorkers && termTimeout == nil {
+				continue
+			}
+			set.stop(shardGrace)
+			return 0
+		}
+	}
+}
+
+// runRouter is TGI's text-generation-router: started by the launcher once
+// its shards are warm, in a process group of its own, it binds the port and
+// serves the engine's HTTP; it reports ready once it listens, or the bind
+// error. It stops on SIGTERM from the launcher or when the launcher is gone.
+func runRouter(rank int, faults Faults, shards int, argv []string) int {
+	reports := os.NewFile(4, "reports")
+	report := func(format string, a ...any) {
+		fmt.Fprintf(reports, format+"\n", a...)
+		reports.Close()
+	}
+	lifeline := make(chan struct{})
+	go func() {
+		io.Copy(io.Discard, os.NewFile(3, "lifeline"))
+		close(lifeline)
+	}()
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	cfg, err := ParseTGIArgs(argv, os.Getenv)
+	if err != nil {
+		report("fail %d %v", rank, err)
+		return 2
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.Hostname, strconv.Itoa(cfg.Port)))
+	if err != nil {
+		report("fail %d %v", rank, err)
+		return 1
+	}
+	state := newEngineState(faults)
+	state.setReady(time.Now())
+	hs := &http.Server{Handler: &tgiServer{cfg: cfg, shards: shards, state: state}, ErrorLog: discardLog()}
+	go hs.Serve(ln)
+	report("ready %d", rank)
+	for {
+		select {
+		case s := <-sigs:
+			if s == syscall.SIGTERM && faults.IgnoreSIGTERM {
+				continue
+			}
+			time.Sleep(faults.ShutdownDelay) // in-flight requests finish
+			hs.Close()
+			return 0
+		case <-lifeline:
+			lifeline = nil
+			if faults.OrphanWorkers {
+				continue
+			}
+			hs.Close()
+			return 0
+		}
+	}
 }

@@ -13,6 +13,9 @@ import (
 
 const tgiVersion = "3.3.6"
 
+// tgiFill is the share of a GPU that TGI fills at --cuda-memory-fraction 1.
+const tgiFill = 0.9
+
 // A small model of clap (TGI's launcher): "--name value" and "--name=value",
 // every option also read from an environment variable of the same name in
 // capitals (--model-id: MODEL_ID), an option given twice refused, errors
@@ -119,8 +122,13 @@ type TGIConfig struct {
 	MaxInputTokens int
 	MaxTotalTokens int
 	APIKey         string
-	Help           bool
-	Version        bool
+	// CUDAMemoryFraction is --cuda-memory-fraction (0 when not given).
+	CUDAMemoryFraction float64
+	// GracefulTimeout is --graceful-termination-timeout (default 90s): how
+	// long a stop waits for the router and then for each shard.
+	GracefulTimeout time.Duration
+	Help            bool
+	Version         bool
 }
 
 // ParseTGIArgs reads a text-generation-launcher command line (without the
@@ -213,6 +221,10 @@ func ParseTGIArgs(argv []string, getenv func(string) string) (TGIConfig, error) 
 	cfg.MaxInputTokens = num("max-input-tokens", 0)
 	cfg.MaxTotalTokens = num("max-total-tokens", 0)
 	cfg.APIKey = values["api-key"]
+	cfg.GracefulTimeout = time.Duration(num("graceful-termination-timeout", 90)) * time.Second
+	if v, ok := values["cuda-memory-fraction"]; ok {
+		cfg.CUDAMemoryFraction, _ = strconv.ParseFloat(v, 64)
+	}
 	return cfg, nil
 }
 
@@ -306,10 +318,15 @@ func (p *process) runTGI(argv []string) int {
 		return 1
 	}
 	logf("INFO", "download", "Successfully downloaded weights for %s", cfg.ModelID)
+	// TGI fills about 90 % of each GPU × --cuda-memory-fraction.
 	claims := p.evenClaims(n, gpus)
+	if cfg.CUDAMemoryFraction > 0 {
+		claims = p.fractionClaims(n, gpus, tgiFill*cfg.CUDAMemoryFraction)
+	}
 	specs := make([]shardSpec, n)
 	for i := range specs {
-		specs[i] = shardSpec{title: "text-generation-server", claims: claims[i]}
+		// Each shard in a process group of its own, as the launcher starts them.
+		specs[i] = shardSpec{title: "text-generation-server", claims: claims[i], ownGroup: true}
 		if visible >= 0 && i >= len(gpus) {
 			specs[i].fail = "RuntimeError: CUDA error: invalid device ordinal"
 		}
@@ -319,11 +336,14 @@ func (p *process) runTGI(argv []string) int {
 		logf("INFO", "shard-manager: text_generation_launcher", "Starting shard rank=%d", i)
 	}
 	start := time.Now()
-	h := &tgiServer{cfg: cfg, shards: n, state: p.state}
+	// The router (text-generation-router) is a process of its own group
+	// that binds the port only once the shards are warm.
+	router := &shardSpec{title: "text-generation-router", ownGroup: true, router: true, routerArgs: argv, shards: n}
 	return p.runSharded(specs, shardedEngine{
-		host:    cfg.Hostname,
-		port:    cfg.Port,
-		handler: h,
+		host:       cfg.Hostname,
+		port:       cfg.Port,
+		router:     router,
+		stageGrace: cfg.GracefulTimeout,
 		loadFailed: func(reason string) {
 			logf("ERROR", "text_generation_launcher", "Error when initializing model\n%s", reason)
 			logf("ERROR", "text_generation_launcher", "Shard 0 failed to start")

@@ -6,11 +6,79 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
 
+// vllmVersion is the vLLM version the stand-in imitates unless
+// FAKE_ENGINE_VLLM_VERSION names another.
 const vllmVersion = "0.11.0"
+
+// EnvVLLMVersion names the vLLM version the stand-in imitates: from 0.18 it
+// knows --shutdown-timeout (older ones refuse it as unrecognized), from 0.24
+// it takes full GPU UUIDs in CUDA_VISIBLE_DEVICES (older ones crash on any
+// UUID; short ones still fail).
+const EnvVLLMVersion = "FAKE_ENGINE_VLLM_VERSION"
+
+// version is a release number, major.minor.patch.
+type version [3]int
+
+// parseVersion reads "0.24.1", "v0.18" or "0.11.0rc1" (the suffix is ignored).
+func parseVersion(s string) (version, error) {
+	var v version
+	parts := strings.SplitN(strings.TrimPrefix(strings.TrimSpace(s), "v"), ".", 3)
+	for i, part := range parts {
+		end := 0
+		for end < len(part) && part[end] >= '0' && part[end] <= '9' {
+			end++
+		}
+		n, err := strconv.Atoi(part[:end])
+		if err != nil {
+			return v, fmt.Errorf("version %q: want major.minor.patch", s)
+		}
+		v[i] = n
+	}
+	return v, nil
+}
+
+func (v version) atLeast(o version) bool {
+	for i := range v {
+		if v[i] != o[i] {
+			return v[i] > o[i]
+		}
+	}
+	return true
+}
+
+func (v version) String() string { return fmt.Sprintf("%d.%d.%d", v[0], v[1], v[2]) }
+
+// The vLLM releases whose behaviour the stand-in follows.
+var (
+	vllmShutdownTimeoutSince = version{0, 18, 0}
+	vllmUUIDsSince           = version{0, 24, 0}
+)
+
+// vllmOptionsOf are the options vLLM v knows.
+func vllmOptionsOf(v version) []pyOpt {
+	opts := vllmOptions
+	if v.atLeast(vllmShutdownTimeoutSince) {
+		opts = append(append([]pyOpt(nil), opts...), pyOpt{names: []string{"--shutdown-timeout"}, kind: pyValue, typ: "int"})
+	}
+	return opts
+}
+
+// vllmHelp is what `vllm serve --help` (and --help=all) prints: every option
+// v knows, as a capability probe reads it.
+func vllmHelp(v version) string {
+	var b strings.Builder
+	b.WriteString(vllmUsage + "\n\nStart the vLLM OpenAI Compatible API server (fake-engine imitating vLLM " + v.String() + ").\n\noptions:\n")
+	for _, o := range vllmOptionsOf(v) {
+		b.WriteString("  " + strings.Join(o.names, ", ") + "\n")
+	}
+	return b.String() + "\n" + envHelp
+}
 
 // vllmOptions are the `vllm serve` options the stand-in knows (a good part
 // of vLLM's; an option missing here is refused as unrecognized).
@@ -85,18 +153,27 @@ type VLLMConfig struct {
 	MaxModelLen      int
 	ServedModelNames []string
 	APIKey           string
-	Help             bool
+	// GPUMemoryUtilization is --gpu-memory-utilization (0 when not given).
+	GPUMemoryUtilization float64
+	Help                 bool
 }
 
 const vllmUsage = "usage: vllm serve [model_tag] [options]"
 
 // ParseVLLMArgs reads `vllm serve MODEL [options]` (argv without the program
-// name, starting with "serve"). Errors are argparse's, status 2.
+// name, starting with "serve") as the default vLLM version does. Errors are
+// argparse's, status 2.
 func ParseVLLMArgs(argv []string) (VLLMConfig, error) {
+	v, _ := parseVersion(vllmVersion)
+	return ParseVLLMArgsOf(argv, v)
+}
+
+// ParseVLLMArgsOf reads `vllm serve MODEL [options]` as vLLM v does.
+func ParseVLLMArgsOf(argv []string, v version) (VLLMConfig, error) {
 	cfg := VLLMConfig{Port: 8000, TensorParallel: 1, PipelineParallel: 1}
 	if len(argv) == 0 || argv[0] != "serve" {
 		if len(argv) > 0 && (argv[0] == "--version" || argv[0] == "-v") {
-			return cfg, &UsageError{Message: vllmVersion, Code: 0}
+			return cfg, &UsageError{Message: v.String(), Code: 0}
 		}
 		msg := "the following arguments are required: subparser"
 		if len(argv) > 0 {
@@ -104,7 +181,11 @@ func ParseVLLMArgs(argv []string) (VLLMConfig, error) {
 		}
 		return cfg, &UsageError{Message: "usage: vllm [-h] [-v] {chat,complete,serve,bench,collect-env,run-batch} ...\nvllm: error: " + msg, Code: 2}
 	}
-	a, err := parsePy(argv[1:], vllmOptions, 1)
+	if slices.Contains(argv[1:], "--help=all") || slices.Contains(argv[1:], "--help") || slices.Contains(argv[1:], "-h") {
+		cfg.Help = true
+		return cfg, nil
+	}
+	a, err := parsePy(argv[1:], vllmOptionsOf(v), 1)
 	if err != nil {
 		return cfg, &UsageError{Message: vllmUsage + "\nvllm serve: error: " + err.Error(), Code: 2}
 	}
@@ -127,6 +208,9 @@ func ParseVLLMArgs(argv []string) (VLLMConfig, error) {
 	cfg.MaxModelLen = a.num("--max-model-len", 0)
 	cfg.ServedModelNames = a.values["--served-model-name"]
 	cfg.APIKey = a.str("--api-key", os.Getenv("VLLM_API_KEY"))
+	if v := a.str("--gpu-memory-utilization", ""); v != "" {
+		cfg.GPUMemoryUtilization, _ = strconv.ParseFloat(v, 64)
+	}
 	return cfg, nil
 }
 
@@ -135,7 +219,15 @@ func vllmTime() string { return time.Now().Format("01-02 15:04:05") }
 // runVLLM plays `vllm serve`: tensor-parallel × pipeline-parallel worker
 // processes hold the GPU memory; the port opens only when they are loaded.
 func (p *process) runVLLM(argv []string) int {
-	cfg, err := ParseVLLMArgs(argv)
+	ver, err := parseVersion(vllmVersion)
+	if s := os.Getenv(EnvVLLMVersion); s != "" {
+		ver, err = parseVersion(s)
+	}
+	if err != nil {
+		p.stderr.printf("fake-engine: %s: %v", EnvVLLMVersion, err)
+		return 1
+	}
+	cfg, err := ParseVLLMArgsOf(argv, ver)
 	if err != nil {
 		var ue *UsageError
 		if errors.As(err, &ue) {
@@ -149,7 +241,7 @@ func (p *process) runVLLM(argv []string) int {
 		return 1
 	}
 	if cfg.Help {
-		fmt.Print(vllmUsage + "\n\nStart the vLLM OpenAI Compatible API server (fake-engine).\n\n" + envHelp)
+		fmt.Print(vllmHelp(ver))
 		return 0
 	}
 	info := func(file, format string, a ...any) {
@@ -162,9 +254,21 @@ func (p *process) runVLLM(argv []string) int {
 		}
 		return 1
 	}
-	info("api_server.py:1896", "vLLM API server version %s", vllmVersion)
+	info("api_server.py:1896", "vLLM API server version %s", ver)
 	info("utils.py:328", "non-default args: {'model_tag': '%s', 'host': '%s', 'port': %d, 'tensor_parallel_size': %d}", cfg.Model, cfg.Host, cfg.Port, cfg.TensorParallel)
-	gpus, err := p.gpus(true)
+	// Before v0.24 vLLM parses every entry with int(); from v0.24 it also
+	// resolves full GPU UUIDs, but a short one still fails.
+	uuids := ver.atLeast(vllmUUIDsSince)
+	if uuids {
+		if cvd, set := os.LookupEnv("CUDA_VISIBLE_DEVICES"); set {
+			for _, entry := range splitList(cvd) {
+				if _, err := strconv.Atoi(entry); err != nil && len(entry) != len("GPU-00000000-0000-0000-0000-000000000000") {
+					return fatal(fmt.Sprintf("ValueError: invalid literal for int() with base 10: '%s'", entry))
+				}
+			}
+		}
+	}
+	gpus, err := p.gpus(!uuids)
 	if err != nil {
 		if strings.HasPrefix(err.Error(), "invalid literal") {
 			return fatal("ValueError: " + err.Error())
@@ -183,23 +287,28 @@ func (p *process) runVLLM(argv []string) int {
 	if maxLen <= 0 {
 		maxLen = llamaModelCtx
 	}
-	claims := p.evenClaims(world, gpus)
-	specs := make([]shardSpec, world)
-	for i := range specs {
-		specs[i] = shardSpec{title: fmt.Sprintf("VLLM::Worker_TP%d", i), claims: claims[i]}
-		if world == 1 {
-			specs[i].title = "VLLM::EngineCore"
-		}
+	// vLLM takes --gpu-memory-utilization of each GPU, whatever a pool declares.
+	claims := p.fractionClaims(world, gpus, cfg.GPUMemoryUtilization)
+	workers := make([]shardSpec, world)
+	for i := range workers {
+		workers[i] = shardSpec{title: fmt.Sprintf("VLLM::Worker_TP%d", i), claims: claims[i]}
 		if p.faults.FailLoad {
-			specs[i].fail = fmt.Sprintf("RuntimeError: Failed to load model weights (%s=1)", EnvFailLoad)
+			workers[i].fail = fmt.Sprintf("RuntimeError: Failed to load model weights (%s=1)", EnvFailLoad)
 		}
 	}
-	info("core.py:74", "Initializing a V1 LLM engine (v%s) with config: model='%s', tensor_parallel_size=%d, pipeline_parallel_size=%d, max_seq_len=%d", vllmVersion, cfg.Model, cfg.TensorParallel, cfg.PipelineParallel, maxLen)
+	// API server → VLLM::EngineCore → VLLM::Worker_TP<n>; with one GPU the
+	// EngineCore runs the model itself and holds the memory.
+	specs := []shardSpec{{title: "VLLM::EngineCore", children: workers}}
+	if world == 1 {
+		specs[0] = workers[0]
+		specs[0].title = "VLLM::EngineCore"
+	}
+	info("core.py:74", "Initializing a V1 LLM engine (v%s) with config: model='%s', tensor_parallel_size=%d, pipeline_parallel_size=%d, max_seq_len=%d", ver, cfg.Model, cfg.TensorParallel, cfg.PipelineParallel, maxLen)
 	names := cfg.ServedModelNames
 	if len(names) == 0 {
 		names = []string{cfg.Model}
 	}
-	h := &vllmServer{cfg: cfg, names: names, maxLen: maxLen, state: p.state}
+	h := &vllmServer{cfg: cfg, names: names, maxLen: maxLen, state: p.state, version: ver.String()}
 	return p.runSharded(specs, shardedEngine{
 		host:    cfg.Host,
 		port:    cfg.Port,
@@ -248,10 +357,11 @@ func (p *process) runVLLM(argv []string) int {
 // vllmServer is vLLM's OpenAI-compatible server, as far as a supervisor
 // needs it.
 type vllmServer struct {
-	cfg    VLLMConfig
-	names  []string
-	maxLen int
-	state  *engineState
+	cfg     VLLMConfig
+	names   []string
+	maxLen  int
+	state   *engineState
+	version string
 }
 
 func (s *vllmServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -270,7 +380,7 @@ func (s *vllmServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			w.WriteHeader(http.StatusServiceUnavailable)
 		}
 	case path == "/version":
-		writeJSON(w, http.StatusOK, map[string]string{"version": vllmVersion})
+		writeJSON(w, http.StatusOK, map[string]string{"version": s.version})
 	case path == "/v1/models":
 		var data []map[string]any
 		for _, n := range s.names {

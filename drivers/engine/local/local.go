@@ -40,6 +40,10 @@ type Driver struct {
 	// engine the OOM killer ended is told apart from one killed by hand;
 	// nil reads cgroup v2's memory.events (CgroupOOM).
 	OOM OOMSource
+	// Supports reports whether an engine binary accepts an optional flag
+	// (preset.Options.Supports): the capability probe's answer. nil knows of
+	// none, and optional flags (vLLM's --shutdown-timeout) are left out.
+	Supports func(path, flag string) bool
 
 	mu sync.Mutex
 	// given are the ports handed to engines by this driver: parallel starts
@@ -71,9 +75,9 @@ func (d *Driver) Start(ctx context.Context, req engine.StartRequest) (engine.Pro
 	}
 	gpus := make([]preset.GPU, len(req.GPUs))
 	for i, g := range req.GPUs {
-		gpus[i] = preset.GPU{Index: g.Index, UUID: g.UUID}
+		gpus[i] = preset.GPU{Index: g.Index, UUID: g.UUID, Total: g.MemoryTotal}
 	}
-	cmd, err := preset.Build(req.Pool, gpus, port, d.Binaries, req.Marker, preset.Options{SimDir: d.SimDir, StateDir: d.StateDir, SimVRAM: req.Need})
+	cmd, err := preset.Build(req.Pool, gpus, port, d.Binaries, req.Marker, preset.Options{SimDir: d.SimDir, StateDir: d.StateDir, SimVRAM: req.Need, Supports: d.Supports})
 	if err != nil {
 		return nil, err
 	}

@@ -1,6 +1,6 @@
 // Package preset turns a pool into the command line and environment of its
-// engine process: llama.cpp's llama-server, vLLM or TGI's
-// text-generation-launcher. It does no I/O beyond finding the engine binaries
+// engine process: llama.cpp's llama-server, vLLM, TGI's
+// text-generation-launcher or SGLang (python -m sglang.launch_server). It does no I/O beyond finding the engine binaries
 // (exec.LookPath, os.Stat); starting the process is the supervisor's job.
 //
 // Every engine gets, whatever the pool says:
@@ -8,11 +8,14 @@
 //   - CUDA_DEVICE_ORDER=PCI_BUS_ID, so that CUDA numbers GPUs as NVML does;
 //   - CUDA_VISIBLE_DEVICES = the pool's masked GPUs in the order of its
 //     devices (and of its split): GPU UUIDs for llama.cpp and TGI, NVML
-//     indices for vLLM, which parses the entries as integers and crashes on
-//     UUIDs;
+//     indices for vLLM (which parses the entries as integers and crashes on
+//     UUIDs before v0.24) and SGLang;
 //   - the engine marker (engine.MarkerEnv), by which a scan of /proc finds it;
 //   - a bind to 127.0.0.1 on the given port, the model and its context size;
-//   - the shard count (vLLM, TGI) or tensor split (llama.cpp) of the mask.
+//   - the shard count (vLLM, TGI, SGLang) or tensor split (llama.cpp) of the mask;
+//   - for vLLM, TGI and SGLang, the share of each GPU to take, derived from
+//     the pool's vram (unless the pool's flags set it), and a graceful
+//     shutdown that fits in the pool's stop grace (see sharded.go).
 //
 // The pool's own flags come last and its env after the managed variables
 // (the schema's checks refuse flags and variables that would override them).
@@ -58,6 +61,11 @@ const (
 	// RefuseUntilLoaded engines (vLLM, TGI) do not listen until the model is
 	// loaded: a refused connection during preload is not a failure.
 	RefuseUntilLoaded
+	// RefuseThenWarmUp engines (SGLang) refuse connections while loading
+	// weights, then answer /health with 503 and an empty body until their
+	// warm-up request succeeds, then 200 (and 503 again while exiting).
+	// /ping answers 200 all along and says nothing about readiness.
+	RefuseThenWarmUp
 )
 
 // String names the style.
@@ -67,6 +75,8 @@ func (h HealthStyle) String() string {
 		return "llama-server"
 	case RefuseUntilLoaded:
 		return "refuse-until-loaded"
+	case RefuseThenWarmUp:
+		return "refuse-then-warm-up"
 	}
 	return "HealthStyle(" + strconv.Itoa(int(h)) + ")"
 }
@@ -94,13 +104,21 @@ const (
 	DefaultLlamaCpp = "llama-server"
 	DefaultVLLM     = "vllm"
 	DefaultTGI      = "text-generation-launcher"
+	// DefaultSGLang is the Python interpreter that runs SGLang
+	// (python3 -m sglang.launch_server): the one of the environment where
+	// SGLang is installed.
+	DefaultSGLang = "python3"
 )
+
+// SGLangModule is the module the SGLang interpreter runs (its "-m" argument).
+const SGLangModule = "sglang.launch_server"
 
 // Binaries are the engine programs. An empty field means the default name;
 // a value without a slash is looked up in PATH, one with a slash is a path
-// (made absolute).
+// (made absolute). SGLang is a Python interpreter that has SGLang installed
+// (a virtual environment's bin/python, say).
 type Binaries struct {
-	LlamaCpp, VLLM, TGI string
+	LlamaCpp, VLLM, TGI, SGLang string
 }
 
 // ErrBinary is wrapped by the errors of Binaries.Path and Binaries.Check.
@@ -133,6 +151,8 @@ func (b Binaries) name(e schema.Engine) (string, error) {
 		v, def = b.VLLM, DefaultVLLM
 	case schema.EngineTGI:
 		v, def = b.TGI, DefaultTGI
+	case schema.EngineSGLang:
+		v, def = b.SGLang, DefaultSGLang
 	default:
 		return "", fmt.Errorf("unknown engine %q", e)
 	}
@@ -199,6 +219,9 @@ type GPU struct {
 	Index int
 	// UUID is the GPU's UUID ("GPU-...").
 	UUID string
+	// Total is the GPU's memory in bytes; 0 when unknown, and then vLLM,
+	// TGI and SGLang get no memory fraction (they take their default).
+	Total uint64
 }
 
 // Options are the inputs of Build that do not come from the pool.
@@ -214,6 +237,16 @@ type Options struct {
 	// Environ is pool-managerd's environment, from which PATH, HOME, LANG,
 	// LC_*, TZ and TMPDIR are passed on; nil means os.Environ().
 	Environ []string
+	// Supports reports whether the engine binary at path accepts an
+	// optional flag (vLLM's --shutdown-timeout, which builds before v0.18
+	// reject): what pool-managerd learned from the binary. nil knows of no
+	// optional flag, and such flags are left out.
+	Supports func(path, flag string) bool
+}
+
+// supports reports whether the binary at path accepts flag, as far as opts know.
+func (o Options) supports(path, flag string) bool {
+	return o.Supports != nil && o.Supports(path, flag)
 }
 
 // passed reports whether a variable of pool-managerd's environment reaches the engine.
@@ -303,9 +336,8 @@ func Build(p *schema.Pool, gpus []GPU, port int, b Binaries, marker string, opts
 			"--tensor-parallel-size", n,
 			"--max-model-len", ctxArg,
 		}
-		for _, g := range gpus {
-			visible = append(visible, strconv.Itoa(g.Index))
-		}
+		cmd.Args = append(cmd.Args, vllmArgs(p, gpus, path, opts)...)
+		visible = indices(gpus)
 	case schema.EngineTGI:
 		cmd.Health = RefuseUntilLoaded
 		cmd.Args = []string{
@@ -315,7 +347,20 @@ func Build(p *schema.Pool, gpus []GPU, port int, b Binaries, marker string, opts
 			"--num-shard", n,
 			"--max-total-tokens", ctxArg,
 		}
+		cmd.Args = append(cmd.Args, tgiArgs(p, gpus)...)
 		visible, err = uuids(gpus)
+	case schema.EngineSGLang:
+		cmd.Health = RefuseThenWarmUp
+		cmd.Args = []string{
+			"-m", SGLangModule,
+			"--model-path", p.Model.Path,
+			"--host", Host,
+			"--port", portArg,
+			"--tp-size", n,
+			"--context-length", ctxArg,
+		}
+		cmd.Args = append(cmd.Args, memoryArgs(p, gpus)...)
+		visible = indices(gpus)
 	default:
 		return fail("unknown engine %q", p.Engine)
 	}

@@ -21,7 +21,7 @@ import (
 func fakeBinaries(t *testing.T) (Binaries, string) {
 	t.Helper()
 	dir := t.TempDir()
-	for _, name := range []string{DefaultLlamaCpp, DefaultVLLM, DefaultTGI} {
+	for _, name := range []string{DefaultLlamaCpp, DefaultVLLM, DefaultTGI, DefaultSGLang} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte("#!/bin/sh\n"), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -30,6 +30,7 @@ func fakeBinaries(t *testing.T) (Binaries, string) {
 		LlamaCpp: filepath.Join(dir, DefaultLlamaCpp),
 		VLLM:     filepath.Join(dir, DefaultVLLM),
 		TGI:      filepath.Join(dir, DefaultTGI),
+		SGLang:   filepath.Join(dir, DefaultSGLang),
 	}, dir
 }
 
@@ -75,6 +76,25 @@ func fakeGPUs(p *schema.Pool) []GPU {
 		gpus[i] = GPU{Index: d, UUID: fmt.Sprintf("GPU-fake-%d", d)}
 	}
 	return gpus
+}
+
+// exampleGPUs are pool p's masked GPUs with the sizes its node declares.
+func exampleGPUs(t *testing.T, d *schema.Desired, p *schema.Pool) []GPU {
+	t.Helper()
+	gpus := fakeGPUs(p)
+	for i := range gpus {
+		g, ok := d.Nodes[p.Node].GPU(gpus[i].Index)
+		if !ok {
+			t.Fatalf("pool %s: GPU %d not declared on node %s", p.ID, gpus[i].Index, p.Node)
+		}
+		gpus[i].Total = uint64(g.VRAM)
+	}
+	return gpus
+}
+
+// shutdownProbe stands in for the capability probe: every vllm knows --shutdown-timeout.
+func shutdownProbe(path, flag string) bool {
+	return filepath.Base(path) == DefaultVLLM && flag == FlagShutdownTimeout
 }
 
 func loadExample(t *testing.T, name string) *schema.Desired {
@@ -172,7 +192,9 @@ func TestBuildExamples(t *testing.T) {
 			args: []string{
 				"serve", "/models/mistral-small-24b-instruct-awq", "--host", "127.0.0.1", "--port", "9105",
 				"--tensor-parallel-size", "2", "--max-model-len", "16384",
-				"--quantization", "awq_marlin", "--gpu-memory-utilization", "0.9",
+				// 21Gi of each 24Gi GPU; a grace of 10 s leaves vLLM 8 s.
+				"--gpu-memory-utilization", "0.875", "--shutdown-timeout", "8",
+				"--quantization", "awq_marlin",
 			},
 			env: envWith("CUDA_VISIBLE_DEVICES=2,3", mk),
 		},
@@ -181,7 +203,8 @@ func TestBuildExamples(t *testing.T) {
 			args: []string{
 				"serve", "/models/meta-llama/Llama-3.3-70B-Instruct", "--host", "127.0.0.1", "--port", "8000",
 				"--tensor-parallel-size", "4", "--max-model-len", "32768",
-				"--gpu-memory-utilization", "0.88", "--enable-prefix-caching", "--max-num-seqs", "128",
+				"--gpu-memory-utilization", "0.875", "--shutdown-timeout", "8",
+				"--enable-prefix-caching", "--max-num-seqs", "128",
 			},
 			env: envWith("CUDA_VISIBLE_DEVICES=0,1,2,3", mk),
 		},
@@ -190,7 +213,8 @@ func TestBuildExamples(t *testing.T) {
 			args: []string{
 				"serve", "/models/Qwen/Qwen2.5-32B-Instruct", "--host", "127.0.0.1", "--port", "9106",
 				"--tensor-parallel-size", "2", "--max-model-len", "16384",
-				"--gpu-memory-utilization", "0.85",
+				"--shutdown-timeout", "8",
+				"--gpu-memory-utilization", "0.85", // the pool's own, which matches its vram
 			},
 			env: envWith("CUDA_VISIBLE_DEVICES=4,5", "VLLM_LOGGING_LEVEL=WARNING", mk),
 		},
@@ -199,9 +223,23 @@ func TestBuildExamples(t *testing.T) {
 			args: []string{
 				"--model-id", "/models/mistralai/Mixtral-8x7B-Instruct-v0.1", "--hostname", "127.0.0.1", "--port", "9107",
 				"--num-shard", "2", "--max-total-tokens", "16384",
+				// 60Gi of each 80Gi GPU at TGI's 90 % fill; router + 2 shards in 10 s.
+				"--cuda-memory-fraction", "0.8333", "--graceful-termination-timeout", "3",
 				"--max-input-tokens", "12288", "--max-batch-prefill-tokens", "16384",
 			},
 			env: envWith("CUDA_VISIBLE_DEVICES=GPU-fake-6,GPU-fake-7", mk),
+		},
+		{
+			// SGLang takes indices, as vLLM does.
+			example: "fleet", pool: "qwen72b-sglang", path: DefaultSGLang, health: RefuseThenWarmUp,
+			args: []string{
+				"-m", "sglang.launch_server",
+				"--model-path", "/models/Qwen/Qwen2.5-72B-Instruct-FP8", "--host", "127.0.0.1", "--port", "30000",
+				"--tp-size", "2", "--context-length", "32768",
+				"--mem-fraction-static", "0.9",
+				"--enable-metrics", "--served-model-name", "qwen2.5-72b",
+			},
+			env: envWith("CUDA_VISIBLE_DEVICES=0,1", mk),
 		},
 	}
 	desired := map[string]*schema.Desired{}
@@ -222,7 +260,7 @@ func TestBuildExamples(t *testing.T) {
 			if port == 0 {
 				port = tc.port
 			}
-			got, err := Build(p, fakeGPUs(p), port, bins, marker, Options{Environ: environ})
+			got, err := Build(p, exampleGPUs(t, d, p), port, bins, marker, Options{Environ: environ, Supports: shutdownProbe})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -255,7 +293,7 @@ func TestBuildEnvLiteral(t *testing.T) {
 		Devices: []int{1, 0},
 		Env:     map[string]string{"A_FIRST": "1", "PATH": "/opt/engine/bin", "HF_HOME": "/cache"},
 	}
-	got, err := Build(p, []GPU{{1, "GPU-b"}, {0, "GPU-a"}}, 9000, bins, "n1/chat/1/h", Options{Environ: environ, SimDir: "/tmp/sim", StateDir: "/var/lib/pm", SimVRAM: 3 << 30})
+	got, err := Build(p, []GPU{{Index: 1, UUID: "GPU-b"}, {Index: 0, UUID: "GPU-a"}}, 9000, bins, "n1/chat/1/h", Options{Environ: environ, SimDir: "/tmp/sim", StateDir: "/var/lib/pm", SimVRAM: 3 << 30})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -282,14 +320,14 @@ func TestBuildEnvLiteral(t *testing.T) {
 	// nil Environ reads the process environment; an empty one passes nothing.
 	t.Setenv("LC_TIME", "en_DK.UTF-8")
 	t.Setenv("SECRET_TOKEN", "x")
-	got, err = Build(p, []GPU{{1, "GPU-b"}, {0, "GPU-a"}}, 9000, bins, "n1/chat/1/h", Options{})
+	got, err = Build(p, []GPU{{Index: 1, UUID: "GPU-b"}, {Index: 0, UUID: "GPU-a"}}, 9000, bins, "n1/chat/1/h", Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !contains(got.Env, "LC_TIME=en_DK.UTF-8") || containsPrefix(got.Env, "SECRET_TOKEN=") {
 		t.Errorf("Env from os.Environ: %q", got.Env)
 	}
-	got, err = Build(p, []GPU{{1, "GPU-b"}, {0, "GPU-a"}}, 9000, bins, "n1/chat/1/h", Options{Environ: []string{}})
+	got, err = Build(p, []GPU{{Index: 1, UUID: "GPU-b"}, {Index: 0, UUID: "GPU-a"}}, 9000, bins, "n1/chat/1/h", Options{Environ: []string{}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -327,7 +365,7 @@ func TestBuildErrors(t *testing.T) {
 			Devices: []int{0, 1},
 		}
 	}
-	two := []GPU{{0, "GPU-a"}, {1, "GPU-b"}}
+	two := []GPU{{Index: 0, UUID: "GPU-a"}, {Index: 1, UUID: "GPU-b"}}
 	tests := []struct {
 		name   string
 		modify func(p *schema.Pool)
@@ -339,14 +377,14 @@ func TestBuildErrors(t *testing.T) {
 	}{
 		{name: "too few GPUs", gpus: two[:1], want: "1 GPUs given for a mask of 2 devices"},
 		{name: "GPUs out of order", gpus: []GPU{two[1], two[0]}, want: "GPU 1 given for device 0"},
-		{name: "no UUID", gpus: []GPU{{0, "GPU-a"}, {1, ""}}, want: "GPU 1 has no UUID"},
+		{name: "no UUID", gpus: []GPU{{Index: 0, UUID: "GPU-a"}, {Index: 1, UUID: ""}}, want: "GPU 1 has no UUID"},
 		{name: "no port", port: -1, want: "port -1 out of range"},
 		{name: "port differs from the pool's", modify: func(p *schema.Pool) { p.Port = 8080 }, want: "the pool names port 8080"},
 		{name: "no marker", marker: "-", want: "no engine marker"},
 		{name: "managed env", modify: func(p *schema.Pool) { p.Env = map[string]string{"CUDA_VISIBLE_DEVICES": "0"} }, want: "env CUDA_VISIBLE_DEVICES is set by pool-managerd"},
 		{name: "marker env", modify: func(p *schema.Pool) { p.Env = map[string]string{engine.MarkerEnv: "x"} }, want: "env POOL_MANAGERD_ENGINE is set"},
 		{name: "split length", modify: func(p *schema.Pool) { p.Split = []float64{1} }, want: "split [1] for 2 devices"},
-		{name: "unknown engine", modify: func(p *schema.Pool) { p.Engine = "sglang" }, want: `unknown engine "sglang"`},
+		{name: "unknown engine", modify: func(p *schema.Pool) { p.Engine = "ollama" }, want: `unknown engine "ollama"`},
 		{name: "missing binary", bins: Binaries{LlamaCpp: "/nonexistent/llama-server"}, want: `llamacpp engine binary "/nonexistent/llama-server": no such file`},
 	}
 	for _, tc := range tests {
@@ -432,7 +470,7 @@ func TestCheck(t *testing.T) {
 			name: "every problem reported", bins: Binaries{VLLM: plain}, engines: []schema.Engine{schema.EngineVLLM, schema.EngineTGI, schema.EngineLlamaCpp},
 			want: []string{"vllm engine binary", "tgi engine binary"},
 		},
-		{name: "unknown engine", engines: []schema.Engine{"sglang"}, want: []string{`unknown engine "sglang"`}},
+		{name: "unknown engine", engines: []schema.Engine{"ollama"}, want: []string{`unknown engine "ollama"`}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -470,7 +508,7 @@ func TestCheck(t *testing.T) {
 }
 
 func TestHealthStyleString(t *testing.T) {
-	for h, want := range map[HealthStyle]string{LlamaServer: "llama-server", RefuseUntilLoaded: "refuse-until-loaded", 0: "HealthStyle(0)"} {
+	for h, want := range map[HealthStyle]string{LlamaServer: "llama-server", RefuseUntilLoaded: "refuse-until-loaded", RefuseThenWarmUp: "refuse-then-warm-up", 0: "HealthStyle(0)"} {
 		if got := h.String(); got != want {
 			t.Errorf("%d.String() = %q, want %q", int(h), got, want)
 		}
