@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -130,7 +131,11 @@ func TestFaults(t *testing.T) {
 	t.Run("CUDA error after Ready", func(t *testing.T) {
 		t.Parallel()
 		w := newWorkspace(t)
-		w.writeConfig(pool{ID: "a", Env: map[string]string{"FAKE_ENGINE_CUDA_ERROR_AFTER": "600ms"}})
+		// The restarted engine must not abort again before the status below.
+		w.writeConfig(pool{ID: "a", Env: map[string]string{
+			"FAKE_ENGINE_CUDA_ERROR_AFTER": "600ms",
+			"FAKE_ENGINE_FAULT_ONCE":       filepath.Join(t.TempDir(), "struck"),
+		}})
 		mustExit(t, w.apply(), 0)
 		pid := w.onlyEngine("a").PID
 		waitFor(t, 5*time.Second, "the engine to abort", func() bool { return !alive(pid) })

@@ -109,6 +109,9 @@
 //	FAKE_ENGINE_CUDA_ERROR_AFTER=<dur> that long after Ready, print a CUDA out-of-memory
 //	                                   error and abort (llama-server: ggml-cuda's message,
 //	                                   then SIGABRT; vLLM and TGI: Python's RuntimeError, exit 1)
+//	FAKE_ENGINE_FAULT_ONCE=<file>      the exit and CUDA error above strike only the first
+//	                                   engine to reach Ready (it creates the file); a
+//	                                   restarted engine that finds the file leaves them out
 //	FAKE_ENGINE_HOLD_OUTSIDE_MASK=<i>  also hold memory on simulated GPU i (comma list),
 //	FAKE_ENGINE_OUTSIDE_VRAM=512Mi     this much, whatever CUDA_VISIBLE_DEVICES says
 //	FAKE_ENGINE_NO_GPU=1               hold no GPU memory although GPUs are visible
@@ -152,6 +155,7 @@ Environment:
   FAKE_ENGINE_EXIT_CODE=1            (default 1) or be killed by
   FAKE_ENGINE_EXIT_SIGNAL=<sig>      this signal (SIGSEGV, SIGABRT, ...)
   FAKE_ENGINE_CUDA_ERROR_AFTER=<dur> after Ready, print a CUDA out-of-memory error and abort
+  FAKE_ENGINE_FAULT_ONCE=<file>      the exit and CUDA error strike only the first engine (creates the file)
   FAKE_ENGINE_HOLD_OUTSIDE_MASK=<i>  also hold FAKE_ENGINE_OUTSIDE_VRAM (512Mi) on
                                      simulated GPU i (comma list), outside the mask
   FAKE_ENGINE_NO_GPU=1               hold no GPU memory though given GPUs (CPU spillover)

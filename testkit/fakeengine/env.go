@@ -35,6 +35,7 @@ const (
 	EnvBusyFor        = "FAKE_ENGINE_BUSY_FOR"
 	EnvGenDelay       = "FAKE_ENGINE_GEN_DELAY"
 	EnvOrphanWorkers  = "FAKE_ENGINE_ORPHAN_WORKERS"
+	EnvFaultOnce      = "FAKE_ENGINE_FAULT_ONCE"
 )
 
 // Never is the value of an optional duration that is not set.
@@ -90,6 +91,11 @@ type Faults struct {
 	// OrphanWorkers keeps vLLM workers and TGI shards alive (holding their
 	// memory) when the main process dies.
 	OrphanWorkers bool
+	// FaultOnce (empty when unset) is a file that makes the after-Ready exit
+	// and CUDA error strike once: the first engine to reach Ready creates it
+	// and acts them out; an engine that finds it (a restarted one) leaves
+	// them out.
+	FaultOnce string
 }
 
 // DefaultFaults is what an empty environment gives.
@@ -173,6 +179,9 @@ func ParseFaults(getenv func(string) string) (Faults, error) {
 		}
 	}
 	dur(EnvCUDAErrorAfter, &f.CUDAErrorAfter)
+	if v, ok := str(EnvFaultOnce); ok {
+		f.FaultOnce = v
+	}
 	if v, ok := str(EnvHoldOutside); ok {
 		for _, part := range strings.Split(v, ",") {
 			n, err := strconv.Atoi(strings.TrimSpace(part))

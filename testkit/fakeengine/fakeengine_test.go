@@ -2,6 +2,8 @@ package fakeengine
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -278,6 +280,7 @@ func TestParseFaults(t *testing.T) {
 		EnvVRAM: "1.5Gi", EnvLoadDelay: "50ms", EnvFailLoad: "1", EnvExitAfter: "2s", EnvExitCode: "3",
 		EnvExitSignal: "SIGSEGV", EnvCUDAErrorAfter: "0", EnvHoldOutside: "1,2", EnvNoGPU: "true",
 		EnvIgnoreSIGTERM: "1", EnvFlapHealth: "100ms", EnvBusySlots: "2", EnvBusyFor: "forever", EnvOrphanWorkers: "1",
+		EnvFaultOnce: "/run/struck",
 	}
 	f, err = ParseFaults(func(k string) string { return env[k] })
 	if err != nil {
@@ -298,6 +301,7 @@ func TestParseFaults(t *testing.T) {
 	want.BusySlots = 2
 	want.BusyFor = Forever
 	want.OrphanWorkers = true
+	want.FaultOnce = "/run/struck"
 	if diff := cmp.Diff(want, f); diff != "" {
 		t.Errorf("faults (-want +got):\n%s", diff)
 	}
@@ -520,5 +524,22 @@ func TestSimVRAMIsTheDefault(t *testing.T) {
 		if f.VRAM != tt.want {
 			t.Errorf("env %v: VRAM %d, want %d", tt.env, f.VRAM, tt.want)
 		}
+	}
+}
+
+func TestFaultOnceStrikesTheFirstEngineOnly(t *testing.T) {
+	if !(&process{faults: DefaultFaults()}).firstToStrike() {
+		t.Error("without FAKE_ENGINE_FAULT_ONCE every engine acts out its faults")
+	}
+	f := DefaultFaults()
+	f.FaultOnce = filepath.Join(t.TempDir(), "struck")
+	if !(&process{faults: f}).firstToStrike() {
+		t.Fatal("the first engine to reach Ready should act out its faults")
+	}
+	if _, err := os.Stat(f.FaultOnce); err != nil {
+		t.Fatalf("the first engine should leave %s: %v", f.FaultOnce, err)
+	}
+	if (&process{faults: f}).firstToStrike() {
+		t.Error("a restarted engine that finds the file should leave its faults out")
 	}
 }

@@ -1,8 +1,10 @@
 package fakeengine
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -287,10 +289,34 @@ type afterReady struct {
 	onDied func(shardExit) int
 }
 
+// firstToStrike reports whether this engine acts out its after-Ready exit
+// and CUDA error: always without FAKE_ENGINE_FAULT_ONCE, else only when it is
+// the first to create that file.
+func (p *process) firstToStrike() bool {
+	if p.faults.FaultOnce == "" {
+		return true
+	}
+	f, err := os.OpenFile(p.faults.FaultOnce, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		if !errors.Is(err, fs.ErrExist) {
+			fmt.Fprintf(os.Stderr, "fake-engine: %s: %v; acting out the faults\n", EnvFaultOnce, err)
+			return true
+		}
+		return false
+	}
+	fmt.Fprintf(f, "%d\n", os.Getpid())
+	_ = f.Close()
+	return true
+}
+
 // runReady waits for a signal or a fault once the engine is Ready.
 func (p *process) runReady(sigs chan os.Signal, h afterReady) int {
-	exitC := after(p.faults.ExitAfter)
-	cudaC := after(p.faults.CUDAErrorAfter)
+	exitAfter, cudaErrorAfter := p.faults.ExitAfter, p.faults.CUDAErrorAfter
+	if !p.firstToStrike() {
+		exitAfter, cudaErrorAfter = Never, Never
+	}
+	exitC := after(exitAfter)
+	cudaC := after(cudaErrorAfter)
 	for {
 		select {
 		case s := <-sigs:
