@@ -94,6 +94,9 @@
 //	FAKE_ENGINE_GEN_DELAY=100ms        how long a completion request holds a slot
 //	FAKE_ENGINE_ORPHAN_WORKERS=1       vLLM workers and TGI shards outlive a main
 //	                                   process that dies (holding their memory)
+//	FAKE_ENGINE_LLAMA_BUILD=<n>        imitate llama.cpp build n (default 8000): before
+//	                                   7437 there is no --fit (not in --help; refused with
+//	                                   "error: invalid argument: --fit", exit 1)
 //
 // An invalid value of one of them prints "fake-engine: invalid environment:
 // ..." and exits 1.
@@ -131,4 +134,5 @@ Environment:
   FAKE_ENGINE_BUSY_FOR=1s            this long ("forever": until exit)
   FAKE_ENGINE_GEN_DELAY=100ms        how long a completion request holds a slot
   FAKE_ENGINE_ORPHAN_WORKERS=1       vLLM/TGI workers outlive a dead main process
+  FAKE_ENGINE_LLAMA_BUILD=8000       llama.cpp build imitated; before 7437 it has no fit options
 `

@@ -162,7 +162,7 @@ func (s *llamaServer) props(w http.ResponseWriter) {
 		"chat_template":               "{% for message in messages %}{{ message.content }}{% endfor %}",
 		"bos_token":                   "<s>",
 		"eos_token":                   "</s>",
-		"build_info":                  fmt.Sprintf("b%d-%s", llamaBuildNumber, llamaCommit),
+		"build_info":                  fmt.Sprintf("b%d-%s", s.cfg.Build, llamaCommit),
 		"webui":                       true,
 		"is_sleeping":                 false,
 	})

@@ -19,11 +19,17 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/poolmanagerd/pool-managerd/drivers/engine"
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/caps"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/preset"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/supervisor"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
+
+// Warner takes a warning with key-value pairs (a *slog.Logger, an hclog.Logger).
+type Warner interface {
+	Warn(msg string, args ...any)
+}
 
 // Driver starts and adopts engine processes.
 type Driver struct {
@@ -40,6 +46,13 @@ type Driver struct {
 	// engine the OOM killer ended is told apart from one killed by hand;
 	// nil reads cgroup v2's memory.events (CgroupOOM).
 	OOM OOMSource
+	// Caps, when set, learns once per engine binary (path, mtime, size)
+	// what it supports, from its --help, in Start: a preset flag the build
+	// lacks is left out (llama-server's --fit). nil: no probe, every preset
+	// flag is passed.
+	Caps *caps.Cache
+	// Log gets the warnings of a start (a flag left out); nil: none.
+	Log Warner
 
 	mu sync.Mutex
 	// given are the ports handed to engines by this driver: parallel starts
@@ -73,9 +86,27 @@ func (d *Driver) Start(ctx context.Context, req engine.StartRequest) (engine.Pro
 	for i, g := range req.GPUs {
 		gpus[i] = preset.GPU{Index: g.Index, UUID: g.UUID}
 	}
-	cmd, err := preset.Build(req.Pool, gpus, port, d.Binaries, req.Marker, preset.Options{SimDir: d.SimDir, StateDir: d.StateDir, SimVRAM: req.Need})
+	opts := preset.Options{SimDir: d.SimDir, StateDir: d.StateDir, SimVRAM: req.Need}
+	if d.Caps != nil {
+		if path, err := d.Binaries.Path(req.Pool.Engine); err == nil {
+			c, err := d.Caps.Get(ctx, path, preset.Probe(req.Pool.Engine, nil))
+			if err != nil {
+				return nil, fmt.Errorf("pool %s: %w", req.Pool.ID, err)
+			}
+			if !c.Known && d.Log != nil {
+				d.Log.Warn("engine capabilities unknown: every preset flag is passed", "pool", req.Pool.ID, "binary", path, "reason", c.Err)
+			}
+			opts.Caps = &c
+		}
+	}
+	cmd, err := preset.Build(req.Pool, gpus, port, d.Binaries, req.Marker, opts)
 	if err != nil {
 		return nil, err
+	}
+	for _, w := range cmd.Warnings {
+		if d.Log != nil {
+			d.Log.Warn(w, "pool", req.Pool.ID)
+		}
 	}
 	if err := os.MkdirAll(d.LogDir, 0o755); err != nil {
 		return nil, fmt.Errorf("log directory: %w", err)
