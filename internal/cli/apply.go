@@ -21,6 +21,7 @@ import (
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/local"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/preset"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
+	"github.com/poolmanagerd/pool-managerd/drivers/gpu/sim"
 	"github.com/poolmanagerd/pool-managerd/internal/executor"
 	"github.com/poolmanagerd/pool-managerd/internal/observe"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
@@ -241,6 +242,9 @@ func runApply(cmd *cobra.Command, target string, src gpuSource, node, stateDir s
 		Log: slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	if src.Kind == "sim" {
 		driver.SimDir = src.Dir
+		if o, err := sim.ReadOptions(src.Dir); err == nil {
+			driver.SimHostEngines = o.HostRealEngines
+		}
 	}
 	var mu sync.Mutex
 	report := func(e executor.Event) {

@@ -21,6 +21,7 @@ import (
 
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/caps"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/local"
+	"github.com/poolmanagerd/pool-managerd/drivers/gpu/sim"
 	"github.com/poolmanagerd/pool-managerd/internal/api"
 	"github.com/poolmanagerd/pool-managerd/internal/daemon"
 	"github.com/poolmanagerd/pool-managerd/internal/gitsource"
@@ -252,6 +253,9 @@ func runServe(cmd *cobra.Command, f serveFlags) error {
 	driver := &local.Driver{Binaries: bins, LogDir: filepath.Join(stateDir, "logs"), StateDir: stateDir, Caps: &caps.Cache{}, Log: log}
 	if src.Kind == "sim" {
 		driver.SimDir = src.Dir
+		if o, err := sim.ReadOptions(src.Dir); err == nil {
+			driver.SimHostEngines = o.HostRealEngines
+		}
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

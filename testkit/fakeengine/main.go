@@ -115,6 +115,13 @@ func Main(args []string) int {
 		simDir: os.Getenv(EnvSimDir),
 		state:  newEngineState(faults),
 	}
+	if p.simDir != "" {
+		// This engine claims what it loads itself: pool-managerd, on a node
+		// that hosts real engines, attributes it nothing.
+		if err := sim.Own(p.simDir, p.pid); err == nil {
+			p.claimed = true
+		}
+	}
 	switch mode {
 	case VLLM:
 		return p.runVLLM(rest)

@@ -23,6 +23,7 @@ import (
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/preset"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/supervisor"
+	"github.com/poolmanagerd/pool-managerd/drivers/gpu/sim"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
 
@@ -40,6 +41,12 @@ type Driver struct {
 	LogKeep     int
 	// SimDir is the simulated node the engines run on, when there is one.
 	SimDir string
+	// SimHostEngines (with SimDir): attribute to each engine started the
+	// pool's VRAM need on its GPUs while it lives (sim.Attribute), so that
+	// a real engine without GPUs reaches Ready on the simulated node. A
+	// stand-in engine keeps its own claims. The simulated node's option
+	// HostRealEngines turns it on.
+	SimHostEngines bool
 	// StateDir is the state directory the engines belong to (absolute).
 	StateDir string
 	// OOM counts the kernel's OOM kills in an engine's cgroup, so that an
@@ -122,6 +129,11 @@ func (d *Driver) Start(ctx context.Context, req engine.StartRequest) (engine.Pro
 		LogPath: d.logPath(req.Pool.ID), LogMaxBytes: maxBytes, LogKeep: keep})
 	if err != nil {
 		return nil, err
+	}
+	if d.SimDir != "" && d.SimHostEngines {
+		if _, err := sim.Attribute(d.SimDir, h.PID(), Attribution(req)); err != nil && d.Log != nil {
+			d.Log.Warn("simulated node: cannot attribute GPU memory to the engine", "pool", req.Pool.ID, "pid", h.PID(), "error", err)
+		}
 	}
 	p := &process{h: h, port: port, logPath: d.logPath(req.Pool.ID), argv: cmd.Argv(), llama: cmd.Health == preset.LlamaServer}
 	p.watchOOM(d.oomSource())
@@ -402,3 +414,36 @@ func busySlots(ctx context.Context, port int) (int, error) {
 
 // LogTail returns what the engine printed since its start (at most the last 16 KiB).
 func (p *process) LogTail() string { return supervisor.LogSinceStart(p.logPath, 16<<10) }
+
+// Attribution is what a simulated node that hosts real engines says an
+// engine of req holds: the pool's need, on its masked GPUs, by its split
+// (llama.cpp's tensor split; an even one for the others), the remainder of
+// the rounding on the last GPU.
+func Attribution(req engine.StartRequest) map[int]uint64 {
+	if len(req.GPUs) == 0 || req.Need == 0 {
+		return nil
+	}
+	split := req.Pool.EffectiveSplit()
+	var sum float64
+	for _, r := range split {
+		sum += r
+	}
+	if req.Pool.Engine != schema.EngineLlamaCpp || len(split) != len(req.GPUs) || sum <= 0 {
+		split = make([]float64, len(req.GPUs))
+		for i := range split {
+			split[i] = 1
+		}
+		sum = float64(len(split))
+	}
+	claims := make(map[int]uint64, len(req.GPUs))
+	var given uint64
+	for i, g := range req.GPUs {
+		n := uint64(float64(req.Need) * split[i] / sum)
+		if i == len(req.GPUs)-1 {
+			n = req.Need - given
+		}
+		claims[g.Index] += n
+		given += n
+	}
+	return claims
+}
