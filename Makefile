@@ -16,7 +16,10 @@ build: ## Build pool-managerd and the stand-in engine into bin/.
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/pool-managerd ./cmd/pool-managerd
 	$(GO) build -o $(BIN)/fake-engine ./cmd/fake-engine
 
+# With a real llama-server (POOL_MANAGERD_TEST_LLAMA_SERVER, or llama-server in
+# PATH) the daemon steps run it for the coder pool; else the stand-in.
 demo: build ## Walk through the main job on the examples.
+	$(GO) build -o $(BIN)/ggufgen ./testkit/ggufgen/cmd/ggufgen
 	./scripts/demo.sh $(BIN)/pool-managerd
 
 test: lint ## The whole suite: vet, staticcheck, unit, CLI, golden and BDD tests.

@@ -39,6 +39,8 @@ type world struct {
 	applyState
 	// daemonState is what the daemon steps keep (steps_daemon_test.go).
 	daemonState
+	// llamaServer, when set, replaces the stand-in as ENGINE (steps_engine_builds_test.go).
+	llamaServer string
 }
 
 func (w *world) simDir() string { return filepath.Join(w.workspace, "node") }
@@ -373,6 +375,7 @@ func (w *world) goldenSourceUntouched() error {
 }
 
 func (w *world) register(sc *godog.ScenarioContext) {
+	w.registerEngineBuilds(sc)
 	sc.Before(func(ctx context.Context, _ *godog.Scenario) (context.Context, error) {
 		dir, err := os.MkdirTemp(w.h.env.Root, "scenario-")
 		w.workspace, w.config = dir, "config"
@@ -496,7 +499,11 @@ func (w *world) stateDir() string { return filepath.Join(w.workspace, "state") }
 // directory, STATE for the state directory and ENGINE for the stand-in
 // engine's binary.
 func (w *world) expand(args string) string {
-	return strings.NewReplacer("CONFIG", w.config, "SIMDIR", w.simDir(), "SIM", "sim:"+w.simDir(), "STATE", w.stateDir(), "ENGINE", w.h.fakeEngine()).Replace(args)
+	engine := w.h.fakeEngine()
+	if w.llamaServer != "" {
+		engine = w.llamaServer
+	}
+	return strings.NewReplacer("CONFIG", w.config, "SIMDIR", w.simDir(), "SIM", "sim:"+w.simDir(), "STATE", w.stateDir(), "ENGINE", engine).Replace(args)
 }
 
 // run runs pool-managerd in the workspace, its arguments expanded (see expand).

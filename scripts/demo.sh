@@ -6,6 +6,16 @@ set -euo pipefail
 pm=$(realpath "${1:-bin/pool-managerd}")
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
+# A real llama-server, when one is given (the tests' variable, or one in PATH):
+# the daemon steps run it for the coder pool; the llama70b pool, whose story
+# needs a slow load on cue, keeps the stand-in.
+real_llama=${POOL_MANAGERD_TEST_LLAMA_SERVER:-$(command -v llama-server || true)}
+if [ -n "$real_llama" ]; then
+	real_llama=$(realpath "$real_llama")
+	[ -x "$real_llama" ] || { echo "demo: $real_llama is not an executable llama-server" >&2; exit 1; }
+	ggufgen="$(dirname "$pm")/ggufgen"
+	[ -x "$ggufgen" ] || { echo "demo: $ggufgen is missing (make demo builds it)" >&2; exit 1; }
+fi
 cleanup() {
 	# Stop any engine the demo left running, then remove its files, whatever fails.
 	set +e
@@ -98,7 +108,13 @@ echo "   ..."
 say "A simulated GPU node" \
 	"No GPU here? pool-managerd ships a simulated node, served through the same NVML code" \
 	"as real hardware. This one is the home lab: an RTX 3090 and an RTX 3060."
-run "$pm" sim init "$work/node"
+if [ -n "$real_llama" ]; then
+	echo "   With a real llama-server at hand, the node also hosts real engines: pool-managerd gives each"
+	echo "   engine it starts its pool's VRAM need on its GPUs, as a CPU build holds none of its own."
+	run "$pm" sim init "$work/node" --host-real-engines
+else
+	run "$pm" sim init "$work/node"
+fi
 run "$pm" inventory --gpus "sim:$work/node" --node gpu-01
 
 say "Plan: what would change on the node, and why" \
@@ -121,7 +137,8 @@ run "$pm" plan examples/fleet --gpus declared --detailed-exitcode
 say "The daemon: serve keeps the node running what the config says" \
 	"We copy the mixed example with its model paths pointing at files here and run the daemon on" \
 	"the simulated node with the bundled stand-in engine (it speaks llama-server's HTTP and holds" \
-	"memory on the simulated GPUs it is given). The 70B pool's stand-in takes 3 s to 'load' its" \
+	"memory on the simulated GPUs it is given), or with a real llama-server for coder when one is" \
+	"given (the lines below say which). The 70B pool's stand-in takes 3 s to 'load' its" \
 	"model (FAKE_ENGINE_LOAD_DELAY in its env); coder is Ready long before it: a long preload never" \
 	"holds up another pool. The API listens on a free loopback port, written to the state directory."
 mkdir -p "$work/run/models"
@@ -132,12 +149,31 @@ sed -i "s|/models/|$work/run/models/|" "$config"/pools/*.cue
 sed -i '/^\s*port:/d' "$config"/pools/*.cue
 sed -i 's|env: LLAMA_ARG_CACHE_TYPE_K: "q8_0"|env: {LLAMA_ARG_CACHE_TYPE_K: "q8_0", FAKE_ENGINE_LOAD_DELAY: "3s"}|' "$config/pools/llama70b.cue"
 for model in $(grep -ho "$work/run/models/[^\"]*" "$config"/pools/*.cue); do : >"$model"; done
+# The llama-server the daemon runs: the stand-in, or (with a real one) a wrapper
+# that runs the real one unless the pool's env says DEMO_STANDIN (llama70b's).
+engine="$(dirname "$pm")/fake-engine"
+if [ -n "$real_llama" ]; then
+	engine="$work/bin/llama-server"
+	mkdir -p "$work/bin"
+	printf '#!/usr/bin/env bash\n# The demo'"'"'s llama-server: the stand-in for a pool whose env sets DEMO_STANDIN, else the real one.\nif [ -n "${DEMO_STANDIN:-}" ]; then exec -a "$0" %q "$@"; fi\nexec -a "$0" %q "$@"\n' \
+		"$(realpath "$(dirname "$pm")/fake-engine")" "$real_llama" >"$engine"
+	chmod +x "$engine"
+	sed -i 's|FAKE_ENGINE_LOAD_DELAY: "3s"}|FAKE_ENGINE_LOAD_DELAY: "3s", DEMO_STANDIN: "1"}|' "$config/pools/llama70b.cue"
+	coder_model=$(grep -ho "$work/run/models/[^\"]*" "$config/pools/coder.cue")
+	"$ggufgen" "$coder_model" | sed 's/^/   /'
+	echo "   Engines: coder runs the real llama-server ($real_llama) on a synthetic F16 model"
+	echo "   (all-zero weights: it answers garbage, quickly); llama70b keeps the stand-in, whose 3 s"
+	echo "   load is a fault injected on cue."
+else
+	echo "   Engines: both pools run the stand-in (bin/fake-engine). Give POOL_MANAGERD_TEST_LLAMA_SERVER"
+	echo "   (or put llama-server in PATH) and coder runs the real llama-server."
+fi
 state="$work/run/state"
 node=(--gpus "sim:$work/node" --state-dir "$state" --node gpu-01)
 log="$work/daemon.log"
 start_daemon() {
-	printf '%s$ pool-managerd serve --config %s %s --listen 127.0.0.1:0 --removal-settle 1m --llama-server bin/fake-engine &%s\n' "$bold" "$config" "${node[*]}" "$plain"
-	"$pm" serve --config "$config" "${node[@]}" --listen 127.0.0.1:0 --removal-settle 1m --llama-server "$(dirname "$pm")/fake-engine" 2>>"$log" &
+	printf '%s$ pool-managerd serve --config %s %s --listen 127.0.0.1:0 --removal-settle 1m --llama-server %s &%s\n' "$bold" "$config" "${node[*]}" "$engine" "$plain"
+	"$pm" serve --config "$config" "${node[@]}" --listen 127.0.0.1:0 --removal-settle 1m --llama-server "$engine" 2>>"$log" &
 	daemon=$!
 }
 shown=0

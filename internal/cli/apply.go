@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -16,9 +17,11 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/caps"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/local"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/preset"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
+	"github.com/poolmanagerd/pool-managerd/drivers/gpu/sim"
 	"github.com/poolmanagerd/pool-managerd/internal/executor"
 	"github.com/poolmanagerd/pool-managerd/internal/observe"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
@@ -236,9 +239,13 @@ func runApply(cmd *cobra.Command, target string, src gpuSource, node, stateDir s
 	if err != nil {
 		return err
 	}
-	driver := &local.Driver{Binaries: bins, LogDir: filepath.Join(absState, "logs"), StateDir: absState}
+	driver := &local.Driver{Binaries: bins, LogDir: filepath.Join(absState, "logs"), StateDir: absState, Caps: &caps.Cache{},
+		Log: slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	if src.Kind == "sim" {
 		driver.SimDir = src.Dir
+		if o, err := sim.ReadOptions(src.Dir); err == nil {
+			driver.SimHostEngines = o.HostRealEngines
+		}
 	}
 	var mu sync.Mutex
 	report := func(e executor.Event) {

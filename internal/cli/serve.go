@@ -19,7 +19,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/caps"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/local"
+	"github.com/poolmanagerd/pool-managerd/drivers/gpu/sim"
 	"github.com/poolmanagerd/pool-managerd/internal/api"
 	"github.com/poolmanagerd/pool-managerd/internal/daemon"
 	"github.com/poolmanagerd/pool-managerd/internal/gitsource"
@@ -248,9 +250,12 @@ func runServe(cmd *cobra.Command, f serveFlags) error {
 	}
 	defer gpus.Close()
 	bins := f.engines.binaries()
-	driver := &local.Driver{Binaries: bins, LogDir: filepath.Join(stateDir, "logs"), StateDir: stateDir}
+	driver := &local.Driver{Binaries: bins, LogDir: filepath.Join(stateDir, "logs"), StateDir: stateDir, Caps: &caps.Cache{}, Log: log}
 	if src.Kind == "sim" {
 		driver.SimDir = src.Dir
+		if o, err := sim.ReadOptions(src.Dir); err == nil {
+			driver.SimHostEngines = o.HostRealEngines
+		}
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

@@ -35,7 +35,7 @@ person wants to see happen: another process holding memory, an Xid error, a lost
 
 func newSimInitCommand() *cobra.Command {
 	var gpuSpecs []string
-	var reset bool
+	var reset, hostReal bool
 	cmd := &cobra.Command{
 		Use:   "init DIR",
 		Short: "Create a simulated node (default: RTX 3090 24 GiB + RTX 3060 12 GiB)",
@@ -62,14 +62,23 @@ func newSimInitCommand() *cobra.Command {
 				}
 				return fmt.Errorf("sim init: %w", err)
 			}
+			if hostReal {
+				if err := sim.SetOptions(args[0], sim.Options{HostRealEngines: true}); err != nil {
+					return fmt.Errorf("sim init: %w", err)
+				}
+			}
 			for i, g := range gpus {
 				fmt.Fprintf(cmd.OutOrStdout(), "GPU %d: %s, %s\n", i, g.Name, cueBytes(g.MemoryBytes))
+			}
+			if hostReal {
+				fmt.Fprintln(cmd.OutOrStdout(), "hosts real engines: each engine pool-managerd starts here is given its pool's VRAM need on its GPUs while it runs")
 			}
 			return nil
 		},
 	}
 	cmd.Flags().StringArrayVar(&gpuSpecs, "gpu", nil, `a GPU as "NAME=SIZE" (SIZE like 24Gi); repeat for each GPU, in index order`)
 	cmd.Flags().BoolVar(&reset, "reset", false, "replace an existing simulated node")
+	cmd.Flags().BoolVar(&hostReal, "host-real-engines", false, "let real engines (a CPU build of llama-server) run here: pool-managerd attributes each engine it starts its pool's VRAM need on its GPUs while it runs (stand-in engines keep their own claims)")
 	return cmd
 }
 

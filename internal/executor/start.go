@@ -367,6 +367,13 @@ func exitFailure(pid int, exit engine.ExitStatus, tail, logPath, when string) re
 	if line := cudaErrorLine(tail); line != "" {
 		return with(restart.ClassCUDAError, fmt.Sprintf("engine pid %d %s %s (%s); log: %s", pid, status, when, line, logPath))
 	}
+	if exit.Signal == "" {
+		// The engine's own line says what it could not take: the model file
+		// (missing, unreadable as a model) or an argument.
+		if class, line := loadErrorLine(tail); line != "" {
+			return with(class, fmt.Sprintf("engine pid %d %s %s (%s); log: %s", pid, status, when, line, logPath))
+		}
+	}
 	if unknown != "" {
 		status, when = "exited", when+unknown
 	}
@@ -389,6 +396,44 @@ func outOfMemoryLine(log string) string {
 		}
 	}
 	return ""
+}
+
+// The lines by which an engine says it refused its command line or its model
+// file (llama-server, vLLM's argparse, TGI's clap), each with its class. The
+// first line of the log that matches one decides.
+var loadErrors = []struct {
+	class string
+	match func(line string) bool
+}{
+	{restart.ClassArgsRejected, func(l string) bool {
+		return strings.HasPrefix(l, "error: invalid argument: ") || strings.HasPrefix(l, "error while handling argument ") ||
+			strings.Contains(l, "error: unrecognized arguments: ") || strings.HasPrefix(l, "error: unexpected argument ") ||
+			strings.HasPrefix(l, "error: invalid value ")
+	}},
+	{restart.ClassModelMissing, func(l string) bool {
+		return strings.Contains(l, "failed to open GGUF file") ||
+			(strings.Contains(l, "No such file or directory") && strings.Contains(l, "model"))
+	}},
+	{restart.ClassModelCorrupt, func(l string) bool {
+		return strings.Contains(l, "invalid magic characters") || strings.Contains(l, "failed to read header") ||
+			strings.Contains(l, "failed to read tensor info") || strings.Contains(l, "tensor data is not within the file bounds") ||
+			strings.Contains(l, "failed to read key-value pairs") || strings.Contains(l, "unsupported GGUF version") ||
+			strings.Contains(l, "failed to read magic")
+	}},
+}
+
+// loadErrorLine finds where an engine's log says it refused an argument or
+// could not open or read its model file: the class and the engine's own line.
+func loadErrorLine(log string) (class, line string) {
+	for _, l := range strings.Split(log, "\n") {
+		l = strings.TrimSpace(l)
+		for _, e := range loadErrors {
+			if e.match(l) {
+				return e.class, l
+			}
+		}
+	}
+	return "", ""
 }
 
 // cudaErrorLine finds the line of a CUDA error in an engine's log.

@@ -36,6 +36,15 @@ const (
 	ClassHealthTimeout = "health_timeout"
 	// ClassHealthFailed: the engine failed its health check after it was Ready.
 	ClassHealthFailed = "health_failed"
+	// ClassArgsRejected: the engine exited at once, naming an argument of its
+	// command line it does not know or cannot take (a flag of a newer build,
+	// a bad value).
+	ClassArgsRejected = "args_rejected"
+	// ClassModelMissing: the engine could not open the model file.
+	ClassModelMissing = "model_missing"
+	// ClassModelCorrupt: the engine opened the model file but could not read
+	// it as a model (bad magic, a truncated header or tensor data).
+	ClassModelCorrupt = "model_corrupt"
 )
 
 // Classes lists every error class, in the order of DESIGN.md.
@@ -43,6 +52,7 @@ var Classes = []string{
 	ClassInsufficientVRAM, ClassInsufficientRAM, ClassCPUSpillover, ClassMaskViolation,
 	ClassSpawnFailed, ClassExited, ClassSignaled, ClassOOMKilled,
 	ClassCUDAError, ClassDriverReset, ClassHealthTimeout, ClassHealthFailed,
+	ClassArgsRejected, ClassModelMissing, ClassModelCorrupt,
 }
 
 // Failure is what went wrong with a pool's start or its engine.
@@ -81,6 +91,9 @@ var summaries = map[string]string{
 	ClassDriverReset:      "GPU driver error or reset",
 	ClassHealthTimeout:    "engine not healthy within the startup timeout",
 	ClassHealthFailed:     "engine failed its health check",
+	ClassArgsRejected:     "engine rejected its command line",
+	ClassModelMissing:     "engine could not open the model file",
+	ClassModelCorrupt:     "engine could not read the model file",
 }
 
 // String describes the failure in a few words, the detail in parentheses:
@@ -130,6 +143,13 @@ var hints = map[string]string{
 		"and check the engine log for a hang",
 	ClassHealthFailed: "the engine answers its health check with an error or stopped answering: check the engine log; " +
 		"an overloaded engine may need a lower --parallel or ctx",
+	ClassArgsRejected: "the engine build does not take an argument of its command line (the error names it): remove the flag " +
+		"from the pool's flags, or upgrade the engine (an older llama-server lacks --fit and other newer flags); " +
+		"`engine --help` lists what the build takes",
+	ClassModelMissing: "the model file does not exist or cannot be read by the engine's user: check model.path " +
+		"(absolute, on this node) and its permissions",
+	ClassModelCorrupt: "the model file is not a model the engine can read (truncated download, wrong format, " +
+		"or a GGUF version newer than the engine): download it again and compare its checksum, or upgrade the engine",
 }
 
 // Hint returns what a person can do about a failure of the class; for an

@@ -127,6 +127,9 @@
 //	                                   vLLM's EngineCore and workers always do (=0: not even they)
 //	FAKE_ENGINE_WARMUP=200ms           SGLang: how long /health answers 503 after the port opens
 //	FAKE_ENGINE_VLLM_VERSION=0.11.0    the vLLM version imitated (see above)
+//	FAKE_ENGINE_LLAMA_BUILD=<n>        imitate llama.cpp build n (default 8000): before
+//	                                   7437 there is no --fit (not in --help; refused with
+//	                                   "error: invalid argument: --fit", exit 1)
 //
 // An invalid value of one of them prints "fake-engine: invalid environment:
 // ..." and exits 1.
@@ -171,4 +174,5 @@ Environment:
   FAKE_ENGINE_WARMUP=200ms           SGLang: /health 503 this long after the port opens
   FAKE_ENGINE_VLLM_VERSION=0.11.0    vLLM version imitated (--shutdown-timeout from
                                      0.18, full GPU UUIDs from 0.24)
+  FAKE_ENGINE_LLAMA_BUILD=8000       llama.cpp build imitated; before 7437 it has no fit options
 `

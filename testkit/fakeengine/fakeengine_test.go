@@ -43,7 +43,7 @@ func TestParseLlamaArgsValues(t *testing.T) {
 	want := LlamaConfig{
 		Host: "127.0.0.1", Port: 8081, Model: "/m.gguf", CtxSize: 8192, GPULayers: 999, GPULayersSet: true,
 		TensorSplit: []float64{float64(float32(0.67)), float64(float32(0.33))}, SplitMode: "layer",
-		Fit: false, Parallel: 4, Metrics: true, Slots: true,
+		Fit: false, Parallel: 4, Metrics: true, Slots: true, Build: LlamaDefaultBuild,
 	}
 	if diff := cmp.Diff(want, cfg); diff != "" {
 		t.Errorf("config (-want +got):\n%s", diff)

@@ -3,8 +3,10 @@ package fakeengine
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"os"
 	"os/signal"
 	"strconv"
 	"strings"
@@ -20,7 +22,12 @@ func (p *process) runLlama(argv []string) int {
 	if p.faults.IgnoreSIGTERM {
 		signal.Ignore(syscall.SIGTERM)
 	}
-	cfg, err := ParseLlamaArgs(argv)
+	build, err := LlamaBuild(os.Getenv)
+	if err != nil {
+		p.stderr.printf("fake-engine: %v", err)
+		return 1
+	}
+	cfg, err := ParseLlamaArgsBuild(argv, build)
 	if err != nil {
 		var ue *UsageError
 		if errors.As(err, &ue) {
@@ -31,7 +38,7 @@ func (p *process) runLlama(argv []string) int {
 		return 1
 	}
 	if cfg.Version {
-		p.stderr.printf("version: %d (%s)\nbuilt with cc (GCC) 13.3.0 for x86_64-linux-gnu (fake-engine)", llamaBuildNumber, llamaCommit)
+		p.stderr.printf("version: %d (%s)\nbuilt with cc (GCC) 13.3.0 for x86_64-linux-gnu (fake-engine)", build, llamaCommit)
 		return 0
 	}
 	gpus, err := p.gpus(false)
@@ -51,7 +58,7 @@ func (p *process) runLlama(argv []string) int {
 		return 0
 	}
 	if cfg.Help {
-		fmt.Print(llamaUsage())
+		fmt.Print(llamaUsage(build))
 		return 0
 	}
 	selected, err := selectDevices(cfg, gpus)
@@ -61,7 +68,7 @@ func (p *process) runLlama(argv []string) int {
 	}
 
 	p.stderr.printf("%s", p.cudaInit(gpus))
-	p.stderr.printf("build: %d (%s) with cc (GCC) 13.3.0 for x86_64-linux-gnu", llamaBuildNumber, llamaCommit)
+	p.stderr.printf("build: %d (%s) with cc (GCC) 13.3.0 for x86_64-linux-gnu", build, llamaCommit)
 	p.stderr.printf("system info: n_threads = 8, n_threads_batch = 8, total_threads = 16\n")
 	p.stderr.printf("system_info: n_threads = 8 (n_threads_batch = 8) / 16 | CUDA : ARCHS = 860,890 | USE_GRAPHS = 1 | PEER_MAX_BATCH_SIZE = 128 | CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | OPENMP = 1 | REPACK = 1 |\n")
 	p.stderr.printf("main: binding port with default address family")
@@ -106,7 +113,13 @@ func (p *process) runLlama(argv []string) int {
 	}
 	if !p.modelExists(cfg.Model) {
 		return failLoad(
-			fmt.Sprintf("gguf_init_from_file: failed to open GGUF file '%s'", model),
+			fmt.Sprintf("gguf_init_from_file: failed to open GGUF file '%s' (No such file or directory)", model),
+			fmt.Sprintf("llama_model_load: error loading model: llama_model_loader: failed to load model from %s", model),
+			"llama_model_load_from_file_impl: failed to load model",
+			fmt.Sprintf("common_init_from_params: failed to load model '%s'", model))
+	}
+	if line := p.ggufHeaderError(cfg.Model); line != "" {
+		return failLoad(line,
 			fmt.Sprintf("llama_model_load: error loading model: llama_model_loader: failed to load model from %s", model),
 			"llama_model_load_from_file_impl: failed to load model",
 			fmt.Sprintf("common_init_from_params: failed to load model '%s'", model))
@@ -345,4 +358,41 @@ func PlaceLlama(cfg LlamaConfig, gpus []GPU, free map[int]uint64, f Faults) Plac
 		}
 	}
 	return pl
+}
+
+// ggufHeaderError is what llama.cpp's GGUF reader says of a model file whose
+// start is not a GGUF header ("" when it is, or when the model check is
+// skipped): the lines of the real llama-server (build 27aef3d). An empty
+// file is where the stand-in differs: it stands for a model (the tests'
+// placeholder models are empty files, or the magic alone), where
+// llama-server says "failed to read magic" or "failed to read header".
+func (p *process) ggufHeaderError(path string) string {
+	if p.faults.SkipModelCheck || path == "" {
+		return ""
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	if fi, err := f.Stat(); err != nil || fi.Size() == 0 || !fi.Mode().IsRegular() {
+		return ""
+	}
+	defer f.Close()
+	head := make([]byte, 4) // the magic
+	n, _ := io.ReadFull(f, head)
+	switch {
+	case n < 4:
+		return "gguf_init_from_file_ptr: failed to read magic"
+	case string(head[:4]) != "GGUF":
+		magic := []byte(string(head[:4]))
+		for i, c := range magic {
+			if c < 0x20 || c > 0x7e {
+				magic[i] = '?'
+			}
+		}
+		return fmt.Sprintf("gguf_init_from_file_ptr: invalid magic characters: '%s', expected 'GGUF'", magic)
+	}
+	// A file of the magic alone is a placeholder too (llama.cpp: "failed
+	// to read header"); the real header is not read further.
+	return ""
 }

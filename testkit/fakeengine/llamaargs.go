@@ -29,7 +29,6 @@ const (
 	llamaDefaultSlots  = 4
 	llamaModelCtx      = 4096 // the training context of the pretend model
 	llamaLayers        = 33   // layers of the pretend model (32 repeating + output)
-	llamaBuildNumber   = 6789
 	llamaCommit        = "fa4e0b2c"
 	llamaFitTargetMiB  = 1024
 	llamaGPULayersAuto = -1
@@ -67,6 +66,9 @@ type LlamaConfig struct {
 	Help        bool
 	Version     bool
 	ListDevices bool
+	// Build is the llama.cpp build number imitated (LlamaDefaultBuild
+	// unless ParseLlamaArgsBuild was told another).
+	Build int
 }
 
 var llamaTable = llamaargs.Default()
@@ -85,6 +87,7 @@ func ParseLlamaArgs(argv []string) (LlamaConfig, error) {
 		Fit:       true,
 		Parallel:  -1,
 		Slots:     true,
+		Build:     LlamaDefaultBuild,
 	}
 	args, perr := llamaTable.ParseArgv(argv)
 	is := func(a llamaargs.Arg, spelling string) bool { return a.Option == llamaTable.Find(spelling) }
@@ -290,12 +293,12 @@ func splitList(v string) []string {
 	return out
 }
 
-// llamaUsage is what --help prints.
-func llamaUsage() string {
+// llamaUsage is what --help of llama.cpp build number build prints.
+func llamaUsage(build int) string {
 	var b strings.Builder
 	b.WriteString("----- common params -----\n\n")
 	for _, o := range llamaTable.Options() {
-		if o.Arity == llamaargs.Removed {
+		if o.Arity == llamaargs.Removed || (build < LlamaFitBuild && llamaFitOptions[o.Canonical()]) {
 			continue
 		}
 		b.WriteString(llamaOptionLine(o))

@@ -162,7 +162,7 @@ func (s *llamaServer) props(w http.ResponseWriter) {
 		"chat_template":               "{% for message in messages %}{{ message.content }}{% endfor %}",
 		"bos_token":                   "<s>",
 		"eos_token":                   "</s>",
-		"build_info":                  fmt.Sprintf("b%d-%s", llamaBuildNumber, llamaCommit),
+		"build_info":                  fmt.Sprintf("b%d-%s", s.cfg.Build, llamaCommit),
 		"webui":                       true,
 		"is_sleeping":                 false,
 	})
@@ -231,7 +231,17 @@ func (s *llamaServer) models(w http.ResponseWriter) {
 // complete takes an idle slot (waiting while none is: a deferred request),
 // holds it for FAKE_ENGINE_GEN_DELAY and answers a fixed text.
 func (s *llamaServer) complete(w http.ResponseWriter, r *http.Request, chat bool) {
-	io.Copy(io.Discard, io.LimitReader(r.Body, 1<<20))
+	body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	// n_predict > 0 generates that many tokens, as llama-server does with
+	// ignore_eos (stop_type "limit"); otherwise 16 and an end of stream.
+	var params struct {
+		NPredict int `json:"n_predict"`
+	}
+	_ = json.Unmarshal(body, &params)
+	predicted, stopType := 16, "eos"
+	if params.NPredict > 0 {
+		predicted, stopType = params.NPredict, "limit"
+	}
 	slot, waited := -1, false
 	for slot < 0 {
 		busy := s.busy(time.Now())
@@ -265,20 +275,20 @@ func (s *llamaServer) complete(w http.ResponseWriter, r *http.Request, chat bool
 	s.mu.Lock()
 	s.reqBusy[slot] = false
 	s.promptTok += 8
-	s.predictTok += 16
-	s.decodeCalls += 17
+	s.predictTok += predicted
+	s.decodeCalls += predicted + 1
 	s.mu.Unlock()
 	text := "Hello from fake-engine."
 	if chat {
 		writeJSON(w, http.StatusOK, map[string]any{
 			"id": "chatcmpl-fake", "object": "chat.completion", "created": time.Now().Unix(), "model": s.model,
 			"choices": []map[string]any{{"index": 0, "finish_reason": "stop", "message": map[string]any{"role": "assistant", "content": text}}},
-			"usage":   map[string]int{"prompt_tokens": 8, "completion_tokens": 16, "total_tokens": 24},
+			"usage":   map[string]int{"prompt_tokens": 8, "completion_tokens": predicted, "total_tokens": 8 + predicted},
 		})
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{
 		"content": text, "id_slot": slot, "stop": true, "model": s.model,
-		"tokens_predicted": 16, "tokens_evaluated": 8, "stop_type": "eos",
+		"tokens_predicted": predicted, "tokens_evaluated": 8, "stop_type": stopType,
 	})
 }

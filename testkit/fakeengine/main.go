@@ -127,6 +127,13 @@ func Main(args []string) int {
 	// GPUs; FAKE_ENGINE_ORPHAN_WORKERS=0 makes them follow it, =1 makes TGI's
 	// shards and SGLang's schedulers outlive their main process too.
 	p.orphans = faults.OrphanWorkers || (mode == VLLM && os.Getenv(EnvOrphanWorkers) != "0")
+	if p.simDir != "" {
+		// This engine claims what it loads itself: pool-managerd, on a node
+		// that hosts real engines, attributes it nothing.
+		if err := sim.Own(p.simDir, p.pid); err == nil {
+			p.claimed = true
+		}
+	}
 	switch mode {
 	case VLLM:
 		return p.runVLLM(rest)

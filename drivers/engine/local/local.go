@@ -19,11 +19,18 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/poolmanagerd/pool-managerd/drivers/engine"
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/caps"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/preset"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/supervisor"
+	"github.com/poolmanagerd/pool-managerd/drivers/gpu/sim"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
+
+// Warner takes a warning with key-value pairs (a *slog.Logger, an hclog.Logger).
+type Warner interface {
+	Warn(msg string, args ...any)
+}
 
 // Driver starts and adopts engine processes.
 type Driver struct {
@@ -34,16 +41,26 @@ type Driver struct {
 	LogKeep     int
 	// SimDir is the simulated node the engines run on, when there is one.
 	SimDir string
+	// SimHostEngines (with SimDir): attribute to each engine started the
+	// pool's VRAM need on its GPUs while it lives (sim.Attribute), so that
+	// a real engine without GPUs reaches Ready on the simulated node. A
+	// stand-in engine keeps its own claims. The simulated node's option
+	// HostRealEngines turns it on.
+	SimHostEngines bool
 	// StateDir is the state directory the engines belong to (absolute).
 	StateDir string
 	// OOM counts the kernel's OOM kills in an engine's cgroup, so that an
 	// engine the OOM killer ended is told apart from one killed by hand;
 	// nil reads cgroup v2's memory.events (CgroupOOM).
 	OOM OOMSource
-	// Supports reports whether an engine binary accepts an optional flag
-	// (preset.Options.Supports): the capability probe's answer. nil knows of
-	// none, and optional flags (vLLM's --shutdown-timeout) are left out.
-	Supports func(path, flag string) bool
+	// Caps, when set, learns once per engine binary (path, mtime, size)
+	// what it supports, from its --help, in Start: a preset flag the build
+	// lacks is left out (llama-server's --fit), and an optional one is passed
+	// only when the help names it (vLLM's --shutdown-timeout). nil: no probe,
+	// every preset flag is passed and no optional one.
+	Caps *caps.Cache
+	// Log gets the warnings of a start (a flag left out); nil: none.
+	Log Warner
 
 	mu sync.Mutex
 	// given are the ports handed to engines by this driver: parallel starts
@@ -77,9 +94,27 @@ func (d *Driver) Start(ctx context.Context, req engine.StartRequest) (engine.Pro
 	for i, g := range req.GPUs {
 		gpus[i] = preset.GPU{Index: g.Index, UUID: g.UUID, Total: g.MemoryTotal}
 	}
-	cmd, err := preset.Build(req.Pool, gpus, port, d.Binaries, req.Marker, preset.Options{SimDir: d.SimDir, StateDir: d.StateDir, SimVRAM: req.Need, Supports: d.Supports})
+	opts := preset.Options{SimDir: d.SimDir, StateDir: d.StateDir, SimVRAM: req.Need}
+	if d.Caps != nil {
+		if path, err := d.Binaries.Path(req.Pool.Engine); err == nil {
+			c, err := d.Caps.Get(ctx, path, preset.Probe(req.Pool.Engine, nil))
+			if err != nil {
+				return nil, fmt.Errorf("pool %s: %w", req.Pool.ID, err)
+			}
+			if !c.Known && d.Log != nil {
+				d.Log.Warn("engine capabilities unknown: every preset flag is passed", "pool", req.Pool.ID, "binary", path, "reason", c.Err)
+			}
+			opts.Caps = &c
+		}
+	}
+	cmd, err := preset.Build(req.Pool, gpus, port, d.Binaries, req.Marker, opts)
 	if err != nil {
 		return nil, err
+	}
+	for _, w := range cmd.Warnings {
+		if d.Log != nil {
+			d.Log.Warn(w, "pool", req.Pool.ID)
+		}
 	}
 	if err := os.MkdirAll(d.LogDir, 0o755); err != nil {
 		return nil, fmt.Errorf("log directory: %w", err)
@@ -95,6 +130,11 @@ func (d *Driver) Start(ctx context.Context, req engine.StartRequest) (engine.Pro
 		LogPath: d.logPath(req.Pool.ID), LogMaxBytes: maxBytes, LogKeep: keep})
 	if err != nil {
 		return nil, err
+	}
+	if d.SimDir != "" && d.SimHostEngines {
+		if _, err := sim.Attribute(d.SimDir, h.PID(), Attribution(req)); err != nil && d.Log != nil {
+			d.Log.Warn("simulated node: cannot attribute GPU memory to the engine", "pool", req.Pool.ID, "pid", h.PID(), "error", err)
+		}
 	}
 	p := &process{h: h, port: port, logPath: d.logPath(req.Pool.ID), argv: cmd.Argv(), llama: cmd.Health == preset.LlamaServer}
 	p.watchOOM(d.oomSource())
@@ -375,3 +415,36 @@ func busySlots(ctx context.Context, port int) (int, error) {
 
 // LogTail returns what the engine printed since its start (at most the last 16 KiB).
 func (p *process) LogTail() string { return supervisor.LogSinceStart(p.logPath, 16<<10) }
+
+// Attribution is what a simulated node that hosts real engines says an
+// engine of req holds: the pool's need, on its masked GPUs, by its split
+// (llama.cpp's tensor split; an even one for the others), the remainder of
+// the rounding on the last GPU.
+func Attribution(req engine.StartRequest) map[int]uint64 {
+	if len(req.GPUs) == 0 || req.Need == 0 {
+		return nil
+	}
+	split := req.Pool.EffectiveSplit()
+	var sum float64
+	for _, r := range split {
+		sum += r
+	}
+	if req.Pool.Engine != schema.EngineLlamaCpp || len(split) != len(req.GPUs) || sum <= 0 {
+		split = make([]float64, len(req.GPUs))
+		for i := range split {
+			split[i] = 1
+		}
+		sum = float64(len(split))
+	}
+	claims := make(map[int]uint64, len(req.GPUs))
+	var given uint64
+	for i, g := range req.GPUs {
+		n := uint64(float64(req.Need) * split[i] / sum)
+		if i == len(req.GPUs)-1 {
+			n = req.Need - given
+		}
+		claims[g.Index] += n
+		given += n
+	}
+	return claims
+}

@@ -13,6 +13,10 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/poolmanagerd/pool-managerd/drivers/engine"
+	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
+	"github.com/poolmanagerd/pool-managerd/schema"
 )
 
 func TestFreePort(t *testing.T) {
@@ -103,5 +107,34 @@ func TestLogTail(t *testing.T) {
 	}
 	if (&process{logPath: filepath.Join(dir, "missing.log")}).LogTail() != "" {
 		t.Error("LogTail of a missing log is not empty")
+	}
+}
+
+func TestAttribution(t *testing.T) {
+	gpus := []gpu.Device{{Index: 1}, {Index: 0}}
+	for _, tt := range []struct {
+		name string
+		pool schema.Pool
+		need uint64
+		want map[int]uint64
+	}{
+		{"one GPU", schema.Pool{Engine: schema.EngineLlamaCpp, Devices: []int{1}}, 3000, map[int]uint64{1: 3000}},
+		{"llama.cpp by its split", schema.Pool{Engine: schema.EngineLlamaCpp, Devices: []int{1, 0}, Split: []float64{3, 1}}, 4000, map[int]uint64{1: 3000, 0: 1000}},
+		{"an even split, the remainder last", schema.Pool{Engine: schema.EngineLlamaCpp, Devices: []int{1, 0}}, 3001, map[int]uint64{1: 1500, 0: 1501}},
+		{"vLLM evenly", schema.Pool{Engine: schema.EngineVLLM, Devices: []int{1, 0}, Split: []float64{3, 1}}, 4000, map[int]uint64{1: 2000, 0: 2000}},
+		{"no need", schema.Pool{Engine: schema.EngineLlamaCpp, Devices: []int{1}}, 0, nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			req := engine.StartRequest{Pool: &tt.pool, GPUs: gpus[:len(tt.pool.Devices)], Need: tt.need}
+			got := Attribution(req)
+			if len(got) != len(tt.want) {
+				t.Fatalf("%v, want %v", got, tt.want)
+			}
+			for k, v := range tt.want {
+				if got[k] != v {
+					t.Errorf("%v, want %v", got, tt.want)
+				}
+			}
+		})
 	}
 }

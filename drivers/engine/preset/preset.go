@@ -35,6 +35,7 @@ import (
 	"strings"
 
 	"github.com/poolmanagerd/pool-managerd/drivers/engine"
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/caps"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/vram"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
@@ -91,6 +92,9 @@ type Command struct {
 	Env []string
 	// Health says what the engine's health endpoint does while it loads.
 	Health HealthStyle
+	// Warnings are what a person should know of how the command differs
+	// from the preset (a flag the engine build lacks, left out).
+	Warnings []string
 }
 
 // Argv is the engine's whole command line: Path, then Args. It is what
@@ -237,17 +241,43 @@ type Options struct {
 	// Environ is pool-managerd's environment, from which PATH, HOME, LANG,
 	// LC_*, TZ and TMPDIR are passed on; nil means os.Environ().
 	Environ []string
-	// Supports reports whether the engine binary at path accepts an
-	// optional flag (vLLM's --shutdown-timeout, which builds before v0.18
-	// reject): what pool-managerd learned from the binary. nil knows of no
-	// optional flag, and such flags are left out.
-	Supports func(path, flag string) bool
+	// Caps, when set, is what the engine binary said of itself (package
+	// caps): a preset flag it does not take is left out. nil: every preset
+	// flag is passed.
+	Caps *caps.Caps
 }
 
-// supports reports whether the binary at path accepts flag, as far as opts know.
-func (o Options) supports(path, flag string) bool {
-	return o.Supports != nil && o.Supports(path, flag)
+// supports reports whether the engine binary is known to take an optional
+// flag (vLLM's --shutdown-timeout, which builds before v0.18 reject): only
+// when its help was read and names the flag.
+func (o Options) supports(flag string) bool {
+	return o.Caps != nil && o.Caps.Known && o.Caps.Has(flag)
 }
+
+// Probe is how to ask engine e's binary what it supports: its --help (vLLM:
+// serve --help=all) and --version, run with the environment an engine gets
+// of pool-managerd's (environ; nil means os.Environ()).
+func Probe(e schema.Engine, environ []string) caps.Probe {
+	if environ == nil {
+		environ = os.Environ()
+	}
+	var env []string
+	for _, kv := range environ {
+		if k, _, ok := strings.Cut(kv, "="); ok && passed(k) {
+			env = append(env, kv)
+		}
+	}
+	p := caps.Probe{Help: []string{"--help"}, Version: []string{"--version"}, Env: env}
+	if e == schema.EngineVLLM {
+		p.Help = []string{"serve", "--help=all"}
+	}
+	return p
+}
+
+// FitWarning is the warning of a llama-server that lacks --fit.
+const FitWarning = "llama-server %s has no --fit (a build older than about December 2025, version %q): " +
+	"started without --fit off; its own fit check, if any, decides how many layers go to the GPU, " +
+	"and pool-managerd's placement check is what finds layers left on the CPU"
 
 // passed reports whether a variable of pool-managerd's environment reaches the engine.
 func passed(key string) bool {
@@ -312,9 +342,13 @@ func Build(p *schema.Pool, gpus []GPU, port int, b Binaries, marker string, opts
 			"--port", portArg,
 			"--ctx-size", ctxArg,
 			"--n-gpu-layers", strconv.Itoa(vram.GPULayers),
-			"--fit", "off",
-			"--split-mode", "layer",
 		}
+		if opts.Caps != nil && opts.Caps.Lacks("--fit") {
+			cmd.Warnings = append(cmd.Warnings, fmt.Sprintf(FitWarning, path, opts.Caps.Version))
+		} else {
+			cmd.Args = append(cmd.Args, "--fit", "off")
+		}
+		cmd.Args = append(cmd.Args, "--split-mode", "layer")
 		if len(gpus) > 1 {
 			split := p.EffectiveSplit()
 			if len(split) != len(gpus) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -13,6 +14,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/poolmanagerd/pool-managerd/drivers/engine"
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/caps"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
 
@@ -92,9 +94,20 @@ func exampleGPUs(t *testing.T, d *schema.Desired, p *schema.Pool) []GPU {
 	return gpus
 }
 
-// shutdownProbe stands in for the capability probe: every vllm knows --shutdown-timeout.
-func shutdownProbe(path, flag string) bool {
-	return filepath.Base(path) == DefaultVLLM && flag == FlagShutdownTimeout
+// vllmCaps stands in for the capability probe of a vLLM that knows
+// --shutdown-timeout (v0.18 and later).
+func vllmCaps() *caps.Caps {
+	c := caps.FromHelp(DefaultVLLM, "0.18.0", "  --gpu-memory-utilization GPU_MEMORY_UTILIZATION\n  --shutdown-timeout SHUTDOWN_TIMEOUT\n")
+	return &c
+}
+
+// probed is what the capability probe tells Build of p's engine: a vLLM that
+// knows --shutdown-timeout; nothing of the others.
+func probed(p *schema.Pool) *caps.Caps {
+	if p.Engine == schema.EngineVLLM {
+		return vllmCaps()
+	}
+	return nil
 }
 
 func loadExample(t *testing.T, name string) *schema.Desired {
@@ -260,7 +273,7 @@ func TestBuildExamples(t *testing.T) {
 			if port == 0 {
 				port = tc.port
 			}
-			got, err := Build(p, exampleGPUs(t, d, p), port, bins, marker, Options{Environ: environ, Supports: shutdownProbe})
+			got, err := Build(p, exampleGPUs(t, d, p), port, bins, marker, Options{Environ: environ, Caps: probed(p)})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -519,5 +532,64 @@ func TestArgv(t *testing.T) {
 	c := Command{Path: "/bin/x", Args: []string{"a", "b"}}
 	if diff := cmp.Diff([]string{"/bin/x", "a", "b"}, c.Argv()); diff != "" {
 		t.Error(diff)
+	}
+}
+
+// A llama-server whose help lacks --fit (a build older than about December
+// 2025) is started without it, with a warning; one whose help names it, or
+// whose help is unknown, gets --fit off.
+func TestBuildLeavesOutFlagsTheBinaryLacks(t *testing.T) {
+	bins, _ := fakeBinaries(t)
+	p := &schema.Pool{ID: "chat", Node: "n1", Engine: schema.EngineLlamaCpp,
+		Model: schema.Model{Path: "/models/m.gguf", Ctx: 2048}, Devices: []int{0}}
+	old := caps.FromHelp("/bin/llama-server", "version: 6789 (fa4e0b2c)", "-c, --ctx-size N\n-ngl, --n-gpu-layers N\n")
+	current := caps.FromHelp("/bin/llama-server", "version: 0 (unknown)", "-c, --ctx-size N\n-fit, --fit [on|off]\n")
+	unknown := caps.FromHelp("/bin/llama-server", "", "usage: nothing here\n")
+	for _, tt := range []struct {
+		name    string
+		caps    *caps.Caps
+		wantFit bool
+	}{
+		{"not asked", nil, true},
+		{"a build with --fit", &current, true},
+		{"a build without --fit", &old, false},
+		{"a help that names nothing", &unknown, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := Build(p, []GPU{{Index: 0, UUID: "GPU-a"}}, 9000, bins, "n1/chat/1/h", Options{Environ: environ, Caps: tt.caps})
+			if err != nil {
+				t.Fatal(err)
+			}
+			hasFit := slices.Contains(got.Args, "--fit")
+			if hasFit != tt.wantFit {
+				t.Errorf("args %q: --fit passed %v, want %v", got.Args, hasFit, tt.wantFit)
+			}
+			if warned := len(got.Warnings) > 0; warned == tt.wantFit {
+				t.Errorf("warnings %q with --fit %v", got.Warnings, hasFit)
+			}
+			if !tt.wantFit && !strings.Contains(got.Warnings[0], "has no --fit") {
+				t.Errorf("warning %q", got.Warnings[0])
+			}
+			if !slices.Contains(got.Args, "--split-mode") || !slices.Contains(got.Args, "--n-gpu-layers") {
+				t.Errorf("args %q lost a preset flag", got.Args)
+			}
+		})
+	}
+}
+
+func TestProbe(t *testing.T) {
+	env := []string{"PATH=/bin", "SECRET=x", "LC_ALL=C"}
+	for _, tt := range []struct {
+		engine schema.Engine
+		help   []string
+	}{
+		{schema.EngineLlamaCpp, []string{"--help"}},
+		{schema.EngineVLLM, []string{"serve", "--help=all"}},
+		{schema.EngineTGI, []string{"--help"}},
+	} {
+		p := Probe(tt.engine, env)
+		if !slices.Equal(p.Help, tt.help) || !slices.Equal(p.Env, []string{"PATH=/bin", "LC_ALL=C"}) {
+			t.Errorf("%s: %+v", tt.engine, p)
+		}
 	}
 }

@@ -21,7 +21,7 @@ import (
 //     restart.stopGrace, after which pool-managerd sends SIGKILL. vLLM from
 //     v0.18 aborts in-flight requests on SIGTERM unless --shutdown-timeout is
 //     set, and older builds reject that flag: it is passed only where the
-//     binary is known to support it (Options.Supports), as
+//     binary is known to support it (Options.Caps names it), as
 //     schema.VLLMShutdownTimeout (the grace less a margin). TGI's launcher
 //     waits --graceful-termination-timeout (default 90 s) for its router and
 //     then for each shard: it gets schema.TGIGracefulTimeout, stopGrace /
@@ -78,7 +78,7 @@ func memoryArgs(p *schema.Pool, gpus []GPU) []string {
 // vllmArgs are vLLM's memory and shutdown flags.
 func vllmArgs(p *schema.Pool, gpus []GPU, path string, opts Options) []string {
 	args := memoryArgs(p, gpus)
-	if _, _, set := schema.DashFlag(p.Flags, FlagShutdownTimeout); !set && opts.supports(path, FlagShutdownTimeout) {
+	if _, _, set := schema.DashFlag(p.Flags, FlagShutdownTimeout); !set && opts.supports(FlagShutdownTimeout) {
 		if n := schema.VLLMShutdownTimeout(p.Restart.StopGrace); n > 0 {
 			args = append(args, FlagShutdownTimeout, strconv.Itoa(n))
 		}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/caps"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
 
@@ -24,27 +25,28 @@ func TestShardedArgs(t *testing.T) {
 		}
 	}
 	gpus := []GPU{{Index: 0, UUID: "GPU-a", Total: 24 * gi}, {Index: 1, UUID: "GPU-b", Total: 24 * gi}}
+	oldVLLM := caps.FromHelp(DefaultVLLM, "0.11.0", "  --gpu-memory-utilization GPU_MEMORY_UTILIZATION\n")
 	tests := []struct {
-		name     string
-		pool     *schema.Pool
-		gpus     []GPU
-		supports func(path, flag string) bool
+		name string
+		pool *schema.Pool
+		gpus []GPU
+		help *caps.Caps
 		// want are the arguments after the managed ones (the pool's own flags last).
 		want []string
 	}{
-		{name: "vllm with a probe that knows --shutdown-timeout", pool: pool(schema.EngineVLLM), supports: shutdownProbe,
+		{name: "vllm with a probe that knows --shutdown-timeout", pool: pool(schema.EngineVLLM), help: vllmCaps(),
 			want: []string{"--gpu-memory-utilization", "0.8333", "--shutdown-timeout", "8"}},
 		{name: "vllm without a probe: no optional flag", pool: pool(schema.EngineVLLM),
 			want: []string{"--gpu-memory-utilization", "0.8333"}},
 		{name: "vllm whose build does not know --shutdown-timeout", pool: pool(schema.EngineVLLM),
-			supports: func(string, string) bool { return false },
-			want:     []string{"--gpu-memory-utilization", "0.8333"}},
-		{name: "vllm: the pool's own fraction and timeout are kept", supports: shutdownProbe,
+			help: &oldVLLM,
+			want: []string{"--gpu-memory-utilization", "0.8333"}},
+		{name: "vllm: the pool's own fraction and timeout are kept", help: vllmCaps(),
 			pool: pool(schema.EngineVLLM, "--gpu_memory_utilization=0.8", "--shutdown-timeout", "5"),
 			want: []string{"--gpu_memory_utilization=0.8", "--shutdown-timeout", "5"}},
 		{name: "vllm: GPU sizes unknown, no fraction", pool: pool(schema.EngineVLLM),
 			gpus: []GPU{{Index: 0, UUID: "GPU-a"}, {Index: 1, UUID: "GPU-b"}}, want: nil},
-		{name: "vllm: a grace too short for any shutdown", supports: shutdownProbe,
+		{name: "vllm: a grace too short for any shutdown", help: vllmCaps(),
 			pool: func() *schema.Pool { p := pool(schema.EngineVLLM); p.Restart.StopGrace = 2 * time.Second; return p }(),
 			want: []string{"--gpu-memory-utilization", "0.8333"}},
 		{name: "tgi", pool: pool(schema.EngineTGI),
@@ -73,7 +75,7 @@ func TestShardedArgs(t *testing.T) {
 			if tc.gpus != nil {
 				g = tc.gpus
 			}
-			cmd, err := Build(tc.pool, g, 9000, bins, "n/p/1/h", Options{Environ: []string{}, Supports: tc.supports})
+			cmd, err := Build(tc.pool, g, 9000, bins, "n/p/1/h", Options{Environ: []string{}, Caps: tc.help})
 			if err != nil {
 				t.Fatal(err)
 			}

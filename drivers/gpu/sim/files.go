@@ -10,7 +10,11 @@
 //
 //	node.json          the GPUs: index, name, memory in bytes, UUID (written by Init)
 //	claims/<pid>.json  memory an engine process holds on GPUs (Claim, Release);
-//	                   counted only while the process is alive
+//	                   counted only while the process is alive; also written
+//	                   by pool-managerd for a real engine when the node hosts
+//	                   real engines (Attribute), never over the engine's own
+//	options.json       the node's options (SetOptions): whether pool-managerd
+//	                   attributes memory to the real engines it starts here
 //	foreign/<index>-<pid>.json
 //	                   memory held by a process pool-managerd does not own (Foreign,
 //	                   ClearForeign); counted whether or not the pid is alive
@@ -42,11 +46,12 @@ const GiB = 1 << 30
 
 // The files and directories of a simulated node.
 const (
-	nodeFile   = "node.json"
-	claimsDir  = "claims"
-	foreignDir = "foreign"
-	eventsFile = "events.log"
-	lostDir    = "lost"
+	nodeFile    = "node.json"
+	claimsDir   = "claims"
+	foreignDir  = "foreign"
+	eventsFile  = "events.log"
+	lostDir     = "lost"
+	optionsFile = "options.json"
 )
 
 // ErrNotInitialised means the directory holds no simulated node.
@@ -94,6 +99,9 @@ type claimFile struct {
 	StartTime uint64 `json:"startTime"`
 	// GPUs maps GPU index to bytes held.
 	GPUs map[int]uint64 `json:"gpus"`
+	// Attributed: written by pool-managerd for a real engine (Attribute),
+	// not by the engine itself.
+	Attributed bool `json:"attributed,omitempty"`
 }
 
 // foreignFile is foreign/<index>-<pid>.json.
@@ -139,13 +147,13 @@ func Init(dir string, gpus []GPUSpec) error {
 }
 
 // Reset makes dir a fresh simulated node with the given GPUs: the node's
-// files (claims, foreign holds, events, lost GPUs) are removed, nothing
+// files (claims, foreign holds, events, lost GPUs, options) are removed, nothing
 // else in dir is touched.
 func Reset(dir string, gpus []GPUSpec) error {
 	if _, err := describe(gpus); err != nil {
 		return err
 	}
-	for _, name := range []string{nodeFile, claimsDir, foreignDir, eventsFile, lostDir} {
+	for _, name := range []string{nodeFile, claimsDir, foreignDir, eventsFile, lostDir, optionsFile} {
 		if err := os.RemoveAll(filepath.Join(dir, name)); err != nil {
 			return fmt.Errorf("resetting simulated node: %w", err)
 		}
@@ -218,6 +226,105 @@ func Claim(dir string, pid int, claims map[int]uint64) error {
 		c.StartTime = st
 	}
 	return writeJSON(dir, filepath.Join(claimsDir, strconv.Itoa(pid)+".json"), c)
+}
+
+// Own records that process pid keeps its own claims on the node (a stand-in
+// engine, which claims what it loads): it holds nothing yet, and Attribute
+// leaves it alone. Claim replaces it.
+func Own(dir string, pid int) error {
+	if pid <= 0 {
+		return fmt.Errorf("simulated node: claim by invalid pid %d", pid)
+	}
+	if _, err := readNode(dir); err != nil {
+		return err
+	}
+	c := claimFile{PID: pid, GPUs: map[int]uint64{}}
+	if st, ok := procStart(pid); ok {
+		c.StartTime = st
+	}
+	return writeJSON(dir, filepath.Join(claimsDir, strconv.Itoa(pid)+".json"), c)
+}
+
+// Attribute records, for a real engine process pid that pool-managerd
+// started on the node, that it holds claims[index] bytes on each GPU while
+// it lives: a real engine (a CPU build of llama-server, say) holds no
+// simulated memory of its own. A process that has a claim of its own (a
+// stand-in engine, see Own) keeps it: then Attribute writes nothing and
+// returns false. The claim is written only if none exists, atomically, so
+// that a stand-in's own claim is never replaced.
+func Attribute(dir string, pid int, claims map[int]uint64) (bool, error) {
+	if pid <= 0 {
+		return false, fmt.Errorf("simulated node: claim by invalid pid %d", pid)
+	}
+	desc, err := readNode(dir)
+	if err != nil {
+		return false, err
+	}
+	for index := range claims {
+		if err := desc.check(dir, index); err != nil {
+			return false, err
+		}
+	}
+	c := claimFile{PID: pid, GPUs: claims, Attributed: true}
+	st, ok := procStart(pid)
+	if !ok {
+		return false, nil // gone already: nothing to hold
+	}
+	c.StartTime = st
+	name := filepath.Join(claimsDir, strconv.Itoa(pid)+".json")
+	path := filepath.Join(dir, name)
+	if _, err := os.Lstat(path); err == nil {
+		return false, nil
+	}
+	tmp := filepath.Join(claimsDir, "."+strconv.Itoa(pid)+".attributed")
+	if err := writeJSON(dir, tmp, c); err != nil {
+		return false, err
+	}
+	defer os.Remove(filepath.Join(dir, tmp))
+	// A link, unlike a rename, fails when the engine claimed meanwhile.
+	if err := os.Link(filepath.Join(dir, tmp), path); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return false, nil
+		}
+		return false, fmt.Errorf("simulated node: %w", err)
+	}
+	return true, nil
+}
+
+// Options are a simulated node's settings, kept in options.json.
+type Options struct {
+	// HostRealEngines: pool-managerd attributes to each engine process it
+	// starts on the node the pool's VRAM need, on the pool's GPUs, while the
+	// process lives (see Attribute), so that a real engine without GPUs (a
+	// CPU build of llama-server) passes the placement check. Stand-in
+	// engines keep their own claims.
+	HostRealEngines bool `json:"hostRealEngines,omitempty"`
+}
+
+// SetOptions writes the node's options.
+func SetOptions(dir string, o Options) error {
+	if _, err := readNode(dir); err != nil {
+		return err
+	}
+	return writeJSON(dir, optionsFile, o)
+}
+
+// ReadOptions reads the node's options; a node without options.json has the zero Options.
+func ReadOptions(dir string) (Options, error) {
+	if _, err := readNode(dir); err != nil {
+		return Options{}, err
+	}
+	var o Options
+	data, err := os.ReadFile(filepath.Join(dir, optionsFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return o, nil
+	} else if err != nil {
+		return o, fmt.Errorf("simulated node: %w", err)
+	}
+	if err := strictUnmarshal(data, &o); err != nil {
+		return o, fmt.Errorf("simulated node: %s is corrupt: %w", optionsFile, err)
+	}
+	return o, nil
 }
 
 // Release forgets the claims of process pid.
