@@ -75,11 +75,41 @@ func (c Caps) Flags() int { return len(c.flags) }
 // "--help=all" (the part before =).
 var longOption = regexp.MustCompile(`(?:^|[\s,\[(|])(--[a-zA-Z0-9][a-zA-Z0-9_-]*)`)
 
-// Parse reads the long options out of a help text.
+// metavar is a field of an option list that is not an option: an argument's
+// name or its choices ("N", "SHUTDOWN_TIMEOUT", "<DIR>", "[on|off]", "{a,b}").
+var metavar = regexp.MustCompile(`^(?:[A-Z0-9_.|=-]+|<[^>]*>|\[[^\]]*\]?|\{[^}]*\}?)[,.]?$|^[\]}>]+[,.]?$`)
+
+// Parse reads the long options out of a help text: those a line starts with
+// (an option list such as "-c,    --ctx-size N" or "--help, -h"), and those
+// of a usage line ("usage: vllm serve [-h] [--host HOST]"). An option named
+// in a description ("use --foo instead") is not one the binary takes.
 func Parse(help string) map[string]bool {
 	flags := map[string]bool{}
-	for _, m := range longOption.FindAllStringSubmatch(help, -1) {
-		flags[m[1]] = true
+	inUsage := false
+	for _, line := range strings.Split(help, "\n") {
+		trimmed := strings.TrimSpace(line)
+		if strings.HasPrefix(strings.ToLower(trimmed), "usage:") {
+			inUsage = true
+		} else if trimmed == "" || line == trimmed && !strings.HasPrefix(trimmed, "-") && !strings.HasPrefix(trimmed, "[") {
+			inUsage = false
+		}
+		if inUsage || strings.HasPrefix(trimmed, "[") {
+			for _, m := range longOption.FindAllStringSubmatch(line, -1) {
+				flags[m[1]] = true
+			}
+			continue
+		}
+		for _, field := range strings.Fields(trimmed) {
+			if strings.HasPrefix(field, "-") {
+				if m := longOption.FindStringSubmatch(field); m != nil {
+					flags[m[1]] = true
+				}
+				continue
+			}
+			if !metavar.MatchString(field) {
+				break // the description begins
+			}
+		}
 	}
 	return flags
 }

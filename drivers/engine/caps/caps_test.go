@@ -35,6 +35,10 @@ func TestParse(t *testing.T) {
 		{"llama-server with --fit", newHelp, []string{"--fit", "--fit-target", "--ctx-size", "--help", "--usage", "--version"}, []string{"--fit-ctx", "--shutdown-timeout"}},
 		{"llama-server before --fit", oldHelp, []string{"--n-gpu-layers", "--gpu-layers"}, []string{"--fit"}},
 		{"argparse", "options:\n  --shutdown-timeout SHUTDOWN_TIMEOUT\n  --help=all\n  [--max-model-len MAX_MODEL_LEN]", []string{"--shutdown-timeout", "--help", "--max-model-len"}, []string{"--shutdown"}},
+		{"argparse usage lines", "usage: vllm serve [-h] [--host HOST]\n                  [--port PORT]\n\noptions:\n  --port PORT  the port (default: 8000)\n", []string{"--host", "--port"}, []string{"--help"}},
+		{"clap", "Options:\n      --graceful-termination-timeout <GRACEFUL_TERMINATION_TIMEOUT>\n          [env: GRACEFUL_TERMINATION_TIMEOUT=]\n  -h, --help\n", []string{"--graceful-termination-timeout", "--help"}, nil},
+		{"choices and a metavar before the description", "  --tokenizer-mode {auto,slow,mistral}, --tokenizer_mode {auto,slow}\n  -fit, --fit [on|off]    whether to fit\n", []string{"--tokenizer-mode", "--tokenizer_mode", "--fit"}, nil},
+		{"an option named in a description is not taken", "  --model M        the model; use --model-path on older builds\nEnvironment:\n  FAKE_ENGINE_VLLM_VERSION=0.11.0    (--shutdown-timeout from 0.18)\nA first argument --fake-engine-as=MODE also chooses.\n", []string{"--model"}, []string{"--model-path", "--shutdown-timeout", "--fake-engine-as"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			got := Parse(tt.help)
