@@ -192,7 +192,7 @@ Feature: Preload and readiness
       	model: path: "WORKSPACE/models/model.gguf"
       	devices: [1]
       	vram:    2Gi
-      	env: FAKE_ENGINE_LOAD_DELAY: "1s"
+      	env: FAKE_ENGINE_LOAD_DELAY: "5s" // the 503 must still be there after the steps before the GET, on a loaded machine
       }
       """
     When I start "pool-managerd apply CONFIG --gpus SIM --state-dir STATE --node gpu-01 --llama-server ENGINE --auto-approve" in the background
