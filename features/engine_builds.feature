@@ -40,6 +40,33 @@ Feature: What an engine build takes, and how it says no
     And the daemon has logged a warn event containing "has no --fit"
 
   @PM-1042
+  Scenario Outline: vLLM <version> is told --shutdown-timeout only when its own help names the flag
+    vLLM from v0.18 aborts requests in flight on SIGTERM unless --shutdown-timeout is set, and
+    older builds refuse the flag: it is passed, within the pool's stop grace, only to a build
+    whose serve --help=all lists it.
+    Given the vLLM binary is the stand-in imitating vLLM <version>
+    And the config file "pools/chat.cue":
+      """
+      pools: chat: {
+      	node:    "gpu-01"
+      	engine:  "vllm"
+      	model: {path: "WORKSPACE/models/model.gguf", ctx: 8192}
+      	devices: [0]
+      	vram:    18Gi
+      	restart: stopGrace: "10s"
+      }
+      """
+    When I run "pool-managerd apply CONFIG --gpus SIM --state-dir STATE --node gpu-01 --vllm VLLM --auto-approve"
+    Then the exit status is 0
+    And stdout contains "Apply done: 1 Ready, 0 failed or blocked, 0 stopped."
+    And the engine of pool "chat" was started <told>
+
+    Examples:
+      | version | told                                   |
+      | 0.18.0  | with "--shutdown-timeout 8"            |
+      | 0.11.0  | without "--shutdown-timeout"           |
+
+  @PM-1042
   Scenario: An engine that refuses an argument, a missing model and a file that is no model each fail in a class of their own
     Given a model file "models/zip.gguf" that is not a GGUF file
     And the config file "pools/pools.cue":

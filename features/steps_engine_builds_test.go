@@ -19,6 +19,7 @@ import (
 // what their failures are (issue 13).
 func (w *world) registerEngineBuilds(sc *godog.ScenarioContext) {
 	sc.Step(`^the llama-server binary is the stand-in imitating llama\.cpp build (\d+)$`, w.olderLlamaServer)
+	sc.Step(`^the vLLM binary is the stand-in imitating vLLM (\d+\.\d+\.\d+)$`, w.vllmVersion)
 	sc.Step(`^a model file "([^"]*)" that is not a GGUF file$`, w.notGGUF)
 	sc.Step(`^the simulated node hosts real engines$`, w.hostRealEngines)
 	sc.Step(`^the engine of pool "([^"]*)" was started without "([^"]*)"$`, w.startedWithout)
@@ -35,6 +36,19 @@ func (w *world) olderLlamaServer(build int) error {
 		return err
 	}
 	w.llamaServer = path
+	return nil
+}
+
+// vllmVersion makes VLLM a wrapper that runs the stand-in imitating a vLLM
+// version: its serve --help=all (the capability probe's) and what its command
+// line may hold are that version's.
+func (w *world) vllmVersion(version string) error {
+	path := filepath.Join(w.workspace, "vllm-"+version)
+	script := fmt.Sprintf("#!/bin/sh\nFAKE_ENGINE_VLLM_VERSION=%s exec %s \"$@\"\n", version, w.h.fakeEngine())
+	if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
+		return err
+	}
+	w.vllmServer = path
 	return nil
 }
 

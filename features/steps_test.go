@@ -41,6 +41,9 @@ type world struct {
 	daemonState
 	// llamaServer, when set, replaces the stand-in as ENGINE (steps_engine_builds_test.go).
 	llamaServer string
+	// vllmServer, when set, is VLLM: a stand-in imitating a vLLM version
+	// (steps_engine_builds_test.go); else VLLM is the stand-in.
+	vllmServer string
 }
 
 func (w *world) simDir() string { return filepath.Join(w.workspace, "node") }
@@ -503,7 +506,11 @@ func (w *world) expand(args string) string {
 	if w.llamaServer != "" {
 		engine = w.llamaServer
 	}
-	return strings.NewReplacer("CONFIG", w.config, "SIMDIR", w.simDir(), "SIM", "sim:"+w.simDir(), "STATE", w.stateDir(), "ENGINE", engine).Replace(args)
+	vllm := w.h.fakeEngine()
+	if w.vllmServer != "" {
+		vllm = w.vllmServer
+	}
+	return strings.NewReplacer("CONFIG", w.config, "SIMDIR", w.simDir(), "SIM", "sim:"+w.simDir(), "STATE", w.stateDir(), "ENGINE", engine, "VLLM", vllm).Replace(args)
 }
 
 // run runs pool-managerd in the workspace, its arguments expanded (see expand).
