@@ -852,18 +852,28 @@ func (w *world) noShell(pool string) error {
 }
 
 func (w *world) startedWith(pool, args string) error {
-	e, err := w.engineOf(pool)
+	pid, argv, has, err := w.engineArgvHas(pool, args)
 	if err != nil {
 		return err
 	}
-	argv, err := proc.Cmdline(e.pid)
-	if err != nil {
-		return err
-	}
-	if !strings.Contains(" "+strings.Join(argv, " ")+" ", " "+args+" ") {
-		return fmt.Errorf("engine pid %d of pool %s runs %q, without %q", e.pid, pool, argv, args)
+	if !has {
+		return fmt.Errorf("engine pid %d of pool %s runs %q, without %q", pid, pool, argv, args)
 	}
 	return nil
+}
+
+// engineArgvHas reads the command line of pool's engine and reports whether
+// args (one or more whole arguments) appear in it, in that order.
+func (w *world) engineArgvHas(pool, args string) (pid int, argv []string, has bool, err error) {
+	e, err := w.engineOf(pool)
+	if err != nil {
+		return 0, nil, false, err
+	}
+	argv, err = proc.Cmdline(e.pid)
+	if err != nil {
+		return e.pid, nil, false, err
+	}
+	return e.pid, argv, strings.Contains(" "+strings.Join(argv, " ")+" ", " "+args+" "), nil
 }
 
 func (w *world) health(pool string, code int, body string) error {

@@ -9,7 +9,6 @@ import (
 
 	"github.com/cucumber/godog"
 
-	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu/sim"
 	"github.com/poolmanagerd/pool-managerd/internal/api"
 	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
@@ -66,16 +65,12 @@ func (w *world) hostRealEngines() error {
 }
 
 func (w *world) startedWithout(pool, arg string) error {
-	e, err := w.engineOf(pool)
+	pid, argv, has, err := w.engineArgvHas(pool, arg)
 	if err != nil {
 		return err
 	}
-	argv, err := proc.Cmdline(e.pid)
-	if err != nil {
-		return err
-	}
-	if strings.Contains(" "+strings.Join(argv, " ")+" ", " "+arg+" ") {
-		return fmt.Errorf("engine pid %d of pool %s runs %q, with %q", e.pid, pool, argv, arg)
+	if has {
+		return fmt.Errorf("engine pid %d of pool %s runs %q, with %q", pid, pool, argv, arg)
 	}
 	return nil
 }

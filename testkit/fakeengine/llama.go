@@ -14,6 +14,18 @@ import (
 	"time"
 )
 
+// refuse prints why a command line was refused, as the engine does (its
+// usage error), and returns the engine's exit status for it.
+func (p *process) refuse(err error) int {
+	var ue *UsageError
+	if errors.As(err, &ue) {
+		p.stderr.printf("%s", ue.Message)
+		return ue.Code
+	}
+	p.stderr.printf("%v", err)
+	return 1
+}
+
 // runLlama plays llama-server: the listener opens first and answers 503
 // while the model loads; signals kill the process until the model is loaded
 // (llama-server installs its handlers after loading), then SIGTERM and
@@ -29,13 +41,7 @@ func (p *process) runLlama(argv []string) int {
 	}
 	cfg, err := ParseLlamaArgsBuild(argv, build)
 	if err != nil {
-		var ue *UsageError
-		if errors.As(err, &ue) {
-			p.stderr.printf("%s", ue.Message)
-			return ue.Code
-		}
-		p.stderr.printf("%v", err)
-		return 1
+		return p.refuse(err)
 	}
 	if cfg.Version {
 		p.stderr.printf("version: %d (%s)\nbuilt with cc (GCC) 13.3.0 for x86_64-linux-gnu (fake-engine)", build, llamaCommit)

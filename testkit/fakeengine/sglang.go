@@ -1,7 +1,6 @@
 package fakeengine
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -128,12 +127,7 @@ func sglangTime() string { return time.Now().Format("2006-01-02 15:04:05") }
 func (p *process) runSGLang(argv []string) int {
 	cfg, err := ParseSGLangArgs(argv)
 	if err != nil {
-		var ue *UsageError
-		if errors.As(err, &ue) {
-			p.stderr.printf("%s", ue.Message)
-			return ue.Code
-		}
-		return 1
+		return p.refuse(err)
 	}
 	if cfg.Help {
 		fmt.Print(sglangUsage + "\n\nSGLang's OpenAI-compatible server (fake-engine).\n\n" + envHelp)

@@ -284,18 +284,7 @@ func runWorker(argv []string) int {
 		return runRouter(*rank, faults, *shards, fs.Args())
 	}
 	out := &syncWriter{w: os.Stdout}
-	reports := os.NewFile(4, "reports")
-	report := func(format string, a ...any) {
-		fmt.Fprintf(reports, format+"\n", a...)
-		reports.Close()
-	}
-	lifeline := make(chan struct{})
-	go func() {
-		io.Copy(io.Discard, os.NewFile(3, "lifeline"))
-		close(lifeline)
-	}()
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	report, lifeline, sigs := childLinks()
 	prefix := fmt.Sprintf("(VllmWorker TP%d pid=%d) ", *rank, os.Getpid())
 	if *engine == string(TGI) {
 		prefix = ""
@@ -413,24 +402,33 @@ func checkFree(dir string, claims map[int]uint64, engine string) string {
 	return ""
 }
 
+// childLinks are what a process the stand-in started as one of its own
+// (worker, EngineCore, router) has of its parent: report writes the one line
+// of its start to descriptor 4 and closes it; lifeline closes when the
+// parent is gone (descriptor 3 reaches EOF); sigs gets SIGTERM and SIGINT.
+func childLinks() (report func(format string, a ...any), lifeline <-chan struct{}, sigs chan os.Signal) {
+	reports := os.NewFile(4, "reports")
+	report = func(format string, a ...any) {
+		fmt.Fprintf(reports, format+"\n", a...)
+		reports.Close()
+	}
+	gone := make(chan struct{})
+	go func() {
+		io.Copy(io.Discard, os.NewFile(3, "lifeline"))
+		close(gone)
+	}()
+	sigs = make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	return report, gone, sigs
+}
+
 // runCore is a worker in between (vLLM's EngineCore with -tp > 1): it holds
 // no memory, starts its own workers, reports ready to the main process when
 // they all are, relays the first failure, and stops them when it stops. Like
 // a worker it outlives the main process when told to (-orphan: vLLM's
 // EngineCore and workers keep the GPUs after the API server is killed).
 func runCore(mode Mode, rank int, faults Faults, children []shardSpec) int {
-	reports := os.NewFile(4, "reports")
-	report := func(format string, a ...any) {
-		fmt.Fprintf(reports, format+"\n", a...)
-		reports.Close()
-	}
-	lifeline := make(chan struct{})
-	go func() {
-		io.Copy(io.Discard, os.NewFile(3, "lifeline"))
-		close(lifeline)
-	}()
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	report, lifeline, sigs := childLinks()
 	p := &process{mode: mode, faults: faults, stdout: &syncWriter{w: os.Stdout}, stderr: &syncWriter{w: os.Stderr},
 		pid: os.Getpid(), simDir: os.Getenv(EnvSimDir), state: newEngineState(faults), orphans: faults.OrphanWorkers}
 	set, err := p.startShards(children)
@@ -500,18 +498,7 @@ func runCore(mode Mode, rank int, faults Faults, children []shardSpec) int {
 // serves the engine's HTTP; it reports ready once it listens, or the bind
 // error. It stops on SIGTERM from the launcher or when the launcher is gone.
 func runRouter(rank int, faults Faults, shards int, argv []string) int {
-	reports := os.NewFile(4, "reports")
-	report := func(format string, a ...any) {
-		fmt.Fprintf(reports, format+"\n", a...)
-		reports.Close()
-	}
-	lifeline := make(chan struct{})
-	go func() {
-		io.Copy(io.Discard, os.NewFile(3, "lifeline"))
-		close(lifeline)
-	}()
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	report, lifeline, sigs := childLinks()
 	cfg, err := ParseTGIArgs(argv, os.Getenv)
 	if err != nil {
 		report("fail %d %v", rank, err)

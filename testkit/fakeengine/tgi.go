@@ -271,12 +271,7 @@ func tgiTime() string { return time.Now().UTC().Format("2006-01-02T15:04:05.0000
 func (p *process) runTGI(argv []string) int {
 	cfg, err := ParseTGIArgs(argv, os.Getenv)
 	if err != nil {
-		var ue *UsageError
-		if errors.As(err, &ue) {
-			p.stderr.printf("%s", ue.Message)
-			return ue.Code
-		}
-		return 1
+		return p.refuse(err)
 	}
 	if cfg.Help {
 		fmt.Print("Text Generation Launcher (fake-engine)\n\n" + tgiUsage + "\n\n" + envHelp)
