@@ -369,7 +369,14 @@ func (l *Loader) evaluateGroups(ctx context.Context, todo []int, comps [][]int, 
 		for k, i := range idx {
 			sources[k] = files[i]
 		}
-		return evaluateGroup(parsed, func() cue.Value { return rebuildGroup(sources) })
+		g := evaluateGroup(parsed, func() cue.Value { return rebuildGroup(sources) })
+		// What was read holds plain Go values: drop the evaluation now, so
+		// that at most one per worker is live. A position asked for later
+		// (a cross-check's diagnostic) evaluates the group again.
+		if g.pos != nil {
+			g.pos.release()
+		}
+		return g
 	}
 	run := func(j job) {
 		if len(j.comps) == 1 {
