@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io/fs"
+	"maps"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -56,6 +57,9 @@ type Loader struct {
 	groups map[string]*groupResult
 	// last is the previous load's outcome.
 	last *loadOutcome
+	// checks are the last checks' inputs and findings per node name, for
+	// the next load to reuse where its nodes and pools are the same.
+	checks map[string]*nodeCheck
 	// For tests: evaluated, when set, is called with the relative paths of
 	// the files of each evaluation; now replaces time.Now; whole evaluates
 	// every file in one group, as one CUE instance.
@@ -284,26 +288,19 @@ func (l *Loader) evaluate(ctx context.Context, dir string, files []sourceFile, k
 	if len(diags) > 0 {
 		return nil, diags
 	}
-	d := &Desired{Nodes: map[string]*Node{}, Pools: map[string]*Pool{}}
+	nodes, pools := 0, 0
+	for _, g := range results {
+		nodes, pools = nodes+len(g.desired.Nodes), pools+len(g.desired.Pools)
+	}
+	d := &Desired{Nodes: make(map[string]*Node, nodes), Pools: make(map[string]*Pool, pools), Files: make([]string, 0, len(files))}
 	broken := map[string]bool{}
 	for _, g := range results {
 		for _, dg := range g.diags {
 			diags = append(diags, shown.diag(dg))
 		}
-		var resolver *posResolver
-		if g.pos != nil {
-			resolver = &posResolver{positions: g.pos, fallback: fallbackName, shown: shown}
-		}
-		for k, v := range g.desired.Nodes {
-			n := *v
-			n.Source = Source{resolver: resolver, path: v.Source.path}
-			d.Nodes[k] = &n
-		}
-		for k, v := range g.desired.Pools {
-			p := *v
-			p.Source = Source{resolver: resolver, path: v.Source.path}
-			d.Pools[k] = &p
-		}
+		pub := g.publish(shown)
+		maps.Copy(d.Nodes, pub.nodes)
+		maps.Copy(d.Pools, pub.pools)
 		for k := range g.broken {
 			broken[k] = true
 		}
@@ -311,11 +308,49 @@ func (l *Loader) evaluate(ctx context.Context, dir string, files []sourceFile, k
 	for _, f := range files {
 		d.Files = append(d.Files, f.rel)
 	}
-	diags = append(diags, checkDesired(d, broken)...)
+	checked, checks := checkByNode(d, broken, l.checks)
+	l.checks = checks
+	diags = append(diags, checked...)
 	if len(diags) > 0 {
 		return nil, diags
 	}
 	return d, nil
+}
+
+// publishedGroup is a group's nodes and pools as loads return them:
+// copies whose Sources show the files' names as people see them.
+type publishedGroup struct {
+	shown shownNames
+	nodes map[string]*Node
+	pools map[string]*Pool
+}
+
+// publish returns the group's nodes and pools for a load whose files are
+// shown as shown. Loads that show them alike (the same directory and first
+// file) share the same copies: an unchanged group costs a load nothing, and
+// its pools keep their identity, which the checks' cache goes by. Nothing
+// changes a Node or Pool after the load that returned it.
+func (g *groupResult) publish(shown *shownNames) *publishedGroup {
+	if g.published != nil && g.published.shown == *shown {
+		return g.published
+	}
+	pub := &publishedGroup{shown: *shown, nodes: make(map[string]*Node, len(g.desired.Nodes)), pools: make(map[string]*Pool, len(g.desired.Pools))}
+	var resolver *posResolver
+	if g.pos != nil {
+		resolver = &posResolver{positions: g.pos, fallback: fallbackName, shown: &pub.shown}
+	}
+	for k, v := range g.desired.Nodes {
+		n := *v
+		n.Source = Source{resolver: resolver, path: v.Source.path}
+		pub.nodes[k] = &n
+	}
+	for k, v := range g.desired.Pools {
+		p := *v
+		p.Source = Source{resolver: resolver, path: v.Source.path}
+		pub.pools[k] = &p
+	}
+	g.published = pub
+	return pub
 }
 
 // evaluateGroups evaluates the components todo into results, in parallel
