@@ -41,6 +41,8 @@ type nodeCheck struct {
 // loader gives the same *Node and *Pool for a group of files that did not
 // change, and nothing changes them after the load: equal pointers are equal
 // values. (A nodeCheck holds its pointers, so they cannot be reused for others.)
+// The broken marks come from the groups that give the values, so they follow
+// the pointers; they are compared all the same, being inputs of the checks.
 func (a *nodeCheck) sameInput(b *nodeCheck) bool {
 	return a.node == b.node && a.nodeBroken == b.nodeBroken && a.declared == b.declared &&
 		slices.Equal(a.pools, b.pools) && slices.Equal(a.poolBroken, b.poolBroken)
