@@ -17,8 +17,17 @@ const RatioTolerance = 1e-3
 // checkDesired runs the checks that need more than one pool or the declared
 // inventory. Pools and nodes in broken (already reported) are left out.
 func checkDesired(d *Desired, broken map[string]bool) Diagnostics {
-	diags, _ := checkByNode(d, broken, nil)
+	diags, _ := checkByNode(d, []map[string][]*Pool{poolsByNode(d.Pools)}, broken, nil)
 	return diags
+}
+
+// poolsByNode groups pools by the node they name.
+func poolsByNode(pools map[string]*Pool) map[string][]*Pool {
+	out := map[string][]*Pool{}
+	for _, p := range pools {
+		out[p.Node] = append(out[p.Node], p)
+	}
+	return out
 }
 
 // nodeCheck is what the checks of one node name read, and what they found.
@@ -29,7 +38,8 @@ type nodeCheck struct {
 	// node is the declared node; nil when pools name a node not declared.
 	node       *Node
 	nodeBroken bool
-	// pools are the pools that name the node, by id; poolBroken is theirs.
+	// pools are the pools that name the node, in the order the loader's
+	// groups give them; poolBroken is theirs.
 	pools      []*Pool
 	poolBroken []bool
 	// declared lists the declared nodes, when node is nil.
@@ -43,28 +53,32 @@ type nodeCheck struct {
 // values. (A nodeCheck holds its pointers, so they cannot be reused for others.)
 // The broken marks come from the groups that give the values, so they follow
 // the pointers; they are compared all the same, being inputs of the checks.
+// Pools in another order are taken for other input: they are checked again.
 func (a *nodeCheck) sameInput(b *nodeCheck) bool {
 	return a.node == b.node && a.nodeBroken == b.nodeBroken && a.declared == b.declared &&
 		slices.Equal(a.pools, b.pools) && slices.Equal(a.poolBroken, b.poolBroken)
 }
 
-// checkByNode runs checkDesired's checks node by node, taking from prev the
-// diagnostics of each node whose checks read the same values as then, so
-// that a load after one file changed checks only the nodes it touches. It
-// returns the diagnostics (in no particular order: the loader sorts them)
-// and what a next load may reuse.
-func checkByNode(d *Desired, broken map[string]bool, prev map[string]*nodeCheck) (Diagnostics, map[string]*nodeCheck) {
+// checkByNode runs checkDesired's checks node by node on d, whose pools
+// byNode gives grouped by node name (in one map or several, as the loader's
+// groups have them), taking from prev the diagnostics of each node whose
+// checks read the same values as then: a load after one file changed checks
+// only the nodes it touches. It returns the diagnostics (in no particular
+// order: the loader sorts them) and what a next load may reuse.
+func checkByNode(d *Desired, byNode []map[string][]*Pool, broken map[string]bool, prev map[string]*nodeCheck) (Diagnostics, map[string]*nodeCheck) {
 	checks := make(map[string]*nodeCheck, len(d.Nodes))
 	for name, n := range d.Nodes {
 		checks[name] = &nodeCheck{node: n, nodeBroken: len(broken) > 0 && broken["nodes."+name]}
 	}
-	for _, p := range d.Pools {
-		in, ok := checks[p.Node]
-		if !ok {
-			in = &nodeCheck{}
-			checks[p.Node] = in
+	for _, group := range byNode {
+		for name, pools := range group {
+			in, ok := checks[name]
+			if !ok {
+				in = &nodeCheck{}
+				checks[name] = in
+			}
+			in.pools = append(in.pools, pools...)
 		}
-		in.pools = append(in.pools, p)
 	}
 	declared := ""
 	if len(checks) > len(d.Nodes) {
@@ -73,7 +87,6 @@ func checkByNode(d *Desired, broken map[string]bool, prev map[string]*nodeCheck)
 	c := &checker{d: d, declared: declared}
 	var diags Diagnostics
 	for name, in := range checks {
-		slices.SortFunc(in.pools, func(a, b *Pool) int { return strings.Compare(a.ID, b.ID) })
 		in.poolBroken = make([]bool, len(in.pools))
 		if len(broken) > 0 {
 			for i, p := range in.pools {
@@ -113,9 +126,16 @@ func (c *checker) node(in *nodeCheck) {
 	if in.nodeBroken {
 		return
 	}
+	// The pools in order of id: the first of two on a port keeps it, and
+	// messages list the pools on a GPU in that order.
+	order := make([]int, len(in.pools))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(a, b int) int { return strings.Compare(in.pools[a].ID, in.pools[b].ID) })
 	var ok []*Pool
-	for i, p := range in.pools {
-		if !in.poolBroken[i] && c.pool(p) {
+	for _, i := range order {
+		if p := in.pools[i]; !in.poolBroken[i] && c.pool(p) {
 			ok = append(ok, p)
 		}
 	}

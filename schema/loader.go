@@ -308,7 +308,11 @@ func (l *Loader) evaluate(ctx context.Context, dir string, files []sourceFile, k
 	for _, f := range files {
 		d.Files = append(d.Files, f.rel)
 	}
-	checked, checks := checkByNode(d, broken, l.checks)
+	byNode := make([]map[string][]*Pool, len(results))
+	for c, g := range results {
+		byNode[c] = g.published.byNode
+	}
+	checked, checks := checkByNode(d, byNode, broken, l.checks)
 	l.checks = checks
 	diags = append(diags, checked...)
 	if len(diags) > 0 {
@@ -323,6 +327,8 @@ type publishedGroup struct {
 	shown shownNames
 	nodes map[string]*Node
 	pools map[string]*Pool
+	// byNode are the pools by the node they name, for the checks.
+	byNode map[string][]*Pool
 }
 
 // publish returns the group's nodes and pools for a load whose files are
@@ -349,6 +355,7 @@ func (g *groupResult) publish(shown *shownNames) *publishedGroup {
 		p.Source = Source{resolver: resolver, path: v.Source.path}
 		pub.pools[k] = &p
 	}
+	pub.byNode = poolsByNode(pub.pools)
 	g.published = pub
 	return pub
 }
