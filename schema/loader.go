@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -214,21 +215,35 @@ func (l *Loader) evaluate(ctx context.Context, dir string, files []sourceFile, k
 	// Parse the new files: their syntax serves this load's evaluation and is then dropped.
 	fresh := map[fileKey]*ast.File{}
 	entries := make([]*fileEntry, len(files))
-	var diags Diagnostics
-	for i, f := range files {
-		e, ok := l.files[keys[i]]
-		if !ok {
-			e = &fileEntry{data: f.data}
-			syntax, problems := parseConfig(evalName(f.rel), f.data)
-			if len(problems) > 0 {
-				e.diags = problems
-			} else {
-				e.summary = summarizeFile(syntax, l.schemaNames)
-				fresh[keys[i]] = syntax
-			}
-			l.files[keys[i]] = e
+	var added []int
+	for i := range files {
+		if e, ok := l.files[keys[i]]; ok {
+			entries[i] = e
+		} else {
+			added = append(added, i)
 		}
-		entries[i] = e
+	}
+	syntaxes := make([]*ast.File, len(added))
+	parallel(len(added), func(k int) {
+		f := files[added[k]]
+		e := &fileEntry{data: f.data}
+		syntax, problems := parseConfig(evalName(f.rel), f.data)
+		if len(problems) > 0 {
+			e.diags = problems
+		} else {
+			e.summary = summarizeFile(syntax, l.schemaNames)
+			syntaxes[k] = syntax
+		}
+		entries[added[k]] = e
+	})
+	for k, i := range added {
+		l.files[keys[i]] = entries[i]
+		if syntaxes[k] != nil {
+			fresh[keys[i]] = syntaxes[k]
+		}
+	}
+	var diags Diagnostics
+	for _, e := range entries {
 		for _, d := range e.diags {
 			diags = append(diags, shown.diag(d))
 		}
@@ -470,6 +485,21 @@ func (l *Loader) evaluateGroups(ctx context.Context, todo []int, comps [][]int, 
 		jobs[b] = job{} // the worker holds the job's syntax until it is evaluated, and no longer
 	}
 	close(next)
+	wg.Wait()
+}
+
+// parallel calls fn(0) to fn(n-1) on up to GOMAXPROCS goroutines and
+// returns when all have returned.
+func parallel(n int, fn func(i int)) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), n) {
+		wg.Go(func() {
+			for i := int(next.Add(1)) - 1; i < n; i = int(next.Add(1)) - 1 {
+				fn(i)
+			}
+		})
+	}
 	wg.Wait()
 }
 
