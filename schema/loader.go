@@ -603,8 +603,18 @@ func splitGroup(g groupResult, batch []int, comps [][]int, files []sourceFile, s
 		return found, found >= 0
 	}
 	parts = make([]*groupResult, len(batch))
-	for k := range parts {
-		parts[k] = &groupResult{desired: &Desired{Nodes: map[string]*Node{}, Pools: map[string]*Pool{}}, broken: map[string]bool{}, pos: g.pos}
+	for k, c := range batch {
+		// A position asked for later evaluates the component alone, not the
+		// batch: its files write every value it holds, so the positions are
+		// the same.
+		sources := make([]sourceFile, len(comps[c]))
+		names := make(map[string]bool, len(comps[c]))
+		for j, i := range comps[c] {
+			sources[j] = files[i]
+			names[evalName(files[i].rel)] = true
+		}
+		pos := &positions{userFiles: names, rebuild: func() cue.Value { return rebuildGroup(sources) }}
+		parts[k] = &groupResult{desired: &Desired{Nodes: map[string]*Node{}, Pools: map[string]*Pool{}}, broken: map[string]bool{}, pos: pos}
 	}
 	for key, n := range g.desired.Nodes {
 		k, ok := owner["nodes."+key]
