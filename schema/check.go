@@ -14,13 +14,6 @@ import (
 // even split from 1/n, the smallest GPU's ratio above its cap.
 const RatioTolerance = 1e-3
 
-// checkDesired runs the checks that need more than one pool or the declared
-// inventory. Pools and nodes in broken (already reported) are left out.
-func checkDesired(d *Desired, broken map[string]bool) Diagnostics {
-	diags, _ := checkByNode(d, []map[string][]*Pool{poolsByNode(d.Pools)}, broken, nil)
-	return diags
-}
-
 // poolsByNode groups pools by the node they name.
 func poolsByNode(pools map[string]*Pool) map[string][]*Pool {
 	out := map[string][]*Pool{}
@@ -59,12 +52,14 @@ func (a *nodeCheck) sameInput(b *nodeCheck) bool {
 		slices.Equal(a.pools, b.pools) && slices.Equal(a.poolBroken, b.poolBroken)
 }
 
-// checkByNode runs checkDesired's checks node by node on d, whose pools
-// byNode gives grouped by node name (in one map or several, as the loader's
-// groups have them), taking from prev the diagnostics of each node whose
-// checks read the same values as then: a load after one file changed checks
-// only the nodes it touches. It returns the diagnostics (in no particular
-// order: the loader sorts them) and what a next load may reuse.
+// checkByNode runs the checks that need more than one pool or the declared
+// inventory on d, node by node. byNode gives d's pools grouped by the node
+// they name, in one map or several (one per group of files, as the loader
+// has them). Pools and nodes in broken (already reported) are left out. The
+// diagnostics of a node whose checks read the same values as in prev are
+// taken from there, so that a load after one file changed checks only the
+// nodes it touches. It returns the diagnostics, in no particular order (the
+// loader sorts them), and what a next load may reuse.
 func checkByNode(d *Desired, byNode []map[string][]*Pool, broken map[string]bool, prev map[string]*nodeCheck) (Diagnostics, map[string]*nodeCheck) {
 	checks := make(map[string]*nodeCheck, len(d.Nodes))
 	for name, n := range d.Nodes {
