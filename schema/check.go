@@ -3,6 +3,7 @@ package schema
 import (
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -13,37 +14,128 @@ import (
 // even split from 1/n, the smallest GPU's ratio above its cap.
 const RatioTolerance = 1e-3
 
-// checkDesired runs the checks that need more than one pool or the declared
-// inventory. Pools and nodes in broken (already reported) are left out.
-func checkDesired(d *Desired, broken map[string]bool) Diagnostics {
-	c := &checker{d: d, flags: newFlagChecker()}
-	for _, name := range d.SortedNodeNames() {
-		if !broken["nodes."+name] {
-			c.node(d.Nodes[name])
+// poolsByNode groups pools by the node they name.
+func poolsByNode(pools map[string]*Pool) map[string][]*Pool {
+	out := map[string][]*Pool{}
+	for _, p := range pools {
+		out[p.Node] = append(out[p.Node], p)
+	}
+	return out
+}
+
+// nodeCheck is what the checks of one node name read, and what they found.
+// Every check involves one node: its declared GPUs, and the pools that name
+// it (a GPU or a port is shared only by pools of one node). A pool that names
+// an undeclared node is reported with the list of declared nodes.
+type nodeCheck struct {
+	// node is the declared node; nil when pools name a node not declared.
+	node       *Node
+	nodeBroken bool
+	// pools are the pools that name the node, in the order the loader's
+	// groups give them; poolBroken is theirs.
+	pools      []*Pool
+	poolBroken []bool
+	// declared lists the declared nodes, when node is nil.
+	declared string
+	diags    Diagnostics
+}
+
+// sameInput reports whether the checks of a and b read the same values. The
+// loader gives the same *Node and *Pool for a group of files that did not
+// change, and nothing changes them after the load: equal pointers are equal
+// values. (A nodeCheck holds its pointers, so they cannot be reused for others.)
+// The broken marks come from the groups that give the values, so they follow
+// the pointers; they are compared all the same, being inputs of the checks.
+// Pools in another order are taken for other input: they are checked again.
+func (a *nodeCheck) sameInput(b *nodeCheck) bool {
+	return a.node == b.node && a.nodeBroken == b.nodeBroken && a.declared == b.declared &&
+		slices.Equal(a.pools, b.pools) && slices.Equal(a.poolBroken, b.poolBroken)
+}
+
+// checkByNode runs the checks that need more than one pool or the declared
+// inventory on d, node by node. byNode gives d's pools grouped by the node
+// they name, in one map or several (one per group of files, as the loader
+// has them). Pools and nodes in broken (already reported) are left out. The
+// diagnostics of a node whose checks read the same values as in prev are
+// taken from there, so that a load after one file changed checks only the
+// nodes it touches. It returns the diagnostics, in no particular order (the
+// loader sorts them), and what a next load may reuse.
+func checkByNode(d *Desired, byNode []map[string][]*Pool, broken map[string]bool, prev map[string]*nodeCheck) (Diagnostics, map[string]*nodeCheck) {
+	checks := make(map[string]*nodeCheck, len(d.Nodes))
+	for name, n := range d.Nodes {
+		checks[name] = &nodeCheck{node: n, nodeBroken: len(broken) > 0 && broken["nodes."+name]}
+	}
+	for _, group := range byNode {
+		for name, pools := range group {
+			in, ok := checks[name]
+			if !ok {
+				in = &nodeCheck{}
+				checks[name] = in
+			}
+			in.pools = append(in.pools, pools...)
 		}
 	}
+	declared := ""
+	if len(checks) > len(d.Nodes) {
+		declared = listOrNone(d.SortedNodeNames())
+	}
+	c := &checker{d: d, declared: declared}
+	var diags Diagnostics
+	for name, in := range checks {
+		in.poolBroken = make([]bool, len(in.pools))
+		if len(broken) > 0 {
+			for i, p := range in.pools {
+				in.poolBroken[i] = broken["pools."+p.ID]
+			}
+		}
+		if in.node == nil {
+			in.declared = declared
+		}
+		if old, ok := prev[name]; ok && old.sameInput(in) {
+			in.diags = old.diags
+		} else {
+			c.diags = nil
+			c.node(in)
+			in.diags = c.diags
+		}
+		diags = append(diags, in.diags...)
+	}
+	return diags, checks
+}
+
+type checker struct {
+	d *Desired
+	// flags is made when first needed.
+	flags *flagChecker
+	// declared lists the declared nodes, for a pool that names another.
+	declared string
+	diags    Diagnostics
+}
+
+// node runs the checks of one node name: its GPUs, each of its pools
+// against it, and the GPUs and ports its pools share.
+func (c *checker) node(in *nodeCheck) {
+	if in.node != nil && !in.nodeBroken {
+		c.gpus(in.node)
+	}
+	if in.nodeBroken {
+		return
+	}
+	// The pools in order of id: the first of two on a port keeps it, and
+	// messages list the pools on a GPU in that order.
+	order := make([]int, len(in.pools))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(a, b int) int { return strings.Compare(in.pools[a].ID, in.pools[b].ID) })
 	var ok []*Pool
-	for _, id := range d.SortedPoolIDs() {
-		p := d.Pools[id]
-		if broken["pools."+id] {
-			continue
-		}
-		if node, found := d.Nodes[p.Node]; found && broken["nodes."+node.Name] {
-			continue
-		}
-		if c.pool(p) {
+	for _, i := range order {
+		if p := in.pools[i]; !in.poolBroken[i] && c.pool(p) {
 			ok = append(ok, p)
 		}
 	}
 	c.sharing(ok)
 	c.ports(ok)
-	return c.diags
-}
-
-type checker struct {
-	d     *Desired
-	flags *flagChecker
-	diags Diagnostics
 }
 
 func (c *checker) poolProblem(p *Pool, field, format string, args ...any) {
@@ -54,7 +146,7 @@ func (c *checker) poolProblem(p *Pool, field, format string, args ...any) {
 	c.diags = append(c.diags, Diagnostic{Pos: p.Source.Of(field), Path: path, Message: fmt.Sprintf(format, args...)})
 }
 
-func (c *checker) node(n *Node) {
+func (c *checker) gpus(n *Node) {
 	indices := map[int]int{}
 	for i, g := range n.GPUs {
 		if first, dup := indices[g.Index]; dup {
@@ -83,13 +175,16 @@ func (c *checker) node(n *Node) {
 // pool checks one pool against its node; it reports whether the pool is
 // sound enough for the checks across pools.
 func (c *checker) pool(p *Pool) bool {
+	if c.flags == nil {
+		c.flags = newFlagChecker()
+	}
 	for _, f := range c.flags.check(p) {
 		c.poolProblem(p, f.path, "%s", f.message)
 	}
 	c.restart(p)
 	node, ok := c.d.Nodes[p.Node]
 	if !ok {
-		c.poolProblem(p, "node", "node %q is not declared under nodes (declared: %s); declare its GPUs, for example with the output of pool-managerd inventory", p.Node, listOrNone(c.d.SortedNodeNames()))
+		c.poolProblem(p, "node", "node %q is not declared under nodes (declared: %s); declare its GPUs, for example with the output of pool-managerd inventory", p.Node, c.declared)
 		return false
 	}
 	gpus := make([]GPU, 0, len(p.Devices))

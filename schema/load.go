@@ -85,6 +85,8 @@ type groupResult struct {
 	// nothing of it could be read. Evaluated with every file, such an error
 	// is all a load reports: the loader reports only the fatal groups.
 	fatal bool
+	// published is what the last load that used the group returned of it.
+	published *publishedGroup
 }
 
 // buildGroup builds the schema and a group of files as one CUE instance

@@ -49,7 +49,7 @@ func (g *configGen) fragment() string {
 			pool, prefix, node, pool, g.rnd.IntN(3), extra)
 	}
 	extras := []string{"", fmt.Sprintf(", port: %d", 8000+g.rnd.IntN(3)), ", share: true, vram: 8Gi", ", split: [1]", ", split: [0.5]", `, flags: ["--ctx-size", "4096"]`}
-	switch g.rnd.IntN(20) {
+	switch g.rnd.IntN(23) {
 	case 0, 1, 2, 3:
 		return full("", g.pick(extras))
 	case 4, 5:
@@ -78,6 +78,19 @@ func (g *configGen) fragment() string {
 		return full("", `, devices: [0, 1], vram: 40Gi`)
 	case 18:
 		return fmt.Sprintf(`pools: "Bad_ID": {node: %q, engine: "tgi", model: path: "/t", devices: [0]}`, node)
+	case 19:
+		// A node the cross-checks reject: a GPU index or uuid declared twice.
+		return g.pick([]string{
+			fmt.Sprintf(`nodes: %q: gpus: [{index: 0, vram: 24Gi}, {index: 0, vram: 24Gi}]`, node),
+			fmt.Sprintf(`nodes: %q: gpus: [{index: 0, uuid: "GPU-1", vram: 24Gi}, {index: 1, uuid: "GPU-1", vram: 24Gi}]`, node),
+		})
+	case 20:
+		// A broken node (a GPU without its size): its pools are not cross-checked.
+		return fmt.Sprintf(`nodes: %q: gpus: [{index: 0}]`, node)
+	case 21:
+		// Pools of two nodes on GPUs of the same index, sharing or not.
+		return fmt.Sprintf(`pools: %q: {node: %q, engine: "llamacpp", model: path: "/s", devices: [1], port: 8000%s}`,
+			pool, node, g.pick([]string{"", ", share: true, vram: 20Gi"}))
 	default:
 		if g.rnd.IntN(2) == 0 {
 			return fmt.Sprintf(`pools: %q: restart: #Restart & {maxBackoff: "%dm"}`, pool, g.rnd.IntN(3))
@@ -360,8 +373,13 @@ func TestLoaderEvaluatesOnlyWhatChanged(t *testing.T) {
 				t.Error("a load with nothing changed gave a new Desired")
 			}
 			writeTree(t, dir, map[string]string{"a.cue": pool("a", ", port: 8001")})
-			if d := load("a.cue edited", []string{"a.cue"}); d.Pools["a"].Port != 8001 {
+			d := load("a.cue edited", []string{"a.cue"})
+			if d.Pools["a"].Port != 8001 {
 				t.Errorf("pool a's port %d, want 8001", d.Pools["a"].Port)
+			}
+			// The pools of unchanged groups are not copied again (their checks are reused by identity).
+			if d.Pools["b"] != first.Pools["b"] || d.Nodes["gpu-01"] != first.Nodes["gpu-01"] {
+				t.Error("a.cue edited: pool b or node gpu-01, of unchanged files, is a new copy")
 			}
 			writeTree(t, dir, map[string]string{"defaults.cue": `_defaults: restart: maxBackoff: "3m"` + "\n"})
 			if d := load("defaults.cue edited", []string{"c.cue", "defaults.cue"}); d.Pools["c"].Restart.MaxBackoff != 3*time.Minute {
@@ -459,5 +477,113 @@ func TestGeneratedFleetSplits(t *testing.T) {
 	}
 	if n := len(l.groups); n != len(evaluations) || n < 11 {
 		t.Errorf("%d components of %d files, want one per file", n, len(evaluations))
+	}
+}
+
+// TestLoaderRechecksWhatAChangeAffects edits one input of a node's
+// cross-checks at a time, in a file apart from the others (so that the
+// other files' pools are reused, with their previous checks), and compares
+// each incremental load with a fresh one.
+func TestLoaderRechecksWhatAChangeAffects(t *testing.T) {
+	pool := func(id, node, extra string) string {
+		return fmt.Sprintf("pools: %q: {node: %q, engine: \"llamacpp\", model: path: \"/m\", devices: [0]%s}\n", id, node, extra)
+	}
+	node := func(name, vram string) string {
+		return fmt.Sprintf("nodes: %q: gpus: [{index: 0, vram: %s}]\n", name, vram)
+	}
+	tests := []struct {
+		name  string
+		steps []map[string]string // files written (an empty content removes the file)
+		// wantChange: a step whose diagnostics the test expects to differ from the step before.
+		wantChange []bool
+	}{
+		{
+			name: "the node's GPUs shrink under a pool",
+			steps: []map[string]string{
+				{"nodes.cue": node("gpu-01", "24Gi"), "p.cue": pool("p", "gpu-01", ", vram: 20Gi")},
+				{"nodes.cue": node("gpu-01", "16Gi")},
+				{"nodes.cue": node("gpu-01", "24Gi")},
+			},
+			wantChange: []bool{false, true, true},
+		},
+		{
+			name: "the node breaks and mends",
+			steps: []map[string]string{
+				{"nodes.cue": node("gpu-01", "24Gi"), "p.cue": pool("p", "gpu-01", ", devices: [0, 3]")},
+				{"nodes.cue": `nodes: "gpu-01": gpus: [{index: 0}]` + "\n"},
+				{"nodes.cue": node("gpu-01", "24Gi")},
+			},
+			wantChange: []bool{false, true, true},
+		},
+		{
+			name: "a node is declared beside a pool's undeclared one",
+			steps: []map[string]string{
+				{"nodes.cue": node("gpu-01", "24Gi"), "p.cue": pool("p", "gpu-09", "")},
+				{"other-nodes.cue": node("gpu-02", "24Gi")},
+				{"other-nodes.cue": ""},
+				{"nodes.cue": node("gpu-09", "24Gi")},
+			},
+			wantChange: []bool{false, true, true, true},
+		},
+		{
+			name: "a pool in another file takes the same GPU and port",
+			steps: []map[string]string{
+				{"nodes.cue": node("gpu-01", "24Gi"), "p.cue": pool("p", "gpu-01", ", port: 8000"), "q.cue": pool("q", "gpu-02", ", port: 8000")},
+				{"q.cue": pool("q", "gpu-01", ", port: 8000")},
+				{"q.cue": pool("q", "gpu-01", ", port: 8001, share: true, vram: 8Gi")},
+				{"p.cue": pool("p", "gpu-01", ", port: 8000, share: true, vram: 20Gi")},
+				{"q.cue": ""},
+			},
+			wantChange: []bool{false, true, true, true, true},
+		},
+		{
+			name: "a pool breaks in its own file",
+			steps: []map[string]string{
+				{"nodes.cue": node("gpu-01", "24Gi"), "p.cue": pool("p", "gpu-01", ", port: 8000"), "q.cue": pool("q", "gpu-01", ", port: 8000")},
+				{"q.cue": pool("q", "gpu-01", `, port: 8000, engine: "llama"`)},
+				{"q.cue": pool("q", "gpu-01", ", port: 8000")},
+			},
+			wantChange: []bool{false, true, true},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			stamp := time.Now().Add(-time.Hour)
+			l := NewLoader()
+			l.now = func() time.Time { return time.Now().Add(time.Hour) }
+			var prev outcome
+			for step, files := range tt.steps {
+				for name, src := range files {
+					path := filepath.Join(dir, name)
+					if src == "" {
+						if err := os.Remove(path); err != nil {
+							t.Fatal(err)
+						}
+						continue
+					}
+					writeTree(t, dir, map[string]string{name: src})
+					stamp = stamp.Add(time.Second)
+					if err := os.Chtimes(path, stamp, stamp); err != nil {
+						t.Fatal(err)
+					}
+				}
+				got, err := outcomeOf(l.Load(context.Background(), dir))
+				if err != nil {
+					t.Fatalf("step %d: %v", step, err)
+				}
+				fresh, err := outcomeOf(Load(context.Background(), dir))
+				if err != nil {
+					t.Fatalf("step %d: %v", step, err)
+				}
+				if diff := cmp.Diff(fresh, got, outcomeCmp...); diff != "" {
+					t.Fatalf("step %d: incremental load differs from a fresh load (-fresh +incremental):\n%s", step, diff)
+				}
+				if changed := !cmp.Equal(prev.Diags, got.Diags, cmpopts.EquateEmpty()); step > 0 && changed != tt.wantChange[step] {
+					t.Errorf("step %d changed the diagnostics: %v, want %v (the step does not test what it means to):\n%v", step, changed, tt.wantChange[step], got.Diags)
+				}
+				prev = got
+			}
+		})
 	}
 }

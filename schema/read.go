@@ -245,7 +245,7 @@ func (o *object) list(field string, required bool, fn func(i int, v cue.Value) e
 	}
 	for i := 0; it.Next(); i++ {
 		el := it.Value()
-		if el.Err() != nil || !el.IsConcrete() {
+		if !o.r.valid && (el.Err() != nil || !el.IsConcrete()) {
 			o.markBroken()
 			if el.Err() == nil || isIncompleteErr(el.Err()) {
 				o.r.add(o.r.userPos(el), fmt.Sprintf("%s[%d]", o.path(field), i), "%s[%d] must be a concrete value, not %v", field, i, el)
@@ -303,7 +303,8 @@ func (r *reader) pool(id string, v cue.Value) *Pool {
 			},
 		},
 	}
-	if (p.Engine == EngineVLLM || p.Engine == EngineTGI) && !v.LookupPath(r.pathOf("vram")).Exists() {
+	// A pool with a VRAM read has the field: look it up only when it is not.
+	if (p.Engine == EngineVLLM || p.Engine == EngineTGI) && p.VRAM == 0 && !v.LookupPath(r.pathOf("vram")).Exists() {
 		o.markBroken()
 		r.add(r.userPos(v), o.path("vram"), "missing required field vram%s", requiredHints["vram"])
 	}
