@@ -56,11 +56,6 @@ func (c *flagChecker) check(p *Pool) []flagProblem {
 		out = checkDashFlags(p.Flags, "text-generation-launcher", tgiRules)
 	case EngineSGLang:
 		out = checkDashFlags(p.Flags, "sglang", sglangRules)
-		if p.VRAM == 0 {
-			// vllm and tgi are checked for vram where the pool is read; this
-			// is the same rule for sglang.
-			out = append(out, flagProblem{path: "vram", message: "missing required field vram (sglang pools declare their total VRAM need, e.g. vram: 40Gi; --mem-fraction-static is derived from it)"})
-		}
 	}
 	out = append(out, checkShutdown(p)...)
 	return append(out, c.checkEnv(p)...)

@@ -110,10 +110,10 @@ var invalidCases = []invalidCase{
 		{"pools.cue", 3, 8, "pools.chat.model.path", "missing required field model.path"},
 	}},
 	{name: "vllm-without-vram", cueLevel: true, want: []invalidDiag{
-		{"pools.cue", 3, 8, "pools.chat.vram", "missing required field vram (vllm and tgi pools declare their total VRAM need"},
+		{"pools.cue", 3, 8, "pools.chat.vram", "missing required field vram (vllm, tgi and sglang pools declare their total VRAM need"},
 	}},
 	{name: "tgi-without-vram", cueLevel: true, want: []invalidDiag{
-		{"pools.cue", 3, 8, "pools.chat.vram", "missing required field vram (vllm and tgi pools declare their total VRAM need"},
+		{"pools.cue", 3, 8, "pools.chat.vram", "missing required field vram (vllm, tgi and sglang pools declare their total VRAM need"},
 	}},
 	{name: "vram-not-bytes", cueLevel: true, want: []invalidDiag{
 		{"pools.cue", 8, 8, "pools.chat.vram", "must be a positive number of bytes"},
@@ -386,7 +386,7 @@ var invalidCases = []invalidCase{
 		{"pools.cue", 9, 10, "pools.chat.flags[0]", `"--tp": this sglang option is set by pool-managerd itself; the shard count is the number of devices`},
 	}},
 	{name: "sglang-without-vram", cueLevel: true, want: []invalidDiag{
-		{"pools.cue", 3, 8, "pools.chat.vram", "missing required field vram (sglang pools declare their total VRAM need"},
+		{"pools.cue", 3, 8, "pools.chat.vram", "missing required field vram (vllm, tgi and sglang pools declare their total VRAM need"},
 	}},
 
 	// ---- Go-level: engine memory the plan does not book (vllm, tgi, sglang take a fraction of each GPU) ----

@@ -79,7 +79,7 @@ func (o *object) markBroken() { o.r.broken[o.owner] = true }
 
 // requiredHints explain required fields whose need is not obvious.
 var requiredHints = map[string]string{
-	"vram": " (vllm and tgi pools declare their total VRAM need, e.g. vram: 40Gi)",
+	"vram": " (vllm, tgi and sglang pools declare their total VRAM need, e.g. vram: 40Gi; the share of each GPU they are told to take is derived from it)",
 }
 
 // get returns the concrete value of a field. ok is false when the field is
@@ -304,7 +304,7 @@ func (r *reader) pool(id string, v cue.Value) *Pool {
 		},
 	}
 	// A pool with a VRAM read has the field: look it up only when it is not.
-	if (p.Engine == EngineVLLM || p.Engine == EngineTGI) && p.VRAM == 0 && !v.LookupPath(r.pathOf("vram")).Exists() {
+	if p.Engine.Sharded() && p.VRAM == 0 && !v.LookupPath(r.pathOf("vram")).Exists() {
 		o.markBroken()
 		r.add(r.userPos(v), o.path("vram"), "missing required field vram%s", requiredHints["vram"])
 	}
