@@ -10,7 +10,9 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"regexp"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -79,8 +81,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	defer stop()
 	root := newRootCommand(stdout, stderr)
 	root.SetArgs(args)
-	err := root.ExecuteContext(ctx)
-	code, usage := report(err, stderr)
+	cmd, err := root.ExecuteContextC(ctx)
+	code, usage := report(namingEnv(cmd, err), stderr)
 	// plan --detailed-exitcode gives 2 the meaning "changes": every failure,
 	// a usage error included, is 1 there, so that a PR check cannot read a
 	// bad flag or a missing directory as a plan with changes. Decided from
@@ -114,6 +116,34 @@ func report(err error, stderr io.Writer) (code int, usage bool) {
 		return ExitUsage, true
 	}
 	return ExitFailure, false
+}
+
+// flagMention finds the flags a usage error names.
+var flagMention = regexp.MustCompile(`--([a-z][a-z0-9-]*)`)
+
+// namingEnv adds to a usage error the environment variables that set the
+// flags it names, when they were set that way: POOL_MANAGERD_FORMAT=github
+// pool-managerd status says "... (set by POOL_MANAGERD_FORMAT)", since no
+// --format was typed. Other errors are returned as they are.
+func namingEnv(cmd *cobra.Command, err error) error {
+	var ee *exitError
+	if cmd == nil || !errors.As(err, &ee) || ee.code != ExitUsage || ee.err == nil {
+		return err
+	}
+	msg := ee.err.Error()
+	var vars []string
+	for _, m := range flagMention.FindAllStringSubmatch(msg, -1) {
+		f := cmd.Flags().Lookup(m[1])
+		name := envName(m[1])
+		if f == nil || f.Changed || os.Getenv(name) == "" || strings.Contains(msg, name) || slices.Contains(vars, name) {
+			continue
+		}
+		vars = append(vars, name)
+	}
+	if len(vars) == 0 {
+		return err
+	}
+	return &exitError{code: ExitUsage, err: fmt.Errorf("%w (set by %s)", ee.err, strings.Join(vars, ", "))}
 }
 
 // wantsDetailedExitCode reports whether args (before a "--") ask for
