@@ -219,6 +219,7 @@ Exit codes: 0 success, 1 failure or invalid config, 2 usage error
 	for _, c := range root.Commands() {
 		wrapArgs(c)
 	}
+	registerCompletions(root)
 	return root
 }
 
