@@ -8,6 +8,16 @@ BIN := bin
 VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 LDFLAGS := -X github.com/poolmanagerd/pool-managerd/internal/cli.version=$(VERSION)
 
+# go-nvml's copy of NVIDIA's nvml.h marks functions deprecated that go-nvml
+# still wraps, so compiling it (the first build, or after the cache is
+# cleared) prints 29 -Wdeprecated-declarations warnings from cgo: harmless,
+# they are about NVML's API, not ours. Go has no per-package CGO flags, so the
+# warning is silenced for the whole build; every other warning stays on.
+# -O2 -g are cgo's defaults, which setting CGO_CFLAGS would otherwise drop.
+CGO_CFLAGS ?= -O2 -g
+CGO_CFLAGS += -Wno-deprecated-declarations
+export CGO_CFLAGS
+
 .PHONY: all build demo test unit lint fmt bench bdd fuzz golden clean
 
 all: build

@@ -247,6 +247,23 @@ func TestSavedPlan(t *testing.T) {
 	if s := w.status()["a"]; !s.Ready || s.PID != pidA {
 		t.Fatalf("a after apply FILE: %s", s)
 	}
+	// The saved plan names the pool's env variables, never their values;
+	// apply ran the engine with the config's values.
+	saved, err := os.ReadFile(plan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	contains(t, "the saved plan", string(saved), `"FAKE_ENGINE_LOAD_DELAY": "(hidden)"`)
+	if strings.Contains(string(saved), `"FAKE_ENGINE_LOAD_DELAY": "100ms"`) {
+		t.Errorf("the saved plan holds an env value:\n%s", saved)
+	}
+	environ, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pidA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains("\x00"+string(environ)+"\x00", "\x00FAKE_ENGINE_LOAD_DELAY=100ms\x00") {
+		t.Errorf("a's engine was not given the config's FAKE_ENGINE_LOAD_DELAY=100ms")
+	}
 
 	t.Run("config changed", func(t *testing.T) {
 		w.t = t

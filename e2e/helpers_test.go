@@ -332,12 +332,15 @@ func (w *workspace) status() map[string]poolStatus {
 	if r.code != 0 {
 		w.t.Fatalf("status failed: %s", r)
 	}
-	var rows []poolStatus
-	if err := json.Unmarshal([]byte(r.stdout), &rows); err != nil {
-		w.t.Fatalf("status --format json: %v\n%s", err, r.stdout)
+	var doc struct {
+		FormatVersion int          `json:"formatVersion"`
+		Pools         []poolStatus `json:"pools"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &doc); err != nil || doc.FormatVersion != 1 {
+		w.t.Fatalf("status --format json: want {\"formatVersion\": 1, \"pools\": [...]}: %v\n%s", err, r.stdout)
 	}
 	out := map[string]poolStatus{}
-	for _, row := range rows {
+	for _, row := range doc.Pools {
 		out[row.Pool] = row
 	}
 	return out

@@ -22,7 +22,7 @@ Feature: Planning what a node will run, before anything changes
     And I run "pool-managerd plan CONFIG --gpus SIM --state-dir STATE --node gpu-01 --format json" again
     Then the exit status is 0
     And both runs printed the same plan
-    And the JSON plan has format version 1 and the hashes of the states it was made from
+    And the JSON plan has format version 2 and the hashes of the states it was made from
     And the JSON plan has a "create" change for pool "llama70b"
 
   @PM-1010

@@ -476,10 +476,25 @@ type poolStatus struct {
 	NextRetry *time.Time `json:"nextRetry"`
 }
 
+// statusRows reads `status --format json`: {"formatVersion": 1, "pools": [...]}.
+func statusRows(out string) ([]poolStatus, error) {
+	var doc struct {
+		FormatVersion int          `json:"formatVersion"`
+		Pools         []poolStatus `json:"pools"`
+	}
+	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+		return nil, fmt.Errorf("status is not its JSON: %w\n%s", err, out)
+	}
+	if doc.FormatVersion != 1 {
+		return nil, fmt.Errorf("status JSON format version %d, want 1\n%s", doc.FormatVersion, out)
+	}
+	return doc.Pools, nil
+}
+
 func findPool(out, pool string) (poolStatus, error) {
-	var rows []poolStatus
-	if err := json.Unmarshal([]byte(out), &rows); err != nil {
-		return poolStatus{}, fmt.Errorf("status is not JSON: %w\n%s", err, out)
+	rows, err := statusRows(out)
+	if err != nil {
+		return poolStatus{}, err
 	}
 	for _, r := range rows {
 		if r.Pool == pool {
@@ -654,8 +669,8 @@ func (w *world) notePIDs() error {
 	if err != nil {
 		return err
 	}
-	var rows []poolStatus
-	if err := json.Unmarshal([]byte(out), &rows); err != nil {
+	rows, err := statusRows(out)
+	if err != nil {
 		return err
 	}
 	w.noted = map[string]int{}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/cucumber/godog"
 
+	"github.com/poolmanagerd/pool-managerd/reconcile"
 	"github.com/poolmanagerd/pool-managerd/testkit/ggufgen"
 	"github.com/poolmanagerd/pool-managerd/testkit/testenv"
 )
@@ -131,7 +132,7 @@ func (w *world) savedPlan(name, node string) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}
-	if p.Node != node || p.FormatVersion != 1 || !strings.HasPrefix(p.DesiredHash, "sha256:") || !strings.HasPrefix(p.ObservedHash, "sha256:") {
+	if p.Node != node || p.FormatVersion != reconcile.FormatVersion || !strings.HasPrefix(p.DesiredHash, "sha256:") || !strings.HasPrefix(p.ObservedHash, "sha256:") {
 		return fmt.Errorf("%s: node %q version %d hashes %q %q", name, p.Node, p.FormatVersion, p.DesiredHash, p.ObservedHash)
 	}
 	return nil

@@ -5,7 +5,9 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"reflect"
+	"slices"
 	"sort"
 	"strings"
 	"unicode"
@@ -112,10 +114,43 @@ func diffSpecs(old, new *schema.Pool) []FieldChange {
 	var r fieldReporter
 	cmp.Equal(*old, *new, cmp.Reporter(&r), cmp.FilterPath(func(p cmp.Path) bool {
 		sf, ok := p.Last().(cmp.StructField)
-		return ok && sf.Name() == "Source"
+		return ok && (sf.Name() == "Source" || sf.Name() == "Env")
 	}, cmp.Ignore()))
+	r.changes = append(r.changes, diffEnv(old.Env, new.Env)...)
 	sort.SliceStable(r.changes, func(i, j int) bool { return r.changes[i].Path < r.changes[j].Path })
 	return r.changes
+}
+
+// Values an env change shows in place of the variable's value: a plan names
+// the variables that change, never their values (they may be secrets).
+const (
+	// EnvValueHidden stands for a variable's value, set but not shown.
+	EnvValueHidden = "(hidden)"
+	// EnvValueUnset: the variable is not set.
+	EnvValueUnset = "(unset)"
+)
+
+// diffEnv lists the variables of env that are added, removed or changed, as
+// env.NAME, with their values hidden.
+func diffEnv(old, new map[string]string) []FieldChange {
+	var out []FieldChange
+	shown := func(m map[string]string, name string) string {
+		if _, ok := m[name]; ok {
+			return EnvValueHidden
+		}
+		return EnvValueUnset
+	}
+	for _, name := range slices.Sorted(maps.Keys(old)) {
+		if v, ok := new[name]; !ok || v != old[name] {
+			out = append(out, FieldChange{Path: "env." + name, Old: EnvValueHidden, New: shown(new, name)})
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(new)) {
+		if _, ok := old[name]; !ok {
+			out = append(out, FieldChange{Path: "env." + name, Old: EnvValueUnset, New: EnvValueHidden})
+		}
+	}
+	return out
 }
 
 // fieldReporter collects go-cmp's differences as config field paths. A list

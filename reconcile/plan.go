@@ -14,7 +14,7 @@ import (
 )
 
 // FormatVersion is the version of the plan's JSON format (docs/plan-format.md).
-const FormatVersion = 1
+const FormatVersion = 2
 
 // Action is what a plan does to one pool.
 type Action string

@@ -331,14 +331,19 @@ func checkPlan(desired Desired, observed Observed, plan *NodePlan) []string {
 		fail("HasChanges %v with %d changes, %d blocked", plan.HasChanges(), len(plan.Changes), plan.Summary.Blocked)
 	}
 
-	// The JSON format round-trips.
+	// The JSON format round-trips, env values hidden, and the specs taken
+	// from the config (as apply FILE does) give the plan made.
 	var buf bytes.Buffer
 	if err := WriteJSON(&buf, plan); err != nil {
 		fail("WriteJSON: %v", err)
 	} else if back, err := ReadJSON(&buf); err != nil {
 		fail("ReadJSON: %v", err)
-	} else if diff := cmp.Diff(plan, back, ignoreSource); diff != "" {
+	} else if diff := cmp.Diff(plan.HideEnvValues(), back, ignoreSource); diff != "" {
 		fail("plan JSON does not round-trip (-made +decoded):\n%s", diff)
+	} else if err := back.TakeSpecs(desired); err != nil {
+		fail("TakeSpecs: %v", err)
+	} else if diff := cmp.Diff(plan, back, ignoreSource); diff != "" {
+		fail("plan JSON with the config's specs is not the plan made (-made +decoded):\n%s", diff)
 	}
 	return errs
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 )
 
@@ -154,11 +155,33 @@ func SummaryLine(p *NodePlan) string {
 	return line
 }
 
-// WriteJSON writes a plan in its versioned JSON format (docs/plan-format.md).
+// WriteJSON writes a plan in its versioned JSON format (docs/plan-format.md),
+// with the values of the specs' env hidden (HideEnvValues).
 func WriteJSON(w io.Writer, p *NodePlan) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	return enc.Encode(p)
+	return enc.Encode(p.HideEnvValues())
+}
+
+// HideEnvValues returns p with each spec's env values replaced by
+// EnvValueHidden, names kept: what a plan may show or save (env values may be
+// secrets). p is not changed. Spec hashes are left as they are: they identify
+// the real specs, which apply takes from the config (TakeSpecs).
+func (p *NodePlan) HideEnvValues() *NodePlan {
+	q := *p
+	q.Changes = slices.Clone(p.Changes)
+	for i, c := range q.Changes {
+		if c.Spec == nil || len(c.Spec.Env) == 0 {
+			continue
+		}
+		spec := *c.Spec
+		spec.Env = make(map[string]string, len(c.Spec.Env))
+		for name := range c.Spec.Env {
+			spec.Env[name] = EnvValueHidden
+		}
+		q.Changes[i].Spec = &spec
+	}
+	return &q
 }
 
 // ReadJSON decodes a plan, refusing other format versions.

@@ -131,7 +131,7 @@ run "$pm" sim hold "$work/node" --gpu 1 --size 0 --pid 4242
 
 say "The pull-request view: plan every declared node, no GPU needed" \
 	"--gpus declared plans against the config's declared inventories, with nothing running;" \
-	"--detailed-exitcode exits 2 when there is something to do."
+	"--detailed-exitcode exits 2 when there is something to do, 3 when a pool would not fit."
 run "$pm" plan examples/fleet --gpus declared --detailed-exitcode
 
 say "The daemon: serve keeps the node running what the config says" \

@@ -206,6 +206,10 @@ func runApply(cmd *cobra.Command, target string, src gpuSource, node, stateDir s
 		if err := reconcile.CheckFresh(saved, s.desired, s.observed); err != nil {
 			return fmt.Errorf("apply %s: %w", target, err)
 		}
+		// The saved plan's specs have their env values hidden: run the config's.
+		if err := saved.TakeSpecs(s.desired); err != nil {
+			return fmt.Errorf("apply %s: %w", target, err)
+		}
 	} else {
 		plan = reconcile.Plan(s.desired, s.observed, time.Now())
 		if err := reconcile.WriteText(out, plan, reconcile.TextOptions{Color: isTerminal(out)}); err != nil {

@@ -10,7 +10,10 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"regexp"
 	"runtime/debug"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -23,6 +26,12 @@ const (
 	ExitOK      = 0
 	ExitFailure = 1
 	ExitUsage   = 2
+)
+
+// Exit codes of plan --detailed-exitcode (where a usage error is ExitFailure).
+const (
+	exitChanges = 2
+	exitBlocked = 3
 )
 
 // exitError carries an exit code, and a message unless the command printed its own.
@@ -72,9 +81,23 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	defer stop()
 	root := newRootCommand(stdout, stderr)
 	root.SetArgs(args)
-	err := root.ExecuteContext(ctx)
+	cmd, err := root.ExecuteContextC(ctx)
+	code, usage := report(namingEnv(cmd, err), stderr)
+	// plan --detailed-exitcode gives 2 the meaning "changes": every failure,
+	// a usage error included, is 1 there, so that a PR check cannot read a
+	// bad flag or a missing directory as a plan with changes. Decided from
+	// the arguments, since cobra may have failed before parsing the flag.
+	if usage && wantsDetailedExitCode(root, args) {
+		return ExitFailure
+	}
+	return code
+}
+
+// report prints err, if it says something, and returns the exit code it
+// stands for and whether it is a usage error.
+func report(err error, stderr io.Writer) (code int, usage bool) {
 	if err == nil {
-		return ExitOK
+		return ExitOK, false
 	}
 	var ee *exitError
 	if errors.As(err, &ee) {
@@ -84,14 +107,71 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		if ee.code == ExitUsage && ee.err != nil {
 			fmt.Fprintln(stderr, "Run 'pool-managerd --help' for usage.")
 		}
-		return ee.code
+		// A silent exit with code 2 is plan's "changes", not a usage error.
+		return ee.code, ee.code == ExitUsage && ee.err != nil
 	}
 	fmt.Fprintf(stderr, "pool-managerd: %v\n", err)
 	if isCobraUsageError(err) {
 		fmt.Fprintln(stderr, "Run 'pool-managerd --help' for usage.")
-		return ExitUsage
+		return ExitUsage, true
 	}
-	return ExitFailure
+	return ExitFailure, false
+}
+
+// flagMention finds the flags a usage error names.
+var flagMention = regexp.MustCompile(`--([a-z][a-z0-9-]*)`)
+
+// namingEnv adds to a usage error the environment variables that set the
+// flags it names, when they were set that way: POOL_MANAGERD_FORMAT=github
+// pool-managerd status says "... (set by POOL_MANAGERD_FORMAT)", since no
+// --format was typed. Other errors are returned as they are.
+func namingEnv(cmd *cobra.Command, err error) error {
+	var ee *exitError
+	if cmd == nil || !errors.As(err, &ee) || ee.code != ExitUsage || ee.err == nil {
+		return err
+	}
+	msg := ee.err.Error()
+	var vars []string
+	for _, m := range flagMention.FindAllStringSubmatch(msg, -1) {
+		f := cmd.Flags().Lookup(m[1])
+		name := envName(m[1])
+		if f == nil || f.Changed || os.Getenv(name) == "" || strings.Contains(msg, name) || slices.Contains(vars, name) {
+			continue
+		}
+		vars = append(vars, name)
+	}
+	if len(vars) == 0 {
+		return err
+	}
+	return &exitError{code: ExitUsage, err: fmt.Errorf("%w (set by %s)", ee.err, strings.Join(vars, ", "))}
+}
+
+// wantsDetailedExitCode reports whether args (before a "--") ask for
+// --detailed-exitcode, or the environment does for plan. Any spelling of the
+// flag but an explicit false counts: a malformed value, or the flag given to
+// a mistyped command, still comes from a script that reads the detailed codes.
+func wantsDetailedExitCode(root *cobra.Command, args []string) bool {
+	const flag = "--detailed-exitcode"
+	asked := false
+	if cmd, _, err := root.Find(args); err == nil && cmd.Name() == "plan" {
+		if v, ok := os.LookupEnv(envName(flag[2:])); ok && v != "" {
+			b, err := strconv.ParseBool(v)
+			asked = err != nil || b
+		}
+	}
+	for _, a := range args {
+		if a == "--" {
+			break
+		}
+		switch {
+		case a == flag:
+			asked = true
+		case strings.HasPrefix(a, flag+"="):
+			b, err := strconv.ParseBool(strings.TrimPrefix(a, flag+"="))
+			asked = err != nil || b
+		}
+	}
+	return asked
 }
 
 // isCobraUsageError reports errors cobra returns for bad flags and arguments,
@@ -126,7 +206,8 @@ Start with:
   pool-managerd plan ./config                      what would change on this node
   pool-managerd sim init /tmp/node                 a simulated node, for --gpus sim:/tmp/node
 
-Exit codes: 0 success, 1 failure or invalid config, 2 usage error.`,
+Exit codes: 0 success, 1 failure or invalid config, 2 usage error
+(plan --detailed-exitcode: see plan --help).`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
 	}
@@ -138,6 +219,7 @@ Exit codes: 0 success, 1 failure or invalid config, 2 usage error.`,
 	for _, c := range root.Commands() {
 		wrapArgs(c)
 	}
+	registerCompletions(root)
 	return root
 }
 

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"regexp"
@@ -14,20 +15,31 @@ import (
 var nodeNamePattern = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 
 func newInventoryCommand() *cobra.Command {
-	var gpus, node string
+	var gpus, node, format string
 	cmd := &cobra.Command{
 		Use:   "inventory",
 		Short: "Print this node's GPUs as CUE, ready to commit beside the pools",
 		Long: `inventory reads the node's GPUs (from NVML, or a simulated node) and prints them as a
 CUE node declaration. Commit it in the config repository (nodes/NAME.cue) so that
-validate and plan can check device masks and split ratios without the hardware.`,
+validate and plan can check device masks and split ratios without the hardware.
+
+--format json prints the same GPUs for scripts, one JSON object:
+  {"formatVersion": 1, "node", "source",
+   "gpus": [{"index", "uuid", "model", "vram" (bytes), "lost" (only when true)}]}
+A lost GPU is listed with "lost": true (the CUE output leaves it out).
+
+Exit codes: 0 printed, 1 the GPUs could not be read, 2 usage error.`,
 		Example: `  pool-managerd inventory > config/nodes/$(hostname).cue
-  pool-managerd inventory --gpus sim:/tmp/node --node gpu-01`,
+  pool-managerd inventory --gpus sim:/tmp/node --node gpu-01
+  pool-managerd inventory --format json | jq '.gpus[].uuid'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			src, err := parseGPUSource(gpus)
 			if err != nil {
 				return err
+			}
+			if format != "cue" && format != "json" {
+				return usageError("--format %q: want cue or json", format)
 			}
 			if src.Kind == "declared" {
 				return usageError("--gpus declared: inventory reads real or simulated GPUs (nvml or sim:DIR)")
@@ -47,11 +59,15 @@ validate and plan can check device masks and split ratios without the hardware.`
 			if err != nil {
 				return fmt.Errorf("inventory: %w", err)
 			}
+			if format == "json" {
+				return writeInventoryJSON(cmd.OutOrStdout(), node, src.String(), devices)
+			}
 			return writeInventory(cmd.OutOrStdout(), node, src.String(), devices)
 		},
 	}
 	cmd.Flags().StringVar(&gpus, "gpus", "nvml", "where the GPUs are read from: nvml or sim:DIR")
 	cmd.Flags().StringVar(&node, "node", "", "the node's name in the config (default: the host name)")
+	cmd.Flags().StringVar(&format, "format", "cue", "output format: cue (a node declaration) or json")
 	return cmd
 }
 
@@ -70,6 +86,36 @@ func writeInventory(w io.Writer, node, source string, devices []gpu.Device) erro
 	b.WriteString("]\n")
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// InventoryFormatVersion is the version of inventory --format json.
+const InventoryFormatVersion = 1
+
+// inventoryJSON is inventory --format json.
+type inventoryJSON struct {
+	FormatVersion int            `json:"formatVersion"`
+	Node          string         `json:"node"`
+	Source        string         `json:"source"`
+	GPUs          []inventoryGPU `json:"gpus"`
+}
+
+type inventoryGPU struct {
+	Index int    `json:"index"`
+	UUID  string `json:"uuid,omitempty"`
+	Model string `json:"model,omitempty"`
+	VRAM  uint64 `json:"vram"`
+	Lost  bool   `json:"lost,omitempty"`
+}
+
+// writeInventoryJSON prints the node's GPUs as one JSON object.
+func writeInventoryJSON(w io.Writer, node, source string, devices []gpu.Device) error {
+	doc := inventoryJSON{FormatVersion: InventoryFormatVersion, Node: node, Source: source, GPUs: []inventoryGPU{}}
+	for _, d := range devices {
+		doc.GPUs = append(doc.GPUs, inventoryGPU{Index: d.Index, UUID: d.UUID, Model: d.Name, VRAM: d.MemoryTotal, Lost: d.Lost})
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(doc)
 }
 
 // cueBytes writes a size with CUE's largest exact multiplier.

@@ -78,8 +78,14 @@ Nothing is changed. --out saves the plan for 'pool-managerd apply FILE'.
 With --gpus declared it needs no GPU and no state: a pull-request check of what a
 fresh node would run (every declared node unless --node is given).
 
-Exit codes: 0 success (with --detailed-exitcode: no changes), 1 error,
-2 usage error (with --detailed-exitcode: changes to make).`,
+Exit codes:
+                       without --detailed-exitcode   with --detailed-exitcode
+  plan made            0                             0 no changes, 2 changes
+  a change blocked     0 (1 with --gpus declared)    3
+  error                1                             1
+  usage error          2                             1
+With --gpus declared a blocked change is an error: a config that cannot fit its
+declared GPUs fails a pull-request check.`,
 		Example: `  pool-managerd plan ./config --gpus declared                 # PR check, every node
   pool-managerd plan ./config --gpus sim:/tmp/node --state-dir /tmp/state --node gpu-01
   pool-managerd plan ./config --out plan.json && pool-managerd apply plan.json`,
@@ -99,7 +105,7 @@ Exit codes: 0 success (with --detailed-exitcode: no changes), 1 error,
 	f.StringVar(&node, "node", "", "node to plan (default: the host name; with --gpus declared: every declared node)")
 	f.StringVar(&out, "out", "", "save the plan as JSON to this file, for apply")
 	f.StringVar(&format, "format", "text", "output format: text or json")
-	f.BoolVar(&detailed, "detailed-exitcode", false, "exit 0 when there are no changes, 2 when there are, 1 on error")
+	f.BoolVar(&detailed, "detailed-exitcode", false, "exit 0 when there are no changes, 2 when there are, 3 when one is blocked, 1 on any error (usage errors too)")
 	return cmd
 }
 
@@ -114,6 +120,7 @@ func runPlan(cmd *cobra.Command, opts planOptions) error {
 		nodes = []string{chooseNode(cmd.ErrOrStderr(), cfg, opts.Dir, opts.GPUs, opts.Node, opts.nodeGiven)}
 	}
 	changes := false
+	var blocked []string // "pool on node", for the message of a PR check
 	var out bytes.Buffer
 	byNode := reconcile.DesiredByNode(cfg)
 	for i, node := range nodes {
@@ -129,6 +136,11 @@ func runPlan(cmd *cobra.Command, opts planOptions) error {
 			plan.Config = abs
 		}
 		changes = changes || plan.HasChanges()
+		for _, c := range plan.Changes {
+			if c.Action == reconcile.Blocked {
+				blocked = append(blocked, fmt.Sprintf("%s on %s", c.Pool, plan.Node))
+			}
+		}
 		if i > 0 && opts.Format == "text" {
 			out.WriteString("\n")
 		}
@@ -152,8 +164,23 @@ func runPlan(cmd *cobra.Command, opts planOptions) error {
 	if _, err := cmd.OutOrStdout().Write(out.Bytes()); err != nil {
 		return err
 	}
-	if opts.DetailedExitCode && changes {
-		return silentExit(2)
+	return planExit(opts, changes, blocked)
+}
+
+// planExit is plan's exit, after the plan is printed (see plan --help):
+// with --detailed-exitcode 3 when a change is blocked, else 2 when there are
+// changes; without it, a blocked change with --gpus declared is an error (a
+// config that cannot fit its declared GPUs fails a PR check).
+func planExit(opts planOptions, changes bool, blocked []string) error {
+	switch {
+	case opts.DetailedExitCode && len(blocked) > 0:
+		return silentExit(exitBlocked)
+	case opts.DetailedExitCode && changes:
+		return silentExit(exitChanges)
+	case opts.DetailedExitCode:
+		return nil
+	case len(blocked) > 0 && opts.GPUs.Kind == "declared":
+		return &exitError{code: ExitFailure, err: fmt.Errorf("plan: %s blocked on the declared GPUs: %s", plural(len(blocked), "pool"), strings.Join(blocked, ", "))}
 	}
 	return nil
 }

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/rogpeppe/go-internal/testscript"
+
+	"github.com/poolmanagerd/pool-managerd/testkit/ggufgen"
 )
 
 // TestMain lets the scripts run pool-managerd as a command: testscript
@@ -25,7 +27,7 @@ func TestScripts(t *testing.T) {
 		Dir:                 "testdata/script",
 		RequireExplicitExec: true,
 		RequireUniqueNames:  true,
-		Cmds:                map[string]func(*testscript.TestScript, bool, []string){"exits": cmdExits},
+		Cmds:                map[string]func(*testscript.TestScript, bool, []string){"exits": cmdExits, "ggufgen": cmdGGUFGen, "expand": cmdExpand},
 	})
 }
 
@@ -56,4 +58,32 @@ func cmdExits(ts *testscript.TestScript, neg bool, args []string) {
 	if got != want {
 		ts.Fatalf("%s exited with %d, want %d", args[1], got, want)
 	}
+}
+
+// cmdGGUFGen writes a synthetic GGUF model of a 7B Llama (F16, about 13 GiB,
+// sparse) for plans to estimate:
+//
+//	ggufgen models/big.gguf
+func cmdGGUFGen(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: ggufgen FILE")
+	}
+	m := ggufgen.Llama7B()
+	m.Quant = "F16"
+	if _, err := ggufgen.Write(ts.MkAbs(args[0]), m); err != nil {
+		ts.Fatalf("ggufgen: %v", err)
+	}
+}
+
+// cmdExpand replaces $NAME and ${NAME} in a file with the script's
+// variables, for a config that must name a path under $WORK:
+//
+//	expand toobig/pools.cue
+func cmdExpand(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: expand FILE")
+	}
+	path := ts.MkAbs(args[0])
+	data := ts.ReadFile(args[0])
+	ts.Check(os.WriteFile(path, []byte(os.Expand(data, ts.Getenv)), 0o644))
 }

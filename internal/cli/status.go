@@ -46,6 +46,9 @@ branch or tag) when that config came from Git. It changes nothing.
 ` + statusFieldList() + `.
 pid, port and endpoint exit 1 when the pool has no engine.
 
+--format json prints one object, {"formatVersion": 1, "pools": [...]}, each
+pool as the daemon's API gives it (GET /v1/pools in docs/openapi.yaml).
+
 Exit codes: 0 shown, 1 a named pool unknown, no engine for --field, or an
 error, 2 usage error.`,
 		Example: `  pool-managerd status --gpus sim:/tmp/node --state-dir /tmp/state
@@ -92,7 +95,10 @@ error, 2 usage error.`,
 			if format == "json" {
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
-				return enc.Encode(rows)
+				if rows == nil {
+					rows = []api.Pool{}
+				}
+				return enc.Encode(statusJSON{FormatVersion: StatusFormatVersion, Pools: rows})
 			}
 			if err := writeRevision(cmd.OutOrStdout(), st.AppliedRevision); err != nil {
 				return err
@@ -126,6 +132,16 @@ func checkStatusField(pools []string, field string, formatGiven bool) error {
 		return usageError("--field prints one value: leave out --format")
 	}
 	return nil
+}
+
+// StatusFormatVersion is the version of status --format json.
+const StatusFormatVersion = 1
+
+// statusJSON is status --format json: the pools as the daemon's API gives
+// them (GET /v1/pools, docs/openapi.yaml), under a format version.
+type statusJSON struct {
+	FormatVersion int        `json:"formatVersion"`
+	Pools         []api.Pool `json:"pools"`
 }
 
 // selectPools returns the rows of the named pools, in the order named; all
