@@ -396,3 +396,28 @@ func TestLock(t *testing.T) {
 	// The lock is free again.
 	mustExit(t, w.apply(), 0)
 }
+
+// TestApplyProgress: while apply waits for a pool to load, it says every
+// progress interval (here POOL_MANAGERD_PROGRESS_INTERVAL=200ms) that the
+// pool is still loading, how long since its engine started, and what the
+// engine's health check answered; plain output (not a terminal) included.
+func TestApplyProgress(t *testing.T) {
+	t.Parallel()
+	w := newWorkspace(t)
+	w.writeConfig(pool{ID: "a", Env: map[string]string{"FAKE_ENGINE_LOAD_DELAY": "3s"}})
+
+	line := regexp.MustCompile(`(?m)^\d\d:\d\d:\d\d\.\d{3}  a +Preloading +still loading \[[0-9.]+s elapsed\], engine pid \d+, health: loading$`)
+	r := w.start([]string{"POOL_MANAGERD_PROGRESS_INTERVAL=200ms"}, w.applyArgs("")...)
+	waitFor(t, 10*time.Second, "a progress line while a loads", func() bool {
+		return line.MatchString(r.stdout.String()) || r.exited()
+	})
+	if r.exited() {
+		t.Fatalf("apply ended before it said a was still loading: %s", r.wait(t))
+	}
+	res := r.wait(t)
+	mustExit(t, res, 0)
+	after := res.stdout[strings.Index(res.stdout, "Ready: engine pid"):]
+	if strings.Contains(after, "still loading") {
+		t.Errorf("progress said a was still loading after it was Ready:\n%s", res.stdout)
+	}
+}

@@ -783,6 +783,8 @@ type (
 	}
 	podSpec struct {
 		HostPID                       bool              `json:"hostPID"`
+		PriorityClassName             string            `json:"priorityClassName"`
+		AutomountServiceAccountToken  *bool             `json:"automountServiceAccountToken"`
 		NodeSelector                  map[string]string `json:"nodeSelector"`
 		TerminationGracePeriodSeconds *int64            `json:"terminationGracePeriodSeconds"`
 		InitContainers                []container       `json:"initContainers"`
@@ -799,9 +801,22 @@ type (
 			Name          string `json:"name"`
 			ContainerPort int    `json:"containerPort"`
 		} `json:"ports"`
-		LivenessProbe  *probe        `json:"livenessProbe"`
-		ReadinessProbe *probe        `json:"readinessProbe"`
-		VolumeMounts   []volumeMount `json:"volumeMounts"`
+		LivenessProbe   *probe           `json:"livenessProbe"`
+		ReadinessProbe  *probe           `json:"readinessProbe"`
+		StartupProbe    *probe           `json:"startupProbe"`
+		VolumeMounts    []volumeMount    `json:"volumeMounts"`
+		SecurityContext *securityContext `json:"securityContext"`
+	}
+	securityContext struct {
+		Privileged               *bool `json:"privileged"`
+		AllowPrivilegeEscalation *bool `json:"allowPrivilegeEscalation"`
+		Capabilities             *struct {
+			Add  []string `json:"add"`
+			Drop []string `json:"drop"`
+		} `json:"capabilities"`
+		SeccompProfile *struct {
+			Type string `json:"type"`
+		} `json:"seccompProfile"`
 	}
 	volumeMount struct {
 		Name      string `json:"name"`
@@ -826,6 +841,8 @@ type (
 			Path string          `json:"path"`
 			Port json.RawMessage `json:"port"` // a number or a port's name
 		} `json:"httpGet"`
+		PeriodSeconds    int `json:"periodSeconds"`
+		FailureThreshold int `json:"failureThreshold"`
 	}
 	volume struct {
 		Name     string `json:"name"`
@@ -1005,7 +1022,7 @@ func TestDaemonSet(t *testing.T) {
 		name string
 		p    *probe
 		path string
-	}{{"livenessProbe", c.LivenessProbe, "/healthz"}, {"readinessProbe", c.ReadinessProbe, "/readyz"}} {
+	}{{"livenessProbe", c.LivenessProbe, "/healthz"}, {"readinessProbe", c.ReadinessProbe, "/readyz"}, {"startupProbe", c.StartupProbe, "/healthz"}} {
 		switch {
 		case pr.p == nil || pr.p.HTTPGet == nil:
 			t.Errorf("%s: want an httpGet of %s", pr.name, pr.path)
@@ -1187,7 +1204,7 @@ var _ api.Source = probeSource{}
 func TestDaemonSetProbesNeedNoToken(t *testing.T) {
 	_, c := theDaemonSet(t)
 	h := api.NewHandler(probeSource{}, nil, "a-token-the-kubelet-does-not-have")
-	for _, p := range []*probe{c.LivenessProbe, c.ReadinessProbe} {
+	for _, p := range []*probe{c.LivenessProbe, c.ReadinessProbe, c.StartupProbe} {
 		if p == nil || p.HTTPGet == nil {
 			continue // TestDaemonSet reports it
 		}
@@ -1452,4 +1469,111 @@ func TestDeployDoc(t *testing.T) {
 		sort.Strings(names)
 		checkEnvNames(t, deployDoc, slices.Compact(names))
 	})
+}
+
+// TestSystemdDocumentation: every unit says where its documentation is
+// (Documentation=, for systemctl help), with URIs systemd takes, and the
+// links into docs/deploy.md name one of its sections.
+func TestSystemdDocumentation(t *testing.T) {
+	doc, err := os.ReadFile(deployDoc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	anchors := map[string]bool{}
+	for _, line := range strings.Split(string(doc), "\n") {
+		if title, ok := strings.CutPrefix(strings.TrimLeft(line, "#"), " "); ok && strings.HasPrefix(line, "#") {
+			anchors[githubAnchor(title)] = true
+		}
+	}
+	for _, file := range []string{unitFile, pullService, pullTimer} {
+		u := parseUnit(t, file)
+		var uris []string
+		for _, v := range u.sections["Unit"]["Documentation"] {
+			uris = append(uris, strings.Fields(v)...)
+		}
+		if len(uris) == 0 {
+			t.Errorf("%s: no Documentation= in [Unit]", file)
+		}
+		toDoc := false
+		for _, uri := range uris {
+			scheme, rest, _ := strings.Cut(uri, ":")
+			if !slices.Contains([]string{"http", "https", "file", "info", "man"}, scheme) || rest == "" {
+				t.Errorf("%s: Documentation=%s: systemd takes http:, https:, file:, info: and man: URIs only", file, uri)
+			}
+			page, fragment, _ := strings.Cut(uri, "#")
+			if strings.HasSuffix(page, "/docs/deploy.md") {
+				toDoc = true
+				if fragment != "" && !anchors[fragment] {
+					t.Errorf("%s: Documentation=%s: %s has no section #%s", file, uri, deployDoc, fragment)
+				}
+			}
+		}
+		if !toDoc {
+			t.Errorf("%s: no Documentation= link to docs/deploy.md", file)
+		}
+	}
+}
+
+// githubAnchor is the anchor GitHub gives a Markdown heading.
+func githubAnchor(title string) string {
+	var b strings.Builder
+	for _, r := range strings.ToLower(strings.TrimSpace(title)) {
+		switch {
+		case r == ' ':
+			b.WriteRune('-')
+		case r == '-' || r == '_' || (r >= 'a' && r <= 'z') || (r >= '0' && r <= '9'):
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+
+// TestDaemonSetHardening: the DaemonSet's pod and serve container are as
+// tight as the daemon allows (no service-account token, a priority class, no
+// privilege or capability, the runtime's seccomp profile, a startup probe
+// long enough for a slow start), and docs/deploy.md says why each privilege
+// that remains is needed.
+func TestDaemonSetHardening(t *testing.T) {
+	ds, c := theDaemonSet(t)
+	pod := ds.Template.Spec
+	if a := pod.AutomountServiceAccountToken; a == nil || *a {
+		t.Error("automountServiceAccountToken is not false: the daemon never uses the Kubernetes API")
+	}
+	classes := map[string]bool{"system-node-critical": true, "system-cluster-critical": true}
+	for _, o := range readManifest(t, daemonSet) {
+		if o.Kind == "PriorityClass" {
+			classes[o.Metadata.Name] = true
+		}
+	}
+	if !classes[pod.PriorityClassName] {
+		t.Errorf("priorityClassName %q: want a PriorityClass of the manifest or a system one", pod.PriorityClassName)
+	}
+	sc := c.SecurityContext
+	switch {
+	case sc == nil:
+		t.Fatal("the serve container has no securityContext")
+	case sc.Privileged != nil && *sc.Privileged:
+		t.Error("securityContext.privileged is true")
+	case sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation:
+		t.Error("securityContext.allowPrivilegeEscalation is not false")
+	case sc.Capabilities == nil || !slices.Contains(sc.Capabilities.Drop, "ALL") || len(sc.Capabilities.Add) > 0:
+		t.Errorf("securityContext.capabilities %+v: want drop [ALL] and nothing added", sc.Capabilities)
+	case sc.SeccompProfile == nil || sc.SeccompProfile.Type != "RuntimeDefault":
+		t.Errorf("securityContext.seccompProfile %+v: want RuntimeDefault", sc.SeccompProfile)
+	}
+	if p := c.StartupProbe; p == nil {
+		t.Error("no startupProbe: a slow start (NVML, adopting engines) would meet the liveness probe")
+	} else if budget, live := p.PeriodSeconds*p.FailureThreshold, c.LivenessProbe; live != nil && budget <= live.PeriodSeconds*live.FailureThreshold {
+		t.Errorf("startupProbe allows %ds, no more than the liveness probe's %ds: it protects nothing", budget, live.PeriodSeconds*live.FailureThreshold)
+	}
+
+	doc, err := os.ReadFile(deployDoc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, privilege := range []string{"hostPID", "hostNetwork", "hostPath", "runAsNonRoot", "readOnlyRootFilesystem", "automountServiceAccountToken", "priorityClassName", "startupProbe", "capabilities"} {
+		if !regexp.MustCompile("`" + privilege + "[`:]").Match(doc) {
+			t.Errorf("%s does not say (as `%s`) why the DaemonSet has it or leaves it as it is", deployDoc, privilege)
+		}
+	}
 }

@@ -229,9 +229,12 @@ var invalidCases = []invalidCase{
 		},
 	},
 
-	// ---- Go-level: the config as a whole ----
-	{name: "unknown-top-level-field", want: []invalidDiag{
-		{"pools.cue", 3, 1, "defaults", "unknown top-level field defaults; a config declares nodes and pools"},
+	// ---- schema-level: the config as a whole (plain cue vet rejects it too) ----
+	{name: "unknown-top-level-field", cueLevel: true, want: []invalidDiag{
+		{"pools.cue", 3, 1, "defaults", "unknown top-level field; a config declares nodes and pools"},
+	}},
+	{name: "unknown-top-level-settings", cueLevel: true, want: []invalidDiag{
+		{"config.cue", 8, 1, "settings", "unknown top-level field; a config declares nodes and pools"},
 	}},
 
 	// ---- Go-level: pools against the inventory ----

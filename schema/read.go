@@ -28,6 +28,9 @@ func (r *reader) desired(root cue.Value) *Desired {
 				d.Pools[key] = r.pool(key, v)
 			})
 		default:
+			if top.Value().Err() != nil {
+				continue // the schema's top-level pattern rejected it, and CUE's error is reported
+			}
 			pos := r.userPos(top.Value())
 			if pos.File == "" {
 				pos = Pos{File: r.fallback}

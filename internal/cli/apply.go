@@ -79,6 +79,7 @@ func newApplyCommand() *cobra.Command {
 	var nf nodeFlags
 	var ef engineFlags
 	var autoApprove bool
+	var progress time.Duration
 	cmd := &cobra.Command{
 		Use:   "apply [DIR | PLANFILE]",
 		Short: "Start, replace and stop engines so that the node runs what the config says",
@@ -86,7 +87,9 @@ func newApplyCommand() *cobra.Command {
 confirmation on a terminal, then stops what must go first (freeing GPUs), updates,
 and starts engines in parallel, each waited on until its model is loaded and its
 GPU memory is where its device mask says (Ready) or it failed. Engines keep running
-after apply exits.
+after apply exits. While it waits, every --progress-interval it prints each pool
+still loading, with the time since its engine started and what the engine's
+health check last answered.
 
 With PLANFILE (from plan --out) it applies exactly that plan, without asking, and
 refuses it when the config or the node changed since it was made.
@@ -107,12 +110,16 @@ or an error, 2 usage error.`,
 			if len(args) == 1 {
 				target = args[0]
 			}
-			return runApply(cmd, target, src, node, nf.stateDir, ef.binaries(), autoApprove, nf.node != "")
+			if progress <= 0 {
+				return usageError("--progress-interval %v: must be more than 0", progress)
+			}
+			return runApply(cmd, target, src, node, nf.stateDir, ef.binaries(), autoApprove, nf.node != "", progress)
 		},
 	}
 	nf.register(cmd)
 	ef.register(cmd)
 	cmd.Flags().BoolVar(&autoApprove, "auto-approve", false, "apply without asking")
+	cmd.Flags().DurationVar(&progress, "progress-interval", DefaultProgressInterval, "how often to print the pools still loading while apply waits")
 	return cmd
 }
 
@@ -176,7 +183,7 @@ func openNodeSession(cmd *cobra.Command, configDir string, src gpuSource, node, 
 	return s, nil
 }
 
-func runApply(cmd *cobra.Command, target string, src gpuSource, node, stateDir string, bins preset.Binaries, autoApprove, nodeGiven bool) error {
+func runApply(cmd *cobra.Command, target string, src gpuSource, node, stateDir string, bins preset.Binaries, autoApprove, nodeGiven bool, progress time.Duration) error {
 	ctx := cmd.Context()
 	out := cmd.OutOrStdout()
 	var saved *reconcile.NodePlan
@@ -271,7 +278,17 @@ func runApply(cmd *cobra.Command, target string, src gpuSource, node, stateDir s
 		return fmt.Errorf("apply: interrupted before anything was done")
 	}
 	fmt.Fprintln(out)
+	tick := time.NewTicker(progress)
+	stopProgress := make(chan struct{})
+	progressDone := make(chan struct{})
+	go func() {
+		defer close(progressDone)
+		reportProgress(stopProgress, tick.C, x.Loading, report)
+	}()
 	res, err := applyWaitingBackoffs(ctx, x, plan, report)
+	tick.Stop()
+	close(stopProgress)
+	<-progressDone
 	if err != nil {
 		return fmt.Errorf("apply: %w", err)
 	}
@@ -280,6 +297,39 @@ func runApply(cmd *cobra.Command, target string, src gpuSource, node, stateDir s
 		return silentExit(ExitFailure)
 	}
 	return nil
+}
+
+// DefaultProgressInterval is how often apply says which pools are still loading.
+const DefaultProgressInterval = 10 * time.Second
+
+// reportProgress says, at each tick until stop, which engines are still
+// loading: the time since each started and its last health answer, as
+// "still loading [10s elapsed], health: loading".
+func reportProgress(stop <-chan struct{}, tick <-chan time.Time, loading func() []executor.Loading, report func(executor.Event)) {
+	for {
+		select {
+		case <-stop:
+			return
+		case now := <-tick:
+			for _, l := range loading() {
+				health := "no answer yet"
+				if l.Health != "" {
+					health = string(l.Health)
+				}
+				report(executor.Event{Time: now, Pool: l.Pool, Phase: reconcile.Preloading, Engine: l.Engine, PID: l.PID,
+					Message: fmt.Sprintf("still loading [%v elapsed], engine pid %d, health: %s", elapsed(now.Sub(l.Since)), l.PID, health)})
+			}
+		}
+	}
+}
+
+// elapsed is a wait as progress says it: to the tenth of a second under
+// 10 s, to the second above.
+func elapsed(d time.Duration) time.Duration {
+	if d < 10*time.Second {
+		return d.Round(100 * time.Millisecond)
+	}
+	return d.Truncate(time.Second)
 }
 
 // applyWaitingBackoffs applies the plan, waiting out backoffs here, in the

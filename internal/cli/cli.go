@@ -16,6 +16,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -82,7 +84,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	root := newRootCommand(stdout, stderr)
 	root.SetArgs(args)
 	cmd, err := root.ExecuteContextC(ctx)
-	code, usage := report(namingEnv(cmd, err), stderr)
+	code, usage := report(namingEnv(cmd, err), &cuttingWriter{w: stderr, values: echoedValues(args, os.Environ())})
 	// plan --detailed-exitcode gives 2 the meaning "changes": every failure,
 	// a usage error included, is 1 there, so that a PR check cannot read a
 	// bad flag or a missing directory as a plan with changes. Decided from
@@ -116,6 +118,101 @@ func report(err error, stderr io.Writer) (code int, usage bool) {
 		return ExitUsage, true
 	}
 	return ExitFailure, false
+}
+
+// A message repeats at most maxEcho bytes of a value whole: a longer one (a
+// 3 MiB argument pasted by mistake) is cut to its first echoKeep bytes, an
+// ellipsis and its length, each time it is echoed.
+const (
+	maxEcho  = 256
+	echoKeep = 64
+	// maxRun is the longest run of non-space bytes a message keeps whole,
+	// for long values that come from elsewhere (a file, a derived path).
+	maxRun = 1024
+)
+
+// echoedValues are the values a message may echo: the arguments, the
+// values of --flag=value arguments, and the POOL_MANAGERD_ variables' values.
+func echoedValues(args, environ []string) []string {
+	var vs []string
+	for _, a := range args {
+		vs = append(vs, a)
+		if _, v, ok := strings.Cut(a, "="); ok && strings.HasPrefix(a, "-") {
+			vs = append(vs, v)
+		}
+	}
+	for _, kv := range environ {
+		if k, v, ok := strings.Cut(kv, "="); ok && strings.HasPrefix(k, "POOL_MANAGERD_") {
+			vs = append(vs, v)
+		}
+	}
+	return vs
+}
+
+// cuttingWriter writes messages with their long values cut (cutLongValues).
+type cuttingWriter struct {
+	w      io.Writer
+	values []string
+}
+
+func (c *cuttingWriter) Write(p []byte) (int, error) {
+	if _, err := io.WriteString(c.w, cutLongValues(string(p), c.values)); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// cutLongValues cuts, in msg, each value of values longer than maxEcho
+// bytes, as it is and as %q writes it, to its first echoKeep bytes, "…" and
+// its length; then any other run of more than maxRun non-space bytes.
+func cutLongValues(msg string, values []string) string {
+	long := slices.DeleteFunc(slices.Clone(values), func(v string) bool { return len(v) <= maxEcho })
+	// The longest first: a value may contain a shorter one (--x=V holds V).
+	slices.SortFunc(long, func(a, b string) int { return len(b) - len(a) })
+	for _, v := range long {
+		if q := strconv.Quote(v); strings.Contains(msg, q) {
+			msg = strings.ReplaceAll(msg, q, strconv.Quote(prefix(v, echoKeep))+fmt.Sprintf("…(%d bytes)", len(v)))
+		}
+		if strings.Contains(msg, v) {
+			msg = strings.ReplaceAll(msg, v, cutValue(v))
+		}
+	}
+	var b strings.Builder
+	for len(msg) > 0 {
+		i := strings.IndexFunc(msg, unicode.IsSpace)
+		if i < 0 {
+			i = len(msg)
+		}
+		run := msg[:i]
+		if len(run) > maxRun {
+			run = cutValue(run)
+		}
+		b.WriteString(run)
+		msg = msg[i:]
+		j := strings.IndexFunc(msg, func(r rune) bool { return !unicode.IsSpace(r) })
+		if j < 0 {
+			j = len(msg)
+		}
+		b.WriteString(msg[:j])
+		msg = msg[j:]
+	}
+	return b.String()
+}
+
+// cutValue is v's first echoKeep bytes, "…" and its length.
+func cutValue(v string) string {
+	return fmt.Sprintf("%s…(%d bytes)", prefix(v, echoKeep), len(v))
+}
+
+// prefix is at most the first n bytes of s, not splitting a UTF-8 character.
+func prefix(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
 
 // flagMention finds the flags a usage error names.

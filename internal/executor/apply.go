@@ -54,6 +54,45 @@ type Executor struct {
 	// GPU, and its engine once spawned, so that parallel starts do not both
 	// take the same bytes, nor count twice what an engine already holds.
 	inflight map[string]*inflightStart
+	// loading are the engines awaited until Ready, by pool.
+	loading map[string]*Loading
+}
+
+// Loading is an engine whose model is loading, as a start waits on it.
+type Loading struct {
+	Pool   string
+	Engine schema.Engine
+	PID    int
+	// Since is the engine's start.
+	Since time.Time
+	// Health is what its health check last answered; empty before the first.
+	Health engine.Health
+}
+
+// Loading lists, by pool, the engines awaited until Ready now.
+func (x *Executor) Loading() []Loading {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	out := make([]Loading, 0, len(x.loading))
+	for _, l := range x.loading {
+		out = append(out, *l)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Pool < out[j].Pool })
+	return out
+}
+
+// setLoading records a loading engine's last health answer; done removes it.
+func (x *Executor) setLoading(l Loading, done bool) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if done {
+		delete(x.loading, l.Pool)
+		return
+	}
+	if x.loading == nil {
+		x.loading = map[string]*Loading{}
+	}
+	x.loading[l.Pool] = &l
 }
 
 // inflightStart is a start's booking of GPU memory.

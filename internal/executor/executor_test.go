@@ -48,6 +48,8 @@ type fakeProcess struct {
 	onStop   func()
 	done     chan struct{}
 	stopOnce sync.Once
+	// health, when set, is what its health check answers; else ok.
+	health func() engine.Health
 }
 
 func (p *fakeProcess) PID() int                { return p.pid }
@@ -60,6 +62,9 @@ func (p *fakeProcess) Exit() engine.ExitStatus { return p.exit }
 func (p *fakeProcess) Session() []int          { return []int{p.pid} }
 func (p *fakeProcess) LogTail() string         { return "" }
 func (p *fakeProcess) Health(context.Context) engine.Health {
+	if p.health != nil {
+		return p.health()
+	}
 	return engine.HealthOK
 }
 func (p *fakeProcess) Stop(context.Context, time.Duration, time.Duration) (engine.StopReport, error) {
@@ -307,5 +312,60 @@ func TestRecordFaultIsUnreadyAtOnce(t *testing.T) {
 	}
 	if got := h.lifecycleOf(t, pool); got.Ready || got.Phase != reconcile.Unready || got.Next != reconcile.NextRestart {
 		t.Errorf("after the fault, engine still running: %+v, want Unready, restart", got)
+	}
+}
+
+// An engine awaited until Ready is listed by Loading, with its start and its
+// last health answer, until it passes its health check (apply's progress).
+func TestLoadingListsTheEnginesAwaited(t *testing.T) {
+	pool := testPool()
+	now := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	st := readyState(pool, 4242, now)
+	rec := st.Engines[pool.ID]
+	rec.ReadyAt, rec.StartedAt = time.Time{}, now.Add(-5*time.Second) // still loading
+	st.Engines[pool.ID] = rec
+	h := newHarness(t, st)
+	// The first health check answers loading; the second waits for the
+	// test, which then sees the first answer recorded, and answers ok.
+	second, proceed := make(chan struct{}), make(chan struct{})
+	calls := 0
+	health := func() engine.Health {
+		calls++
+		if calls == 1 {
+			return engine.HealthLoading
+		}
+		if calls == 2 {
+			close(second)
+			<-proceed
+		}
+		return engine.HealthOK
+	}
+	h.driver.procs[4242] = &fakeProcess{pid: 4242, done: make(chan struct{}), health: health}
+	if got := h.x.Loading(); len(got) != 0 {
+		t.Fatalf("Loading before the apply: %+v", got)
+	}
+	c := reconcile.Change{Action: reconcile.Update, Pool: pool.ID, Spec: pool, SpecHash: reconcile.SpecHash(pool), PID: 4242}
+	done := make(chan Result, 1)
+	go func() {
+		res, _ := h.x.Apply(context.Background(), &reconcile.NodePlan{Node: "gpu-01", Changes: []reconcile.Change{c}})
+		done <- res
+	}()
+	select {
+	case <-second:
+	case res := <-done:
+		t.Fatalf("Apply returned before its second health check: %+v", res)
+	}
+	want := Loading{Pool: pool.ID, Engine: pool.Engine, PID: 4242, Since: rec.StartedAt, Health: engine.HealthLoading}
+	if got := h.x.Loading(); len(got) != 1 || got[0] != want {
+		t.Errorf("Loading while the engine loads: %+v, want [%+v]", got, want)
+	}
+	close(proceed)
+	res := <-done
+	if len(res.Outcomes) != 1 {
+		t.Fatalf("outcomes %+v, want one", res.Outcomes)
+	}
+	// (noGPUs fails the placement check that follows the health check.)
+	if got := h.x.Loading(); len(got) != 0 {
+		t.Errorf("Loading after the health check passed: %+v, want none", got)
 	}
 }

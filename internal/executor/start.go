@@ -300,6 +300,9 @@ func (x *Executor) awaitReady(ctx context.Context, pool *schema.Pool, p engine.P
 	deadline := startedAt.Add(pool.Restart.StartupTimeout)
 	tick := time.NewTicker(every)
 	defer tick.Stop()
+	l := Loading{Pool: pool.ID, Engine: pool.Engine, PID: p.PID(), Since: startedAt}
+	x.setLoading(l, false)
+	defer x.setLoading(l, true)
 	for {
 		select {
 		case <-ctx.Done():
@@ -308,15 +311,18 @@ func (x *Executor) awaitReady(ctx context.Context, pool *schema.Pool, p engine.P
 			return x.failed(ctx, pool, exitFailure(p.PID(), p.Exit(), p.LogTail(), p.LogPath(), "while loading its model"))
 		case <-tick.C:
 		}
-		if p.Health(ctx) == engine.HealthOK {
+		l.Health = p.Health(ctx)
+		if l.Health == engine.HealthOK {
 			break
 		}
+		x.setLoading(l, false)
 		if x.now().After(deadline) {
 			_, _ = p.Stop(ctx, 0, pool.Restart.StopGrace)
 			return x.failed(ctx, pool, restart.Failure{Class: restart.ClassHealthTimeout,
 				Message: fmt.Sprintf("engine pid %d did not pass its health check within %v", p.PID(), pool.Restart.StartupTimeout)})
 		}
 	}
+	x.setLoading(l, true) // loaded: its placement is checked next
 	x.step(pool.ID, StepHealthy)
 	if f := x.checkPlacement(ctx, pool, p); f != nil {
 		select {
