@@ -115,6 +115,9 @@ type Daemon struct {
 	// loader loads the config trees, evaluating only the files that changed
 	// since its last load (a new Git checkout reuses the unchanged files).
 	loader *schema.Loader
+	// node is this node's part of the last config that loaded; nil after a
+	// load that failed.
+	node *nodeConfig
 
 	// loop state: touched only by the loop goroutine
 	cfg       *config
