@@ -131,8 +131,13 @@ func engineOf(ctx context.Context, rec reconcile.EngineRecord, pool restart.Reco
 	e.Alive = true
 	e.Unverified = rec.ReadyAt.IsZero()
 	e.Draining = !rec.DrainingSince.IsZero()
-	e.PIDs = sessionOf(rec.PID, sessions)
+	// Asked right after the liveness check, before the session's processes
+	// are listed (a read of /proc that another engine's check may be making
+	// meanwhile): an engine killed during the observation is then seldom
+	// seen alive and failing, which would read as a health failure rather
+	// than the exit its watch reports.
 	e.Health = reconcile.Health(health(ctx, rec.Port, !rec.ReadyAt.IsZero()))
+	e.PIDs = sessionOf(rec.PID, sessions)
 	return e
 }
 
