@@ -149,7 +149,8 @@ func (v *view) config() api.Config {
 	defer v.mu.RUnlock()
 	c := v.cfg
 	if v.names != nil {
-		c.Pools, c.Nodes = v.names.sorted()
+		pools, nodes := v.names.sorted()
+		c.Pools, c.Nodes = slices.Clone(pools), slices.Clone(nodes)
 	}
 	c.Files, c.Errors = slices.Clone(c.Files), slices.Clone(c.Errors)
 	c.LastAppliedRevision, c.LastAttemptedRevision = cloneRevision(c.LastAppliedRevision), cloneRevision(c.LastAttemptedRevision)
