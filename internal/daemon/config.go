@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -58,6 +59,7 @@ type tree struct {
 func (d *Daemon) loadConfig(ctx context.Context, reason string, t tree) {
 	now := d.now()
 	var all *schema.Desired
+	var desired reconcile.Desired
 	var err error
 	if t.missing != "" {
 		err = missingDiagnostics(t)
@@ -68,9 +70,10 @@ func (d *Daemon) loadConfig(ctx context.Context, reason string, t tree) {
 		// The loader keeps decoded values, not the evaluation of the fleet's
 		// config: their Sources evaluate a group again only when asked for
 		// a position (schema.Loader).
-		err = d.checkNode(all, t.dir)
+		desired, err = d.forNode(all, t.dir)
 	}
 	if err != nil {
+		d.node = nil
 		if ctx.Err() != nil {
 			return
 		}
@@ -91,7 +94,6 @@ func (d *Daemon) loadConfig(ctx context.Context, reason string, t tree) {
 		}
 		return
 	}
-	desired := reconcile.DesiredFor(all, d.opts.Node)
 	if why := d.holdBack(desired); why != "" {
 		if d.view.configHeldBack(now, t.rev, why) || reason != "" {
 			args := []any{"reason", reason}
@@ -147,6 +149,32 @@ func (d *Daemon) recordRevision(t tree) {
 	if err := d.exec.RecordRevision(rev); err != nil {
 		d.log.Error("record the applied revision in the state file", "error", err)
 	}
+}
+
+// nodeConfig is this node's part of a config that loaded, kept with the
+// loader's result it was taken from.
+type nodeConfig struct {
+	all *schema.Desired
+	// desired has no Needs: needs works them out on each load.
+	desired reconcile.Desired
+}
+
+// forNode checks that the config knows this node and returns the node's
+// part of it, VRAM needs left to fill in. A load that returns the same
+// result as the last one (schema.Loader does when no file changed, as on an
+// idle resync) reuses what the last one found, rather than going through
+// the fleet's pools again.
+func (d *Daemon) forNode(all *schema.Desired, dir string) (reconcile.Desired, error) {
+	if d.node == nil || d.node.all != all {
+		d.node = nil
+		if err := d.checkNode(all, dir); err != nil {
+			return reconcile.Desired{}, err
+		}
+		d.node = &nodeConfig{all: all, desired: reconcile.DesiredFor(all, d.opts.Node)}
+	}
+	desired := d.node.desired
+	desired.Pools, desired.Needs = maps.Clone(desired.Pools), map[string]reconcile.Need{}
+	return desired, nil
 }
 
 // checkNode refuses a config that does not know this node: a misspelt

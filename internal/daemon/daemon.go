@@ -115,6 +115,9 @@ type Daemon struct {
 	// loader loads the config trees, evaluating only the files that changed
 	// since its last load (a new Git checkout reuses the unchanged files).
 	loader *schema.Loader
+	// node is this node's part of the last config that loaded; nil after a
+	// load that failed.
+	node *nodeConfig
 
 	// loop state: touched only by the loop goroutine
 	cfg       *config
@@ -248,7 +251,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	d.log.Info("daemon started", "node", d.opts.Node, "config", where, "state_dir", d.opts.StateDir, "gpus", d.opts.Source)
 	d.firstLoad(ctx)
-	d.pass(ctx)
+	d.pass(ctx, nil)
 	d.returnMemory()
 	resync := time.NewTicker(d.opts.Resync)
 	defer resync.Stop()
@@ -257,6 +260,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	changes, checkouts := src.changes, src.checkouts
 	for {
 		d.schedule(wake)
+		// early is the observation of the node that a config load starts,
+		// to run while the config loads (pass).
+		var early *observation
 		select {
 		case <-ctx.Done():
 			d.shutdown()
@@ -267,12 +273,16 @@ func (d *Daemon) Run(ctx context.Context) error {
 				changes = nil
 				continue
 			}
+			early = d.startObserve(ctx)
 			d.loadConfig(ctx, describeChange(ch), d.dirTree(true))
 		case co := <-checkouts:
+			early = d.startObserve(ctx)
 			d.loadCheckout(ctx, "new commit "+co.Commit, co)
 		case <-d.reloads:
+			early = d.startObserve(ctx)
 			d.reload(ctx, "SIGHUP", true)
 		case <-resync.C:
+			early = d.startObserve(ctx)
 			d.reload(ctx, "", false)
 		case ev, ok := <-events:
 			if !ok {
@@ -294,8 +304,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 			continue
 		case <-wake.C:
 		}
-		d.drain()
-		d.pass(ctx)
+		if d.drain() {
+			// An op ended or an engine exited while the config loaded: an
+			// observation started before may predate what it did.
+			early = nil
+		}
+		d.pass(ctx, early)
 		d.returnMemory()
 	}
 }
@@ -364,8 +378,9 @@ func (d *Daemon) stillReady(pool string, pid int) bool {
 
 // drain takes the op ends and engine exits that are already waiting, so
 // that a burst of them (a hundred preloads ending together) makes one pass,
-// not one each.
-func (d *Daemon) drain() {
+// not one each. It reports whether it took any.
+func (d *Daemon) drain() bool {
+	took := false
 	for {
 		select {
 		case r := <-d.opDone:
@@ -373,8 +388,9 @@ func (d *Daemon) drain() {
 		case e := <-d.exited:
 			d.engineExited(e)
 		default:
-			return
+			return took
 		}
+		took = true
 	}
 }
 

@@ -97,9 +97,45 @@ func (d *Daemon) recheckHeldBack() {
 	d.reload(d.runCtx, "engines stopped while a config was held back", false)
 }
 
-// pass observes the node, plans, and launches an op for each pool that
-// needs one and has none in flight.
-func (d *Daemon) pass(ctx context.Context) {
+// observation is an observation of the node under way.
+type observation struct {
+	done chan struct{}
+	obs  reconcile.Observed
+	err  error
+}
+
+// startObserve starts an observation of the node. A config change starts
+// one before it loads the config, so that the engines' health checks and
+// the scan of /proc overlap the load rather than follow it on the path from
+// the change to its first step. Nothing the loop does while the config
+// loads changes the node: ops only end, and an op that ends (or an engine
+// exit) taken after the load makes the loop observe again instead (Run); an
+// observation not used ends by itself.
+func (d *Daemon) startObserve(ctx context.Context) *observation {
+	o := &observation{done: make(chan struct{})}
+	d.watchers.Add(1)
+	go func() {
+		defer d.watchers.Done()
+		defer close(o.done)
+		o.obs, o.err = d.observe(ctx)
+	}()
+	return o
+}
+
+// wait returns the observation once it is done.
+func (o *observation) wait() (reconcile.Observed, error) {
+	<-o.done
+	return o.obs, o.err
+}
+
+func (d *Daemon) observe(ctx context.Context) (reconcile.Observed, error) {
+	return observe.Observe(ctx, observe.Options{Node: d.opts.Node, GPUs: d.opts.GPUs, Source: d.opts.Source, StateDir: d.opts.StateDir, ScanProcesses: true})
+}
+
+// pass observes the node (or takes early, an observation started while the
+// config loaded), plans, and launches an op for each pool that needs one
+// and has none in flight.
+func (d *Daemon) pass(ctx context.Context, early *observation) {
 	if ctx.Err() != nil {
 		return
 	}
@@ -114,7 +150,13 @@ func (d *Daemon) pass(ctx context.Context) {
 	}
 	started := time.Now()
 	now := d.now()
-	obs, err := observe.Observe(ctx, observe.Options{Node: d.opts.Node, GPUs: d.opts.GPUs, Source: d.opts.Source, StateDir: d.opts.StateDir, ScanProcesses: true})
+	var obs reconcile.Observed
+	var err error
+	if early != nil {
+		obs, err = early.wait()
+	} else {
+		obs, err = d.observe(ctx)
+	}
 	if err != nil {
 		if ctx.Err() == nil {
 			d.log.Error("observe the node", "error", err)

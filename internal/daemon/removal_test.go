@@ -85,6 +85,8 @@ func TestRemovalStopsAfterTheSettleWindow(t *testing.T) {
 		_, ok := n.loadState().Engines["b"]
 		return !ok
 	})
+	// The stop's op reports its step just after it saves the state.
+	r.waitFor("pool b's stop to end", func() bool { return r.stepCount("b", executor.StepStopped) > 0 })
 	r.settle()
 	if c := r.stepCount("b", executor.StepStopped); c != 1 {
 		t.Errorf("pool b's engine was stopped %d times, want once", c)

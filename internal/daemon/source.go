@@ -76,7 +76,7 @@ func (d *Daemon) firstLoad(ctx context.Context) {
 func (d *Daemon) loadCheckout(ctx context.Context, reason string, co gitsource.Checkout) {
 	d.checkout = &co
 	d.loadConfig(ctx, reason, d.gitTree(co))
-	if rev := d.view.config().LastAppliedRevision; rev != nil && rev.Commit == co.Commit {
+	if rev := d.view.appliedRevision(); rev != nil && rev.Commit == co.Commit {
 		d.opts.Git.InForce(co.Commit)
 	}
 }

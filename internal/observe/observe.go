@@ -71,19 +71,45 @@ func Observe(ctx context.Context, opts Options) (reconcile.Observed, error) {
 	}
 	// One read of /proc for every engine's session, not one per engine.
 	sessions := &sessionIndex{}
-	for id, rec := range st.Engines {
-		obs.Engines[id] = engineOf(ctx, rec, st.Pools[id], health, sessions)
+	// The scan of /proc for marked engines runs while the recorded engines
+	// are checked, and their health endpoints are asked at once: an
+	// observation, which lies on the path from a config change to its first
+	// step, takes about one probe's time rather than one per engine.
+	var scan struct {
+		found []markedLeader
+		err   error
 	}
+	var wg sync.WaitGroup
+	if opts.ScanProcesses {
+		wg.Go(func() { scan.found, scan.err = markedLeaders(absDir(opts.StateDir)) })
+	}
+	var mu sync.Mutex
+	slots := make(chan struct{}, probeWorkers)
+	for id, rec := range st.Engines {
+		slots <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			e := engineOf(ctx, rec, st.Pools[id], health, sessions)
+			mu.Lock()
+			obs.Engines[id] = e
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
 	for id, rec := range st.Pools {
 		obs.Pools[id] = rec
 	}
 	if opts.ScanProcesses {
-		if err := scanMarkers(ctx, opts.Node, absDir(opts.StateDir), obs.Engines, health, sessions); err != nil {
-			return obs, err
+		if scan.err != nil {
+			return obs, scan.err
 		}
+		addMarked(ctx, opts.Node, scan.found, obs.Engines, health, sessions)
 	}
 	return obs, nil
 }
+
+// probeWorkers bounds how many engines one observation checks at once.
+const probeWorkers = 16
 
 // engineOf checks a recorded engine against its live process and health endpoint.
 func engineOf(ctx context.Context, rec reconcile.EngineRecord, pool restart.Record, health func(context.Context, int, bool) engine.Health, sessions *sessionIndex) reconcile.Engine {
@@ -105,8 +131,13 @@ func engineOf(ctx context.Context, rec reconcile.EngineRecord, pool restart.Reco
 	e.Alive = true
 	e.Unverified = rec.ReadyAt.IsZero()
 	e.Draining = !rec.DrainingSince.IsZero()
-	e.PIDs = sessionOf(rec.PID, sessions)
+	// Asked right after the liveness check, before the session's processes
+	// are listed (a read of /proc that another engine's check may be making
+	// meanwhile): an engine killed during the observation is then seldom
+	// seen alive and failing, which would read as a health failure rather
+	// than the exit its watch reports.
 	e.Health = reconcile.Health(health(ctx, rec.Port, !rec.ReadyAt.IsZero()))
+	e.PIDs = sessionOf(rec.PID, sessions)
 	return e
 }
 
@@ -146,13 +177,10 @@ func sessionOf(pid int, sessions *sessionIndex) []int {
 	return pids
 }
 
-// scanMarkers adds the live engines of this node that the state file does
-// not know (or knows under an older generation).
-func scanMarkers(ctx context.Context, node, stateDir string, engines map[string]reconcile.Engine, health func(context.Context, int, bool) engine.Health, sessions *sessionIndex) error {
-	found, err := markedLeaders(stateDir)
-	if err != nil {
-		return err
-	}
+// addMarked adds the live engines of this node found by their marker
+// (markedLeaders) that the state file does not know (or knows under an
+// older generation).
+func addMarked(ctx context.Context, node string, found []markedLeader, engines map[string]reconcile.Engine, health func(context.Context, int, bool) engine.Health, sessions *sessionIndex) {
 	for _, f := range found {
 		if f.marker.Node != node {
 			continue
@@ -165,7 +193,6 @@ func scanMarkers(ctx context.Context, node, stateDir string, engines map[string]
 			PIDs: sessionOf(f.pid, sessions), Alive: true, Health: reconcile.Health(health(ctx, f.port, false)),
 		}
 	}
-	return nil
 }
 
 // MarkedEngines finds, by the marker in their environment, the live

@@ -225,6 +225,59 @@ func TestObserveLiveRecordedEngine(t *testing.T) {
 	}
 }
 
+// TestObserveAsksEnginesAtOnce: the health endpoints of the recorded
+// engines are asked at once, so that an observation (on the path from a
+// config change to its first step) costs one probe's time, not one per
+// engine. Each probe here answers only once every engine has been asked; one
+// at a time, the first would wait for its context, and read as failing.
+func TestObserveAsksEnginesAtOnce(t *testing.T) {
+	child := startChild(t, nil, true, "sleep", "30")
+	pid := child.Process.Pid
+	dir := t.TempDir()
+	st := state.New()
+	ports := []int{18091, 18092, 18093, 18094}
+	for i, port := range ports {
+		id := fmt.Sprintf("pool-%d", i)
+		st.Engines[id] = reconcile.EngineRecord{
+			Pool: id, Generation: 1, SpecHash: "sha256:x", PID: pid, StartTicks: startTicks(t, pid),
+			Port: port, ReadyAt: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC),
+		}
+	}
+	saveState(t, dir, st)
+
+	var mu sync.Mutex
+	asked := map[int]bool{}
+	all := make(chan struct{})
+	probe := func(ctx context.Context, port int, _ bool) engine.Health {
+		mu.Lock()
+		asked[port] = true
+		if len(asked) == len(ports) {
+			close(all)
+		}
+		mu.Unlock()
+		select {
+		case <-all:
+			return engine.HealthOK
+		case <-ctx.Done():
+			return engine.HealthFailing
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	obs, err := Observe(ctx, Options{Node: testNode(t), GPUs: &fakeNode{}, Source: "fake", StateDir: dir, Health: probe})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for id, e := range obs.Engines {
+		if !e.Alive || e.Health != reconcile.HealthOK {
+			t.Errorf("engine %s: alive %v, health %q; want alive and ok", id, e.Alive, e.Health)
+		}
+	}
+	if len(obs.Engines) != len(ports) {
+		t.Errorf("engines: %d, want %d", len(obs.Engines), len(ports))
+	}
+}
+
 func TestObserveDeadRecordedEngine(t *testing.T) {
 	pid, ticks := deadPID(t)
 	dir := t.TempDir()
