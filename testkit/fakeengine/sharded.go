@@ -76,6 +76,12 @@ func (p *process) runSharded(specs []shardSpec, e shardedEngine) int {
 		set.stop(shardGrace)
 		return 1
 	}
+	if e.warmUp <= 0 {
+		// Ready before the first request is served: vLLM and TGI bind the
+		// port only once the engine is up, and answer /health 200 from the
+		// first request on.
+		p.state.setReady(time.Now())
+	}
 	hs := &http.Server{Handler: e.handler, ErrorLog: discardLog()}
 	go hs.Serve(ln)
 	e.listening(ln.Addr().(*net.TCPAddr).Port)
@@ -87,8 +93,6 @@ func (p *process) runSharded(specs []shardSpec, e shardedEngine) int {
 			}
 		})
 		defer warm.Stop()
-	} else {
-		p.state.setReady(time.Now())
 	}
 	return p.runReady(sigs, afterReady{
 		shutdown: func() int {
