@@ -165,7 +165,7 @@ Feature: Apply and state: plans carried out, recorded, crash-safe
       	model: path: "WORKSPACE/models/model.gguf"
       	devices: [1]
       	vram:    2Gi
-      	env: FAKE_ENGINE_LOAD_DELAY: "1500ms"
+      	env: FAKE_ENGINE_LOAD_DELAY: "5s" // still loading after the three commands below, on a loaded machine
       }
       """
     When I start "pool-managerd apply CONFIG --gpus SIM --state-dir STATE --node gpu-01 --llama-server ENGINE --auto-approve" in the background

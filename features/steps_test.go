@@ -548,7 +548,30 @@ func (w *world) runEnv(env []string, args string) error {
 }
 
 func (w *world) output() string {
-	return fmt.Sprintf("exit status %d\n--- stdout\n%s--- stderr\n%s", w.status, w.stdout, w.stderr)
+	return fmt.Sprintf("exit status %d\n--- stdout\n%s--- stderr\n%s%s", w.status, w.stdout, w.stderr, engineLogTails(w.stdout+w.stderr))
+}
+
+// engineLog is an engine log that pool-managerd's output names ("log: PATH").
+var engineLog = regexp.MustCompile(`log: (/\S+\.log)`)
+
+// engineLogTails is the end of each engine log the output names, so that a
+// failed step shows what the engine said before the scenario's workspace goes.
+func engineLogTails(out string) string {
+	var b strings.Builder
+	seen := map[string]bool{}
+	for _, m := range engineLog.FindAllStringSubmatch(out, -1) {
+		if seen[m[1]] {
+			continue
+		}
+		seen[m[1]] = true
+		data, err := os.ReadFile(m[1])
+		if err != nil {
+			continue
+		}
+		lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+		fmt.Fprintf(&b, "--- last lines of %s\n%s\n", m[1], strings.Join(lines[max(0, len(lines)-15):], "\n"))
+	}
+	return b.String()
 }
 
 func (w *world) exitStatus(want int) error {
