@@ -28,27 +28,25 @@ func (w *world) registerEngineBuilds(sc *godog.ScenarioContext) {
 // olderLlamaServer makes the llama-server binary a wrapper that runs the
 // stand-in imitating an older llama.cpp build: its --help (the capability
 // probe's) and its command line are that build's.
-func (w *world) olderLlamaServer(build int) error {
-	path := filepath.Join(w.workspace, fmt.Sprintf("llama-server-b%d", build))
-	script := fmt.Sprintf("#!/bin/sh\nFAKE_ENGINE_LLAMA_BUILD=%d exec %s \"$@\"\n", build, w.h.fakeEngine())
-	if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
-		return err
-	}
-	w.llamaServer = path
-	return nil
+func (w *world) olderLlamaServer(build int) (err error) {
+	w.llamaServer, err = w.standInAs(fmt.Sprintf("llama-server-b%d", build), fmt.Sprintf("FAKE_ENGINE_LLAMA_BUILD=%d", build))
+	return err
 }
 
 // vllmVersion makes VLLM a wrapper that runs the stand-in imitating a vLLM
 // version: its serve --help=all (the capability probe's) and what its command
 // line may hold are that version's.
-func (w *world) vllmVersion(version string) error {
-	path := filepath.Join(w.workspace, "vllm-"+version)
-	script := fmt.Sprintf("#!/bin/sh\nFAKE_ENGINE_VLLM_VERSION=%s exec %s \"$@\"\n", version, w.h.fakeEngine())
-	if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
-		return err
-	}
-	w.vllmServer = path
-	return nil
+func (w *world) vllmVersion(version string) (err error) {
+	w.vllmServer, err = w.standInAs("vllm-"+version, "FAKE_ENGINE_VLLM_VERSION="+version)
+	return err
+}
+
+// standInAs writes a script named name in the workspace that runs the
+// stand-in with one more variable (NAME=value) set, and returns its path.
+func (w *world) standInAs(name, variable string) (string, error) {
+	path := filepath.Join(w.workspace, name)
+	script := fmt.Sprintf("#!/bin/sh\n%s exec %s \"$@\"\n", variable, w.h.fakeEngine())
+	return path, os.WriteFile(path, []byte(script), 0o755)
 }
 
 // notGGUF writes a file that llama.cpp's GGUF reader refuses (a zip header).
