@@ -34,6 +34,11 @@ demo: build ## Walk through the main job on the examples.
 
 test: lint ## The whole suite: vet, staticcheck, unit, CLI, golden and BDD tests.
 	$(GO) test -count=1 ./...
+	@if [ -n "$$POOL_MANAGERD_TEST_LLAMA_SERVER" ]; then \
+		echo "real llama-server tests ran against $$POOL_MANAGERD_TEST_LLAMA_SERVER"; \
+	else \
+		echo "real llama-server tests skipped: POOL_MANAGERD_TEST_LLAMA_SERVER is not set (README: A real llama-server)"; \
+	fi
 
 bdd: ## The BDD scenarios alone, readable (LLORCH_BDD_FEATURE_PATH=features/x.feature narrows them).
 	$(GO) test -count=1 ./features -v -godog.format=pretty
