@@ -181,6 +181,16 @@ type Readiness struct {
 	Ready bool `json:"ready"`
 }
 
+// PoolReadiness is GET /v1/pools/{id}/ready's body, sent with 200 when the
+// pool is Ready and with 503 when it is not.
+type PoolReadiness struct {
+	Pool  string          `json:"pool"`
+	Ready bool            `json:"ready"`
+	Phase reconcile.Phase `json:"phase"`
+	// Reason says why the pool is in its phase, as Pool.Reason.
+	Reason string `json:"reason,omitempty"`
+}
+
 // ResetRequest is POST /v1/reset's body.
 type ResetRequest struct {
 	Pools []string `json:"pools"`
