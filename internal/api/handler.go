@@ -18,7 +18,9 @@ import (
 // Source is what the handler shows and acts on; the daemon implements it.
 // Its methods are called from many requests at once.
 type Source interface {
-	// Ready reports whether the first reconcile is done.
+	// Ready reports whether the daemon is ready: the first reconcile is
+	// done (and, with serve --ready-when pools, every pool is Ready or
+	// given up).
 	Ready() bool
 	// Pools returns every pool the daemon knows: those of the config in
 	// force and those it still has engines or restart records for.
@@ -168,7 +170,7 @@ func (h *handler) healthz(w http.ResponseWriter, _ *http.Request) {
 
 func (h *handler) readyz(w http.ResponseWriter, _ *http.Request) {
 	if !h.src.Ready() {
-		writeError(w, http.StatusServiceUnavailable, CodeNotReady, "not ready: the first reconcile has not finished")
+		writeError(w, http.StatusServiceUnavailable, CodeNotReady, "not ready: the first reconcile has not finished, or (serve --ready-when pools) a pool is still starting; GET /v1/pools shows them")
 		return
 	}
 	writeJSON(w, http.StatusOK, Readiness{Ready: true})

@@ -219,7 +219,7 @@ const (
 	CodeUnknownPool  = "unknown_pool" // 404: an operator action or a lookup on a pool the daemon does not know
 	CodeTooLarge     = "too_large"    // 413: a body over MaxBodyBytes
 	CodeInternal     = "internal"     // 500: the action failed
-	CodeNotReady     = "not_ready"    // 503: the first reconcile has not finished
+	CodeNotReady     = "not_ready"    // 503: the first reconcile has not finished (or, with serve --ready-when pools, a pool is still starting)
 )
 
 // ErrUnknownPool is returned (wrapped) by a Source's Reset or Stop for a pool
