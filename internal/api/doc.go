@@ -10,6 +10,7 @@
 //	GET  /readyz                200 once the first reconcile is done, else 503; without a token
 //	GET  /v1/pools              every pool: phase, preload, engine, GPUs, errors
 //	GET  /v1/pools/{id}         one pool (404 for an unknown one)
+//	GET  /v1/pools/{id}/ready   200 when the pool is Ready, else 503 (404 unknown); without a token
 //	GET  /v1/config             the config: valid, files, last loads, diagnostics
 //	GET  /metrics               the Prometheus metrics
 //	POST /v1/pools/{id}/reset   close one pool's breaker and clear its backoff
@@ -20,7 +21,7 @@
 //
 // Security: on a non-loopback address the daemon needs a bearer token
 // (POOL_MANAGERD_TOKEN, see [CheckListen]); with a token every route but
-// the probes /healthz and /readyz requires it, compared in constant time. Without a token (loopback
+// the probes /healthz, /readyz and /v1/pools/{id}/ready requires it, compared in constant time. Without a token (loopback
 // only) requests must name the host as an IP address or localhost, which
 // defeats DNS rebinding, and cross-origin browser POSTs are refused always.
 package api

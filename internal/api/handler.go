@@ -18,7 +18,9 @@ import (
 // Source is what the handler shows and acts on; the daemon implements it.
 // Its methods are called from many requests at once.
 type Source interface {
-	// Ready reports whether the first reconcile is done.
+	// Ready reports whether the daemon is ready: the first reconcile is
+	// done (and, with serve --ready-when pools, every pool is Ready or
+	// given up).
 	Ready() bool
 	// Pools returns every pool the daemon knows: those of the config in
 	// force and those it still has engines or restart records for.
@@ -56,6 +58,7 @@ var routes = []route{
 	{method: http.MethodGet, path: "/readyz", open: true, serve: (*handler).readyz},
 	{method: http.MethodGet, path: "/v1/pools", serve: (*handler).pools},
 	{method: http.MethodGet, path: "/v1/pools/{id}", serve: (*handler).pool},
+	{method: http.MethodGet, path: "/v1/pools/{id}/ready", open: true, serve: (*handler).poolReady},
 	{method: http.MethodGet, path: "/v1/config", serve: (*handler).config},
 	{method: http.MethodGet, path: "/metrics", serve: (*handler).metricsRoute},
 	{method: http.MethodPost, path: "/v1/pools/{id}/reset", serve: (*handler).resetOne},
@@ -75,8 +78,9 @@ type handler struct {
 // with an Allow header for a wrong method. metrics serves GET /metrics (404
 // when nil), typically promhttp.HandlerFor the daemon's registry.
 //
-// With a token, every route but /healthz and /readyz (the probes, which a
-// kubelet or a load balancer sends without credentials) requires the header
+// With a token, every route but /healthz, /readyz and /v1/pools/{id}/ready
+// (the probes, which a kubelet or a load balancer sends without credentials)
+// requires the header
 // "Authorization: Bearer TOKEN" (401 otherwise). Without one (only allowed
 // on loopback, see CheckListen) requests must carry a Host that is an IP
 // address or localhost (403 otherwise: a DNS rebinding attack names its own
@@ -166,10 +170,28 @@ func (h *handler) healthz(w http.ResponseWriter, _ *http.Request) {
 
 func (h *handler) readyz(w http.ResponseWriter, _ *http.Request) {
 	if !h.src.Ready() {
-		writeError(w, http.StatusServiceUnavailable, CodeNotReady, "not ready: the first reconcile has not finished")
+		writeError(w, http.StatusServiceUnavailable, CodeNotReady, "not ready: the first reconcile has not finished, or (serve --ready-when pools) a pool is still starting; GET /v1/pools shows them")
 		return
 	}
 	writeJSON(w, http.StatusOK, Readiness{Ready: true})
+}
+
+// poolReady is one pool's readiness probe: 200 when the pool is Ready, 503
+// otherwise, with its phase and reason either way. It is open like /readyz,
+// so an unknown pool's 404 does not list the pools the daemon knows.
+func (h *handler) poolReady(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	p, ok := h.src.Pool(id)
+	if !ok {
+		writeError(w, http.StatusNotFound, CodeUnknownPool, fmt.Sprintf("unknown pool %q", id))
+		return
+	}
+	p = normalizePool(id, p)
+	status := http.StatusOK
+	if !p.Ready {
+		status = http.StatusServiceUnavailable
+	}
+	writeJSON(w, status, PoolReadiness{Pool: p.Pool, Ready: p.Ready, Phase: p.Phase, Reason: p.Reason})
 }
 
 func (h *handler) pools(w http.ResponseWriter, _ *http.Request) {

@@ -164,6 +164,26 @@ func apiCases() []apiCase {
 		{name: "pool unknown none known", method: "GET", path: "/v1/pools/nope", setup: func(f *fakeSource) { f.pools = nil }, wantStatus: 404, wantCode: CodeUnknownPool, wantMessage: "(known: none)"},
 		{name: "pool without token", method: "GET", path: "/v1/pools/big", noAuth: true, wantStatus: 401, wantCode: CodeUnauthorized},
 
+		// A pool's readiness probe.
+		{name: "pool ready", method: "GET", path: "/v1/pools/mid/ready", setup: func(f *fakeSource) {
+			p := f.pools["mid"]
+			p.Phase, p.Ready, p.Reason = reconcile.Ready, true, "running, healthy"
+			f.pools["mid"] = p
+		}, wantStatus: 200, wantJSON: PoolReadiness{Pool: "mid", Ready: true, Phase: reconcile.Ready, Reason: "running, healthy"}},
+		{name: "pool ready preloading", method: "GET", path: "/v1/pools/mid/ready", wantStatus: 503, wantJSON: PoolReadiness{Pool: "mid", Phase: reconcile.Preloading}},
+		{name: "pool ready failed", method: "GET", path: "/v1/pools/big/ready", setup: func(f *fakeSource) {
+			p := f.pools["big"]
+			p.Phase, p.Reason = reconcile.Failed, "circuit breaker open"
+			f.pools["big"] = p
+		}, wantStatus: 503, wantJSON: PoolReadiness{Pool: "big", Phase: reconcile.Failed, Reason: "circuit breaker open"}},
+		{name: "pool ready stopped", method: "GET", path: "/v1/pools/small/ready", wantStatus: 503, wantJSON: PoolReadiness{Pool: "small", Phase: reconcile.Stopped}},
+		// Open to anyone, so it does not list the pools the daemon knows.
+		{name: "pool ready unknown", method: "GET", path: "/v1/pools/nope/ready", noAuth: true, wantStatus: 404, wantCode: CodeUnknownPool,
+			wantText: "{\n  \"error\": \"unknown_pool\",\n  \"message\": \"unknown pool \\\"nope\\\"\"\n}\n"},
+		{name: "pool ready without token (a probe)", method: "GET", path: "/v1/pools/mid/ready", noAuth: true, wantStatus: 503, wantJSON: PoolReadiness{Pool: "mid", Phase: reconcile.Preloading}},
+		{name: "pool ready wrong token", method: "GET", path: "/v1/pools/mid/ready", noAuth: true, header: map[string]string{"Authorization": "Bearer nope"}, wantStatus: 503},
+		{name: "pool ready any host", method: "GET", path: "/v1/pools/mid/ready", noToken: true, host: "lb.example", wantStatus: 503},
+
 		// Config.
 		{name: "config", method: "GET", path: "/v1/config", wantStatus: 200, wantJSON: func() Config {
 			c := newFake().config
@@ -330,6 +350,9 @@ func TestAuth(t *testing.T) {
 				want := tc.want
 				if rt.open || want == 0 {
 					want = 200
+					if rt.path == "/v1/pools/{id}/ready" {
+						want = 503 // big is Unready
+					}
 				}
 				if s.resp.StatusCode != want {
 					t.Fatalf("status %d, want %d; body:\n%s", s.resp.StatusCode, want, s.body)
@@ -361,6 +384,7 @@ func TestMethodNotAllowed(t *testing.T) {
 		{"GET", "/v1/reset", []string{"POST"}},
 		{"GET", "/v1/stop", []string{"POST"}},
 		{"GET", "/v1/pools/big/reset", []string{"POST"}},
+		{"POST", "/v1/pools/big/ready", []string{"GET", "HEAD"}},
 		{"PUT", "/metrics", []string{"GET", "HEAD"}},
 	} {
 		t.Run(tc.method+" "+tc.path, func(t *testing.T) {

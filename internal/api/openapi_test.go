@@ -148,20 +148,21 @@ func TestOpenAPIRequestBodies(t *testing.T) {
 
 // specTypes are the Go types behind the spec's schemas.
 var specTypes = map[string]reflect.Type{
-	"Pool":         reflect.TypeFor[Pool](),
-	"Preload":      reflect.TypeFor[Preload](),
-	"GPU":          reflect.TypeFor[GPU](),
-	"LastError":    reflect.TypeFor[LastError](),
-	"Config":       reflect.TypeFor[Config](),
-	"Revision":     reflect.TypeFor[Revision](),
-	"HeldBack":     reflect.TypeFor[HeldBack](),
-	"GitSource":    reflect.TypeFor[GitSource](),
-	"Diagnostic":   reflect.TypeFor[schema.Diagnostic](),
-	"Pos":          reflect.TypeFor[schema.Pos](),
-	"Readiness":    reflect.TypeFor[Readiness](),
-	"ResetRequest": reflect.TypeFor[ResetRequest](),
-	"StopRequest":  reflect.TypeFor[StopRequest](),
-	"Error":        reflect.TypeFor[Error](),
+	"Pool":          reflect.TypeFor[Pool](),
+	"Preload":       reflect.TypeFor[Preload](),
+	"GPU":           reflect.TypeFor[GPU](),
+	"LastError":     reflect.TypeFor[LastError](),
+	"Config":        reflect.TypeFor[Config](),
+	"Revision":      reflect.TypeFor[Revision](),
+	"HeldBack":      reflect.TypeFor[HeldBack](),
+	"GitSource":     reflect.TypeFor[GitSource](),
+	"Diagnostic":    reflect.TypeFor[schema.Diagnostic](),
+	"Pos":           reflect.TypeFor[schema.Pos](),
+	"Readiness":     reflect.TypeFor[Readiness](),
+	"PoolReadiness": reflect.TypeFor[PoolReadiness](),
+	"ResetRequest":  reflect.TypeFor[ResetRequest](),
+	"StopRequest":   reflect.TypeFor[StopRequest](),
+	"Error":         reflect.TypeFor[Error](),
 }
 
 // TestOpenAPITypes checks each schema against its Go type: the same

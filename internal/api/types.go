@@ -181,6 +181,16 @@ type Readiness struct {
 	Ready bool `json:"ready"`
 }
 
+// PoolReadiness is GET /v1/pools/{id}/ready's body, sent with 200 when the
+// pool is Ready and with 503 when it is not.
+type PoolReadiness struct {
+	Pool  string          `json:"pool"`
+	Ready bool            `json:"ready"`
+	Phase reconcile.Phase `json:"phase"`
+	// Reason says why the pool is in its phase, as Pool.Reason.
+	Reason string `json:"reason,omitempty"`
+}
+
 // ResetRequest is POST /v1/reset's body.
 type ResetRequest struct {
 	Pools []string `json:"pools"`
@@ -209,7 +219,7 @@ const (
 	CodeUnknownPool  = "unknown_pool" // 404: an operator action or a lookup on a pool the daemon does not know
 	CodeTooLarge     = "too_large"    // 413: a body over MaxBodyBytes
 	CodeInternal     = "internal"     // 500: the action failed
-	CodeNotReady     = "not_ready"    // 503: the first reconcile has not finished
+	CodeNotReady     = "not_ready"    // 503: the first reconcile has not finished (or, with serve --ready-when pools, a pool is still starting)
 )
 
 // ErrUnknownPool is returned (wrapped) by a Source's Reset or Stop for a pool

@@ -39,6 +39,7 @@ type serveFlags struct {
 	stopEnginesOnExit   bool
 	resync, debounce    time.Duration
 	healthEvery         time.Duration
+	readyWhen           string
 	removalSettle       time.Duration
 	allowEmpty          bool
 	git                 gitFlags
@@ -125,7 +126,8 @@ that GPU Unready; they are drained, stopped and restarted with the driver-error
 backoff.
 
 The HTTP API (see docs/openapi.yaml) serves /healthz, /readyz (ready after the
-first reconcile), /v1/pools, /v1/pools/{id}, /v1/config, /metrics, and the
+first reconcile; see --ready-when), /v1/pools, /v1/pools/{id}, each pool's probe
+/v1/pools/{id}/ready (200 when it is Ready, 503 otherwise), /v1/config, /metrics, and the
 operator actions that pool-managerd reset and stop use while the daemon holds
 the state directory's lock. --listen 127.0.0.1:0 picks a free port; the address
 is written to STATE_DIR/api.addr. A non-loopback address needs a bearer token
@@ -151,6 +153,14 @@ engines running: the next daemon adopts them without restarting any (with
 --stop-engines-on-exit they are stopped). Under systemd it reports READY=1
 after the first reconcile, a STATUS line, and answers the watchdog.
 
+--ready-when pools holds /readyz and READY=1 back until every pool of the node
+is Ready or given up: Failed (its circuit breaker open), stopped by an
+operator, or blocked with a reason (too little VRAM, a lost GPU). A pool that
+fails and waits for its backoff is still starting; its restarts end with the
+breaker open, so a bad pool cannot keep the daemon starting for good. Units
+ordered after pool-managerd then start once its engines serve; set the unit's
+TimeoutStartSec above the longest model load (docs/deploy.md).
+
 Every flag can be set by an environment variable: POOL_MANAGERD_ and the flag's
 name in upper case with _ for - (POOL_MANAGERD_CONFIG, POOL_MANAGERD_LISTEN, ...).`,
 		Example: `  pool-managerd serve --config /etc/pool-managerd/config
@@ -172,6 +182,7 @@ name in upper case with _ for - (POOL_MANAGERD_CONFIG, POOL_MANAGERD_LISTEN, ...
 	fl.DurationVar(&f.debounce, "debounce", 200*time.Millisecond, "quiet time after a config change before it is loaded")
 	fl.DurationVar(&f.healthEvery, "health-interval", 10*time.Second, "how often Ready engines' health endpoints are asked between resyncs (an engine that fails is restarted)")
 	fl.DurationVar(&f.removalSettle, "removal-settle", 5*time.Second, "how long a pool must stay out of the config before its engine is stopped (0: at once); one that comes back within it is untouched")
+	fl.StringVar(&f.readyWhen, "ready-when", string(daemon.ReadyStarted), "when /readyz answers 200 and READY=1 is sent to systemd: started (after the first reconcile) or pools (once every pool is Ready or given up: Failed, stopped, or blocked with a reason)")
 	fl.BoolVar(&f.allowEmpty, "allow-empty", false, "apply a config that leaves this node no pools while its engines run (by default it is held back, as Argo CD's allowEmpty)")
 	return cmd
 }
@@ -203,6 +214,10 @@ func runServe(cmd *cobra.Command, f serveFlags) error {
 	}
 	if f.resync <= 0 || f.debounce <= 0 || f.healthEvery <= 0 {
 		return usageError("--resync, --debounce and --health-interval must be positive")
+	}
+	readyWhen, err := daemon.ParseReadyWhen(f.readyWhen)
+	if err != nil {
+		return usageError("--ready-when %v", err)
 	}
 	if f.removalSettle < 0 {
 		return usageError("--removal-settle %v: must be 0 or more", f.removalSettle)
@@ -262,7 +277,7 @@ func runServe(cmd *cobra.Command, f serveFlags) error {
 	d, err := daemon.New(daemon.Options{
 		ConfigDir: configDir, StateDir: stateDir, Node: node, GPUs: gpus, Source: src.String(), Engines: driver,
 		Logger: log, Registry: reg, Resync: f.resync, Debounce: f.debounce, HealthEvery: f.healthEvery, Notify: sdNotify(log),
-		RemovalSettle: f.removalSettle, AllowEmpty: f.allowEmpty, Git: git,
+		RemovalSettle: f.removalSettle, AllowEmpty: f.allowEmpty, Git: git, ReadyWhen: readyWhen,
 		Step: crashStep(),
 	})
 	if err != nil {

@@ -69,6 +69,10 @@ type Options struct {
 	HealthEvery time.Duration
 	// Notify, when set, receives sd_notify states ("READY=1", "STATUS=...").
 	Notify func(state string)
+	// ReadyWhen says when the daemon becomes ready (/readyz 200 and
+	// READY=1): ReadyStarted (the default, "") after the first reconcile,
+	// ReadyPools once every pool of the node is Ready or given up.
+	ReadyWhen ReadyWhen
 	// Step is passed to the Executor (crash-safety tests).
 	Step func(pool, step string)
 	// Probe asks an engine's health endpoint for the health watch; nil is
@@ -85,6 +89,31 @@ type Options struct {
 	// commit it checks out is loaded, and ConfigDir is not used. The daemon
 	// runs its fetch loop.
 	Git *gitsource.Source
+}
+
+// ReadyWhen is when the daemon becomes ready (serve --ready-when).
+type ReadyWhen string
+
+const (
+	// ReadyStarted: ready once the first reconcile is done, whatever the
+	// pools' phases.
+	ReadyStarted ReadyWhen = "started"
+	// ReadyPools: ready once, after the first reconcile, every pool of the
+	// node's config in force is Ready or given up: Failed (its circuit
+	// breaker open), Stopped by an operator, or blocked by the plan with a
+	// reason (too little VRAM, a lost GPU, ...). A pool that fails and waits
+	// for its backoff is still starting: its restarts end Ready or with the
+	// breaker open, so a bad pool never holds the daemon back for good.
+	ReadyPools ReadyWhen = "pools"
+)
+
+// ParseReadyWhen parses serve --ready-when's value.
+func ParseReadyWhen(s string) (ReadyWhen, error) {
+	switch w := ReadyWhen(s); w {
+	case ReadyStarted, ReadyPools:
+		return w, nil
+	}
+	return "", fmt.Errorf("%q: want %s or %s", s, ReadyStarted, ReadyPools)
 }
 
 // Daemon is a running pool-managerd serve.
@@ -138,6 +167,8 @@ type Daemon struct {
 	// wakeAt is the earliest backoff or half-open try the last pass deferred.
 	wakeAt     time.Time
 	lastStatus string
+	// waiting are the pools readiness waits for (ReadyPools), as last logged.
+	waiting string
 	// memory hands what config loads leave behind back to the OS.
 	memory *memoryReturn
 
@@ -157,6 +188,12 @@ func New(opts Options) (*Daemon, error) {
 	}
 	if opts.HealthEvery <= 0 {
 		opts.HealthEvery = 10 * time.Second
+	}
+	if opts.ReadyWhen == "" {
+		opts.ReadyWhen = ReadyStarted
+	}
+	if _, err := ParseReadyWhen(string(opts.ReadyWhen)); err != nil {
+		return nil, fmt.Errorf("daemon: ReadyWhen %w", err)
 	}
 	log := opts.Logger
 	if log == nil {

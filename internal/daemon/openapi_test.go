@@ -263,6 +263,25 @@ func TestOpenAPIAgainstTheDaemon(t *testing.T) {
 		t.Errorf("pool broken: %+v, want Failed with its breaker open", p)
 	}
 	c.do(srv, "GET", "/v1/pools/nope", "").wantError(t, "an unknown pool", 404, api.CodeUnknownPool)
+	// Each pool's probe, without a token: 200 exactly for the Ready ones.
+	for _, tc := range []struct {
+		id     string
+		status int
+		phase  reconcile.Phase
+	}{
+		{"ready", 200, reconcile.Ready},
+		{"split", 200, reconcile.Ready},
+		{"loading", 503, reconcile.Preloading},
+		{"failing", 503, got["failing"].Phase},
+		{"broken", 503, reconcile.Failed},
+	} {
+		var pr api.PoolReadiness
+		c.do(srv, "GET", "/v1/pools/"+tc.id+"/ready", "", noAuth).want(t, "probe of pool "+tc.id, tc.status, &pr)
+		if pr.Pool != tc.id || pr.Ready != (tc.status == 200) || pr.Phase != tc.phase {
+			t.Errorf("probe of pool %s: %+v, want ready %v in phase %s", tc.id, pr, tc.status == 200, tc.phase)
+		}
+	}
+	c.do(srv, "GET", "/v1/pools/nope/ready", "", noAuth).wantError(t, "the probe of an unknown pool", 404, api.CodeUnknownPool)
 	c.do(srv, "GET", "/v1/config", "").want(t, "config", 200, &cfg)
 	if !cfg.Valid || len(cfg.Errors) != 0 || len(cfg.Pools) != 5 || cfg.LastGoodLoad.IsZero() {
 		t.Errorf("config: %+v, want valid with 5 pools", cfg)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/poolmanagerd/pool-managerd/drivers/engine"
@@ -199,11 +200,34 @@ func (d *Daemon) pass(ctx context.Context, early *observation) {
 	}
 	d.wakeAt = wake
 	d.metrics.ReconcileDone(time.Since(started))
+	d.becomeReady(len(desired.Pools), time.Since(started))
+	d.notifyStatus()
+}
+
+// becomeReady marks the daemon ready, and tells systemd, at the end of the
+// first pass, or with ReadyPools at the end of the first pass that finds
+// every pool Ready or given up. Once ready it stays ready.
+func (d *Daemon) becomeReady(pools int, took time.Duration) {
+	if d.view.isReady() {
+		return
+	}
+	if d.opts.ReadyWhen == ReadyPools {
+		if waiting := d.view.unsettled(d.exec, d.now()); len(waiting) > 0 {
+			if w := strings.Join(waiting, ", "); w != d.waiting {
+				d.waiting = w
+				d.log.Info("not ready yet: waiting for pools to be Ready or given up", "pools", w)
+			}
+			return
+		}
+	}
 	if d.view.markReady() {
-		d.log.Info("first reconcile done: ready", "pools", len(desired.Pools), "took", time.Since(started).Round(time.Millisecond).String())
+		what := "first reconcile done: ready"
+		if d.opts.ReadyWhen == ReadyPools {
+			what = "every pool Ready or given up: ready"
+		}
+		d.log.Info(what, "pools", pools, "took", took.Round(time.Millisecond).String())
 		d.notify("READY=1")
 	}
-	d.notifyStatus()
 }
 
 // liftHolds lifts the operator stops of pools whose config changed.
@@ -509,6 +533,9 @@ func (d *Daemon) notifyStatus() {
 	} else {
 		ready, total := d.view.readyCount(d.exec)
 		s = fmt.Sprintf("STATUS=%d/%d pools Ready", ready, total)
+		if d.waiting != "" && !d.view.isReady() {
+			s += "; starting, waiting for " + d.waiting
+		}
 		if !d.view.configValid() {
 			s += "; config invalid, the last good one is in force"
 		}

@@ -219,6 +219,27 @@ func (v *view) pools(x *executor.Executor, now time.Time) []api.Pool {
 	return poolview.Build(poolview.Input{Desired: v.desired, Held: v.held, Blocked: v.blocked, Removals: v.removals, Observed: v.obs, State: st, Now: now})
 }
 
+// unsettled lists, sorted, the pools of the config in force that are
+// neither Ready nor given up (Failed, Stopped, or blocked by the last plan):
+// those serve --ready-when pools waits for.
+func (v *view) unsettled(x *executor.Executor, now time.Time) []string {
+	rows := v.pools(x, now)
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	var out []string
+	for _, r := range rows {
+		if _, wanted := v.desired[r.Pool]; !wanted || v.blocked[r.Pool] != "" {
+			continue
+		}
+		switch r.Phase {
+		case reconcile.Ready, reconcile.Failed, reconcile.Stopped:
+			continue
+		}
+		out = append(out, r.Pool)
+	}
+	return out
+}
+
 // readyCount counts the Ready pools of the config in force.
 func (v *view) readyCount(x *executor.Executor) (ready, total int) {
 	rows := v.pools(x, time.Now())
