@@ -572,3 +572,34 @@ func TestKnown(t *testing.T) {
 		t.Errorf("restarts_total{chat, exited} of a returning pool: got %v (present %v), want 0", v, ok)
 	}
 }
+
+func TestBuildInfo(t *testing.T) {
+	tests := []struct {
+		name, version, goVersion, revision, want string
+	}{
+		{"stamped", "v1.2.0", "go1.24.1", "0123abcd", `pool_managerd_build_info{goversion="go1.24.1",revision="0123abcd",version="v1.2.0"} 1`},
+		{"no revision recorded", "devel", "go1.24.1", "", `pool_managerd_build_info{goversion="go1.24.1",revision="",version="devel"} 1`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			reg := prometheus.NewPedanticRegistry()
+			if err := reg.Register(NewBuildInfo(tt.version, tt.goVersion, tt.revision)); err != nil {
+				t.Fatal(err)
+			}
+			want := `
+# HELP pool_managerd_build_info The build of pool-managerd that runs: always 1, with its version, the Go version it was built with and the commit it was built from (empty when unknown) as labels.
+# TYPE pool_managerd_build_info gauge
+` + tt.want + "\n"
+			if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "pool_managerd_build_info"); err != nil {
+				t.Error(err)
+			}
+			problems, err := testutil.GatherAndLint(reg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range problems {
+				t.Errorf("%s: %s", p.Metric, p.Text)
+			}
+		})
+	}
+}
