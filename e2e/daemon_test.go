@@ -337,6 +337,34 @@ func TestDaemonXidAndMetrics(t *testing.T) {
 		return v0 == float64(used[0]) && v1 == float64(used[1])
 	})
 	checkMetrics(t, w, d, m, used)
+	checkOpenMetrics(t, d)
+}
+
+// checkOpenMetrics checks that /metrics answers in the OpenMetrics format
+// when the Accept header asks for it, as docs/openapi.yaml says, and in the
+// Prometheus text format otherwise.
+func checkOpenMetrics(t *testing.T, d *daemon) {
+	t.Helper()
+	tests := []struct {
+		name, accept, contentType string
+		eof                       bool
+	}{
+		{"no Accept header", "", "text/plain", false},
+		{"OpenMetrics asked for", "application/openmetrics-text", "application/openmetrics-text", true},
+		{"as Prometheus asks", "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1", "application/openmetrics-text", true},
+	}
+	for _, tt := range tests {
+		ct, body := d.scrape(tt.accept)
+		if !strings.HasPrefix(ct, tt.contentType) {
+			t.Errorf("%s: Content-Type %q, want %s", tt.name, ct, tt.contentType)
+		}
+		if got := strings.HasSuffix(body, "# EOF\n"); got != tt.eof {
+			t.Errorf("%s: the body ends with \"# EOF\": %v, want %v; its end:\n%s", tt.name, got, tt.eof, body[max(0, len(body)-200):])
+		}
+		if !strings.Contains(body, "\npool_managerd_restarts_total{") {
+			t.Errorf("%s: no pool_managerd_restarts_total series in the body", tt.name)
+		}
+	}
 }
 
 // checkMetrics checks every metric family named in the design, after the

@@ -279,7 +279,7 @@ func runServe(cmd *cobra.Command, f serveFlags) error {
 		return fmt.Errorf("serve: %w", err)
 	}
 	defer func() { _ = api.RemoveAddr(stateDir) }()
-	handler := api.NewHandler(d, promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}), token)
+	handler := api.NewHandler(d, promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg, EnableOpenMetrics: true}), token)
 	apiErr := make(chan error, 1)
 	go func() { apiErr <- api.Serve(ctx, ln, handler) }()
 	log.Info("API listening", "address", ln.Addr().String(), "token", token != "")
