@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/http"
 	"os"
@@ -436,6 +437,33 @@ func (d *daemon) metrics() metricFamilies {
 		d.t.Fatalf("GET /metrics: parse the text format: %v", err)
 	}
 	return fams
+}
+
+// scrape GETs /metrics with the Accept header accept (none when empty) and
+// returns the response's Content-Type and body.
+func (d *daemon) scrape(accept string) (contentType, body string) {
+	d.t.Helper()
+	req, err := http.NewRequest(http.MethodGet, "http://"+d.addr+"/metrics", nil)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	if accept != "" {
+		req.Header.Set("Accept", accept)
+	}
+	c := http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Do(req)
+	if err != nil {
+		d.t.Fatalf("GET /metrics (Accept: %s): %v", accept, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		d.t.Fatalf("GET /metrics (Accept: %s): %v", accept, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		d.t.Fatalf("GET /metrics (Accept: %s): %s", accept, resp.Status)
+	}
+	return resp.Header.Get("Content-Type"), string(b)
 }
 
 // metricFamilies are the metric families of a scrape, by name.

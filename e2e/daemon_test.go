@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -336,6 +337,34 @@ func TestDaemonXidAndMetrics(t *testing.T) {
 		return v0 == float64(used[0]) && v1 == float64(used[1])
 	})
 	checkMetrics(t, w, d, m, used)
+	checkOpenMetrics(t, d)
+}
+
+// checkOpenMetrics checks that /metrics answers in the OpenMetrics format
+// when the Accept header asks for it, as docs/openapi.yaml says, and in the
+// Prometheus text format otherwise.
+func checkOpenMetrics(t *testing.T, d *daemon) {
+	t.Helper()
+	tests := []struct {
+		name, accept, contentType string
+		eof                       bool
+	}{
+		{"no Accept header", "", "text/plain", false},
+		{"OpenMetrics asked for", "application/openmetrics-text", "application/openmetrics-text", true},
+		{"as Prometheus asks", "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1", "application/openmetrics-text", true},
+	}
+	for _, tt := range tests {
+		ct, body := d.scrape(tt.accept)
+		if !strings.HasPrefix(ct, tt.contentType) {
+			t.Errorf("%s: Content-Type %q, want %s", tt.name, ct, tt.contentType)
+		}
+		if got := strings.HasSuffix(body, "# EOF\n"); got != tt.eof {
+			t.Errorf("%s: the body ends with \"# EOF\": %v, want %v; its end:\n%s", tt.name, got, tt.eof, body[max(0, len(body)-200):])
+		}
+		if !strings.Contains(body, "\npool_managerd_restarts_total{") {
+			t.Errorf("%s: no pool_managerd_restarts_total series in the body", tt.name)
+		}
+	}
 }
 
 // checkMetrics checks every metric family named in the design, after the
@@ -346,7 +375,8 @@ func checkMetrics(t *testing.T, w *workspace, d *daemon, m metricFamilies, used 
 	t.Helper()
 	for _, name := range []string{
 		"pool_ready", "pool_phase", "preload_total", "preload_duration_seconds", "restarts_total",
-		"backoff_seconds", "circuit_state", "driver_events_total", "gpu_memory_total_bytes",
+		"backoff_seconds", "circuit_state", "driver_events_total", "driver_errors_total", "engine_kills_total",
+		"build_info", "gpu_memory_total_bytes",
 		"gpu_memory_used_bytes", "gpu_memory_free_bytes", "host_memory_total_bytes",
 		"host_memory_available_bytes", "reconcile_duration_seconds", "config_valid",
 		"config_last_load_timestamp_seconds",
@@ -379,9 +409,12 @@ func checkMetrics(t *testing.T, w *workspace, d *daemon, m metricFamilies, used 
 			}
 		}
 		m.expect(t, p+"preload_total", map[string]string{"pool": id, "outcome": "success", "engine": "llamacpp"}, preloads)
-		if n := len(m.find(p+"preload_total", map[string]string{"pool": id, "outcome": "failure"})); n != 0 {
-			t.Errorf("preload_total{pool=%q,outcome=failure}: %d series, want none", id, n)
+		// Every counter series a pool can have is there at 0 before its
+		// first event, so that increase() sees that event.
+		for _, class := range restart.Classes {
+			m.expect(t, p+"preload_total", map[string]string{"pool": id, "outcome": "failure", "engine": "llamacpp", "reason": class}, 0)
 		}
+		m.expect(t, p+"engine_kills_total", pool, 0)
 		m.expect(t, p+"preload_duration_seconds", pool, preloads) // the histogram's count
 		if h := m.find(p+"preload_duration_seconds", pool); len(h) == 1 && h[0].GetHistogram().GetSampleSum() <= 0 {
 			t.Errorf("preload_duration_seconds{pool=%q}: sum %v, want > 0", id, h[0].GetHistogram().GetSampleSum())
@@ -390,8 +423,25 @@ func checkMetrics(t *testing.T, w *workspace, d *daemon, m metricFamilies, used 
 		m.expect(t, p+"circuit_state", pool, 0)
 	}
 	m.expect(t, p+"restarts_total", map[string]string{"pool": "g1", "reason": restart.ClassDriverReset}, 1)
-	if n := len(m.find(p+"restarts_total", map[string]string{"pool": "g0"})); n != 0 {
-		t.Errorf("restarts_total{pool=g0}: %d series, want none", n)
+	for _, class := range restart.Classes {
+		if class != restart.ClassDriverReset {
+			m.expect(t, p+"restarts_total", map[string]string{"pool": "g1", "reason": class}, 0)
+		}
+		m.expect(t, p+"restarts_total", map[string]string{"pool": "g0", "reason": class}, 0)
+	}
+	// driver_errors_total is there for every GPU, at 0 for GPU 0, whose
+	// only Xid was an application one.
+	m.expect(t, p+"driver_errors_total", map[string]string{"gpu": "0"}, 0)
+	m.expect(t, p+"driver_errors_total", map[string]string{"gpu": "1"}, 1)
+	if v, ok := m.value(t, p+"build_info", map[string]string{"goversion": runtime.Version()}); !ok || v != 1 {
+		t.Errorf("build_info{goversion=%q} = %v (present %v), want 1", runtime.Version(), v, ok)
+	}
+	if s := m.find(p+"build_info", nil); len(s) == 1 {
+		for _, l := range s[0].GetLabel() {
+			if l.GetName() == "version" && l.GetValue() == "" {
+				t.Error("build_info has an empty version label")
+			}
+		}
 	}
 	m.expect(t, p+"driver_events_total", map[string]string{"gpu": "1", "xid": "79"}, 1)
 	if s := m.find(p+"driver_events_total", map[string]string{"xid": "13"}); len(s) != 0 {

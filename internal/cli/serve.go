@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -25,6 +26,7 @@ import (
 	"github.com/poolmanagerd/pool-managerd/internal/api"
 	"github.com/poolmanagerd/pool-managerd/internal/daemon"
 	"github.com/poolmanagerd/pool-managerd/internal/gitsource"
+	"github.com/poolmanagerd/pool-managerd/internal/metrics"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
 
@@ -273,7 +275,8 @@ func runServe(cmd *cobra.Command, f serveFlags) error {
 		}
 	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		metrics.NewBuildInfo(Version(), runtime.Version(), Revision()))
 	d, err := daemon.New(daemon.Options{
 		ConfigDir: configDir, StateDir: stateDir, Node: node, GPUs: gpus, Source: src.String(), Engines: driver,
 		Logger: log, Registry: reg, Resync: f.resync, Debounce: f.debounce, HealthEvery: f.healthEvery, Notify: sdNotify(log),
@@ -291,7 +294,7 @@ func runServe(cmd *cobra.Command, f serveFlags) error {
 		return fmt.Errorf("serve: %w", err)
 	}
 	defer func() { _ = api.RemoveAddr(stateDir) }()
-	handler := api.NewHandler(d, promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}), token)
+	handler := api.NewHandler(d, promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg, EnableOpenMetrics: true}), token)
 	apiErr := make(chan error, 1)
 	go func() { apiErr <- api.Serve(ctx, ln, handler) }()
 	log.Info("API listening", "address", ln.Addr().String(), "token", token != "")

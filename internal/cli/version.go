@@ -23,6 +23,35 @@ func Version() string {
 	return "devel"
 }
 
+// Revision returns the commit pool-managerd was built from, as the Go
+// toolchain recorded it (vcs.revision, with "+dirty" when the work tree had
+// uncommitted changes); empty when the build recorded none (go test,
+// -buildvcs=false, a build outside Git).
+func Revision() string {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return ""
+	}
+	return revisionOf(info.Settings)
+}
+
+func revisionOf(settings []debug.BuildSetting) string {
+	var rev string
+	var dirty bool
+	for _, s := range settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			dirty = s.Value == "true"
+		}
+	}
+	if rev != "" && dirty {
+		rev += "+dirty"
+	}
+	return rev
+}
+
 func newVersionCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "version",

@@ -19,7 +19,9 @@ var failLoad = map[string]string{"FAKE_ENGINE_FAIL_LOAD": "1"}
 //     failure: two failed preloads (reason exited), one restart, breaker
 //     open, phase Failed;
 //   - waiting: its one preload failed and its next try is ten minutes away:
-//     one failed preload, no restart, phase Unready, backoff_seconds > 0.
+//     one failed preload, no restart, phase Unready, backoff_seconds > 0;
+//   - every counter series a pool or GPU can have (but driver_events_total,
+//     whose xid label is open-ended) is there at 0 before its first event.
 func TestMetricsAfterEvents(t *testing.T) {
 	t.Parallel()
 	n := newNode(t, 1)
@@ -55,18 +57,25 @@ func TestMetricsAfterEvents(t *testing.T) {
 	wantMetric(t, g, "pool_managerd_restarts_total", l("pool", "flaky", "reason", restart.ClassExited), 1)
 	wantMetric(t, g, "pool_managerd_circuit_state", l("pool", "flaky"), 1)
 	wantMetric(t, g, "pool_managerd_pool_ready", l("pool", "flaky"), 0)
-	if _, ok := metric(t, g, "pool_managerd_preload_total", l("pool", "flaky", "outcome", "success")); ok {
-		t.Error("preload_total has a success series for pool flaky, whose every preload failed")
-	}
+	// Every counter series a pool can have is there from the start, at 0
+	// until its first event, so that increase() sees that event.
+	wantMetric(t, g, "pool_managerd_preload_total", l("pool", "flaky", "engine", engine, "outcome", "success", "reason", ""), 0)
 	// waiting
 	wantMetric(t, g, "pool_managerd_preload_total", l("pool", "waiting", "engine", engine, "outcome", "failure", "reason", restart.ClassExited), 1)
 	wantMetric(t, g, "pool_managerd_pool_ready", l("pool", "waiting"), 0)
 	if v, ok := metric(t, g, "pool_managerd_backoff_seconds", l("pool", "waiting")); !ok || v <= 0 || v > 600 {
 		t.Errorf("backoff_seconds{pool=waiting} = %v (found %v), want in (0, 600]", v, ok)
 	}
-	if _, ok := metric(t, g, "pool_managerd_restarts_total", l("pool", "waiting")); ok {
-		t.Error("restarts_total has a series for pool waiting, which was never restarted")
+	for _, pool := range []string{"ok", "waiting"} {
+		for _, class := range restart.Classes {
+			wantMetric(t, g, "pool_managerd_restarts_total", l("pool", pool, "reason", class), 0)
+		}
+		wantMetric(t, g, "pool_managerd_engine_kills_total", l("pool", pool), 0)
 	}
+	for _, class := range restart.Classes {
+		wantMetric(t, g, "pool_managerd_preload_total", l("pool", "ok", "engine", engine, "outcome", "failure", "reason", class), 0)
+	}
+	wantMetric(t, g, "pool_managerd_driver_errors_total", l("gpu", "0"), 0)
 	// the daemon
 	wantMetric(t, g, "pool_managerd_config_valid", nil, 1)
 	if v, ok := metric(t, g, "pool_managerd_reconcile_duration_seconds", nil); !ok || v < 1 {

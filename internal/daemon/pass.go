@@ -66,6 +66,24 @@ func (d *Daemon) launch(pool string, o *op, fn func(ctx context.Context) opResul
 	}()
 }
 
+// knownToMetrics exports at 0 the counter series of the pools the daemon
+// keeps and of the GPUs it observed (metrics.Known), so that the first
+// restart, failed preload or driver error of each shows in increase().
+func (d *Daemon) knownToMetrics(desired reconcile.Desired, obs reconcile.Observed) {
+	if d.metrics == nil {
+		return
+	}
+	pools := make(map[string]string, len(desired.Pools))
+	for id, p := range desired.Pools {
+		pools[id] = string(p.Engine)
+	}
+	gpus := make([]int, len(obs.GPUs))
+	for i, g := range obs.GPUs {
+		gpus[i] = g.Index
+	}
+	d.metrics.Known(pools, gpus)
+}
+
 // finish is called by the loop when an op returns.
 func (d *Daemon) finish(r opResult) {
 	delete(d.busy, r.pool)
@@ -179,6 +197,7 @@ func (d *Daemon) pass(ctx context.Context, early *observation) {
 	d.liftHolds(desired)
 	plan := reconcile.Plan(desired, obs, now)
 	d.view.observed(obs, desired.Pools, plan, d.removalTimes())
+	d.knownToMetrics(desired, obs)
 	d.cancelStale(desired)
 	d.runFaults(desired, st)
 	d.runHeld(st, obs)

@@ -16,11 +16,13 @@ package metrics
 import (
 	"errors"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
+	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
 )
 
 // Namespace is the prefix of every metric name.
@@ -62,11 +64,18 @@ type Metrics struct {
 	restarts        *prometheus.CounterVec
 	engineKills     *prometheus.CounterVec
 	driverEvents    *prometheus.CounterVec
+	driverErrors    *prometheus.CounterVec
 	reconcile       prometheus.Histogram
 	configValid     prometheus.Gauge
 	configLoaded    prometheus.Gauge
 
 	snapshot *snapshotCollector
+
+	// mu guards known and gpus, what Known has already exported at 0: the
+	// engine of each pool, and the GPU indices.
+	mu    sync.Mutex
+	known map[string]string
+	gpus  map[int]bool
 }
 
 var _ prometheus.Collector = (*Metrics)(nil)
@@ -112,6 +121,11 @@ func New(reg prometheus.Registerer, snapshot func() Snapshot) (*Metrics, error) 
 			Name:      "driver_events_total",
 			Help:      "Critical GPU driver events, by GPU index and Xid error code (\"lost\" for a GPU that fell off the bus or needs a reset).",
 		}, []string{"gpu", "xid"}),
+		driverErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace,
+			Name:      "driver_errors_total",
+			Help:      "Critical GPU driver events (Xid errors and lost GPUs), by GPU index: driver_events_total summed over xid, exported at 0 for every GPU from the start.",
+		}, []string{"gpu"}),
 		reconcile: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: Namespace,
 			Name:      "reconcile_duration_seconds",
@@ -129,6 +143,8 @@ func New(reg prometheus.Registerer, snapshot func() Snapshot) (*Metrics, error) 
 			Help:      "Unix time in seconds of the last successful config load (the config in force).",
 		}),
 		snapshot: newSnapshotCollector(snapshot),
+		known:    map[string]string{},
+		gpus:     map[int]bool{},
 	}
 	if err := reg.Register(m); err != nil {
 		return nil, err
@@ -138,7 +154,7 @@ func New(reg prometheus.Registerer, snapshot func() Snapshot) (*Metrics, error) 
 
 func (m *Metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{
-		m.preloads, m.preloadDuration, m.restarts, m.engineKills, m.driverEvents,
+		m.preloads, m.preloadDuration, m.restarts, m.engineKills, m.driverEvents, m.driverErrors,
 		m.reconcile, m.configValid, m.configLoaded, m.snapshot,
 	}
 }
@@ -205,7 +221,9 @@ func (m *Metrics) DriverEvent(e gpu.Event) {
 	if e.Kind != gpu.EventLost {
 		xid = strconv.FormatUint(e.Xid, 10)
 	}
-	m.driverEvents.WithLabelValues(strconv.Itoa(e.Index), xid).Inc()
+	index := strconv.Itoa(e.Index)
+	m.driverEvents.WithLabelValues(index, xid).Inc()
+	m.driverErrors.WithLabelValues(index).Inc()
 }
 
 // ReconcileDone records a reconcile pass that took took.
@@ -243,6 +261,48 @@ func (m *Metrics) ConfigHeldBack() {
 	m.configValid.Set(1)
 }
 
+// Known exports at 0 every counter series the pools and GPUs can have and
+// do not have yet, so that rate() and increase() see their first event:
+// for each pool (by id, with its engine kind), engine_kills_total,
+// restarts_total for each error class (restart.Classes), and
+// preload_total's success and each class of failure; for each GPU index,
+// driver_errors_total. driver_events_total is left alone: its xid label is
+// open-ended.
+//
+// A pool whose engine kind changed loses its preload_total series of the
+// old engine. The daemon calls Known at each reconcile pass with the pools
+// it keeps and the GPUs it observed; a call that brings nothing new costs a
+// map lookup per pool and GPU.
+func (m *Metrics) Known(pools map[string]string, gpus []int) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for pool, engine := range pools {
+		old, ok := m.known[pool]
+		if ok && old == engine {
+			continue
+		}
+		if ok {
+			m.preloads.DeletePartialMatch(prometheus.Labels{"pool": pool, "engine": old})
+		}
+		m.known[pool] = engine
+		m.engineKills.WithLabelValues(pool)
+		m.preloads.WithLabelValues(pool, engine, OutcomeSuccess, "")
+		for _, class := range restart.Classes {
+			m.restarts.WithLabelValues(pool, class)
+			m.preloads.WithLabelValues(pool, engine, OutcomeFailure, class)
+		}
+	}
+	for _, index := range gpus {
+		if !m.gpus[index] {
+			m.gpus[index] = true
+			m.driverErrors.WithLabelValues(strconv.Itoa(index))
+		}
+	}
+}
+
 // ForgetPool deletes the event series of a pool removed from the config
 // (preload_total, preload_duration_seconds, restarts_total, engine_kills_total). Its snapshot
 // series go away by themselves once the snapshot no longer lists it.
@@ -250,6 +310,9 @@ func (m *Metrics) ForgetPool(pool string) {
 	if m == nil {
 		return
 	}
+	m.mu.Lock()
+	delete(m.known, pool)
+	m.mu.Unlock()
 	labels := prometheus.Labels{"pool": pool}
 	m.preloads.DeletePartialMatch(labels)
 	m.preloadDuration.DeletePartialMatch(labels)

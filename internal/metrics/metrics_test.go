@@ -3,6 +3,8 @@ package metrics
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -90,6 +92,7 @@ func TestNew(t *testing.T) {
 func TestNilMetrics(t *testing.T) {
 	var m *Metrics
 	events(m)
+	m.Known(map[string]string{"chat": "llamacpp"}, []int{0})
 	m.ForgetPool("chat")
 }
 
@@ -314,6 +317,10 @@ pool_managerd_restarts_total{pool="embed",reason="health_timeout"} 1
 # TYPE pool_managerd_driver_events_total counter
 pool_managerd_driver_events_total{gpu="0",xid="79"} 1
 pool_managerd_driver_events_total{gpu="1",xid="lost"} 1
+# HELP pool_managerd_driver_errors_total Critical GPU driver events (Xid errors and lost GPUs), by GPU index: driver_events_total summed over xid, exported at 0 for every GPU from the start.
+# TYPE pool_managerd_driver_errors_total counter
+pool_managerd_driver_errors_total{gpu="0"} 1
+pool_managerd_driver_errors_total{gpu="1"} 1
 # HELP pool_managerd_reconcile_duration_seconds Time in seconds one reconcile pass (observe, plan, apply) took.
 # TYPE pool_managerd_reconcile_duration_seconds histogram
 pool_managerd_reconcile_duration_seconds_bucket{le="0.001"} 0
@@ -341,7 +348,7 @@ pool_managerd_reconcile_duration_seconds_count 1
 var eventMetrics = []string{
 	"pool_managerd_preload_total", "pool_managerd_preload_duration_seconds",
 	"pool_managerd_restarts_total", "pool_managerd_driver_events_total",
-	"pool_managerd_reconcile_duration_seconds",
+	"pool_managerd_driver_errors_total", "pool_managerd_reconcile_duration_seconds",
 }
 
 func TestEvents(t *testing.T) {
@@ -438,8 +445,8 @@ pool_managerd_restarts_total{pool="chat",reason="exited"} 1
 		t.Errorf("after forgetting every pool, %d pool series are left", n)
 	}
 	// Series that are not a pool's stay.
-	if n := testutil.CollectAndCount(m, "pool_managerd_driver_events_total", "pool_managerd_reconcile_duration_seconds"); n != 3 {
-		t.Errorf("driver and reconcile series: got %d, want 3", n)
+	if n := testutil.CollectAndCount(m, "pool_managerd_driver_events_total", "pool_managerd_driver_errors_total", "pool_managerd_reconcile_duration_seconds"); n != 5 {
+		t.Errorf("driver and reconcile series: got %d, want 5", n)
 	}
 	// A forgotten pool counts from zero when it comes back.
 	m.Restarted("chat", restart.ClassExited)
@@ -459,3 +466,140 @@ const heldBackHeader = `
 const pendingHeader = `
 # HELP pool_managerd_pools_pending_removal Pools that left the config and keep running until their removal settles (serve --removal-settle).
 # TYPE pool_managerd_pools_pending_removal gauge`
+
+// series returns the value of each series of the metric name that m
+// collects, keyed by its labels as name="value" pairs joined by commas, in
+// label name order.
+func series(t *testing.T, m *Metrics, name string) map[string]float64 {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	if err := reg.Register(m); err != nil {
+		t.Fatal(err)
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, s := range f.GetMetric() {
+			var labels []string
+			for _, l := range s.GetLabel() {
+				labels = append(labels, l.GetName()+"="+strconv.Quote(l.GetValue()))
+			}
+			out[strings.Join(labels, ",")] = s.GetCounter().GetValue()
+		}
+	}
+	return out
+}
+
+func TestKnown(t *testing.T) {
+	m, _ := newMetrics(t, Snapshot{})
+	m.Known(map[string]string{"chat": "llamacpp", "embed": "vllm"}, []int{0, 1})
+
+	restarts := series(t, m, "pool_managerd_restarts_total")
+	preloads := series(t, m, "pool_managerd_preload_total")
+	for _, pool := range []string{"chat", "embed"} {
+		engine := map[string]string{"chat": "llamacpp", "embed": "vllm"}[pool]
+		for _, class := range restart.Classes {
+			key := fmt.Sprintf("pool=%q,reason=%q", pool, class)
+			if v, ok := restarts[key]; !ok || v != 0 {
+				t.Errorf("restarts_total{%s}: got %v (present %v), want 0", key, v, ok)
+			}
+			key = fmt.Sprintf("engine=%q,outcome=\"failure\",pool=%q,reason=%q", engine, pool, class)
+			if v, ok := preloads[key]; !ok || v != 0 {
+				t.Errorf("preload_total{%s}: got %v (present %v), want 0", key, v, ok)
+			}
+		}
+		key := fmt.Sprintf("engine=%q,outcome=\"success\",pool=%q,reason=\"\"", engine, pool)
+		if v, ok := preloads[key]; !ok || v != 0 {
+			t.Errorf("preload_total{%s}: got %v (present %v), want 0", key, v, ok)
+		}
+	}
+	if want := 2 * len(restart.Classes); len(restarts) != want {
+		t.Errorf("restarts_total: %d series, want %d", len(restarts), want)
+	}
+	if want := 2 * (len(restart.Classes) + 1); len(preloads) != want {
+		t.Errorf("preload_total: %d series, want %d", len(preloads), want)
+	}
+	if got, want := series(t, m, "pool_managerd_engine_kills_total"), map[string]float64{`pool="chat"`: 0, `pool="embed"`: 0}; !maps.Equal(got, want) {
+		t.Errorf("engine_kills_total: got %v, want %v", got, want)
+	}
+	if got, want := series(t, m, "pool_managerd_driver_errors_total"), map[string]float64{`gpu="0"`: 0, `gpu="1"`: 0}; !maps.Equal(got, want) {
+		t.Errorf("driver_errors_total: got %v, want %v", got, want)
+	}
+	if n := len(series(t, m, "pool_managerd_driver_events_total")); n != 0 {
+		t.Errorf("driver_events_total: %d series before any event, want none (its xid label is open-ended)", n)
+	}
+
+	// Events count from the 0 the series started at, and a later Known
+	// keeps what they counted.
+	m.Restarted("chat", restart.ClassExited)
+	m.DriverEvent(gpu.Event{Kind: gpu.EventXid, Index: 1, Xid: 79})
+	m.Known(map[string]string{"chat": "llamacpp", "embed": "vllm"}, []int{0, 1})
+	if got := series(t, m, "pool_managerd_restarts_total")[`pool="chat",reason="exited"`]; got != 1 {
+		t.Errorf("restarts_total{chat, exited} after one restart: got %v, want 1", got)
+	}
+	if got, want := series(t, m, "pool_managerd_driver_errors_total"), map[string]float64{`gpu="0"`: 0, `gpu="1"`: 1}; !maps.Equal(got, want) {
+		t.Errorf("driver_errors_total after one Xid: got %v, want %v", got, want)
+	}
+
+	// A pool whose engine changed has the new engine's preload series only.
+	m.Known(map[string]string{"chat": "llamacpp", "embed": "tgi"}, nil)
+	for key := range series(t, m, "pool_managerd_preload_total") {
+		if strings.Contains(key, `engine="vllm"`) {
+			t.Errorf("preload_total{%s} left after embed moved to tgi", key)
+		}
+	}
+	if n := len(series(t, m, "pool_managerd_preload_total")); n != 2*(len(restart.Classes)+1) {
+		t.Errorf("preload_total after the engine change: %d series, want %d", n, 2*(len(restart.Classes)+1))
+	}
+
+	// A pool that leaves the config loses every series, and comes back at 0.
+	m.ForgetPool("chat")
+	for _, name := range []string{"pool_managerd_restarts_total", "pool_managerd_preload_total", "pool_managerd_engine_kills_total"} {
+		for key := range series(t, m, name) {
+			if strings.Contains(key, `pool="chat"`) {
+				t.Errorf("%s{%s} left after the pool was forgotten", name, key)
+			}
+		}
+	}
+	m.Known(map[string]string{"chat": "llamacpp"}, nil)
+	if v, ok := series(t, m, "pool_managerd_restarts_total")[`pool="chat",reason="exited"`]; !ok || v != 0 {
+		t.Errorf("restarts_total{chat, exited} of a returning pool: got %v (present %v), want 0", v, ok)
+	}
+}
+
+func TestBuildInfo(t *testing.T) {
+	tests := []struct {
+		name, version, goVersion, revision, want string
+	}{
+		{"stamped", "v1.2.0", "go1.24.1", "0123abcd", `pool_managerd_build_info{goversion="go1.24.1",revision="0123abcd",version="v1.2.0"} 1`},
+		{"no revision recorded", "devel", "go1.24.1", "", `pool_managerd_build_info{goversion="go1.24.1",revision="",version="devel"} 1`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			reg := prometheus.NewPedanticRegistry()
+			if err := reg.Register(NewBuildInfo(tt.version, tt.goVersion, tt.revision)); err != nil {
+				t.Fatal(err)
+			}
+			want := `
+# HELP pool_managerd_build_info The build of pool-managerd that runs: always 1, with its version, the Go version it was built with and the commit it was built from (empty when unknown) as labels.
+# TYPE pool_managerd_build_info gauge
+` + tt.want + "\n"
+			if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "pool_managerd_build_info"); err != nil {
+				t.Error(err)
+			}
+			problems, err := testutil.GatherAndLint(reg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range problems {
+				t.Errorf("%s: %s", p.Metric, p.Text)
+			}
+		})
+	}
+}
