@@ -428,6 +428,42 @@ Feature: The daemon: config watching, resync, the API and operator actions
     When I GET "/metrics" from the daemon
     Then the response contains "pool_managerd_pool_ready{pool="coder"} 1"
 
+  @PM-1036
+  Scenario: Each pool has its own readiness probe (200 when Ready, 503 with its phase otherwise); its counters are exported from 0
+    Given the config file "pools/broken.cue":
+      """
+      pools: broken: {
+      	node:    "gpu-01"
+      	engine:  "llamacpp"
+      	model: path: "WORKSPACE/models/model.gguf"
+      	devices: [1]
+      	vram:    2Gi
+      	share:   true
+      	env: FAKE_ENGINE_FAIL_LOAD: "1"
+      	restart: {initialBackoff: "1h", maxBackoff: "1h", jitter: 0}
+      }
+      pools: chat: share: true
+      """
+    And the daemon is started
+    And the daemon shows pool "coder" as Ready
+    And the daemon shows pool "broken" with 0 restarts and a last error of class "exited" with a message, a time and a hint
+    When I GET "/v1/pools/coder/ready" from the daemon
+    Then the response status is 200
+    And the response contains ""ready": true"
+    And the response contains ""phase": "Ready""
+    When I GET "/v1/pools/broken/ready" from the daemon
+    Then the response status is 503
+    And the response contains ""ready": false"
+    And the response contains ""phase": "Unready""
+    When I GET "/v1/pools/nope/ready" from the daemon
+    Then the response status is 404
+    And the metric pool_managerd_restarts_total{pool="coder",reason="cuda_error"} is 0
+    And the metric pool_managerd_restarts_total{pool="broken",reason="exited"} is 0
+    And the metric pool_managerd_preload_total{pool="coder",outcome="failure",reason="health_timeout"} is 0
+    And the metric pool_managerd_preload_total{pool="broken",outcome="failure",reason="exited"} is 1
+    And the metric pool_managerd_engine_kills_total{pool="coder"} is 0
+    And the metric pool_managerd_driver_errors_total{gpu="1"} is 0
+
   @PM-1032
   Scenario: reset and stop go through the daemon while it holds the state directory
     Given the daemon is started with "--resync 1h"
