@@ -121,11 +121,18 @@ func (r *running) logLines(subs ...string) []string {
 	return out
 }
 
-// wantLogged checks that a line of the log holds every one of subs.
+// wantLogged checks that a line of the log holds every one of subs,
+// waiting for it up to waitTimeout: the daemon may log an event just after
+// the state that the test waited on shows it.
 func (r *running) wantLogged(subs ...string) {
 	r.t.Helper()
-	if len(r.logLines(subs...)) == 0 {
-		r.t.Errorf("no line of the daemon's log holds all of %q", subs)
+	deadline := time.Now().Add(waitTimeout)
+	for len(r.logLines(subs...)) == 0 {
+		if time.Now().After(deadline) {
+			r.t.Errorf("no line of the daemon's log holds all of %q", subs)
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 

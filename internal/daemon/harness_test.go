@@ -509,15 +509,27 @@ func (r *running) ctx() context.Context {
 	return ctx
 }
 
-// metric returns the value of the series of metric name whose labels
-// include labels: a counter's or gauge's value, a histogram's sample count.
-// ok is false when there is no such series.
+// metric returns the value of the first series of metric name whose
+// labels include labels: a counter's or gauge's value, a histogram's sample
+// count. ok is false when there is no such series.
 func metric(t *testing.T, g prometheus.Gatherer, name string, labels map[string]string) (float64, bool) {
+	t.Helper()
+	values := metricValues(t, g, name, labels)
+	if len(values) == 0 {
+		return 0, false
+	}
+	return values[0], true
+}
+
+// metricValues returns the value of every series of metric name whose
+// labels include labels, as metric reads them.
+func metricValues(t *testing.T, g prometheus.Gatherer, name string, labels map[string]string) []float64 {
 	t.Helper()
 	families, err := g.Gather()
 	if err != nil {
 		t.Fatalf("gather: %v", err)
 	}
+	var values []float64
 	for _, f := range families {
 		if f.GetName() != name {
 			continue
@@ -535,17 +547,33 @@ func metric(t *testing.T, g prometheus.Gatherer, name string, labels map[string]
 			}
 			switch f.GetType() {
 			case dto.MetricType_COUNTER:
-				return m.GetCounter().GetValue(), true
+				values = append(values, m.GetCounter().GetValue())
 			case dto.MetricType_GAUGE:
-				return m.GetGauge().GetValue(), true
+				values = append(values, m.GetGauge().GetValue())
 			case dto.MetricType_HISTOGRAM:
-				return float64(m.GetHistogram().GetSampleCount()), true
+				values = append(values, float64(m.GetHistogram().GetSampleCount()))
 			default:
 				t.Fatalf("%s: type %v", name, f.GetType())
 			}
 		}
 	}
-	return 0, false
+	return values
+}
+
+// wantAllZero checks that metric name has series with labels (every counter
+// a pool can have is exported from 0) and that each of them is 0.
+func wantAllZero(t *testing.T, g prometheus.Gatherer, name string, labels map[string]string, why string) {
+	t.Helper()
+	values := metricValues(t, g, name, labels)
+	if len(values) == 0 {
+		t.Errorf("%s%v: no series, want them exported at 0", name, labels)
+	}
+	for _, v := range values {
+		if v != 0 {
+			t.Errorf("%s%v has a series at %v: %s", name, labels, v, why)
+			return
+		}
+	}
 }
 
 // wantMetric checks that a series exists with the value want.
