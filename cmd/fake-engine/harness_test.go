@@ -355,17 +355,25 @@ func (e *engine) sessionChildren() map[int]bool {
 		e.t.Fatal(err)
 	}
 	out := map[int]bool{}
-	for _, pid := range members {
-		if pid == e.pid {
-			continue
-		}
-		info, err := proc.Stat(pid)
-		if err != nil {
-			continue
-		}
-		out[pid] = info.PPID == e.pid
+	for pid, ppid := range parentsOf(members, e.pid) {
+		out[pid] = ppid == e.pid
 	}
 	return out
+}
+
+// parentsOf maps each of members but main to its parent's pid; a process
+// that is gone by the time it is read is left out.
+func parentsOf(members []int, main int) map[int]int {
+	parents := map[int]int{}
+	for _, pid := range members {
+		if pid == main {
+			continue
+		}
+		if info, err := proc.Stat(pid); err == nil {
+			parents[pid] = info.PPID
+		}
+	}
+	return parents
 }
 
 func keys(m map[int]bool) []int {

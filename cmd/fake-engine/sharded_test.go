@@ -100,15 +100,8 @@ func wantTree(t *testing.T, e *engine, want map[string]string) {
 	}
 	titles[e.pid] = ""
 	got := map[string]string{}
-	for _, pid := range members {
-		if pid == e.pid {
-			continue
-		}
-		info, err := proc.Stat(pid)
-		if err != nil {
-			continue
-		}
-		got[titles[pid]] = titles[info.PPID]
+	for pid, ppid := range parentsOf(members, e.pid) {
+		got[titles[pid]] = titles[ppid]
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("process tree of engine %d (title: parent's title; -want +got):\n%s", e.pid, diff)
