@@ -28,6 +28,10 @@ events name the phase the lifecycle gives.
 
 	              start                 health ok, placement verified
 	Pending ──────────────▶ Preloading ─────────────────────────────▶ Ready
+	   │                       ▲
+	   │ start, model.source   │ downloaded and verified
+	   │ not in the cache      │ (a failed download: Unready)
+	   └──────▶ Fetching ──────┘
 	   ▲                     │ exit, timeout, CUDA error,              │ exit, health
 	   │                     ▼ spillover, mask violation              ▼ failing, Xid
 	   │                  Unready ◀────────────────────────────────────┘
@@ -43,6 +47,8 @@ events name the phase the lifecycle gives.
 	Phase       ready  what comes next (Next)
 	Pending     no     start (first start, a changed config, a recorded intent; one
 	                   that waits for GPUs a pool pending removal holds)
+	Fetching    no     await (its start downloads the model into the model cache;
+	                   nothing is spawned until the file is verified)
 	Preloading  no     await (loading, or healthy with its placement not verified), adopt
 	Ready       yes    none, update (in place), replace (the stop has not begun yet)
 	Unready     no     wait (backoff until At), start, restart (health failing, driver

@@ -16,6 +16,9 @@ type Phase string
 const (
 	// Pending: wanted, nothing tried yet (or a start is about to be).
 	Pending Phase = "Pending"
+	// Fetching: a start downloads the pool's model (model.source) into the
+	// node's model cache before any engine is spawned; not ready.
+	Fetching Phase = "Fetching"
 	// Preloading: an engine runs and loads its model; not ready.
 	Preloading Phase = "Preloading"
 	// Ready: the engine passed its health check and its GPU placement was verified.
@@ -36,7 +39,7 @@ const (
 // Phases lists every phase: the values of the pool_phase metric and of the
 // API's phase enum are checked against it.
 func Phases() []Phase {
-	return []Phase{Pending, Preloading, Ready, Unready, Draining, Failed, Stopped}
+	return []Phase{Pending, Fetching, Preloading, Ready, Unready, Draining, Failed, Stopped}
 }
 
 // Next is what the lifecycle says comes next for a pool.
@@ -89,10 +92,23 @@ type Facts struct {
 	// history (the plan's blocker class: a lost GPU, a foreign process on
 	// its GPUs, too little VRAM, an unknown need); empty when nothing does.
 	Blocked string
+	// Fetch is the download of the pool's model that its start waits on;
+	// nil when none runs (no model.source, or the model is in the cache).
+	Fetch *Fetch
 	// WantedHash is the hash of the spec the pool wants, when Spec is not
 	// that spec itself (status without a config knows only the hash its
 	// engine was started from); empty means SpecHash(Spec).
 	WantedHash string
+}
+
+// Fetch is how far the download of a pool's model has come.
+type Fetch struct {
+	// Done and Total are bytes; Total is 0 while the size is not known yet.
+	Done, Total int64
+	// BytesPerSecond is the recent download rate.
+	BytesPerSecond float64
+	// Since is when the download (shared by every pool of the same model) began.
+	Since time.Time
 }
 
 // Status is the lifecycle's answer for one pool: the one place a pool's
@@ -251,6 +267,11 @@ func stopped(f Facts, hash string, e *Engine, now time.Time) Status {
 		s.Phase, s.Next, s.Reason = Unready, NextRecordExit, exitReason(e)
 		return s
 	}
+	if f.Fetch != nil {
+		// A start is under way: it downloads the model before it spawns.
+		s.Phase, s.Next, s.Reason = Fetching, NextAwait, "downloading its model: "+f.Fetch.progress()
+		return s
+	}
 	d := t.Decide(now)
 	switch d.Action {
 	case restart.Blocked:
@@ -284,6 +305,18 @@ func stopped(f Facts, hash string, e *Engine, now time.Time) Status {
 		s.Phase, s.Reason = Pending, "no engine runs this pool"
 	}
 	return s
+}
+
+// progress says how far a download has come, for people.
+func (f *Fetch) progress() string {
+	done := fmt.Sprintf("%.1f MiB", float64(f.Done)/(1<<20))
+	if f.Total > 0 {
+		done = fmt.Sprintf("%.1f of %.1f MiB (%.0f%%)", float64(f.Done)/(1<<20), float64(f.Total)/(1<<20), 100*float64(f.Done)/float64(f.Total))
+	}
+	if f.BytesPerSecond > 0 {
+		done += fmt.Sprintf(" at %.1f MiB/s", f.BytesPerSecond/(1<<20))
+	}
+	return done
 }
 
 // exitReason says how a recorded engine that is gone ended, when known.

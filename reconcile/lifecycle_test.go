@@ -58,6 +58,10 @@ func TestLifecycle(t *testing.T) {
 		want  Status // Reason is not compared
 	}{
 		{"nothing yet", Facts{Spec: spec}, Status{Phase: Pending, Next: NextStart}},
+		{"its start downloads the model", Facts{Spec: spec, Fetch: &Fetch{Done: 1 << 30, Total: 4 << 30, BytesPerSecond: 50 << 20}}, Status{Phase: Fetching, Next: NextAwait}},
+		{"its start downloads the model, size not known yet", Facts{Spec: spec, Fetch: &Fetch{}}, Status{Phase: Fetching, Next: NextAwait}},
+		{"a restart downloads the model after a failure", Facts{Spec: spec, History: failedAt(now.Add(-time.Minute), 1), Fetch: &Fetch{Done: 10}}, Status{Phase: Fetching, Next: NextAwait}},
+		{"held while downloading", Facts{Spec: spec, Held: true, Fetch: &Fetch{Done: 10}}, Status{Phase: Stopped, Next: NextNone}},
 		{"Ready", Facts{Spec: spec, Engine: live(nil)}, Status{Phase: Ready, Ready: true, Next: NextNone}},
 		{"loading", Facts{Spec: spec, Engine: live(func(e *Engine) { e.Health, e.ReadyAt, e.Unverified = HealthLoading, time.Time{}, true })},
 			Status{Phase: Preloading, Next: NextAwait}},
@@ -136,6 +140,23 @@ func TestLifecycleNeverReadyWhileDraining(t *testing.T) {
 					t.Errorf("held %v, wanted %v, health %q: %+v, want Draining and not ready", held, wanted != nil, health, got)
 				}
 			}
+		}
+	}
+}
+
+func TestFetchingReasonSaysHowFar(t *testing.T) {
+	spec := lifecyclePool()
+	tests := []struct {
+		fetch Fetch
+		want  string
+	}{
+		{Fetch{Done: 1 << 30, Total: 4 << 30, BytesPerSecond: 50 << 20}, "downloading its model: 1024.0 of 4096.0 MiB (25%) at 50.0 MiB/s"},
+		{Fetch{Done: 3 << 20}, "downloading its model: 3.0 MiB"},
+	}
+	for _, tt := range tests {
+		got := Lifecycle(Facts{Spec: spec, Fetch: &tt.fetch}, time.Now()).Reason
+		if got != tt.want {
+			t.Errorf("reason = %q, want %q", got, tt.want)
 		}
 	}
 }

@@ -149,6 +149,7 @@ func TestOpenAPIRequestBodies(t *testing.T) {
 // specTypes are the Go types behind the spec's schemas.
 var specTypes = map[string]reflect.Type{
 	"Pool":          reflect.TypeFor[Pool](),
+	"Fetch":         reflect.TypeFor[Fetch](),
 	"Preload":       reflect.TypeFor[Preload](),
 	"GPU":           reflect.TypeFor[GPU](),
 	"LastError":     reflect.TypeFor[LastError](),

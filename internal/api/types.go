@@ -20,6 +20,9 @@ type Pool struct {
 	// reason: "running, healthy", "backoff: not before ...", "waiting for its
 	// GPUs: ...").
 	Reason string `json:"reason,omitempty"`
+	// Fetch is the download of the pool's model (model.source) that its
+	// start waits on, in phase Fetching; nil otherwise.
+	Fetch *Fetch `json:"fetch,omitempty"`
 	// Preload is the engine's model load; nil when no engine was started.
 	Preload *Preload `json:"preload,omitempty"`
 	// PID, Port and Endpoint are the running engine's; zero without one.
@@ -64,6 +67,18 @@ type Preload struct {
 	// DurationSeconds is the time from StartedAt to LoadedAt (or to the
 	// failure); while loading, the time so far.
 	DurationSeconds float64 `json:"durationSeconds,omitzero"`
+}
+
+// Fetch is how far the download of a pool's model has come.
+type Fetch struct {
+	// BytesDone are the bytes on disk, counting those of a resumed download.
+	BytesDone int64 `json:"bytesDone"`
+	// BytesTotal is the model's size; 0 while it is not known.
+	BytesTotal int64 `json:"bytesTotal"`
+	// BytesPerSecond is the recent download rate.
+	BytesPerSecond float64 `json:"bytesPerSecond"`
+	// StartedAt is when the download began.
+	StartedAt time.Time `json:"startedAt,omitzero"`
 }
 
 // The states of a preload (Preload.State).

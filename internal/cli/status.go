@@ -35,7 +35,7 @@ func newStatusCommand() *cobra.Command {
 		Short: "Show each pool's phase, engine, GPU memory, restarts and last error",
 		Long: `status reads the state directory and the node's GPUs and shows, for every pool this
 node has run (or the named pools): its phase as the pool lifecycle decides it
-(Pending, Preloading, Ready, Unready, Draining, Failed, Stopped), its engine (pid,
+(Pending, Fetching, Preloading, Ready, Unready, Draining, Failed, Stopped), its engine (pid,
 port), the memory it holds on each GPU, its restarts, the circuit breaker, and
 its last error with a hint and the next retry. Without the config at hand, a
 pool is taken to want what its engine was started from. Above the table it

@@ -354,7 +354,7 @@ reports satisfies the condition, then prints what it saw and exits 0. It is
 what a script waits with instead of sleeping.
 
 Conditions (--for):
-  phase=NAME        each named pool is in phase NAME (Pending, Preloading, Ready,
+  phase=NAME        each named pool is in phase NAME (Pending, Fetching, Preloading, Ready,
                     Unready, Draining, Failed, Stopped); with --not-pid PID, only
                     on an engine other than PID: a replaced or restarted engine
   ready             the daemon's first reconcile is done (/readyz)

@@ -160,6 +160,7 @@ pool_managerd_circuit_state{pool="embed"} 2
 		want: phaseHeader + `
 pool_managerd_pool_phase{phase="Draining",pool="chat"} 0
 pool_managerd_pool_phase{phase="Failed",pool="chat"} 0
+pool_managerd_pool_phase{phase="Fetching",pool="chat"} 0
 pool_managerd_pool_phase{phase="Pending",pool="chat"} 0
 pool_managerd_pool_phase{phase="Preloading",pool="chat"} 0
 pool_managerd_pool_phase{phase="Ready",pool="chat"} 1
@@ -167,6 +168,7 @@ pool_managerd_pool_phase{phase="Stopped",pool="chat"} 0
 pool_managerd_pool_phase{phase="Unready",pool="chat"} 0
 pool_managerd_pool_phase{phase="Draining",pool="embed"} 0
 pool_managerd_pool_phase{phase="Failed",pool="embed"} 0
+pool_managerd_pool_phase{phase="Fetching",pool="embed"} 0
 pool_managerd_pool_phase{phase="Pending",pool="embed"} 0
 pool_managerd_pool_phase{phase="Preloading",pool="embed"} 0
 pool_managerd_pool_phase{phase="Ready",pool="embed"} 0
@@ -182,6 +184,7 @@ pool_managerd_pool_phase{phase="Unready",pool="embed"} 1
 		want: phaseHeader + `
 pool_managerd_pool_phase{phase="Draining",pool="chat"} 0
 pool_managerd_pool_phase{phase="Failed",pool="chat"} 0
+pool_managerd_pool_phase{phase="Fetching",pool="chat"} 0
 pool_managerd_pool_phase{phase="Pending",pool="chat"} 0
 pool_managerd_pool_phase{phase="Preloading",pool="chat"} 0
 pool_managerd_pool_phase{phase="Ready",pool="chat"} 0

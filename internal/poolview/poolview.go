@@ -33,6 +33,9 @@ type Input struct {
 	// Removals are the pools that left the config and wait for their
 	// removal to settle, by when it takes effect (the daemon's).
 	Removals map[string]time.Time
+	// Fetches are the model downloads that pools' starts wait on, by pool id
+	// (the daemon's fetcher).
+	Fetches map[string]reconcile.Fetch
 	// Observed is the last observation of the node; State the state file as
 	// the executor holds it now (newer than the observation).
 	Observed reconcile.Observed
@@ -77,6 +80,9 @@ func Facts(id string, in Input) reconcile.Facts {
 	e = reconcile.WithRecord(observed, rec)
 	history := in.State.Pools[id]
 	f := reconcile.Facts{Engine: e, History: history, Held: in.Held[id], Blocked: in.Blocked[id]}
+	if fe, ok := in.Fetches[id]; ok {
+		f.Fetch = &fe
+	}
 	switch {
 	case in.Desired != nil:
 		f.Spec = in.Desired[id]
@@ -143,6 +149,9 @@ func Render(id string, st reconcile.Status, f reconcile.Facts, in Input) api.Poo
 		if o, ok := in.Observed.Engines[id]; ok && o.PID == e.PID {
 			row.GPUs = held(in.Observed, o)
 		}
+	}
+	if st.Phase == reconcile.Fetching && f.Fetch != nil {
+		row.Fetch = &api.Fetch{BytesDone: f.Fetch.Done, BytesTotal: f.Fetch.Total, BytesPerSecond: f.Fetch.BytesPerSecond, StartedAt: f.Fetch.Since}
 	}
 	row.Preload = preload(row, engineRec, recorded, in.Now)
 	return row

@@ -1,6 +1,7 @@
 package poolview
 
 import (
+	"reflect"
 	"testing"
 	"time"
 
@@ -122,5 +123,24 @@ func TestStatusWithoutConfig(t *testing.T) {
 		if r.Phase != want[r.Pool] {
 			t.Errorf("pool %s: %s, want %s", r.Pool, r.Phase, want[r.Pool])
 		}
+	}
+}
+
+// A pool whose start downloads its model is Fetching, with how far the
+// download has come; once the fetcher reports nothing, the fetch is gone.
+func TestFetchingRow(t *testing.T) {
+	now := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	spec := &schema.Pool{ID: "p", Node: "n", Engine: schema.EngineLlamaCpp, Devices: []int{0}, Restart: reconcile.DefaultRestartPolicy()}
+	st := &state.State{}
+	in := Input{Desired: map[string]*schema.Pool{"p": spec}, State: st, Now: now,
+		Fetches: map[string]reconcile.Fetch{"p": {Done: 1 << 20, Total: 4 << 20, BytesPerSecond: 1 << 20, Since: now.Add(-time.Second)}}}
+	row := One("p", in)
+	want := &api.Fetch{BytesDone: 1 << 20, BytesTotal: 4 << 20, BytesPerSecond: 1 << 20, StartedAt: now.Add(-time.Second)}
+	if row.Phase != reconcile.Fetching || row.Ready || !reflect.DeepEqual(row.Fetch, want) {
+		t.Errorf("row = phase %s ready %v fetch %+v, want Fetching, not ready, %+v", row.Phase, row.Ready, row.Fetch, want)
+	}
+	in.Fetches = nil
+	if row := One("p", in); row.Phase != reconcile.Pending || row.Fetch != nil {
+		t.Errorf("without a fetch: phase %s fetch %+v, want Pending and none", row.Phase, row.Fetch)
 	}
 }
