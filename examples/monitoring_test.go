@@ -207,12 +207,38 @@ func promtool(t *testing.T) string {
 }
 
 // TestAlertRulesPromtool runs `promtool check rules` and `promtool test
-// rules` on the examples, when promtool is at hand.
+// rules` on the examples, when promtool is at hand; and `promtool check
+// rules` on the dashboard's queries, made recording rules (Grafana's
+// variables replaced by values), so that Prometheus's own parser reads them.
 func TestAlertRulesPromtool(t *testing.T) {
 	bin := promtool(t)
+	grafanaVars := strings.NewReplacer("$__rate_interval", "5m", "$instance", ".*", "$pool", ".*")
+	var dash struct {
+		Groups []map[string]any `yaml:"groups"`
+	}
+	var rules []map[string]string
+	for i, q := range dashboardQueries(t) {
+		if !strings.HasPrefix(q.where, "panel") {
+			continue // label_values() is Grafana's, not PromQL
+		}
+		rules = append(rules, map[string]string{"record": fmt.Sprintf("dashboard_query_%d", i), "expr": grafanaVars.Replace(q.expr)})
+	}
+	dash.Groups = append(dash.Groups, map[string]any{"name": "dashboard", "rules": rules})
+	data, err := yaml.Marshal(dash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dashRules, err := filepath.Abs(filepath.Join(t.TempDir(), "dashboard-queries.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dashRules, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, args := range [][]string{
 		{"check", "rules", filepath.Base(alertsFile)},
 		{"test", "rules", filepath.Base(alertsTestFile)},
+		{"check", "rules", dashRules},
 	} {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		cmd := exec.CommandContext(ctx, bin, args...)
