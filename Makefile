@@ -39,6 +39,13 @@ test: lint ## The whole suite: vet, staticcheck, unit, CLI, golden and BDD tests
 	else \
 		echo "real llama-server tests skipped: POOL_MANAGERD_TEST_LLAMA_SERVER is not set (README: A real llama-server)"; \
 	fi
+	@if [ -n "$$POOL_MANAGERD_TEST_PROMTOOL" ]; then \
+		echo "promtool tests of the alert rules ran with $$POOL_MANAGERD_TEST_PROMTOOL"; \
+	elif command -v promtool >/dev/null 2>&1; then \
+		echo "promtool tests of the alert rules ran with $$(command -v promtool)"; \
+	else \
+		echo "promtool tests of the alert rules skipped: promtool is not in PATH (README: Monitoring)"; \
+	fi
 
 bdd: ## The BDD scenarios alone, readable (LLORCH_BDD_FEATURE_PATH=features/x.feature narrows them).
 	$(GO) test -count=1 ./features -v -godog.format=pretty
