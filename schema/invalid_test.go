@@ -247,6 +247,9 @@ var invalidCases = []invalidCase{
 	{name: "duplicate-gpu-uuid", want: []invalidDiag{
 		{"nodes.cue", 5, 19, "nodes.box.gpus[1].uuid", "GPU 1 has the same uuid as GPU 0"},
 	}},
+	{name: "gpu-uuid-on-two-nodes", want: []invalidDiag{
+		{"b.cue", 6, 19, "nodes.gpu-02.gpus[1].uuid", "GPU 1 has the uuid GPU-8a1f7c3e-52d4-4b9a-9e61-3f0c2d7b5a18 of GPU 0 of node gpu-01 (" + filepath.Join(invalidRoot, "gpu-uuid-on-two-nodes", "a.cue") + ":4:19): a GPU is in one node only"},
+	}},
 	{name: "split-missing-mixed-gpus", want: []invalidDiag{
 		{"pools.cue", 7, 2, "pools.chat.devices", "the masked GPUs differ in size (GPU 0: 24.0 GiB, GPU 1: 16.0 GiB): write split explicitly, for example split: [0.6, 0.4]"},
 	}},
