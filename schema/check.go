@@ -312,6 +312,22 @@ func (c *checker) split(p *Pool, gpus []GPU) bool {
 		return false
 	}
 	split := p.EffectiveSplit()
+	if mixed && p.Engine != EngineLlamaCpp {
+		// An even share is always more than the smallest GPU's share of
+		// the VRAM, and these engines take no other: no split can help.
+		field := "devices"
+		if len(p.Split) > 0 {
+			field = "split"
+		}
+		for _, g := range gpus {
+			if g.VRAM == smallest {
+				c.poolProblem(p, field, "%s shards a model evenly, %s of it on each of the %d GPUs, and takes no uneven split: GPU %d (%s) is short, its share of the mask's VRAM being %s (%s of %s); mask GPUs of one size, use fewer GPUs, or use engine \"llamacpp\", whose llama-server splits unevenly (for example split: %s)",
+					p.Engine, formatRatio(1/float64(n)), n, g.Index, humanBytes(g.VRAM), formatRatio(float64(smallest)/float64(total)), humanBytes(g.VRAM), humanBytes(total), proportionalSplit(gpus, total))
+				break
+			}
+		}
+		return false
+	}
 	if mixed {
 		limit := float64(smallest) / float64(total)
 		for i, g := range gpus {
@@ -322,8 +338,8 @@ func (c *checker) split(p *Pool, gpus []GPU) bool {
 			if len(p.Split) == 0 {
 				field = "devices"
 			}
-			c.poolProblem(p, field, "GPU %d (%s) would take %s of the model, more than its share of the mask's VRAM (%s of %s = %s): the smallest GPU caps the split; give it at most %s%s",
-				g.Index, humanBytes(g.VRAM), formatRatio(split[i]), humanBytes(g.VRAM), humanBytes(total), formatRatio(limit), formatRatio(limit), evenHint(p))
+			c.poolProblem(p, field, "GPU %d (%s) would take %s of the model, more than its share of the mask's VRAM (%s of %s = %s): the smallest GPU caps the split; give it at most %s",
+				g.Index, humanBytes(g.VRAM), formatRatio(split[i]), humanBytes(g.VRAM), humanBytes(total), formatRatio(limit), formatRatio(limit))
 			sound = false
 		}
 	}
@@ -338,13 +354,6 @@ func (c *checker) split(p *Pool, gpus []GPU) bool {
 		}
 	}
 	return sound
-}
-
-func evenHint(p *Pool) string {
-	if p.Engine == EngineLlamaCpp {
-		return ""
-	}
-	return fmt.Sprintf(" (%s shards evenly, so mask GPUs of one size)", p.Engine)
 }
 
 type gpuRef struct {

@@ -260,7 +260,7 @@ var invalidCases = []invalidCase{
 		{"pools.cue", 8, 2, "pools.chat.split", "vllm shards a model evenly across its GPUs; remove split or make every ratio 0.5"},
 	}},
 	{name: "vllm-mixed-gpus", want: []invalidDiag{
-		{"pools.cue", 7, 2, "pools.chat.devices", "GPU 1 (16.0 GiB) would take 0.5 of the model, more than its share of the mask's VRAM (16.0 GiB of 40.0 GiB = 0.4): the smallest GPU caps the split; give it at most 0.4 (vllm shards evenly, so mask GPUs of one size)"},
+		{"pools.cue", 7, 2, "pools.chat.devices", `vllm shards a model evenly, 0.5 of it on each of the 2 GPUs, and takes no uneven split: GPU 1 (16.0 GiB) is short, its share of the mask's VRAM being 0.4 (16.0 GiB of 40.0 GiB); mask GPUs of one size, use fewer GPUs, or use engine "llamacpp", whose llama-server splits unevenly (for example split: [0.6, 0.4])`},
 	}},
 	{name: "vram-part-too-big", want: []invalidDiag{
 		{"pools.cue", 8, 8, "pools.chat.vram", "GPU 0 (24.0 GiB) would hold 30.0 GiB of the pool's 30.0 GiB (ratio 1), more than its memory"},
