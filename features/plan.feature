@@ -87,7 +87,7 @@ Feature: Planning what a node will run, before anything changes
     When I run "pool-managerd plan CONFIG --gpus SIM --state-dir STATE --node gpu-01"
     Then the exit status is 0
     And stdout contains "! blocked  llama70b"
-    And stdout contains "declared inventory differs from the observed one: GPU 1 is declared with 16.0 GiB, observed 12.0 GiB"
+    And stdout contains "declared inventory differs from the observed one: GPU 1: declared \"NVIDIA GeForce RTX 4060 Ti\" 16.0 GiB, observed \"NVIDIA GeForce RTX 3060\" 12.0 GiB (uuid GPU-c47e2b90-1d6a-4f35-8b2e-7a9d0e4f6c21)"
 
   @OC-POOL-3002 @OC-POOL-3021
   Scenario: A model too big for its GPUs is blocked at plan time, before anything is spawned

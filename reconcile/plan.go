@@ -589,7 +589,7 @@ func (p *planner) vramBlocker(c Change, free map[int]uint64) *Blocker {
 				Hint:    "nothing to do: the pool starts once the removal settles (serve --removal-settle)"}
 		}
 		return &Blocker{Class: ClassInsufficientVRAM,
-			Message: fmt.Sprintf("insufficient VRAM on GPU %d (%s, %s): needs %s at ctx %d, %s free", idx, d.Name, gib(d.MemoryTotal), gib(need.PerGPU[j]), c.Spec.Model.Ctx, gib(free[idx])),
+			Message: fmt.Sprintf("insufficient VRAM on GPU %d (%s): needs %s at ctx %d, %s free", idx, GPUSize(d.Name, d.MemoryTotal), gib(need.PerGPU[j]), c.Spec.Model.Ctx, gib(free[idx])),
 			Hint:    VRAMHint(c.Spec)}
 	}
 	return nil
@@ -657,14 +657,14 @@ func (p *planner) checkInventory() {
 		case !ok:
 			p.badGPUs[g.Index] = fmt.Sprintf("declared inventory differs from the observed one: GPU %d is declared but not observed", g.Index)
 		case g.UUID != "" && !strings.EqualFold(g.UUID, d.UUID):
-			p.badGPUs[g.Index] = fmt.Sprintf("declared inventory differs from the observed one: GPU %d is declared as %s, observed %s", g.Index, g.UUID, d.UUID)
+			p.badGPUs[g.Index] = "declared inventory differs from the observed one: " + inventoryMismatch(g, d)
 		case !d.Lost && !closeEnough(uint64(g.VRAM), d.MemoryTotal):
-			p.badGPUs[g.Index] = fmt.Sprintf("declared inventory differs from the observed one: GPU %d is declared with %s, observed %s (%s)", g.Index, gib(uint64(g.VRAM)), gib(d.MemoryTotal), d.Name)
+			p.badGPUs[g.Index] = "declared inventory differs from the observed one: " + inventoryMismatch(g, d)
 		}
 	}
 	for _, d := range p.observed.GPUs {
 		if _, ok := decl.GPU(d.Index); !ok {
-			p.warnings = append(p.warnings, fmt.Sprintf("GPU %d (%s, %s) is not in node %s's declared inventory", d.Index, d.Name, gib(d.MemoryTotal), decl.Name))
+			p.warnings = append(p.warnings, fmt.Sprintf("GPU %d (%s) is not in node %s's declared inventory", d.Index, GPUSize(d.Name, d.MemoryTotal), decl.Name))
 		}
 	}
 	for _, idx := range slices.Sorted(maps.Keys(p.badGPUs)) {

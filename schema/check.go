@@ -100,7 +100,66 @@ func checkByNode(d *Desired, byNode []map[string][]*Pool, broken map[string]bool
 		}
 		diags = append(diags, in.diags...)
 	}
+	diags = append(diags, uuidsAcrossNodes(d, broken)...)
 	return diags, checks
+}
+
+// uuidsAcrossNodes reports a GPU UUID declared on two nodes (a GPU is in one
+// machine): the second declaration, in the order of the files, naming the
+// first. Two GPUs of one node with the same UUID are the node's own check.
+// It reads every node, so it runs on each load, outside the reused checks;
+// it is one pass over the declared GPUs.
+func uuidsAcrossNodes(d *Desired, broken map[string]bool) Diagnostics {
+	type decl struct {
+		node  *Node
+		i     int
+		field string
+		pos   Pos
+	}
+	var decls []decl
+	for _, name := range d.SortedNodeNames() {
+		n := d.Nodes[name]
+		if broken["nodes."+name] {
+			continue
+		}
+		for i, g := range n.GPUs {
+			if g.UUID == "" {
+				continue
+			}
+			field := fmt.Sprintf("gpus[%d].uuid", i)
+			decls = append(decls, decl{n, i, field, n.Source.Of(field)})
+		}
+	}
+	slices.SortStableFunc(decls, func(a, b decl) int {
+		if c := strings.Compare(a.pos.File, b.pos.File); c != 0 {
+			return c
+		}
+		if c := a.pos.Line - b.pos.Line; c != 0 {
+			return c
+		}
+		return a.pos.Column - b.pos.Column
+	})
+	var diags Diagnostics
+	first := map[string]decl{}
+	for _, x := range decls {
+		uuid := strings.ToLower(x.node.GPUs[x.i].UUID)
+		f, dup := first[uuid]
+		if !dup {
+			first[uuid] = x
+			continue
+		}
+		if f.node == x.node {
+			continue
+		}
+		where := ""
+		if f.pos.File != "" {
+			where = " (" + f.pos.String() + ")"
+		}
+		diags = append(diags, Diagnostic{Pos: x.pos, Path: "nodes." + x.node.Name + "." + x.field,
+			Message: fmt.Sprintf("GPU %d has the uuid %s of GPU %d of node %s%s: a GPU is in one node only; take this node's UUIDs from pool-managerd inventory on it",
+				x.node.GPUs[x.i].Index, x.node.GPUs[x.i].UUID, f.node.GPUs[f.i].Index, f.node.Name, where)})
+	}
+	return diags
 }
 
 type checker struct {
@@ -253,6 +312,22 @@ func (c *checker) split(p *Pool, gpus []GPU) bool {
 		return false
 	}
 	split := p.EffectiveSplit()
+	if mixed && p.Engine != EngineLlamaCpp {
+		// An even share is always more than the smallest GPU's share of
+		// the VRAM, and these engines take no other: no split can help.
+		field := "devices"
+		if len(p.Split) > 0 {
+			field = "split"
+		}
+		for _, g := range gpus {
+			if g.VRAM == smallest {
+				c.poolProblem(p, field, "%s shards a model evenly, %s of it on each of the %d GPUs, and takes no uneven split: GPU %d (%s) is short, its share of the mask's VRAM being %s (%s of %s); mask GPUs of one size, use fewer GPUs, or use engine \"llamacpp\", whose llama-server splits unevenly (for example split: %s)",
+					p.Engine, formatRatio(1/float64(n)), n, g.Index, humanBytes(g.VRAM), formatRatio(float64(smallest)/float64(total)), humanBytes(g.VRAM), humanBytes(total), proportionalSplit(gpus, total))
+				break
+			}
+		}
+		return false
+	}
 	if mixed {
 		limit := float64(smallest) / float64(total)
 		for i, g := range gpus {
@@ -263,8 +338,8 @@ func (c *checker) split(p *Pool, gpus []GPU) bool {
 			if len(p.Split) == 0 {
 				field = "devices"
 			}
-			c.poolProblem(p, field, "GPU %d (%s) would take %s of the model, more than its share of the mask's VRAM (%s of %s = %s): the smallest GPU caps the split; give it at most %s%s",
-				g.Index, humanBytes(g.VRAM), formatRatio(split[i]), humanBytes(g.VRAM), humanBytes(total), formatRatio(limit), formatRatio(limit), evenHint(p))
+			c.poolProblem(p, field, "GPU %d (%s) would take %s of the model, more than its share of the mask's VRAM (%s of %s = %s): the smallest GPU caps the split; give it at most %s",
+				g.Index, humanBytes(g.VRAM), formatRatio(split[i]), humanBytes(g.VRAM), humanBytes(total), formatRatio(limit), formatRatio(limit))
 			sound = false
 		}
 	}
@@ -279,13 +354,6 @@ func (c *checker) split(p *Pool, gpus []GPU) bool {
 		}
 	}
 	return sound
-}
-
-func evenHint(p *Pool) string {
-	if p.Engine == EngineLlamaCpp {
-		return ""
-	}
-	return fmt.Sprintf(" (%s shards evenly, so mask GPUs of one size)", p.Engine)
 }
 
 type gpuRef struct {

@@ -247,6 +247,9 @@ var invalidCases = []invalidCase{
 	{name: "duplicate-gpu-uuid", want: []invalidDiag{
 		{"nodes.cue", 5, 19, "nodes.box.gpus[1].uuid", "GPU 1 has the same uuid as GPU 0"},
 	}},
+	{name: "gpu-uuid-on-two-nodes", want: []invalidDiag{
+		{"b.cue", 6, 19, "nodes.gpu-02.gpus[1].uuid", "GPU 1 has the uuid GPU-8a1f7c3e-52d4-4b9a-9e61-3f0c2d7b5a18 of GPU 0 of node gpu-01 (" + filepath.Join(invalidRoot, "gpu-uuid-on-two-nodes", "a.cue") + ":4:19): a GPU is in one node only"},
+	}},
 	{name: "split-missing-mixed-gpus", want: []invalidDiag{
 		{"pools.cue", 7, 2, "pools.chat.devices", "the masked GPUs differ in size (GPU 0: 24.0 GiB, GPU 1: 16.0 GiB): write split explicitly, for example split: [0.6, 0.4]"},
 	}},
@@ -257,7 +260,7 @@ var invalidCases = []invalidCase{
 		{"pools.cue", 8, 2, "pools.chat.split", "vllm shards a model evenly across its GPUs; remove split or make every ratio 0.5"},
 	}},
 	{name: "vllm-mixed-gpus", want: []invalidDiag{
-		{"pools.cue", 7, 2, "pools.chat.devices", "GPU 1 (16.0 GiB) would take 0.5 of the model, more than its share of the mask's VRAM (16.0 GiB of 40.0 GiB = 0.4): the smallest GPU caps the split; give it at most 0.4 (vllm shards evenly, so mask GPUs of one size)"},
+		{"pools.cue", 7, 2, "pools.chat.devices", `vllm shards a model evenly, 0.5 of it on each of the 2 GPUs, and takes no uneven split: GPU 1 (16.0 GiB) is short, its share of the mask's VRAM being 0.4 (16.0 GiB of 40.0 GiB); mask GPUs of one size, use fewer GPUs, or use engine "llamacpp", whose llama-server splits unevenly (for example split: [0.6, 0.4])`},
 	}},
 	{name: "vram-part-too-big", want: []invalidDiag{
 		{"pools.cue", 8, 8, "pools.chat.vram", "GPU 0 (24.0 GiB) would hold 30.0 GiB of the pool's 30.0 GiB (ratio 1), more than its memory"},

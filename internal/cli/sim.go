@@ -35,6 +35,7 @@ person wants to see happen: another process holding memory, an Xid error, a lost
 
 func newSimInitCommand() *cobra.Command {
 	var gpuSpecs []string
+	var node string
 	var reset, hostReal bool
 	cmd := &cobra.Command{
 		Use:   "init DIR",
@@ -51,6 +52,15 @@ func newSimInitCommand() *cobra.Command {
 					}
 					gpus = append(gpus, g)
 				}
+			}
+			if node != "" {
+				if len(gpuSpecs) == 0 {
+					gpus = sim.DefaultGPUs()
+					for i := range gpus {
+						gpus[i].UUID = ""
+					}
+				}
+				gpus = sim.NodeUUIDs(node, gpus)
 			}
 			init := sim.Init
 			if reset {
@@ -77,6 +87,7 @@ func newSimInitCommand() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringArrayVar(&gpuSpecs, "gpu", nil, `a GPU as "NAME=SIZE" (SIZE like 24Gi); repeat for each GPU, in index order`)
+	cmd.Flags().StringVar(&node, "node", "", "the node's name: its GPUs' UUIDs are made from it, so each node has its own (default: from DIR's absolute path; without --gpu, the UUIDs of examples/mixed-24-12's gpu-01)")
 	cmd.Flags().BoolVar(&reset, "reset", false, "replace an existing simulated node")
 	cmd.Flags().BoolVar(&hostReal, "host-real-engines", false, "let real engines (a CPU build of llama-server) run here: pool-managerd attributes each engine it starts its pool's VRAM need on its GPUs while it runs (stand-in engines keep their own claims)")
 	return cmd

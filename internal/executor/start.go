@@ -238,7 +238,7 @@ func (x *Executor) reserve(pool *schema.Pool, need []reconcile.GPUNeed, masked [
 		free := d.MemoryFree - min(d.MemoryFree, x.pendingOn(d, pool.ID))
 		if n.Need > free {
 			return &restart.Failure{Class: restart.ClassInsufficientVRAM,
-				Message: fmt.Sprintf("insufficient VRAM on GPU %d (%s, %s): needs %s at ctx %d, %s free", d.Index, d.Name, reconcile.GiB(d.MemoryTotal), reconcile.GiB(n.Need), pool.Model.Ctx, reconcile.GiB(free))}
+				Message: fmt.Sprintf("insufficient VRAM on GPU %d (%s): needs %s at ctx %d, %s free", d.Index, reconcile.GPUSize(d.Name, d.MemoryTotal), reconcile.GiB(n.Need), pool.Model.Ctx, reconcile.GiB(free))}
 		}
 	}
 	booking := &inflightStart{need: map[int]uint64{}}

@@ -112,7 +112,7 @@ func (e *Env) NewNode(tb testing.TB, name string, gpus []sim.GPUSpec) *Node {
 			tb.Fatalf("testenv: %v", err)
 		}
 	}
-	if err := sim.Init(n.Sim, gpus); err != nil {
+	if err := sim.Init(n.Sim, sim.NodeUUIDs(name, gpus)); err != nil {
 		tb.Fatalf("testenv: %v", err)
 	}
 	tb.Cleanup(func() { CheckNoEngines(tb, dir, "cleanup") })

@@ -279,25 +279,21 @@ func (d *Driver) Cleanup(_ context.Context, ref engine.Ref) error {
 	return nil
 }
 
-// pickPort asks the kernel for a free port that this driver has not given
-// to another engine already.
+// pickPort picks a free port, outside the kernel's ephemeral range where it
+// can (see portPicker), that this driver has not given to another engine
+// already.
 func (d *Driver) pickPort() (int, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.given == nil {
 		d.given = map[int]bool{}
 	}
-	for range 20 {
-		p, err := freePort()
-		if err != nil {
-			return 0, err
-		}
-		if !d.given[p] {
-			d.given[p] = true
-			return p, nil
-		}
+	p, err := hostPortPicker().pick(func(p int) bool { return d.given[p] })
+	if err != nil {
+		return 0, err
 	}
-	return 0, fmt.Errorf("no free port found that was not already given out")
+	d.given[p] = true
+	return p, nil
 }
 
 // freePort asks the kernel for a free port on 127.0.0.1.

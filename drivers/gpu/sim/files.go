@@ -64,8 +64,9 @@ var ErrExists = errors.New("simulated node already exists")
 type GPUSpec struct {
 	Name        string `json:"name"`
 	MemoryBytes uint64 `json:"memoryBytes"`
-	// UUID is the GPU's UUID; when empty, Init makes one from the index and
-	// the name (the same every time).
+	// UUID is the GPU's UUID; when empty, Init makes one from the node's
+	// directory, the index and the name (the same every time): see also
+	// NodeUUIDs, which makes them from the node's name.
 	UUID string `json:"uuid,omitempty"`
 }
 
@@ -120,18 +121,33 @@ type eventLine struct {
 
 var uuidPattern = regexp.MustCompile(`^GPU-[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
 
-// stableUUID makes a GPU UUID from the index and name.
-func stableUUID(index int, name string) string {
-	sum := sha256.Sum256([]byte(fmt.Sprintf("pool-managerd sim GPU %d %s", index, name)))
+// stableUUID makes a GPU UUID, shaped like NVML's, from the node, the
+// index and the model name, so that two nodes with the same GPUs get
+// different UUIDs and the same node gets the same ones every time.
+func stableUUID(node string, index int, name string) string {
+	sum := sha256.Sum256([]byte(fmt.Sprintf("pool-managerd sim node %q GPU %d %s", node, index, name)))
 	h := hex.EncodeToString(sum[:16])
 	return "GPU-" + h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
+}
+
+// NodeUUIDs returns gpus with a UUID made from the node's name, its index
+// and its model name for each GPU that has none; a UUID given is kept.
+func NodeUUIDs(node string, gpus []GPUSpec) []GPUSpec {
+	out := make([]GPUSpec, len(gpus))
+	for i, g := range gpus {
+		if g.UUID == "" {
+			g.UUID = stableUUID(node, i, g.Name)
+		}
+		out[i] = g
+	}
+	return out
 }
 
 // Init creates a simulated node with the given GPUs (indices in order) in
 // dir, creating dir if needed. It refuses to replace an existing node: see
 // Reset.
 func Init(dir string, gpus []GPUSpec) error {
-	desc, err := describe(gpus)
+	desc, err := describe(dir, gpus)
 	if err != nil {
 		return err
 	}
@@ -150,7 +166,7 @@ func Init(dir string, gpus []GPUSpec) error {
 // files (claims, foreign holds, events, lost GPUs, options) are removed, nothing
 // else in dir is touched.
 func Reset(dir string, gpus []GPUSpec) error {
-	if _, err := describe(gpus); err != nil {
+	if _, err := describe(dir, gpus); err != nil {
 		return err
 	}
 	for _, name := range []string{nodeFile, claimsDir, foreignDir, eventsFile, lostDir, optionsFile} {
@@ -161,9 +177,15 @@ func Reset(dir string, gpus []GPUSpec) error {
 	return Init(dir, gpus)
 }
 
-func describe(gpus []GPUSpec) (nodeDesc, error) {
+// describe checks gpus and numbers them; a GPU without a UUID gets one made
+// from the absolute path of dir (the node's identity when it has no name).
+func describe(dir string, gpus []GPUSpec) (nodeDesc, error) {
 	if len(gpus) == 0 {
 		return nodeDesc{}, errors.New("simulated node: at least one GPU is needed")
+	}
+	node, err := filepath.Abs(dir)
+	if err != nil {
+		return nodeDesc{}, fmt.Errorf("simulated node %s: %w", dir, err)
 	}
 	var desc nodeDesc
 	seen := map[string]int{}
@@ -176,7 +198,7 @@ func describe(gpus []GPUSpec) (nodeDesc, error) {
 		}
 		uuid := g.UUID
 		if uuid == "" {
-			uuid = stableUUID(i, g.Name)
+			uuid = stableUUID(node, i, g.Name)
 		} else if !uuidPattern.MatchString(uuid) {
 			return nodeDesc{}, fmt.Errorf("simulated GPU %d: uuid %q does not look like GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx", i, uuid)
 		}

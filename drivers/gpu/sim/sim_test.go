@@ -3,6 +3,7 @@ package sim_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -166,13 +167,59 @@ func TestGeneratedUUIDsAreStable(t *testing.T) {
 	if first[2].UUID != specs[2].UUID {
 		t.Errorf("GPU 2 uuid = %s, want the one given", first[2].UUID)
 	}
-	// The same GPUs in another directory get the same UUIDs.
-	again := filepath.Join(t.TempDir(), "n")
-	if err := sim.Init(again, specs); err != nil {
+	// The same node made again gets the same UUIDs.
+	if err := sim.Reset(dir, specs); err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff(first, devices(t, open(t, again))); diff != "" {
-		t.Errorf("devices of the same specs differ (-first +again):\n%s", diff)
+	if diff := cmp.Diff(first, devices(t, open(t, dir))); diff != "" {
+		t.Errorf("devices of the node made again differ (-first +again):\n%s", diff)
+	}
+	// The same GPUs in another directory are another node: other UUIDs,
+	// except the one given.
+	other := filepath.Join(t.TempDir(), "n")
+	if err := sim.Init(other, specs); err != nil {
+		t.Fatal(err)
+	}
+	second = devices(t, open(t, other))
+	for i := range 2 {
+		if second[i].UUID == first[i].UUID {
+			t.Errorf("GPU %d has uuid %s on two nodes", i, first[i].UUID)
+		}
+	}
+	if second[2].UUID != specs[2].UUID {
+		t.Errorf("GPU 2 uuid on the other node = %s, want the one given", second[2].UUID)
+	}
+}
+
+func TestNodeUUIDs(t *testing.T) {
+	specs := []sim.GPUSpec{
+		{Name: "A100", MemoryBytes: 80 * GiB},
+		{Name: "A100", MemoryBytes: 80 * GiB},
+		{Name: "L4", MemoryBytes: 24 * GiB, UUID: "GPU-f1a62d7b-08e3-49c5-b7d0-2e6a4c9f8135"},
+	}
+	pattern := regexp.MustCompile(`^GPU-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+	a, again, b := sim.NodeUUIDs("gpu-01", specs), sim.NodeUUIDs("gpu-01", specs), sim.NodeUUIDs("gpu-02", specs)
+	if diff := cmp.Diff(a, again); diff != "" {
+		t.Errorf("the same node's UUIDs differ (-first +again):\n%s", diff)
+	}
+	seen := map[string]string{}
+	for node, gpus := range map[string][]sim.GPUSpec{"gpu-01": a, "gpu-02": b} {
+		for i, g := range gpus[:2] {
+			if !pattern.MatchString(g.UUID) {
+				t.Errorf("%s GPU %d: uuid %q", node, i, g.UUID)
+			}
+			where := fmt.Sprintf("%s GPU %d", node, i)
+			if prev, dup := seen[g.UUID]; dup {
+				t.Errorf("%s has the uuid of %s: %s", where, prev, g.UUID)
+			}
+			seen[g.UUID] = where
+		}
+		if gpus[2].UUID != specs[2].UUID {
+			t.Errorf("%s GPU 2 uuid = %s, want the one given", node, gpus[2].UUID)
+		}
+	}
+	if specs[0].UUID != "" {
+		t.Errorf("NodeUUIDs changed its argument")
 	}
 }
 
