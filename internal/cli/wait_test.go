@@ -62,7 +62,7 @@ func TestParseWaitArgs(t *testing.T) {
 		{name: "phase without a name", pools: []string{"coder"}, flags: flags("phase"),
 			wantErr: `--for "phase": want phase=NAME (with pools), ready, config=valid|invalid|held-back, or revision=COMMIT`},
 		{name: "unknown phase", pools: []string{"coder"}, flags: flags("phase=Running"),
-			wantErr: `--for phase=Running: unknown phase "Running"; want one of Pending, Preloading, Ready, Unready, Draining, Failed, Stopped`},
+			wantErr: `--for phase=Running: unknown phase "Running"; want one of Pending, Fetching, Preloading, Ready, Unready, Draining, Failed, Stopped`},
 		{name: "phase without pools", flags: flags("phase=Ready"), wantErr: "--for phase=Ready: name the pools to wait for"},
 		{name: "empty pool", pools: []string{""}, flags: flags("phase=Ready"), wantErr: "an empty pool name"},
 		{name: "ready with a value", flags: flags("ready=yes"),
