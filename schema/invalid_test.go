@@ -107,7 +107,7 @@ var invalidCases = []invalidCase{
 		{"pools.cue", 3, 8, "pools.chat.model", "missing required field model"},
 	}},
 	{name: "missing-model-path", cueLevel: true, want: []invalidDiag{
-		{"pools.cue", 3, 8, "pools.chat.model.path", "missing required field model.path"},
+		{"pools.cue", 6, 2, "pools.chat.model", "model declares neither path nor source: set path (the model on the node) or source"},
 	}},
 	{name: "vllm-without-vram", cueLevel: true, want: []invalidDiag{
 		{"pools.cue", 3, 8, "pools.chat.vram", "missing required field vram (vllm, tgi and sglang pools declare their total VRAM need"},
