@@ -302,7 +302,7 @@ var invalidCases = []invalidCase{
 		{"pools.cue", 8, 10, "pools.chat.flags[0]", `"-m": pool-managerd sets --model itself; use model.path instead`},
 	}},
 	{name: "flag-hf-repo", want: []invalidDiag{
-		{"pools.cue", 8, 10, "pools.chat.flags[0]", `"-hf": pool-managerd sets --hf-repo itself; use model.path (a local file) instead`},
+		{"pools.cue", 8, 10, "pools.chat.flags[0]", `"-hf": pool-managerd sets --hf-repo itself; use model.source instead (hf://ORG/REPO@COMMIT/FILE or an https:// URL, with its sha256: pool-managerd fetches and verifies it) or model.path for a local file`},
 	}},
 	{name: "flag-dev", want: []invalidDiag{
 		{"pools.cue", 8, 10, "pools.chat.flags[0]", `"-dev": pool-managerd sets --device itself; use devices (the device mask) instead`},
