@@ -241,6 +241,11 @@ func (c *checker) pool(p *Pool) bool {
 		c.poolProblem(p, f.path, "%s", f.message)
 	}
 	c.restart(p)
+	if p.Model.Source != "" {
+		if msg := sourceProblem(p.Engine, p.Model.Source); msg != "" {
+			c.poolProblem(p, "model.source", "%s", msg)
+		}
+	}
 	node, ok := c.d.Nodes[p.Node]
 	if !ok {
 		c.poolProblem(p, "node", "node %q is not declared under nodes (declared: %s); declare its GPUs, for example with the output of pool-managerd inventory", p.Node, c.declared)

@@ -23,10 +23,10 @@ func newFlagChecker() *flagChecker {
 		llama: llamaargs.Default(),
 		llamaManaged: map[string]string{
 			"--model":        "use model.path instead",
-			"--model-url":    "use model.path (a local file) instead",
+			"--model-url":    "use model.source instead (hf://ORG/REPO@COMMIT/FILE or an https:// URL, with its sha256: pool-managerd fetches and verifies it) or model.path for a local file",
 			"--docker-repo":  "use model.path (a local file) instead",
-			"--hf-repo":      "use model.path (a local file) instead",
-			"--hf-file":      "use model.path (a local file) instead",
+			"--hf-repo":      "use model.source instead (hf://ORG/REPO@COMMIT/FILE or an https:// URL, with its sha256: pool-managerd fetches and verifies it) or model.path for a local file",
+			"--hf-file":      "use model.source instead (hf://ORG/REPO@COMMIT/FILE or an https:// URL, with its sha256: pool-managerd fetches and verifies it) or model.path for a local file",
 			"--host":         "pool-managerd binds engines to 127.0.0.1",
 			"--port":         "use the pool's port field instead",
 			"--ctx-size":     "use model.ctx instead",

@@ -107,7 +107,35 @@ var invalidCases = []invalidCase{
 		{"pools.cue", 3, 8, "pools.chat.model", "missing required field model"},
 	}},
 	{name: "missing-model-path", cueLevel: true, want: []invalidDiag{
-		{"pools.cue", 3, 8, "pools.chat.model.path", "missing required field model.path"},
+		{"pools.cue", 6, 2, "pools.chat.model", "model declares neither path nor source: set path (the model on the node) or source"},
+	}},
+	// ---- model.source: a fetched model, its digest or manifest ----
+	{name: "model-path-and-source", cueLevel: true, want: []invalidDiag{
+		{"pools.cue", 6, 2, "pools.chat.model", "model declares both path and source; they are alternatives"},
+	}},
+	{name: "llamacpp-source-without-sha256", cueLevel: true, want: []invalidDiag{
+		{"pools.cue", 6, 2, "pools.chat.model.sha256", "a llamacpp model with a source needs model.sha256, the sha256 of the GGUF file"},
+	}},
+	{name: "bad-sha256", cueLevel: true, want: []invalidDiag{
+		{"pools.cue", 8, 11, "pools.chat.model.sha256", "must be a sha256 digest: 64 lowercase hex digits"},
+	}},
+	{name: "vllm-source-without-files", cueLevel: true, want: []invalidDiag{
+		{"pools.cue", 6, 2, "pools.chat.model.files", "a vllm model with a source needs model.files, the manifest of the model directory"},
+	}},
+	{name: "manifest-path-dotdot", cueLevel: true, want: []invalidDiag{
+		{"pools.cue", 10, 11, "pools.chat.model.files[1].path", "manifest path must be a clean relative path in the model directory: no leading /, no . or .. elements"},
+	}},
+	{name: "manifest-duplicate-path", cueLevel: true, want: []invalidDiag{
+		{"pools.cue", 8, 3, "pools.chat.model.files", `model.files lists path "config.json" twice (files[0] and files[2])`},
+	}},
+	{name: "hf-source-without-revision", want: []invalidDiag{
+		{"pools.cue", 7, 11, "pools.chat.model.source", "has no revision: write hf://ORG/REPO@COMMIT/FILE with COMMIT the repository's 40-hex commit (pin a commit, not a branch: hf:// sources are content-addressed)"},
+	}},
+	{name: "hf-source-branch", want: []invalidDiag{
+		{"pools.cue", 7, 11, "pools.chat.model.source", `revision "main" is a branch or tag, which moves: pin a 40-hex commit, not a branch (hf:// sources are content-addressed`},
+	}},
+	{name: "http-source-remote-host", want: []invalidDiag{
+		{"pools.cue", 7, 11, "pools.chat.model.source", "uses http://, which is allowed only for loopback hosts (127.0.0.1, ::1, localhost); use https://"},
 	}},
 	{name: "vllm-without-vram", cueLevel: true, want: []invalidDiag{
 		{"pools.cue", 3, 8, "pools.chat.vram", "missing required field vram (vllm, tgi and sglang pools declare their total VRAM need"},
@@ -305,7 +333,7 @@ var invalidCases = []invalidCase{
 		{"pools.cue", 8, 10, "pools.chat.flags[0]", `"-m": pool-managerd sets --model itself; use model.path instead`},
 	}},
 	{name: "flag-hf-repo", want: []invalidDiag{
-		{"pools.cue", 8, 10, "pools.chat.flags[0]", `"-hf": pool-managerd sets --hf-repo itself; use model.path (a local file) instead`},
+		{"pools.cue", 8, 10, "pools.chat.flags[0]", `"-hf": pool-managerd sets --hf-repo itself; use model.source instead (hf://ORG/REPO@COMMIT/FILE or an https:// URL, with its sha256: pool-managerd fetches and verifies it) or model.path for a local file`},
 	}},
 	{name: "flag-dev", want: []invalidDiag{
 		{"pools.cue", 8, 10, "pools.chat.flags[0]", `"-dev": pool-managerd sets --device itself; use devices (the device mask) instead`},

@@ -265,12 +265,17 @@ func (r *reader) add(pos Pos, path, format string, args ...any) {
 	r.diags = append(r.diags, Diagnostic{Pos: pos, Path: path, Message: fmt.Sprintf(format, args...)})
 }
 
-// hiddenFieldOwner maps the schema's hidden check fields to the field they check.
-var hiddenFieldOwner = map[string]string{
-	"_splitLength": "split",
-	"_splitSum":    "split",
-	"_splitSumOK":  "split",
-	"_gpuIndices":  "gpus",
+// hiddenFieldOwner maps the schema's hidden check fields to the field they
+// check, a path below the struct that holds them.
+var hiddenFieldOwner = map[string][]string{
+	"_splitLength":       {"split"},
+	"_splitSum":          {"split"},
+	"_splitSumOK":        {"split"},
+	"_gpuIndices":        {"gpus"},
+	"_modelPathOrSource": {"model"},
+	"_modelSHA256":       {"model", "sha256"},
+	"_modelFiles":        {"model", "files"},
+	"_modelFilesUnique":  {"model", "files"},
 }
 
 // collectErrors walks the evaluated config down to the deepest values that
@@ -336,10 +341,11 @@ func isIncomplete(e cueerrors.Error) bool { return isIncompleteErr(e) }
 
 func (r *reader) addCUEError(e cueerrors.Error) {
 	path := cueerrors.Path(e)
-	remapped := false
+	remapped, modelRule := false, false
 	for i, sel := range path {
 		if owner, ok := hiddenFieldOwner[sel]; ok {
-			path = append(append([]string(nil), path[:i]...), owner)
+			modelRule = modelRules[sel]
+			path = append(append([]string(nil), path[:i]...), owner...)
 			remapped = true
 			break
 		}
@@ -377,8 +383,13 @@ func (r *reader) addCUEError(e cueerrors.Error) {
 	r.cueErrors = append(r.cueErrors, cueDiagnostic{
 		Diagnostic:    Diagnostic{Pos: pos, Path: formatPath(path), Message: friendlyMessage(path, msg)},
 		userPositions: userPositions,
+		modelRule:     modelRule,
 	})
 }
+
+// modelRules are the schema's hidden fields for the rules between a pool's
+// model fields (path or source, digest, manifest).
+var modelRules = map[string]bool{"_modelPathOrSource": true, "_modelSHA256": true, "_modelFiles": true}
 
 // cueDiagnostic is a CUE error turned into a diagnostic, with what is needed
 // to drop the noise of failed disjunctions.
@@ -386,6 +397,9 @@ type cueDiagnostic struct {
 	Diagnostic
 	// userPositions counts the error's positions in config files.
 	userPositions int
+	// modelRule: the error is a rule between model fields, which tests
+	// whether fields have valid values: a wrong value sets it off too.
+	modelRule bool
 }
 
 // flushCUEErrors adds the CUE errors as diagnostics. When one value
@@ -399,13 +413,37 @@ func (r *reader) flushCUEErrors() {
 			best[d.Path] = max(best[d.Path], d.userPositions)
 		}
 	}
+	// A model with a wrong value is reported for that value alone.
+	wrongModel := map[string]bool{}
+	for _, d := range r.cueErrors {
+		if pool, rest, ok := cutModelPath(d.Path); ok && !d.modelRule && (rest == "" || rest[0] == '.' || rest[0] == '[') {
+			wrongModel[pool] = true
+		}
+	}
 	for _, d := range r.cueErrors {
 		if strings.HasPrefix(d.Message, "conflicting values") && d.userPositions < best[d.Path] {
+			continue
+		}
+		if pool, _, _ := cutModelPath(d.Path); d.modelRule && wrongModel[pool] {
 			continue
 		}
 		r.diags = append(r.diags, d.Diagnostic)
 	}
 	r.cueErrors = nil
+}
+
+// cutModelPath splits "pools.ID.model..." into "pools.ID" and what follows "model".
+func cutModelPath(path string) (pool, rest string, ok bool) {
+	rest, ok = strings.CutPrefix(path, "pools.")
+	if !ok {
+		return "", "", false
+	}
+	id, after, ok := strings.Cut(rest, ".")
+	if !ok {
+		return "", "", false
+	}
+	rest, ok = strings.CutPrefix(after, "model")
+	return "pools." + id, rest, ok
 }
 
 // cueMessage returns an error's message without the path CUE puts in front.
@@ -443,13 +481,18 @@ func friendlyMessage(path []string, msg string) string {
 		return fmt.Sprintf("unknown field %s", field)
 	}
 	if m := uniqueItemsError.FindStringSubmatch(msg); m != nil {
-		if field == "devices" {
+		switch field {
+		case "devices":
 			return fmt.Sprintf("devices lists GPU %s twice (at positions %s and %s)", m[1], m[2], m[3])
+		case "files":
+			return fmt.Sprintf("model.files lists path %s twice (files[%s] and files[%s]); each file of the model directory is listed once", m[1], m[2], m[3])
 		}
 		return fmt.Sprintf("%s lists %s twice (at positions %s and %s)", field, m[1], m[2], m[3])
 	}
 	if m := minItemsError.FindStringSubmatch(msg); m != nil {
 		switch field {
+		case "files":
+			return "model.files lists no files; list every file of the model directory with its sha256"
 		case "devices":
 			return "devices must list at least one GPU"
 		case "gpus":

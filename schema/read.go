@@ -3,6 +3,7 @@ package schema
 import (
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"time"
 
@@ -283,10 +284,7 @@ func (r *reader) pool(id string, v cue.Value) *Pool {
 		ID:     id,
 		Node:   o.str("node", true),
 		Engine: Engine(o.str("engine", true)),
-		Model: Model{
-			Path: o.str("model.path", true),
-			Ctx:  int(o.int64("model.ctx", true)),
-		},
+		Model:  o.model(),
 		Port:   int(o.int64("port", false)),
 		VRAM:   o.int64("vram", false),
 		Share:  o.boolean("share"),
@@ -305,6 +303,13 @@ func (r *reader) pool(id string, v cue.Value) *Pool {
 				Cooldown: o.duration("restart.breaker.cooldown"),
 			},
 		},
+	}
+	if !r.valid && !v.LookupPath(r.pathOf("model")).Exists() {
+		// The missing model is reported (by the typed reading of model.ctx);
+		// the schema's rule "path or source" has nothing to add.
+		r.diags = slices.DeleteFunc(r.diags, func(d Diagnostic) bool {
+			return d.Path == o.path("model") && strings.HasPrefix(d.Message, neitherPathNorSource)
+		})
 	}
 	// A pool with a VRAM read has the field: look it up only when it is not.
 	if p.Engine.Sharded() && p.VRAM == 0 && !v.LookupPath(r.pathOf("vram")).Exists() {
@@ -346,4 +351,33 @@ func (r *reader) pool(id string, v cue.Value) *Pool {
 		})
 	}
 	return p
+}
+
+// neitherPathNorSource starts the schema's message for a model with neither
+// path nor source (poolmanagerd.cue, _modelPathOrSource).
+const neitherPathNorSource = "model declares neither path nor source"
+
+// model reads a pool's model. The manifest and the digest are read only
+// with a source: the schema refuses them without one, and a config of
+// thousands of pools with paths looks up nothing more than before.
+func (o *object) model() Model {
+	m := Model{
+		Path:   o.str("model.path", false),
+		Source: o.str("model.source", false),
+		Ctx:    int(o.int64("model.ctx", true)),
+	}
+	if m.Source == "" {
+		return m
+	}
+	m.SHA256 = o.str("model.sha256", false)
+	o.list("model.files", false, func(i int, v cue.Value) error {
+		f := &object{r: o.r, owner: o.owner, prefix: fmt.Sprintf("%s.model.files[%d]", o.prefix, i), v: v}
+		m.Files = append(m.Files, ModelFile{
+			Path:   f.str("path", true),
+			SHA256: f.str("sha256", true),
+			Size:   f.int64("size", false),
+		})
+		return nil
+	})
+	return m
 }

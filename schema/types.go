@@ -68,12 +68,33 @@ func (n *Node) GPU(index int) (GPU, bool) {
 	return GPU{}, false
 }
 
-// Model is the model a pool serves.
+// Model is the model a pool serves: a file or directory already on the node
+// (Path), or one that pool-managerd fetches into its content-addressed cache
+// (Source, with SHA256 for a file or Files for a directory). Exactly one of
+// Path and Source is set. A model with a source carries its digests, never a
+// cache path, so that its spec (and the spec's hash) is the same on every node.
 type Model struct {
-	// Path is the absolute path of the model file or directory.
-	Path string `json:"path"`
+	// Path is the absolute path of the model file or directory; empty with a source.
+	Path string `json:"path,omitempty"`
+	// Source is where the model is fetched from: an https:// URL (http:// for
+	// loopback hosts only) or hf://ORG/REPO@COMMIT[/PATH]; empty with a path.
+	Source string `json:"source,omitempty"`
+	// SHA256 is the digest of the model file (llamacpp), in lowercase hex.
+	SHA256 string `json:"sha256,omitempty"`
+	// Files is the manifest of a model directory (vllm, tgi, sglang).
+	Files []ModelFile `json:"files,omitempty"`
 	// Ctx is the context size in tokens.
 	Ctx int `json:"ctx"`
+}
+
+// ModelFile is one file of a model directory's manifest.
+type ModelFile struct {
+	// Path is the file's path in the model directory: relative, clean, slash-separated.
+	Path string `json:"path"`
+	// SHA256 is the file's digest, in lowercase hex.
+	SHA256 string `json:"sha256"`
+	// Size is the file's size in bytes when declared, 0 otherwise; the digest is what is verified.
+	Size int64 `json:"size,omitempty"`
 }
 
 // Pool is one inference pool: an engine process serving a model on a set of GPUs.
