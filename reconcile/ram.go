@@ -131,11 +131,14 @@ func (p *planner) ramBlocker(c *Change, available uint64) (*Blocker, uint64) {
 	if need <= available {
 		return nil, need
 	}
+	return &Blocker{Class: ClassInsufficientRAM, Message: RAMShortage(c.Spec, *c.RAM, p.observed.Host.Total), Hint: RAMHint(c.Spec)}, need
+}
+
+// RAMShortage is the message of a start the host lacks the RAM for.
+func RAMShortage(pool *schema.Pool, r RAMNeed, total uint64) string {
 	what := "the pool's ram"
-	if source == "estimate" {
-		what = fmt.Sprintf("%s's default estimate", c.Spec.Engine)
+	if r.Source == "estimate" {
+		what = fmt.Sprintf("%s's default estimate", pool.Engine)
 	}
-	return &Blocker{Class: ClassInsufficientRAM,
-		Message: fmt.Sprintf("insufficient host RAM: needs %s (%s), %s available of %s", gib(need), what, gib(available), gib(p.observed.Host.Total)),
-		Hint:    RAMHint(c.Spec)}, need
+	return fmt.Sprintf("insufficient host RAM: needs %s (%s), %s available of %s", gib(r.Need), what, gib(r.Available), gib(total))
 }
