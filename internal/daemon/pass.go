@@ -196,7 +196,7 @@ func (d *Daemon) pass(ctx context.Context, early *observation) {
 	desired, settles := d.effective(now)
 	d.liftHolds(desired)
 	plan := reconcile.Plan(desired, obs, now)
-	d.view.observed(obs, desired.Pools, plan, d.removalTimes())
+	d.view.observed(obs, desired, plan, d.removalTimes())
 	d.knownToMetrics(desired, obs)
 	d.cancelStale(desired)
 	d.runFaults(desired, st)

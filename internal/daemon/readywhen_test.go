@@ -113,4 +113,8 @@ func TestReadyWhenPoolsBlockedForRAM(t *testing.T) {
 	if got := r.stepCount("big", executor.StepSpawned); got != 0 {
 		t.Errorf("pool big's engine was spawned %d times", got)
 	}
+	// The metrics show the simulated host, and each pool's need.
+	wantMetric(t, r.reg, "pool_managerd_host_memory_total_bytes", nil, 8<<30)
+	wantMetric(t, r.reg, "pool_managerd_pool_ram_need_bytes", map[string]string{"pool": "big"}, 20<<30)
+	wantMetric(t, r.reg, "pool_managerd_pool_ram_need_bytes", map[string]string{"pool": "ok"}, 2<<30)
 }
