@@ -56,6 +56,13 @@ func (w *world) simulatedNode() error {
 	return w.exitStatus(0)
 }
 
+func (w *world) simulatedNodeWithRAM(gib int) error {
+	if err := w.run(fmt.Sprintf("sim init SIMDIR --ram %dGi", gib)); err != nil {
+		return err
+	}
+	return w.exitStatus(0)
+}
+
 func (w *world) ggufModel(path, shape string) error {
 	m := ggufgen.Llama7B()
 	if shape == "Llama 70B" {
@@ -396,6 +403,7 @@ func (w *world) register(sc *godog.ScenarioContext) {
 	sc.Step(`^a llama\.cpp pool "([^"]*)" on GPUs (\d+) and (\d+) with split \[([^\]]*)\]$`, w.splitPool)
 	sc.Step(`^a llama\.cpp pool "([^"]*)" on GPU (\d+) with flags (.*)$`, w.flagPool)
 	sc.Step(`^a simulated node with an RTX 3090 \(24 GiB\) and an RTX 3060 \(12 GiB\)$`, w.simulatedNode)
+	sc.Step(`^a simulated node with an RTX 3090 \(24 GiB\), an RTX 3060 \(12 GiB\) and (\d+) GiB of host RAM$`, w.simulatedNodeWithRAM)
 	sc.Step(`^a GGUF model file "([^"]*)" shaped like (Llama 7B|Llama 70B)$`, w.ggufModel)
 	sc.Step(`^I run "pool-managerd ([^"]*)"$`, w.run)
 	sc.Step(`^I run "pool-managerd ([^"]*)" again$`, w.runAgain)

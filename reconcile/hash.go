@@ -84,7 +84,7 @@ func hashJSON(v any) string {
 
 // inPlaceFields are the spec fields that change nothing in the engine
 // process: they are applied by updating the record, without a restart.
-var inPlaceFields = []string{"restart", "share", "vram"}
+var inPlaceFields = []string{"restart", "share", "vram", "ram"}
 
 // inPlace reports whether every changed field can be applied without a restart.
 func inPlace(fields []FieldChange) bool {
@@ -178,7 +178,7 @@ func (r *fieldReporter) Report(rs cmp.Result) {
 	}
 	r.seen[path] = true
 	change := FieldChange{Path: path, Old: render(vx), New: render(vy)}
-	if path == "vram" && vx.CanInt() && vy.CanInt() {
+	if (path == "vram" || path == "ram") && vx.CanInt() && vy.CanInt() {
 		change.Old, change.New = gib(uint64(vx.Int())), gib(uint64(vy.Int()))
 	}
 	r.changes = append(r.changes, change)

@@ -84,6 +84,10 @@ type Change struct {
 	NotBefore *time.Time `json:"notBefore,omitempty"`
 	// Need is the VRAM the start needs on each masked GPU, against what is free.
 	Need []GPUNeed `json:"need,omitempty"`
+	// RAM is the host RAM the start needs, against what is available; absent
+	// where the host's memory is not observed (--gpus declared, a simulated
+	// node made without --ram).
+	RAM *RAMNeed `json:"ram,omitempty"`
 	// PID is the running engine's process (delete, replace, adopt).
 	PID int `json:"pid,omitempty"`
 	// Spec is the pool spec to run (create, replace, update, restart, adopt).
@@ -109,6 +113,7 @@ type Blocker struct {
 // The classes of blockers found at plan time.
 const (
 	ClassInsufficientVRAM  = "insufficient_vram"
+	ClassInsufficientRAM   = restart.ClassInsufficientRAM
 	ClassCircuitOpen       = "circuit_open"
 	ClassMaskConflict      = "mask_conflict"
 	ClassInventory         = "inventory_mismatch"
@@ -210,7 +215,11 @@ type planner struct {
 	owned map[int]string
 	// free tracks each GPU's memory free for starts as the plan goes: the
 	// observed free memory, plus what stops free, less what starts take.
-	free     map[int]uint64
+	free map[int]uint64
+	// ramFree is the host RAM free for starts as the plan goes: the
+	// observed available memory plus what deletes free (0 when the host's
+	// memory is not observed).
+	ramFree  uint64
 	changes  []Change
 	warnings []string
 	// badGPUs are GPUs whose declared and observed inventories differ, with why.
@@ -220,6 +229,9 @@ type planner struct {
 func (p *planner) plan() *NodePlan {
 	for _, d := range p.observed.GPUs {
 		p.free[d.Index] = d.MemoryFree
+	}
+	if p.observed.Host != nil {
+		p.ramFree = p.observed.Host.Available
 	}
 	p.checkInventory()
 	p.checkProcesses()
@@ -394,6 +406,7 @@ func (p *planner) block(c *Change, b *Blocker) {
 	c.Action = Blocked
 	c.PID = 0
 	c.Need = nil
+	c.RAM = nil
 }
 
 // precheck says why a start cannot go ahead, whatever the memory: a GPU
@@ -487,6 +500,7 @@ func (p *planner) book(starts []Change, keeps map[string]bool) ([]Change, string
 	for idx, f := range p.free {
 		free[idx] = f
 	}
+	ram := p.ramFree
 	for _, c := range starts {
 		e := p.observed.Engines[c.Pool]
 		// A running engine stops before its pool restarts; a dead one's
@@ -494,6 +508,9 @@ func (p *planner) book(starts []Change, keeps map[string]bool) ([]Change, string
 		if c.Action != Blocked && (c.PID != 0 || (!e.Alive && len(e.PIDs) > 0)) && !keeps[c.Pool] {
 			for idx, b := range p.observed.heldBy(e) {
 				free[idx] += b
+			}
+			if c.PID != 0 {
+				ram += p.ramHeldBy(e)
 			}
 		}
 	}
@@ -526,7 +543,12 @@ func (p *planner) book(starts []Change, keeps map[string]bool) ([]Change, string
 			d, _ := p.observed.device(idx)
 			out[i].Need[j] = GPUNeed{Index: idx, UUID: d.UUID, Need: need.PerGPU[j], Free: free[idx]}
 		}
-		if b := p.vramBlocker(out[i], free); b != nil {
+		b := p.vramBlocker(out[i], free)
+		var ramNeed uint64
+		if b == nil {
+			b, ramNeed = p.ramBlocker(&out[i], ram)
+		}
+		if b != nil {
 			if c.PID != 0 {
 				return nil, c.Pool
 			}
@@ -536,6 +558,7 @@ func (p *planner) book(starts []Change, keeps map[string]bool) ([]Change, string
 		for j, idx := range c.Spec.Devices {
 			free[idx] -= need.PerGPU[j]
 		}
+		ram -= ramNeed
 	}
 	// The replaces and restarts that did not fit in their turn: each still
 	// goes ahead if what is left, with its own engine's memory, holds it;
@@ -551,7 +574,13 @@ func (p *planner) book(starts []Change, keeps map[string]bool) ([]Change, string
 		for idx, b := range p.observed.heldBy(p.observed.Engines[c.Pool]) {
 			withOwn[idx] += b
 		}
-		if b := p.vramBlocker(c, withOwn); b != nil {
+		ramWithOwn := ram + p.ramHeldBy(p.observed.Engines[c.Pool])
+		b := p.vramBlocker(c, withOwn)
+		var ramNeed uint64
+		if b == nil {
+			b, ramNeed = p.ramBlocker(&out[i], ramWithOwn)
+		}
+		if b != nil {
 			p.block(&out[i], b)
 			continue
 		}
@@ -561,6 +590,7 @@ func (p *planner) book(starts []Change, keeps map[string]bool) ([]Change, string
 			d, _ := p.observed.device(idx)
 			out[i].Need[j] = GPUNeed{Index: idx, UUID: d.UUID, Need: need.PerGPU[j], Free: withOwn[idx]}
 		}
+		ram = ramWithOwn - ramNeed
 		for idx := range withOwn {
 			free[idx] = withOwn[idx]
 		}
@@ -640,6 +670,7 @@ func (p *planner) release(e Engine) {
 	for idx, b := range p.observed.heldBy(e) {
 		p.free[idx] += b
 	}
+	p.ramFree += p.ramHeldBy(e)
 }
 
 // checkInventory compares the declared inventory with the observed GPUs.

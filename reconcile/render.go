@@ -106,6 +106,9 @@ func (t *textWriter) change(c Change) {
 	for _, n := range c.Need {
 		t.printf("        GPU %d: needs %s, %s free\n", n.Index, gib(n.Need), gib(n.Free))
 	}
+	if r := c.RAM; r != nil {
+		t.printf("        host RAM: needs %s (%s), %s available\n", gib(r.Need), r.Source, gib(r.Available))
+	}
 	if c.Blocker != nil && c.Blocker.Hint != "" {
 		t.printf("        hint: %s\n", c.Blocker.Hint)
 	}

@@ -99,6 +99,10 @@ type Observed struct {
 	StateDir string `json:"stateDir,omitempty"`
 	// GPUs are the node's devices, sorted by index.
 	GPUs []gpu.Device `json:"gpus"`
+	// Host is the host's RAM; nil where it is not observed (--gpus
+	// declared, a simulated node made without --ram): then no start's RAM
+	// need is checked.
+	Host *HostMemory `json:"host,omitempty"`
 	// Engines are the engine processes pool-managerd knows of, by pool id.
 	Engines map[string]Engine `json:"engines,omitempty"`
 	// Pools holds each pool's backoff and breaker history, by pool id.

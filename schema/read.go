@@ -287,6 +287,7 @@ func (r *reader) pool(id string, v cue.Value) *Pool {
 		Model:  o.model(),
 		Port:   int(o.int64("port", false)),
 		VRAM:   o.int64("vram", false),
+		RAM:    o.int64("ram", false),
 		Share:  o.boolean("share"),
 		Source: Source{resolver: r.posResolver, path: []cue.Selector{cue.Str("pools"), cue.Str(id)}},
 		Restart: RestartPolicy{

@@ -116,6 +116,10 @@ type Pool struct {
 	Port int `json:"port,omitempty"`
 	// VRAM is the declared total VRAM need in bytes; 0 when not declared.
 	VRAM int64 `json:"vram,omitempty"`
+	// RAM is the declared host RAM need in bytes; 0 when not declared (the
+	// engine's default estimate, reconcile.RAMNeed, applies; it is not
+	// written into the spec, so that its hash does not move with it).
+	RAM int64 `json:"ram,omitempty"`
 	// Share allows the pool's GPUs to hold other sharing pools.
 	Share   bool          `json:"share,omitempty"`
 	Restart RestartPolicy `json:"restart"`

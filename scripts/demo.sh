@@ -107,19 +107,20 @@ echo "   ..."
 
 say "A simulated GPU node" \
 	"No GPU here? pool-managerd ships a simulated node, served through the same NVML code" \
-	"as real hardware. This one is the home lab: an RTX 3090 and an RTX 3060."
+	"as real hardware. This one is the home lab: an RTX 3090, an RTX 3060 and 64 GiB of host RAM."
 if [ -n "$real_llama" ]; then
 	echo "   With a real llama-server at hand, the node also hosts real engines: pool-managerd gives each"
 	echo "   engine it starts its pool's VRAM need on its GPUs, as a CPU build holds none of its own."
-	run "$pm" sim init "$work/node" --host-real-engines
+	run "$pm" sim init "$work/node" --ram 64Gi --host-real-engines
 else
-	run "$pm" sim init "$work/node"
+	run "$pm" sim init "$work/node" --ram 64Gi
 fi
 run "$pm" inventory --gpus "sim:$work/node" --node gpu-01
 
 say "Plan: what would change on the node, and why" \
 	"plan compares the config with the node's GPUs and the engines in the state directory" \
-	"(none yet: a fresh node). Each start shows what it needs on each GPU against what is free."
+	"(none yet: a fresh node). Each start shows what it needs on each GPU against what is free," \
+	"and what it needs of the host's RAM against what is available."
 run "$pm" plan examples/mixed-24-12 --gpus "sim:$work/node" --state-dir "$work/state" --node gpu-01
 
 say "Something else grabs GPU 1" \

@@ -168,6 +168,9 @@ type StartRequest struct {
 	Marker string
 	// Need is the pool's VRAM need in all, in bytes (0 when unknown).
 	Need uint64
+	// RAM is the pool's host RAM need in bytes (0 when not checked); a
+	// simulated node holds it for the engine while it lives.
+	RAM uint64
 }
 
 // Process is a running engine.

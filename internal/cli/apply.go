@@ -175,7 +175,7 @@ func openNodeSession(cmd *cobra.Command, configDir string, src gpuSource, node, 
 	}
 	s.desired = reconcile.DesiredFor(cfg, node)
 	observe.Needs(ctx, &s.desired)
-	s.observed, err = observe.Observe(ctx, observe.Options{Node: node, GPUs: s.gpus, Source: src.String(), StateDir: stateDir, ScanProcesses: true})
+	s.observed, err = observe.Observe(ctx, observe.Options{Node: node, GPUs: s.gpus, Source: src.String(), Host: src.host(), StateDir: stateDir, ScanProcesses: true})
 	if err != nil {
 		s.close()
 		return nil, err
@@ -268,7 +268,7 @@ func runApply(cmd *cobra.Command, target string, src gpuSource, node, stateDir s
 		}
 	}
 	x := &executor.Executor{
-		Node: plan.Node, GPUs: s.gpus, Engines: driver, Store: state.Store{Dir: stateDir},
+		Node: plan.Node, GPUs: s.gpus, Host: src.host(), Engines: driver, Store: state.Store{Dir: stateDir},
 		Now: time.Now, Rand: rand.Float64,
 		Report: report,
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu/declared"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu/nvml"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu/sim"
+	"github.com/poolmanagerd/pool-managerd/internal/observe"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
 
@@ -77,6 +78,19 @@ func (g gpuSource) open(node *schema.Node, declaredOK bool) (gpu.Node, error) {
 		}
 		return n, err
 	}
+}
+
+// host is where the node's host memory is read from: /proc/meminfo for
+// nvml, the simulated node's own figures for sim (none when it was made
+// without --ram), none for declared (nothing runs here).
+func (g gpuSource) host() observe.HostFunc {
+	switch g.Kind {
+	case "sim":
+		return observe.SimHost(g.Dir)
+	case "declared":
+		return nil
+	}
+	return observe.RealHost
 }
 
 // chooseNode settles which node a command acts for. On the simulated node,

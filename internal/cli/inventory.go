@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
+	"github.com/poolmanagerd/pool-managerd/reconcile"
 )
 
 var nodeNamePattern = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
@@ -25,8 +26,10 @@ validate and plan can check device masks and split ratios without the hardware.
 
 --format json prints the same GPUs for scripts, one JSON object:
   {"formatVersion": 1, "node", "source",
-   "gpus": [{"index", "uuid", "model", "vram" (bytes), "lost" (only when true)}]}
-A lost GPU is listed with "lost": true (the CUE output leaves it out).
+   "gpus": [{"index", "uuid", "model", "vram" (bytes), "lost" (only when true)}],
+   "hostRAM": {"total", "available"} (bytes; absent on a simulated node made without --ram)}
+A lost GPU is listed with "lost": true (the CUE output leaves it out). The CUE
+output names the host's RAM in a comment: pools declare their own need (ram).
 
 Exit codes: 0 printed, 1 the GPUs could not be read, 2 usage error.`,
 		Example: `  pool-managerd inventory > config/nodes/$(hostname).cue
@@ -59,10 +62,16 @@ Exit codes: 0 printed, 1 the GPUs could not be read, 2 usage error.`,
 			if err != nil {
 				return fmt.Errorf("inventory: %w", err)
 			}
-			if format == "json" {
-				return writeInventoryJSON(cmd.OutOrStdout(), node, src.String(), devices)
+			var host *reconcile.HostMemory
+			if read := src.host(); read != nil {
+				if host, err = read(cmd.Context()); err != nil {
+					return fmt.Errorf("inventory: %w", err)
+				}
 			}
-			return writeInventory(cmd.OutOrStdout(), node, src.String(), devices)
+			if format == "json" {
+				return writeInventoryJSON(cmd.OutOrStdout(), node, src.String(), devices, host)
+			}
+			return writeInventory(cmd.OutOrStdout(), node, src.String(), devices, host)
 		},
 	}
 	cmd.Flags().StringVar(&gpus, "gpus", "nvml", "where the GPUs are read from: nvml or sim:DIR")
@@ -72,9 +81,12 @@ Exit codes: 0 printed, 1 the GPUs could not be read, 2 usage error.`,
 }
 
 // writeInventory prints a node declaration in CUE.
-func writeInventory(w io.Writer, node, source string, devices []gpu.Device) error {
+func writeInventory(w io.Writer, node, source string, devices []gpu.Device, host *reconcile.HostMemory) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "package poolmanagerd\n\n// The GPUs of %s, as read by pool-managerd inventory (%s).\n", node, source)
+	if host != nil {
+		fmt.Fprintf(&b, "// Host RAM: %s, %s available now (a pool's need is its ram, or its engine's estimate).\n", reconcile.GiB(host.Total), reconcile.GiB(host.Available))
+	}
 	fmt.Fprintf(&b, "nodes: %q: gpus: [\n", node)
 	for _, d := range devices {
 		if d.Lost {
@@ -97,6 +109,13 @@ type inventoryJSON struct {
 	Node          string         `json:"node"`
 	Source        string         `json:"source"`
 	GPUs          []inventoryGPU `json:"gpus"`
+	// HostRAM is the host's memory; absent where it is not observed.
+	HostRAM *inventoryHost `json:"hostRAM,omitempty"`
+}
+
+type inventoryHost struct {
+	Total     uint64 `json:"total"`
+	Available uint64 `json:"available"`
 }
 
 type inventoryGPU struct {
@@ -108,8 +127,11 @@ type inventoryGPU struct {
 }
 
 // writeInventoryJSON prints the node's GPUs as one JSON object.
-func writeInventoryJSON(w io.Writer, node, source string, devices []gpu.Device) error {
+func writeInventoryJSON(w io.Writer, node, source string, devices []gpu.Device, host *reconcile.HostMemory) error {
 	doc := inventoryJSON{FormatVersion: InventoryFormatVersion, Node: node, Source: source, GPUs: []inventoryGPU{}}
+	if host != nil {
+		doc.HostRAM = &inventoryHost{Total: host.Total, Available: host.Available}
+	}
 	for _, d := range devices {
 		doc.GPUs = append(doc.GPUs, inventoryGPU{Index: d.Index, UUID: d.UUID, Model: d.Name, VRAM: d.MemoryTotal, Lost: d.Lost})
 	}

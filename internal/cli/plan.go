@@ -199,7 +199,7 @@ func planNode(cmd *cobra.Command, cfg *schema.Desired, desired reconcile.Desired
 	}
 	defer gpus.Close()
 	observe.Needs(ctx, &desired)
-	obsOpts := observe.Options{Node: node, GPUs: gpus, Source: opts.GPUs.String()}
+	obsOpts := observe.Options{Node: node, GPUs: gpus, Source: opts.GPUs.String(), Host: opts.GPUs.host()}
 	if opts.GPUs.Kind != "declared" {
 		obsOpts.StateDir = opts.StateDir
 		obsOpts.ScanProcesses = true

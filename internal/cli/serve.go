@@ -278,7 +278,7 @@ func runServe(cmd *cobra.Command, f serveFlags) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		metrics.NewBuildInfo(Version(), runtime.Version(), Revision()))
 	d, err := daemon.New(daemon.Options{
-		ConfigDir: configDir, StateDir: stateDir, Node: node, GPUs: gpus, Source: src.String(), Engines: driver,
+		ConfigDir: configDir, StateDir: stateDir, Node: node, GPUs: gpus, Source: src.String(), Host: src.host(), Engines: driver,
 		Logger: log, Registry: reg, Resync: f.resync, Debounce: f.debounce, HealthEvery: f.healthEvery, Notify: sdNotify(log),
 		RemovalSettle: f.removalSettle, AllowEmpty: f.allowEmpty, Git: git, ReadyWhen: readyWhen,
 		Step: crashStep(),

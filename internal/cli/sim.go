@@ -22,6 +22,7 @@ stand-in engine) claim memory on their GPUs; these commands add what a test or a
 person wants to see happen: another process holding memory, an Xid error, a lost GPU.`,
 		Example: `  pool-managerd sim init /tmp/node                        # RTX 3090 24 GiB + RTX 3060 12 GiB
   pool-managerd sim init /tmp/node --gpu "NVIDIA A100=80Gi" --gpu "NVIDIA A100=80Gi"
+  pool-managerd sim init /tmp/node --ram 64Gi                # with 64 GiB of host RAM
   pool-managerd sim hold /tmp/node --gpu 1 --size 2Gi --pid 4242
   pool-managerd sim xid /tmp/node --gpu 0 --xid 79
   pool-managerd sim lose /tmp/node --gpu 1`,
@@ -37,6 +38,7 @@ func newSimInitCommand() *cobra.Command {
 	var gpuSpecs []string
 	var node string
 	var reset, hostReal bool
+	var ram string
 	cmd := &cobra.Command{
 		Use:   "init DIR",
 		Short: "Create a simulated node (default: RTX 3090 24 GiB + RTX 3060 12 GiB)",
@@ -62,6 +64,14 @@ func newSimInitCommand() *cobra.Command {
 				}
 				gpus = sim.NodeUUIDs(node, gpus)
 			}
+			var ramBytes uint64
+			if ram != "" {
+				n, err := parseSize(ram)
+				if err != nil {
+					return usageError("--ram: %v", err)
+				}
+				ramBytes = n
+			}
 			init := sim.Init
 			if reset {
 				init = sim.Reset
@@ -77,8 +87,16 @@ func newSimInitCommand() *cobra.Command {
 					return fmt.Errorf("sim init: %w", err)
 				}
 			}
+			if ramBytes > 0 {
+				if err := sim.SetHostRAM(args[0], ramBytes); err != nil {
+					return fmt.Errorf("sim init: %w", err)
+				}
+			}
 			for i, g := range gpus {
 				fmt.Fprintf(cmd.OutOrStdout(), "GPU %d: %s, %s\n", i, g.Name, cueBytes(g.MemoryBytes))
+			}
+			if ramBytes > 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), "host RAM: %s (each engine started here holds its pool's RAM need while it runs)\n", cueBytes(ramBytes))
 			}
 			if hostReal {
 				fmt.Fprintln(cmd.OutOrStdout(), "hosts real engines: each engine pool-managerd starts here is given its pool's VRAM need on its GPUs while it runs")
@@ -89,6 +107,7 @@ func newSimInitCommand() *cobra.Command {
 	cmd.Flags().StringArrayVar(&gpuSpecs, "gpu", nil, `a GPU as "NAME=SIZE" (SIZE like 24Gi); repeat for each GPU, in index order`)
 	cmd.Flags().StringVar(&node, "node", "", "the node's name: its GPUs' UUIDs are made from it, so each node has its own (default: from DIR's absolute path; without --gpu, the UUIDs of examples/mixed-24-12's gpu-01)")
 	cmd.Flags().BoolVar(&reset, "reset", false, "replace an existing simulated node")
+	cmd.Flags().StringVar(&ram, "ram", "", "the host's RAM (SIZE like 64Gi): plan and apply check each pool's RAM need against it, less what the node's running engines hold; without it, host RAM is not simulated and not checked")
 	cmd.Flags().BoolVar(&hostReal, "host-real-engines", false, "let real engines (a CPU build of llama-server) run here: pool-managerd attributes each engine it starts its pool's VRAM need on its GPUs while it runs (stand-in engines keep their own claims)")
 	return cmd
 }

@@ -72,7 +72,7 @@ error, 2 usage error.`,
 				return fmt.Errorf("status: %w", err)
 			}
 			defer gpus.Close()
-			obs, err := observe.Observe(cmd.Context(), observe.Options{Node: node, GPUs: gpus, Source: src.String(), StateDir: nf.stateDir, ScanProcesses: true})
+			obs, err := observe.Observe(cmd.Context(), observe.Options{Node: node, GPUs: gpus, Source: src.String(), Host: src.host(), StateDir: nf.stateDir, ScanProcesses: true})
 			if err != nil {
 				return fmt.Errorf("status: %w", err)
 			}

@@ -39,6 +39,7 @@ import (
 	"github.com/poolmanagerd/pool-managerd/internal/executor"
 	"github.com/poolmanagerd/pool-managerd/internal/gitsource"
 	"github.com/poolmanagerd/pool-managerd/internal/metrics"
+	"github.com/poolmanagerd/pool-managerd/internal/observe"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
 	"github.com/poolmanagerd/pool-managerd/schema"
@@ -54,6 +55,9 @@ type Options struct {
 	// GPUs is the node's GPUs; Source names them (nvml, sim:DIR).
 	GPUs   gpu.Node
 	Source string
+	// Host reads the node's host memory; nil when it is not observed (then
+	// no pool's RAM need is checked).
+	Host observe.HostFunc
 	// Engines starts, adopts and cleans up engines.
 	Engines engine.Driver
 	// Logger receives one event per transition; nil discards.
@@ -216,7 +220,7 @@ func New(opts Options) (*Daemon, error) {
 		d.view.source = opts.Git.Status().URL
 	}
 	d.exec = &executor.Executor{
-		Node: opts.Node, GPUs: opts.GPUs, Engines: opts.Engines, Store: state.Store{Dir: opts.StateDir},
+		Node: opts.Node, GPUs: opts.GPUs, Host: opts.Host, Engines: opts.Engines, Store: state.Store{Dir: opts.StateDir},
 		Now: time.Now, Rand: rand.Float64, Report: d.onEvent, Step: opts.Step,
 	}
 	if opts.Registry != nil {

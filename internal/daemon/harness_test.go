@@ -193,6 +193,7 @@ type pool struct {
 	devices []int  // default [0]
 	split   string // CUE list
 	vram    string // default 1Gi
+	ram     string // host RAM need; default none (not declared)
 	// env is the pool's env; FAKE_ENGINE_LOAD_DELAY defaults to 50ms.
 	env map[string]string
 	// restart is the body of the restart struct; default fastRestart.
@@ -231,7 +232,7 @@ func (n *node) spec(name string, p pool) testenv.Pool {
 	maps.Copy(vars, p.env)
 	return testenv.Pool{
 		ID: p.id, Node: name, Model: n.env.ModelFile(p.id + ".gguf"), Devices: p.devices, Split: p.split,
-		Port: portFor(n.t, n.name, p.id), VRAM: p.vram, Share: true, Env: vars, Restart: p.restart,
+		Port: portFor(n.t, n.name, p.id), VRAM: p.vram, RAM: p.ram, Share: true, Env: vars, Restart: p.restart,
 	}
 }
 

@@ -148,7 +148,7 @@ func (o *observation) wait() (reconcile.Observed, error) {
 }
 
 func (d *Daemon) observe(ctx context.Context) (reconcile.Observed, error) {
-	return observe.Observe(ctx, observe.Options{Node: d.opts.Node, GPUs: d.opts.GPUs, Source: d.opts.Source, StateDir: d.opts.StateDir, ScanProcesses: true})
+	return observe.Observe(ctx, observe.Options{Node: d.opts.Node, GPUs: d.opts.GPUs, Source: d.opts.Source, Host: d.opts.Host, StateDir: d.opts.StateDir, ScanProcesses: true})
 }
 
 // pass observes the node (or takes early, an observation started while the
@@ -196,7 +196,7 @@ func (d *Daemon) pass(ctx context.Context, early *observation) {
 	desired, settles := d.effective(now)
 	d.liftHolds(desired)
 	plan := reconcile.Plan(desired, obs, now)
-	d.view.observed(obs, desired.Pools, plan, d.removalTimes())
+	d.view.observed(obs, desired, plan, d.removalTimes())
 	d.knownToMetrics(desired, obs)
 	d.cancelStale(desired)
 	d.runFaults(desired, st)
@@ -315,8 +315,8 @@ func (d *Daemon) launchChanges(plan *reconcile.NodePlan, now time.Time, later fu
 			later(*c.NotBefore)
 			continue
 		}
-		if c.Action == reconcile.Blocked && c.Blocker.Class != reconcile.ClassInsufficientVRAM {
-			// Reported once until it changes; a VRAM shortage is a failure,
+		if c.Action == reconcile.Blocked && c.Blocker.Class != reconcile.ClassInsufficientVRAM && c.Blocker.Class != reconcile.ClassInsufficientRAM {
+			// Reported once until it changes; a VRAM or RAM shortage is a failure,
 			// counted once per backoff (the NotBefore above).
 			key := c.Blocker.Class + ": " + c.Blocker.Message
 			if d.reported[c.Pool] == key {

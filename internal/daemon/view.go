@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"slices"
 	"sync"
 	"time"
@@ -24,6 +25,8 @@ type view struct {
 	lastDiags []string
 	// desired is the config in force for this node, by pool id.
 	desired map[string]*schema.Pool
+	// ramNeeds is each pool's host RAM need, where known, by pool id.
+	ramNeeds map[string]uint64
 	// blocked are the pools the last plan blocked, with the blocker's class.
 	blocked map[string]string
 	obs     reconcile.Observed
@@ -161,7 +164,13 @@ func (v *view) config() api.Config {
 	return c
 }
 
-func (v *view) observed(obs reconcile.Observed, desired map[string]*schema.Pool, plan *reconcile.NodePlan, removals map[string]time.Time) {
+func (v *view) observed(obs reconcile.Observed, desired reconcile.Desired, plan *reconcile.NodePlan, removals map[string]time.Time) {
+	ramNeeds := map[string]uint64{}
+	for id, p := range desired.Pools {
+		if need, _, known := reconcile.PoolRAM(p, desired.Needs[id]); known {
+			ramNeeds[id] = need
+		}
+	}
 	blocked := map[string]string{}
 	for _, c := range plan.Changes {
 		if c.Action == reconcile.Blocked {
@@ -170,7 +179,7 @@ func (v *view) observed(obs reconcile.Observed, desired map[string]*schema.Pool,
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	v.obs, v.desired, v.blocked, v.removals = obs, desired, blocked, removals
+	v.obs, v.desired, v.ramNeeds, v.blocked, v.removals = obs, desired.Pools, ramNeeds, blocked, removals
 }
 
 func (v *view) setHeld(pool string, held bool) {
@@ -272,6 +281,9 @@ func (d *Daemon) snapshot() metrics.Snapshot {
 		s.Pools = append(s.Pools, ps)
 	}
 	d.view.mu.RLock()
+	for i := range s.Pools {
+		s.Pools[i].RAMNeed = d.view.ramNeeds[s.Pools[i].Pool]
+	}
 	s.GPUs = slices.Clone(d.view.obs.GPUs)
 	s.Config.HeldBack = d.view.cfg.HeldBack != nil
 	if rev := d.view.cfg.LastAppliedRevision; rev != nil {
@@ -286,6 +298,14 @@ func (d *Daemon) snapshot() metrics.Snapshot {
 		}
 	}
 	d.view.mu.RUnlock()
+	// As the node observes it (a simulated node's --ram, not this
+	// machine's), read at the scrape.
+	if d.opts.Host != nil {
+		if h, err := d.opts.Host(context.Background()); err == nil && h != nil {
+			s.HostTotal, s.HostAvailable = h.Total, h.Available
+			return s
+		}
+	}
 	s.HostTotal, s.HostAvailable, _ = metrics.HostMemory()
 	return s
 }

@@ -29,8 +29,11 @@ type Store interface {
 // state file as it goes, so that a crash at any point is recovered by the
 // next run (intent recorded before a spawn, the engine's marker, its pid).
 type Executor struct {
-	Node    string
-	GPUs    gpu.Node
+	Node string
+	GPUs gpu.Node
+	// Host reads the host's memory for the RAM check before a spawn; nil,
+	// or nil memory, means it is not observed and nothing is checked.
+	Host    func(ctx context.Context) (*reconcile.HostMemory, error)
 	Engines engine.Driver
 	Store   Store
 	// Now and Rand are the clock and random source (jitter).
@@ -98,6 +101,8 @@ func (x *Executor) setLoading(l Loading, done bool) {
 // inflightStart is a start's booking of GPU memory.
 type inflightStart struct {
 	need map[int]uint64
+	// ram is the host RAM it booked.
+	ram  uint64
 	proc engine.Process
 }
 
@@ -398,9 +403,9 @@ func (x *Executor) update(ctx context.Context, c reconcile.Change) Outcome {
 }
 
 func (x *Executor) blocked(ctx context.Context, c reconcile.Change) Outcome {
-	if c.Blocker.Class == reconcile.ClassInsufficientVRAM && c.Spec != nil {
+	if (c.Blocker.Class == reconcile.ClassInsufficientVRAM || c.Blocker.Class == reconcile.ClassInsufficientRAM) && c.Spec != nil {
 		// Found before anything was spawned: a failure for backoff and breaker all the same.
-		o := x.failed(ctx, c.Spec, restart.Failure{Class: restart.ClassInsufficientVRAM, Message: c.Blocker.Message, Hint: c.Blocker.Hint})
+		o := x.failed(ctx, c.Spec, restart.Failure{Class: c.Blocker.Class, Message: c.Blocker.Message, Hint: c.Blocker.Hint})
 		o.Action = reconcile.Blocked
 		return o
 	}
@@ -450,6 +455,9 @@ func (x *Executor) failed(ctx context.Context, pool *schema.Pool, f restart.Fail
 	}
 	if f.Class == restart.ClassInsufficientVRAM && f.Hint == "" {
 		f.Hint = reconcile.VRAMHint(pool)
+	}
+	if f.Class == restart.ClassInsufficientRAM && f.Hint == "" {
+		f.Hint = reconcile.RAMHint(pool)
 	}
 	t := x.tracker(pool)
 	phase := x.recordFailure(pool, t, f)

@@ -31,7 +31,11 @@ func (x *Executor) start(ctx context.Context, c reconcile.Change) Outcome {
 	if err != nil {
 		return x.outcome(c, x.failed(ctx, pool, restart.Failure{Class: restart.ClassDriverReset, Message: err.Error()}))
 	}
-	if f := x.reserve(pool, c.Need, masked); f != nil {
+	host, err := x.hostMemory(ctx)
+	if err != nil {
+		return x.outcome(c, x.failed(ctx, pool, restart.Failure{Class: restart.ClassSpawnFailed, Message: err.Error()}))
+	}
+	if f := x.reserve(pool, c.Need, masked, c.RAM, host); f != nil {
 		return x.outcome(c, x.failed(ctx, pool, *f))
 	}
 	defer x.unreserve(pool.ID)
@@ -60,7 +64,11 @@ func (x *Executor) start(ctx context.Context, c reconcile.Change) Outcome {
 	for _, n := range c.Need {
 		total += n.Need
 	}
-	p, err := x.Engines.Start(ctx, engine.StartRequest{Pool: pool, GPUs: masked, Marker: marker, Need: total})
+	req := engine.StartRequest{Pool: pool, GPUs: masked, Marker: marker, Need: total}
+	if c.RAM != nil {
+		req.RAM = c.RAM.Need
+	}
+	p, err := x.Engines.Start(ctx, req)
 	if err != nil {
 		_ = x.mutate(func(st *state.State) { delete(st.Engines, pool.ID) })
 		return x.outcome(c, x.failed(ctx, pool, restart.Failure{Class: restart.ClassSpawnFailed, Message: err.Error()}))
@@ -221,10 +229,23 @@ func (x *Executor) maskedGPUs(ctx context.Context, pool *schema.Pool) ([]gpu.Dev
 	return out, nil
 }
 
-// reserve fails fast when a masked GPU lacks the memory the pool needs,
-// counting what other starts in flight have booked but do not yet visibly
-// hold; else it books the need.
-func (x *Executor) reserve(pool *schema.Pool, need []reconcile.GPUNeed, masked []gpu.Device) *restart.Failure {
+// hostMemory reads the host's memory now; nil when it is not observed.
+func (x *Executor) hostMemory(ctx context.Context) (*reconcile.HostMemory, error) {
+	if x.Host == nil {
+		return nil, nil
+	}
+	h, err := x.Host(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read host memory: %w", err)
+	}
+	return h, nil
+}
+
+// reserve fails fast when a masked GPU lacks the memory the pool needs, or
+// the host the RAM (when the plan gave its need and the host's memory is
+// observed), counting what other starts in flight have booked but do not
+// yet visibly hold; else it books the need.
+func (x *Executor) reserve(pool *schema.Pool, need []reconcile.GPUNeed, masked []gpu.Device, ram *reconcile.RAMNeed, host *reconcile.HostMemory) *restart.Failure {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if x.inflight == nil {
@@ -241,7 +262,18 @@ func (x *Executor) reserve(pool *schema.Pool, need []reconcile.GPUNeed, masked [
 				Message: fmt.Sprintf("insufficient VRAM on GPU %d (%s): needs %s at ctx %d, %s free", d.Index, reconcile.GPUSize(d.Name, d.MemoryTotal), reconcile.GiB(n.Need), pool.Model.Ctx, reconcile.GiB(free))}
 		}
 	}
+	if ram != nil && host != nil {
+		avail := host.Available - min(host.Available, x.pendingRAM(host, pool.ID))
+		if ram.Need > avail {
+			short := *ram
+			short.Available = avail
+			return &restart.Failure{Class: restart.ClassInsufficientRAM, Message: reconcile.RAMShortage(pool, short, host.Total)}
+		}
+	}
 	booking := &inflightStart{need: map[int]uint64{}}
+	if ram != nil {
+		booking.ram = ram.Need
+	}
 	for _, n := range need {
 		booking.need[n.Index] += n.Need
 	}
@@ -271,6 +303,30 @@ func (x *Executor) pendingOn(d gpu.Device, except string) uint64 {
 			}
 		}
 		pending += booked - min(booked, held)
+	}
+	return pending
+}
+
+// pendingRAM is the host RAM other starts in flight booked and do not yet
+// visibly hold: on a simulated node an engine holds its need from its
+// spawn (host.Held); on a real host the booking stands until the start
+// ends, since an engine's memory grows while it loads. Called with x.mu held.
+func (x *Executor) pendingRAM(host *reconcile.HostMemory, except string) uint64 {
+	var pending uint64
+	for id, b := range x.inflight {
+		if id == except || b.ram == 0 {
+			continue
+		}
+		var held uint64
+		if b.proc != nil && host.Held != nil {
+			held = host.Held[b.proc.PID()]
+			for _, pid := range b.proc.Session() {
+				if pid != b.proc.PID() {
+					held += host.Held[pid]
+				}
+			}
+		}
+		pending += b.ram - min(b.ram, held)
 	}
 	return pending
 }

@@ -255,6 +255,17 @@ pool_managerd_git_last_success_timestamp_seconds 1.7e+09
 pool_managerd_config_revision_info{revision="0123abcd+dirty",source="/etc/pool-managerd/config"} 1
 `,
 	}, {
+		name: "pool RAM need, where known",
+		snapshot: Snapshot{Pools: []PoolSnapshot{
+			{Pool: "chat", Phase: string(reconcile.Ready), Ready: true, RAMNeed: 20 << 30},
+			{Pool: "embed", Phase: string(reconcile.Unready)},
+		}},
+		metrics: []string{"pool_managerd_pool_ram_need_bytes"},
+		want: `# HELP pool_managerd_pool_ram_need_bytes The pool's host RAM need in bytes, checked against host_memory_available_bytes before its engine starts: its declared ram, or its engine's default estimate. Absent while unknown.
+# TYPE pool_managerd_pool_ram_need_bytes gauge
+pool_managerd_pool_ram_need_bytes{pool="chat"} 2.147483648e+10
+`,
+	}, {
 		name:     "host memory unknown",
 		snapshot: Snapshot{HostAvailable: 1 << 30},
 		metrics:  []string{"pool_managerd_host_memory_total_bytes", "pool_managerd_host_memory_available_bytes"},

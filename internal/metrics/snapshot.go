@@ -17,8 +17,9 @@ type Snapshot struct {
 	// GPUs are the node's GPUs, as gpu.Node.Devices returns them (memory in
 	// bytes). A lost GPU has no memory series: its figures are unknown, not zero.
 	GPUs []gpu.Device
-	// HostTotal and HostAvailable are the host's memory in bytes (see
-	// [HostMemory]); a HostTotal of 0 means unknown, and the host series are
+	// HostTotal and HostAvailable are the host's memory in bytes, as the
+	// node observes it (/proc/meminfo, see [HostMemory], or a simulated
+	// node's --ram); a HostTotal of 0 means unknown, and the host series are
 	// then left out.
 	HostTotal, HostAvailable uint64
 	// Config is the state of the config source.
@@ -66,6 +67,9 @@ type PoolSnapshot struct {
 	// Circuit is the circuit breaker's state as restart.BreakerState.Metric
 	// numbers it: 0 closed, 1 open, 2 half-open.
 	Circuit int
+	// RAMNeed is the pool's host RAM need in bytes (its ram, or its engine's
+	// estimate); 0 when unknown, and its series is then left out.
+	RAMNeed uint64
 }
 
 // Phases are the values of pool_phase's phase label: the lifecycle's
@@ -85,7 +89,7 @@ type snapshotCollector struct {
 
 	poolReady, poolPhase, backoff, circuit *prometheus.Desc
 	gpuTotal, gpuUsed, gpuFree             *prometheus.Desc
-	hostTotal, hostAvailable               *prometheus.Desc
+	hostTotal, hostAvailable, poolRAMNeed  *prometheus.Desc
 	revision, heldBack, pendingRemovals    *prometheus.Desc
 	gitUp, gitFailures, gitLastSuccess     *prometheus.Desc
 }
@@ -122,6 +126,9 @@ func newSnapshotCollector(snapshot func() Snapshot) *snapshotCollector {
 		hostAvailable: prometheus.NewDesc(name("host_memory_available_bytes"),
 			"Memory of the host available for new processes without swapping, in bytes (MemAvailable of /proc/meminfo).",
 			nil, nil),
+		poolRAMNeed: prometheus.NewDesc(name("pool_ram_need_bytes"),
+			"The pool's host RAM need in bytes, checked against host_memory_available_bytes before its engine starts: its declared ram, or its engine's default estimate. Absent while unknown.",
+			[]string{"pool"}, nil),
 		revision: prometheus.NewDesc(name("config_revision_info"),
 			"The revision of the config in force: always 1, with the commit as the revision label (+dirty when the config directory's work tree has uncommitted changes) and where it came from as source. Absent for a plain directory outside Git.",
 			[]string{"revision", "source"}, nil),
@@ -147,7 +154,7 @@ func (c *snapshotCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.poolReady, c.poolPhase, c.backoff, c.circuit,
 		c.gpuTotal, c.gpuUsed, c.gpuFree,
-		c.hostTotal, c.hostAvailable,
+		c.hostTotal, c.hostAvailable, c.poolRAMNeed,
 		c.revision, c.heldBack, c.pendingRemovals,
 		c.gitUp, c.gitFailures, c.gitLastSuccess,
 	} {
@@ -167,6 +174,9 @@ func (c *snapshotCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		gauge(c.backoff, p.Backoff.Seconds(), p.Pool)
 		gauge(c.circuit, float64(p.Circuit), p.Pool)
+		if p.RAMNeed > 0 {
+			gauge(c.poolRAMNeed, float64(p.RAMNeed), p.Pool)
+		}
 	}
 	for _, d := range s.GPUs {
 		if d.Lost {

@@ -45,6 +45,9 @@ type Options struct {
 	// ScanProcesses looks through /proc for engines by their marker. Off in
 	// declared mode, where nothing on this machine belongs to the node.
 	ScanProcesses bool
+	// Host reads the host's memory; nil means it is not observed (declared
+	// mode), and then no pool's RAM need is checked.
+	Host HostFunc
 	// Health probes an engine's health endpoint; nil means engine.ProbeHealth.
 	Health func(ctx context.Context, port int, readyBefore bool) engine.Health
 }
@@ -58,6 +61,11 @@ func Observe(ctx context.Context, opts Options) (reconcile.Observed, error) {
 		return obs, fmt.Errorf("observe GPUs (%s): %w", opts.Source, err)
 	}
 	obs.GPUs = devices
+	if opts.Host != nil {
+		if obs.Host, err = opts.Host(ctx); err != nil {
+			return obs, fmt.Errorf("observe host memory: %w", err)
+		}
+	}
 	health := opts.Health
 	if health == nil {
 		health = engine.ProbeHealth

@@ -79,7 +79,9 @@ type Pool struct {
 	Split, Flags string
 	Port         int
 	// VRAM is a CUE number: "4Gi".
-	VRAM  string
+	VRAM string
+	// RAM is the pool's host RAM need, a CUE number ("20Gi"); empty leaves it out.
+	RAM   string
 	Share bool
 	Env   map[string]string
 	// Restart is the body of the restart struct, in CUE:
@@ -133,6 +135,9 @@ func (p Pool) body() string {
 	}
 	if p.VRAM != "" {
 		fmt.Fprintf(&b, "\tvram:    %s\n", p.VRAM)
+	}
+	if p.RAM != "" {
+		fmt.Fprintf(&b, "\tram:     %s\n", p.RAM)
 	}
 	if p.Share {
 		b.WriteString("\tshare:   true\n")

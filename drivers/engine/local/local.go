@@ -131,6 +131,11 @@ func (d *Driver) Start(ctx context.Context, req engine.StartRequest) (engine.Pro
 	if err != nil {
 		return nil, err
 	}
+	if d.SimDir != "" && req.RAM > 0 {
+		if err := sim.HoldRAM(d.SimDir, h.PID(), req.RAM); err != nil && d.Log != nil {
+			d.Log.Warn("simulated node: cannot hold host RAM for the engine", "pool", req.Pool.ID, "pid", h.PID(), "error", err)
+		}
+	}
 	if d.SimDir != "" && d.SimHostEngines {
 		if _, err := sim.Attribute(d.SimDir, h.PID(), Attribution(req)); err != nil && d.Log != nil {
 			d.Log.Warn("simulated node: cannot attribute GPU memory to the engine", "pool", req.Pool.ID, "pid", h.PID(), "error", err)

@@ -169,7 +169,7 @@ func Reset(dir string, gpus []GPUSpec) error {
 	if _, err := describe(dir, gpus); err != nil {
 		return err
 	}
-	for _, name := range []string{nodeFile, claimsDir, foreignDir, eventsFile, lostDir, optionsFile} {
+	for _, name := range []string{nodeFile, claimsDir, foreignDir, eventsFile, lostDir, optionsFile, hostFile, ramDir} {
 		if err := os.RemoveAll(filepath.Join(dir, name)); err != nil {
 			return fmt.Errorf("resetting simulated node: %w", err)
 		}
