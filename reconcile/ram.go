@@ -49,20 +49,25 @@ const (
 )
 
 // DefaultRAM is an engine's default host RAM estimate for a pool that
-// declares no ram, from its VRAM need in all (vramTotal) and its GPUs:
+// declares no ram, from its VRAM need in all (vramTotal), the size of its
+// weight files where known (weights, 0 when not) and its GPUs:
 //
 //   - llamacpp: 1 GiB + a tenth of the VRAM need (a fully offloaded
 //     llama-server keeps little on the host side);
-//   - vllm, tgi, sglang: the VRAM need + 2 GiB for each Python process (the
-//     API server and one worker per GPU): they read the safetensors weights
-//     through host memory while they load, and the weights lie within the
-//     VRAM the pool declares.
+//   - vllm, tgi, sglang: the weights + 2 GiB for each Python process (the API
+//     server and one worker per GPU): they read the safetensors weights
+//     through host memory while they load. Where the weights' size is not
+//     known, the VRAM need stands in for it (the weights lie within it, with
+//     the KV cache: an estimate that errs high).
 //
 // It is computed here, not written into the spec, so that a new estimate in
 // a later pool-managerd changes no spec hash and restarts no engine.
-func DefaultRAM(engine schema.Engine, vramTotal uint64, gpus int) uint64 {
+func DefaultRAM(engine schema.Engine, vramTotal, weights uint64, gpus int) uint64 {
 	if engine.Sharded() {
-		return vramTotal + uint64(1+gpus)*pythonRAMPerProcess
+		if weights == 0 {
+			weights = vramTotal
+		}
+		return weights + uint64(1+gpus)*pythonRAMPerProcess
 	}
 	return llamaRAMBase + vramTotal/llamaRAMDivisor
 }
@@ -81,7 +86,7 @@ func PoolRAM(pool *schema.Pool, vram Need) (need uint64, source string, known bo
 	for _, b := range vram.PerGPU {
 		total += b
 	}
-	return DefaultRAM(pool.Engine, total, len(pool.Devices)), "estimate", true
+	return DefaultRAM(pool.Engine, total, vram.Weights, len(pool.Devices)), "estimate", true
 }
 
 // RAMHint is the hint for a pool the host lacks the RAM for.

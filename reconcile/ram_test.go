@@ -10,19 +10,22 @@ import (
 
 func TestDefaultRAM(t *testing.T) {
 	for _, tc := range []struct {
-		engine schema.Engine
-		vram   uint64
-		gpus   int
-		want   uint64
+		engine  schema.Engine
+		vram    uint64
+		weights uint64
+		gpus    int
+		want    uint64
 	}{
-		{schema.EngineLlamaCpp, 10 * giB, 1, 2 * giB},
-		{schema.EngineLlamaCpp, 0, 1, giB},
-		{schema.EngineVLLM, 40 * giB, 2, 46 * giB},
-		{schema.EngineTGI, 20 * giB, 1, 24 * giB},
-		{schema.EngineSGLang, 16 * giB, 4, 26 * giB},
+		{schema.EngineLlamaCpp, 10 * giB, 0, 1, 2 * giB},
+		{schema.EngineLlamaCpp, 0, 0, 1, giB},
+		{schema.EngineLlamaCpp, 10 * giB, 7 * giB, 1, 2 * giB}, // the GGUF is mmap'd: its size does not count
+		{schema.EngineVLLM, 40 * giB, 0, 2, 46 * giB},
+		{schema.EngineVLLM, 88 * giB, 28 * giB, 4, 38 * giB}, // the weights, not the KV cache the VRAM also holds
+		{schema.EngineTGI, 20 * giB, 0, 1, 24 * giB},
+		{schema.EngineSGLang, 16 * giB, 0, 4, 26 * giB},
 	} {
-		if got := DefaultRAM(tc.engine, tc.vram, tc.gpus); got != tc.want {
-			t.Errorf("DefaultRAM(%s, %d GiB, %d GPUs) = %s, want %s", tc.engine, tc.vram/giB, tc.gpus, gib(got), gib(tc.want))
+		if got := DefaultRAM(tc.engine, tc.vram, tc.weights, tc.gpus); got != tc.want {
+			t.Errorf("DefaultRAM(%s, %d GiB, %d GiB weights, %d GPUs) = %s, want %s", tc.engine, tc.vram/giB, tc.weights/giB, tc.gpus, gib(got), gib(tc.want))
 		}
 	}
 }

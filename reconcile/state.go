@@ -37,6 +37,11 @@ type Need struct {
 	Source string `json:"source,omitempty"`
 	// Err says why the need is unknown (a missing model file, say); the pool is then blocked.
 	Err string `json:"error,omitempty"`
+	// Weights is the size of a vLLM, TGI or SGLang model's weight files in
+	// bytes (the .safetensors, .bin, .pt and .pth files of its directory, or
+	// the sizes its manifest declares); 0 when not known. The host RAM
+	// estimate starts from it (DefaultRAM).
+	Weights uint64 `json:"weights,omitempty"`
 }
 
 // DesiredByNode splits a config by node in one pass: each declared node's

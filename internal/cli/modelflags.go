@@ -105,4 +105,3 @@ func (m *modelFlags) check() error {
 	}
 	return nil
 }
-

@@ -8,6 +8,7 @@ package observe
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sort"
 	"sync"
@@ -289,10 +290,58 @@ func Needs(ctx context.Context, d *reconcile.Desired) {
 }
 
 // NeedOf is one pool's VRAM need; an error is recorded in the need, and blocks the pool.
+// For vLLM, TGI and SGLang it also sums the model's weight files (Need.Weights).
 func NeedOf(ctx context.Context, p *schema.Pool) reconcile.Need {
 	est, err := vram.For(ctx, p)
 	if err != nil {
 		return reconcile.Need{Err: err.Error()}
 	}
-	return reconcile.Need{PerGPU: est.PerGPU, Source: est.Source}
+	need := reconcile.Need{PerGPU: est.PerGPU, Source: est.Source}
+	if p.Engine.Sharded() {
+		need.Weights = weightsOf(p.Model)
+	}
+	return need
+}
+
+// weightsOf is the size of a model directory's weight files: those in
+// model.path, or, for a fetched model, the sizes its manifest declares; 0
+// when not known (a directory that cannot be read, a manifest without sizes).
+func weightsOf(m schema.Model) uint64 {
+	var sum uint64
+	if m.Path == "" {
+		for _, f := range m.Files {
+			if !isWeightFile(f.Path) {
+				continue
+			}
+			if f.Size <= 0 {
+				return 0
+			}
+			sum += uint64(f.Size)
+		}
+		return sum
+	}
+	entries, err := os.ReadDir(m.Path)
+	if err != nil {
+		return 0
+	}
+	for _, e := range entries {
+		if !isWeightFile(e.Name()) {
+			continue
+		}
+		info, err := os.Stat(filepath.Join(m.Path, e.Name())) // follows links (a Hub snapshot links into blobs/)
+		if err != nil || !info.Mode().IsRegular() {
+			continue
+		}
+		sum += uint64(info.Size())
+	}
+	return sum
+}
+
+// isWeightFile reports whether a model directory's file holds weights.
+func isWeightFile(name string) bool {
+	switch filepath.Ext(name) {
+	case ".safetensors", ".bin", ".pt", ".pth":
+		return true
+	}
+	return false
 }

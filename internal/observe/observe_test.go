@@ -591,3 +591,34 @@ func TestNeeds(t *testing.T) {
 		t.Errorf("NeedOf(gguf).Err = %q, want it to mention %s", n.Err, missing)
 	}
 }
+
+// A vLLM-style model's weights are the sizes of its weight files, from its
+// directory or its manifest; anything else in it (config, tokenizer) does
+// not count, and an unknown size makes the whole unknown.
+func TestNeedWeights(t *testing.T) {
+	dir := t.TempDir()
+	for name, size := range map[string]int{"model-00001.safetensors": 3000, "model-00002.safetensors": 2000, "config.json": 50, "tokenizer.json": 700, "pytorch_model.bin": 1000} {
+		if err := os.WriteFile(filepath.Join(dir, name), make([]byte, size), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink(filepath.Join(dir, "pytorch_model.bin"), filepath.Join(dir, "linked.pt")); err != nil {
+		t.Fatal(err)
+	}
+	manifest := []schema.ModelFile{{Path: "a.safetensors", Size: 10}, {Path: "sub/b.safetensors", Size: 20}, {Path: "config.json", Size: 5}}
+	for _, tc := range []struct {
+		name string
+		pool *schema.Pool
+		want uint64
+	}{
+		{"directory", &schema.Pool{ID: "d", Engine: schema.EngineVLLM, Model: schema.Model{Path: dir}, Devices: []int{0}, VRAM: 1 << 30}, 3000 + 2000 + 1000 + 1000},
+		{"manifest", &schema.Pool{ID: "m", Engine: schema.EngineTGI, Model: schema.Model{Source: "https://example.com/m", Files: manifest}, Devices: []int{0}, VRAM: 1 << 30}, 30},
+		{"manifest without a size", &schema.Pool{ID: "u", Engine: schema.EngineSGLang, Model: schema.Model{Source: "https://example.com/m", Files: []schema.ModelFile{{Path: "a.safetensors"}}}, Devices: []int{0}, VRAM: 1 << 30}, 0},
+		{"no directory", &schema.Pool{ID: "n", Engine: schema.EngineVLLM, Model: schema.Model{Path: filepath.Join(dir, "missing")}, Devices: []int{0}, VRAM: 1 << 30}, 0},
+		{"llamacpp counts none", &schema.Pool{ID: "l", Engine: schema.EngineLlamaCpp, Model: schema.Model{Path: dir}, Devices: []int{0}, VRAM: 1 << 30}, 0},
+	} {
+		if got := NeedOf(context.Background(), tc.pool).Weights; got != tc.want {
+			t.Errorf("%s: weights %d, want %d", tc.name, got, tc.want)
+		}
+	}
+}
