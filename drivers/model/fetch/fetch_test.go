@@ -655,3 +655,45 @@ func TestFetchManifest(t *testing.T) {
 		t.Error("a directory too big for the cache was fetched")
 	}
 }
+
+func TestParallelLimit(t *testing.T) {
+	a, b := model(64<<10), model(65<<10)
+	srv := newServer(t, map[string][]byte{"/a.gguf": a, "/b.gguf": b})
+	release := make(chan struct{})
+	srv.setHook(holdAfter(a, len(a)/2, release, false)) // the first GET (of a) is held
+	f := newFetcher(t, t.TempDir(), cache.Options{}, fetch.Options{Parallel: 1})
+
+	errs := make(chan error, 2)
+	progressA, halfA := progressAt(int64(len(a) / 2))
+	go func() {
+		_, err := f.Fetch(context.Background(), fetch.Request{URL: srv.URL + "/a.gguf", SHA256: digestOf(a), Progress: progressA})
+		errs <- err
+	}()
+	<-halfA
+	queued := make(chan struct{})
+	var once sync.Once
+	go func() {
+		_, err := f.Fetch(context.Background(), fetch.Request{URL: srv.URL + "/b.gguf", SHA256: digestOf(b), Progress: func(p fetch.Progress) {
+			if p.Queued {
+				once.Do(func() { close(queued) })
+			}
+		}})
+		errs <- err
+	}()
+	<-queued
+	if p, ok := f.Progress(digestOf(b)); !ok || !p.Queued {
+		t.Errorf("Progress of the second download = %+v, %v; want queued", p, ok)
+	}
+	if n := len(srv.gets()); n != 1 {
+		t.Errorf("%d GETs while one slot is taken; want 1", n)
+	}
+	close(release)
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if gets := srv.gets(); len(gets) != 2 || gets[1].Path != "/b.gguf" {
+		t.Errorf("GETs %+v; want a, then b", gets)
+	}
+}
