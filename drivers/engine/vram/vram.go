@@ -18,8 +18,10 @@ import (
 	"io"
 	"io/fs"
 	"math"
+	"net/http"
 	"os"
 	"strings"
+	"time"
 
 	gguf "github.com/gpustack/gguf-parser-go"
 
@@ -57,6 +59,11 @@ type Option func(*options)
 
 type options struct {
 	flashAttention bool
+
+	// For EstimateGGUFRemote.
+	remoteTimeout    time.Duration
+	remoteBufferSize int
+	remoteClient     *http.Client
 }
 
 // FlashAttention says whether llama-server runs with flash attention. The
@@ -224,6 +231,12 @@ func EstimateGGUF(ctx context.Context, path string, ctxSize int, split []float64
 	if err := ctx.Err(); err != nil {
 		return Estimate{}, err
 	}
+	return estimateFile(gf, path, ctxSize, split, cum, o)
+}
+
+// estimateFile estimates the run of the parsed GGUF file gf; path (a file's
+// path or a URL) names it in errors.
+func estimateFile(gf *gguf.GGUFFile, path string, ctxSize int, split, cum []float64, o options) (Estimate, error) {
 	a := gf.Architecture()
 	if a.Type != "model" {
 		return Estimate{}, fmt.Errorf("model file %s holds a GGUF %s (%s), not a model llama-server can serve",

@@ -1,0 +1,158 @@
+package vram
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"net/url"
+	"time"
+
+	gguf "github.com/gpustack/gguf-parser-go"
+)
+
+// Defaults of EstimateGGUFRemote.
+const (
+	// DefaultRemoteTimeout bounds a remote estimate as a whole: the library
+	// sets no overall timeout of its own.
+	DefaultRemoteTimeout = 30 * time.Second
+	// DefaultRemoteBufferSize is the bytes each range request reads (the
+	// library's default is 4 MiB).
+	DefaultRemoteBufferSize = 1 << 20
+)
+
+// RemoteTimeout bounds EstimateGGUFRemote (default DefaultRemoteTimeout).
+func RemoteTimeout(d time.Duration) Option {
+	return func(o *options) { o.remoteTimeout = d }
+}
+
+// RemoteBufferSize sets the bytes EstimateGGUFRemote reads per range request
+// (default DefaultRemoteBufferSize; the library's minimum is 32 KiB).
+func RemoteBufferSize(n int) Option {
+	return func(o *options) { o.remoteBufferSize = n }
+}
+
+// RemoteClient sets the client EstimateGGUFRemote follows the source's
+// redirects with (default: a plain client). The header itself is read by
+// gguf-parser-go's own client.
+func RemoteClient(c *http.Client) Option {
+	return func(o *options) { o.remoteClient = c }
+}
+
+// EstimateGGUFRemote is EstimateGGUF for a GGUF file at an HTTP(S) URL (a
+// model source's full URL, e.g. a Hub resolve/COMMIT URL): it reads only the
+// file's header, with range requests of a bounded size, so `plan` can check
+// a model that is not on the machine.
+//
+// The token (may be empty) is sent to the URL's host only. The source's
+// redirects are followed first with HEAD requests (the Hub redirects to a
+// CDN with a signed URL); gguf-parser-go then reads the final URL, with the
+// token only when that is still on the source's host (its bearer option
+// would send it on every hop). The whole estimate is bounded by
+// RemoteTimeout. Sharded models (NAME-00001-of-0000N.gguf) are not estimated
+// remotely. A source that cannot be reached is an error, which plan reports
+// as a warning.
+func EstimateGGUFRemote(ctx context.Context, rawURL, token string, ctxSize int, split []float64, opts ...Option) (Estimate, error) {
+	o := options{flashAttention: true, remoteTimeout: DefaultRemoteTimeout, remoteBufferSize: DefaultRemoteBufferSize}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if ctxSize <= 0 || ctxSize > math.MaxInt32 {
+		return Estimate{}, fmt.Errorf("context size %d: must be in 1..%d", ctxSize, math.MaxInt32)
+	}
+	cum, err := CumulativeSplit(split)
+	if err != nil {
+		return Estimate{}, err
+	}
+	if gguf.CompleteShardGGUFFilename(rawURL) != nil {
+		return Estimate{}, fmt.Errorf("model %s is split into shards: its VRAM need is not estimated remotely (declare vram)", rawURL)
+	}
+	if o.remoteTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, o.remoteTimeout)
+		defer cancel()
+	}
+
+	final, sameHost, err := followRedirects(ctx, o.remoteClient, rawURL, token)
+	if err != nil {
+		return Estimate{}, fmt.Errorf("model %s: %w", rawURL, err)
+	}
+	readOpts := []gguf.GGUFReadOption{
+		gguf.SkipLargeMetadata(),
+		gguf.SkipCache(),
+		gguf.UseBufferSize(o.remoteBufferSize),
+	}
+	if token != "" && sameHost {
+		readOpts = append(readOpts, gguf.UseBearerAuth(token))
+	}
+	gf, err := parseRemote(ctx, final, readOpts)
+	if err != nil {
+		if ctx.Err() != nil {
+			return Estimate{}, fmt.Errorf("model %s: reading the GGUF header: %w", rawURL, ctx.Err())
+		}
+		return Estimate{}, fmt.Errorf("model %s: reading the GGUF header: %w", rawURL, err)
+	}
+	return estimateFile(gf, rawURL, ctxSize, split, cum, o)
+}
+
+// followRedirects follows rawURL's redirects with HEAD requests, sending the
+// token to rawURL's host only. It returns the final URL and whether it is on
+// rawURL's host.
+func followRedirects(ctx context.Context, c *http.Client, rawURL, token string) (final string, sameHost bool, err error) {
+	var cc http.Client
+	if c != nil {
+		cc = *c
+	}
+	cc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	first, err := url.Parse(rawURL)
+	if err != nil {
+		return "", false, err
+	}
+	cur := first
+	for hop := 0; hop <= 10; hop++ {
+		req, err := http.NewRequestWithContext(ctx, http.MethodHead, cur.String(), nil)
+		if err != nil {
+			return "", false, err
+		}
+		req.Header.Set("Accept-Encoding", "identity")
+		if token != "" && cur.Host == first.Host {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := cc.Do(req)
+		if err != nil {
+			return "", false, fmt.Errorf("HEAD: %w", err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		switch {
+		case resp.StatusCode >= 300 && resp.StatusCode < 400 && resp.Header.Get("Location") != "":
+			next, err := cur.Parse(resp.Header.Get("Location"))
+			if err != nil {
+				return "", false, fmt.Errorf("bad redirect: %w", err)
+			}
+			cur = next
+		case resp.StatusCode >= 400:
+			return "", false, fmt.Errorf("HEAD: HTTP %d %s", resp.StatusCode, http.StatusText(resp.StatusCode))
+		default:
+			return cur.String(), cur.Host == first.Host, nil
+		}
+	}
+	return "", false, errors.New("more than 10 redirects")
+}
+
+// parseRemote reads the header of the GGUF file at url, turning the
+// library's panics into errors.
+func parseRemote(ctx context.Context, url string, opts []gguf.GGUFReadOption) (gf *gguf.GGUFFile, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			gf, err = nil, fmt.Errorf("not a valid GGUF file: %v", r)
+		}
+	}()
+	gf, err = gguf.ParseGGUFFileRemote(ctx, url, opts...)
+	if errors.Is(err, gguf.ErrGGUFFileInvalidFormat) {
+		return nil, errors.New("not a GGUF file")
+	}
+	return gf, err
+}

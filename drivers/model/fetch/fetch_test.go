@@ -1,0 +1,699 @@
+package fetch_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/poolmanagerd/pool-managerd/drivers/model/cache"
+	"github.com/poolmanagerd/pool-managerd/drivers/model/fetch"
+	"github.com/poolmanagerd/pool-managerd/drivers/model/source"
+)
+
+const token = "hf_secret_token_value"
+
+func digestOf(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+// model is a file's bytes: distinct per size, so that a wrong offset
+// changes the digest.
+func model(n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i*7 + i/251)
+	}
+	return b
+}
+
+// logged is one request the test server saw.
+type logged struct {
+	Method, Path, Range, Authorization string
+}
+
+// server is a test source: it serves files with range support and logs
+// every request. hook, when set, may answer a request itself (returning
+// true); i counts the requests from 0.
+type server struct {
+	*httptest.Server
+	files map[string][]byte
+
+	mu   sync.Mutex
+	log  []logged
+	hook func(w http.ResponseWriter, r *http.Request, i int) bool
+}
+
+func newServer(t *testing.T, files map[string][]byte) *server {
+	t.Helper()
+	s := &server{files: files}
+	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
+	t.Cleanup(s.Close)
+	return s
+}
+
+func (s *server) setHook(h func(w http.ResponseWriter, r *http.Request, i int) bool) {
+	s.mu.Lock()
+	s.hook = h
+	s.mu.Unlock()
+}
+
+func (s *server) requests() []logged {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]logged(nil), s.log...)
+}
+
+func (s *server) gets() []logged {
+	var out []logged
+	for _, l := range s.requests() {
+		if l.Method == http.MethodGet {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+func (s *server) serve(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	i := len(s.log)
+	s.log = append(s.log, logged{r.Method, r.URL.Path, r.Header.Get("Range"), r.Header.Get("Authorization")})
+	hook := s.hook
+	s.mu.Unlock()
+	if hook != nil && hook(w, r, i) {
+		return
+	}
+	data, ok := s.files[r.URL.Path]
+	if !ok {
+		http.NotFound(w, r)
+		return
+	}
+	serveRange(w, r, data)
+}
+
+// serveRange answers GET with the data, from the offset of a "bytes=N-" Range.
+func serveRange(w http.ResponseWriter, r *http.Request, data []byte) {
+	w.Header().Set("Accept-Ranges", "bytes")
+	start := 0
+	if rng := r.Header.Get("Range"); rng != "" {
+		n, err := strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(rng, "bytes="), "-"))
+		if err != nil {
+			http.Error(w, "bad range", http.StatusBadRequest)
+			return
+		}
+		if n >= len(data) {
+			w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", len(data)))
+			w.WriteHeader(http.StatusRequestedRangeNotSatisfiable)
+			return
+		}
+		start = n
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", n, len(data)-1, len(data)))
+		w.Header().Set("Content-Length", strconv.Itoa(len(data)-n))
+		w.WriteHeader(http.StatusPartialContent)
+	} else {
+		w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+	}
+	if r.Method == http.MethodHead {
+		return
+	}
+	_, _ = w.Write(data[start:])
+}
+
+// holdAfter answers the first GET with the first n bytes of data (the whole
+// file announced), then waits for release (or the client to go), then, when
+// drop, drops the connection.
+func holdAfter(data []byte, n int, release <-chan struct{}, drop bool) func(http.ResponseWriter, *http.Request, int) bool {
+	return func(w http.ResponseWriter, r *http.Request, i int) bool {
+		if i != 0 {
+			return false
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+		w.Header().Set("Accept-Ranges", "bytes")
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write(data[:n])
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		if drop {
+			panic(http.ErrAbortHandler)
+		}
+		_, _ = w.Write(data[n:])
+		return true
+	}
+}
+
+// progressAt returns a Progress callback and a channel closed once Done
+// reaches n.
+func progressAt(n int64) (func(fetch.Progress), <-chan struct{}) {
+	ch := make(chan struct{})
+	var once sync.Once
+	return func(p fetch.Progress) {
+		if p.Done >= n {
+			once.Do(func() { close(ch) })
+		}
+	}, ch
+}
+
+func newFetcher(t *testing.T, dir string, copts cache.Options, opts fetch.Options) *fetch.Fetcher {
+	t.Helper()
+	c, err := cache.Open(dir, copts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if opts.RetryBackoff == 0 {
+		opts.RetryBackoff = -1
+	}
+	return fetch.New(c, opts)
+}
+
+func wantVerified(t *testing.T, f *fetch.Fetcher, path string, data []byte) {
+	t.Helper()
+	got, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if digestOf(got) != digestOf(data) {
+		t.Fatalf("%s does not hold the model (%d bytes, want %d)", path, len(got), len(data))
+	}
+	d := digestOf(data)
+	p, verified, err := f.Cache().Lookup(d, "m.gguf")
+	if err != nil || p != path || !verified {
+		t.Fatalf("Lookup = %s, %v, %v; want %s verified", p, verified, err, path)
+	}
+	if _, err := os.Stat(f.Cache().PartialPath(d)); !os.IsNotExist(err) {
+		t.Errorf("partial file left behind: %v", err)
+	}
+}
+
+func wantClass(t *testing.T, err error, class string) *fetch.Error {
+	t.Helper()
+	var fe *fetch.Error
+	if !errors.As(err, &fe) || fe.Class != class {
+		t.Fatalf("error %v; want class %s", err, class)
+	}
+	if strings.Contains(err.Error(), token) {
+		t.Errorf("the error shows the token: %v", err)
+	}
+	return fe
+}
+
+func TestFetchAndCacheHit(t *testing.T) {
+	data := model(300 << 10)
+	srv := newServer(t, map[string][]byte{"/m.gguf": data})
+	dir := t.TempDir()
+	f := newFetcher(t, dir, cache.Options{}, fetch.Options{})
+	req := fetch.Request{URL: srv.URL + "/m.gguf", SHA256: digestOf(data), Size: int64(len(data))}
+	p, err := f.Fetch(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantVerified(t, f, p, data)
+	if p != f.Cache().Path(digestOf(data), "m.gguf") {
+		t.Errorf("path %s is not the cache's CACHE/sha256/DIGEST/m.gguf", p)
+	}
+	if n := len(srv.gets()); n != 1 {
+		t.Fatalf("%d GETs for a fresh fetch; want 1", n)
+	}
+	// Again, by this Fetcher and by a new one on the same cache: nothing downloads.
+	f2 := newFetcher(t, dir, cache.Options{}, fetch.Options{})
+	for _, ff := range []*fetch.Fetcher{f, f2} {
+		p2, err := ff.Fetch(context.Background(), req)
+		if err != nil || p2 != p {
+			t.Fatalf("second Fetch = %s, %v; want %s", p2, err, p)
+		}
+	}
+	if n := len(srv.requests()); n != 1 {
+		t.Errorf("%d requests after fetching a cached model again; want still 1", n)
+	}
+}
+
+func TestConcurrentFetchesShareOneDownload(t *testing.T) {
+	data := model(200 << 10)
+	srv := newServer(t, map[string][]byte{"/m.gguf": data})
+	release := make(chan struct{})
+	srv.setHook(holdAfter(data, len(data)/2, release, false))
+	f := newFetcher(t, t.TempDir(), cache.Options{}, fetch.Options{})
+	req := fetch.Request{URL: srv.URL + "/m.gguf", SHA256: digestOf(data)}
+
+	firstProgress, half := progressAt(int64(len(data) / 2))
+	type result struct {
+		path string
+		err  error
+	}
+	results := make(chan result, 2)
+	go func() {
+		r := req
+		r.Progress = firstProgress
+		p, err := f.Fetch(context.Background(), r)
+		results <- result{p, err}
+	}()
+	<-half
+	if p, ok := f.Progress(req.SHA256); !ok || p.Done != int64(len(data)/2) || p.Total != int64(len(data)) {
+		t.Errorf("Progress snapshot = %+v, %v; want half of %d done", p, ok, len(data))
+	}
+	// The second Fetch joins the running download: it hears its progress at once.
+	joined := make(chan struct{})
+	var once sync.Once
+	go func() {
+		r := req
+		r.Progress = func(fetch.Progress) { once.Do(func() { close(joined) }) }
+		p, err := f.Fetch(context.Background(), r)
+		results <- result{p, err}
+	}()
+	<-joined
+	close(release)
+	var paths []string
+	for range 2 {
+		r := <-results
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		paths = append(paths, r.path)
+	}
+	if paths[0] != paths[1] {
+		t.Errorf("the two Fetches returned %v", paths)
+	}
+	if n := len(srv.gets()); n != 1 {
+		t.Errorf("%d GETs for two concurrent Fetches of one digest; want 1", n)
+	}
+	if _, ok := f.Progress(req.SHA256); ok {
+		t.Error("Progress reports a download after it ended")
+	}
+}
+
+func TestResume(t *testing.T) {
+	data := model(256 << 10)
+	half := len(data) / 2
+	wantRange := fmt.Sprintf("bytes=%d-", half)
+
+	t.Run("dropped connection", func(t *testing.T) {
+		srv := newServer(t, map[string][]byte{"/m.gguf": data})
+		release := make(chan struct{})
+		srv.setHook(holdAfter(data, half, release, true))
+		f := newFetcher(t, t.TempDir(), cache.Options{}, fetch.Options{})
+		progress, reached := progressAt(int64(half))
+		go func() { <-reached; close(release) }()
+		p, err := f.Fetch(context.Background(), fetch.Request{URL: srv.URL + "/m.gguf", SHA256: digestOf(data), Progress: progress})
+		if err != nil {
+			t.Fatal(err, srv.requests())
+		}
+		wantVerified(t, f, p, data)
+		gets := srv.gets()
+		if len(gets) != 2 || gets[0].Range != "" || gets[1].Range != wantRange {
+			t.Errorf("GETs %+v; want a plain one, then Range %s", gets, wantRange)
+		}
+	})
+
+	t.Run("process restart", func(t *testing.T) {
+		srv := newServer(t, map[string][]byte{"/m.gguf": data})
+		srv.setHook(holdAfter(data, half, nil, true)) // holds until the client goes
+		dir := t.TempDir()
+		f := newFetcher(t, dir, cache.Options{}, fetch.Options{})
+		progress, reached := progressAt(int64(half))
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() { <-reached; cancel() }()
+		req := fetch.Request{URL: srv.URL + "/m.gguf", SHA256: digestOf(data), Progress: progress}
+		if _, err := f.Fetch(ctx, req); !errors.Is(err, context.Canceled) {
+			t.Fatalf("Fetch with its context cancelled halfway = %v; want context.Canceled", err)
+		}
+		fi, err := os.Stat(f.Cache().PartialPath(req.SHA256))
+		if err != nil || fi.Size() != int64(half) {
+			t.Fatalf("partial file after the cancel: %v, %v; want %d bytes", fi, err, half)
+		}
+		// A new process: a new cache and Fetcher on the same directory.
+		f2 := newFetcher(t, dir, cache.Options{}, fetch.Options{})
+		req.Progress = nil
+		p, err := f2.Fetch(context.Background(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantVerified(t, f2, p, data)
+		gets := srv.gets()
+		if len(gets) != 2 || gets[1].Range != wantRange {
+			t.Errorf("GETs %+v; want the second with Range %s", gets, wantRange)
+		}
+	})
+
+	t.Run("server ignores the range", func(t *testing.T) {
+		srv := newServer(t, map[string][]byte{"/m.gguf": data})
+		dir := t.TempDir()
+		f := newFetcher(t, dir, cache.Options{}, fetch.Options{})
+		d := digestOf(data)
+		if err := os.WriteFile(f.Cache().PartialPath(d), data[:half], 0o644); err != nil {
+			t.Fatal(err)
+		}
+		srv.setHook(func(w http.ResponseWriter, r *http.Request, _ int) bool {
+			r.Header.Del("Range")
+			serveRange(w, r, data)
+			return true
+		})
+		p, err := f.Fetch(context.Background(), fetch.Request{URL: srv.URL + "/m.gguf", SHA256: d})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantVerified(t, f, p, data)
+		if gets := srv.gets(); len(gets) != 1 || gets[0].Range != wantRange {
+			t.Errorf("GETs %+v; want one with Range %s (answered 200)", gets, wantRange)
+		}
+	})
+
+	t.Run("partial file already complete", func(t *testing.T) {
+		srv := newServer(t, map[string][]byte{"/m.gguf": data})
+		f := newFetcher(t, t.TempDir(), cache.Options{}, fetch.Options{})
+		d := digestOf(data)
+		if err := os.WriteFile(f.Cache().PartialPath(d), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		p, err := f.Fetch(context.Background(), fetch.Request{URL: srv.URL + "/m.gguf", SHA256: d})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantVerified(t, f, p, data)
+		if gets := srv.gets(); len(gets) != 1 || gets[0].Range != fmt.Sprintf("bytes=%d-", len(data)) {
+			t.Errorf("GETs %+v; want one range request answered 416", gets)
+		}
+	})
+}
+
+func TestDigestMismatch(t *testing.T) {
+	data := model(64 << 10)
+	for _, tc := range []struct {
+		name string
+		size int64
+	}{
+		{"wrong digest", 0},
+		{"wrong size", int64(len(data)) + 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := newServer(t, map[string][]byte{"/m.gguf": data})
+			f := newFetcher(t, t.TempDir(), cache.Options{}, fetch.Options{})
+			wrong := digestOf([]byte("something else"))
+			if tc.size != 0 {
+				wrong = digestOf(data)
+			}
+			_, err := f.Fetch(context.Background(), fetch.Request{URL: srv.URL + "/m.gguf", SHA256: wrong, Size: tc.size})
+			fe := wantClass(t, err, fetch.ClassDigestMismatch)
+			if !strings.Contains(fe.Hint, "declared sha256") {
+				t.Errorf("hint %q does not say to check the declared digest", fe.Hint)
+			}
+			if _, err := os.Stat(f.Cache().PartialPath(wrong)); !os.IsNotExist(err) {
+				t.Errorf("partial file still there: %v", err)
+			}
+			if p, _, _ := f.Cache().Lookup(wrong, "m.gguf"); p != "" {
+				t.Errorf("a mismatched file is in the cache at %s", p)
+			}
+		})
+	}
+}
+
+func TestHTTPErrors(t *testing.T) {
+	for _, tc := range []struct {
+		code      int
+		hint      string
+		temporary bool
+	}{
+		{http.StatusNotFound, "check the path and the revision", false},
+		{http.StatusUnauthorized, "POOL_MANAGERD_HF_TOKEN", false},
+		{http.StatusForbidden, "--hf-token-file", false},
+		{http.StatusInternalServerError, "retried later", true},
+		{http.StatusBadGateway, "retried later", true},
+	} {
+		t.Run(strconv.Itoa(tc.code), func(t *testing.T) {
+			srv := newServer(t, nil)
+			srv.setHook(func(w http.ResponseWriter, _ *http.Request, _ int) bool {
+				w.WriteHeader(tc.code)
+				return true
+			})
+			f := newFetcher(t, t.TempDir(), cache.Options{}, fetch.Options{Token: func() (string, error) { return token, nil }})
+			_, err := f.Fetch(context.Background(), fetch.Request{URL: srv.URL + "/m.gguf", SHA256: digestOf([]byte("x"))})
+			fe := wantClass(t, err, fetch.ClassHTTP)
+			if fe.Code != tc.code || !strings.Contains(fe.Hint, tc.hint) || fe.Temporary != tc.temporary {
+				t.Errorf("error code %d hint %q temporary %v; want %d, a hint with %q, %v", fe.Code, fe.Hint, fe.Temporary, tc.code, tc.hint, tc.temporary)
+			}
+			// One request: the caller's backoff retries, not a loop here.
+			if n := len(srv.requests()); n != 1 {
+				t.Errorf("%d requests; want 1", n)
+			}
+		})
+	}
+}
+
+func TestStall(t *testing.T) {
+	data := model(64 << 10)
+	srv := newServer(t, map[string][]byte{"/m.gguf": data})
+	srv.setHook(holdAfter(data, 1000, nil, true)) // sends 1000 bytes, then nothing
+	f := newFetcher(t, t.TempDir(), cache.Options{}, fetch.Options{StallTimeout: 200 * time.Millisecond})
+	_, err := f.Fetch(context.Background(), fetch.Request{URL: srv.URL + "/m.gguf", SHA256: digestOf(data)})
+	fe := wantClass(t, err, fetch.ClassStalled)
+	if !fe.Temporary {
+		t.Error("a stall is not marked temporary")
+	}
+	// The bytes that arrived stay for the next try.
+	if fi, err := os.Stat(f.Cache().PartialPath(digestOf(data))); err != nil || fi.Size() != 1000 {
+		t.Errorf("partial file after the stall: %v, %v; want 1000 bytes", fi, err)
+	}
+}
+
+func TestInsufficientDisk(t *testing.T) {
+	data := model(64 << 10)
+	for _, tc := range []struct {
+		name     string
+		size     int64
+		wantGets int
+	}{
+		{"declared size: no request", int64(len(data)), 0},
+		{"size from Content-Length: no body read", 0, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := newServer(t, map[string][]byte{"/m.gguf": data})
+			// Headers, then no body until the client goes: the check must
+			// come from the headers alone.
+			srv.setHook(func(w http.ResponseWriter, r *http.Request, _ int) bool {
+				w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+				w.WriteHeader(http.StatusOK)
+				w.(http.Flusher).Flush()
+				<-r.Context().Done()
+				return true
+			})
+			f := newFetcher(t, t.TempDir(), cache.Options{MaxSize: int64(len(data)) / 2}, fetch.Options{})
+			_, err := f.Fetch(context.Background(), fetch.Request{URL: srv.URL + "/m.gguf", SHA256: digestOf(data), Size: tc.size})
+			fe := wantClass(t, err, fetch.ClassInsufficientDisk)
+			if fe.Need != int64(len(data)) || fe.Free != int64(len(data))/2 {
+				t.Errorf("need %d free %d; want %d, %d", fe.Need, fe.Free, len(data), len(data)/2)
+			}
+			if n := len(srv.gets()); n != tc.wantGets {
+				t.Errorf("%d GETs; want %d", n, tc.wantGets)
+			}
+			if fi, err := os.Stat(f.Cache().PartialPath(digestOf(data))); err == nil && fi.Size() != 0 {
+				t.Errorf("%d bytes downloaded", fi.Size())
+			}
+		})
+	}
+}
+
+// crossHost returns a server on 127.0.0.1 that redirects every request to
+// the same path on a second server reached as "localhost", and the second.
+func crossHost(t *testing.T, files map[string][]byte, extra http.Header) (origin, cdn *server) {
+	t.Helper()
+	cdn = newServer(t, files)
+	_, port, _ := net.SplitHostPort(cdn.Listener.Addr().String())
+	cdnURL := "http://localhost:" + port
+	origin = newServer(t, nil)
+	origin.setHook(func(w http.ResponseWriter, r *http.Request, _ int) bool {
+		for k, v := range extra {
+			w.Header()[k] = v
+		}
+		http.Redirect(w, r, cdnURL+r.URL.Path, http.StatusFound)
+		return true
+	})
+	return origin, cdn
+}
+
+func TestTokenStaysOnTheSourceHost(t *testing.T) {
+	data := model(32 << 10)
+	origin, cdn := crossHost(t, map[string][]byte{"/m.gguf": data}, nil)
+	f := newFetcher(t, t.TempDir(), cache.Options{}, fetch.Options{Token: func() (string, error) { return token, nil }})
+	if !strings.HasPrefix(origin.URL, "http://127.0.0.1:") {
+		t.Fatalf("origin at %s; the test needs it on 127.0.0.1", origin.URL)
+	}
+	p, err := f.Fetch(context.Background(), fetch.Request{URL: origin.URL + "/m.gguf", SHA256: digestOf(data)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantVerified(t, f, p, data)
+	if got := origin.requests(); len(got) != 1 || got[0].Authorization != "Bearer "+token {
+		t.Errorf("origin saw %+v; want one request with the token", got)
+	}
+	if got := cdn.requests(); len(got) != 1 || got[0].Authorization != "" {
+		t.Errorf("the other host saw %+v; want one request without Authorization", got)
+	}
+}
+
+func TestOffline(t *testing.T) {
+	data := model(16 << 10)
+	srv := newServer(t, map[string][]byte{"/m.gguf": data})
+	dir := t.TempDir()
+	req := fetch.Request{URL: srv.URL + "/m.gguf", SHA256: digestOf(data)}
+	offline := newFetcher(t, dir, cache.Options{}, fetch.Options{Offline: true})
+	_, err := offline.Fetch(context.Background(), req)
+	wantClass(t, err, fetch.ClassNotCached)
+	if n := len(srv.requests()); n != 0 {
+		t.Fatalf("offline mode sent %d requests", n)
+	}
+	online := newFetcher(t, dir, cache.Options{}, fetch.Options{})
+	want, err := online.Fetch(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := offline.Fetch(context.Background(), req)
+	if err != nil || got != want {
+		t.Fatalf("offline Fetch of a cached model = %s, %v; want %s", got, err, want)
+	}
+	// A cached file that no longer matches its digest is not served offline.
+	if err := os.Chmod(want, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(want, []byte("tampered"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err = offline.Fetch(context.Background(), req)
+	wantClass(t, err, fetch.ClassNotCached)
+	if n := len(srv.requests()); n != 1 {
+		t.Errorf("%d requests in all; want the online one only", n)
+	}
+}
+
+func TestResolve(t *testing.T) {
+	data := model(8 << 10)
+	claimed := digestOf(data)
+	origin, cdn := crossHost(t, map[string][]byte{"/org/repo/resolve/c/m.gguf": data}, http.Header{
+		"X-Linked-Etag": {`"` + claimed + `"`},
+		"X-Linked-Size": {"123456789"},
+	})
+	f := newFetcher(t, t.TempDir(), cache.Options{}, fetch.Options{Token: func() (string, error) { return token, nil }})
+	r, err := f.Resolve(context.Background(), origin.URL+"/org/repo/resolve/c/m.gguf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.SHA256 != claimed || r.Size != 123456789 || !r.AcceptRanges {
+		t.Errorf("Resolve = %+v; want the linked digest and size, ranges accepted", r)
+	}
+	if got := cdn.requests(); len(got) != 1 || got[0].Method != http.MethodHead || got[0].Authorization != "" {
+		t.Errorf("the other host saw %+v; want one HEAD without Authorization", got)
+	}
+
+	// A plain source: the size from Content-Length, no digest.
+	plain := newServer(t, map[string][]byte{"/m.gguf": data})
+	r, err = f.Resolve(context.Background(), plain.URL+"/m.gguf")
+	if err != nil || r.Size != int64(len(data)) || r.SHA256 != "" {
+		t.Errorf("Resolve of a plain source = %+v, %v; want size %d, no digest", r, err, len(data))
+	}
+	_, err = f.Resolve(context.Background(), plain.URL+"/missing.gguf")
+	if fe := wantClass(t, err, fetch.ClassHTTP); fe.Code != http.StatusNotFound {
+		t.Errorf("code %d; want 404", fe.Code)
+	}
+}
+
+func TestFetchManifest(t *testing.T) {
+	files := map[string][]byte{
+		"/base/config.json":               []byte(`{"model_type":"llama"}`),
+		"/base/weights/model.safetensors": model(100 << 10),
+	}
+	srv := newServer(t, files)
+	var m source.Manifest
+	for p, b := range files {
+		m.Files = append(m.Files, source.File{Path: strings.TrimPrefix(p, "/base/"), SHA256: digestOf(b), Size: int64(len(b))})
+	}
+	f := newFetcher(t, t.TempDir(), cache.Options{}, fetch.Options{})
+	var last fetch.Progress
+	req := fetch.DirRequest{BaseURL: srv.URL + "/base", Manifest: m, Progress: func(p fetch.Progress) { last = p }}
+	dir, err := f.FetchManifest(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dir != f.Cache().EntryDir(m.Digest()) {
+		t.Errorf("directory %s; want the manifest digest's entry", dir)
+	}
+	for p, b := range files {
+		got, err := os.ReadFile(dir + strings.TrimPrefix(p, "/base"))
+		if err != nil || digestOf(got) != digestOf(b) {
+			t.Errorf("%s: %v, or wrong content", p, err)
+		}
+	}
+	if last.Done != m.Size() || last.Total != m.Size() {
+		t.Errorf("last progress %+v; want %d of %d", last, m.Size(), m.Size())
+	}
+	if _, verified, err := f.Cache().LookupManifest(m); !verified || err != nil {
+		t.Errorf("LookupManifest = %v, %v; want verified", verified, err)
+	}
+	n := len(srv.requests())
+	if _, err := f.FetchManifest(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	if n != 2 || len(srv.requests()) != n {
+		t.Errorf("%d requests, then %d after fetching again; want 2 and no more", n, len(srv.requests()))
+	}
+
+	// A directory that does not fit is refused before any file is fetched.
+	small := newFetcher(t, t.TempDir(), cache.Options{MaxSize: m.Size() - 1}, fetch.Options{})
+	_, err = small.FetchManifest(context.Background(), req)
+	wantClass(t, err, fetch.ClassInsufficientDisk)
+	if len(srv.requests()) != n {
+		t.Error("a directory too big for the cache was fetched")
+	}
+}
+
+func TestParallelLimit(t *testing.T) {
+	a, b := model(64<<10), model(65<<10)
+	srv := newServer(t, map[string][]byte{"/a.gguf": a, "/b.gguf": b})
+	release := make(chan struct{})
+	srv.setHook(holdAfter(a, len(a)/2, release, false)) // the first GET (of a) is held
+	f := newFetcher(t, t.TempDir(), cache.Options{}, fetch.Options{Parallel: 1})
+
+	errs := make(chan error, 2)
+	progressA, halfA := progressAt(int64(len(a) / 2))
+	go func() {
+		_, err := f.Fetch(context.Background(), fetch.Request{URL: srv.URL + "/a.gguf", SHA256: digestOf(a), Progress: progressA})
+		errs <- err
+	}()
+	<-halfA
+	queued := make(chan struct{})
+	var once sync.Once
+	go func() {
+		_, err := f.Fetch(context.Background(), fetch.Request{URL: srv.URL + "/b.gguf", SHA256: digestOf(b), Progress: func(p fetch.Progress) {
+			if p.Queued {
+				once.Do(func() { close(queued) })
+			}
+		}})
+		errs <- err
+	}()
+	<-queued
+	if p, ok := f.Progress(digestOf(b)); !ok || !p.Queued {
+		t.Errorf("Progress of the second download = %+v, %v; want queued", p, ok)
+	}
+	if n := len(srv.gets()); n != 1 {
+		t.Errorf("%d GETs while one slot is taken; want 1", n)
+	}
+	close(release)
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if gets := srv.gets(); len(gets) != 2 || gets[1].Path != "/b.gguf" {
+		t.Errorf("GETs %+v; want a, then b", gets)
+	}
+}
