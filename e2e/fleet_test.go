@@ -24,7 +24,13 @@ import (
 // does not leave it empty, which would be held back).
 func TestFleet(t *testing.T) {
 	t.Parallel()
-	wa, wb, wc := newWorkspace(t), newWorkspace(t), newWorkspace(t)
+	// Each node gets UUIDs of its own (from its name): one config declares
+	// all three, and a GPU UUID declared on two nodes is an error.
+	gpus := sim.DefaultGPUs()
+	for i := range gpus {
+		gpus[i].UUID = ""
+	}
+	wa, wb, wc := newWorkspaceGPUs(t, gpus), newWorkspaceGPUs(t, gpus), newWorkspaceGPUs(t, gpus)
 	nodes := []*workspace{wa, wb, wc}
 
 	// The repository lives in wa's config directory: wa's node and pools

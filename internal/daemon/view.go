@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/poolmanagerd/pool-managerd/drivers/host"
 	"github.com/poolmanagerd/pool-managerd/internal/api"
 	"github.com/poolmanagerd/pool-managerd/internal/executor"
 	"github.com/poolmanagerd/pool-managerd/internal/metrics"
@@ -306,7 +307,7 @@ func (d *Daemon) snapshot() metrics.Snapshot {
 			return s
 		}
 	}
-	s.HostTotal, s.HostAvailable, _ = metrics.HostMemory()
+	s.HostTotal, s.HostAvailable, _ = host.Memory()
 	return s
 }
 

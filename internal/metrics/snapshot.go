@@ -18,7 +18,7 @@ type Snapshot struct {
 	// bytes). A lost GPU has no memory series: its figures are unknown, not zero.
 	GPUs []gpu.Device
 	// HostTotal and HostAvailable are the host's memory in bytes, as the
-	// node observes it (/proc/meminfo, see [HostMemory], or a simulated
+	// node observes it (/proc/meminfo, see host.Memory, or a simulated
 	// node's --ram); a HostTotal of 0 means unknown, and the host series are
 	// then left out.
 	HostTotal, HostAvailable uint64

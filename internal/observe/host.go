@@ -5,7 +5,7 @@ import (
 	"fmt"
 
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu/sim"
-	"github.com/poolmanagerd/pool-managerd/internal/metrics"
+	"github.com/poolmanagerd/pool-managerd/drivers/host"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
 )
 
@@ -15,7 +15,7 @@ type HostFunc func(ctx context.Context) (*reconcile.HostMemory, error)
 
 // RealHost reads the machine's memory from /proc/meminfo.
 func RealHost(context.Context) (*reconcile.HostMemory, error) {
-	total, available, err := metrics.HostMemory()
+	total, available, err := host.Memory()
 	if err != nil {
 		return nil, err
 	}

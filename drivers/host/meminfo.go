@@ -1,4 +1,6 @@
-package metrics
+// Package host reads the machine's own resources that pool-managerd checks
+// pools against: its memory (/proc/meminfo).
+package host
 
 import (
 	"bufio"
@@ -10,9 +12,9 @@ import (
 	"strings"
 )
 
-// HostMemory returns the host's total and available memory in bytes, read
+// Memory returns the host's total and available memory in bytes, read
 // from MemTotal and MemAvailable of /proc/meminfo (Linux only).
-func HostMemory() (total, available uint64, err error) {
+func Memory() (total, available uint64, err error) {
 	f, err := os.Open("/proc/meminfo")
 	if err != nil {
 		return 0, 0, fmt.Errorf("host memory: %w", err)

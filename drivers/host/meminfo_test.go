@@ -1,4 +1,4 @@
-package metrics
+package host
 
 import (
 	"runtime"
@@ -50,11 +50,11 @@ func TestParseMeminfo(t *testing.T) {
 	}
 }
 
-func TestHostMemory(t *testing.T) {
+func TestMemory(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("/proc/meminfo is Linux's")
 	}
-	total, available, err := HostMemory()
+	total, available, err := Memory()
 	if err != nil {
 		t.Fatal(err)
 	}
