@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/poolmanagerd/pool-managerd/drivers/model/cache"
-	"github.com/poolmanagerd/pool-managerd/drivers/model/source"
+	"github.com/poolmanagerd/pool-managerd/schema/modelsource"
 )
 
 // DirRequest is a model directory to fetch.
@@ -19,7 +19,7 @@ type DirRequest struct {
 	// https://huggingface.co/ORG/REPO/resolve/COMMIT).
 	BaseURL string
 	// Manifest lists the files; its digest names the directory.
-	Manifest source.Manifest
+	Manifest modelsource.Manifest
 	// Progress, when set, is called as bytes of any file arrive, with the
 	// directory's totals.
 	Progress func(Progress)

@@ -1,10 +1,10 @@
-package source_test
+package modelsource_test
 
 import (
 	"strings"
 	"testing"
 
-	"github.com/poolmanagerd/pool-managerd/drivers/model/source"
+	"github.com/poolmanagerd/pool-managerd/schema/modelsource"
 )
 
 const commit = "0123456789abcdef0123456789abcdef01234567"
@@ -43,7 +43,7 @@ func TestParse(t *testing.T) {
 		{in: "https://user:pw@example.com/m.gguf", wantErr: "credentials"},
 	} {
 		t.Run(tc.in, func(t *testing.T) {
-			got, err := source.Parse(tc.in)
+			got, err := modelsource.Parse(tc.in)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("Parse(%q) = %+v, %v; want an error containing %q", tc.in, got, err, tc.wantErr)
@@ -75,10 +75,10 @@ func TestCheckDigest(t *testing.T) {
 		{strings.ToUpper(good), false},
 		{strings.Repeat("g", 64), false},
 	} {
-		if err := source.CheckDigest(tc.in); (err == nil) != tc.ok {
+		if err := modelsource.CheckDigest(tc.in); (err == nil) != tc.ok {
 			t.Errorf("CheckDigest(%q) = %v; want ok=%v", tc.in, err, tc.ok)
 		}
-		if source.IsDigest(tc.in) != tc.ok {
+		if modelsource.IsDigest(tc.in) != tc.ok {
 			t.Errorf("IsDigest(%q) != %v", tc.in, tc.ok)
 		}
 	}
@@ -86,27 +86,27 @@ func TestCheckDigest(t *testing.T) {
 
 func TestManifest(t *testing.T) {
 	d1, d2 := strings.Repeat("1", 64), strings.Repeat("2", 64)
-	m := source.Manifest{Files: []source.File{
+	m := modelsource.Manifest{Files: []modelsource.File{
 		{Path: "config.json", SHA256: d1, Size: 10},
 		{Path: "weights/model.safetensors", SHA256: d2, Size: 20},
 	}}
 	if err := m.Validate(); err != nil {
 		t.Fatalf("Validate: %v", err)
 	}
-	reordered := source.Manifest{Files: []source.File{m.Files[1], m.Files[0]}}
+	reordered := modelsource.Manifest{Files: []modelsource.File{m.Files[1], m.Files[0]}}
 	if m.Digest() != reordered.Digest() {
 		t.Error("Digest depends on the order of the files")
 	}
-	if !source.IsDigest(m.Digest()) {
+	if !modelsource.IsDigest(m.Digest()) {
 		t.Errorf("Digest %q is not 64 lowercase hex", m.Digest())
 	}
 	if m.Size() != 30 {
 		t.Errorf("Size = %d; want 30", m.Size())
 	}
-	for name, other := range map[string]source.Manifest{
-		"size":   {Files: []source.File{{Path: "config.json", SHA256: d1, Size: 11}, m.Files[1]}},
-		"digest": {Files: []source.File{{Path: "config.json", SHA256: d2, Size: 10}, m.Files[1]}},
-		"path":   {Files: []source.File{{Path: "config2.json", SHA256: d1, Size: 10}, m.Files[1]}},
+	for name, other := range map[string]modelsource.Manifest{
+		"size":   {Files: []modelsource.File{{Path: "config.json", SHA256: d1, Size: 11}, m.Files[1]}},
+		"digest": {Files: []modelsource.File{{Path: "config.json", SHA256: d2, Size: 10}, m.Files[1]}},
+		"path":   {Files: []modelsource.File{{Path: "config2.json", SHA256: d1, Size: 10}, m.Files[1]}},
 		"fewer":  {Files: m.Files[:1]},
 	} {
 		if other.Digest() == m.Digest() {
@@ -116,22 +116,22 @@ func TestManifest(t *testing.T) {
 
 	for _, tc := range []struct {
 		name    string
-		files   []source.File
+		files   []modelsource.File
 		wantErr string
 	}{
 		{"empty", nil, "no files"},
-		{"absolute", []source.File{{Path: "/etc/passwd", SHA256: d1}}, "absolute"},
-		{"dotdot", []source.File{{Path: "a/../../x", SHA256: d1}}, "not clean"},
-		{"dotdot clean", []source.File{{Path: "../x", SHA256: d1}}, "leaves"},
-		{"unclean", []source.File{{Path: "a//b", SHA256: d1}}, "not clean"},
-		{"dot", []source.File{{Path: ".", SHA256: d1}}, "not clean"},
-		{"bad digest", []source.File{{Path: "a", SHA256: "xyz"}}, "64 hex"},
-		{"negative", []source.File{{Path: "a", SHA256: d1, Size: -1}}, "negative"},
-		{"twice", []source.File{{Path: "a", SHA256: d1}, {Path: "a", SHA256: d2}}, "twice"},
-		{"file and dir", []source.File{{Path: "a", SHA256: d1}, {Path: "a/b", SHA256: d2}}, "also the directory"},
+		{"absolute", []modelsource.File{{Path: "/etc/passwd", SHA256: d1}}, "absolute"},
+		{"dotdot", []modelsource.File{{Path: "a/../../x", SHA256: d1}}, "not clean"},
+		{"dotdot clean", []modelsource.File{{Path: "../x", SHA256: d1}}, "leaves"},
+		{"unclean", []modelsource.File{{Path: "a//b", SHA256: d1}}, "not clean"},
+		{"dot", []modelsource.File{{Path: ".", SHA256: d1}}, "not clean"},
+		{"bad digest", []modelsource.File{{Path: "a", SHA256: "xyz"}}, "64 hex"},
+		{"negative", []modelsource.File{{Path: "a", SHA256: d1, Size: -1}}, "negative"},
+		{"twice", []modelsource.File{{Path: "a", SHA256: d1}, {Path: "a", SHA256: d2}}, "twice"},
+		{"file and dir", []modelsource.File{{Path: "a", SHA256: d1}, {Path: "a/b", SHA256: d2}}, "also the directory"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := source.Manifest{Files: tc.files}.Validate()
+			err := modelsource.Manifest{Files: tc.files}.Validate()
 			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 				t.Errorf("Validate = %v; want an error containing %q", err, tc.wantErr)
 			}

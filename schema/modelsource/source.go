@@ -1,9 +1,9 @@
-// Package source parses where a model comes from (a pool's model.source) and
+// Package modelsource parses where a model comes from (a pool's model.source) and
 // describes model directories by a manifest of their files' digests.
 //
 // A source is an HTTPS URL or a Hugging Face reference pinned to a commit:
 //
-//	src, err := source.Parse("hf://TheBloke/Llama-2-7B-GGUF@0123456789abcdef0123456789abcdef01234567/llama-2-7b.Q4_K_M.gguf")
+//	src, err := modelsource.Parse("hf://TheBloke/Llama-2-7B-GGUF@0123456789abcdef0123456789abcdef01234567/llama-2-7b.Q4_K_M.gguf")
 //	// src.URL  == "https://huggingface.co/TheBloke/Llama-2-7B-GGUF/resolve/0123…4567/llama-2-7b.Q4_K_M.gguf"
 //	// src.File == "llama-2-7b.Q4_K_M.gguf", src.HF == true
 //
@@ -13,10 +13,10 @@
 // A model directory (vLLM, TGI, SGLang) is named by the digest of its
 // Manifest: the sorted list of its files with their sizes and sha256 digests.
 //
-//	m := source.Manifest{Files: []source.File{{Path: "config.json", SHA256: d1, Size: 612}, …}}
+//	m := modelsource.Manifest{Files: []modelsource.File{{Path: "config.json", SHA256: d1, Size: 612}, …}}
 //	if err := m.Validate(); err != nil { … }
 //	dirDigest := m.Digest()
-package source
+package modelsource
 
 import (
 	"crypto/sha256"
