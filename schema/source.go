@@ -1,15 +1,14 @@
 package schema
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"net"
 	"net/url"
 	"path"
 	"regexp"
-	"slices"
 	"strings"
+
+	"github.com/poolmanagerd/pool-managerd/schema/modelsource"
 )
 
 // hfScheme starts a Hugging Face source: hf://ORG/REPO@COMMIT[/PATH].
@@ -160,26 +159,21 @@ func urlFileName(u *url.URL) string {
 }
 
 // Digest returns the model's content digest, in lowercase hex: the sha256 of
-// the file for a model with a sha256 (llamacpp), or for a model with a
-// manifest (vllm, tgi, sglang) the sha256 of its canonical encoding: one line
-// "SHA256  PATH\n" per file (two spaces, as sha256sum prints them), sorted by
-// path in byte order. Sizes are not part of it. That is what
-//
-//	(cd DIR && find . -type f | sed 's,^\./,,' | LC_ALL=C sort | xargs -d '\n' sha256sum) | sha256sum
-//
-// prints for a directory that holds exactly the manifest's files. It returns
-// "" for a model without a source (a path).
+// the file for a model with a sha256 (llamacpp), the manifest's digest for a
+// model with one (vllm, tgi, sglang), which names its directory in the cache:
+// modelsource.Manifest.Digest, the sha256 of the lines "SHA256  PATH\n" that
+// sha256sum prints for the files, sorted by path. It returns "" for a model
+// without a source (a path).
 func (m Model) Digest() string {
 	if len(m.Files) > 0 {
-		files := slices.Clone(m.Files)
-		slices.SortFunc(files, func(a, b ModelFile) int { return strings.Compare(a.Path, b.Path) })
-		h := sha256.New()
-		for _, f := range files {
-			fmt.Fprintf(h, "%s  %s\n", f.SHA256, f.Path)
-		}
-		return hex.EncodeToString(h.Sum(nil))
+		return m.Manifest().Digest()
 	}
 	return m.SHA256
+}
+
+// Manifest returns the model's manifest (empty for a model file).
+func (m Model) Manifest() modelsource.Manifest {
+	return modelsource.Manifest{Files: m.Files}
 }
 
 // FileName returns the base name of a file model's source: what the file is

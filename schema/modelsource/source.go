@@ -11,7 +11,8 @@
 // remote with a server on 127.0.0.1).
 //
 // A model directory (vLLM, TGI, SGLang) is named by the digest of its
-// Manifest: the sorted list of its files with their sizes and sha256 digests.
+// Manifest: the list of its files with their sha256 digests (and sizes,
+// which the digest leaves out), encoded as sha256sum prints them.
 //
 //	m := modelsource.Manifest{Files: []modelsource.File{{Path: "config.json", SHA256: d1, Size: 612}, …}}
 //	if err := m.Validate(); err != nil { … }
@@ -27,7 +28,6 @@ import (
 	"net/url"
 	"path"
 	"slices"
-	"strconv"
 	"strings"
 )
 
@@ -163,13 +163,15 @@ func isLowerHex(s string) bool {
 
 // File is one file of a model directory.
 type File struct {
-	// Path is the file's path relative to the directory: clean, slash
-	// separated, never absolute, never through "..".
+	// Path is the file's path relative to the directory (CheckPath): clean,
+	// slash separated, never absolute, never through "..", no control
+	// characters or backslashes.
 	Path string `json:"path"`
 	// SHA256 is the file's digest, 64 lowercase hex digits.
 	SHA256 string `json:"sha256"`
-	// Size is the file's size in bytes.
-	Size int64 `json:"size"`
+	// Size is the file's size in bytes when declared, 0 otherwise; the
+	// digest is what is verified.
+	Size int64 `json:"size,omitempty"`
 }
 
 // Manifest lists the files of a model directory.
@@ -177,13 +179,13 @@ type Manifest struct {
 	Files []File `json:"files"`
 }
 
-// Validate checks every path and digest and that no path repeats or is both
-// a file and a directory.
+// Validate checks every path and digest, that no path repeats, and that no
+// path is both a file and the directory of another.
 func (m Manifest) Validate() error {
 	if len(m.Files) == 0 {
 		return errors.New("manifest lists no files")
 	}
-	seen := make(map[string]bool, len(m.Files))
+	seen := make(map[string]int, len(m.Files))
 	for i, f := range m.Files {
 		if err := CheckPath(f.Path); err != nil {
 			return fmt.Errorf("files[%d]: %w", i, err)
@@ -194,51 +196,66 @@ func (m Manifest) Validate() error {
 		if f.Size < 0 {
 			return fmt.Errorf("files[%d] (%s): size %d is negative", i, f.Path, f.Size)
 		}
-		if seen[f.Path] {
-			return fmt.Errorf("files[%d]: path %q is listed twice", i, f.Path)
+		if first, dup := seen[f.Path]; dup {
+			return fmt.Errorf("path %q is listed twice (files[%d] and files[%d]); each file of the model directory is listed once", f.Path, first, i)
 		}
-		seen[f.Path] = true
+		seen[f.Path] = i
 	}
-	for p := range seen {
-		for dir := path.Dir(p); dir != "."; dir = path.Dir(dir) {
-			if seen[dir] {
-				return fmt.Errorf("path %q is a file and also the directory of %q", dir, p)
+	for i, f := range m.Files {
+		for dir := path.Dir(f.Path); dir != "."; dir = path.Dir(dir) {
+			if j, ok := seen[dir]; ok {
+				return fmt.Errorf("files[%d] (%s) lies in directory %q, which files[%d] lists as a file: a path is a file or a directory, not both", i, f.Path, dir, j)
 			}
 		}
 	}
 	return nil
 }
 
-// CheckPath checks a manifest path: relative, clean, slash separated, no "..".
+// CheckPath checks a path in a model directory or a Hugging Face
+// repository: not empty, relative, slash separated, no empty, "." or ".."
+// elements, no control characters or backslashes (so that a path is one
+// line of a manifest's encoding, see Digest).
 func CheckPath(p string) error {
-	switch {
-	case p == "":
+	if p == "" {
 		return errors.New("path is empty")
-	case strings.HasPrefix(p, "/"):
-		return fmt.Errorf("path %q is absolute: want a path relative to the model directory", p)
-	case strings.Contains(p, "\\"):
-		return fmt.Errorf("path %q contains a backslash: use /", p)
-	case path.Clean(p) != p || p == ".":
-		return fmt.Errorf("path %q is not clean (want %q)", p, path.Clean(p))
-	case slices.Contains(strings.Split(p, "/"), ".."):
-		return fmt.Errorf("path %q leaves the model directory", p)
-	case strings.ContainsRune(p, 0):
-		return fmt.Errorf("path %q contains a NUL byte", p)
+	}
+	if strings.HasPrefix(p, "/") {
+		return fmt.Errorf("path %q starts with /: write it relative, without the leading /", p)
+	}
+	if strings.ContainsRune(p, '\\') {
+		return fmt.Errorf("path %q holds a backslash: separate its elements with /", p)
+	}
+	if strings.ContainsFunc(p, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return fmt.Errorf("path %q holds a control character", p)
+	}
+	for _, el := range strings.Split(p, "/") {
+		switch el {
+		case "":
+			return fmt.Errorf("path %q has an empty element (a trailing / or //)", p)
+		case ".", "..":
+			return fmt.Errorf("path %q has a %q element: write the clean path", p, el)
+		}
 	}
 	return nil
 }
 
-// Digest is the manifest's own digest, which names the directory in the
-// cache: sha256 over a canonical encoding, the files sorted by path, one line
-// each of "SHA256 SIZE PATH\n" (PATH quoted as Go quotes strings, so no path
-// can forge a line). The order of Files does not change it.
+// Digest is the manifest's own digest, in lowercase hex, which names the
+// model directory in the cache: the sha256 of one line "SHA256  PATH\n" per
+// file (two spaces, as sha256sum prints them), sorted by path in byte
+// order. Sizes are not part of it, and the order of Files does not change
+// it. For a directory that holds exactly the manifest's files,
+//
+//	(cd DIR && find . -type f | sed 's,^\./,,' | LC_ALL=C sort | xargs -d '\n' sha256sum) | sha256sum
+//
+// prints it. It is the digest of a valid manifest (Validate): CheckPath
+// refuses the control characters and backslashes with which a path could
+// forge a line, or which sha256sum would escape.
 func (m Manifest) Digest() string {
 	files := slices.Clone(m.Files)
 	slices.SortFunc(files, func(a, b File) int { return strings.Compare(a.Path, b.Path) })
 	h := sha256.New()
-	h.Write([]byte("pool-managerd manifest v1\n"))
 	for _, f := range files {
-		h.Write([]byte(f.SHA256 + " " + strconv.FormatInt(f.Size, 10) + " " + strconv.Quote(f.Path) + "\n"))
+		h.Write([]byte(f.SHA256 + "  " + f.Path + "\n"))
 	}
 	return hex.EncodeToString(h.Sum(nil))
 }

@@ -84,55 +84,82 @@ func TestCheckDigest(t *testing.T) {
 	}
 }
 
-func TestManifest(t *testing.T) {
-	d1, d2 := strings.Repeat("1", 64), strings.Repeat("2", 64)
-	m := modelsource.Manifest{Files: []modelsource.File{
-		{Path: "config.json", SHA256: d1, Size: 10},
-		{Path: "weights/model.safetensors", SHA256: d2, Size: 20},
-	}}
+// TestManifestDigest pins the manifest digest: for a directory of these
+// three files, what the README's pipeline printed,
+//
+//	(cd DIR && find . -type f | sed 's,^\./,,' | LC_ALL=C sort | xargs -d '\n' sha256sum) | sha256sum
+//
+// with config.json "{}\n", tokenizer.json "x", weights/model.safetensors "abc".
+func TestManifestDigest(t *testing.T) {
+	const want = "3d656d0c5df2a7f9a5613419b707d3479f2b5d1b856b19d6b2666c5d8994ba44"
+	files := []modelsource.File{
+		{Path: "weights/model.safetensors", SHA256: "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", Size: 3},
+		{Path: "config.json", SHA256: "ca3d163bab055381827226140568f3bef7eaac187cebd76878e0b63e9e442356", Size: 3},
+		{Path: "tokenizer.json", SHA256: "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881", Size: 1},
+	}
+	m := modelsource.Manifest{Files: files}
 	if err := m.Validate(); err != nil {
 		t.Fatalf("Validate: %v", err)
 	}
-	reordered := modelsource.Manifest{Files: []modelsource.File{m.Files[1], m.Files[0]}}
-	if m.Digest() != reordered.Digest() {
-		t.Error("Digest depends on the order of the files")
+	if got := m.Digest(); got != want {
+		t.Errorf("Digest() = %s, want %s (what sha256sum prints)", got, want)
 	}
-	if !modelsource.IsDigest(m.Digest()) {
-		t.Errorf("Digest %q is not 64 lowercase hex", m.Digest())
+	if files[0].Path != "weights/model.safetensors" {
+		t.Errorf("Digest sorted the manifest's own files: %v", files)
 	}
-	if m.Size() != 30 {
-		t.Errorf("Size = %d; want 30", m.Size())
-	}
-	for name, other := range map[string]modelsource.Manifest{
-		"size":   {Files: []modelsource.File{{Path: "config.json", SHA256: d1, Size: 11}, m.Files[1]}},
-		"digest": {Files: []modelsource.File{{Path: "config.json", SHA256: d2, Size: 10}, m.Files[1]}},
-		"path":   {Files: []modelsource.File{{Path: "config2.json", SHA256: d1, Size: 10}, m.Files[1]}},
-		"fewer":  {Files: m.Files[:1]},
-	} {
-		if other.Digest() == m.Digest() {
-			t.Errorf("changing the %s leaves the digest unchanged", name)
-		}
+	if m.Size() != 7 {
+		t.Errorf("Size() = %d, want 7", m.Size())
 	}
 
+	withoutSizes := modelsource.Manifest{Files: []modelsource.File{
+		{Path: files[2].Path, SHA256: files[2].SHA256},
+		{Path: files[1].Path, SHA256: files[1].SHA256},
+		{Path: files[0].Path, SHA256: files[0].SHA256},
+	}}
+	if got := withoutSizes.Digest(); got != want {
+		t.Errorf("Digest() of the manifest in another order, without sizes = %s, want %s", got, want)
+	}
+	for name, other := range map[string][]modelsource.File{
+		"a file's digest": {{Path: files[0].Path, SHA256: files[1].SHA256}, files[1], files[2]},
+		"a path":          {{Path: "weights/model2.safetensors", SHA256: files[0].SHA256}, files[1], files[2]},
+		"a file fewer":    files[1:],
+	} {
+		if (modelsource.Manifest{Files: other}).Digest() == want {
+			t.Errorf("changing %s leaves the digest unchanged", name)
+		}
+	}
+}
+
+func TestManifestValidate(t *testing.T) {
+	d1, d2 := strings.Repeat("1", 64), strings.Repeat("2", 64)
 	for _, tc := range []struct {
 		name    string
 		files   []modelsource.File
 		wantErr string
 	}{
+		{"valid", []modelsource.File{{Path: "config.json", SHA256: d1, Size: 10}, {Path: "weights/model.safetensors", SHA256: d2}}, ""},
 		{"empty", nil, "no files"},
-		{"absolute", []modelsource.File{{Path: "/etc/passwd", SHA256: d1}}, "absolute"},
-		{"dotdot", []modelsource.File{{Path: "a/../../x", SHA256: d1}}, "not clean"},
-		{"dotdot clean", []modelsource.File{{Path: "../x", SHA256: d1}}, "leaves"},
-		{"unclean", []modelsource.File{{Path: "a//b", SHA256: d1}}, "not clean"},
-		{"dot", []modelsource.File{{Path: ".", SHA256: d1}}, "not clean"},
+		{"empty path", []modelsource.File{{Path: "", SHA256: d1}}, "files[0]: path is empty"},
+		{"absolute", []modelsource.File{{Path: "/etc/passwd", SHA256: d1}}, "starts with /"},
+		{"dotdot inside", []modelsource.File{{Path: "a/../../x", SHA256: d1}}, `has a ".." element`},
+		{"dotdot first", []modelsource.File{{Path: "../x", SHA256: d1}}, `has a ".." element`},
+		{"dot", []modelsource.File{{Path: ".", SHA256: d1}}, `has a "." element`},
+		{"double slash", []modelsource.File{{Path: "a//b", SHA256: d1}}, "empty element"},
+		{"trailing slash", []modelsource.File{{Path: "a/", SHA256: d1}}, "empty element"},
+		{"backslash", []modelsource.File{{Path: `a\b`, SHA256: d1}}, "backslash"},
+		{"newline", []modelsource.File{{Path: "a\n" + d2 + "  b", SHA256: d1}}, "control character"},
 		{"bad digest", []modelsource.File{{Path: "a", SHA256: "xyz"}}, "64 hex"},
+		{"uppercase digest", []modelsource.File{{Path: "a", SHA256: strings.ToUpper(strings.Repeat("ab", 32))}}, "lowercase"},
 		{"negative", []modelsource.File{{Path: "a", SHA256: d1, Size: -1}}, "negative"},
-		{"twice", []modelsource.File{{Path: "a", SHA256: d1}, {Path: "a", SHA256: d2}}, "twice"},
-		{"file and dir", []modelsource.File{{Path: "a", SHA256: d1}, {Path: "a/b", SHA256: d2}}, "also the directory"},
+		{"twice", []modelsource.File{{Path: "a", SHA256: d1}, {Path: "b", SHA256: d1}, {Path: "a", SHA256: d2}}, `path "a" is listed twice (files[0] and files[2])`},
+		{"file and dir", []modelsource.File{{Path: "a/b/c", SHA256: d2}, {Path: "a", SHA256: d1}}, `files[0] (a/b/c) lies in directory "a", which files[1] lists as a file`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := modelsource.Manifest{Files: tc.files}.Validate()
-			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+			switch {
+			case tc.wantErr == "" && err != nil:
+				t.Errorf("Validate = %v, want nil", err)
+			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
 				t.Errorf("Validate = %v; want an error containing %q", err, tc.wantErr)
 			}
 		})
