@@ -1,5 +1,7 @@
-// Package modelsource parses where a model comes from (a pool's model.source) and
-// describes model directories by a manifest of their files' digests.
+// Package modelsource parses where a model comes from (a pool's
+// model.source) and describes model directories by a manifest of their
+// files' digests. It is the one parser of sources: validate checks a config
+// with it, and the fetcher downloads what it gives.
 //
 // A source is an HTTPS URL or a Hugging Face reference pinned to a commit:
 //
@@ -7,12 +9,16 @@
 //	// src.URL  == "https://huggingface.co/TheBloke/Llama-2-7B-GGUF/resolve/0123…4567/llama-2-7b.Q4_K_M.gguf"
 //	// src.File == "llama-2-7b.Q4_K_M.gguf", src.HF == true
 //
+// A model file (llamacpp) is downloaded from src.URL; a model directory
+// (vllm, tgi, sglang: hf://ORG/REPO@COMMIT[/SUBDIR], or a base URL) file by
+// file, each PATH of its manifest from src.URL + "/" + PATH.
+//
 // Plain http:// is refused except for loopback hosts (tests stand in for the
 // remote with a server on 127.0.0.1).
 //
-// A model directory (vLLM, TGI, SGLang) is named by the digest of its
-// Manifest: the list of its files with their sha256 digests (and sizes,
-// which the digest leaves out), encoded as sha256sum prints them.
+// A model directory is named by the digest of its Manifest: the list of its
+// files with their sha256 digests (and sizes, which the digest leaves out),
+// encoded as sha256sum prints them.
 //
 //	m := modelsource.Manifest{Files: []modelsource.File{{Path: "config.json", SHA256: d1, Size: 612}, …}}
 //	if err := m.Validate(); err != nil { … }
@@ -34,14 +40,21 @@ import (
 // HFHost is the Hugging Face Hub an hf:// reference resolves against.
 const HFHost = "huggingface.co"
 
+// hfForm is how an hf:// reference is written, for the errors.
+const hfForm = "hf://ORG/REPO@COMMIT/FILE"
+
 // Source is a parsed model source.
 type Source struct {
 	// Raw is the source as written.
 	Raw string
-	// URL is the HTTP(S) URL the model is downloaded from.
+	// URL is the HTTP(S) URL the model is downloaded from: the file's, or
+	// the base of a model directory's files.
 	URL string
-	// File is the file name of the model (the URL path's last element),
-	// the name it gets in the cache.
+	// File is the last element of the source's path, unescaped: for a model
+	// file, its name, which it keeps in the cache. It is "" when the source
+	// names no file: an hf:// reference to a whole repository, a URL whose
+	// path is empty or ends in /, or whose last element is no usable file
+	// name (".", "..", one with an escaped / or a NUL).
 	File string
 	// HF reports a Hugging Face reference: the Hub's HEAD answers carry the
 	// LFS digest and size (X-Linked-Etag, X-Linked-Size).
@@ -52,73 +65,119 @@ type Source struct {
 }
 
 // Parse parses a model source: an https:// URL (http:// only for loopback
-// hosts) or hf://ORG/REPO@REVISION/FILE with REVISION a 40-hex commit.
-// Errors say what is wrong with it.
+// hosts), without credentials or fragment, or hf://ORG/REPO@COMMIT[/PATH]
+// with COMMIT a full 40-hex commit and PATH a clean relative path (a file,
+// or a directory of the repository). The error, which starts with
+// "model source", says what is wrong and what to write instead.
 func Parse(raw string) (Source, error) {
-	s := strings.TrimSpace(raw)
-	if s == "" {
-		return Source{}, errors.New("model source is empty")
+	if raw == "" {
+		return Source{}, errors.New("model source is empty: write an https:// URL or " + hfForm)
 	}
-	if rest, ok := strings.CutPrefix(s, "hf://"); ok {
+	if rest, ok := strings.CutPrefix(raw, "hf://"); ok {
 		return parseHF(raw, rest)
 	}
-	u, err := url.Parse(s)
+	u, err := url.Parse(raw)
 	if err != nil {
 		return Source{}, fmt.Errorf("model source %q is not a URL: %w", raw, err)
 	}
 	switch u.Scheme {
-	case "https":
-	case "http":
-		if !IsLoopback(u.Hostname()) {
-			return Source{}, fmt.Errorf("model source %q: http:// is refused (the download would be unauthenticated and in the clear); use https://", raw)
-		}
+	case "https", "http":
 	case "":
-		return Source{}, fmt.Errorf("model source %q has no scheme: use https://HOST/PATH or hf://ORG/REPO@COMMIT/FILE", raw)
+		return Source{}, fmt.Errorf("model source %q has no scheme: write https://HOST/PATH or %s", raw, hfForm)
 	default:
-		return Source{}, fmt.Errorf("model source %q: scheme %q is not supported: use https:// or hf://", raw, u.Scheme)
+		return Source{}, fmt.Errorf("model source %q: scheme %q is not supported: write an https:// URL or %s", raw, u.Scheme, hfForm)
 	}
-	if u.Host == "" {
-		return Source{}, fmt.Errorf("model source %q has no host", raw)
+	switch {
+	case u.Host == "" || u.Hostname() == "":
+		return Source{}, fmt.Errorf("model source %q names no host", raw)
+	case u.User != nil:
+		return Source{}, fmt.Errorf("model source %q carries credentials; a config holds none: give a token through the environment or a file", redacted(u))
+	case u.Fragment != "" || strings.HasSuffix(raw, "#"):
+		return Source{}, fmt.Errorf("model source %q has a #fragment, which is never sent to the server; remove it", raw)
+	case u.Scheme == "http" && !IsLoopback(u.Hostname()):
+		return Source{}, fmt.Errorf("model source %q uses http://, which is allowed only for loopback hosts (127.0.0.1, ::1, localhost); use https://", raw)
 	}
-	if u.User != nil {
-		return Source{}, fmt.Errorf("model source %q carries credentials in the URL: give a token file instead", raw)
-	}
-	file := path.Base(u.Path)
-	if u.Path == "" || strings.HasSuffix(u.Path, "/") || file == "." || file == "/" || file == ".." {
-		return Source{}, fmt.Errorf("model source %q names no file: the URL's path must end in the file name", raw)
-	}
-	u.Fragment = ""
-	return Source{Raw: raw, URL: u.String(), File: file}, nil
+	return Source{Raw: raw, URL: u.String(), File: urlFileName(u)}, nil
 }
 
+// parseHF parses rest, an hf:// reference without its scheme.
 func parseHF(raw, rest string) (Source, error) {
-	const form = "hf://ORG/REPO@REVISION/FILE"
-	repo, revFile, hasRev := strings.Cut(rest, "@")
-	if !hasRev {
-		return Source{}, fmt.Errorf("model source %q has no revision: pin a 40-hex commit, as in %s (a branch can change under the declared digest)", raw, form)
+	org, rest, ok := strings.Cut(rest, "/")
+	if !ok || org == "" {
+		return Source{}, fmt.Errorf("model source %q names no repository: write %s", raw, hfForm)
 	}
-	rev, file, _ := strings.Cut(revFile, "/")
-	if rev == "" {
-		return Source{}, fmt.Errorf("model source %q has an empty revision: pin a 40-hex commit, as in %s", raw, form)
+	repoRev, file, _ := strings.Cut(rest, "/")
+	repo, rev, hasRev := strings.Cut(repoRev, "@")
+	if strings.Contains(org, "@") {
+		return Source{}, fmt.Errorf("model source %q has no ORG/ before the repository: write %s", raw, hfForm)
 	}
-	org, name, _ := strings.Cut(repo, "/")
-	if org == "" || name == "" || strings.Contains(name, "/") {
-		return Source{}, fmt.Errorf("model source %q: the repository must be ORG/REPO, as in %s", raw, form)
+	if !isHFName(org) {
+		return Source{}, fmt.Errorf("model source %q: %q is not a Hugging Face organisation or user name (letters, digits, '.', '_', '-'); write %s", raw, org, hfForm)
 	}
-	if !IsCommit(rev) {
-		return Source{}, fmt.Errorf("model source %q: revision %q is not a commit: give the full 40-hex commit (a branch or tag can move)", raw, rev)
+	if repo == "" {
+		return Source{}, fmt.Errorf("model source %q names no repository: write %s", raw, hfForm)
 	}
-	if file == "" || strings.HasSuffix(file, "/") {
-		return Source{}, fmt.Errorf("model source %q names no file after the revision, as in %s", raw, form)
+	if !isHFName(repo) {
+		return Source{}, fmt.Errorf("model source %q: %q is not a Hugging Face repository name (letters, digits, '.', '_', '-'); write %s", raw, repo, hfForm)
 	}
-	if path.Clean(file) != file || slices.Contains(strings.Split(file, "/"), "..") || strings.HasPrefix(file, "/") {
-		return Source{}, fmt.Errorf("model source %q: file %q must be a clean relative path", raw, file)
+	switch {
+	case !hasRev || rev == "":
+		return Source{}, fmt.Errorf("model source %q has no revision: write %s with COMMIT the repository's 40-hex commit (pin a commit, not a branch: hf:// sources are content-addressed)", raw, hfForm)
+	case IsCommit(rev):
+	case isHex(rev) && len(rev) == 40:
+		return Source{}, fmt.Errorf("model source %q: write the commit %q in lowercase", raw, rev)
+	case isHex(rev):
+		return Source{}, fmt.Errorf("model source %q: revision %q is not a full commit id: pin the whole 40-hex commit (hf:// sources are content-addressed)", raw, rev)
+	default:
+		return Source{}, fmt.Errorf("model source %q: revision %q is a branch or tag, which moves: pin a 40-hex commit, not a branch (hf:// sources are content-addressed; the Hub lists a repository's commits under \"Files and versions\", History)", raw, rev)
 	}
-	u := url.URL{Scheme: "https", Host: HFHost, Path: "/" + repo + "/resolve/" + rev + "/" + file}
-	return Source{
-		Raw: raw, URL: u.String(), File: path.Base(file), HF: true,
-		Repo: repo, Revision: rev,
-	}, nil
+	src := Source{Raw: raw, HF: true, Repo: org + "/" + repo, Revision: rev}
+	u := url.URL{Scheme: "https", Host: HFHost, Path: "/" + src.Repo + "/resolve/" + rev}
+	if file != "" {
+		if err := CheckPath(file); err != nil {
+			return Source{}, fmt.Errorf("model source %q: in the repository, %w", raw, err)
+		}
+		u.Path += "/" + file
+		src.File = path.Base(file)
+	}
+	src.URL = u.String()
+	return src, nil
+}
+
+// isHFName reports whether s is an organisation, user or repository name on
+// the Hub: letters, digits, '.', '_' and '-', starting with a letter or digit.
+func isHFName(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+		if !alnum && (i == 0 || c != '.' && c != '_' && c != '-') {
+			return false
+		}
+	}
+	return s != ""
+}
+
+func redacted(u *url.URL) string {
+	c := *u
+	c.User = url.User("REDACTED")
+	return c.String()
+}
+
+// urlFileName is the last element of a URL's path, unescaped; "" when it is
+// not a usable file name (empty, . or .., or with a / or NUL of its own).
+func urlFileName(u *url.URL) string {
+	p := u.Path
+	if p == "" || strings.HasSuffix(p, "/") {
+		return ""
+	}
+	// u.Path is unescaped already: an escaped slash would split it, so the
+	// last element is taken from the escaped form and unescaped alone.
+	escaped := u.EscapedPath()
+	name, err := url.PathUnescape(escaped[strings.LastIndex(escaped, "/")+1:])
+	if err != nil || name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") {
+		return ""
+	}
+	return name
 }
 
 // IsLoopback reports whether host (without port) is a loopback name or address.
@@ -149,6 +208,13 @@ func CheckDigest(s string) error {
 		return fmt.Errorf("sha256 %q: want 64 lowercase hex digits", s)
 	}
 	return nil
+}
+
+// isHex reports whether s is hex digits, in either case.
+func isHex(s string) bool {
+	return s != "" && !strings.ContainsFunc(s, func(r rune) bool {
+		return (r < '0' || r > '9') && (r < 'a' || r > 'f') && (r < 'A' || r > 'F')
+	})
 }
 
 func isLowerHex(s string) bool {

@@ -10,37 +10,55 @@ import (
 const commit = "0123456789abcdef0123456789abcdef01234567"
 
 func TestParse(t *testing.T) {
+	const hub = "https://huggingface.co/org/repo/resolve/" + commit
 	for _, tc := range []struct {
-		in      string
-		url     string
-		file    string
-		hf      bool
+		in   string
+		url  string
+		file string
+		hf   bool
+		// wantErr is a substring of the error; "" for none.
 		wantErr string
 	}{
-		{in: "hf://org/repo@" + commit + "/model.gguf",
-			url: "https://huggingface.co/org/repo/resolve/" + commit + "/model.gguf", file: "model.gguf", hf: true},
-		{in: "hf://org/repo@" + commit + "/sub/dir/model.gguf",
-			url: "https://huggingface.co/org/repo/resolve/" + commit + "/sub/dir/model.gguf", file: "model.gguf", hf: true},
+		{in: "hf://org/repo@" + commit + "/model.gguf", url: hub + "/model.gguf", file: "model.gguf", hf: true},
+		{in: "hf://org/repo@" + commit + "/sub/dir/model.gguf", url: hub + "/sub/dir/model.gguf", file: "model.gguf", hf: true},
+		{in: "hf://org/repo@" + commit + "/my model.gguf", url: hub + "/my%20model.gguf", file: "my model.gguf", hf: true},
+		// A model directory: the whole repository, or a directory of it.
+		{in: "hf://org/repo@" + commit, url: hub, hf: true},
+		{in: "hf://org/repo@" + commit + "/", url: hub, hf: true},
+		{in: "hf://org/repo@" + commit + "/awq", url: hub + "/awq", file: "awq", hf: true},
 		{in: "https://example.com/models/m.gguf", url: "https://example.com/models/m.gguf", file: "m.gguf"},
+		{in: "https://example.com/dl/m.gguf?download=true", url: "https://example.com/dl/m.gguf?download=true", file: "m.gguf"},
+		{in: "https://example.com/dl/my%20model.gguf", url: "https://example.com/dl/my%20model.gguf", file: "my model.gguf"},
+		{in: "https://example.com/dl/a%2Fb.gguf", url: "https://example.com/dl/a%2Fb.gguf", file: ""},
+		{in: "https://example.com/models/%2e%2e", url: "https://example.com/models/%2e%2e", file: ""},
+		{in: "https://example.com/models/chat/", url: "https://example.com/models/chat/", file: ""},
+		{in: "https://example.com", url: "https://example.com", file: ""},
 		{in: "http://127.0.0.1:8080/m.gguf", url: "http://127.0.0.1:8080/m.gguf", file: "m.gguf"},
+		{in: "http://127.0.0.2/m.gguf", url: "http://127.0.0.2/m.gguf", file: "m.gguf"},
 		{in: "http://localhost:8080/m.gguf", url: "http://localhost:8080/m.gguf", file: "m.gguf"},
 		{in: "http://[::1]:8080/m.gguf", url: "http://[::1]:8080/m.gguf", file: "m.gguf"},
-		{in: "", wantErr: "empty"},
-		{in: "hf://org/repo/model.gguf", wantErr: "no revision"},
-		{in: "hf://org/repo@main/model.gguf", wantErr: `revision "main" is not a commit`},
-		{in: "hf://org/repo@" + strings.ToUpper(commit) + "/model.gguf", wantErr: "not a commit"},
-		{in: "hf://org/repo@" + commit[:12] + "/model.gguf", wantErr: "not a commit"},
-		{in: "hf://org/repo@" + commit, wantErr: "names no file"},
-		{in: "hf://org/repo@" + commit + "/", wantErr: "names no file"},
-		{in: "hf://org/repo@/model.gguf", wantErr: "empty revision"},
-		{in: "hf://repo@" + commit + "/model.gguf", wantErr: "ORG/REPO"},
-		{in: "hf://org/repo@" + commit + "/../x.gguf", wantErr: "clean relative path"},
-		{in: "http://example.com/m.gguf", wantErr: "http:// is refused"},
-		{in: "ftp://example.com/m.gguf", wantErr: "not supported"},
-		{in: "example.com/m.gguf", wantErr: "no scheme"},
-		{in: "https://example.com/", wantErr: "names no file"},
-		{in: "https://example.com", wantErr: "names no file"},
-		{in: "https://user:pw@example.com/m.gguf", wantErr: "credentials"},
+
+		{in: "", wantErr: "model source is empty"},
+		{in: "hf://org/repo/model.gguf", wantErr: "has no revision: write hf://ORG/REPO@COMMIT/FILE with COMMIT the repository's 40-hex commit"},
+		{in: "hf://org/repo@/model.gguf", wantErr: "has no revision"},
+		{in: "hf://org/repo@main/model.gguf", wantErr: `revision "main" is a branch or tag, which moves: pin a 40-hex commit`},
+		{in: "hf://org/repo@" + strings.ToUpper(commit) + "/model.gguf", wantErr: "in lowercase"},
+		{in: "hf://org/repo@" + commit[:12] + "/model.gguf", wantErr: `revision "` + commit[:12] + `" is not a full commit id`},
+		{in: "hf://org", wantErr: "names no repository"},
+		{in: "hf://org/@" + commit + "/model.gguf", wantErr: "names no repository"},
+		{in: "hf://repo@" + commit + "/model.gguf", wantErr: "has no ORG/ before the repository"},
+		{in: "hf://o%20g/repo@" + commit + "/model.gguf", wantErr: `"o%20g" is not a Hugging Face organisation or user name`},
+		{in: "hf://org/-repo@" + commit + "/model.gguf", wantErr: `"-repo" is not a Hugging Face repository name`},
+		{in: "hf://org/repo@" + commit + "/../x.gguf", wantErr: `in the repository, path "../x.gguf" has a ".." element`},
+		{in: "hf://org/repo@" + commit + "/dir/", wantErr: "has an empty element"},
+		{in: "hf://org/repo@" + commit + "/a\\b.gguf", wantErr: "backslash"},
+		{in: "http://example.com/m.gguf", wantErr: "allowed only for loopback hosts"},
+		{in: "ftp://example.com/m.gguf", wantErr: `scheme "ftp" is not supported`},
+		{in: "example.com/m.gguf", wantErr: "has no scheme"},
+		{in: "https:///m.gguf", wantErr: "names no host"},
+		{in: "https://user:pw@example.com/m.gguf", wantErr: "carries credentials"},
+		{in: "https://example.com/m.gguf#x", wantErr: "#fragment"},
+		{in: "https://example.com/m.gguf#", wantErr: "#fragment"},
 	} {
 		t.Run(tc.in, func(t *testing.T) {
 			got, err := modelsource.Parse(tc.in)
@@ -48,18 +66,24 @@ func TestParse(t *testing.T) {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("Parse(%q) = %+v, %v; want an error containing %q", tc.in, got, err, tc.wantErr)
 				}
+				if !strings.HasPrefix(err.Error(), "model source") {
+					t.Errorf("Parse(%q): error %q does not start with \"model source\"", tc.in, err)
+				}
 				return
 			}
 			if err != nil {
 				t.Fatalf("Parse(%q): %v", tc.in, err)
 			}
-			if got.URL != tc.url || got.File != tc.file || got.HF != tc.hf {
-				t.Errorf("Parse(%q) = URL %q file %q hf %v; want %q %q %v", tc.in, got.URL, got.File, got.HF, tc.url, tc.file, tc.hf)
+			if got.Raw != tc.in || got.URL != tc.url || got.File != tc.file || got.HF != tc.hf {
+				t.Errorf("Parse(%q) = raw %q URL %q file %q hf %v; want URL %q file %q hf %v", tc.in, got.Raw, got.URL, got.File, got.HF, tc.url, tc.file, tc.hf)
 			}
 			if tc.hf && (got.Repo != "org/repo" || got.Revision != commit) {
 				t.Errorf("Parse(%q): repo %q revision %q", tc.in, got.Repo, got.Revision)
 			}
 		})
+	}
+	if _, err := modelsource.Parse("https://user:secret@example.com/m.gguf"); err == nil || strings.Contains(err.Error(), "secret") {
+		t.Errorf("Parse of a URL with a password: error %v; want one that does not show it", err)
 	}
 }
 

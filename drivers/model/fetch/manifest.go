@@ -14,9 +14,9 @@ import (
 
 // DirRequest is a model directory to fetch.
 type DirRequest struct {
-	// BaseURL is the directory's URL; file PATH is fetched from
-	// BaseURL + "/" + PATH (for the Hub,
-	// https://huggingface.co/ORG/REPO/resolve/COMMIT).
+	// BaseURL is the directory's URL (modelsource.Source.URL of the pool's
+	// source); file PATH is fetched from BaseURL + "/" + PATH (for the Hub,
+	// https://huggingface.co/ORG/REPO/resolve/COMMIT[/SUBDIR]).
 	BaseURL string
 	// Manifest lists the files; its digest names the directory.
 	Manifest modelsource.Manifest
