@@ -53,6 +53,7 @@ func Example() {
 	// pool_managerd_config_valid 1
 	// pool_managerd_pool_phase{phase="Draining",pool="chat"} 0
 	// pool_managerd_pool_phase{phase="Failed",pool="chat"} 0
+	// pool_managerd_pool_phase{phase="Fetching",pool="chat"} 0
 	// pool_managerd_pool_phase{phase="Pending",pool="chat"} 0
 	// pool_managerd_pool_phase{phase="Preloading",pool="chat"} 0
 	// pool_managerd_pool_phase{phase="Ready",pool="chat"} 1
