@@ -4,11 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/poolmanagerd/pool-managerd/drivers/model/cache"
 	"github.com/poolmanagerd/pool-managerd/drivers/model/fetch"
 	"github.com/poolmanagerd/pool-managerd/drivers/model/source"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
@@ -214,4 +218,34 @@ func FetchFailure(err error) restart.Failure {
 		return restart.Failure{Class: fe.Class, Message: fe.Message, Hint: fe.Hint}
 	}
 	return restart.Failure{Class: restart.ClassFetchNetwork, Message: "fetch the model: " + err.Error()}
+}
+
+// CacheUsage is what a model cache holds, as status shows it.
+type CacheUsage struct {
+	// Dir is the cache's root.
+	Dir string `json:"dir"`
+	// Bytes is the bytes of its models and partial downloads.
+	Bytes int64 `json:"bytes"`
+	// Models counts its entries (a model file or directory each).
+	Models int `json:"models"`
+}
+
+// UsageOf reads what the model cache c holds.
+func UsageOf(c *cache.Cache) (CacheUsage, error) {
+	u := CacheUsage{Dir: c.Root()}
+	size, err := c.Size()
+	if err != nil {
+		return u, fmt.Errorf("model cache %s: %w", c.Root(), err)
+	}
+	u.Bytes = size
+	entries, err := os.ReadDir(filepath.Join(c.Root(), "sha256"))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return u, fmt.Errorf("model cache %s: %w", c.Root(), err)
+	}
+	for _, e := range entries {
+		if e.IsDir() {
+			u.Models++
+		}
+	}
+	return u, nil
 }
