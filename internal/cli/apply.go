@@ -280,15 +280,18 @@ func runApply(cmd *cobra.Command, target string, src gpuSource, node, stateDir s
 			fmt.Fprintf(out, "%s  %-12s %-10s hint: %s\n", e.Time.Format("15:04:05.000"), e.Pool, "", e.Failure.HintFor())
 		}
 	}
-	fetcher, err := models.fetcher(absState)
-	if err != nil {
-		return err
-	}
 	x := &executor.Executor{
 		Node: plan.Node, GPUs: s.gpus, Host: src.host(), Engines: driver, Store: state.Store{Dir: stateDir},
-		Models: &executor.FetchedModels{Fetcher: fetcher},
-		Now:    time.Now, Rand: rand.Float64,
+		Now: time.Now, Rand: rand.Float64,
 		Report: report,
+	}
+	if fetches(plan) {
+		// Opened only when a pool fetches: apply leaves no cache behind otherwise.
+		fetcher, err := models.fetcher(absState)
+		if err != nil {
+			return err
+		}
+		x.Models = &executor.FetchedModels{Fetcher: fetcher}
 	}
 	// Crash-safety tests: die as kill -9 would, at the named step.
 	x.Step = crashStep()
@@ -315,6 +318,17 @@ func runApply(cmd *cobra.Command, target string, src gpuSource, node, stateDir s
 		return silentExit(ExitFailure)
 	}
 	return nil
+}
+
+// fetches reports whether a change of the plan starts a pool whose model
+// has a source (model.source).
+func fetches(plan *reconcile.NodePlan) bool {
+	for _, c := range plan.Changes {
+		if c.Spec != nil && c.Spec.Model.Source != "" {
+			return true
+		}
+	}
+	return false
 }
 
 // DefaultProgressInterval is how often apply says which pools are still loading.

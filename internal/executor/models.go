@@ -228,6 +228,9 @@ type CacheUsage struct {
 	Bytes int64 `json:"bytes"`
 	// Models counts its entries (a model file or directory each).
 	Models int `json:"models"`
+	// PartialDownloads counts the downloads not finished (running, or left
+	// by a stopped one to resume); their bytes are in Bytes.
+	PartialDownloads int `json:"partialDownloads,omitempty"`
 }
 
 // UsageOf reads what the model cache c holds.
@@ -245,6 +248,15 @@ func UsageOf(c *cache.Cache) (CacheUsage, error) {
 	for _, e := range entries {
 		if e.IsDir() {
 			u.Models++
+		}
+	}
+	partials, err := os.ReadDir(filepath.Join(c.Root(), "tmp"))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return u, fmt.Errorf("model cache %s: %w", c.Root(), err)
+	}
+	for _, e := range partials {
+		if strings.HasSuffix(e.Name(), cache.PartialSuffix) {
+			u.PartialDownloads++
 		}
 	}
 	return u, nil
