@@ -254,3 +254,45 @@ func TestFetchHTTPErrorBacksOff(t *testing.T) {
 		t.Errorf("%d requests during the backoff, want the failed one only", got)
 	}
 }
+
+// At a resync the daemon removes the models of its cache that no pool uses
+// once their grace is over, and keeps those its pools use, however long ago
+// they were last used.
+func TestResyncCollectsUnusedModels(t *testing.T) {
+	t.Parallel()
+	data, digest := testModel()
+	srv := newModelServer(t, data, false)
+	n := newNode(t, 1)
+	cacheDir := filepath.Join(n.state, "models")
+	n.writeConfig(pool{id: "a", source: srv.url(), sha256: digest})
+	r := n.start(withFetcher(t, cacheDir), func(o *daemon.Options) {
+		o.Resync = 50 * time.Millisecond
+		o.CacheGrace = time.Nanosecond // every model is past its grace: only use keeps one
+	})
+	r.waitReady("a")
+	// A model no pool uses, put there once pool a's is in the cache: the
+	// collection that removes it has a's to keep.
+	unused := strings.Repeat("e", 64)
+	old := filepath.Join(cacheDir, "sha256", unused)
+	if err := os.MkdirAll(old, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(old, "old.gguf"), []byte("GGUF old"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.waitFor("the removal of the unused model in the log", func() bool {
+		return strings.Contains(r.log.String(), unused)
+	})
+	if !strings.Contains(r.log.String(), "model cache: removed models no pool uses") {
+		t.Error("the log does not say why the model was removed")
+	}
+	if _, err := os.Stat(old); !os.IsNotExist(err) {
+		t.Errorf("the unused model is still there: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(cacheDir, "sha256", digest, "model.gguf")); err != nil {
+		t.Errorf("the model pool a uses was removed: %v", err)
+	}
+	if p := r.pool("a"); !p.Ready {
+		t.Errorf("pool a after the collection: %v", poolString(p))
+	}
+}
