@@ -44,7 +44,7 @@ func TestStatusModelCache(t *testing.T) {
 	if err := writeCacheUsage(&out, u); err != nil {
 		t.Fatal(err)
 	}
-	if want := "Model cache " + u.Dir + ": 1 model, 0.0 GiB (1 download not finished)"; !strings.Contains(out.String(), want) {
+	if want := "Model cache " + u.Dir + ": 1 model, 4.0 MiB (1 download not finished)"; !strings.Contains(out.String(), want) {
 		t.Errorf("line %q, want %q", out.String(), want)
 	}
 	data, err := json.Marshal(statusJSON{FormatVersion: StatusFormatVersion, ModelCache: u})
