@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -80,6 +82,7 @@ func newApplyCommand() *cobra.Command {
 	var ef engineFlags
 	var autoApprove bool
 	var progress time.Duration
+	var models modelFlags
 	cmd := &cobra.Command{
 		Use:   "apply [DIR | PLANFILE]",
 		Short: "Start, replace and stop engines so that the node runs what the config says",
@@ -87,9 +90,11 @@ func newApplyCommand() *cobra.Command {
 confirmation on a terminal, then stops what must go first (freeing GPUs), updates,
 and starts engines in parallel, each waited on until its model is loaded and its
 GPU memory is where its device mask says (Ready) or it failed. Engines keep running
-after apply exits. While it waits, every --progress-interval it prints each pool
-still loading, with the time since its engine started and what the engine's
-health check last answered.
+after apply exits. A pool whose model has a source (model.source) first fetches it
+into the model cache (--model-cache, default STATE_DIR/models), verified against
+its sha256, as serve does. While it waits, every --progress-interval it prints each
+model still downloading (bytes, rate) and each pool still loading, with the time
+since its engine started and what the engine's health check last answered.
 
 With PLANFILE (from plan --out) it applies exactly that plan, without asking, and
 refuses it when the config or the node changed since it was made.
@@ -113,13 +118,21 @@ or an error, 2 usage error.`,
 			if progress <= 0 {
 				return usageError("--progress-interval %v: must be more than 0", progress)
 			}
-			return runApply(cmd, target, src, node, nf.stateDir, ef.binaries(), autoApprove, nf.node != "", progress)
+			if err := models.check(); err != nil {
+				return err
+			}
+			if _, err := models.token(); err != nil {
+				return err
+			}
+			return runApply(cmd, target, src, node, nf.stateDir, ef.binaries(), autoApprove, nf.node != "", progress, &models)
 		},
 	}
 	nf.register(cmd)
 	ef.register(cmd)
 	cmd.Flags().BoolVar(&autoApprove, "auto-approve", false, "apply without asking")
-	cmd.Flags().DurationVar(&progress, "progress-interval", DefaultProgressInterval, "how often to print the pools still loading while apply waits")
+	cmd.Flags().DurationVar(&progress, "progress-interval", DefaultProgressInterval, "how often to print the pools still fetching their models or loading while apply waits")
+	models.registerLookup(cmd)
+	models.registerFetch(cmd)
 	return cmd
 }
 
@@ -183,7 +196,7 @@ func openNodeSession(cmd *cobra.Command, configDir string, src gpuSource, node, 
 	return s, nil
 }
 
-func runApply(cmd *cobra.Command, target string, src gpuSource, node, stateDir string, bins preset.Binaries, autoApprove, nodeGiven bool, progress time.Duration) error {
+func runApply(cmd *cobra.Command, target string, src gpuSource, node, stateDir string, bins preset.Binaries, autoApprove, nodeGiven bool, progress time.Duration, models *modelFlags) error {
 	ctx := cmd.Context()
 	out := cmd.OutOrStdout()
 	var saved *reconcile.NodePlan
@@ -272,6 +285,14 @@ func runApply(cmd *cobra.Command, target string, src gpuSource, node, stateDir s
 		Now: time.Now, Rand: rand.Float64,
 		Report: report,
 	}
+	if fetches(plan) {
+		// Opened only when a pool fetches: apply leaves no cache behind otherwise.
+		fetcher, err := models.fetcher(absState)
+		if err != nil {
+			return err
+		}
+		x.Models = &executor.FetchedModels{Fetcher: fetcher}
+	}
 	// Crash-safety tests: die as kill -9 would, at the named step.
 	x.Step = crashStep()
 	if ctx.Err() != nil {
@@ -283,7 +304,7 @@ func runApply(cmd *cobra.Command, target string, src gpuSource, node, stateDir s
 	progressDone := make(chan struct{})
 	go func() {
 		defer close(progressDone)
-		reportProgress(stopProgress, tick.C, x.Loading, report)
+		reportProgress(stopProgress, tick.C, x.Loading, x.Fetches, report)
 	}()
 	res, err := applyWaitingBackoffs(ctx, x, plan, report)
 	tick.Stop()
@@ -299,18 +320,37 @@ func runApply(cmd *cobra.Command, target string, src gpuSource, node, stateDir s
 	return nil
 }
 
+// fetches reports whether a change of the plan starts a pool whose model
+// has a source (model.source).
+func fetches(plan *reconcile.NodePlan) bool {
+	for _, c := range plan.Changes {
+		if c.Spec != nil && c.Spec.Model.Source != "" {
+			return true
+		}
+	}
+	return false
+}
+
 // DefaultProgressInterval is how often apply says which pools are still loading.
 const DefaultProgressInterval = 10 * time.Second
 
-// reportProgress says, at each tick until stop, which engines are still
-// loading: the time since each started and its last health answer, as
-// "still loading [10s elapsed], health: loading".
-func reportProgress(stop <-chan struct{}, tick <-chan time.Time, loading func() []executor.Loading, report func(executor.Event)) {
+// reportProgress says, at each tick until stop, which models are still
+// downloading, as "fetching model: 12.0 of 40.0 MiB (30%) at 5.0 MiB/s [10s
+// elapsed]", and which engines are still loading: the time since each
+// started and its last health answer, as "still loading [10s elapsed],
+// health: loading".
+func reportProgress(stop <-chan struct{}, tick <-chan time.Time, loading func() []executor.Loading, fetches func() map[string]reconcile.Fetch, report func(executor.Event)) {
 	for {
 		select {
 		case <-stop:
 			return
 		case now := <-tick:
+			fs := fetches()
+			for _, pool := range slices.Sorted(maps.Keys(fs)) {
+				f := fs[pool]
+				report(executor.Event{Time: now, Pool: pool, Phase: reconcile.Fetching,
+					Message: fmt.Sprintf("fetching model: %s [%v elapsed]", fetchProgress(f), elapsed(now.Sub(f.Since)))})
+			}
 			for _, l := range loading() {
 				health := "no answer yet"
 				if l.Health != "" {
@@ -321,6 +361,20 @@ func reportProgress(stop <-chan struct{}, tick <-chan time.Time, loading func() 
 			}
 		}
 	}
+}
+
+// fetchProgress is a download's progress for people: "12.0 of 40.0 MiB
+// (30%) at 5.0 MiB/s".
+func fetchProgress(f reconcile.Fetch) string {
+	const mib = 1 << 20
+	s := fmt.Sprintf("%.1f MiB", float64(f.Done)/mib)
+	if f.Total > 0 {
+		s = fmt.Sprintf("%.1f of %.1f MiB (%.0f%%)", float64(f.Done)/mib, float64(f.Total)/mib, 100*float64(f.Done)/float64(f.Total))
+	}
+	if f.BytesPerSecond > 0 {
+		s += fmt.Sprintf(" at %.1f MiB/s", f.BytesPerSecond/mib)
+	}
+	return s
 }
 
 // elapsed is a wait as progress says it: to the tenth of a second under

@@ -15,14 +15,22 @@ func TestReportProgress(t *testing.T) {
 		name    string
 		at      time.Time
 		loading []executor.Loading
+		fetches map[string]reconcile.Fetch
 		want    []string
 	}{
-		{"nothing loading", start.Add(10 * time.Second), nil, nil},
+		{"nothing loading", start.Add(10 * time.Second), nil, nil, nil},
 		{"one loading", start.Add(12*time.Second + 400*time.Millisecond),
-			[]executor.Loading{{Pool: "chat", PID: 42, Since: start, Health: engine.HealthLoading}},
+			[]executor.Loading{{Pool: "chat", PID: 42, Since: start, Health: engine.HealthLoading}}, nil,
 			[]string{"chat: still loading [12s elapsed], engine pid 42, health: loading"}},
+		{"one fetching, one loading", start.Add(12 * time.Second),
+			[]executor.Loading{{Pool: "chat", PID: 42, Since: start, Health: engine.HealthLoading}},
+			map[string]reconcile.Fetch{"code": {Done: 12 << 20, Total: 40 << 20, BytesPerSecond: 1 << 20, Since: start},
+				"embed": {Done: 3 << 20, Since: start.Add(10 * time.Second)}},
+			[]string{"code: fetching model: 12.0 of 40.0 MiB (30%) at 1.0 MiB/s [12s elapsed]",
+				"embed: fetching model: 3.0 MiB [2s elapsed]",
+				"chat: still loading [12s elapsed], engine pid 42, health: loading"}},
 		{"before the first health answer, and under 10 s", start.Add(1200 * time.Millisecond),
-			[]executor.Loading{{Pool: "a", PID: 7, Since: start}, {Pool: "b", PID: 8, Since: start.Add(-time.Minute), Health: engine.HealthFailing}},
+			[]executor.Loading{{Pool: "a", PID: 7, Since: start}, {Pool: "b", PID: 8, Since: start.Add(-time.Minute), Health: engine.HealthFailing}}, nil,
 			[]string{"a: still loading [1.2s elapsed], engine pid 7, health: no answer yet",
 				"b: still loading [1m1s elapsed], engine pid 8, health: failing"}},
 	}
@@ -32,9 +40,13 @@ func TestReportProgress(t *testing.T) {
 			var got []string
 			go func() {
 				defer close(done)
-				reportProgress(stop, tick, func() []executor.Loading { return tt.loading }, func(e executor.Event) {
-					if e.Phase != reconcile.Preloading || !e.Time.Equal(tt.at) {
-						t.Errorf("event %+v: want Preloading at the tick's time", e)
+				reportProgress(stop, tick, func() []executor.Loading { return tt.loading }, func() map[string]reconcile.Fetch { return tt.fetches }, func(e executor.Event) {
+					want := reconcile.Preloading
+					if _, ok := tt.fetches[e.Pool]; ok {
+						want = reconcile.Fetching
+					}
+					if e.Phase != want || !e.Time.Equal(tt.at) {
+						t.Errorf("event %+v: want %s at the tick's time", e, want)
 					}
 					got = append(got, e.Pool+": "+e.Message)
 				})

@@ -45,6 +45,7 @@ type serveFlags struct {
 	removalSettle       time.Duration
 	allowEmpty          bool
 	git                 gitFlags
+	models              modelFlags
 }
 
 // gitFlags configure the built-in Git source (serve --git).
@@ -150,6 +151,18 @@ lastAppliedRevision and lastAttemptedRevision (for a --config directory in a Git
 work tree: its HEAD and whether it is dirty) and the fetches' state;
 pool_managerd_config_revision_info carries the applied revision.
 
+A pool whose model has a source (model.source) is Fetching while its start
+downloads the model into the model cache (--model-cache, default
+STATE_DIR/models; CACHE/sha256/DIGEST/FILE), verified against its sha256 before
+anything is spawned; pools of one model share one download and one file.
+Downloads resume after a dropped connection or a restart, run --fetch-parallel
+at a time, and fail (fetch_stalled) when nothing arrives for
+--fetch-stall-timeout. --offline uses only models already in the cache. A
+token for private sources comes from --model-token-file or
+POOL_MANAGERD_MODEL_TOKEN, and goes only to a source's own host. At each resync
+the models no pool of the node uses, last used longer than --cache-grace ago,
+are removed (never one an engine has open).
+
 SIGHUP reloads the config (with --git: fetches at once). SIGTERM and SIGINT stop the daemon and leave the
 engines running: the next daemon adopts them without restarting any (with
 --stop-engines-on-exit they are stopped). Under systemd it reports READY=1
@@ -174,6 +187,9 @@ name in upper case with _ for - (POOL_MANAGERD_CONFIG, POOL_MANAGERD_LISTEN, ...
 	f.node.register(cmd)
 	f.engines.register(cmd)
 	f.git.register(cmd)
+	f.models.registerLookup(cmd)
+	f.models.registerFetch(cmd)
+	f.models.registerGC(cmd)
 	fl := cmd.Flags()
 	fl.StringVar(&f.config, "config", "", "the config directory tree (required unless --git)")
 	fl.StringVar(&f.listen, "listen", DefaultListen, "the API's address, HOST:PORT (port 0: a free one, written to STATE_DIR/api.addr)")
@@ -250,6 +266,13 @@ func runServe(cmd *cobra.Command, f serveFlags) error {
 	if err != nil {
 		return err
 	}
+	if f.models.grace <= 0 {
+		return usageError("--cache-grace %v: must be more than 0", f.models.grace)
+	}
+	fetcher, err := f.models.fetcher(stateDir)
+	if err != nil {
+		return err
+	}
 	lock, err := lockState(stateDir)
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
@@ -281,6 +304,7 @@ func runServe(cmd *cobra.Command, f serveFlags) error {
 		ConfigDir: configDir, StateDir: stateDir, Node: node, GPUs: gpus, Source: src.String(), Host: src.host(), Engines: driver,
 		Logger: log, Registry: reg, Resync: f.resync, Debounce: f.debounce, HealthEvery: f.healthEvery, Notify: sdNotify(log),
 		RemovalSettle: f.removalSettle, AllowEmpty: f.allowEmpty, Git: git, ReadyWhen: readyWhen,
+		Fetcher: fetcher, CacheGrace: f.models.grace,
 		Step: crashStep(),
 	})
 	if err != nil {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/local"
+	"github.com/poolmanagerd/pool-managerd/drivers/model/cache"
 	"github.com/poolmanagerd/pool-managerd/internal/api"
 	"github.com/poolmanagerd/pool-managerd/internal/executor"
 	"github.com/poolmanagerd/pool-managerd/internal/observe"
@@ -29,7 +30,7 @@ import (
 
 func newStatusCommand() *cobra.Command {
 	var nf nodeFlags
-	var format, field string
+	var format, field, modelCache string
 	cmd := &cobra.Command{
 		Use:   "status [POOL...]",
 		Short: "Show each pool's phase, engine, GPU memory, restarts and last error",
@@ -40,14 +41,18 @@ port), the memory it holds on each GPU, its restarts, the circuit breaker, and
 its last error with a hint and the next retry. Without the config at hand, a
 pool is taken to want what its engine was started from. Above the table it
 prints the revision of the config the daemon last applied (the commit, and its
-branch or tag) when that config came from Git. It changes nothing.
+branch or tag) when that config came from Git. Below it, a line gives the model
+cache's size (--model-cache, default STATE_DIR/models): its models, its bytes and
+the downloads not finished. It changes nothing.
 
 --field NAME prints one value of one pool, alone on a line, for scripts:
 ` + statusFieldList() + `.
 pid, port and endpoint exit 1 when the pool has no engine.
 
 --format json prints one object, {"formatVersion": 1, "pools": [...]}, each
-pool as the daemon's API gives it (GET /v1/pools in docs/openapi.yaml).
+pool as the daemon's API gives it (GET /v1/pools in docs/openapi.yaml), and
+"modelCache": {"dir", "bytes", "models", "partialDownloads"} when the cache
+exists.
 
 Exit codes: 0 shown, 1 a named pool unknown, no engine for --field, or an
 error, 2 usage error.`,
@@ -92,22 +97,33 @@ error, 2 usage error.`,
 				_, err = fmt.Fprintln(cmd.OutOrStdout(), v)
 				return err
 			}
+			if modelCache == "" {
+				modelCache = filepath.Join(nf.stateDir, "models")
+			}
+			usage, err := cacheUsage(modelCache)
+			if err != nil {
+				return fmt.Errorf("status: %w", err)
+			}
 			if format == "json" {
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
 				if rows == nil {
 					rows = []api.Pool{}
 				}
-				return enc.Encode(statusJSON{FormatVersion: StatusFormatVersion, Pools: rows})
+				return enc.Encode(statusJSON{FormatVersion: StatusFormatVersion, Pools: rows, ModelCache: usage})
 			}
 			if err := writeRevision(cmd.OutOrStdout(), st.AppliedRevision); err != nil {
 				return err
 			}
-			return writeStatusTable(cmd.OutOrStdout(), rows, time.Now())
+			if err := writeStatusTable(cmd.OutOrStdout(), rows, time.Now()); err != nil {
+				return err
+			}
+			return writeCacheUsage(cmd.OutOrStdout(), usage)
 		},
 	}
 	nf.register(cmd)
 	cmd.Flags().StringVar(&format, "format", "table", "output format: table or json")
+	cmd.Flags().StringVar(&modelCache, "model-cache", "", "the model cache whose size to show (default STATE_DIR/models)")
 	cmd.Flags().StringVar(&field, "field", "", "print only this value of the one named pool: "+statusFieldList())
 	return cmd
 }
@@ -142,6 +158,52 @@ const StatusFormatVersion = 1
 type statusJSON struct {
 	FormatVersion int        `json:"formatVersion"`
 	Pools         []api.Pool `json:"pools"`
+	// ModelCache is the model cache's size; absent when there is none.
+	ModelCache *executor.CacheUsage `json:"modelCache,omitempty"`
+}
+
+// cacheUsage reads the model cache at dir; nil when there is none (status
+// creates nothing).
+func cacheUsage(dir string) (*executor.CacheUsage, error) {
+	if _, err := os.Stat(filepath.Join(dir, "sha256")); errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	c, err := cache.Open(dir, cache.Options{})
+	if err != nil {
+		return nil, fmt.Errorf("model cache: %w", err)
+	}
+	u, err := executor.UsageOf(c)
+	if err != nil {
+		return nil, err
+	}
+	return &u, nil
+}
+
+// writeCacheUsage writes the model cache's line under the pools:
+// "Model cache /var/lib/pool-managerd/models: 2 models, 12.4 GiB (1 download
+// not finished)".
+func writeCacheUsage(w io.Writer, u *executor.CacheUsage) error {
+	if u == nil {
+		return nil
+	}
+	models := "1 model"
+	if u.Models != 1 {
+		models = fmt.Sprintf("%d models", u.Models)
+	}
+	size := fmt.Sprintf("%.1f GiB", float64(u.Bytes)/(1<<30))
+	if u.Bytes < 1<<30 {
+		size = fmt.Sprintf("%.1f MiB", float64(u.Bytes)/(1<<20))
+	}
+	line := fmt.Sprintf("\nModel cache %s: %s, %s", u.Dir, models, size)
+	switch u.PartialDownloads {
+	case 0:
+	case 1:
+		line += " (1 download not finished)"
+	default:
+		line += fmt.Sprintf(" (%d downloads not finished)", u.PartialDownloads)
+	}
+	_, err := fmt.Fprintln(w, line)
+	return err
 }
 
 // selectPools returns the rows of the named pools, in the order named; all

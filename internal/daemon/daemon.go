@@ -27,6 +27,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -35,6 +36,7 @@ import (
 	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
+	"github.com/poolmanagerd/pool-managerd/drivers/model/fetch"
 	"github.com/poolmanagerd/pool-managerd/internal/api"
 	"github.com/poolmanagerd/pool-managerd/internal/executor"
 	"github.com/poolmanagerd/pool-managerd/internal/gitsource"
@@ -89,6 +91,14 @@ type Options struct {
 	// AllowEmpty applies a config that leaves the node no pools while
 	// engines of it run (serve --allow-empty); by default it is held back.
 	AllowEmpty bool
+	// Fetcher fetches the models of pools with a model.source into its
+	// cache (serve --model-cache) before their engines start; nil fails
+	// such pools' starts.
+	Fetcher *fetch.Fetcher
+	// CacheGrace is how long a model that no pool of the node uses stays in
+	// the model cache (serve --cache-grace; default 24 h). The cache is
+	// collected at each resync.
+	CacheGrace time.Duration
 	// Git, when set, is where the config comes from (serve --git): each new
 	// commit it checks out is loaded, and ConfigDir is not used. The daemon
 	// runs its fetch loop.
@@ -175,6 +185,8 @@ type Daemon struct {
 	waiting string
 	// memory hands what config loads leave behind back to the OS.
 	memory *memoryReturn
+	// collecting is set while a collection of the model cache runs.
+	collecting atomic.Bool
 
 	view view
 }
@@ -192,6 +204,9 @@ func New(opts Options) (*Daemon, error) {
 	}
 	if opts.HealthEvery <= 0 {
 		opts.HealthEvery = 10 * time.Second
+	}
+	if opts.CacheGrace <= 0 {
+		opts.CacheGrace = 24 * time.Hour
 	}
 	if opts.ReadyWhen == "" {
 		opts.ReadyWhen = ReadyStarted
@@ -229,6 +244,9 @@ func New(opts Options) (*Daemon, error) {
 			return nil, fmt.Errorf("daemon: metrics: %w", err)
 		}
 		d.metrics = m
+	}
+	if opts.Fetcher != nil {
+		d.exec.Models = &executor.FetchedModels{Fetcher: opts.Fetcher, Received: d.metrics.FetchReceived, Finished: d.metrics.FetchFinished}
 	}
 	if _, err := d.exec.State(); err != nil {
 		return nil, fmt.Errorf("daemon: %w", err)
@@ -325,6 +343,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		case <-resync.C:
 			early = d.startObserve(ctx)
 			d.reload(ctx, "", false)
+			d.collectModels(ctx)
 		case ev, ok := <-events:
 			if !ok {
 				events = nil

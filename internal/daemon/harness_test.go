@@ -198,6 +198,9 @@ type pool struct {
 	env map[string]string
 	// restart is the body of the restart struct; default fastRestart.
 	restart string
+	// source and sha256, when source is set, are the pool's model.source
+	// and digest, in place of a model file.
+	source, sha256 string
 }
 
 // cue renders the config of these pools on node name (n.name when empty).
@@ -230,8 +233,12 @@ func (n *node) spec(name string, p pool) testenv.Pool {
 	}
 	vars := map[string]string{"FAKE_ENGINE_LOAD_DELAY": "50ms"}
 	maps.Copy(vars, p.env)
+	model := ""
+	if p.source == "" {
+		model = n.env.ModelFile(p.id + ".gguf")
+	}
 	return testenv.Pool{
-		ID: p.id, Node: name, Model: n.env.ModelFile(p.id + ".gguf"), Devices: p.devices, Split: p.split,
+		ID: p.id, Node: name, Model: model, Source: p.source, SHA256: p.sha256, Devices: p.devices, Split: p.split,
 		Port: portFor(n.t, n.name, p.id), VRAM: p.vram, RAM: p.ram, Share: true, Env: vars, Restart: p.restart,
 	}
 }

@@ -226,7 +226,8 @@ func (v *view) pools(x *executor.Executor, now time.Time) []api.Pool {
 	}
 	v.mu.RLock()
 	defer v.mu.RUnlock()
-	return poolview.Build(poolview.Input{Desired: v.desired, Held: v.held, Blocked: v.blocked, Removals: v.removals, Observed: v.obs, State: st, Now: now})
+	return poolview.Build(poolview.Input{Desired: v.desired, Held: v.held, Blocked: v.blocked, Removals: v.removals, Observed: v.obs, State: st,
+		Fetches: x.Fetches(), Now: now})
 }
 
 // unsettled lists, sorted, the pools of the config in force that are
@@ -299,6 +300,9 @@ func (d *Daemon) snapshot() metrics.Snapshot {
 		}
 	}
 	d.view.mu.RUnlock()
+	if mc, err := d.ModelCache(); err == nil && mc != nil {
+		s.ModelCache = &metrics.ModelCacheSnapshot{Bytes: mc.Bytes}
+	}
 	// As the node observes it (a simulated node's --ram, not this
 	// machine's), read at the scrape.
 	if d.opts.Host != nil {

@@ -36,6 +36,9 @@ type Executor struct {
 	Host    func(ctx context.Context) (*reconcile.HostMemory, error)
 	Engines engine.Driver
 	Store   Store
+	// Models fetches the models of pools with a model.source before their
+	// engines are spawned; nil fails such a pool's start.
+	Models Models
 	// Now and Rand are the clock and random source (jitter).
 	Now  func() time.Time
 	Rand func() float64
@@ -59,6 +62,36 @@ type Executor struct {
 	inflight map[string]*inflightStart
 	// loading are the engines awaited until Ready, by pool.
 	loading map[string]*Loading
+	// fetching are the model downloads starts wait on, by pool.
+	fetching map[string]reconcile.Fetch
+}
+
+// Fetches lists, by pool, the model downloads that starts wait on now
+// (the pools are Fetching).
+func (x *Executor) Fetches() map[string]reconcile.Fetch {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return maps.Clone(x.fetching)
+}
+
+// setFetch records a pool's download's progress; nil ends it. It returns
+// the progress it replaces.
+func (x *Executor) setFetch(pool string, f *reconcile.Fetch) *reconcile.Fetch {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	var was *reconcile.Fetch
+	if old, ok := x.fetching[pool]; ok {
+		was = &old
+	}
+	if f == nil {
+		delete(x.fetching, pool)
+		return was
+	}
+	if x.fetching == nil {
+		x.fetching = map[string]reconcile.Fetch{}
+	}
+	x.fetching[pool] = *f
+	return was
 }
 
 // Loading is an engine whose model is loading, as a start waits on it.
@@ -135,6 +168,9 @@ type Event struct {
 	Engine schema.Engine
 	// Spawn is set on the event of an engine's spawn (a preload begins).
 	Spawn bool
+	// FetchBegins and FetchEnds are set on the events of a model download
+	// a start waits on (phase Fetching): its first bytes, its verified end.
+	FetchBegins, FetchEnds bool
 	// Restart is set on a spawn that follows a failure: that failure's class.
 	Restart string
 	// Loaded is set on the Ready event that ends a preload: the time from

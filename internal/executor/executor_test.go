@@ -80,12 +80,15 @@ type fakeDriver struct {
 	mu     sync.Mutex
 	procs  map[int]*fakeProcess
 	starts int
+	// requests are the Starts' requests.
+	requests []engine.StartRequest
 }
 
-func (d *fakeDriver) Start(context.Context, engine.StartRequest) (engine.Process, error) {
+func (d *fakeDriver) Start(_ context.Context, req engine.StartRequest) (engine.Process, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.starts++
+	d.requests = append(d.requests, req)
 	return nil, errors.New("the test starts no engine")
 }
 

@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/supervisor"
+	"github.com/poolmanagerd/pool-managerd/drivers/engine/vram"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
@@ -27,6 +29,27 @@ func (x *Executor) start(ctx context.Context, c reconcile.Change) Outcome {
 	if o, deferred := x.settleDeath(ctx, c); deferred {
 		return x.outcome(c, o)
 	}
+	// spawn is the spec the engine is started with: for a fetched model, a
+	// copy whose model path is the model's place in the cache. The record
+	// and the spec hash keep the pool's own spec (its source and digest).
+	spawn := pool
+	needs, ram := c.Need, c.RAM
+	if pool.Model.Source != "" {
+		local, f := x.fetchModel(ctx, pool)
+		if f != nil {
+			return x.outcome(c, x.failed(ctx, pool, *f))
+		}
+		cp := *pool
+		cp.Model.Path = local
+		spawn = &cp
+		if len(needs) == 0 {
+			// The plan could not check the VRAM need: the model was not
+			// here yet. It is now.
+			if needs, ram, f = x.fetchedNeed(ctx, spawn, ram); f != nil {
+				return x.outcome(c, x.failed(ctx, pool, *f))
+			}
+		}
+	}
 	masked, err := x.maskedGPUs(ctx, pool)
 	if err != nil {
 		return x.outcome(c, x.failed(ctx, pool, restart.Failure{Class: restart.ClassDriverReset, Message: err.Error()}))
@@ -35,7 +58,7 @@ func (x *Executor) start(ctx context.Context, c reconcile.Change) Outcome {
 	if err != nil {
 		return x.outcome(c, x.failed(ctx, pool, restart.Failure{Class: restart.ClassSpawnFailed, Message: err.Error()}))
 	}
-	if f := x.reserve(pool, c.Need, masked, c.RAM, host); f != nil {
+	if f := x.reserve(pool, needs, masked, ram, host); f != nil {
 		return x.outcome(c, x.failed(ctx, pool, *f))
 	}
 	defer x.unreserve(pool.ID)
@@ -61,12 +84,12 @@ func (x *Executor) start(ctx context.Context, c reconcile.Change) Outcome {
 	}
 	x.emit(ev)
 	var total uint64
-	for _, n := range c.Need {
+	for _, n := range needs {
 		total += n.Need
 	}
-	req := engine.StartRequest{Pool: pool, GPUs: masked, Marker: marker, Need: total}
-	if c.RAM != nil {
-		req.RAM = c.RAM.Need
+	req := engine.StartRequest{Pool: spawn, GPUs: masked, Marker: marker, Need: total}
+	if ram != nil {
+		req.RAM = ram.Need
 	}
 	p, err := x.Engines.Start(ctx, req)
 	if err != nil {
@@ -85,6 +108,67 @@ func (x *Executor) start(ctx context.Context, c reconcile.Change) Outcome {
 	x.step(pool.ID, StepRecorded)
 	x.report(pool.ID, reconcile.Preloading, nil, "engine pid %d on port %d is loading its model", p.PID(), p.Port())
 	return x.outcome(c, x.awaitReady(ctx, pool, p, now))
+}
+
+// fetchModel gets the pool's model into the cache (Models) and returns its
+// path there. While a download runs the pool is Fetching (Fetches), and
+// its first and last reports are events.
+func (x *Executor) fetchModel(ctx context.Context, pool *schema.Pool) (string, *restart.Failure) {
+	if x.Models == nil {
+		return "", &restart.Failure{Class: restart.ClassModelNotCached,
+			Message: fmt.Sprintf("the pool's model comes from %s, and this pool-managerd has no model cache to fetch it into", pool.Model.Source),
+			Hint:    "run the pool with pool-managerd serve or apply, which fetch models into --model-cache"}
+	}
+	var once sync.Once
+	began := x.now()
+	progress := func(f reconcile.Fetch) {
+		x.setFetch(pool.ID, &f)
+		once.Do(func() {
+			x.emit(Event{Pool: pool.ID, Phase: reconcile.Fetching, Engine: pool.Engine, FetchBegins: true,
+				Message: fmt.Sprintf("fetching model %s (sha256 %s)", pool.Model.Source, shortDigest(CacheDigest(pool.Model)))})
+		})
+	}
+	local, err := x.Models.Ensure(ctx, pool, progress)
+	fetched := x.setFetch(pool.ID, nil)
+	if err != nil {
+		f := FetchFailure(err)
+		return "", &f
+	}
+	if fetched != nil {
+		x.emit(Event{Pool: pool.ID, Phase: reconcile.Fetching, Engine: pool.Engine, FetchEnds: true,
+			Message: fmt.Sprintf("model fetched and verified: %.1f MiB in %v, %s", float64(fetched.Done)/(1<<20),
+				x.now().Sub(began).Round(time.Millisecond), local)})
+	}
+	return local, nil
+}
+
+// fetchedNeed estimates a fetched model's VRAM need, and its host RAM need
+// when the plan had none, from the model now in the cache (spawn is the
+// spec with its cache path).
+func (x *Executor) fetchedNeed(ctx context.Context, spawn *schema.Pool, ram *reconcile.RAMNeed) ([]reconcile.GPUNeed, *reconcile.RAMNeed, *restart.Failure) {
+	est, err := vram.For(ctx, spawn)
+	if err != nil {
+		return nil, ram, &restart.Failure{Class: restart.ClassModelCorrupt, Message: "estimate the VRAM need of the fetched model: " + err.Error()}
+	}
+	needs := make([]reconcile.GPUNeed, 0, len(est.PerGPU))
+	for i, b := range est.PerGPU {
+		if i < len(spawn.Devices) {
+			needs = append(needs, reconcile.GPUNeed{Index: spawn.Devices[i], Need: b})
+		}
+	}
+	if ram == nil {
+		if n, src, known := reconcile.PoolRAM(spawn, reconcile.Need{PerGPU: est.PerGPU, Source: est.Source}); known {
+			ram = &reconcile.RAMNeed{Need: n, Source: src}
+		}
+	}
+	return needs, ram, nil
+}
+
+func shortDigest(d string) string {
+	if len(d) > 12 {
+		return d[:12] + "…"
+	}
+	return d
 }
 
 // settleDeath cleans up after a recorded engine that is gone (its leftover

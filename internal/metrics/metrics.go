@@ -52,6 +52,13 @@ func ReconcileBuckets() []float64 {
 	return []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300}
 }
 
+// FetchBuckets are model_fetch_duration_seconds's buckets, in seconds:
+// from a small model on a fast link (1 s) to a 100 GB one on a slow one
+// (4 h).
+func FetchBuckets() []float64 {
+	return []float64{1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400}
+}
+
 // Metrics holds pool-managerd's metrics. Its methods are safe for
 // concurrent use, and the event methods of a nil *Metrics do nothing, so
 // code can run without metrics.
@@ -68,6 +75,9 @@ type Metrics struct {
 	reconcile       prometheus.Histogram
 	configValid     prometheus.Gauge
 	configLoaded    prometheus.Gauge
+	fetchBytes      prometheus.Counter
+	fetchDuration   *prometheus.HistogramVec
+	fetchFailures   *prometheus.CounterVec
 
 	snapshot *snapshotCollector
 
@@ -142,9 +152,31 @@ func New(reg prometheus.Registerer, snapshot func() Snapshot) (*Metrics, error) 
 			Name:      "config_last_load_timestamp_seconds",
 			Help:      "Unix time in seconds of the last successful config load (the config in force).",
 		}),
+		fetchBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace,
+			Name:      "model_fetch_bytes_total",
+			Help:      "Bytes of models (model.source) downloaded into the model cache; bytes resumed from a partial download are not counted again.",
+		}),
+		fetchDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: Namespace,
+			Name:      "model_fetch_duration_seconds",
+			Help:      "Time in seconds a model download took, from its request to its verified end or its failure, by outcome (success or failure). One download serves every pool of the same model.",
+			Buckets:   FetchBuckets(),
+		}, []string{"outcome"}),
+		fetchFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace,
+			Name:      "model_fetch_failures_total",
+			Help:      "Model downloads that failed, by class (model_digest_mismatch, insufficient_disk, fetch_http, fetch_stalled, fetch_network, model_not_cached); every class exported at 0 from the start.",
+		}, []string{"class"}),
 		snapshot: newSnapshotCollector(snapshot),
 		known:    map[string]string{},
 		gpus:     map[int]bool{},
+	}
+	for _, class := range restart.FetchClasses {
+		m.fetchFailures.WithLabelValues(class)
+	}
+	for _, outcome := range []string{OutcomeSuccess, OutcomeFailure} {
+		m.fetchDuration.WithLabelValues(outcome)
 	}
 	if err := reg.Register(m); err != nil {
 		return nil, err
@@ -155,7 +187,7 @@ func New(reg prometheus.Registerer, snapshot func() Snapshot) (*Metrics, error) 
 func (m *Metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{
 		m.preloads, m.preloadDuration, m.restarts, m.engineKills, m.driverEvents, m.driverErrors,
-		m.reconcile, m.configValid, m.configLoaded, m.snapshot,
+		m.reconcile, m.configValid, m.configLoaded, m.fetchBytes, m.fetchDuration, m.fetchFailures, m.snapshot,
 	}
 }
 
@@ -224,6 +256,28 @@ func (m *Metrics) DriverEvent(e gpu.Event) {
 	index := strconv.Itoa(e.Index)
 	m.driverEvents.WithLabelValues(index, xid).Inc()
 	m.driverErrors.WithLabelValues(index).Inc()
+}
+
+// FetchReceived records n bytes of a model download received.
+func (m *Metrics) FetchReceived(n int64) {
+	if m == nil || n <= 0 {
+		return
+	}
+	m.fetchBytes.Add(float64(n))
+}
+
+// FetchFinished records a model download that ended after took: verified
+// (class ""), or failed with the fetch class class.
+func (m *Metrics) FetchFinished(took time.Duration, class string) {
+	if m == nil {
+		return
+	}
+	if class == "" {
+		m.fetchDuration.WithLabelValues(OutcomeSuccess).Observe(took.Seconds())
+		return
+	}
+	m.fetchDuration.WithLabelValues(OutcomeFailure).Observe(took.Seconds())
+	m.fetchFailures.WithLabelValues(class).Inc()
 }
 
 // ReconcileDone records a reconcile pass that took took.

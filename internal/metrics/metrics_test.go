@@ -51,6 +51,8 @@ func events(m *Metrics) {
 	m.DriverEvent(gpu.Event{Kind: gpu.EventLost, Index: 1, UUID: "GPU-bbbb"})
 	m.ReconcileDone(30 * time.Millisecond)
 	m.ConfigLoaded(time.Unix(1700000000, 0), nil)
+	m.FetchReceived(1 << 20)
+	m.FetchFinished(time.Minute, "")
 }
 
 func TestLint(t *testing.T) {
@@ -615,5 +617,45 @@ func TestBuildInfo(t *testing.T) {
 				t.Errorf("%s: %s", p.Metric, p.Text)
 			}
 		})
+	}
+}
+
+// The fetch metrics: every failure class at 0 from the start, bytes
+// counted, each download's end observed by outcome, and the cache's size
+// from the snapshot (absent without a cache).
+func TestFetchMetrics(t *testing.T) {
+	m, _ := newMetrics(t, Snapshot{ModelCache: &ModelCacheSnapshot{Bytes: 4096}})
+	for _, class := range restart.FetchClasses {
+		if got := testutil.ToFloat64(m.fetchFailures.WithLabelValues(class)); got != 0 {
+			t.Errorf("model_fetch_failures_total{class=%q} = %v before any fetch, want 0", class, got)
+		}
+	}
+	if n := testutil.CollectAndCount(m, "pool_managerd_model_fetch_failures_total"); n != len(restart.FetchClasses) {
+		t.Errorf("%d model_fetch_failures_total series, want one per class (%d)", n, len(restart.FetchClasses))
+	}
+	m.FetchReceived(1000)
+	m.FetchReceived(24)
+	m.FetchFinished(3*time.Second, "")
+	m.FetchFinished(time.Second, restart.ClassModelDigestMismatch)
+	if got := testutil.ToFloat64(m.fetchBytes); got != 1024 {
+		t.Errorf("model_fetch_bytes_total = %v, want 1024", got)
+	}
+	if got := testutil.ToFloat64(m.fetchFailures.WithLabelValues(restart.ClassModelDigestMismatch)); got != 1 {
+		t.Errorf("model_fetch_failures_total{class=model_digest_mismatch} = %v, want 1", got)
+	}
+	want := `
+# HELP pool_managerd_model_cache_bytes Bytes the model cache (serve --model-cache) holds: fetched models and partial downloads.
+# TYPE pool_managerd_model_cache_bytes gauge
+pool_managerd_model_cache_bytes 4096
+`
+	if err := testutil.CollectAndCompare(m, strings.NewReader(want), "pool_managerd_model_cache_bytes"); err != nil {
+		t.Error(err)
+	}
+	if n := testutil.CollectAndCount(m, "pool_managerd_model_fetch_duration_seconds"); n != 2 {
+		t.Errorf("%d model_fetch_duration_seconds series, want success and failure", n)
+	}
+	none, _ := newMetrics(t, Snapshot{})
+	if n := testutil.CollectAndCount(none, "pool_managerd_model_cache_bytes"); n != 0 {
+		t.Errorf("model_cache_bytes exported without a cache")
 	}
 }

@@ -22,8 +22,17 @@ type Snapshot struct {
 	// node's --ram); a HostTotal of 0 means unknown, and the host series are
 	// then left out.
 	HostTotal, HostAvailable uint64
+	// ModelCache is the model cache; nil when there is none (or its size
+	// could not be read), and model_cache_bytes is then left out.
+	ModelCache *ModelCacheSnapshot
 	// Config is the state of the config source.
 	Config ConfigSnapshot
+}
+
+// ModelCacheSnapshot is the node's model cache.
+type ModelCacheSnapshot struct {
+	// Bytes is what the cache holds: its models and partial downloads.
+	Bytes int64
 }
 
 // ConfigSnapshot is the state of the config and where it comes from.
@@ -90,6 +99,7 @@ type snapshotCollector struct {
 	poolReady, poolPhase, backoff, circuit *prometheus.Desc
 	gpuTotal, gpuUsed, gpuFree             *prometheus.Desc
 	hostTotal, hostAvailable, poolRAMNeed  *prometheus.Desc
+	modelCache                             *prometheus.Desc
 	revision, heldBack, pendingRemovals    *prometheus.Desc
 	gitUp, gitFailures, gitLastSuccess     *prometheus.Desc
 }
@@ -129,6 +139,9 @@ func newSnapshotCollector(snapshot func() Snapshot) *snapshotCollector {
 		poolRAMNeed: prometheus.NewDesc(name("pool_ram_need_bytes"),
 			"The pool's host RAM need in bytes, checked against host_memory_available_bytes before its engine starts: its declared ram, or its engine's default estimate. Absent while unknown.",
 			[]string{"pool"}, nil),
+		modelCache: prometheus.NewDesc(name("model_cache_bytes"),
+			"Bytes the model cache (serve --model-cache) holds: fetched models and partial downloads.",
+			nil, nil),
 		revision: prometheus.NewDesc(name("config_revision_info"),
 			"The revision of the config in force: always 1, with the commit as the revision label (+dirty when the config directory's work tree has uncommitted changes) and where it came from as source. Absent for a plain directory outside Git.",
 			[]string{"revision", "source"}, nil),
@@ -154,7 +167,7 @@ func (c *snapshotCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.poolReady, c.poolPhase, c.backoff, c.circuit,
 		c.gpuTotal, c.gpuUsed, c.gpuFree,
-		c.hostTotal, c.hostAvailable, c.poolRAMNeed,
+		c.hostTotal, c.hostAvailable, c.poolRAMNeed, c.modelCache,
 		c.revision, c.heldBack, c.pendingRemovals,
 		c.gitUp, c.gitFailures, c.gitLastSuccess,
 	} {
@@ -190,6 +203,9 @@ func (c *snapshotCollector) Collect(ch chan<- prometheus.Metric) {
 	if s.HostTotal > 0 {
 		gauge(c.hostTotal, float64(s.HostTotal))
 		gauge(c.hostAvailable, float64(s.HostAvailable))
+	}
+	if s.ModelCache != nil {
+		gauge(c.modelCache, float64(s.ModelCache.Bytes))
 	}
 	cfg := s.Config
 	if cfg.Revision != "" {

@@ -45,6 +45,28 @@ const (
 	// ClassModelCorrupt: the engine opened the model file but could not read
 	// it as a model (bad magic, a truncated header or tensor data).
 	ClassModelCorrupt = "model_corrupt"
+
+	// The classes of a failed fetch of a pool's model (model.source), found
+	// before anything is spawned. drivers/model/fetch names its errors with
+	// the same strings (a test in internal/executor holds them equal).
+
+	// ClassModelDigestMismatch: the downloaded model's sha256 (or size) is not
+	// the declared one; the partial file was deleted.
+	ClassModelDigestMismatch = "model_digest_mismatch"
+	// ClassInsufficientDisk: the model does not fit in the model cache's free
+	// space (or under --model-cache-max); nothing was downloaded.
+	ClassInsufficientDisk = "insufficient_disk"
+	// ClassFetchHTTP: the model's source answered an HTTP error (the message
+	// has the status code).
+	ClassFetchHTTP = "fetch_http"
+	// ClassFetchStalled: the download received nothing for --fetch-stall-timeout.
+	ClassFetchStalled = "fetch_stalled"
+	// ClassFetchNetwork: the connection to the model's source failed (refused,
+	// reset, dropped) more often than a fetch retries.
+	ClassFetchNetwork = "fetch_network"
+	// ClassModelNotCached: offline mode, and the model is not in the model
+	// cache with a matching digest.
+	ClassModelNotCached = "model_not_cached"
 )
 
 // Classes lists every error class, in the order of DESIGN.md.
@@ -53,6 +75,14 @@ var Classes = []string{
 	ClassSpawnFailed, ClassExited, ClassSignaled, ClassOOMKilled,
 	ClassCUDAError, ClassDriverReset, ClassHealthTimeout, ClassHealthFailed,
 	ClassArgsRejected, ClassModelMissing, ClassModelCorrupt,
+	ClassModelDigestMismatch, ClassInsufficientDisk, ClassFetchHTTP, ClassFetchStalled,
+	ClassFetchNetwork, ClassModelNotCached,
+}
+
+// FetchClasses are the classes of a failed fetch of a pool's model.
+var FetchClasses = []string{
+	ClassModelDigestMismatch, ClassInsufficientDisk, ClassFetchHTTP, ClassFetchStalled,
+	ClassFetchNetwork, ClassModelNotCached,
 }
 
 // Failure is what went wrong with a pool's start or its engine.
@@ -94,6 +124,13 @@ var summaries = map[string]string{
 	ClassArgsRejected:     "engine rejected its command line",
 	ClassModelMissing:     "engine could not open the model file",
 	ClassModelCorrupt:     "engine could not read the model file",
+
+	ClassModelDigestMismatch: "downloaded model does not match its sha256",
+	ClassInsufficientDisk:    "model cache lacks the disk space for the model",
+	ClassFetchHTTP:           "model source answered an HTTP error",
+	ClassFetchStalled:        "model download stalled",
+	ClassFetchNetwork:        "model source could not be reached",
+	ClassModelNotCached:      "model not in the model cache (offline)",
 }
 
 // String describes the failure in a few words, the detail in parentheses:
@@ -150,6 +187,19 @@ var hints = map[string]string{
 		"(absolute, on this node) and its permissions",
 	ClassModelCorrupt: "the model file is not a model the engine can read (truncated download, wrong format, " +
 		"or a GGUF version newer than the engine): download it again and compare its checksum, or upgrade the engine",
+	ClassModelDigestMismatch: "the source serves other bytes than model.sha256 (or model.files) declares: check that the " +
+		"declared digest is the file's (sha256sum, or the Hub's LFS sha256) and that the source pins the revision; " +
+		"the partial download was deleted",
+	ClassInsufficientDisk: "free disk space under the model cache (--model-cache), raise --model-cache-max, " +
+		"or let the cache's GC remove models no pool uses (--cache-grace)",
+	ClassFetchHTTP: "check model.source (a 404 is a wrong URL, file or revision; 401 or 403 a private source: set " +
+		"--model-token-file or POOL_MANAGERD_MODEL_TOKEN); a 5xx or 429 is the source's and is retried with backoff",
+	ClassFetchStalled: "the source sent nothing for --fetch-stall-timeout: check the network and the source; " +
+		"the download resumes from the bytes already on disk at the next try",
+	ClassFetchNetwork: "the node could not reach the source (DNS, refused, reset): check its network, proxy and firewall; " +
+		"the download resumes from the bytes already on disk at the next try",
+	ClassModelNotCached: "offline mode uses only models already in the model cache: fetch the model on a node that is " +
+		"online (or copy the cache), or run without --offline",
 }
 
 // Hint returns what a person can do about a failure of the class; for an

@@ -924,8 +924,8 @@ func TestHint(t *testing.T) {
 			t.Errorf("class %s has no description: %q", c, s)
 		}
 	}
-	if len(Classes) != 15 {
-		t.Errorf("%d classes, DESIGN.md names 12 and issue 13 adds 3", len(Classes))
+	if len(Classes) != 21 {
+		t.Errorf("%d classes, DESIGN.md names 12, issue 13 adds 3 and issue 15 adds 6", len(Classes))
 	}
 	for class, want := range map[string]string{
 		ClassInsufficientVRAM: "lower ctx, move the split toward the larger GPU, or pick a smaller quantisation",

@@ -3,7 +3,7 @@
 //
 //	c, _ := cache.Open(dir, cache.Options{MaxSize: maxBytes})
 //	f := fetch.New(c, fetch.Options{
-//		Token:        fetch.TokenFromEnvOrFile("POOL_MANAGERD_HF_TOKEN", tokenFile),
+//		Token:        fetch.TokenFromEnvOrFile("POOL_MANAGERD_MODEL_TOKEN", tokenFile),
 //		Parallel:     2,
 //		StallTimeout: 60 * time.Second,
 //	})

@@ -426,8 +426,8 @@ func TestHTTPErrors(t *testing.T) {
 		temporary bool
 	}{
 		{http.StatusNotFound, "check the path and the revision", false},
-		{http.StatusUnauthorized, "POOL_MANAGERD_HF_TOKEN", false},
-		{http.StatusForbidden, "--hf-token-file", false},
+		{http.StatusUnauthorized, "POOL_MANAGERD_MODEL_TOKEN", false},
+		{http.StatusForbidden, "--model-token-file", false},
 		{http.StatusInternalServerError, "retried later", true},
 		{http.StatusBadGateway, "retried later", true},
 	} {
