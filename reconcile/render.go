@@ -103,6 +103,13 @@ func (t *textWriter) change(c Change) {
 	for _, f := range c.Fields {
 		t.printf("        %s: %s → %s\n", f.Path, f.Old, f.New)
 	}
+	if f := c.Fetch; f != nil {
+		if f.Bytes > 0 {
+			t.printf("        fetch %s from %s\n", gib(uint64(f.Bytes)), f.Source)
+		} else {
+			t.printf("        fetch from %s (size unknown)\n", f.Source)
+		}
+	}
 	for _, n := range c.Need {
 		t.printf("        GPU %d: needs %s, %s free\n", n.Index, gib(n.Need), gib(n.Free))
 	}
