@@ -11,6 +11,8 @@ import (
 	"time"
 
 	gguf "github.com/gpustack/gguf-parser-go"
+
+	"github.com/poolmanagerd/pool-managerd/schema"
 )
 
 // Defaults of EstimateGGUFRemote.
@@ -39,6 +41,27 @@ func RemoteBufferSize(n int) Option {
 // gguf-parser-go's own client.
 func RemoteClient(c *http.Client) Option {
 	return func(o *options) { o.remoteClient = c }
+}
+
+// ForRemote is For for a pool whose model is not on this machine but at
+// rawURL (its model.source's URL): the declared `vram` when it has one,
+// else, for a llama.cpp pool, the estimate from the GGUF header at rawURL
+// (EstimateGGUFRemote, with the token), with the pool's context size, split
+// and flash attention.
+func ForRemote(ctx context.Context, pool *schema.Pool, rawURL, token string, opts ...Option) (Estimate, error) {
+	split := pool.EffectiveSplit()
+	if len(split) != len(pool.Devices) {
+		return Estimate{}, fmt.Errorf("pool %s: a split of %d shares for %d devices", pool.ID, len(split), len(pool.Devices))
+	}
+	if pool.VRAM > 0 {
+		return Declared(uint64(pool.VRAM), split), nil
+	}
+	if pool.Engine != schema.EngineLlamaCpp {
+		return Estimate{}, fmt.Errorf("pool %s: vram must be declared for a %s pool: pool-managerd estimates only llama.cpp GGUF models",
+			pool.ID, pool.Engine)
+	}
+	opts = append([]Option{FlashAttention(flashAttention(pool))}, opts...)
+	return EstimateGGUFRemote(ctx, rawURL, token, pool.Model.Ctx, split, opts...)
 }
 
 // EstimateGGUFRemote is EstimateGGUF for a GGUF file at an HTTP(S) URL (a
