@@ -25,6 +25,13 @@ const (
 	DefaultRemoteBufferSize = 1 << 20
 )
 
+// errNotGGUF is a remote file whose header is not a GGUF one.
+var errNotGGUF = errors.New("not a GGUF file")
+
+// remoteTries is how many times EstimateGGUFRemote reads a header that
+// ends early (see there).
+const remoteTries = 3
+
 // RemoteTimeout bounds EstimateGGUFRemote (default DefaultRemoteTimeout).
 func RemoteTimeout(d time.Duration) Option {
 	return func(o *options) { o.remoteTimeout = d }
@@ -110,7 +117,18 @@ func EstimateGGUFRemote(ctx context.Context, rawURL, token string, ctxSize int, 
 	if token != "" && sameHost {
 		readOpts = append(readOpts, gguf.UseBearerAuth(token))
 	}
-	gf, err := parseRemote(ctx, final, readOpts)
+	// gguf-parser-go's remote reader now and then misreads a header (an
+	// io.EOF or a garbage length inside the metadata, about one read in
+	// ten against a loopback test server): the header is read again, up
+	// to remoteTries times in all, before the estimate fails. Each try
+	// reads only the header's ranges.
+	var gf *gguf.GGUFFile
+	for try := 1; ; try++ {
+		gf, err = parseRemote(ctx, final, readOpts)
+		if err == nil || try == remoteTries || ctx.Err() != nil || errors.Is(err, errNotGGUF) {
+			break
+		}
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return Estimate{}, fmt.Errorf("model %s: reading the GGUF header: %w", rawURL, ctx.Err())
@@ -175,7 +193,7 @@ func parseRemote(ctx context.Context, url string, opts []gguf.GGUFReadOption) (g
 	}()
 	gf, err = gguf.ParseGGUFFileRemote(ctx, url, opts...)
 	if errors.Is(err, gguf.ErrGGUFFileInvalidFormat) {
-		return nil, errors.New("not a GGUF file")
+		return nil, errNotGGUF
 	}
 	return gf, err
 }
