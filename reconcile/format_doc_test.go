@@ -139,7 +139,7 @@ func TestFormatDocCoversFields(t *testing.T) {
 			t.Errorf("%s does not describe %s `%s`", formatDoc, what, name)
 		}
 	}
-	for _, typ := range []any{NodePlan{}, Change{}, FieldChange{}, Blocker{}, GPUNeed{}, Unchanged{}, Summary{}, schema.Pool{}, schema.Model{}} {
+	for _, typ := range []any{NodePlan{}, Change{}, FieldChange{}, Blocker{}, GPUNeed{}, RAMNeed{}, ModelFetch{}, Unchanged{}, Summary{}, schema.Pool{}, schema.Model{}} {
 		rt := reflect.TypeOf(typ)
 		for _, name := range jsonNames(rt) {
 			mention(rt.Name()+" field", name)

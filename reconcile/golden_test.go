@@ -98,8 +98,13 @@ func loadGoldenCase(t *testing.T, dir string) (Desired, Observed) {
 	return desired, observed
 }
 
-// needOf is the VRAM need as the command layer works it out.
+// needOf is the VRAM need as the command layer works it out, with no
+// model cache and no remote lookup: a fetched model without a declared
+// vram has its need deferred.
 func needOf(ctx context.Context, p *schema.Pool) Need {
+	if p.Model.Source != "" && p.VRAM == 0 && p.Engine == schema.EngineLlamaCpp {
+		return Need{Deferred: "the model is not in the model cache yet: checked before the engine starts, once it is fetched"}
+	}
 	est, err := vram.For(ctx, p)
 	if err != nil {
 		return Need{Err: err.Error()}

@@ -21,8 +21,24 @@ import (
 // SpecHash identifies a pool spec: two specs with the same hash run the same engine.
 func SpecHash(p *schema.Pool) string { return hashJSON(p) }
 
-// DesiredHash identifies the desired state of a node.
-func DesiredHash(d Desired) string { return hashJSON(d) }
+// DesiredHash identifies the desired state of a node. The needs of pools
+// whose model has a source are left out: the spec pins such a model by its
+// digest, so its need follows from the spec, and how the need was found
+// (from the cache, from the source's header, or not yet) must not make a
+// saved plan stale, nor the daemon take a config as changed.
+func DesiredHash(d Desired) string {
+	if d.Needs != nil {
+		needs := make(map[string]Need, len(d.Needs))
+		for id, n := range d.Needs {
+			if p, ok := d.Pools[id]; ok && p.Model.Source != "" {
+				continue
+			}
+			needs[id] = n
+		}
+		d.Needs = needs
+	}
+	return hashJSON(d)
+}
 
 // ObservedHash identifies what a plan decides from: the GPUs (identity,
 // size, health), the processes pool-managerd does not own on them, the
@@ -114,7 +130,8 @@ func diffSpecs(old, new *schema.Pool) []FieldChange {
 	var r fieldReporter
 	cmp.Equal(*old, *new, cmp.Reporter(&r), cmp.FilterPath(func(p cmp.Path) bool {
 		sf, ok := p.Last().(cmp.StructField)
-		return ok && (sf.Name() == "Source" || sf.Name() == "Env")
+		// Source is where the pool is written (schema.Source), not model.source.
+		return ok && (sf.Type() == reflect.TypeFor[schema.Source]() || sf.Name() == "Env")
 	}, cmp.Ignore()))
 	r.changes = append(r.changes, diffEnv(old.Env, new.Env)...)
 	sort.SliceStable(r.changes, func(i, j int) bool { return r.changes[i].Path < r.changes[j].Path })

@@ -88,12 +88,29 @@ type Change struct {
 	// where the host's memory is not observed (--gpus declared, a simulated
 	// node made without --ram).
 	RAM *RAMNeed `json:"ram,omitempty"`
+	// Fetch is the model download the start makes first: its model has a
+	// source and is not in the node's model cache. Absent when it is
+	// there, when the pool has a model.path, and for blocked pools.
+	Fetch *ModelFetch `json:"fetch,omitempty"`
 	// PID is the running engine's process (delete, replace, adopt).
 	PID int `json:"pid,omitempty"`
 	// Spec is the pool spec to run (create, replace, update, restart, adopt).
 	Spec *schema.Pool `json:"spec,omitempty"`
 	// SpecHash identifies Spec.
 	SpecHash string `json:"specHash,omitempty"`
+}
+
+// ModelFetch is a model a start downloads into the node's model cache
+// before it spawns the engine.
+type ModelFetch struct {
+	// Source is the pool's model.source, as written.
+	Source string `json:"source"`
+	// Digest is the model's digest (schema.Model.Digest): the file's sha256,
+	// or a model directory's manifest digest.
+	Digest string `json:"digest"`
+	// Bytes is the size to download, from the manifest's declared sizes or
+	// what the source told; 0 (absent) when unknown.
+	Bytes int64 `json:"bytes,omitempty"`
 }
 
 // FieldChange is one field of a pool spec that changes, with its old and new value as JSON.
@@ -127,6 +144,9 @@ const (
 	// that has left the config and is stopped once its removal settles
 	// (Desired.Settling). Not a failure: the start waits for it.
 	ClassAwaitingRemoval = "awaiting_removal"
+	// ClassModelNotCached: offline, and the model of a pool with a source
+	// is not in the node's model cache (the fetcher's class of that failure).
+	ClassModelNotCached = "model_not_cached"
 )
 
 // GPUNeed is a start's VRAM need on one GPU against what will be free for it.
@@ -380,10 +400,51 @@ func (p *planner) decide(pool *schema.Pool) (Change, *Unchanged) {
 			c.Reasons = append(c.Reasons, st.Reason)
 		}
 	}
+	p.addModel(pool, &c)
 	if b := p.precheck(pool, &c); b != nil {
 		p.block(&c, b)
 	}
 	return c, nil
+}
+
+// addModel adds to a start what its fetched model (model.source) brings:
+// the download when the model is not in the cache (or, offline, why the
+// start will fail) and the remote lookup's warnings.
+func (p *planner) addModel(pool *schema.Pool, c *Change) {
+	m := pool.Model
+	if m.Source == "" {
+		return
+	}
+	need := p.desired.Needs[pool.ID]
+	for _, w := range need.Warnings {
+		c.Reasons = append(c.Reasons, "warning: "+w)
+	}
+	digest := m.Digest()
+	if _, cached := p.observed.Models[digest]; cached {
+		return
+	}
+	if p.observed.Offline {
+		c.Reasons = append(c.Reasons, "offline: the model is not in the model cache, so apply and serve fail this pool ("+ClassModelNotCached+") until it is fetched")
+		return
+	}
+	f := &ModelFetch{Source: m.Source, Digest: digest, Bytes: need.Bytes}
+	if f.Bytes <= 0 {
+		f.Bytes = manifestBytes(m)
+	}
+	c.Fetch = f
+}
+
+// manifestBytes is the size of a model directory's files as its manifest
+// declares them; 0 when one has no size (or for a single file).
+func manifestBytes(m schema.Model) int64 {
+	var sum int64
+	for _, f := range m.Files {
+		if f.Size <= 0 {
+			return 0
+		}
+		sum += f.Size
+	}
+	return sum
 }
 
 // startReasons says why a pool whose engine does not run is started: a
@@ -407,6 +468,7 @@ func (p *planner) block(c *Change, b *Blocker) {
 	c.PID = 0
 	c.Need = nil
 	c.RAM = nil
+	c.Fetch = nil
 }
 
 // precheck says why a start cannot go ahead, whatever the memory: a GPU
@@ -443,6 +505,11 @@ func (p *planner) precheck(pool *schema.Pool, c *Change) *Blocker {
 		// A pull-request check runs where the model files are not: the need
 		// is checked on the node itself.
 		c.Reasons = append(c.Reasons, "VRAM need not checked here: "+need.Err)
+		return nil
+	}
+	if known && need.Deferred != "" {
+		// Checked before the engine starts, once the model is fetched.
+		c.Reasons = append(c.Reasons, "VRAM need not checked here: "+need.Deferred)
 		return nil
 	}
 	if !known || need.Err != "" || len(need.PerGPU) != len(pool.Devices) {
@@ -535,8 +602,8 @@ func (p *planner) book(starts []Change, keeps map[string]bool) ([]Change, string
 			continue // placed last, below
 		}
 		need, ok := p.desired.Needs[c.Pool]
-		if !ok || need.Err != "" {
-			continue // a pull-request check: not known here
+		if !ok || need.Err != "" || need.Deferred != "" {
+			continue // a pull-request check, or a model not fetched yet: not known here
 		}
 		out[i].Need = make([]GPUNeed, len(c.Spec.Devices))
 		for j, idx := range c.Spec.Devices {
@@ -618,8 +685,12 @@ func (p *planner) vramBlocker(c Change, free map[int]uint64) *Blocker {
 				Message: fmt.Sprintf("GPU %d is held by %s, which left the config and is stopped at %s unless it comes back", idx, poolList(pools), at.UTC().Format(time.RFC3339)),
 				Hint:    "nothing to do: the pool starts once the removal settles (serve --removal-settle)"}
 		}
+		model := ""
+		if src := c.Spec.Model.Source; src != "" {
+			model = " for " + src
+		}
 		return &Blocker{Class: ClassInsufficientVRAM,
-			Message: fmt.Sprintf("insufficient VRAM on GPU %d (%s): needs %s at ctx %d, %s free", idx, GPUSize(d.Name, d.MemoryTotal), gib(need.PerGPU[j]), c.Spec.Model.Ctx, gib(free[idx])),
+			Message: fmt.Sprintf("insufficient VRAM on GPU %d (%s): needs %s%s at ctx %d, %s free", idx, GPUSize(d.Name, d.MemoryTotal), gib(need.PerGPU[j]), model, c.Spec.Model.Ctx, gib(free[idx])),
 			Hint:    VRAMHint(c.Spec)}
 	}
 	return nil

@@ -103,6 +103,13 @@ func (t *textWriter) change(c Change) {
 	for _, f := range c.Fields {
 		t.printf("        %s: %s → %s\n", f.Path, f.Old, f.New)
 	}
+	if f := c.Fetch; f != nil {
+		if f.Bytes > 0 {
+			t.printf("        fetch %s from %s\n", ByteSize(f.Bytes), f.Source)
+		} else {
+			t.printf("        fetch from %s (size unknown)\n", f.Source)
+		}
+	}
 	for _, n := range c.Need {
 		t.printf("        GPU %d: needs %s, %s free\n", n.Index, gib(n.Need), gib(n.Free))
 	}
@@ -213,4 +220,17 @@ func ReadJSON(r io.Reader) (*NodePlan, error) {
 		}
 	}
 	return &p, nil
+}
+
+// ByteSize formats a size for people: GiB or MiB with one decimal, KiB, or bytes.
+func ByteSize(b int64) string {
+	switch {
+	case b >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(b)/(1<<30))
+	case b >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20))
+	case b >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(b)/(1<<10))
+	}
+	return fmt.Sprintf("%d bytes", b)
 }

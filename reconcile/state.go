@@ -42,6 +42,20 @@ type Need struct {
 	// the sizes its manifest declares); 0 when not known. The host RAM
 	// estimate starts from it (DefaultRAM).
 	Weights uint64 `json:"weights,omitempty"`
+	// Deferred says why the need is not checked here but before the
+	// engine starts, once its model is fetched: a model.source that is not
+	// in the node's model cache and was not looked up remotely (the
+	// daemon's passes, --offline, a model directory). PerGPU is then empty
+	// and the pool is not blocked for it: unlike Err, which is.
+	Deferred string `json:"deferred,omitempty"`
+	// Bytes is the size of a model.source's file as its source tells it
+	// (X-Linked-Size, Content-Length), for the plan's fetch line; 0 when
+	// the source was not asked or did not say.
+	Bytes int64 `json:"bytes,omitempty"`
+	// Warnings are findings of the remote lookup that block nothing: a
+	// source that cannot be reached, a digest that differs from the
+	// declared one. The plan adds them to the pool's change.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // DesiredByNode splits a config by node in one pass: each declared node's
@@ -112,6 +126,16 @@ type Observed struct {
 	Engines map[string]Engine `json:"engines,omitempty"`
 	// Pools holds each pool's backoff and breaker history, by pool id.
 	Pools map[string]restart.Record `json:"pools,omitempty"`
+	// Models are the fetched models (model.source) in the node's model
+	// cache with a trusted verification record: their size in bytes by
+	// digest (schema.Model.Digest). A start of a pool whose digest is not
+	// here fetches its model first (Change.Fetch). Nil where the cache is
+	// not observed (--gpus declared: a fresh node).
+	Models map[string]int64 `json:"models,omitempty"`
+	// Offline: the node uses only models already in its cache; a start
+	// whose model is not there fails (ClassModelNotCached) rather than
+	// fetching it.
+	Offline bool `json:"offline,omitempty"`
 }
 
 // Engine is an engine process as observed: from the state file, checked

@@ -28,6 +28,8 @@ type planOptions struct {
 	Format           string
 	// nodeGiven: --node was given (not defaulted to the host name).
 	nodeGiven bool
+	// Models: --model-cache, --offline, --model-token-file.
+	Models modelFlags
 }
 
 // DefaultStateDir is where pool-managerd keeps its state file, engine logs and lock.
@@ -58,6 +60,7 @@ func parsePlanArgs(args []string, gpus, stateDir, node, out, format string, deta
 func newPlanCommand() *cobra.Command {
 	var gpus, stateDir, node, out, format string
 	var detailed bool
+	var models modelFlags
 	cmd := &cobra.Command{
 		Use:   "plan [DIR]",
 		Short: "Show what pool-managerd would change on a node, and why",
@@ -75,6 +78,18 @@ and their health endpoints — and prints the changes, like terraform plan:
   !   blocked   will not run, with the reason and a hint (not enough VRAM, ...)
 
 Nothing is changed. --out saves the plan for 'pool-managerd apply FILE'.
+
+A pool whose model has a source (model.source) is looked up in the model cache
+(--model-cache); a start of one that is not there shows the download first
+("fetch 4.1 GiB from hf://…"), with its size as the source tells it. Its VRAM
+need is estimated from the cached file, or else from the GGUF header read at
+the source with range requests (nothing else is downloaded; at most 30 s per
+source), so a PR check fails for a model too big for its GPUs. A source that
+cannot be reached is a warning, and the need is checked before the engine
+starts. --offline asks no source: a model not in the cache then fails apply
+and serve, and the plan says so. A token for private sources comes from
+--model-token-file or POOL_MANAGERD_MODEL_TOKEN, and is sent only to the
+source's own host.
 With --gpus declared it needs no GPU and no state: a pull-request check of what a
 fresh node would run (every declared node unless --node is given).
 
@@ -95,6 +110,7 @@ declared GPUs fails a pull-request check.`,
 			if err != nil {
 				return err
 			}
+			opts.Models = models
 			tuneGCForOneShot()
 			return runPlan(cmd, opts)
 		},
@@ -106,11 +122,16 @@ declared GPUs fails a pull-request check.`,
 	f.StringVar(&out, "out", "", "save the plan as JSON to this file, for apply")
 	f.StringVar(&format, "format", "text", "output format: text or json")
 	f.BoolVar(&detailed, "detailed-exitcode", false, "exit 0 when there are no changes, 2 when there are, 3 when one is blocked, 1 on any error (usage errors too)")
+	models.registerLookup(cmd)
 	return cmd
 }
 
 func runPlan(cmd *cobra.Command, opts planOptions) error {
 	ctx := cmd.Context()
+	token, err := opts.Models.token()
+	if err != nil {
+		return err
+	}
 	cfg, err := schema.Load(ctx, opts.Dir)
 	if err != nil {
 		return configError(opts.Dir, err)
@@ -128,7 +149,7 @@ func runPlan(cmd *cobra.Command, opts planOptions) error {
 		if !ok {
 			desired = reconcile.DesiredFor(cfg, node)
 		}
-		plan, err := planNode(cmd, cfg, desired, opts)
+		plan, err := planNode(cmd, cfg, desired, opts, token)
 		if err != nil {
 			return err
 		}
@@ -185,8 +206,23 @@ func planExit(opts planOptions, changes bool, blocked []string) error {
 	return nil
 }
 
+// modelLookup is where plan looks for fetched models: the node's model
+// cache, and the sources themselves unless --offline. With --gpus declared
+// (a fresh node) the cache is used only for estimates, and only when
+// --model-cache names it; nothing counts as cached there.
+func (o planOptions) modelLookup(token string) observe.ModelLookup {
+	m := observe.ModelLookup{Remote: !o.Models.offline, Offline: o.Models.offline, Token: token}
+	switch {
+	case o.GPUs.Kind != "declared":
+		m.Cache = o.Models.cacheDir(o.StateDir)
+	case o.Models.cache != "":
+		m.Cache = o.Models.cache
+	}
+	return m
+}
+
 // planNode observes one node and plans it.
-func planNode(cmd *cobra.Command, cfg *schema.Desired, desired reconcile.Desired, opts planOptions) (*reconcile.NodePlan, error) {
+func planNode(cmd *cobra.Command, cfg *schema.Desired, desired reconcile.Desired, opts planOptions, token string) (*reconcile.NodePlan, error) {
 	ctx := cmd.Context()
 	node := desired.Node
 	declaredNode := cfg.Nodes[node]
@@ -198,11 +234,14 @@ func planNode(cmd *cobra.Command, cfg *schema.Desired, desired reconcile.Desired
 		return nil, fmt.Errorf("plan: %w", err)
 	}
 	defer gpus.Close()
-	observe.Needs(ctx, &desired)
-	obsOpts := observe.Options{Node: node, GPUs: gpus, Source: opts.GPUs.String(), Host: opts.GPUs.host()}
+	lookup := opts.modelLookup(token)
+	lookup.Needs(ctx, &desired)
+	obsOpts := observe.Options{Node: node, GPUs: gpus, Source: opts.GPUs.String(), Host: opts.GPUs.host(),
+		Models: observe.ModelLookup{Offline: opts.Models.offline}}
 	if opts.GPUs.Kind != "declared" {
 		obsOpts.StateDir = opts.StateDir
 		obsOpts.ScanProcesses = true
+		obsOpts.Models, obsOpts.Pools = lookup, desired.Pools
 	}
 	observed, err := observe.Observe(ctx, obsOpts)
 	if err != nil {

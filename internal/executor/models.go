@@ -13,10 +13,10 @@ import (
 
 	"github.com/poolmanagerd/pool-managerd/drivers/model/cache"
 	"github.com/poolmanagerd/pool-managerd/drivers/model/fetch"
-	"github.com/poolmanagerd/pool-managerd/schema/modelsource"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
 	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
 	"github.com/poolmanagerd/pool-managerd/schema"
+	"github.com/poolmanagerd/pool-managerd/schema/modelsource"
 )
 
 // Models gets the model of a pool with a model.source into the node's model

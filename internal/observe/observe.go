@@ -15,7 +15,6 @@ import (
 
 	"github.com/poolmanagerd/pool-managerd/drivers/engine"
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
-	"github.com/poolmanagerd/pool-managerd/drivers/engine/vram"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
@@ -51,6 +50,12 @@ type Options struct {
 	Host HostFunc
 	// Health probes an engine's health endpoint; nil means engine.ProbeHealth.
 	Health func(ctx context.Context, port int, readyBefore bool) engine.Health
+	// Models says where the model cache is and whether the node is
+	// offline (Observed.Models, Observed.Offline); Pools are the desired
+	// pools whose fetched models are looked up in it. A zero Models.Cache
+	// observes no cache (declared mode: a fresh node).
+	Models ModelLookup
+	Pools  map[string]*schema.Pool
 }
 
 // Observe reads the node's GPUs, the state file and the live processes.
@@ -62,6 +67,10 @@ func Observe(ctx context.Context, opts Options) (reconcile.Observed, error) {
 		return obs, fmt.Errorf("observe GPUs (%s): %w", opts.Source, err)
 	}
 	obs.GPUs = devices
+	obs.Offline = opts.Models.Offline
+	if obs.Models, err = opts.Models.Models(opts.Pools); err != nil {
+		return obs, fmt.Errorf("observe the model cache: %w", err)
+	}
 	if opts.Host != nil {
 		if obs.Host, err = opts.Host(ctx); err != nil {
 			return obs, fmt.Errorf("observe host memory: %w", err)
@@ -279,28 +288,19 @@ func (s *sessionIndex) of(sid int) ([]int, error) {
 	return s.sessions[sid], nil
 }
 
-// Needs works out each pool's VRAM need: declared, or estimated from its GGUF file.
+// Needs works out each pool's VRAM need: declared, or estimated from its
+// GGUF file. With no model cache to look in and no remote lookup, the need
+// of a pool with a model.source and no declared vram is deferred; see
+// ModelLookup.Needs.
 func Needs(ctx context.Context, d *reconcile.Desired) {
-	if d.Needs == nil {
-		d.Needs = map[string]reconcile.Need{}
-	}
-	for id, p := range d.Pools {
-		d.Needs[id] = NeedOf(ctx, p)
-	}
+	ModelLookup{}.Needs(ctx, d)
 }
 
 // NeedOf is one pool's VRAM need; an error is recorded in the need, and blocks the pool.
 // For vLLM, TGI and SGLang it also sums the model's weight files (Need.Weights).
+// See ModelLookup.NeedOf for pools with a model.source.
 func NeedOf(ctx context.Context, p *schema.Pool) reconcile.Need {
-	est, err := vram.For(ctx, p)
-	if err != nil {
-		return reconcile.Need{Err: err.Error()}
-	}
-	need := reconcile.Need{PerGPU: est.PerGPU, Source: est.Source}
-	if p.Engine.Sharded() {
-		need.Weights = weightsOf(p.Model)
-	}
-	return need
+	return ModelLookup{}.NeedOf(ctx, p)
 }
 
 // weightsOf is the size of a model directory's weight files: those in

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	gguf "github.com/gpustack/gguf-parser-go"
+
+	"github.com/poolmanagerd/pool-managerd/schema"
 )
 
 // Defaults of EstimateGGUFRemote.
@@ -22,6 +24,13 @@ const (
 	// library's default is 4 MiB).
 	DefaultRemoteBufferSize = 1 << 20
 )
+
+// errNotGGUF is a remote file whose header is not a GGUF one.
+var errNotGGUF = errors.New("not a GGUF file")
+
+// remoteTries is how many times EstimateGGUFRemote reads a header that
+// ends early (see there).
+const remoteTries = 3
 
 // RemoteTimeout bounds EstimateGGUFRemote (default DefaultRemoteTimeout).
 func RemoteTimeout(d time.Duration) Option {
@@ -39,6 +48,27 @@ func RemoteBufferSize(n int) Option {
 // gguf-parser-go's own client.
 func RemoteClient(c *http.Client) Option {
 	return func(o *options) { o.remoteClient = c }
+}
+
+// ForRemote is For for a pool whose model is not on this machine but at
+// rawURL (its model.source's URL): the declared `vram` when it has one,
+// else, for a llama.cpp pool, the estimate from the GGUF header at rawURL
+// (EstimateGGUFRemote, with the token), with the pool's context size, split
+// and flash attention.
+func ForRemote(ctx context.Context, pool *schema.Pool, rawURL, token string, opts ...Option) (Estimate, error) {
+	split := pool.EffectiveSplit()
+	if len(split) != len(pool.Devices) {
+		return Estimate{}, fmt.Errorf("pool %s: a split of %d shares for %d devices", pool.ID, len(split), len(pool.Devices))
+	}
+	if pool.VRAM > 0 {
+		return Declared(uint64(pool.VRAM), split), nil
+	}
+	if pool.Engine != schema.EngineLlamaCpp {
+		return Estimate{}, fmt.Errorf("pool %s: vram must be declared for a %s pool: pool-managerd estimates only llama.cpp GGUF models",
+			pool.ID, pool.Engine)
+	}
+	opts = append([]Option{FlashAttention(flashAttention(pool))}, opts...)
+	return EstimateGGUFRemote(ctx, rawURL, token, pool.Model.Ctx, split, opts...)
 }
 
 // EstimateGGUFRemote is EstimateGGUF for a GGUF file at an HTTP(S) URL (a
@@ -87,7 +117,18 @@ func EstimateGGUFRemote(ctx context.Context, rawURL, token string, ctxSize int, 
 	if token != "" && sameHost {
 		readOpts = append(readOpts, gguf.UseBearerAuth(token))
 	}
-	gf, err := parseRemote(ctx, final, readOpts)
+	// gguf-parser-go's remote reader now and then misreads a header (an
+	// io.EOF or a garbage length inside the metadata, about one read in
+	// ten against a loopback test server): the header is read again, up
+	// to remoteTries times in all, before the estimate fails. Each try
+	// reads only the header's ranges.
+	var gf *gguf.GGUFFile
+	for try := 1; ; try++ {
+		gf, err = parseRemote(ctx, final, readOpts)
+		if err == nil || try == remoteTries || ctx.Err() != nil || errors.Is(err, errNotGGUF) {
+			break
+		}
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return Estimate{}, fmt.Errorf("model %s: reading the GGUF header: %w", rawURL, ctx.Err())
@@ -152,7 +193,7 @@ func parseRemote(ctx context.Context, url string, opts []gguf.GGUFReadOption) (g
 	}()
 	gf, err = gguf.ParseGGUFFileRemote(ctx, url, opts...)
 	if errors.Is(err, gguf.ErrGGUFFileInvalidFormat) {
-		return nil, errors.New("not a GGUF file")
+		return nil, errNotGGUF
 	}
 	return gf, err
 }
