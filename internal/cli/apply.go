@@ -167,7 +167,9 @@ func lockState(dir string) (*state.DirLock, error) {
 	return l, err
 }
 
-func openNodeSession(cmd *cobra.Command, configDir string, src gpuSource, node, stateDir string, nodeGiven bool) (*nodeSession, error) {
+// openNodeSession locks the state directory, loads the config and observes
+// the node; models says where the needs of fetched models are looked up.
+func openNodeSession(cmd *cobra.Command, configDir string, src gpuSource, node, stateDir string, nodeGiven bool, models observe.ModelLookup) (*nodeSession, error) {
 	ctx := cmd.Context()
 	s := &nodeSession{}
 	lock, err := lockState(stateDir)
@@ -187,8 +189,9 @@ func openNodeSession(cmd *cobra.Command, configDir string, src gpuSource, node, 
 		return nil, err
 	}
 	s.desired = reconcile.DesiredFor(cfg, node)
-	observe.Needs(ctx, &s.desired)
-	s.observed, err = observe.Observe(ctx, observe.Options{Node: node, GPUs: s.gpus, Source: src.String(), Host: src.host(), StateDir: stateDir, ScanProcesses: true})
+	models.Needs(ctx, &s.desired)
+	s.observed, err = observe.Observe(ctx, observe.Options{Node: node, GPUs: s.gpus, Source: src.String(), Host: src.host(), StateDir: stateDir, ScanProcesses: true,
+		Models: models, Pools: s.desired.Pools})
 	if err != nil {
 		s.close()
 		return nil, err
@@ -216,7 +219,7 @@ func runApply(cmd *cobra.Command, target string, src gpuSource, node, stateDir s
 		}
 		configDir, node, nodeGiven = saved.Config, saved.Node, true
 	}
-	s, err := openNodeSession(cmd, configDir, src, node, stateDir, nodeGiven)
+	s, err := openNodeSession(cmd, configDir, src, node, stateDir, nodeGiven, observe.ModelLookup{Cache: models.cacheDir(stateDir), Offline: models.offline})
 	if err != nil {
 		return fmt.Errorf("apply: %w", err)
 	}

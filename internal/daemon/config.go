@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/poolmanagerd/pool-managerd/internal/api"
-	"github.com/poolmanagerd/pool-managerd/internal/observe"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
 	"github.com/poolmanagerd/pool-managerd/internal/watch"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
@@ -213,7 +212,7 @@ func (d *Daemon) needs(ctx context.Context, desired *reconcile.Desired) {
 			keep[key] = c
 			continue
 		}
-		need := observe.NeedOf(ctx, p)
+		need := d.opts.Models.NeedOf(ctx, p)
 		desired.Needs[id] = need
 		if statErr == nil {
 			keep[key] = cachedNeed{size: info.Size(), mtime: info.ModTime(), need: need}

@@ -95,6 +95,12 @@ type Options struct {
 	// cache (serve --model-cache) before their engines start; nil fails
 	// such pools' starts.
 	Fetcher *fetch.Fetcher
+	// Models is where the needs of fetched models are looked up: the model
+	// cache (serve --model-cache) and --offline. A model in the cache is
+	// estimated from its file; one that is not is fetched first, and its
+	// need checked before the spawn. Its Remote is never set: passes ask
+	// no source.
+	Models observe.ModelLookup
 	// CacheGrace is how long a model that no pool of the node uses stays in
 	// the model cache (serve --cache-grace; default 24 h). The cache is
 	// collected at each resync.

@@ -148,7 +148,12 @@ func (o *observation) wait() (reconcile.Observed, error) {
 }
 
 func (d *Daemon) observe(ctx context.Context) (reconcile.Observed, error) {
-	return observe.Observe(ctx, observe.Options{Node: d.opts.Node, GPUs: d.opts.GPUs, Source: d.opts.Source, Host: d.opts.Host, StateDir: d.opts.StateDir, ScanProcesses: true})
+	opts := observe.Options{Node: d.opts.Node, GPUs: d.opts.GPUs, Source: d.opts.Source, Host: d.opts.Host, StateDir: d.opts.StateDir, ScanProcesses: true,
+		Models: d.opts.Models}
+	if d.cfg != nil {
+		opts.Pools = d.cfg.desired.Pools
+	}
+	return observe.Observe(ctx, opts)
 }
 
 // pass observes the node (or takes early, an observation started while the
