@@ -22,12 +22,16 @@
 package modelserver
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -63,14 +67,23 @@ type Server struct {
 	closeOnce sync.Once
 
 	mu          sync.Mutex
-	files       map[string][]byte
+	files       map[string]content
 	log         []Request
 	holds       map[string][]*Hold
 	fails       map[string]int
 	trickles    map[string]trickle
 	redirects   map[string]redirect
 	ignoreRange bool
-	hook        func(w http.ResponseWriter, r *http.Request, i int) bool
+	// open are the files PutFile opened, closed by Close.
+	open []*os.File
+	hook func(w http.ResponseWriter, r *http.Request, i int) bool
+}
+
+// content is a file the server serves: bytes in memory, or a file on disk
+// (a sparse GGUF of tens of gigabytes costs nothing to serve a header of).
+type content struct {
+	r    io.ReaderAt
+	size int64
 }
 
 type trickle struct {
@@ -88,14 +101,14 @@ type redirect struct {
 func New(files map[string][]byte) *Server {
 	s := &Server{
 		closing:   make(chan struct{}),
-		files:     map[string][]byte{},
+		files:     map[string]content{},
 		holds:     map[string][]*Hold{},
 		fails:     map[string]int{},
 		trickles:  map[string]trickle{},
 		redirects: map[string]redirect{},
 	}
 	for p, b := range files {
-		s.files[p] = b
+		s.files[p] = content{bytes.NewReader(b), int64(len(b))}
 	}
 	s.srv = httptest.NewServer(http.HandlerFunc(s.serve))
 	s.URL = s.srv.URL
@@ -117,6 +130,11 @@ func (s *Server) Close() {
 		close(s.closing)
 		s.srv.CloseClientConnections()
 		s.srv.Close()
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for _, f := range s.open {
+			_ = f.Close()
+		}
 	})
 }
 
@@ -129,9 +147,34 @@ func (s *Server) LocalhostURL() string {
 
 // Put serves data at path (replacing what was there).
 func (s *Server) Put(path string, data []byte) {
+	s.PutReaderAt(path, bytes.NewReader(data), int64(len(data)))
+}
+
+// PutReaderAt serves size bytes of r at path (replacing what was there).
+func (s *Server) PutReaderAt(path string, r io.ReaderAt, size int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.files[path] = data
+	s.files[path] = content{r, size}
+}
+
+// PutFile serves the file at name on disk at path, as it is now (its
+// size is read once); the file is opened here and closed with the server.
+// A sparse file (ggufgen's models) is served without being read whole.
+func (s *Server) PutFile(path, name string) error {
+	f, err := os.Open(name)
+	if err != nil {
+		return fmt.Errorf("modelserver: %w", err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		_ = f.Close()
+		return fmt.Errorf("modelserver: %w", err)
+	}
+	s.mu.Lock()
+	s.open = append(s.open, f)
+	s.mu.Unlock()
+	s.PutReaderAt(path, f, fi.Size())
+	return nil
 }
 
 // Remove stops serving path: it answers 404.
@@ -384,8 +427,8 @@ func (s *Server) serve(rw http.ResponseWriter, r *http.Request) {
 }
 
 // serveFile answers a GET or HEAD of data with the range rng.
-func (s *Server) serveFile(w *recorder, r *http.Request, data []byte, rng string, tr trickle) {
-	size := int64(len(data))
+func (s *Server) serveFile(w *recorder, r *http.Request, data content, rng string, tr trickle) {
+	size := data.size
 	w.Header().Set("Accept-Ranges", "bytes")
 	w.Header().Set("Content-Type", "application/octet-stream")
 	start, end := int64(0), size
@@ -414,7 +457,7 @@ func (s *Server) serveFile(w *recorder, r *http.Request, data []byte, rng string
 	w.Flush()
 	pos := start
 	if h != nil {
-		if !s.write(w, r, data[pos:h.after], tr) {
+		if !s.write(w, r, data, pos, h.after, tr) {
 			return
 		}
 		pos = h.after
@@ -436,30 +479,38 @@ func (s *Server) serveFile(w *recorder, r *http.Request, data []byte, rng string
 		default:
 		}
 	}
-	s.write(w, r, data[pos:end], tr)
+	s.write(w, r, data, pos, end, tr)
 }
 
-// write writes b, a trickle's chunk at a time when tr is set; false when
-// the client went or the server closes.
-func (s *Server) write(w *recorder, r *http.Request, b []byte, tr trickle) bool {
-	if tr.chunk <= 0 {
-		_, err := w.Write(b)
-		return err == nil
+// write writes the bytes [from, to) of data, a trickle's chunk at a time
+// (each flushed) when tr is set; false when the client went, the server
+// closes or data cannot be read.
+func (s *Server) write(w *recorder, r *http.Request, data content, from, to int64, tr trickle) bool {
+	chunk := 32 << 10
+	var tick <-chan time.Time
+	if tr.chunk > 0 {
+		chunk = tr.chunk
+		t := time.NewTicker(tr.every)
+		defer t.Stop()
+		tick = t.C
 	}
-	tick := time.NewTicker(tr.every)
-	defer tick.Stop()
-	for len(b) > 0 {
-		n := min(tr.chunk, len(b))
-		if _, err := w.Write(b[:n]); err != nil {
+	buf := make([]byte, chunk)
+	for from < to {
+		n := int(min(int64(chunk), to-from))
+		// ReadAt fills buf or says why not; io.EOF with a full buf is the end.
+		if m, err := data.r.ReadAt(buf[:n], from); m != n || (err != nil && !errors.Is(err, io.EOF)) {
+			panic(http.ErrAbortHandler)
+		}
+		if _, err := w.Write(buf[:n]); err != nil {
 			return false
 		}
-		w.Flush()
-		b = b[n:]
-		if len(b) == 0 {
-			break
+		from += int64(n)
+		if tick == nil || from == to {
+			continue
 		}
+		w.Flush()
 		select {
-		case <-tick.C:
+		case <-tick:
 		case <-r.Context().Done():
 			return false
 		case <-s.closing:

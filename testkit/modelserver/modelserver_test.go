@@ -6,6 +6,8 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
@@ -324,5 +326,39 @@ func TestHFRedirect(t *testing.T) {
 	if len(gets) != 2 || gets[0].Authorization != "Bearer secret" || gets[0].Status != http.StatusFound ||
 		gets[1].Authorization != "" || gets[1].Host == gets[0].Host || gets[1].Status != http.StatusOK {
 		t.Errorf("GETs %+v; want the resolve URL with the token, then the CDN host without", gets)
+	}
+}
+
+func TestPutFile(t *testing.T) {
+	// A sparse file of 1 GiB apparent size: a range of its head is served
+	// without the rest ever being read or sent.
+	name := filepath.Join(t.TempDir(), "big.gguf")
+	head := content(4096)
+	if err := os.WriteFile(name, head, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(name, 1<<30); err != nil {
+		t.Fatal(err)
+	}
+	srv := modelserver.Start(t, nil)
+	if err := srv.PutFile("/big.gguf", name); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.PutFile("/gone.gguf", filepath.Join(t.TempDir(), "none")); err == nil {
+		t.Error("PutFile of a missing file: no error")
+	}
+	resp, body := do(t, http.MethodGet, srv.URL+"/big.gguf", http.Header{"Range": {"bytes=0-8191"}})
+	if resp.StatusCode != http.StatusPartialContent || resp.Header.Get("Content-Range") != "bytes 0-8191/1073741824" {
+		t.Fatalf("%s, Content-Range %q", resp.Status, resp.Header.Get("Content-Range"))
+	}
+	if !bytes.Equal(body[:4096], head) || !bytes.Equal(body[4096:], make([]byte, 4096)) {
+		t.Error("the range does not hold the file's bytes")
+	}
+	resp, _ = do(t, http.MethodHead, srv.URL+"/big.gguf", nil)
+	if resp.ContentLength != 1<<30 {
+		t.Errorf("HEAD Content-Length %d; want 1 GiB", resp.ContentLength)
+	}
+	if got := srv.SentOf("/big.gguf"); got != 8192 {
+		t.Errorf("SentOf = %d; want only the 8192 bytes asked for", got)
 	}
 }
