@@ -73,6 +73,9 @@ type Pool struct {
 	// Model is the model file's path; Ctx its context size.
 	Model string
 	Ctx   int
+	// Source and SHA256 declare a model pool-managerd fetches
+	// (model.source, model.sha256) instead of Model's path.
+	Source, SHA256 string
 	// Devices is the device mask.
 	Devices []int
 	// Split and Flags are CUE lists: "[0.7, 0.3]", `["--threads", "4"]`.
@@ -97,7 +100,8 @@ type Pool struct {
 //	3 pools: "ID": {
 //	4 	node:    "NODE"
 //	5 	engine:  "ENGINE"
-//	6 	model: path: "MODEL"          (or model: {path: "MODEL", ctx: CTX})
+//	6 	model: path: "MODEL"          (or model: {path: "MODEL", ctx: CTX},
+//	                                  or model: {source: "URL", sha256: "DIGEST"})
 //	7 	devices: [0, 1]
 //	8 	split:   [...]                 then flags, port, vram, share, env, restart
 func (p Pool) CUE() string { return cueHeader + p.body() }
@@ -112,6 +116,12 @@ func (p Pool) body() string {
 	fmt.Fprintf(&b, "\tnode:    %q\n", p.Node)
 	fmt.Fprintf(&b, "\tengine:  %q\n", engine)
 	switch {
+	case p.Source != "":
+		fmt.Fprintf(&b, "\tmodel: {source: %q, sha256: %q", p.Source, p.SHA256)
+		if p.Ctx != 0 {
+			fmt.Fprintf(&b, ", ctx: %d", p.Ctx)
+		}
+		b.WriteString("}\n")
 	case p.Ctx != 0:
 		fmt.Fprintf(&b, "\tmodel: {path: %q, ctx: %d}\n", p.Model, p.Ctx)
 	case p.Model != "":
