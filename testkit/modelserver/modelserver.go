@@ -41,6 +41,8 @@ import (
 
 // Request is one request the server saw.
 type Request struct {
+	// Time is when the request came.
+	Time   time.Time
 	Method string
 	// Host is the Host header: "127.0.0.1:PORT", or "localhost:PORT" for
 	// a request that followed a redirect to the other host name.
@@ -391,7 +393,7 @@ func (s *Server) serve(rw http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	i := len(s.log)
 	s.log = append(s.log, Request{
-		Method: r.Method, Host: r.Host, Path: r.URL.Path,
+		Time: time.Now(), Method: r.Method, Host: r.Host, Path: r.URL.Path,
 		Range: r.Header.Get("Range"), Authorization: r.Header.Get("Authorization"),
 	})
 	hook := s.hook

@@ -88,7 +88,7 @@ func TestRanges(t *testing.T) {
 				t.Errorf("HEAD Content-Length %d", resp.ContentLength)
 			}
 			last := srv.Requests()[len(srv.Requests())-1]
-			want := modelserver.Request{Method: tc.method, Host: last.Host, Path: "/m.gguf", Range: tc.rng, Status: tc.status, Sent: int64(len(tc.body))}
+			want := modelserver.Request{Time: last.Time, Method: tc.method, Host: last.Host, Path: "/m.gguf", Range: tc.rng, Status: tc.status, Sent: int64(len(tc.body))}
 			if tc.status == http.StatusRequestedRangeNotSatisfiable {
 				want.Sent = last.Sent // the error text
 			}
