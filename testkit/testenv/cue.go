@@ -72,10 +72,10 @@ type Pool struct {
 	Engine string
 	// Model is the model file's path; Ctx its context size.
 	Model string
-	Ctx   int
-	// Source and SHA256 declare a model pool-managerd fetches
-	// (model.source, model.sha256) instead of Model's path.
+	// Source and SHA256, when Source is set, are the model's source
+	// (model.source) and digest, in place of Model.
 	Source, SHA256 string
+	Ctx            int
 	// Devices is the device mask.
 	Devices []int
 	// Split and Flags are CUE lists: "[0.7, 0.3]", `["--threads", "4"]`.
@@ -100,8 +100,7 @@ type Pool struct {
 //	3 pools: "ID": {
 //	4 	node:    "NODE"
 //	5 	engine:  "ENGINE"
-//	6 	model: path: "MODEL"          (or model: {path: "MODEL", ctx: CTX},
-//	                                  or model: {source: "URL", sha256: "DIGEST"})
+//	6 	model: path: "MODEL"          (or model: {path: "MODEL", ctx: CTX})
 //	7 	devices: [0, 1]
 //	8 	split:   [...]                 then flags, port, vram, share, env, restart
 func (p Pool) CUE() string { return cueHeader + p.body() }
@@ -116,12 +115,10 @@ func (p Pool) body() string {
 	fmt.Fprintf(&b, "\tnode:    %q\n", p.Node)
 	fmt.Fprintf(&b, "\tengine:  %q\n", engine)
 	switch {
+	case p.Source != "" && p.Ctx != 0:
+		fmt.Fprintf(&b, "\tmodel: {source: %q, sha256: %q, ctx: %d}\n", p.Source, p.SHA256, p.Ctx)
 	case p.Source != "":
-		fmt.Fprintf(&b, "\tmodel: {source: %q, sha256: %q", p.Source, p.SHA256)
-		if p.Ctx != 0 {
-			fmt.Fprintf(&b, ", ctx: %d", p.Ctx)
-		}
-		b.WriteString("}\n")
+		fmt.Fprintf(&b, "\tmodel: {source: %q, sha256: %q}\n", p.Source, p.SHA256)
 	case p.Ctx != 0:
 		fmt.Fprintf(&b, "\tmodel: {path: %q, ctx: %d}\n", p.Model, p.Ctx)
 	case p.Model != "":
