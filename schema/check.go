@@ -245,6 +245,11 @@ func (c *checker) pool(p *Pool) bool {
 		if msg := sourceProblem(p.Engine, p.Model.Source); msg != "" {
 			c.poolProblem(p, "model.source", "%s", msg)
 		}
+		if len(p.Model.Files) > 0 {
+			if err := p.Model.Manifest().Validate(); err != nil {
+				c.poolProblem(p, "model.files", "model.files: %v", err)
+			}
+		}
 	}
 	node, ok := c.d.Nodes[p.Node]
 	if !ok {

@@ -128,6 +128,9 @@ var invalidCases = []invalidCase{
 	{name: "manifest-duplicate-path", cueLevel: true, want: []invalidDiag{
 		{"pools.cue", 8, 3, "pools.chat.model.files", `model.files lists path "config.json" twice (files[0] and files[2])`},
 	}},
+	{name: "manifest-file-and-directory", want: []invalidDiag{
+		{"pools.cue", 8, 3, "pools.chat.model.files", `model.files: files[2] (weights/model.safetensors) lies in directory "weights", which files[1] lists as a file: a path is a file or a directory, not both`},
+	}},
 	{name: "hf-source-without-revision", want: []invalidDiag{
 		{"pools.cue", 7, 11, "pools.chat.model.source", "has no revision: write hf://ORG/REPO@COMMIT/FILE with COMMIT the repository's 40-hex commit (pin a commit, not a branch: hf:// sources are content-addressed)"},
 	}},

@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/poolmanagerd/pool-managerd/schema/modelsource"
 )
 
 const (
@@ -157,12 +159,25 @@ func TestModelDigest(t *testing.T) {
 		{"manifest in another order, without sizes", Model{Source: "hf://o/r@" + testCommit, Files: []ModelFile{
 			{Path: "a/b.safetensors", SHA256: testSHA2}, {Path: "z.json", SHA256: testSHA2}, {Path: "config.json", SHA256: testSHA},
 		}}, manifestDigest},
+		// What sha256sum printed for a directory of these files (modelsource's TestManifestDigest).
+		{"manifest as sha256sum prints it", Model{Source: "hf://o/r@" + testCommit, Files: []ModelFile{
+			{Path: "weights/model.safetensors", SHA256: "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"},
+			{Path: "config.json", SHA256: "ca3d163bab055381827226140568f3bef7eaac187cebd76878e0b63e9e442356"},
+			{Path: "tokenizer.json", SHA256: "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"},
+		}}, "3d656d0c5df2a7f9a5613419b707d3479f2b5d1b856b19d6b2666c5d8994ba44"},
 		{"path", Model{Path: "/models/m.gguf"}, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := tc.model.Digest(); got != tc.want {
 				t.Errorf("Digest() = %q, want %q", got, tc.want)
+			}
+			// The fetcher names the directory by the manifest it is given:
+			// the config's digest must be the same, or the cache has two names.
+			if len(tc.model.Files) > 0 {
+				if fetched := (modelsource.Manifest{Files: tc.model.Files}).Digest(); fetched != tc.want {
+					t.Errorf("modelsource.Manifest.Digest() = %q, want the model's %q", fetched, tc.want)
+				}
 			}
 		})
 	}

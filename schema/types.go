@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"cuelang.org/go/cue"
+
+	"github.com/poolmanagerd/pool-managerd/schema/modelsource"
 )
 
 // Engine names the inference engine of a pool.
@@ -87,15 +89,11 @@ type Model struct {
 	Ctx int `json:"ctx"`
 }
 
-// ModelFile is one file of a model directory's manifest.
-type ModelFile struct {
-	// Path is the file's path in the model directory: relative, clean, slash-separated.
-	Path string `json:"path"`
-	// SHA256 is the file's digest, in lowercase hex.
-	SHA256 string `json:"sha256"`
-	// Size is the file's size in bytes when declared, 0 otherwise; the digest is what is verified.
-	Size int64 `json:"size,omitempty"`
-}
+// ModelFile is one file of a model directory's manifest: its path in the
+// directory, its sha256 and its size when declared. It is the fetcher's
+// modelsource.File, so that a pool's manifest is the one the fetcher
+// validates and names by its digest (Model.Digest).
+type ModelFile = modelsource.File
 
 // Pool is one inference pool: an engine process serving a model on a set of GPUs.
 type Pool struct {

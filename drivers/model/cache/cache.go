@@ -45,7 +45,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/poolmanagerd/pool-managerd/drivers/model/source"
+	"github.com/poolmanagerd/pool-managerd/schema/modelsource"
 )
 
 const (
@@ -130,10 +130,10 @@ func (c *Cache) lastUsedPath(digest string) string {
 }
 
 func checkName(digest, rel string) error {
-	if err := source.CheckDigest(digest); err != nil {
+	if err := modelsource.CheckDigest(digest); err != nil {
 		return fmt.Errorf("model cache: %w", err)
 	}
-	if err := source.CheckPath(rel); err != nil {
+	if err := modelsource.CheckPath(rel); err != nil {
 		return fmt.Errorf("model cache: %w", err)
 	}
 	return nil
@@ -201,7 +201,7 @@ func (c *Cache) lookup(digest, rel, fileDigest string) (string, bool, error) {
 
 // LookupManifest finds a model directory: its path and whether every file of
 // the manifest is there and verified.
-func (c *Cache) LookupManifest(m source.Manifest) (dir string, verified bool, err error) {
+func (c *Cache) LookupManifest(m modelsource.Manifest) (dir string, verified bool, err error) {
 	if err := m.Validate(); err != nil {
 		return "", false, fmt.Errorf("model cache: manifest: %w", err)
 	}
@@ -255,7 +255,7 @@ func (c *Cache) Commit(partial, digest, rel, fileDigest string) (string, error) 
 	if err := checkName(digest, rel); err != nil {
 		return "", err
 	}
-	if err := source.CheckDigest(fileDigest); err != nil {
+	if err := modelsource.CheckDigest(fileDigest); err != nil {
 		return "", fmt.Errorf("model cache: %w", err)
 	}
 	p := c.Path(digest, rel)
@@ -344,7 +344,7 @@ func HashReader(ctx context.Context, r io.Reader) (string, error) {
 
 // Touch records that entry digest was used now (for GC).
 func (c *Cache) Touch(digest string) error {
-	if err := source.CheckDigest(digest); err != nil {
+	if err := modelsource.CheckDigest(digest); err != nil {
 		return fmt.Errorf("model cache: %w", err)
 	}
 	p := c.lastUsedPath(digest)
@@ -520,7 +520,7 @@ func (c *Cache) GC(ctx context.Context, inUse func(digest string) bool, grace ti
 			return out, err
 		}
 		d := e.Name()
-		if !source.IsDigest(d) || inUse(d) {
+		if !modelsource.IsDigest(d) || inUse(d) {
 			continue
 		}
 		used, err := c.lastUsed(d)

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/poolmanagerd/pool-managerd/drivers/model/cache"
-	"github.com/poolmanagerd/pool-managerd/drivers/model/source"
+	"github.com/poolmanagerd/pool-managerd/schema/modelsource"
 )
 
 func digestOf(b []byte) string {
@@ -102,9 +102,9 @@ func TestCommitLookup(t *testing.T) {
 func TestLookupManifest(t *testing.T) {
 	c, _ := open(t, cache.Options{})
 	files := map[string][]byte{"config.json": []byte("{}"), "w/model.safetensors": []byte("weights")}
-	var m source.Manifest
+	var m modelsource.Manifest
 	for p, b := range files {
-		m.Files = append(m.Files, source.File{Path: p, SHA256: digestOf(b), Size: int64(len(b))})
+		m.Files = append(m.Files, modelsource.File{Path: p, SHA256: digestOf(b), Size: int64(len(b))})
 	}
 	md := m.Digest()
 	if _, verified, err := c.LookupManifest(m); verified || err != nil {

@@ -44,7 +44,7 @@ import (
 	"time"
 
 	"github.com/poolmanagerd/pool-managerd/drivers/model/cache"
-	"github.com/poolmanagerd/pool-managerd/drivers/model/source"
+	"github.com/poolmanagerd/pool-managerd/schema/modelsource"
 )
 
 // Defaults of Options.
@@ -105,7 +105,7 @@ type Options struct {
 
 // Request is one model file to fetch.
 type Request struct {
-	// URL is where the file is downloaded from (source.Source.URL).
+	// URL is where the file is downloaded from (modelsource.Source.URL).
 	URL string
 	// FileName is its name in the cache; empty means the URL path's last
 	// element.
@@ -242,13 +242,13 @@ func (fl *flight) report(p Progress) {
 // later Fetch to resume (the download goes on while another Fetch of the
 // same digest still waits for it).
 func (f *Fetcher) Fetch(ctx context.Context, req Request) (string, error) {
-	if err := source.CheckDigest(req.SHA256); err != nil {
+	if err := modelsource.CheckDigest(req.SHA256); err != nil {
 		return "", fmt.Errorf("fetch %s: %w", req.URL, err)
 	}
 	if req.FileName == "" {
 		req.FileName = path.Base(req.URL)
 	}
-	if err := source.CheckPath(req.FileName); err != nil || strings.Contains(req.FileName, "/") {
+	if err := modelsource.CheckPath(req.FileName); err != nil || strings.Contains(req.FileName, "/") {
 		return "", fmt.Errorf("fetch %s: file name %q: want a plain file name", req.URL, req.FileName)
 	}
 	return f.fetchFile(ctx, target{entry: req.SHA256, rel: req.FileName}, req)

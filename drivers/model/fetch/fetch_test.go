@@ -14,7 +14,7 @@ import (
 
 	"github.com/poolmanagerd/pool-managerd/drivers/model/cache"
 	"github.com/poolmanagerd/pool-managerd/drivers/model/fetch"
-	"github.com/poolmanagerd/pool-managerd/drivers/model/source"
+	"github.com/poolmanagerd/pool-managerd/schema/modelsource"
 	"github.com/poolmanagerd/pool-managerd/testkit/modelserver"
 )
 
@@ -468,9 +468,9 @@ func TestFetchManifest(t *testing.T) {
 		"/base/weights/model.safetensors": model(100 << 10),
 	}
 	srv := modelserver.Start(t, files)
-	var m source.Manifest
+	var m modelsource.Manifest
 	for p, b := range files {
-		m.Files = append(m.Files, source.File{Path: strings.TrimPrefix(p, "/base/"), SHA256: digestOf(b), Size: int64(len(b))})
+		m.Files = append(m.Files, modelsource.File{Path: strings.TrimPrefix(p, "/base/"), SHA256: digestOf(b), Size: int64(len(b))})
 	}
 	f := newFetcher(t, t.TempDir(), cache.Options{}, fetch.Options{})
 	var last fetch.Progress

@@ -9,17 +9,17 @@ import (
 	"time"
 
 	"github.com/poolmanagerd/pool-managerd/drivers/model/cache"
-	"github.com/poolmanagerd/pool-managerd/drivers/model/source"
+	"github.com/poolmanagerd/pool-managerd/schema/modelsource"
 )
 
 // DirRequest is a model directory to fetch.
 type DirRequest struct {
-	// BaseURL is the directory's URL; file PATH is fetched from
-	// BaseURL + "/" + PATH (for the Hub,
-	// https://huggingface.co/ORG/REPO/resolve/COMMIT).
+	// BaseURL is the directory's URL (modelsource.Source.URL of the pool's
+	// source); file PATH is fetched from BaseURL + "/" + PATH (for the Hub,
+	// https://huggingface.co/ORG/REPO/resolve/COMMIT[/SUBDIR]).
 	BaseURL string
 	// Manifest lists the files; its digest names the directory.
-	Manifest source.Manifest
+	Manifest modelsource.Manifest
 	// Progress, when set, is called as bytes of any file arrive, with the
 	// directory's totals.
 	Progress func(Progress)

@@ -8,7 +8,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/poolmanagerd/pool-managerd/drivers/model/source"
+	"github.com/poolmanagerd/pool-managerd/schema/modelsource"
 )
 
 // Remote is what a source says about a file without sending it.
@@ -94,7 +94,7 @@ func (f *Fetcher) Resolve(ctx context.Context, rawURL string) (Remote, error) {
 func etagDigest(etag string) string {
 	etag = strings.TrimPrefix(strings.TrimSpace(etag), "W/")
 	etag = strings.ToLower(strings.Trim(etag, `"`))
-	if source.IsDigest(etag) {
+	if modelsource.IsDigest(etag) {
 		return etag
 	}
 	return ""
