@@ -28,6 +28,10 @@
 //   - daemon_test.go: the daemon: config edits, invalid and half-written
 //     files, engine exits, Xids, adoption, operator actions, metrics, logs.
 //   - fleet_test.go: three daemons on one config repository.
+//   - fetch_test.go: models the daemon fetches (model.source) from a
+//     testkit/modelserver on loopback: the Fetching phase, a shared
+//     download, resume after kill -9, digest mismatch, HTTP errors with
+//     backoff, a cache too small.
 //   - notify_test.go: serve under systemd's Type=notify (READY, STATUS,
 //     WATCHDOG, STOPPING).
 //

@@ -86,14 +86,16 @@ func (w *workspace) model(name string) string {
 
 // pool is one pool of a test config. Empty fields take the defaults below.
 type pool struct {
-	ID      string
-	Engine  string // default llamacpp
-	Model   string // default: a file models/ID.gguf, created
-	Ctx     int
-	Devices []int // default [0]
-	Split   string
-	VRAM    string // default 4Gi
-	Share   bool
+	ID     string
+	Engine string // default llamacpp
+	Model  string // default: a file models/ID.gguf, created, unless Source is set
+	// Source and SHA256 declare a model the daemon fetches (model.source).
+	Source, SHA256 string
+	Ctx            int
+	Devices        []int // default [0]
+	Split          string
+	VRAM           string // default 4Gi
+	Share          bool
 	// Env goes into the pool's env; FAKE_ENGINE_LOAD_DELAY defaults to 100ms.
 	Env map[string]string
 	// Restart is the body of the restart struct, in CUE; default fastRestart.
@@ -123,7 +125,7 @@ func (w *workspace) poolCUE(p pool) string {
 // poolSpec is the pool with the defaults filled in, on this node.
 func (w *workspace) poolSpec(p pool) testenv.Pool {
 	w.t.Helper()
-	if p.Model == "" {
+	if p.Model == "" && p.Source == "" {
 		p.Model = w.model(p.ID + ".gguf")
 	}
 	if p.Devices == nil {
@@ -138,7 +140,7 @@ func (w *workspace) poolSpec(p pool) testenv.Pool {
 	vars := map[string]string{"FAKE_ENGINE_LOAD_DELAY": "100ms"}
 	maps.Copy(vars, p.Env)
 	return testenv.Pool{
-		ID: p.ID, Node: w.node, Engine: p.Engine, Model: p.Model, Ctx: p.Ctx, Devices: p.Devices, Split: p.Split,
+		ID: p.ID, Node: w.node, Engine: p.Engine, Model: p.Model, Source: p.Source, SHA256: p.SHA256, Ctx: p.Ctx, Devices: p.Devices, Split: p.Split,
 		VRAM: p.VRAM, Share: p.Share, Env: vars, Restart: p.Restart,
 	}
 }

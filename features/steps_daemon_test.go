@@ -223,7 +223,7 @@ func (w *world) daemonReady() error {
 // renamed over the old one.
 func (w *world) saveConfig(rel string, doc *godog.DocString) error {
 	w.changing()
-	return w.writeFile(rel, strings.ReplaceAll(doc.Content, "WORKSPACE", w.workspace))
+	return w.writeFile(rel, w.expandModels(strings.ReplaceAll(doc.Content, "WORKSPACE", w.workspace)))
 }
 
 // writeInTwoParts writes a file in place in two chunks, split at a line

@@ -40,6 +40,8 @@ type world struct {
 	applyState
 	// daemonState is what the daemon steps keep (steps_daemon_test.go).
 	daemonState
+	// modelState is what the model server steps keep (steps_models_test.go).
+	modelState
 	// llamaServer, when set, replaces the stand-in as ENGINE (steps_engine_builds_test.go).
 	llamaServer string
 	// vllmServer, when set, is VLLM: a stand-in imitating a vLLM version
@@ -431,6 +433,7 @@ func (w *world) register(sc *godog.ScenarioContext) {
 	sc.Step(`^a GitHub annotation is printed for "([^"]*)" at line (\d+), column (\d+)$`, w.githubAnnotation)
 	w.registerApply(sc)
 	w.registerDaemon(sc)
+	w.registerModels(sc)
 	w.registerLifecycle(sc)
 	w.registerEngines(sc)
 }
@@ -470,9 +473,10 @@ func (w *world) writeFile(rel, content string) error {
 	return os.Rename(tmp, w.path(rel))
 }
 
-// configFile writes a config file; WORKSPACE in it stands for the scenario's workspace.
+// configFile writes a config file; WORKSPACE in it stands for the scenario's
+// workspace, MODELSERVER and MODELDIGEST for the model server (steps_models_test.go).
 func (w *world) configFile(rel string, doc *godog.DocString) error {
-	return w.writeFile(rel, strings.ReplaceAll(doc.Content, "WORKSPACE", w.workspace))
+	return w.writeFile(rel, w.expandModels(strings.ReplaceAll(doc.Content, "WORKSPACE", w.workspace)))
 }
 
 func (w *world) twoGPUNode(name string, a, b int) error {

@@ -46,9 +46,10 @@ func TestConfigLoads(t *testing.T) {
 			Flags: `["--threads", "4"]`, Port: 20001, VRAM: "4Gi", Share: true,
 			Env: map[string]string{"B": "2", "A": "1"}, Restart: `initialBackoff: "100ms", jitter: 0`},
 		{ID: "bare", Node: "gpu-01", Engine: "tgi", Model: "/models/b", Devices: []int{2}, VRAM: "8Gi"},
+		{ID: "fetched", Node: "gpu-01", Source: "http://127.0.0.1:1/m.gguf", SHA256: strings.Repeat("ab", 32), Ctx: 4096, Devices: []int{0}, VRAM: "1Gi", Share: true},
 	}
 	trees := map[string]map[string]string{
-		"tree":     {"nodes/gpu-01.cue": node.CUE(), "pools/full.cue": pools[0].CUE(), "pools/bare.cue": pools[1].CUE()},
+		"tree":     {"nodes/gpu-01.cue": node.CUE(), "pools/full.cue": pools[0].CUE(), "pools/bare.cue": pools[1].CUE(), "pools/fetched.cue": pools[2].CUE()},
 		"one file": {"config.cue": ConfigFile(node, pools...)},
 	}
 	for name, files := range trees {
@@ -83,6 +84,9 @@ func TestConfigLoads(t *testing.T) {
 			}
 			if full.Restart.InitialBackoff != 100*time.Millisecond || full.Restart.Jitter != 0 {
 				t.Errorf("pool full: restart %+v", full.Restart)
+			}
+			if m := d.Pools["fetched"].Model; m.Source != "http://127.0.0.1:1/m.gguf" || m.SHA256 != strings.Repeat("ab", 32) || m.Ctx != 4096 || m.Path != "" {
+				t.Errorf("pool fetched: model %+v", m)
 			}
 			if bare.Engine != schema.EngineTGI || bare.VRAM != 8<<30 || bare.Model.Path != "/models/b" || bare.Share || bare.Port != 0 || len(bare.Env) != 0 {
 				t.Errorf("pool bare: %+v", *bare)

@@ -2,13 +2,9 @@ package fetch_test
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"strconv"
 	"strings"
@@ -19,14 +15,12 @@ import (
 	"github.com/poolmanagerd/pool-managerd/drivers/model/cache"
 	"github.com/poolmanagerd/pool-managerd/drivers/model/fetch"
 	"github.com/poolmanagerd/pool-managerd/schema/modelsource"
+	"github.com/poolmanagerd/pool-managerd/testkit/modelserver"
 )
 
 const token = "hf_secret_token_value"
 
-func digestOf(b []byte) string {
-	s := sha256.Sum256(b)
-	return hex.EncodeToString(s[:])
-}
+func digestOf(b []byte) string { return modelserver.SHA256(b) }
 
 // model is a file's bytes: distinct per size, so that a wrong offset
 // changes the digest.
@@ -36,123 +30,6 @@ func model(n int) []byte {
 		b[i] = byte(i*7 + i/251)
 	}
 	return b
-}
-
-// logged is one request the test server saw.
-type logged struct {
-	Method, Path, Range, Authorization string
-}
-
-// server is a test source: it serves files with range support and logs
-// every request. hook, when set, may answer a request itself (returning
-// true); i counts the requests from 0.
-type server struct {
-	*httptest.Server
-	files map[string][]byte
-
-	mu   sync.Mutex
-	log  []logged
-	hook func(w http.ResponseWriter, r *http.Request, i int) bool
-}
-
-func newServer(t *testing.T, files map[string][]byte) *server {
-	t.Helper()
-	s := &server{files: files}
-	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
-	t.Cleanup(s.Close)
-	return s
-}
-
-func (s *server) setHook(h func(w http.ResponseWriter, r *http.Request, i int) bool) {
-	s.mu.Lock()
-	s.hook = h
-	s.mu.Unlock()
-}
-
-func (s *server) requests() []logged {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]logged(nil), s.log...)
-}
-
-func (s *server) gets() []logged {
-	var out []logged
-	for _, l := range s.requests() {
-		if l.Method == http.MethodGet {
-			out = append(out, l)
-		}
-	}
-	return out
-}
-
-func (s *server) serve(w http.ResponseWriter, r *http.Request) {
-	s.mu.Lock()
-	i := len(s.log)
-	s.log = append(s.log, logged{r.Method, r.URL.Path, r.Header.Get("Range"), r.Header.Get("Authorization")})
-	hook := s.hook
-	s.mu.Unlock()
-	if hook != nil && hook(w, r, i) {
-		return
-	}
-	data, ok := s.files[r.URL.Path]
-	if !ok {
-		http.NotFound(w, r)
-		return
-	}
-	serveRange(w, r, data)
-}
-
-// serveRange answers GET with the data, from the offset of a "bytes=N-" Range.
-func serveRange(w http.ResponseWriter, r *http.Request, data []byte) {
-	w.Header().Set("Accept-Ranges", "bytes")
-	start := 0
-	if rng := r.Header.Get("Range"); rng != "" {
-		n, err := strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(rng, "bytes="), "-"))
-		if err != nil {
-			http.Error(w, "bad range", http.StatusBadRequest)
-			return
-		}
-		if n >= len(data) {
-			w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", len(data)))
-			w.WriteHeader(http.StatusRequestedRangeNotSatisfiable)
-			return
-		}
-		start = n
-		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", n, len(data)-1, len(data)))
-		w.Header().Set("Content-Length", strconv.Itoa(len(data)-n))
-		w.WriteHeader(http.StatusPartialContent)
-	} else {
-		w.Header().Set("Content-Length", strconv.Itoa(len(data)))
-	}
-	if r.Method == http.MethodHead {
-		return
-	}
-	_, _ = w.Write(data[start:])
-}
-
-// holdAfter answers the first GET with the first n bytes of data (the whole
-// file announced), then waits for release (or the client to go), then, when
-// drop, drops the connection.
-func holdAfter(data []byte, n int, release <-chan struct{}, drop bool) func(http.ResponseWriter, *http.Request, int) bool {
-	return func(w http.ResponseWriter, r *http.Request, i int) bool {
-		if i != 0 {
-			return false
-		}
-		w.Header().Set("Content-Length", strconv.Itoa(len(data)))
-		w.Header().Set("Accept-Ranges", "bytes")
-		w.WriteHeader(http.StatusOK)
-		_, _ = w.Write(data[:n])
-		w.(http.Flusher).Flush()
-		select {
-		case <-release:
-		case <-r.Context().Done():
-		}
-		if drop {
-			panic(http.ErrAbortHandler)
-		}
-		_, _ = w.Write(data[n:])
-		return true
-	}
 }
 
 // progressAt returns a Progress callback and a channel closed once Done
@@ -212,7 +89,7 @@ func wantClass(t *testing.T, err error, class string) *fetch.Error {
 
 func TestFetchAndCacheHit(t *testing.T) {
 	data := model(300 << 10)
-	srv := newServer(t, map[string][]byte{"/m.gguf": data})
+	srv := modelserver.Start(t, map[string][]byte{"/m.gguf": data})
 	dir := t.TempDir()
 	f := newFetcher(t, dir, cache.Options{}, fetch.Options{})
 	req := fetch.Request{URL: srv.URL + "/m.gguf", SHA256: digestOf(data), Size: int64(len(data))}
@@ -224,7 +101,7 @@ func TestFetchAndCacheHit(t *testing.T) {
 	if p != f.Cache().Path(digestOf(data), "m.gguf") {
 		t.Errorf("path %s is not the cache's CACHE/sha256/DIGEST/m.gguf", p)
 	}
-	if n := len(srv.gets()); n != 1 {
+	if n := len(srv.GETs()); n != 1 {
 		t.Fatalf("%d GETs for a fresh fetch; want 1", n)
 	}
 	// Again, by this Fetcher and by a new one on the same cache: nothing downloads.
@@ -235,16 +112,15 @@ func TestFetchAndCacheHit(t *testing.T) {
 			t.Fatalf("second Fetch = %s, %v; want %s", p2, err, p)
 		}
 	}
-	if n := len(srv.requests()); n != 1 {
+	if n := len(srv.Requests()); n != 1 {
 		t.Errorf("%d requests after fetching a cached model again; want still 1", n)
 	}
 }
 
 func TestConcurrentFetchesShareOneDownload(t *testing.T) {
 	data := model(200 << 10)
-	srv := newServer(t, map[string][]byte{"/m.gguf": data})
-	release := make(chan struct{})
-	srv.setHook(holdAfter(data, len(data)/2, release, false))
+	srv := modelserver.Start(t, map[string][]byte{"/m.gguf": data})
+	hold := srv.Hold("/m.gguf", int64(len(data)/2))
 	f := newFetcher(t, t.TempDir(), cache.Options{}, fetch.Options{})
 	req := fetch.Request{URL: srv.URL + "/m.gguf", SHA256: digestOf(data)}
 
@@ -274,7 +150,7 @@ func TestConcurrentFetchesShareOneDownload(t *testing.T) {
 		results <- result{p, err}
 	}()
 	<-joined
-	close(release)
+	hold.Release()
 	var paths []string
 	for range 2 {
 		r := <-results
@@ -286,7 +162,7 @@ func TestConcurrentFetchesShareOneDownload(t *testing.T) {
 	if paths[0] != paths[1] {
 		t.Errorf("the two Fetches returned %v", paths)
 	}
-	if n := len(srv.gets()); n != 1 {
+	if n := len(srv.GETs()); n != 1 {
 		t.Errorf("%d GETs for two concurrent Fetches of one digest; want 1", n)
 	}
 	if _, ok := f.Progress(req.SHA256); ok {
@@ -300,26 +176,25 @@ func TestResume(t *testing.T) {
 	wantRange := fmt.Sprintf("bytes=%d-", half)
 
 	t.Run("dropped connection", func(t *testing.T) {
-		srv := newServer(t, map[string][]byte{"/m.gguf": data})
-		release := make(chan struct{})
-		srv.setHook(holdAfter(data, half, release, true))
+		srv := modelserver.Start(t, map[string][]byte{"/m.gguf": data})
+		hold := srv.Hold("/m.gguf", int64(half))
 		f := newFetcher(t, t.TempDir(), cache.Options{}, fetch.Options{})
 		progress, reached := progressAt(int64(half))
-		go func() { <-reached; close(release) }()
+		go func() { <-reached; hold.Drop() }()
 		p, err := f.Fetch(context.Background(), fetch.Request{URL: srv.URL + "/m.gguf", SHA256: digestOf(data), Progress: progress})
 		if err != nil {
-			t.Fatal(err, srv.requests())
+			t.Fatal(err, srv.Requests())
 		}
 		wantVerified(t, f, p, data)
-		gets := srv.gets()
+		gets := srv.GETs()
 		if len(gets) != 2 || gets[0].Range != "" || gets[1].Range != wantRange {
 			t.Errorf("GETs %+v; want a plain one, then Range %s", gets, wantRange)
 		}
 	})
 
 	t.Run("process restart", func(t *testing.T) {
-		srv := newServer(t, map[string][]byte{"/m.gguf": data})
-		srv.setHook(holdAfter(data, half, nil, true)) // holds until the client goes
+		srv := modelserver.Start(t, map[string][]byte{"/m.gguf": data})
+		srv.Hold("/m.gguf", int64(half)) // held until the client goes
 		dir := t.TempDir()
 		f := newFetcher(t, dir, cache.Options{}, fetch.Options{})
 		progress, reached := progressAt(int64(half))
@@ -341,37 +216,33 @@ func TestResume(t *testing.T) {
 			t.Fatal(err)
 		}
 		wantVerified(t, f2, p, data)
-		gets := srv.gets()
+		gets := srv.GETs()
 		if len(gets) != 2 || gets[1].Range != wantRange {
 			t.Errorf("GETs %+v; want the second with Range %s", gets, wantRange)
 		}
 	})
 
 	t.Run("server ignores the range", func(t *testing.T) {
-		srv := newServer(t, map[string][]byte{"/m.gguf": data})
+		srv := modelserver.Start(t, map[string][]byte{"/m.gguf": data})
 		dir := t.TempDir()
 		f := newFetcher(t, dir, cache.Options{}, fetch.Options{})
 		d := digestOf(data)
 		if err := os.WriteFile(f.Cache().PartialPath(d), data[:half], 0o644); err != nil {
 			t.Fatal(err)
 		}
-		srv.setHook(func(w http.ResponseWriter, r *http.Request, _ int) bool {
-			r.Header.Del("Range")
-			serveRange(w, r, data)
-			return true
-		})
+		srv.IgnoreRange(true)
 		p, err := f.Fetch(context.Background(), fetch.Request{URL: srv.URL + "/m.gguf", SHA256: d})
 		if err != nil {
 			t.Fatal(err)
 		}
 		wantVerified(t, f, p, data)
-		if gets := srv.gets(); len(gets) != 1 || gets[0].Range != wantRange {
+		if gets := srv.GETs(); len(gets) != 1 || gets[0].Range != wantRange {
 			t.Errorf("GETs %+v; want one with Range %s (answered 200)", gets, wantRange)
 		}
 	})
 
 	t.Run("partial file already complete", func(t *testing.T) {
-		srv := newServer(t, map[string][]byte{"/m.gguf": data})
+		srv := modelserver.Start(t, map[string][]byte{"/m.gguf": data})
 		f := newFetcher(t, t.TempDir(), cache.Options{}, fetch.Options{})
 		d := digestOf(data)
 		if err := os.WriteFile(f.Cache().PartialPath(d), data, 0o644); err != nil {
@@ -382,7 +253,7 @@ func TestResume(t *testing.T) {
 			t.Fatal(err)
 		}
 		wantVerified(t, f, p, data)
-		if gets := srv.gets(); len(gets) != 1 || gets[0].Range != fmt.Sprintf("bytes=%d-", len(data)) {
+		if gets := srv.GETs(); len(gets) != 1 || gets[0].Range != fmt.Sprintf("bytes=%d-", len(data)) {
 			t.Errorf("GETs %+v; want one range request answered 416", gets)
 		}
 	})
@@ -398,7 +269,7 @@ func TestDigestMismatch(t *testing.T) {
 		{"wrong size", int64(len(data)) + 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := newServer(t, map[string][]byte{"/m.gguf": data})
+			srv := modelserver.Start(t, map[string][]byte{"/m.gguf": data})
 			f := newFetcher(t, t.TempDir(), cache.Options{}, fetch.Options{})
 			wrong := digestOf([]byte("something else"))
 			if tc.size != 0 {
@@ -432,11 +303,8 @@ func TestHTTPErrors(t *testing.T) {
 		{http.StatusBadGateway, "retried later", true},
 	} {
 		t.Run(strconv.Itoa(tc.code), func(t *testing.T) {
-			srv := newServer(t, nil)
-			srv.setHook(func(w http.ResponseWriter, _ *http.Request, _ int) bool {
-				w.WriteHeader(tc.code)
-				return true
-			})
+			srv := modelserver.Start(t, nil)
+			srv.Fail("/m.gguf", tc.code)
 			f := newFetcher(t, t.TempDir(), cache.Options{}, fetch.Options{Token: func() (string, error) { return token, nil }})
 			_, err := f.Fetch(context.Background(), fetch.Request{URL: srv.URL + "/m.gguf", SHA256: digestOf([]byte("x"))})
 			fe := wantClass(t, err, fetch.ClassHTTP)
@@ -444,7 +312,7 @@ func TestHTTPErrors(t *testing.T) {
 				t.Errorf("error code %d hint %q temporary %v; want %d, a hint with %q, %v", fe.Code, fe.Hint, fe.Temporary, tc.code, tc.hint, tc.temporary)
 			}
 			// One request: the caller's backoff retries, not a loop here.
-			if n := len(srv.requests()); n != 1 {
+			if n := len(srv.Requests()); n != 1 {
 				t.Errorf("%d requests; want 1", n)
 			}
 		})
@@ -453,8 +321,8 @@ func TestHTTPErrors(t *testing.T) {
 
 func TestStall(t *testing.T) {
 	data := model(64 << 10)
-	srv := newServer(t, map[string][]byte{"/m.gguf": data})
-	srv.setHook(holdAfter(data, 1000, nil, true)) // sends 1000 bytes, then nothing
+	srv := modelserver.Start(t, map[string][]byte{"/m.gguf": data})
+	srv.Hold("/m.gguf", 1000) // sends 1000 bytes, then nothing
 	f := newFetcher(t, t.TempDir(), cache.Options{}, fetch.Options{StallTimeout: 200 * time.Millisecond})
 	_, err := f.Fetch(context.Background(), fetch.Request{URL: srv.URL + "/m.gguf", SHA256: digestOf(data)})
 	fe := wantClass(t, err, fetch.ClassStalled)
@@ -478,23 +346,17 @@ func TestInsufficientDisk(t *testing.T) {
 		{"size from Content-Length: no body read", 0, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := newServer(t, map[string][]byte{"/m.gguf": data})
+			srv := modelserver.Start(t, map[string][]byte{"/m.gguf": data})
 			// Headers, then no body until the client goes: the check must
 			// come from the headers alone.
-			srv.setHook(func(w http.ResponseWriter, r *http.Request, _ int) bool {
-				w.Header().Set("Content-Length", strconv.Itoa(len(data)))
-				w.WriteHeader(http.StatusOK)
-				w.(http.Flusher).Flush()
-				<-r.Context().Done()
-				return true
-			})
+			srv.Hold("/m.gguf", 0)
 			f := newFetcher(t, t.TempDir(), cache.Options{MaxSize: int64(len(data)) / 2}, fetch.Options{})
 			_, err := f.Fetch(context.Background(), fetch.Request{URL: srv.URL + "/m.gguf", SHA256: digestOf(data), Size: tc.size})
 			fe := wantClass(t, err, fetch.ClassInsufficientDisk)
 			if fe.Need != int64(len(data)) || fe.Free != int64(len(data))/2 {
 				t.Errorf("need %d free %d; want %d, %d", fe.Need, fe.Free, len(data), len(data)/2)
 			}
-			if n := len(srv.gets()); n != tc.wantGets {
+			if n := len(srv.GETs()); n != tc.wantGets {
 				t.Errorf("%d GETs; want %d", n, tc.wantGets)
 			}
 			if fi, err := os.Stat(f.Cache().PartialPath(digestOf(data))); err == nil && fi.Size() != 0 {
@@ -504,27 +366,20 @@ func TestInsufficientDisk(t *testing.T) {
 	}
 }
 
-// crossHost returns a server on 127.0.0.1 that redirects every request to
-// the same path on a second server reached as "localhost", and the second.
-func crossHost(t *testing.T, files map[string][]byte, extra http.Header) (origin, cdn *server) {
+// crossHost returns a server on 127.0.0.1 that redirects path to the same
+// path on a second server reached as "localhost" (with extra on the
+// redirect), and the second, which serves data there.
+func crossHost(t *testing.T, path string, data []byte, extra http.Header) (origin, cdn *modelserver.Server) {
 	t.Helper()
-	cdn = newServer(t, files)
-	_, port, _ := net.SplitHostPort(cdn.Listener.Addr().String())
-	cdnURL := "http://localhost:" + port
-	origin = newServer(t, nil)
-	origin.setHook(func(w http.ResponseWriter, r *http.Request, _ int) bool {
-		for k, v := range extra {
-			w.Header()[k] = v
-		}
-		http.Redirect(w, r, cdnURL+r.URL.Path, http.StatusFound)
-		return true
-	})
+	cdn = modelserver.Start(t, map[string][]byte{path: data})
+	origin = modelserver.Start(t, nil)
+	origin.Redirect(path, cdn.LocalhostURL()+path, extra)
 	return origin, cdn
 }
 
 func TestTokenStaysOnTheSourceHost(t *testing.T) {
 	data := model(32 << 10)
-	origin, cdn := crossHost(t, map[string][]byte{"/m.gguf": data}, nil)
+	origin, cdn := crossHost(t, "/m.gguf", data, nil)
 	f := newFetcher(t, t.TempDir(), cache.Options{}, fetch.Options{Token: func() (string, error) { return token, nil }})
 	if !strings.HasPrefix(origin.URL, "http://127.0.0.1:") {
 		t.Fatalf("origin at %s; the test needs it on 127.0.0.1", origin.URL)
@@ -534,23 +389,23 @@ func TestTokenStaysOnTheSourceHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantVerified(t, f, p, data)
-	if got := origin.requests(); len(got) != 1 || got[0].Authorization != "Bearer "+token {
+	if got := origin.Requests(); len(got) != 1 || got[0].Authorization != "Bearer "+token {
 		t.Errorf("origin saw %+v; want one request with the token", got)
 	}
-	if got := cdn.requests(); len(got) != 1 || got[0].Authorization != "" {
+	if got := cdn.Requests(); len(got) != 1 || got[0].Authorization != "" {
 		t.Errorf("the other host saw %+v; want one request without Authorization", got)
 	}
 }
 
 func TestOffline(t *testing.T) {
 	data := model(16 << 10)
-	srv := newServer(t, map[string][]byte{"/m.gguf": data})
+	srv := modelserver.Start(t, map[string][]byte{"/m.gguf": data})
 	dir := t.TempDir()
 	req := fetch.Request{URL: srv.URL + "/m.gguf", SHA256: digestOf(data)}
 	offline := newFetcher(t, dir, cache.Options{}, fetch.Options{Offline: true})
 	_, err := offline.Fetch(context.Background(), req)
 	wantClass(t, err, fetch.ClassNotCached)
-	if n := len(srv.requests()); n != 0 {
+	if n := len(srv.Requests()); n != 0 {
 		t.Fatalf("offline mode sent %d requests", n)
 	}
 	online := newFetcher(t, dir, cache.Options{}, fetch.Options{})
@@ -571,7 +426,7 @@ func TestOffline(t *testing.T) {
 	}
 	_, err = offline.Fetch(context.Background(), req)
 	wantClass(t, err, fetch.ClassNotCached)
-	if n := len(srv.requests()); n != 1 {
+	if n := len(srv.Requests()); n != 1 {
 		t.Errorf("%d requests in all; want the online one only", n)
 	}
 }
@@ -579,7 +434,7 @@ func TestOffline(t *testing.T) {
 func TestResolve(t *testing.T) {
 	data := model(8 << 10)
 	claimed := digestOf(data)
-	origin, cdn := crossHost(t, map[string][]byte{"/org/repo/resolve/c/m.gguf": data}, http.Header{
+	origin, cdn := crossHost(t, "/org/repo/resolve/c/m.gguf", data, http.Header{
 		"X-Linked-Etag": {`"` + claimed + `"`},
 		"X-Linked-Size": {"123456789"},
 	})
@@ -591,12 +446,12 @@ func TestResolve(t *testing.T) {
 	if r.SHA256 != claimed || r.Size != 123456789 || !r.AcceptRanges {
 		t.Errorf("Resolve = %+v; want the linked digest and size, ranges accepted", r)
 	}
-	if got := cdn.requests(); len(got) != 1 || got[0].Method != http.MethodHead || got[0].Authorization != "" {
+	if got := cdn.Requests(); len(got) != 1 || got[0].Method != http.MethodHead || got[0].Authorization != "" {
 		t.Errorf("the other host saw %+v; want one HEAD without Authorization", got)
 	}
 
 	// A plain source: the size from Content-Length, no digest.
-	plain := newServer(t, map[string][]byte{"/m.gguf": data})
+	plain := modelserver.Start(t, map[string][]byte{"/m.gguf": data})
 	r, err = f.Resolve(context.Background(), plain.URL+"/m.gguf")
 	if err != nil || r.Size != int64(len(data)) || r.SHA256 != "" {
 		t.Errorf("Resolve of a plain source = %+v, %v; want size %d, no digest", r, err, len(data))
@@ -612,7 +467,7 @@ func TestFetchManifest(t *testing.T) {
 		"/base/config.json":               []byte(`{"model_type":"llama"}`),
 		"/base/weights/model.safetensors": model(100 << 10),
 	}
-	srv := newServer(t, files)
+	srv := modelserver.Start(t, files)
 	var m modelsource.Manifest
 	for p, b := range files {
 		m.Files = append(m.Files, modelsource.File{Path: strings.TrimPrefix(p, "/base/"), SHA256: digestOf(b), Size: int64(len(b))})
@@ -639,28 +494,27 @@ func TestFetchManifest(t *testing.T) {
 	if _, verified, err := f.Cache().LookupManifest(m); !verified || err != nil {
 		t.Errorf("LookupManifest = %v, %v; want verified", verified, err)
 	}
-	n := len(srv.requests())
+	n := len(srv.Requests())
 	if _, err := f.FetchManifest(context.Background(), req); err != nil {
 		t.Fatal(err)
 	}
-	if n != 2 || len(srv.requests()) != n {
-		t.Errorf("%d requests, then %d after fetching again; want 2 and no more", n, len(srv.requests()))
+	if n != 2 || len(srv.Requests()) != n {
+		t.Errorf("%d requests, then %d after fetching again; want 2 and no more", n, len(srv.Requests()))
 	}
 
 	// A directory that does not fit is refused before any file is fetched.
 	small := newFetcher(t, t.TempDir(), cache.Options{MaxSize: m.Size() - 1}, fetch.Options{})
 	_, err = small.FetchManifest(context.Background(), req)
 	wantClass(t, err, fetch.ClassInsufficientDisk)
-	if len(srv.requests()) != n {
+	if len(srv.Requests()) != n {
 		t.Error("a directory too big for the cache was fetched")
 	}
 }
 
 func TestParallelLimit(t *testing.T) {
 	a, b := model(64<<10), model(65<<10)
-	srv := newServer(t, map[string][]byte{"/a.gguf": a, "/b.gguf": b})
-	release := make(chan struct{})
-	srv.setHook(holdAfter(a, len(a)/2, release, false)) // the first GET (of a) is held
+	srv := modelserver.Start(t, map[string][]byte{"/a.gguf": a, "/b.gguf": b})
+	hold := srv.Hold("/a.gguf", int64(len(a)/2))
 	f := newFetcher(t, t.TempDir(), cache.Options{}, fetch.Options{Parallel: 1})
 
 	errs := make(chan error, 2)
@@ -684,16 +538,16 @@ func TestParallelLimit(t *testing.T) {
 	if p, ok := f.Progress(digestOf(b)); !ok || !p.Queued {
 		t.Errorf("Progress of the second download = %+v, %v; want queued", p, ok)
 	}
-	if n := len(srv.gets()); n != 1 {
+	if n := len(srv.GETs()); n != 1 {
 		t.Errorf("%d GETs while one slot is taken; want 1", n)
 	}
-	close(release)
+	hold.Release()
 	for range 2 {
 		if err := <-errs; err != nil {
 			t.Fatal(err)
 		}
 	}
-	if gets := srv.gets(); len(gets) != 2 || gets[1].Path != "/b.gguf" {
+	if gets := srv.GETs(); len(gets) != 2 || gets[1].Path != "/b.gguf" {
 		t.Errorf("GETs %+v; want a, then b", gets)
 	}
 }

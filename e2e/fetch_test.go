@@ -1,0 +1,310 @@
+//go:build linux
+
+package e2e
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/poolmanagerd/pool-managerd/drivers/model/cache"
+	"github.com/poolmanagerd/pool-managerd/internal/api"
+	"github.com/poolmanagerd/pool-managerd/testkit/ggufgen"
+	"github.com/poolmanagerd/pool-managerd/testkit/modelserver"
+)
+
+// The tests of models the daemon fetches (model.source): a
+// testkit/modelserver on loopback stands in for the remote, and holds its
+// bytes back where a test must act halfway through a download.
+
+const modelPath = "/m.gguf"
+
+// tinyGGUF is a small GGUF model (ggufgen.Tiny, under a megabyte): the
+// stand-in engine checks the magic of the file it is given.
+func tinyGGUF(t *testing.T) []byte {
+	t.Helper()
+	name := filepath.Join(t.TempDir(), "tiny.gguf")
+	if _, err := ggufgen.Write(name, ggufgen.Tiny()); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+// modelCache opens the daemon's model cache (serve's default,
+// STATE_DIR/models) to find its files.
+func (w *workspace) modelCache() *cache.Cache {
+	w.t.Helper()
+	c, err := cache.Open(filepath.Join(w.state, "models"), cache.Options{})
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	return c
+}
+
+// wantCached checks that the cache holds data as a verified file of its
+// digest, and no partial download of it.
+func (w *workspace) wantCached(data []byte) string {
+	w.t.Helper()
+	c := w.modelCache()
+	digest := modelserver.SHA256(data)
+	path, verified, err := c.Lookup(digest, "m.gguf")
+	if err != nil || path == "" || !verified {
+		w.t.Fatalf("the cache's entry of %s: %q verified %v, %v; want a verified file", digest, path, verified, err)
+	}
+	got, err := os.ReadFile(path)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	if modelserver.SHA256(got) != digest {
+		w.t.Fatalf("%s: %d bytes that are not the model's (%d bytes)", path, len(got), len(data))
+	}
+	if _, err := os.Stat(c.PartialPath(digest)); !os.IsNotExist(err) {
+		w.t.Errorf("a partial download of %s is left: %v", digest, err)
+	}
+	return path
+}
+
+// wantNotCached checks that the cache holds nothing of digest: no file,
+// no partial download; with emptyPartial, a partial download of no bytes
+// (made before a request that failed) may be there.
+func (w *workspace) wantNotCached(digest string, emptyPartial bool) {
+	w.t.Helper()
+	c := w.modelCache()
+	if path, _, _ := c.Lookup(digest, "m.gguf"); path != "" {
+		w.t.Errorf("the cache holds %s at %s", digest, path)
+	}
+	if fi, err := os.Stat(c.PartialPath(digest)); err == nil && (!emptyPartial || fi.Size() != 0) {
+		w.t.Errorf("a partial download of %s is left: %d bytes", digest, fi.Size())
+	}
+}
+
+// phasesOf are the phases the daemon's JSON log shows a pool going
+// through, repeats folded (read after the daemon ended with term).
+func (d *daemon) phasesOf(id string) []string {
+	events, _ := d.logEvents()
+	var out []string
+	for _, e := range events {
+		if e.str("pool") != id || e.str("phase") == "" {
+			continue
+		}
+		if p := e.str("phase"); len(out) == 0 || out[len(out)-1] != p {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// TestFetchLifecycle: a pool with a source goes Pending → Fetching →
+// Preloading → Ready, showing its download's progress while Fetching; a
+// second pool with the same source fetches nothing and runs on the same file.
+func TestFetchLifecycle(t *testing.T) {
+	t.Parallel()
+	data := tinyGGUF(t)
+	half := int64(len(data) / 2)
+	srv := modelserver.Start(t, map[string][]byte{modelPath: data})
+	hold := srv.Hold(modelPath, half)
+	w := newWorkspace(t)
+	a := pool{ID: "a", Source: srv.URL + modelPath, SHA256: modelserver.SHA256(data)}
+	w.writeConfig(a)
+	d := w.serve()
+
+	<-hold.Sent()
+	r := w.run(nil, "wait", "--state-dir", w.state, "a", "--for", "phase=Fetching", "--timeout", (cmdTimeout - 5*time.Second).String())
+	mustExit(t, r, 0)
+	p := d.waitPool("a", fmt.Sprintf("Fetching with %d of %d bytes done", half, len(data)), func(p api.Pool) bool {
+		return p.Phase == "Fetching" && p.Fetch != nil && p.Fetch.BytesDone == half
+	})
+	if p.Fetch.BytesTotal != int64(len(data)) || p.Fetch.StartedAt.IsZero() || p.PID != 0 {
+		t.Errorf("pool a while its download is held: %+v, fetch %+v; want the total, a start time and no engine", p, *p.Fetch)
+	}
+	w.noEngine("a")
+
+	hold.Release()
+	p = d.waitPools("a")["a"]
+	if p.Fetch != nil {
+		t.Errorf("pool a is Ready and still shows a fetch: %+v", *p.Fetch)
+	}
+	path := w.wantCached(data)
+	contains(t, "a's engine command line", cmdline(t, p.PID), "--model "+path)
+
+	// A second pool of the same model: no download, the same file.
+	w.writeConfig(a, pool{ID: "b", Devices: []int{1}, Source: a.Source, SHA256: a.SHA256})
+	q := d.waitPools("a", "b")
+	contains(t, "b's engine command line", cmdline(t, q["b"].PID), "--model "+path)
+	if gets := srv.GETs(); len(gets) != 1 {
+		t.Errorf("the server saw %d GETs for two pools of one model: %+v; want 1", len(gets), gets)
+	}
+	d.samePIDs(map[string]api.Pool{"a": p}, "a")
+
+	d.term()
+	// The log's phase events (Pending, where the daemon logs it, comes first).
+	phases := d.phasesOf("a")
+	if got := slices.DeleteFunc(slices.Clone(phases), func(s string) bool { return s == "Pending" }); !slices.Equal(got, []string{"Fetching", "Preloading", "Ready"}) ||
+		slices.Index(phases, "Pending") > 0 {
+		t.Errorf("pool a went through the phases %v; want Pending, Fetching, Preloading, Ready", phases)
+	}
+}
+
+// TestFetchResumeAfterKill: the daemon killed with SIGKILL halfway through
+// a download; the next daemon asks for the rest only (a range request from
+// the bytes on disk) and ends with a verified file.
+func TestFetchResumeAfterKill(t *testing.T) {
+	t.Parallel()
+	data := tinyGGUF(t)
+	half := int64(len(data) / 2)
+	srv := modelserver.Start(t, map[string][]byte{modelPath: data})
+	hold := srv.Hold(modelPath, half)
+	w := newWorkspace(t)
+	w.writeConfig(pool{ID: "a", Source: srv.URL + modelPath, SHA256: modelserver.SHA256(data)})
+	d := w.serve()
+
+	<-hold.Sent()
+	// The daemon has the bytes before the hold (on disk: it writes as they
+	// arrive) once it says so.
+	d.waitPool("a", fmt.Sprintf("%d bytes fetched", half), func(p api.Pool) bool {
+		return p.Fetch != nil && p.Fetch.BytesDone == half
+	})
+	d.kill()
+	<-hold.Done() // the server saw the connection go with the daemon
+	hold.Release()
+	if fi, err := os.Stat(w.modelCache().PartialPath(modelserver.SHA256(data))); err != nil || fi.Size() != half {
+		t.Fatalf("the partial download after the kill: %v, %v; want %d bytes", fi, err, half)
+	}
+
+	d2 := w.serve()
+	p := d2.waitPools("a")["a"]
+	w.wantCached(data)
+	gets := srv.GETs()
+	want := "bytes=" + strconv.FormatInt(half, 10) + "-"
+	if len(gets) != 2 || gets[0].Range != "" || gets[1].Range != want || gets[1].Sent != int64(len(data))-half {
+		t.Errorf("GETs %+v; want a plain one, then one with Range %s that got the rest", gets, want)
+	}
+	if n := w.spawns("a"); n != 1 {
+		t.Errorf("pool a: %d engine starts; want 1", n)
+	}
+	if p.Restarts != 0 {
+		t.Errorf("pool a: %d restarts after a resumed download; want 0", p.Restarts)
+	}
+}
+
+// TestFetchDigestMismatch: a source whose bytes do not match the declared
+// sha256: the pool is Unready with the digest class and its hint, no engine
+// is ever started, and the download is deleted.
+func TestFetchDigestMismatch(t *testing.T) {
+	t.Parallel()
+	data := tinyGGUF(t)
+	srv := modelserver.Start(t, map[string][]byte{modelPath: data})
+	wrong := modelserver.SHA256([]byte("another model"))
+	w := newWorkspace(t)
+	// One try: the next is an hour away, so that nothing runs while the
+	// test looks at the cache.
+	w.writeConfig(pool{ID: "a", Source: srv.URL + modelPath, SHA256: wrong, Restart: `initialBackoff: "1h", maxBackoff: "1h", jitter: 0`})
+	d := w.serve()
+
+	p := d.waitPool("a", "failed with model_digest_mismatch", func(p api.Pool) bool {
+		return p.LastError != nil && p.LastError.Class == "model_digest_mismatch"
+	})
+	if p.Phase != "Unready" && p.Phase != "Failed" {
+		t.Errorf("pool a is %s after a digest mismatch; want Unready (or Failed once its breaker opens)", p.Phase)
+	}
+	contains(t, "the failure's message", p.LastError.Message, wrong)
+	if p.LastError.Hint == "" {
+		t.Error("a digest mismatch without a hint")
+	}
+	if p.Ready || p.PID != 0 {
+		t.Errorf("pool a after a digest mismatch: ready %v pid %d", p.Ready, p.PID)
+	}
+	w.noEngine("a")
+	if n := w.spawns("a"); n != 0 {
+		t.Errorf("pool a: %d engine starts with a model that failed its digest; want 0", n)
+	}
+	w.wantNotCached(wrong, false)
+	w.wantNotCached(modelserver.SHA256(data), false)
+	if gets := srv.GETs(); len(gets) != 1 || gets[0].Sent != int64(len(data)) {
+		t.Errorf("GETs %+v; want one that got the whole file", gets)
+	}
+	d.metrics().expect(t, "pool_managerd_model_fetch_failures_total", map[string]string{"class": "model_digest_mismatch"}, 1)
+}
+
+// TestFetchHTTPErrors: a source that answers 404 or 500: fetch_http with the
+// code in the message, a backoff between tries (no hot loop: the tries come
+// at least the initial backoff apart, one GET each), no engine.
+func TestFetchHTTPErrors(t *testing.T) {
+	t.Parallel()
+	for _, code := range []int{http.StatusNotFound, http.StatusInternalServerError} {
+		t.Run(strconv.Itoa(code), func(t *testing.T) {
+			t.Parallel()
+			srv := modelserver.Start(t, nil)
+			srv.Fail(modelPath, code)
+			w := newWorkspace(t)
+			const backoff = 200 * time.Millisecond
+			w.writeConfig(pool{ID: "a", Source: srv.URL + modelPath, SHA256: modelserver.SHA256([]byte("x")),
+				Restart: fmt.Sprintf(`initialBackoff: "%v", maxBackoff: "%v", jitter: 0, stopGrace: "2s"`, backoff, 2*backoff)})
+			d := w.serve()
+
+			p := d.waitPool("a", "failed with fetch_http", func(p api.Pool) bool {
+				return p.LastError != nil && p.LastError.Class == "fetch_http" && !p.NextRetry.IsZero()
+			})
+			contains(t, "the failure's message", p.LastError.Message, strconv.Itoa(code))
+			if p.LastError.Hint == "" {
+				t.Error("fetch_http without a hint")
+			}
+			d.waitFor("three tries", func() bool { return len(srv.GETs()) >= 3 })
+			gets := srv.GETs()
+			for i := 1; i < len(gets); i++ {
+				if gap := gets[i].Time.Sub(gets[i-1].Time); gap < backoff {
+					t.Errorf("GET %d came %v after the one before; want the backoff, %v or more, between tries: %+v", i, gap, backoff, gets)
+				}
+			}
+			w.noEngine("a")
+			if n := w.spawns("a"); n != 0 {
+				t.Errorf("pool a: %d engine starts without its model; want 0", n)
+			}
+			w.wantNotCached(modelserver.SHA256([]byte("x")), true)
+		})
+	}
+}
+
+// TestFetchInsufficientDisk: a model bigger than --model-cache-max is
+// blocked with insufficient_disk before any byte of it is downloaded (the
+// server holds every body at its first byte: a daemon that needed the body
+// to decide would wait in Fetching).
+func TestFetchInsufficientDisk(t *testing.T) {
+	t.Parallel()
+	data := tinyGGUF(t)
+	srv := modelserver.Start(t, map[string][]byte{modelPath: data})
+	for range 10 {
+		srv.Hold(modelPath, 0)
+	}
+	w := newWorkspace(t)
+	w.writeConfig(pool{ID: "a", Source: srv.URL + modelPath, SHA256: modelserver.SHA256(data)})
+	limit := len(data) / 2
+	d := w.serve("--model-cache-max", strconv.Itoa(limit))
+
+	p := d.waitPool("a", "blocked with insufficient_disk", func(p api.Pool) bool {
+		return p.LastError != nil && p.LastError.Class == "insufficient_disk"
+	})
+	if p.Ready || p.PID != 0 || p.Phase == "Preloading" || p.Phase == "Ready" {
+		t.Errorf("pool a with too little disk: %+v", p)
+	}
+	contains(t, "the failure's message", p.LastError.Message+" "+p.LastError.Hint, "--model-cache-max")
+	if sent := srv.SentOf(modelPath); sent != 0 {
+		t.Errorf("%d bytes of the model sent; want none", sent)
+	}
+	for _, r := range srv.Requests() {
+		if r.Method == http.MethodGet && r.Range != "" {
+			t.Errorf("a range request %+v: the daemon tried to download", r)
+		}
+	}
+	w.noEngine("a")
+	w.wantNotCached(modelserver.SHA256(data), true)
+}
