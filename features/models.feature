@@ -137,6 +137,6 @@ Feature: Models pool-managerd fetches
       """
     When I run "pool-managerd plan CONFIG --gpus declared"
     Then the exit status is 1
-    And stdout matches "blocked: insufficient VRAM on GPU 1 .*: needs \d+\.\d GiB at ctx 8192"
+    And stdout matches "blocked: insufficient VRAM on GPU 1 .*: needs \d+\.\d GiB for http://127\.0\.0\.1:\d+/llama-70b\.gguf at ctx 8192"
     And stderr contains "1 pool blocked on the declared GPUs: huge"
     And the model server sent only the header of "/llama-70b.gguf"

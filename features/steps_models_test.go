@@ -14,6 +14,7 @@ import (
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
 	"github.com/poolmanagerd/pool-managerd/drivers/model/cache"
 	"github.com/poolmanagerd/pool-managerd/internal/api"
+	"github.com/poolmanagerd/pool-managerd/reconcile"
 	"github.com/poolmanagerd/pool-managerd/testkit/ggufgen"
 	"github.com/poolmanagerd/pool-managerd/testkit/modelserver"
 )
@@ -297,10 +298,10 @@ func (w *world) engineOnCachedCopy(pool, path string) error {
 }
 
 // planFetches: the plan's text shows "fetch SIZE from SOURCE" for the
-// model at path, its size in GiB as the plan prints sizes.
+// model at path, its size as the plan prints sizes (reconcile.ByteSize).
 func (w *world) planFetches(path string) error {
 	size := w.served[path]
-	want := fmt.Sprintf("fetch %.1f GiB from %s%s", float64(size)/(1<<30), w.models.URL, path)
+	want := fmt.Sprintf("fetch %s from %s%s", reconcile.ByteSize(int64(size)), w.models.URL, path)
 	if !strings.Contains(w.stdout, want) {
 		return fmt.Errorf("stdout does not say %q:\n%s", want, w.stdout)
 	}
