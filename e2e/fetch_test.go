@@ -14,6 +14,7 @@ import (
 
 	"github.com/poolmanagerd/pool-managerd/drivers/model/cache"
 	"github.com/poolmanagerd/pool-managerd/internal/api"
+	"github.com/poolmanagerd/pool-managerd/reconcile"
 	"github.com/poolmanagerd/pool-managerd/testkit/ggufgen"
 	"github.com/poolmanagerd/pool-managerd/testkit/modelserver"
 )
@@ -127,6 +128,12 @@ func TestFetchLifecycle(t *testing.T) {
 		t.Errorf("pool a while its download is held: %+v, fetch %+v; want the total, a start time and no engine", p, *p.Fetch)
 	}
 	w.noEngine("a")
+	// status, while the daemon holds the state directory, shows the pool as
+	// the daemon does: Fetching, with how far its download has come.
+	if s := w.status()["a"]; s.Phase != "Fetching" {
+		t.Errorf("status --format json while a's download is held: %s; want phase Fetching", s)
+	}
+	contains(t, "status while a's download is held", w.statusText(), "a: downloading its model: "+reconcile.Fetch{Done: int64(half), Total: int64(len(data))}.Progress())
 
 	hold.Release()
 	p = d.waitPools("a")["a"]

@@ -269,7 +269,7 @@ func stopped(f Facts, hash string, e *Engine, now time.Time) Status {
 	}
 	if f.Fetch != nil {
 		// A start is under way: it downloads the model before it spawns.
-		s.Phase, s.Next, s.Reason = Fetching, NextAwait, "downloading its model: "+f.Fetch.progress()
+		s.Phase, s.Next, s.Reason = Fetching, NextAwait, "downloading its model: "+f.Fetch.Progress()
 		return s
 	}
 	d := t.Decide(now)
@@ -307,8 +307,9 @@ func stopped(f Facts, hash string, e *Engine, now time.Time) Status {
 	return s
 }
 
-// progress says how far a download has come, for people.
-func (f *Fetch) progress() string {
+// Progress says how far a download has come, for people: "1024.0 of 4096.0
+// MiB (25%) at 50.0 MiB/s".
+func (f Fetch) Progress() string {
 	done := fmt.Sprintf("%.1f MiB", float64(f.Done)/(1<<20))
 	if f.Total > 0 {
 		done = fmt.Sprintf("%.1f of %.1f MiB (%.0f%%)", float64(f.Done)/(1<<20), float64(f.Total)/(1<<20), 100*float64(f.Done)/float64(f.Total))

@@ -352,7 +352,7 @@ func reportProgress(stop <-chan struct{}, tick <-chan time.Time, loading func() 
 			for _, pool := range slices.Sorted(maps.Keys(fs)) {
 				f := fs[pool]
 				report(executor.Event{Time: now, Pool: pool, Phase: reconcile.Fetching,
-					Message: fmt.Sprintf("fetching model: %s [%v elapsed]", fetchProgress(f), elapsed(now.Sub(f.Since)))})
+					Message: fmt.Sprintf("fetching model: %s [%v elapsed]", f.Progress(), elapsed(now.Sub(f.Since)))})
 			}
 			for _, l := range loading() {
 				health := "no answer yet"
@@ -364,20 +364,6 @@ func reportProgress(stop <-chan struct{}, tick <-chan time.Time, loading func() 
 			}
 		}
 	}
-}
-
-// fetchProgress is a download's progress for people: "12.0 of 40.0 MiB
-// (30%) at 5.0 MiB/s".
-func fetchProgress(f reconcile.Fetch) string {
-	const mib = 1 << 20
-	s := fmt.Sprintf("%.1f MiB", float64(f.Done)/mib)
-	if f.Total > 0 {
-		s = fmt.Sprintf("%.1f of %.1f MiB (%.0f%%)", float64(f.Done)/mib, float64(f.Total)/mib, 100*float64(f.Done)/float64(f.Total))
-	}
-	if f.BytesPerSecond > 0 {
-		s += fmt.Sprintf(" at %.1f MiB/s", f.BytesPerSecond/mib)
-	}
-	return s
 }
 
 // elapsed is a wait as progress says it: to the tenth of a second under

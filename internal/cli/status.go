@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -39,7 +40,10 @@ node has run (or the named pools): its phase as the pool lifecycle decides it
 (Pending, Fetching, Preloading, Ready, Unready, Draining, Failed, Stopped), its engine (pid,
 port), the memory it holds on each GPU, its restarts, the circuit breaker, and
 its last error with a hint and the next retry. Without the config at hand, a
-pool is taken to want what its engine was started from. Above the table it
+pool is taken to want what its engine was started from. While a daemon holds
+the state directory, status shows the pools as the daemon sees them (GET
+/v1/pools at STATE_DIR/api.addr): with the config in force, and the downloads
+of pools in phase Fetching with their progress. Above the table it
 prints the revision of the config the daemon last applied (the commit, and its
 branch or tag) when that config came from Git. Below it, a line gives the model
 cache's size (--model-cache, default STATE_DIR/models): its models, its bytes and
@@ -72,20 +76,17 @@ error, 2 usage error.`,
 					return err
 				}
 			}
-			gpus, err := src.open(nil, false)
-			if err != nil {
-				return fmt.Errorf("status: %w", err)
-			}
-			defer gpus.Close()
-			obs, err := observe.Observe(cmd.Context(), observe.Options{Node: node, GPUs: gpus, Source: src.String(), Host: src.host(), StateDir: nf.stateDir, ScanProcesses: true})
-			if err != nil {
-				return fmt.Errorf("status: %w", err)
-			}
 			st, err := state.Store{Dir: nf.stateDir}.Load()
 			if err != nil {
 				return fmt.Errorf("status: %w", err)
 			}
-			rows, err := selectPools(poolview.Build(poolview.Input{Observed: obs, State: st, Now: time.Now()}), args)
+			all, ok := daemonPools(cmd.Context(), nf.stateDir)
+			if !ok {
+				if all, err = localPools(cmd.Context(), src, node, nf.stateDir, st); err != nil {
+					return fmt.Errorf("status: %w", err)
+				}
+			}
+			rows, err := selectPools(all, args)
 			if err != nil {
 				return fmt.Errorf("status: %w", err)
 			}
@@ -295,6 +296,11 @@ func writeStatusTable(w io.Writer, rows []api.Pool, now time.Time) error {
 		return err
 	}
 	for _, r := range rows {
+		if f := r.Fetch; f != nil {
+			fmt.Fprintf(w, "\n%s: downloading its model: %s\n", r.Pool, reconcile.Fetch{Done: f.BytesDone, Total: f.BytesTotal, BytesPerSecond: f.BytesPerSecond}.Progress())
+		}
+	}
+	for _, r := range rows {
 		if r.LastError == nil || r.Ready || r.Phase == reconcile.Stopped {
 			continue
 		}
@@ -384,6 +390,44 @@ func sortedPoolIDs(st *state.State) []string {
 		return []string{"none"}
 	}
 	return ids
+}
+
+// daemonPools returns the pools as the daemon that holds the state
+// directory sees them; false when no daemon holds it (or apply does) or its
+// API does not answer within a few seconds: status then reads the state
+// directory itself.
+func daemonPools(ctx context.Context, stateDir string) ([]api.Pool, bool) {
+	lock, err := state.Lock(stateDir)
+	if err == nil {
+		_ = lock.Unlock()
+		return nil, false
+	}
+	addr, err := api.ReadAddr(stateDir)
+	if err != nil {
+		return nil, false
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	pools, err := api.NewClient(addr, os.Getenv(api.TokenEnv)).Pools(ctx)
+	if err != nil {
+		return nil, false
+	}
+	return pools, true
+}
+
+// localPools works out the pools from the state directory and the node's
+// GPUs, as the daemon would without its config.
+func localPools(ctx context.Context, src gpuSource, node, stateDir string, st *state.State) ([]api.Pool, error) {
+	gpus, err := src.open(nil, false)
+	if err != nil {
+		return nil, err
+	}
+	defer gpus.Close()
+	obs, err := observe.Observe(ctx, observe.Options{Node: node, GPUs: gpus, Source: src.String(), Host: src.host(), StateDir: stateDir, ScanProcesses: true})
+	if err != nil {
+		return nil, err
+	}
+	return poolview.Build(poolview.Input{Observed: obs, State: st, Now: time.Now()}), nil
 }
 
 // viaDaemon carries out an operator action through the daemon's API when
