@@ -3,12 +3,14 @@
 package e2e
 
 import (
+	"bytes"
 	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -247,23 +249,37 @@ func TestFetchDigestMismatch(t *testing.T) {
 // at least the initial backoff apart, one GET each), no engine.
 func TestFetchHTTPErrors(t *testing.T) {
 	t.Parallel()
-	for _, code := range []int{http.StatusNotFound, http.StatusInternalServerError} {
-		t.Run(strconv.Itoa(code), func(t *testing.T) {
+	trickled := bytes.Repeat([]byte("m"), 256<<10)
+	for _, tc := range []struct {
+		name  string
+		setup func(srv *modelserver.Server)
+		data  []byte
+		args  []string
+		class string
+		says  string
+	}{
+		{name: "404", setup: func(srv *modelserver.Server) { srv.Fail(modelPath, http.StatusNotFound) }, data: []byte("x"), class: "fetch_http", says: "404"},
+		{name: "500", setup: func(srv *modelserver.Server) { srv.Fail(modelPath, http.StatusInternalServerError) }, data: []byte("x"), class: "fetch_http", says: "500"},
+		// About 10 KB/s: it never stops sending, and never gets far.
+		{name: "trickle", setup: func(srv *modelserver.Server) { srv.Trickle(modelPath, 100, 10*time.Millisecond) }, data: trickled,
+			args: []string{"--fetch-stall-timeout", "300ms"}, class: "fetch_stalled", says: "trickle"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			srv := modelserver.Start(t, nil)
-			srv.Fail(modelPath, code)
+			srv := modelserver.Start(t, map[string][]byte{modelPath: tc.data})
+			tc.setup(srv)
 			w := newWorkspace(t)
 			const backoff = 200 * time.Millisecond
-			w.writeConfig(pool{ID: "a", Source: srv.URL + modelPath, SHA256: modelserver.SHA256([]byte("x")),
+			w.writeConfig(pool{ID: "a", Source: srv.URL + modelPath, SHA256: modelserver.SHA256(tc.data),
 				Restart: fmt.Sprintf(`initialBackoff: "%v", maxBackoff: "%v", jitter: 0, stopGrace: "2s"`, backoff, 2*backoff)})
-			d := w.serve()
+			d := w.serve(tc.args...)
 
-			p := d.waitPool("a", "failed with fetch_http", func(p api.Pool) bool {
-				return p.LastError != nil && p.LastError.Class == "fetch_http" && !p.NextRetry.IsZero()
+			p := d.waitPool("a", "failed with "+tc.class, func(p api.Pool) bool {
+				return p.LastError != nil && p.LastError.Class == tc.class && !p.NextRetry.IsZero()
 			})
-			contains(t, "the failure's message", p.LastError.Message, strconv.Itoa(code))
+			contains(t, "the failure's message", p.LastError.Message, tc.says)
 			if p.LastError.Hint == "" {
-				t.Error("fetch_http without a hint")
+				t.Errorf("%s without a hint", tc.class)
 			}
 			d.waitFor("three tries", func() bool { return len(srv.GETs()) >= 3 })
 			gets := srv.GETs()
@@ -276,7 +292,19 @@ func TestFetchHTTPErrors(t *testing.T) {
 			if n := w.spawns("a"); n != 0 {
 				t.Errorf("pool a: %d engine starts without its model; want 0", n)
 			}
-			w.wantNotCached(modelserver.SHA256([]byte("x")), true)
+			if tc.class == "fetch_http" {
+				w.wantNotCached(modelserver.SHA256(tc.data), true)
+				return
+			}
+			// A stalled download keeps its bytes, and each try resumes from them.
+			if path, _, _ := w.modelCache().Lookup(modelserver.SHA256(tc.data), "m.gguf"); path != "" {
+				t.Errorf("the trickled model is in the cache at %s", path)
+			}
+			for i, g := range gets[1:] {
+				if !strings.HasPrefix(g.Range, "bytes=") || g.Range == "bytes=0-" {
+					t.Errorf("try %d after a stall asked for range %q; want it to resume from the bytes on disk", i+2, g.Range)
+				}
+			}
 		})
 	}
 }

@@ -47,7 +47,7 @@ func (m *modelFlags) registerFetch(cmd *cobra.Command) {
 	fl := cmd.Flags()
 	fl.StringVar(&m.maxSize, "model-cache-max", "0", "cap on the model cache's size (e.g. 500Gi); 0: the disk's free space is the only limit")
 	fl.IntVar(&m.parallel, "fetch-parallel", 2, "how many model downloads run at once")
-	fl.DurationVar(&m.stall, "fetch-stall-timeout", 60*time.Second, "a download that receives nothing for this long fails (fetch_stalled) and is retried with backoff")
+	fl.DurationVar(&m.stall, "fetch-stall-timeout", 60*time.Second, "a download that receives less than 64 KiB in this long (nothing, or a trickle) fails (fetch_stalled) and is retried with backoff")
 }
 
 // registerGC registers the cache hygiene flag (serve).

@@ -157,8 +157,8 @@ downloads the model into the model cache (--model-cache, default
 STATE_DIR/models; CACHE/sha256/DIGEST/FILE), verified against its sha256 before
 anything is spawned; pools of one model share one download and one file.
 Downloads resume after a dropped connection or a restart, run --fetch-parallel
-at a time, and fail (fetch_stalled) when nothing arrives for
---fetch-stall-timeout. --offline uses only models already in the cache. A
+at a time, and fail (fetch_stalled) when less than 64 KiB arrives in
+--fetch-stall-timeout (nothing, or a trickle). --offline uses only models already in the cache. A
 token for private sources comes from --model-token-file or
 POOL_MANAGERD_MODEL_TOKEN, and goes only to a source's own host. At each resync
 the models no pool of the node uses, last used longer than --cache-grace ago,

@@ -51,6 +51,9 @@ import (
 const (
 	DefaultParallel     = 2
 	DefaultStallTimeout = 60 * time.Second
+	// DefaultStallBytes is the least a download must receive in each
+	// stall timeout.
+	DefaultStallBytes   = 64 << 10
 	DefaultRetries      = 5
 	DefaultRetryBackoff = time.Second
 )
@@ -89,9 +92,14 @@ type Options struct {
 	Token TokenSource
 	// Parallel is how many downloads run at once; 0 means DefaultParallel.
 	Parallel int
-	// StallTimeout fails a download (ClassStalled) that receives no byte for
-	// this long; 0 means DefaultStallTimeout.
+	// StallTimeout fails a download (ClassStalled) that receives less than
+	// StallBytes in this long: nothing at all, or a trickle; 0 means
+	// DefaultStallTimeout.
 	StallTimeout time.Duration
+	// StallBytes is the least a download must receive in each StallTimeout;
+	// 0 means DefaultStallBytes (64 KiB: about 1 KiB/s at the default
+	// timeout, at which a model of gigabytes would take weeks).
+	StallBytes int64
 	// Retries is how many times a Fetch resumes after a dropped connection;
 	// 0 means DefaultRetries, negative none.
 	Retries int
@@ -151,6 +159,9 @@ func New(c *cache.Cache, opts Options) *Fetcher {
 	}
 	if opts.StallTimeout <= 0 {
 		opts.StallTimeout = DefaultStallTimeout
+	}
+	if opts.StallBytes <= 0 {
+		opts.StallBytes = DefaultStallBytes
 	}
 	switch {
 	case opts.Retries == 0:
@@ -553,8 +564,8 @@ func (d *download) attempt(ctx context.Context) (complete bool, err error) {
 	stallErr := func(err error) error {
 		return &Error{
 			Class:     ClassStalled,
-			Message:   fmt.Sprintf("GET %s: no data for %s at %d of %d bytes", d.req.URL, d.f.opts.StallTimeout, d.done, d.total),
-			Hint:      "the source or the network is stalled; retried later (--fetch-stall-timeout sets the limit)",
+			Message:   fmt.Sprintf("GET %s: less than %d bytes in %s (stalled, or a trickle) at %d of %d bytes", d.req.URL, d.f.opts.StallBytes, d.f.opts.StallTimeout, d.done, d.total),
+			Hint:      "the source or the network is stalled or crawling; retried later, resuming from the bytes on disk (--fetch-stall-timeout sets the limit)",
 			Temporary: true, Err: err,
 		}
 	}
@@ -622,10 +633,15 @@ func (d *download) attempt(ctx context.Context) (complete bool, err error) {
 	}
 
 	buf := make([]byte, 256<<10)
+	var window int64 // bytes since the stall timer last started
 	for {
 		n, rerr := resp.Body.Read(buf)
 		if n > 0 {
-			stall.Reset(d.f.opts.StallTimeout)
+			if window += int64(n); window >= d.f.opts.StallBytes {
+				// Enough arrived in this window: a new one starts.
+				stall.Reset(d.f.opts.StallTimeout)
+				window = 0
+			}
 			if _, err := d.file.Write(buf[:n]); err != nil {
 				return false, writeError(d.req.URL, err)
 			}

@@ -335,6 +335,24 @@ func TestStall(t *testing.T) {
 	}
 }
 
+// A trickle is a stall too: a source that keeps sending, but far too
+// little to ever finish, fails the download (its bytes stay for the next
+// try), instead of holding the pool in Fetching for weeks.
+func TestTrickle(t *testing.T) {
+	data := model(256 << 10)
+	srv := modelserver.Start(t, map[string][]byte{"/m.gguf": data})
+	srv.Trickle("/m.gguf", 100, 10*time.Millisecond) // about 10 KB/s
+	f := newFetcher(t, t.TempDir(), cache.Options{}, fetch.Options{StallTimeout: 200 * time.Millisecond, StallBytes: 64 << 10})
+	_, err := f.Fetch(context.Background(), fetch.Request{URL: srv.URL + "/m.gguf", SHA256: digestOf(data)})
+	fe := wantClass(t, err, fetch.ClassStalled)
+	if !strings.Contains(fe.Message, "trickle") || !fe.Temporary {
+		t.Errorf("a trickle: %q (temporary %v); want a temporary stall that says so", fe.Message, fe.Temporary)
+	}
+	if fi, err := os.Stat(f.Cache().PartialPath(digestOf(data))); err != nil || fi.Size() == 0 || fi.Size() >= int64(len(data)) {
+		t.Errorf("partial file after the trickle: %v, %v; want the bytes that came", fi, err)
+	}
+}
+
 func TestInsufficientDisk(t *testing.T) {
 	data := model(64 << 10)
 	for _, tc := range []struct {
