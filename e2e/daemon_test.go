@@ -186,11 +186,13 @@ func TestDaemonInvalidConfig(t *testing.T) {
 					cfg.LastGoodLoad, good.LastGoodLoad, cfg.Pools)
 			}
 			d.metrics().expect(t, "pool_managerd_config_valid", nil, 0)
-			if _, ok := d.findLog(func(e logEvent) bool {
-				return e.str("@level") == "error" && strings.Contains(fmt.Sprint(e), "a.cue")
-			}); !ok {
-				t.Errorf("no error-level log event names a.cue")
-			}
+			// The API shows the failed load a moment before its log line is written.
+			d.waitFor("an error-level log event naming a.cue", func() bool {
+				_, ok := d.findLog(func(e logEvent) bool {
+					return e.str("@level") == "error" && strings.Contains(fmt.Sprint(e), "a.cue")
+				})
+				return ok
+			})
 			// Whatever pass followed the failed load is over: it changed nothing.
 			d.loopRoundTrip("b")
 			d.samePIDs(before, "a", "b")
