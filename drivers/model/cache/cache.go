@@ -347,6 +347,8 @@ func (c *Cache) Touch(digest string) error {
 	if err := modelsource.CheckDigest(digest); err != nil {
 		return fmt.Errorf("model cache: %w", err)
 	}
+	c.mu.Lock() // GC checks an entry's last use and removes it under the lock
+	defer c.mu.Unlock()
 	p := c.lastUsedPath(digest)
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		return fmt.Errorf("model cache: %w", err)
@@ -507,7 +509,10 @@ type Removed struct {
 // download (see Active) untouched for longer than grace (a partial file is
 // kept that long so a restarted daemon can resume it). inUse must report
 // every digest an engine has open or a pool of the node uses: those are
-// never removed.
+// never removed, and GC counts them as used now, so that a model's grace
+// starts when it falls out of use, not when it was fetched. An entry is
+// checked and moved out of the cache under the cache's lock, which Touch
+// takes too: a start that touched it first keeps it.
 func (c *Cache) GC(ctx context.Context, inUse func(digest string) bool, grace time.Duration) (Removed, error) {
 	var out Removed
 	cutoff := c.opts.Now().Add(-grace)
@@ -520,28 +525,36 @@ func (c *Cache) GC(ctx context.Context, inUse func(digest string) bool, grace ti
 			return out, err
 		}
 		d := e.Name()
-		if !modelsource.IsDigest(d) || inUse(d) {
+		if !modelsource.IsDigest(d) {
 			continue
 		}
-		used, err := c.lastUsed(d)
-		if err != nil || used.After(cutoff) {
+		if inUse(d) {
+			if err := c.Touch(d); err != nil {
+				return out, fmt.Errorf("model cache: gc: %w", err)
+			}
 			continue
 		}
-		n := dirSize(c.EntryDir(d))
-		if err := os.RemoveAll(c.EntryDir(d)); err != nil {
-			return out, fmt.Errorf("model cache: gc: %w", err)
+		n, removed, err := c.removeUnused(d, cutoff)
+		if err != nil {
+			return out, err
 		}
-		if err := os.RemoveAll(filepath.Join(c.root, metaDir, d)); err != nil {
-			return out, fmt.Errorf("model cache: gc: %w", err)
+		if removed {
+			out.Entries = append(out.Entries, d)
+			out.Bytes += n
 		}
-		out.Entries = append(out.Entries, d)
-		out.Bytes += n
 	}
 	partials, err := os.ReadDir(filepath.Join(c.root, tmpDir))
 	if err != nil {
 		return out, fmt.Errorf("model cache: gc: %w", err)
 	}
 	for _, e := range partials {
+		if e.IsDir() && strings.HasPrefix(e.Name(), "gc-") {
+			// An entry a collection moved out and did not finish deleting.
+			if err := os.RemoveAll(filepath.Join(c.root, tmpDir, e.Name())); err != nil {
+				return out, fmt.Errorf("model cache: gc: %w", err)
+			}
+			continue
+		}
 		d, ok := strings.CutSuffix(e.Name(), PartialSuffix)
 		if !ok {
 			continue
@@ -563,6 +576,37 @@ func (c *Cache) GC(ctx context.Context, inUse func(digest string) bool, grace ti
 		out.Bytes += fi.Size()
 	}
 	return out, nil
+}
+
+// removeUnused removes entry d when it was last used before cutoff: the
+// check and the move out of the cache happen under the lock (Touch takes
+// it), the deletion of the moved files after it. It reports the bytes freed.
+func (c *Cache) removeUnused(d string, cutoff time.Time) (int64, bool, error) {
+	c.mu.Lock()
+	used, err := c.lastUsed(d)
+	if err != nil || used.After(cutoff) {
+		c.mu.Unlock()
+		return 0, false, nil
+	}
+	trash, err := os.MkdirTemp(filepath.Join(c.root, tmpDir), "gc-"+d+"-")
+	if err == nil {
+		err = os.Rename(c.EntryDir(d), filepath.Join(trash, "entry"))
+		if err == nil {
+			err = os.Rename(filepath.Join(c.root, metaDir, d), filepath.Join(trash, "meta"))
+			if errors.Is(err, fs.ErrNotExist) {
+				err = nil
+			}
+		}
+	}
+	c.mu.Unlock()
+	if err != nil {
+		return 0, false, fmt.Errorf("model cache: gc: %w", err)
+	}
+	n := dirSize(filepath.Join(trash, "entry"))
+	if err := os.RemoveAll(trash); err != nil {
+		return 0, false, fmt.Errorf("model cache: gc: %w", err)
+	}
+	return n, true, nil
 }
 
 func dirSize(dir string) int64 {

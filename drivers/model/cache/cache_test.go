@@ -232,3 +232,60 @@ func TestGC(t *testing.T) {
 		t.Errorf("stale partial file still there: %v", err)
 	}
 }
+
+// A model's grace starts when it falls out of use, not when it was fetched:
+// an engine that ran on it for two days and whose pool was then removed
+// leaves it in the cache for the whole grace.
+func TestGCGraceFromRelease(t *testing.T) {
+	const grace = 24 * time.Hour
+	c, clk := open(t, cache.Options{})
+	ctx := context.Background()
+	d, _ := put(t, c, "m.gguf", []byte("model"))
+	used := func(string) bool { return true }
+	for range 48 { // a resync an hour, the model in use
+		clk.t = clk.t.Add(time.Hour)
+		if removed, err := c.GC(ctx, used, grace); err != nil || len(removed.Entries) != 0 {
+			t.Fatalf("GC while in use: removed %v, %v", removed.Entries, err)
+		}
+	}
+	unused := func(string) bool { return false }
+	clk.t = clk.t.Add(30 * time.Second)
+	if removed, err := c.GC(ctx, unused, grace); err != nil || len(removed.Entries) != 0 {
+		t.Fatalf("GC 30 s after the model fell out of use removed %v (%v); want it kept for the grace", removed.Entries, err)
+	}
+	clk.t = clk.t.Add(grace + time.Minute)
+	if removed, err := c.GC(ctx, unused, grace); err != nil || !slices.Equal(removed.Entries, []string{d}) {
+		t.Fatalf("GC a grace after the model fell out of use removed %v (%v); want %s", removed.Entries, err, d)
+	}
+	if p, _, _ := c.Lookup(d, "m.gguf"); p != "" {
+		t.Errorf("the removed model is still at %s", p)
+	}
+	entries, err := os.ReadDir(filepath.Join(c.Root(), "tmp"))
+	if err != nil || len(entries) != 0 {
+		t.Errorf("the cache's tmp holds %v after GC (%v); want nothing left of the removed entry", entries, err)
+	}
+}
+
+// A start that touches an old, unused model before a collection gets to it
+// keeps it: the collection checks the last use again under the cache's lock.
+func TestGCSparesAModelTouchedMeanwhile(t *testing.T) {
+	const grace = time.Hour
+	c, clk := open(t, cache.Options{})
+	d, _ := put(t, c, "m.gguf", []byte("model"))
+	clk.t = clk.t.Add(2 * grace)
+	// The collection's view of what is in use was taken before a new config
+	// brought the model back; the start touches it before the removal.
+	inUse := func(digest string) bool {
+		if err := c.Touch(digest); err != nil { // the start, between GC's listing and its check
+			t.Fatal(err)
+		}
+		return false
+	}
+	removed, err := c.GC(context.Background(), inUse, grace)
+	if err != nil || len(removed.Entries) != 0 {
+		t.Fatalf("GC removed %v (%v) after a start touched it; want it kept", removed.Entries, err)
+	}
+	if p, _, _ := c.Lookup(d, "m.gguf"); p == "" {
+		t.Error("the model a start touched is gone")
+	}
+}

@@ -316,6 +316,11 @@ func (f *Fetcher) cached(ctx context.Context, t target, fileDigest string) (stri
 	if err := f.cache.Touch(t.entry); err != nil {
 		return "", false, err
 	}
+	// A collection that found it unused before the touch moved it out:
+	// fetch it again rather than hand out a path that is gone.
+	if _, err := os.Stat(p); err != nil {
+		return "", false, nil
+	}
 	return p, true, nil
 }
 
