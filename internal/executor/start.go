@@ -120,16 +120,27 @@ func (x *Executor) fetchModel(ctx context.Context, pool *schema.Pool) (string, *
 			Hint:    "run the pool with pool-managerd serve or apply, which fetch models into --model-cache"}
 	}
 	var once sync.Once
+	var mu sync.Mutex
+	finished := false // no report after Ensure returned counts
 	began := x.now()
 	progress := func(f reconcile.Fetch) {
+		mu.Lock()
+		if finished {
+			mu.Unlock()
+			return
+		}
 		x.setFetch(pool.ID, &f)
+		mu.Unlock()
 		once.Do(func() {
 			x.emit(Event{Pool: pool.ID, Phase: reconcile.Fetching, Engine: pool.Engine, FetchBegins: true,
 				Message: fmt.Sprintf("fetching model %s (sha256 %s)", pool.Model.Source, shortDigest(CacheDigest(pool.Model)))})
 		})
 	}
 	local, err := x.Models.Ensure(ctx, pool, progress)
+	mu.Lock()
+	finished = true
 	fetched := x.setFetch(pool.ID, nil)
+	mu.Unlock()
 	if err != nil {
 		f := FetchFailure(err)
 		return "", &f

@@ -37,6 +37,7 @@ import (
 	"net/http"
 	"os"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -227,9 +228,13 @@ type flight struct {
 	mu        sync.Mutex
 	waiters   int
 	abandoned bool // every waiter gave up: the download was cancelled
-	listeners []func(Progress)
+	listeners []*listener
 	progress  Progress
 }
+
+// listener is one waiting Fetch's progress callback; a Fetch that gives up
+// removes its own (wait), so it hears nothing after it returned.
+type listener struct{ fn func(Progress) }
 
 func (fl *flight) wasAbandoned() bool {
 	fl.mu.Lock()
@@ -240,10 +245,10 @@ func (fl *flight) wasAbandoned() bool {
 func (fl *flight) report(p Progress) {
 	fl.mu.Lock()
 	fl.progress = p
-	ls := fl.listeners
+	ls := slices.Clone(fl.listeners)
 	fl.mu.Unlock()
 	for _, l := range ls {
-		l(p)
+		l.fn(p)
 	}
 }
 
@@ -279,8 +284,8 @@ func (f *Fetcher) fetchFile(ctx context.Context, t target, req Request) (string,
 				Hint:    "offline mode uses only models already cached: fetch it on a node that is online, or turn offline mode off",
 			}
 		}
-		fl, joined := f.join(t, req)
-		p, err = f.wait(ctx, fl)
+		fl, joined, l := f.join(t, req)
+		p, err = f.wait(ctx, fl, l)
 		if joined && fl.target != t && err == nil {
 			// The file was fetched for another name: fetch ours now.
 			continue
@@ -325,7 +330,7 @@ func (f *Fetcher) cached(ctx context.Context, t target, fileDigest string) (stri
 }
 
 // join returns the running flight of req.SHA256, or starts one for t.
-func (f *Fetcher) join(t target, req Request) (fl *flight, joined bool) {
+func (f *Fetcher) join(t target, req Request) (fl *flight, joined bool, l *listener) {
 	f.mu.Lock()
 	fl, joined = f.flights[req.SHA256]
 	var ctx context.Context
@@ -341,7 +346,8 @@ func (f *Fetcher) join(t target, req Request) (fl *flight, joined bool) {
 	fl.mu.Lock()
 	fl.waiters++
 	if req.Progress != nil {
-		fl.listeners = append(fl.listeners, req.Progress)
+		l = &listener{fn: req.Progress}
+		fl.listeners = append(fl.listeners, l)
 	}
 	now := fl.progress
 	fl.mu.Unlock()
@@ -351,7 +357,7 @@ func (f *Fetcher) join(t target, req Request) (fl *flight, joined bool) {
 			// A Fetch that joins a running download learns where it stands at once.
 			req.Progress(now)
 		}
-		return fl, true
+		return fl, true, l
 	}
 	go func() {
 		defer fl.cancel()
@@ -361,16 +367,18 @@ func (f *Fetcher) join(t target, req Request) (fl *flight, joined bool) {
 		f.mu.Unlock()
 		close(fl.done)
 	}()
-	return fl, false
+	return fl, false, l
 }
 
 // wait waits for fl or ctx; the last waiter to give up cancels the download.
-func (f *Fetcher) wait(ctx context.Context, fl *flight) (string, error) {
+// A waiter that gives up stops listening (l, nil when it had no callback).
+func (f *Fetcher) wait(ctx context.Context, fl *flight, l *listener) (string, error) {
 	select {
 	case <-fl.done:
 		return fl.path, fl.err
 	case <-ctx.Done():
 		fl.mu.Lock()
+		fl.listeners = slices.DeleteFunc(fl.listeners, func(x *listener) bool { return x == l })
 		fl.waiters--
 		last := fl.waiters == 0
 		fl.abandoned = fl.abandoned || last

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -567,5 +568,57 @@ func TestParallelLimit(t *testing.T) {
 	}
 	if gets := srv.GETs(); len(gets) != 2 || gets[1].Path != "/b.gguf" {
 		t.Errorf("GETs %+v; want a, then b", gets)
+	}
+}
+
+// A Fetch that gives up while another Fetch of the same model keeps the
+// download going hears no more of it: its pool is not shown Fetching a
+// download it left.
+func TestCancelledFetchStopsListening(t *testing.T) {
+	data := model(1 << 20)
+	srv := modelserver.Start(t, map[string][]byte{"/m.gguf": data})
+	hold := srv.Hold("/m.gguf", 1000)
+	f := newFetcher(t, t.TempDir(), cache.Options{}, fetch.Options{})
+	req := fetch.Request{URL: srv.URL + "/m.gguf", SHA256: digestOf(data)}
+
+	var returned atomic.Bool
+	var afterReturn atomic.Int64
+	ctxA, cancelA := context.WithCancel(context.Background())
+	aGot := make(chan struct{})
+	var aOnce sync.Once
+	aDone := make(chan struct{})
+	go func() {
+		defer close(aDone)
+		a := req
+		a.Progress = func(p fetch.Progress) {
+			if returned.Load() {
+				afterReturn.Add(1)
+			}
+			if p.Done > 0 {
+				aOnce.Do(func() { close(aGot) })
+			}
+		}
+		_, _ = f.Fetch(ctxA, a)
+	}()
+	<-aGot
+	bJoined := make(chan struct{})
+	var bOnce sync.Once
+	bDone := make(chan error, 1)
+	go func() {
+		b := req
+		b.Progress = func(fetch.Progress) { bOnce.Do(func() { close(bJoined) }) }
+		_, err := f.Fetch(context.Background(), b)
+		bDone <- err
+	}()
+	<-bJoined // B learnt where the running download stands: it has joined
+	cancelA()
+	<-aDone
+	returned.Store(true)
+	hold.Release()
+	if err := <-bDone; err != nil {
+		t.Fatalf("the Fetch that stayed: %v", err)
+	}
+	if n := afterReturn.Load(); n != 0 {
+		t.Errorf("the cancelled Fetch's progress callback was called %d times after it returned", n)
 	}
 }
