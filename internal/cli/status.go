@@ -40,7 +40,7 @@ node has run (or the named pools): its phase as the pool lifecycle decides it
 (Pending, Fetching, Preloading, Ready, Unready, Draining, Failed, Stopped), its engine (pid,
 port), the memory it holds on each GPU, its restarts, the circuit breaker, and
 its last error with a hint and the next retry. Without the config at hand, a
-pool is taken to want what its engine was started from. While a daemon holds
+pool is taken to want what its engine was started from. While a daemon runs on
 the state directory, status shows the pools as the daemon sees them (GET
 /v1/pools at STATE_DIR/api.addr): with the config in force, and the downloads
 of pools in phase Fetching with their progress. Above the table it
@@ -392,16 +392,13 @@ func sortedPoolIDs(st *state.State) []string {
 	return ids
 }
 
-// daemonPools returns the pools as the daemon that holds the state
-// directory sees them; false when no daemon holds it (or apply does) or its
-// API does not answer within a few seconds: status then reads the state
-// directory itself.
+// daemonPools returns the pools as the daemon of the state directory sees
+// them (its address is in STATE_DIR/api.addr); false when there is no
+// address, or nothing answers there within a few seconds (a daemon that
+// ended leaves its address behind): status then reads the state directory
+// itself. It takes no lock: status changes nothing, and must never stand in
+// the way of a daemon or an apply starting.
 func daemonPools(ctx context.Context, stateDir string) ([]api.Pool, bool) {
-	lock, err := state.Lock(stateDir)
-	if err == nil {
-		_ = lock.Unlock()
-		return nil, false
-	}
 	addr, err := api.ReadAddr(stateDir)
 	if err != nil {
 		return nil, false
