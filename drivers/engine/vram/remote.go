@@ -56,16 +56,9 @@ func RemoteClient(c *http.Client) Option {
 // (EstimateGGUFRemote, with the token), with the pool's context size, split
 // and flash attention.
 func ForRemote(ctx context.Context, pool *schema.Pool, rawURL, token string, opts ...Option) (Estimate, error) {
-	split := pool.EffectiveSplit()
-	if len(split) != len(pool.Devices) {
-		return Estimate{}, fmt.Errorf("pool %s: a split of %d shares for %d devices", pool.ID, len(split), len(pool.Devices))
-	}
-	if pool.VRAM > 0 {
-		return Declared(uint64(pool.VRAM), split), nil
-	}
-	if pool.Engine != schema.EngineLlamaCpp {
-		return Estimate{}, fmt.Errorf("pool %s: vram must be declared for a %s pool: pool-managerd estimates only llama.cpp GGUF models",
-			pool.ID, pool.Engine)
+	split, declared, err := declaredNeed(pool)
+	if err != nil || declared != nil {
+		return *declared, err
 	}
 	opts = append([]Option{FlashAttention(flashAttention(pool))}, opts...)
 	return EstimateGGUFRemote(ctx, rawURL, token, pool.Model.Ctx, split, opts...)

@@ -74,19 +74,31 @@ func FlashAttention(on bool) Option {
 	return func(o *options) { o.flashAttention = on }
 }
 
+// declaredNeed checks the pool's split against its devices and returns its
+// declared need when it has one (nil when its GGUF file is to be
+// estimated, at the split returned); a sharded engine must declare one.
+func declaredNeed(pool *schema.Pool) ([]float64, *Estimate, error) {
+	split := pool.EffectiveSplit()
+	if len(split) != len(pool.Devices) {
+		return nil, &Estimate{}, fmt.Errorf("pool %s: a split of %d shares for %d devices", pool.ID, len(split), len(pool.Devices))
+	}
+	if pool.VRAM > 0 {
+		e := Declared(uint64(pool.VRAM), split)
+		return split, &e, nil
+	}
+	if pool.Engine != schema.EngineLlamaCpp {
+		return nil, &Estimate{}, fmt.Errorf("pool %s: vram must be declared for a %s pool: pool-managerd estimates only llama.cpp GGUF models",
+			pool.ID, pool.Engine)
+	}
+	return split, nil, nil
+}
+
 // For returns the pool's VRAM need: its declared `vram` when it has one,
 // else, for a llama.cpp pool, the estimate from its GGUF file.
 func For(ctx context.Context, pool *schema.Pool) (Estimate, error) {
-	split := pool.EffectiveSplit()
-	if len(split) != len(pool.Devices) {
-		return Estimate{}, fmt.Errorf("pool %s: a split of %d shares for %d devices", pool.ID, len(split), len(pool.Devices))
-	}
-	if pool.VRAM > 0 {
-		return Declared(uint64(pool.VRAM), split), nil
-	}
-	if pool.Engine != schema.EngineLlamaCpp {
-		return Estimate{}, fmt.Errorf("pool %s: vram must be declared for a %s pool: pool-managerd estimates only llama.cpp GGUF models",
-			pool.ID, pool.Engine)
+	split, declared, err := declaredNeed(pool)
+	if err != nil || declared != nil {
+		return *declared, err
 	}
 	e, err := EstimateGGUF(ctx, pool.Model.Path, pool.Model.Ctx, split, FlashAttention(flashAttention(pool)))
 	if err != nil {
