@@ -4,12 +4,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 
 	gguf "github.com/gpustack/gguf-parser-go"
@@ -17,77 +15,8 @@ import (
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/vram"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
 	"github.com/poolmanagerd/pool-managerd/testkit/ggufgen"
+	"github.com/poolmanagerd/pool-managerd/testkit/modelserver"
 )
-
-// ggufServer serves GGUF files from a directory with range support and
-// records what it sent: the requests, and one past the last byte of each
-// file it wrote.
-type ggufServer struct {
-	*httptest.Server
-	mu       sync.Mutex
-	requests []string         // METHOD PATH RANGE
-	auth     []string         // the Authorization of each request
-	maxEnd   map[string]int64 // by path
-	sent     map[string]int64 // body bytes, by path
-	ranged   map[string]bool  // every GET of the path asked for a range
-	gets     map[string]int   // GETs, by path
-	dir      string
-}
-
-type countingWriter struct {
-	http.ResponseWriter
-	n int64
-}
-
-func (w *countingWriter) Write(p []byte) (int, error) {
-	n, err := w.ResponseWriter.Write(p)
-	w.n += int64(n)
-	return n, err
-}
-
-func newGGUFServer(t *testing.T, dir string) *ggufServer {
-	t.Helper()
-	s := &ggufServer{dir: dir, maxEnd: map[string]int64{}, sent: map[string]int64{}, ranged: map[string]bool{}, gets: map[string]int{}}
-	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// Recorded as it arrives: before the client has its answer.
-		rng := r.Header.Get("Range")
-		s.mu.Lock()
-		s.requests = append(s.requests, r.Method+" "+r.URL.Path+" "+rng)
-		s.auth = append(s.auth, r.Header.Get("Authorization"))
-		s.mu.Unlock()
-		f, err := os.Open(filepath.Join(s.dir, filepath.Base(r.URL.Path)))
-		if err != nil {
-			http.NotFound(w, r)
-			return
-		}
-		defer f.Close()
-		fi, err := f.Stat()
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-			return
-		}
-		cw := &countingWriter{ResponseWriter: w}
-		http.ServeContent(cw, r, fi.Name(), fi.ModTime(), f)
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		if r.Method != http.MethodGet {
-			return
-		}
-		if s.gets[r.URL.Path] == 0 {
-			s.ranged[r.URL.Path] = true
-		}
-		s.gets[r.URL.Path]++
-		s.ranged[r.URL.Path] = s.ranged[r.URL.Path] && strings.HasPrefix(rng, "bytes=")
-		start := int64(0)
-		if a, _, ok := strings.Cut(strings.TrimPrefix(rng, "bytes="), "-"); ok {
-			start, _ = strconv.ParseInt(a, 10, 64)
-		}
-		s.sent[r.URL.Path] += cw.n
-		s.maxEnd[r.URL.Path] = max(s.maxEnd[r.URL.Path], start+cw.n)
-	}))
-	t.Cleanup(s.Close)
-	return s
-}
 
 const (
 	digestA = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
@@ -124,7 +53,12 @@ func TestPlanDeclaredBlocksARemoteModelFromItsHeader(t *testing.T) {
 	if bigSize < 1000*vram.DefaultRemoteBufferSize {
 		t.Fatalf("big.gguf is %d bytes: not well over the %d-byte chunks", bigSize, vram.DefaultRemoteBufferSize)
 	}
-	srv := newGGUFServer(t, models)
+	srv := modelserver.Start(t, nil)
+	for _, name := range []string{"big.gguf", "small.gguf"} {
+		if err := srv.PutFile("/"+name, filepath.Join(models, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	config := t.TempDir()
 	writeConfig(t, config, `package poolmanagerd
@@ -170,20 +104,24 @@ pools: "small": {
 		t.Errorf("stderr %q lacks %q", stderr, want)
 	}
 
-	srv.mu.Lock()
-	t.Logf("requests %q; big.gguf: %d bytes sent, up to byte %d, header ends at %d", srv.requests, srv.sent["/big.gguf"], srv.maxEnd["/big.gguf"], headerEnd)
-	if srv.gets["/big.gguf"] == 0 || !srv.ranged["/big.gguf"] {
-		t.Errorf("big.gguf: %d GETs, all with a byte range: %v; want its header read by ranges", srv.gets["/big.gguf"], srv.ranged["/big.gguf"])
+	t.Logf("requests %+v; big.gguf: %d bytes sent, up to byte %d, header ends at %d", srv.Requests(), srv.SentOf("/big.gguf"), srv.EndOf("/big.gguf"), headerEnd)
+	bigGETs := srv.GETsOf("/big.gguf")
+	if len(bigGETs) == 0 {
+		t.Error("big.gguf: no GET; want its header read by ranges")
 	}
-	if limit := headerEnd + vram.DefaultRemoteBufferSize; srv.maxEnd["/big.gguf"] > limit {
-		t.Errorf("big.gguf: bytes up to %d were read; the header ends at %d (+ one %d-byte chunk)", srv.maxEnd["/big.gguf"], headerEnd, vram.DefaultRemoteBufferSize)
-	}
-	for i, a := range srv.auth {
-		if a != "Bearer hf_plan_secret" {
-			t.Errorf("request %q got Authorization %q; want the token of --model-token-file", srv.requests[i], a)
+	for _, r := range bigGETs {
+		if !strings.HasPrefix(r.Range, "bytes=") || r.Status != http.StatusPartialContent {
+			t.Errorf("big.gguf: a GET of Range %q answered %d; want its header read by ranges", r.Range, r.Status)
 		}
 	}
-	srv.mu.Unlock()
+	if limit := headerEnd + vram.DefaultRemoteBufferSize; srv.EndOf("/big.gguf") > limit {
+		t.Errorf("big.gguf: bytes up to %d were read; the header ends at %d (+ one %d-byte chunk)", srv.EndOf("/big.gguf"), headerEnd, vram.DefaultRemoteBufferSize)
+	}
+	for _, r := range srv.Requests() {
+		if r.Authorization != "Bearer hf_plan_secret" {
+			t.Errorf("request %s %s %q got Authorization %q; want the token of --model-token-file", r.Method, r.Path, r.Range, r.Authorization)
+		}
+	}
 	if strings.Contains(stdout+stderr, "hf_plan_secret") {
 		t.Error("the token is in plan's output")
 	}
@@ -223,9 +161,7 @@ pools: "small": {
 
 	// --offline asks no source: nothing is estimated, nothing blocked, and
 	// the plan says that apply and serve would fail the pools.
-	srv.mu.Lock()
-	asked := len(srv.requests)
-	srv.mu.Unlock()
+	asked := len(srv.Requests())
 	code, stdout, stderr = runMain("plan", config, "--gpus", "declared", "--offline")
 	if code != 0 {
 		t.Errorf("plan --offline exited %d, want 0:\n%s\n%s", code, stdout, stderr)
@@ -242,17 +178,15 @@ pools: "small": {
 	if strings.Contains(stdout, "fetch ") {
 		t.Errorf("the offline plan fetches:\n%s", stdout)
 	}
-	srv.mu.Lock()
-	if len(srv.requests) != asked {
-		t.Errorf("plan --offline asked the source: %q", srv.requests[asked:])
+	if reqs := srv.Requests(); len(reqs) != asked {
+		t.Errorf("plan --offline asked the source: %+v", reqs[asked:])
 	}
-	srv.mu.Unlock()
 }
 
 // TestPlanUnreachableSourceWarns: a source that cannot be reached during a
 // plan is a warning on the change, not a blocked pool.
 func TestPlanUnreachableSourceWarns(t *testing.T) {
-	down := httptest.NewServer(http.NotFoundHandler())
+	down := modelserver.New(nil)
 	url := down.URL + "/gone.gguf"
 	down.Close()
 	config := t.TempDir()

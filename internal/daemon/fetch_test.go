@@ -3,16 +3,12 @@
 package daemon_test
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,79 +18,17 @@ import (
 	"github.com/poolmanagerd/pool-managerd/internal/daemon"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
 	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
+	"github.com/poolmanagerd/pool-managerd/testkit/modelserver"
 )
 
-// modelServer stands in for a model's remote on loopback: it serves one
-// file, counts the requests for it, and may hold the second half of the
-// bytes back until the test releases them.
-type modelServer struct {
-	srv  *httptest.Server
-	data []byte
-	// hold, when set, is closed by the test to send the rest of the file.
-	hold chan struct{}
-	// status, when not 0, is answered instead of the file.
-	status int
+// modelPath is where a test's model server serves its model.
+const modelPath = "/org/models/model.gguf"
 
-	mu   sync.Mutex
-	gets int
-}
-
-func newModelServer(t *testing.T, data []byte, hold bool) *modelServer {
+// startModelServer serves data at modelPath on loopback.
+func startModelServer(t *testing.T, data []byte) *modelserver.Server {
 	t.Helper()
-	m := &modelServer{data: data}
-	if hold {
-		m.hold = make(chan struct{})
-	}
-	m.srv = httptest.NewServer(http.HandlerFunc(m.serve))
-	t.Cleanup(func() {
-		m.release()
-		m.srv.Close()
-	})
-	return m
+	return modelserver.Start(t, map[string][]byte{modelPath: data})
 }
-
-func (m *modelServer) serve(w http.ResponseWriter, r *http.Request) {
-	m.mu.Lock()
-	m.gets++
-	m.mu.Unlock()
-	if m.status != 0 {
-		http.Error(w, http.StatusText(m.status), m.status)
-		return
-	}
-	if r.Header.Get("Range") != "" || m.hold == nil {
-		http.ServeContent(w, r, "model.gguf", time.Time{}, bytes.NewReader(m.data))
-		return
-	}
-	half := len(m.data) / 2
-	w.Header().Set("Content-Length", strconv.Itoa(len(m.data)))
-	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(m.data[:half])
-	w.(http.Flusher).Flush()
-	select {
-	case <-m.hold:
-	case <-r.Context().Done():
-		return
-	}
-	_, _ = w.Write(m.data[half:])
-}
-
-func (m *modelServer) release() {
-	if m.hold != nil {
-		select {
-		case <-m.hold:
-		default:
-			close(m.hold)
-		}
-	}
-}
-
-func (m *modelServer) requests() int {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.gets
-}
-
-func (m *modelServer) url() string { return m.srv.URL + "/org/models/model.gguf" }
 
 // testModel is a model file the stand-in engine takes (a GGUF magic), of
 // 256 KiB, and its sha256.
@@ -139,10 +73,12 @@ func partials(t *testing.T, cacheDir string) []string {
 func TestPoolFetchesItsModel(t *testing.T) {
 	t.Parallel()
 	data, digest := testModel()
-	srv := newModelServer(t, data, true)
+	srv := startModelServer(t, data)
+	// The download stops halfway until the test releases the rest.
+	hold := srv.Hold(modelPath, int64(len(data)/2))
 	n := newNode(t, 1)
 	cacheDir := filepath.Join(n.state, "models")
-	a := pool{id: "a", source: srv.url(), sha256: digest}
+	a := pool{id: "a", source: srv.URL + modelPath, sha256: digest}
 	n.writeConfig(a)
 	r := n.start(withFetcher(t, cacheDir))
 
@@ -155,12 +91,12 @@ func TestPoolFetchesItsModel(t *testing.T) {
 	if st := n.loadState(); len(st.Engines) != 0 {
 		t.Errorf("an engine is recorded while the model downloads: %+v", st.Engines)
 	}
-	srv.release()
+	hold.Release()
 	r.waitReady("a")
 
 	cached := filepath.Join(cacheDir, "sha256", digest, "model.gguf")
 	rec := n.loadState().Engines["a"]
-	if rec.Spec == nil || rec.Spec.Model.Path != "" || rec.Spec.Model.Source != srv.url() {
+	if rec.Spec == nil || rec.Spec.Model.Path != "" || rec.Spec.Model.Source != srv.URL+modelPath {
 		t.Errorf("recorded spec's model %+v, want the pool's source and no path", rec.Spec)
 	}
 	if !strings.Contains(strings.Join(rec.Argv, " "), cached) {
@@ -173,14 +109,15 @@ func TestPoolFetchesItsModel(t *testing.T) {
 	if fetching < 0 || starting < fetching || ready < starting {
 		t.Errorf("the log does not show Fetching, then Preloading, then Ready (at %d, %d, %d)", fetching, starting, ready)
 	}
-	if got := srv.requests(); got != 1 {
-		t.Errorf("%d requests for the model, want 1", got)
+	<-hold.Done() // the held request has logged all it sent
+	if got := srv.Requests(); len(got) != 1 || got[0].Sent != int64(len(data)) {
+		t.Errorf("requests for the model %+v, want 1 that sent the whole file", got)
 	}
 
-	n.writeConfig(a, pool{id: "b", source: srv.url(), sha256: digest})
+	n.writeConfig(a, pool{id: "b", source: srv.URL + modelPath, sha256: digest})
 	r.waitReady("b")
-	if got := srv.requests(); got != 1 {
-		t.Errorf("%d requests for the model after a second pool of it started, want still 1", got)
+	if got := srv.Requests(); len(got) != 1 {
+		t.Errorf("requests for the model after a second pool of it started %+v, want still 1", got)
 	}
 	entries, _ := os.ReadDir(filepath.Join(cacheDir, "sha256"))
 	if len(entries) != 1 {
@@ -197,10 +134,10 @@ func TestFetchDigestMismatchSpawnsNothing(t *testing.T) {
 	t.Parallel()
 	data, _ := testModel()
 	other := strings.Repeat("0", 64) // not the file's sha256
-	srv := newModelServer(t, data, false)
+	srv := startModelServer(t, data)
 	n := newNode(t, 1)
 	cacheDir := filepath.Join(n.state, "models")
-	n.writeConfig(pool{id: "a", source: srv.url(), sha256: other, restart: slowRestart})
+	n.writeConfig(pool{id: "a", source: srv.URL + modelPath, sha256: other, restart: slowRestart})
 	r := n.start(withFetcher(t, cacheDir))
 	p := r.waitPool("a", "Unready with model_digest_mismatch", func(p api.Pool) bool {
 		return p.LastError != nil && p.LastError.Class == restart.ClassModelDigestMismatch
@@ -233,10 +170,10 @@ const slowRestart = `initialBackoff: "1m", maxBackoff: "1m", jitter: 0, stopGrac
 func TestFetchHTTPErrorBacksOff(t *testing.T) {
 	t.Parallel()
 	data, digest := testModel()
-	srv := newModelServer(t, data, false)
-	srv.status = http.StatusNotFound
+	srv := startModelServer(t, data)
+	srv.Fail(modelPath, http.StatusNotFound)
 	n := newNode(t, 1)
-	n.writeConfig(pool{id: "a", source: srv.url(), sha256: digest, restart: slowRestart})
+	n.writeConfig(pool{id: "a", source: srv.URL + modelPath, sha256: digest, restart: slowRestart})
 	r := n.start(withFetcher(t, filepath.Join(n.state, "models")))
 	p := r.waitPool("a", "Unready with fetch_http", func(p api.Pool) bool {
 		return p.LastError != nil && p.LastError.Class == restart.ClassFetchHTTP
@@ -250,8 +187,8 @@ func TestFetchHTTPErrorBacksOff(t *testing.T) {
 	// Passes that change nothing (a reload) start no new try during the backoff.
 	r.settle()
 	r.settle()
-	if got := srv.requests(); got != 1 {
-		t.Errorf("%d requests during the backoff, want the failed one only", got)
+	if got := srv.Requests(); len(got) != 1 || got[0].Status != http.StatusNotFound {
+		t.Errorf("requests %+v during the backoff, want the failed one only", got)
 	}
 }
 
@@ -261,10 +198,10 @@ func TestFetchHTTPErrorBacksOff(t *testing.T) {
 func TestResyncCollectsUnusedModels(t *testing.T) {
 	t.Parallel()
 	data, digest := testModel()
-	srv := newModelServer(t, data, false)
+	srv := startModelServer(t, data)
 	n := newNode(t, 1)
 	cacheDir := filepath.Join(n.state, "models")
-	n.writeConfig(pool{id: "a", source: srv.url(), sha256: digest})
+	n.writeConfig(pool{id: "a", source: srv.URL + modelPath, sha256: digest})
 	r := n.start(withFetcher(t, cacheDir), func(o *daemon.Options) {
 		o.Resync = 50 * time.Millisecond
 		o.CacheGrace = time.Nanosecond // every model is past its grace: only use keeps one

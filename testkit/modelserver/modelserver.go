@@ -6,7 +6,9 @@
 //     "bytes=-N"): 206 with Content-Range, 200 without a Range, 416 past the
 //     end; Accept-Ranges: bytes on every file.
 //   - A request log: method, host, path, Range, Authorization, the status
-//     answered and the body bytes sent.
+//     answered, the file offset the body starts at and the body bytes sent;
+//     SentOf and EndOf sum it up by path (how much was read, and how far
+//     into the file).
 //   - Holds: Hold(path, n) stops the body of the next GET of path at byte
 //     offset n, says so on a channel once those bytes are flushed, and then
 //     waits for the test to release the rest or drop the connection (or for
@@ -55,6 +57,9 @@ type Request struct {
 	// Status is the status answered; 0 while the request runs (or when the
 	// client went before the header was written).
 	Status int
+	// Offset is the byte offset in the file of the body's first byte: the
+	// start of the range answered for a 206, 0 for anything else.
+	Offset int64
 	// Sent counts the body bytes written so far.
 	Sent int64
 }
@@ -289,6 +294,20 @@ func (s *Server) SentOf(path string) int64 {
 	return n
 }
 
+// EndOf is one past the furthest byte of the file at path sent so far, over
+// every request that answered with the file (200 or 206; the largest
+// Offset + Sent): how far into the file clients read. 0 when none of its
+// bytes were sent.
+func (s *Server) EndOf(path string) int64 {
+	var end int64
+	for _, r := range s.filter(func(r Request) bool {
+		return r.Path == path && r.Sent > 0 && (r.Status == http.StatusOK || r.Status == http.StatusPartialContent)
+	}) {
+		end = max(end, r.Offset+r.Sent)
+	}
+	return end
+}
+
 func (s *Server) filter(keep func(Request) bool) []Request {
 	var out []Request
 	for _, r := range s.Requests() {
@@ -445,6 +464,7 @@ func (s *Server) serveFile(w *recorder, r *http.Request, data content, rng strin
 		}
 		status = http.StatusPartialContent
 		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end-1, size))
+		s.record(w.i, func(r *Request) { r.Offset = start })
 	}
 	w.Header().Set("Content-Length", strconv.FormatInt(end-start, 10))
 	if r.Method == http.MethodHead {

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -52,17 +53,19 @@ func TestRanges(t *testing.T) {
 		status            int
 		body              []byte
 		contentRange      string
+		// offset is the Offset logged: the range's start for a 206.
+		offset int64
 	}{
-		{"whole file", http.MethodGet, "", http.StatusOK, data, ""},
-		{"from an offset", http.MethodGet, "bytes=600-", http.StatusPartialContent, data[600:], "bytes 600-999/1000"},
-		{"a slice", http.MethodGet, "bytes=10-19", http.StatusPartialContent, data[10:20], "bytes 10-19/1000"},
-		{"past the end clipped", http.MethodGet, "bytes=990-5000", http.StatusPartialContent, data[990:], "bytes 990-999/1000"},
-		{"the last bytes", http.MethodGet, "bytes=-100", http.StatusPartialContent, data[900:], "bytes 900-999/1000"},
-		{"at the end", http.MethodGet, "bytes=1000-", http.StatusRequestedRangeNotSatisfiable, nil, "bytes */1000"},
-		{"several ranges", http.MethodGet, "bytes=0-1,5-6", http.StatusRequestedRangeNotSatisfiable, nil, "bytes */1000"},
-		{"not bytes", http.MethodGet, "items=0-1", http.StatusRequestedRangeNotSatisfiable, nil, "bytes */1000"},
-		{"HEAD", http.MethodHead, "", http.StatusOK, nil, ""},
-		{"HEAD of a range", http.MethodHead, "bytes=100-", http.StatusPartialContent, nil, "bytes 100-999/1000"},
+		{"whole file", http.MethodGet, "", http.StatusOK, data, "", 0},
+		{"from an offset", http.MethodGet, "bytes=600-", http.StatusPartialContent, data[600:], "bytes 600-999/1000", 600},
+		{"a slice", http.MethodGet, "bytes=10-19", http.StatusPartialContent, data[10:20], "bytes 10-19/1000", 10},
+		{"past the end clipped", http.MethodGet, "bytes=990-5000", http.StatusPartialContent, data[990:], "bytes 990-999/1000", 990},
+		{"the last bytes", http.MethodGet, "bytes=-100", http.StatusPartialContent, data[900:], "bytes 900-999/1000", 900},
+		{"at the end", http.MethodGet, "bytes=1000-", http.StatusRequestedRangeNotSatisfiable, nil, "bytes */1000", 0},
+		{"several ranges", http.MethodGet, "bytes=0-1,5-6", http.StatusRequestedRangeNotSatisfiable, nil, "bytes */1000", 0},
+		{"not bytes", http.MethodGet, "items=0-1", http.StatusRequestedRangeNotSatisfiable, nil, "bytes */1000", 0},
+		{"HEAD", http.MethodHead, "", http.StatusOK, nil, "", 0},
+		{"HEAD of a range", http.MethodHead, "bytes=100-", http.StatusPartialContent, nil, "bytes 100-999/1000", 100},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := http.Header{}
@@ -88,7 +91,7 @@ func TestRanges(t *testing.T) {
 				t.Errorf("HEAD Content-Length %d", resp.ContentLength)
 			}
 			last := srv.Requests()[len(srv.Requests())-1]
-			want := modelserver.Request{Time: last.Time, Method: tc.method, Host: last.Host, Path: "/m.gguf", Range: tc.rng, Status: tc.status, Sent: int64(len(tc.body))}
+			want := modelserver.Request{Time: last.Time, Method: tc.method, Host: last.Host, Path: "/m.gguf", Range: tc.rng, Status: tc.status, Offset: tc.offset, Sent: int64(len(tc.body))}
 			if tc.status == http.StatusRequestedRangeNotSatisfiable {
 				want.Sent = last.Sent // the error text
 			}
@@ -360,5 +363,80 @@ func TestPutFile(t *testing.T) {
 	}
 	if got := srv.SentOf("/big.gguf"); got != 8192 {
 		t.Errorf("SentOf = %d; want only the 8192 bytes asked for", got)
+	}
+}
+
+func TestEndOf(t *testing.T) {
+	data := content(1000)
+	get := func(rng string) func(t *testing.T, s *modelserver.Server) {
+		return func(t *testing.T, s *modelserver.Server) {
+			h := http.Header{}
+			if rng != "" {
+				h.Set("Range", rng)
+			}
+			do(t, http.MethodGet, s.URL+"/m.gguf", h)
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		// setup steers the server; requests are then made in turn.
+		setup    func(s *modelserver.Server)
+		requests []func(t *testing.T, s *modelserver.Server)
+		// end is EndOf("/m.gguf"); offsets the Offset of each request logged.
+		end     int64
+		offsets []int64
+	}{
+		{"no request", nil, nil, 0, nil},
+		{"the whole file", nil, []func(*testing.T, *modelserver.Server){get("")}, 1000, []int64{0}},
+		{"a slice", nil, []func(*testing.T, *modelserver.Server){get("bytes=10-19")}, 20, []int64{10}},
+		{"the furthest of several ranges", nil,
+			[]func(*testing.T, *modelserver.Server){get("bytes=0-99"), get("bytes=300-349"), get("bytes=100-199")}, 350, []int64{0, 300, 100}},
+		{"from an offset to the end", nil, []func(*testing.T, *modelserver.Server){get("bytes=600-")}, 1000, []int64{600}},
+		{"the last bytes", nil, []func(*testing.T, *modelserver.Server){get("bytes=-100")}, 1000, []int64{900}},
+		{"a range past the end", nil, []func(*testing.T, *modelserver.Server){get("bytes=1000-")}, 0, []int64{0}},
+		{"HEAD", nil, []func(*testing.T, *modelserver.Server){func(t *testing.T, s *modelserver.Server) {
+			do(t, http.MethodHead, s.URL+"/m.gguf", http.Header{"Range": {"bytes=100-"}})
+		}}, 0, []int64{100}},
+		{"a canned failure's body is not the file", func(s *modelserver.Server) { s.Fail("/m.gguf", 500) },
+			[]func(*testing.T, *modelserver.Server){get("bytes=0-9")}, 0, []int64{0}},
+		{"a range ignored", func(s *modelserver.Server) { s.IgnoreRange(true) },
+			[]func(*testing.T, *modelserver.Server){get("bytes=0-9")}, 1000, []int64{0}},
+		{"another file's bytes", nil, []func(*testing.T, *modelserver.Server){func(t *testing.T, s *modelserver.Server) {
+			do(t, http.MethodGet, s.URL+"/n.gguf", nil)
+		}}, 0, []int64{0}},
+		{"stopped at a hold", func(s *modelserver.Server) { s.Hold("/m.gguf", 400).Drop() },
+			[]func(*testing.T, *modelserver.Server){func(t *testing.T, s *modelserver.Server) {
+				resp, err := http.Get(s.URL + "/m.gguf")
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer resp.Body.Close()
+				if _, err := io.ReadAll(resp.Body); err == nil {
+					t.Error("a dropped body ended cleanly")
+				}
+			}}, 400, []int64{0}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := modelserver.Start(t, map[string][]byte{"/m.gguf": data, "/n.gguf": content(5000)})
+			if tc.setup != nil {
+				tc.setup(srv)
+			}
+			for _, req := range tc.requests {
+				req(t, srv)
+			}
+			// A dropped hold's request may still be logging its last write:
+			// Close waits for the requests in flight.
+			srv.Close()
+			if got := srv.EndOf("/m.gguf"); got != tc.end {
+				t.Errorf("EndOf = %d; want %d", got, tc.end)
+			}
+			var offsets []int64
+			for _, r := range srv.Requests() {
+				offsets = append(offsets, r.Offset)
+			}
+			if !slices.Equal(offsets, tc.offsets) {
+				t.Errorf("offsets logged %v; want %v", offsets, tc.offsets)
+			}
+		})
 	}
 }

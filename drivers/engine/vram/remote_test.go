@@ -2,77 +2,22 @@ package vram_test
 
 import (
 	"context"
-	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
-	"strconv"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 	gguf "github.com/gpustack/gguf-parser-go"
 
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/vram"
+	"github.com/poolmanagerd/pool-managerd/testkit/modelserver"
 )
 
 const remoteToken = "hf_remote_secret"
 
-// rangeServer serves one file with range support and records what it sent.
-type rangeServer struct {
-	*httptest.Server
-	path string
-
-	mu     sync.Mutex
-	ranges []string // the Range of each GET
-	auth   []string // the Authorization of each request
-	sent   int64    // body bytes written
-	maxEnd int64    // one past the last byte written
-}
-
-type countingWriter struct {
-	http.ResponseWriter
-	n int64
-}
-
-func (w *countingWriter) Write(p []byte) (int, error) {
-	n, err := w.ResponseWriter.Write(p)
-	w.n += int64(n)
-	return n, err
-}
-
-func newRangeServer(t *testing.T, path string) *rangeServer {
-	t.Helper()
-	s := &rangeServer{path: path}
-	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		f, err := os.Open(s.path)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-			return
-		}
-		defer f.Close()
-		fi, _ := f.Stat()
-		cw := &countingWriter{ResponseWriter: w}
-		http.ServeContent(cw, r, "model.gguf", fi.ModTime(), f)
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		s.auth = append(s.auth, r.Header.Get("Authorization"))
-		if r.Method != http.MethodGet {
-			return
-		}
-		s.ranges = append(s.ranges, r.Header.Get("Range"))
-		s.sent += cw.n
-		start := int64(0)
-		if rng := r.Header.Get("Range"); rng != "" {
-			a, _, _ := strings.Cut(strings.TrimPrefix(rng, "bytes="), "-")
-			start, _ = strconv.ParseInt(a, 10, 64)
-		}
-		s.maxEnd = max(s.maxEnd, start+cw.n)
-	}))
-	t.Cleanup(s.Close)
-	return s
-}
+// hostOf is the Host header a request to base (a server's URL) carries.
+func hostOf(base string) string { return strings.TrimPrefix(base, "http://") }
 
 func TestEstimateGGUFRemoteReadsOnlyTheHeader(t *testing.T) {
 	const buf = 256 << 10
@@ -89,21 +34,18 @@ func TestEstimateGGUFRemoteReadsOnlyTheHeader(t *testing.T) {
 		t.Fatalf("the test model is %d bytes: not well over the %d-byte chunks", fi.Size(), buf)
 	}
 
-	// The source redirects to another host (as the Hub does to its CDN).
-	cdn := newRangeServer(t, model7B)
-	_, port, _ := net.SplitHostPort(cdn.Listener.Addr().String())
-	var originAuth []string
-	var originMu sync.Mutex
-	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		originMu.Lock()
-		originAuth = append(originAuth, r.Header.Get("Authorization"))
-		originMu.Unlock()
-		http.Redirect(w, r, "http://localhost:"+port+"/model.gguf", http.StatusFound)
-	}))
-	t.Cleanup(origin.Close)
+	// The source redirects to another host (as the Hub does to its CDN):
+	// the same server by the name localhost.
+	srv := modelserver.Start(t, nil)
+	const resolve, file = "/org/repo/resolve/c/model.gguf", "/model.gguf"
+	if err := srv.PutFile(file, model7B); err != nil {
+		t.Fatal(err)
+	}
+	srv.Redirect(resolve, srv.LocalhostURL()+file, nil)
+	origin, cdn := hostOf(srv.URL), hostOf(srv.LocalhostURL())
 
 	split := []float64{0.5, 0.5}
-	got, err := vram.EstimateGGUFRemote(context.Background(), origin.URL+"/org/repo/resolve/c/model.gguf", remoteToken, 4096, split,
+	got, err := vram.EstimateGGUFRemote(context.Background(), srv.URL+resolve, remoteToken, 4096, split,
 		vram.RemoteBufferSize(buf))
 	if err != nil {
 		t.Fatal(err)
@@ -113,35 +55,44 @@ func TestEstimateGGUFRemoteReadsOnlyTheHeader(t *testing.T) {
 		t.Errorf("remote estimate differs from the local one (-local +remote):\n%s", diff)
 	}
 
-	cdn.mu.Lock()
-	defer cdn.mu.Unlock()
-	t.Logf("GET ranges %v, %d bytes sent, header ends at %d", cdn.ranges, cdn.sent, local.TensorDataStartOffset)
-	if len(cdn.ranges) == 0 {
+	gets := srv.GETsOf(file)
+	t.Logf("requests %+v; header ends at %d", srv.Requests(), local.TensorDataStartOffset)
+	if len(gets) == 0 {
 		t.Fatal("no GET reached the file's host")
 	}
-	for _, r := range cdn.ranges {
-		if !strings.HasPrefix(r, "bytes=") {
-			t.Errorf("a GET without a byte range (%q): the whole file was asked for", r)
+	for _, r := range gets {
+		if !strings.HasPrefix(r.Range, "bytes=") || r.Status != http.StatusPartialContent {
+			t.Errorf("a GET of Range %q answered %d: the whole file was asked for", r.Range, r.Status)
 		}
 	}
-	if limit := local.TensorDataStartOffset + buf; cdn.maxEnd > limit {
-		t.Errorf("bytes up to %d were read; the header ends at %d (+ one %d-byte chunk)", cdn.maxEnd, local.TensorDataStartOffset, buf)
+	if limit := local.TensorDataStartOffset + buf; srv.EndOf(file) > limit {
+		t.Errorf("bytes up to %d were read; the header ends at %d (+ one %d-byte chunk)", srv.EndOf(file), local.TensorDataStartOffset, buf)
 	}
-	for _, a := range cdn.auth {
-		if a != "" {
-			t.Errorf("the CDN host got Authorization %q", a)
+	// The token goes to the source's host only: the file is read from the
+	// CDN host, which never sees it.
+	var toOrigin int
+	for _, r := range srv.Requests() {
+		switch {
+		case r.Host == cdn && r.Authorization != "":
+			t.Errorf("the CDN host got Authorization %q on %s %s", r.Authorization, r.Method, r.Path)
+		case r.Host == cdn:
+		case r.Host != origin:
+			t.Errorf("a request by host %q: neither the source's (%s) nor the CDN's (%s)", r.Host, origin, cdn)
+		case r.Path != resolve:
+			t.Errorf("the source host was asked for %s %s; want only the resolve URL, redirected", r.Method, r.Path)
+		case r.Authorization != "Bearer "+remoteToken:
+			t.Errorf("the source host got Authorization %q; want the token", r.Authorization)
+		default:
+			toOrigin++
 		}
 	}
-	originMu.Lock()
-	defer originMu.Unlock()
-	if len(originAuth) == 0 || originAuth[0] != "Bearer "+remoteToken {
-		t.Errorf("the source host got Authorization %q; want the token", originAuth)
+	if toOrigin == 0 {
+		t.Error("no request with the token reached the source host")
 	}
 }
 
 func TestEstimateGGUFRemoteErrors(t *testing.T) {
-	srv := httptest.NewServer(http.NotFoundHandler())
-	t.Cleanup(srv.Close)
+	srv := modelserver.Start(t, nil) // every path answers 404
 	for _, tc := range []struct {
 		name, url, want string
 	}{
@@ -158,18 +109,20 @@ func TestEstimateGGUFRemoteErrors(t *testing.T) {
 }
 
 func TestEstimateGGUFRemoteSameHostGetsTheToken(t *testing.T) {
-	srv := newRangeServer(t, modelTiny)
+	srv := modelserver.Start(t, nil)
+	if err := srv.PutFile("/model.gguf", modelTiny); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := vram.EstimateGGUFRemote(context.Background(), srv.URL+"/model.gguf", remoteToken, 2048, []float64{1}); err != nil {
 		t.Fatal(err)
 	}
-	srv.mu.Lock()
-	defer srv.mu.Unlock()
-	if len(srv.auth) < 2 {
-		t.Fatalf("%d requests; want the redirect check and the header reads", len(srv.auth))
+	reqs := srv.Requests()
+	if len(reqs) < 2 || len(srv.GETsOf("/model.gguf")) == 0 {
+		t.Fatalf("requests %+v; want the redirect check and the header reads", reqs)
 	}
-	for i, a := range srv.auth {
-		if a != "Bearer "+remoteToken {
-			t.Errorf("request %d carried Authorization %q; want the token", i, a)
+	for i, r := range reqs {
+		if r.Authorization != "Bearer "+remoteToken {
+			t.Errorf("request %d (%s %s) carried Authorization %q; want the token", i, r.Method, r.Path, r.Authorization)
 		}
 	}
 }
