@@ -2,8 +2,6 @@ package cli
 
 import (
 	"fmt"
-	"os"
-	"strings"
 
 	"github.com/poolmanagerd/pool-managerd/drivers/model/cache"
 	"github.com/poolmanagerd/pool-managerd/drivers/model/fetch"
@@ -29,16 +27,6 @@ func (m *modelFlags) fetcher(stateDir string) (*fetch.Fetcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("model cache: %w", err)
 	}
-	tokenFile := m.tokenFile
-	token := func() (string, error) {
-		if tokenFile == "" {
-			return os.Getenv(ModelTokenEnv), nil
-		}
-		data, err := os.ReadFile(tokenFile)
-		if err != nil {
-			return "", fmt.Errorf("--model-token-file: %w", err)
-		}
-		return strings.TrimSpace(string(data)), nil
-	}
+	token := fetch.TokenFromFileOrEnv(m.tokenFile, ModelTokenEnv)
 	return fetch.New(c, fetch.Options{Token: token, Parallel: m.parallel, StallTimeout: m.stall, Offline: m.offline}), nil
 }

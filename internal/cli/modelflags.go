@@ -1,16 +1,17 @@
 package cli
 
 import (
-	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/poolmanagerd/pool-managerd/drivers/model/fetch"
 )
 
 // ModelTokenEnv holds the token sent to model sources (model.source), as an
-// alternative to --model-token-file. It is sent only to a source's own host.
+// alternative to --model-token-file (the file wins when both are given). It
+// is sent only to a source's own host.
 const ModelTokenEnv = "POOL_MANAGERD_MODEL_TOKEN"
 
 // modelFlags say where fetched models (model.source) are kept and how they
@@ -39,7 +40,7 @@ func (m *modelFlags) registerLookup(cmd *cobra.Command) {
 	fl := cmd.Flags()
 	fl.StringVar(&m.cache, "model-cache", "", "the model cache, where model.source models are fetched to (default STATE_DIR/models)")
 	fl.BoolVar(&m.offline, "offline", false, "use only models already in the model cache (with a verified digest): nothing is fetched or looked up")
-	fl.StringVar(&m.tokenFile, "model-token-file", "", "file holding the token for private model sources (or set the token itself in "+ModelTokenEnv+"); sent only to a source's own host")
+	fl.StringVar(&m.tokenFile, "model-token-file", "", "file holding the token for private model sources (or set the token itself in "+ModelTokenEnv+"; the file wins); sent only to a source's own host")
 }
 
 // registerFetch registers the flags of the commands that fetch (apply, serve).
@@ -75,19 +76,13 @@ func (m *modelFlags) maxBytes() (uint64, error) {
 	return n, nil
 }
 
-// token returns the token for private sources: --model-token-file's
-// content, else ModelTokenEnv, else "". It is never logged.
+// token returns the token for private sources (fetch.ReadToken:
+// --model-token-file's content when given, else ModelTokenEnv, else "").
+// Its errors are usage errors. The token is never logged.
 func (m *modelFlags) token() (string, error) {
-	if m.tokenFile == "" {
-		return os.Getenv(ModelTokenEnv), nil
-	}
-	data, err := os.ReadFile(m.tokenFile)
+	t, err := fetch.ReadToken(m.tokenFile, ModelTokenEnv)
 	if err != nil {
 		return "", usageError("--model-token-file: %v", err)
-	}
-	t := strings.TrimSpace(string(data))
-	if t == "" {
-		return "", usageError("--model-token-file %s is empty", m.tokenFile)
 	}
 	return t, nil
 }

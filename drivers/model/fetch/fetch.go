@@ -3,7 +3,7 @@
 //
 //	c, _ := cache.Open(dir, cache.Options{MaxSize: maxBytes})
 //	f := fetch.New(c, fetch.Options{
-//		Token:        fetch.TokenFromEnvOrFile("POOL_MANAGERD_MODEL_TOKEN", tokenFile),
+//		Token:        fetch.TokenFromFileOrEnv(tokenFile, "POOL_MANAGERD_MODEL_TOKEN"),
 //		Parallel:     2,
 //		StallTimeout: 60 * time.Second,
 //	})
@@ -57,28 +57,6 @@ const (
 	DefaultRetries      = 5
 	DefaultRetryBackoff = time.Second
 )
-
-// TokenSource returns the token for the sources, "" for none. It is called
-// for every download, so a rotated token file is picked up.
-type TokenSource func() (string, error)
-
-// TokenFromEnvOrFile reads the token from the environment variable env, else
-// from file (when not empty); neither gives no token.
-func TokenFromEnvOrFile(env, file string) TokenSource {
-	return func() (string, error) {
-		if t := strings.TrimSpace(os.Getenv(env)); t != "" {
-			return t, nil
-		}
-		if file == "" {
-			return "", nil
-		}
-		b, err := os.ReadFile(file)
-		if err != nil {
-			return "", fmt.Errorf("token file: %w", err)
-		}
-		return strings.TrimSpace(string(b)), nil
-	}
-}
 
 // Options configure a Fetcher. The zero value works: default client, no
 // token, the defaults above.
