@@ -15,9 +15,15 @@ import (
 	gguf "github.com/gpustack/gguf-parser-go"
 
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/vram"
+	"github.com/poolmanagerd/pool-managerd/drivers/model/fetch"
 )
 
 const remoteToken = "hf_remote_secret"
+
+// tokenFor is the remote token, allowed to hosts.
+func tokenFor(hosts ...string) fetch.Auth {
+	return fetch.Auth{Token: fetch.StaticToken(remoteToken), Hosts: hosts}
+}
 
 // rangeServer serves one file with range support and records what it sent.
 type rangeServer struct {
@@ -103,7 +109,9 @@ func TestEstimateGGUFRemoteReadsOnlyTheHeader(t *testing.T) {
 	t.Cleanup(origin.Close)
 
 	split := []float64{0.5, 0.5}
-	got, err := vram.EstimateGGUFRemote(context.Background(), origin.URL+"/org/repo/resolve/c/model.gguf", remoteToken, 4096, split,
+	// localhost is listed too: a redirect to another host drops the token
+	// all the same.
+	got, err := vram.EstimateGGUFRemote(context.Background(), origin.URL+"/org/repo/resolve/c/model.gguf", tokenFor("127.0.0.1", "localhost"), 4096, split,
 		vram.RemoteBufferSize(buf))
 	if err != nil {
 		t.Fatal(err)
@@ -149,7 +157,7 @@ func TestEstimateGGUFRemoteErrors(t *testing.T) {
 		{"sharded", srv.URL + "/m-00001-of-00003.gguf", "shards"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := vram.EstimateGGUFRemote(context.Background(), tc.url, "", 4096, []float64{1})
+			_, err := vram.EstimateGGUFRemote(context.Background(), tc.url, fetch.Auth{}, 4096, []float64{1})
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("EstimateGGUFRemote = %v; want an error with %q", err, tc.want)
 			}
@@ -157,19 +165,58 @@ func TestEstimateGGUFRemoteErrors(t *testing.T) {
 	}
 }
 
-func TestEstimateGGUFRemoteSameHostGetsTheToken(t *testing.T) {
-	srv := newRangeServer(t, modelTiny)
-	if _, err := vram.EstimateGGUFRemote(context.Background(), srv.URL+"/model.gguf", remoteToken, 2048, []float64{1}); err != nil {
-		t.Fatal(err)
-	}
-	srv.mu.Lock()
-	defer srv.mu.Unlock()
-	if len(srv.auth) < 2 {
-		t.Fatalf("%d requests; want the redirect check and the header reads", len(srv.auth))
-	}
-	for i, a := range srv.auth {
-		if a != "Bearer "+remoteToken {
-			t.Errorf("request %d carried Authorization %q; want the token", i, a)
-		}
+// TestEstimateGGUFRemoteToken: the HEADs and the header reads carry the
+// token only to a listed host, and not after a redirect to another port.
+func TestEstimateGGUFRemoteToken(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// hosts returns the token's hosts, given the file server's address.
+		hosts func(addr string) []string
+		// redirect: the source is another server on 127.0.0.1 that
+		// redirects to the file's server (another port).
+		redirect             bool
+		originAuth, fileAuth string
+	}{
+		{name: "listed host", hosts: func(string) []string { return []string{"127.0.0.1"} }, fileAuth: "Bearer " + remoteToken},
+		{name: "listed host and port", hosts: func(addr string) []string { return []string{addr} }, fileAuth: "Bearer " + remoteToken},
+		{name: "unlisted host", hosts: func(string) []string { return []string{fetch.DefaultTokenHost} }},
+		{name: "listed host, another port", hosts: func(string) []string { return []string{"127.0.0.1:1"} }},
+		{name: "redirect to another port", hosts: func(string) []string { return []string{"127.0.0.1"} }, redirect: true, originAuth: "Bearer " + remoteToken},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := newRangeServer(t, modelTiny)
+			src := srv.URL + "/model.gguf"
+			var mu sync.Mutex
+			var originAuth []string
+			if tc.redirect {
+				origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					mu.Lock()
+					originAuth = append(originAuth, r.Header.Get("Authorization"))
+					mu.Unlock()
+					http.Redirect(w, r, srv.URL+"/model.gguf", http.StatusFound)
+				}))
+				t.Cleanup(origin.Close)
+				src = origin.URL + "/model.gguf"
+			}
+			auth := tokenFor(tc.hosts(srv.Listener.Addr().String())...)
+			if _, err := vram.EstimateGGUFRemote(context.Background(), src, auth, 2048, []float64{1}); err != nil {
+				t.Fatal(err)
+			}
+			srv.mu.Lock()
+			defer srv.mu.Unlock()
+			if len(srv.auth) < 2 {
+				t.Fatalf("%d requests; want the redirect check and the header reads", len(srv.auth))
+			}
+			for i, a := range srv.auth {
+				if a != tc.fileAuth {
+					t.Errorf("request %d to the file's server carried Authorization %q; want %q", i, a, tc.fileAuth)
+				}
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if tc.redirect && (len(originAuth) == 0 || originAuth[0] != tc.originAuth) {
+				t.Errorf("the source got Authorization %q; want %q", originAuth, tc.originAuth)
+			}
+		})
 	}
 }
