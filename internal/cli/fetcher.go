@@ -2,8 +2,6 @@ package cli
 
 import (
 	"fmt"
-	"os"
-	"strings"
 
 	"github.com/poolmanagerd/pool-managerd/drivers/model/cache"
 	"github.com/poolmanagerd/pool-managerd/drivers/model/fetch"
@@ -12,8 +10,9 @@ import (
 // fetcher opens the model cache (--model-cache, default STATE_DIR/models)
 // and returns the fetcher that downloads into it, with the fetch flags. The
 // flags are checked first: their errors are usage errors (exit 2), the
-// token file's included. The token is read again for every download (a
-// rotated file is picked up) and never logged.
+// token file's and --model-token-hosts' included. The token is read again
+// for every request that may carry it (a rotated file is picked up), goes
+// only to the hosts of --model-token-hosts, and is never logged.
 func (m *modelFlags) fetcher(stateDir string) (*fetch.Fetcher, error) {
 	if err := m.check(); err != nil {
 		return nil, err
@@ -29,16 +28,6 @@ func (m *modelFlags) fetcher(stateDir string) (*fetch.Fetcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("model cache: %w", err)
 	}
-	tokenFile := m.tokenFile
-	token := func() (string, error) {
-		if tokenFile == "" {
-			return os.Getenv(ModelTokenEnv), nil
-		}
-		data, err := os.ReadFile(tokenFile)
-		if err != nil {
-			return "", fmt.Errorf("--model-token-file: %w", err)
-		}
-		return strings.TrimSpace(string(data)), nil
-	}
-	return fetch.New(c, fetch.Options{Token: token, Parallel: m.parallel, StallTimeout: m.stall, Offline: m.offline}), nil
+	auth := fetch.Auth{Token: fetch.TokenFromFileOrEnv(m.tokenFile, ModelTokenEnv), Hosts: m.tokenHosts}
+	return fetch.New(c, fetch.Options{Auth: auth, Parallel: m.parallel, StallTimeout: m.stall, Offline: m.offline}), nil
 }

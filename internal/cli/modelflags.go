@@ -1,16 +1,17 @@
 package cli
 
 import (
-	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/poolmanagerd/pool-managerd/drivers/model/fetch"
 )
 
 // ModelTokenEnv holds the token sent to model sources (model.source), as an
-// alternative to --model-token-file. It is sent only to a source's own host.
+// alternative to --model-token-file (the file wins when both are given). It
+// is sent only to the hosts of --model-token-hosts.
 const ModelTokenEnv = "POOL_MANAGERD_MODEL_TOKEN"
 
 // modelFlags say where fetched models (model.source) are kept and how they
@@ -23,6 +24,9 @@ type modelFlags struct {
 	offline bool
 	// tokenFile holds the token for private sources (or ModelTokenEnv).
 	tokenFile string
+	// tokenHosts are the hosts the token may be sent to
+	// (fetch.TokenAllowed).
+	tokenHosts []string
 	// maxSize caps the cache ("" or "0": no cap beyond the disk's free space).
 	maxSize string
 	// parallel bounds the downloads that run at once.
@@ -39,7 +43,9 @@ func (m *modelFlags) registerLookup(cmd *cobra.Command) {
 	fl := cmd.Flags()
 	fl.StringVar(&m.cache, "model-cache", "", "the model cache, where model.source models are fetched to (default STATE_DIR/models)")
 	fl.BoolVar(&m.offline, "offline", false, "use only models already in the model cache (with a verified digest): nothing is fetched or looked up")
-	fl.StringVar(&m.tokenFile, "model-token-file", "", "file holding the token for private model sources (or set the token itself in "+ModelTokenEnv+"); sent only to a source's own host")
+	fl.StringVar(&m.tokenFile, "model-token-file", "", "file holding the token for private model sources (or set the token itself in "+ModelTokenEnv+"; the file wins); sent only to the hosts of --model-token-hosts")
+	fl.StringSliceVar(&m.tokenHosts, "model-token-hosts", []string{fetch.DefaultTokenHost}, "the hosts the model token is sent to, comma-separated: HOST (any port) or HOST:PORT, matched exactly (a subdomain is another host: list cdn.example.com itself); "+
+		"only over https (http only to a listed loopback host: localhost, 127.0.0.1, ::1), never after a redirect that changes the scheme, host or port; a source on any other host gets no token")
 }
 
 // registerFetch registers the flags of the commands that fetch (apply, serve).
@@ -75,21 +81,24 @@ func (m *modelFlags) maxBytes() (uint64, error) {
 	return n, nil
 }
 
-// token returns the token for private sources: --model-token-file's
-// content, else ModelTokenEnv, else "". It is never logged.
+// token checks --model-token-hosts and returns the token for private
+// sources (fetch.ReadToken: --model-token-file's content when given, else
+// ModelTokenEnv, else ""). Its errors are usage errors. The token is never
+// logged.
 func (m *modelFlags) token() (string, error) {
-	if m.tokenFile == "" {
-		return os.Getenv(ModelTokenEnv), nil
+	if err := fetch.CheckTokenHosts(m.tokenHosts); err != nil {
+		return "", usageError("--model-token-hosts: %v", err)
 	}
-	data, err := os.ReadFile(m.tokenFile)
+	t, err := fetch.ReadToken(m.tokenFile, ModelTokenEnv)
 	if err != nil {
 		return "", usageError("--model-token-file: %v", err)
 	}
-	t := strings.TrimSpace(string(data))
-	if t == "" {
-		return "", usageError("--model-token-file %s is empty", m.tokenFile)
-	}
 	return t, nil
+}
+
+// auth is the token read once (see token) with the hosts it may go to.
+func (m *modelFlags) auth(token string) fetch.Auth {
+	return fetch.Auth{Token: fetch.StaticToken(token), Hosts: m.tokenHosts}
 }
 
 // check validates the fetch flags: usage errors (exit 2).

@@ -28,7 +28,7 @@ type planOptions struct {
 	Format           string
 	// nodeGiven: --node was given (not defaulted to the host name).
 	nodeGiven bool
-	// Models: --model-cache, --offline, --model-token-file.
+	// Models: --model-cache, --offline, --model-token-file, --model-token-hosts.
 	Models modelFlags
 }
 
@@ -88,8 +88,11 @@ source), so a PR check fails for a model too big for its GPUs. A source that
 cannot be reached is a warning, and the need is checked before the engine
 starts. --offline asks no source: a model not in the cache then fails apply
 and serve, and the plan says so. A token for private sources comes from
---model-token-file or POOL_MANAGERD_MODEL_TOKEN, and is sent only to the
-source's own host.
+--model-token-file (which wins) or POOL_MANAGERD_MODEL_TOKEN, and is sent only
+to a source on a host of --model-token-hosts (default huggingface.co; exact
+names, no subdomains), over https, never after a redirect that changes the
+scheme, host or port: a source a pull request names on another host gets no
+token.
 With --gpus declared it needs no GPU and no state: a pull-request check of what a
 fresh node would run (every declared node unless --node is given).
 
@@ -211,7 +214,7 @@ func planExit(opts planOptions, changes bool, blocked []string) error {
 // (a fresh node) the cache is used only for estimates, and only when
 // --model-cache names it; nothing counts as cached there.
 func (o planOptions) modelLookup(token string) observe.ModelLookup {
-	m := observe.ModelLookup{Remote: !o.Models.offline, Offline: o.Models.offline, Token: token}
+	m := observe.ModelLookup{Remote: !o.Models.offline, Offline: o.Models.offline, Auth: o.Models.auth(token)}
 	switch {
 	case o.GPUs.Kind != "declared":
 		m.Cache = o.Models.cacheDir(o.StateDir)

@@ -85,7 +85,7 @@ pools: "small": {
 		t.Fatal(err)
 	}
 
-	code, stdout, stderr := runMain("plan", config, "--gpus", "declared", "--model-token-file", tokenFile)
+	code, stdout, stderr := runMain("plan", config, "--gpus", "declared", "--model-token-file", tokenFile, "--model-token-hosts", "127.0.0.1")
 	if code != 1 {
 		t.Errorf("plan exited %d, want 1 (a blocked pool fails a PR check)\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
 	}
@@ -180,6 +180,99 @@ pools: "small": {
 	}
 	if reqs := srv.Requests(); len(reqs) != asked {
 		t.Errorf("plan --offline asked the source: %+v", reqs[asked:])
+	}
+}
+
+// TestPlanSendsTheTokenOnlyToListedHosts: a pull request that points a
+// pool's model.source at a host of its choosing gets nothing from a CI that
+// holds a token: plan sends it only to the hosts of --model-token-hosts
+// (default huggingface.co), and the token file wins over the environment.
+func TestPlanSendsTheTokenOnlyToListedHosts(t *testing.T) {
+	models := t.TempDir()
+	if _, err := ggufgen.Write(filepath.Join(models, "tiny.gguf"), ggufgen.Tiny()); err != nil {
+		t.Fatal(err)
+	}
+	srv := modelserver.Start(t, nil)
+	if err := srv.PutFile("/tiny.gguf", filepath.Join(models, "tiny.gguf")); err != nil {
+		t.Fatal(err)
+	}
+	config := t.TempDir()
+	writeConfig(t, config, `package poolmanagerd
+
+nodes: "gpu-01": gpus: [{index: 0, vram: 24Gi, model: "NVIDIA GeForce RTX 3090"}]
+pools: "chat": {
+	node:    "gpu-01"
+	engine:  "llamacpp"
+	model: {source: "`+srv.URL+`/tiny.gguf", sha256: "`+digestA+`", ctx: 2048}
+	devices: [0]
+}
+`)
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte("from-file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  map[string]string
+		// wantCode is plan's exit code; wantAuth the Authorization of
+		// every request the source gets.
+		wantCode int
+		wantAuth string
+		// wantErr is part of stderr; asks: the source is asked.
+		wantErr string
+		asks    bool
+	}{{
+		name: "default hosts: an unlisted source gets no token",
+		args: []string{"--model-token-file", tokenFile},
+		env:  map[string]string{ModelTokenEnv: "from-env"},
+		asks: true,
+	}, {
+		name:     "a listed host gets the token of the environment",
+		args:     []string{"--model-token-hosts", "huggingface.co,127.0.0.1"},
+		env:      map[string]string{ModelTokenEnv: "from-env"},
+		asks:     true,
+		wantAuth: "Bearer from-env",
+	}, {
+		name:     "hosts from the environment; the file wins over the token's variable",
+		args:     []string{"--model-token-file", tokenFile},
+		env:      map[string]string{ModelTokenEnv: "from-env", "POOL_MANAGERD_MODEL_TOKEN_HOSTS": "127.0.0.1"},
+		asks:     true,
+		wantAuth: "Bearer from-file",
+	}, {
+		name: "another name for the host is another host",
+		args: []string{"--model-token-hosts", "localhost"},
+		env:  map[string]string{ModelTokenEnv: "from-env"},
+		asks: true,
+	}, {
+		name:     "a URL is not a host",
+		args:     []string{"--model-token-hosts", "https://huggingface.co"},
+		env:      map[string]string{ModelTokenEnv: "from-env"},
+		wantCode: ExitUsage,
+		wantErr:  "--model-token-hosts: \"https://huggingface.co\": a host name, not a URL",
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			before := len(srv.Requests())
+			code, stdout, stderr := runMain(append([]string{"plan", config, "--gpus", "declared"}, tc.args...)...)
+			if code != tc.wantCode || !strings.Contains(stderr, tc.wantErr) {
+				t.Errorf("plan exited %d, want %d with %q in stderr\nstdout:\n%s\nstderr:\n%s", code, tc.wantCode, tc.wantErr, stdout, stderr)
+			}
+			if strings.Contains(stdout+stderr, "from-env") || strings.Contains(stdout+stderr, "from-file") {
+				t.Error("the token is in plan's output")
+			}
+			reqs := srv.Requests()[before:]
+			if asked := len(reqs) > 0; asked != tc.asks {
+				t.Errorf("the source got %+v; want it asked: %v", reqs, tc.asks)
+			}
+			for _, r := range reqs {
+				if r.Authorization != tc.wantAuth {
+					t.Errorf("request %s %s (range %q) got Authorization %q; want %q", r.Method, r.Path, r.Range, r.Authorization, tc.wantAuth)
+				}
+			}
+		})
 	}
 }
 

@@ -159,8 +159,10 @@ anything is spawned; pools of one model share one download and one file.
 Downloads resume after a dropped connection or a restart, run --fetch-parallel
 at a time, and fail (fetch_stalled) when less than 64 KiB arrives in
 --fetch-stall-timeout (nothing, or a trickle). --offline uses only models already in the cache. A
-token for private sources comes from --model-token-file or
-POOL_MANAGERD_MODEL_TOKEN, and goes only to a source's own host. At each resync
+token for private sources comes from --model-token-file (which wins) or
+POOL_MANAGERD_MODEL_TOKEN, and goes only to a source on a host of
+--model-token-hosts (default huggingface.co; exact names), over https, never
+after a redirect that changes the scheme, host or port. At each resync
 the models no pool of the node uses, last used longer than --cache-grace ago,
 are removed (never one an engine has open).
 

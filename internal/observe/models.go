@@ -41,9 +41,10 @@ type ModelLookup struct {
 	// of a source, and a start whose model is not cached fails
 	// (Observed.Offline). It overrides Remote.
 	Offline bool
-	// Token is sent as a bearer token to a source's own host, never to
-	// another host a redirect leads to. Never logged.
-	Token string
+	// Auth is the token for private sources and the hosts it may go to
+	// (fetch.TokenAllowed decides, for every request and redirect). Never
+	// logged.
+	Auth fetch.Auth
 	// Timeout bounds each remote lookup (the header read, the HEAD); 0
 	// means vram.DefaultRemoteTimeout.
 	Timeout time.Duration
@@ -220,7 +221,7 @@ func (l *lookup) resolve(ctx context.Context, p *schema.Pool, need *reconcile.Ne
 	}
 	ctx, cancel := context.WithTimeout(ctx, l.timeout())
 	defer cancel()
-	f := fetch.New(nil, fetch.Options{Client: l.Client, Token: l.tokenSource()})
+	f := fetch.New(nil, fetch.Options{Client: l.Client, Auth: l.Auth})
 	r, err := f.Resolve(ctx, src.URL)
 	if err != nil {
 		return err
@@ -246,7 +247,7 @@ func (l *lookup) estimateRemote(ctx context.Context, p *schema.Pool) (vram.Estim
 	if l.Client != nil {
 		opts = append(opts, vram.RemoteClient(l.Client))
 	}
-	return vram.ForRemote(ctx, p, src.URL, l.Token, opts...)
+	return vram.ForRemote(ctx, p, src.URL, l.Auth, opts...)
 }
 
 func (l *lookup) timeout() time.Duration {
@@ -254,14 +255,6 @@ func (l *lookup) timeout() time.Duration {
 		return l.Timeout
 	}
 	return vram.DefaultRemoteTimeout
-}
-
-func (l *lookup) tokenSource() fetch.TokenSource {
-	if l.Token == "" {
-		return nil
-	}
-	tok := l.Token
-	return func() (string, error) { return tok, nil }
 }
 
 // Models records which of the pools' fetched models are in the cache,

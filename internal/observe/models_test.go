@@ -16,6 +16,7 @@ import (
 
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/vram"
 	"github.com/poolmanagerd/pool-managerd/drivers/model/cache"
+	"github.com/poolmanagerd/pool-managerd/drivers/model/fetch"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
 	"github.com/poolmanagerd/pool-managerd/schema"
 	"github.com/poolmanagerd/pool-managerd/testkit/ggufgen"
@@ -145,6 +146,8 @@ func TestNeedsOfFetchedModels(t *testing.T) {
 		wantWarnings []string
 		// asks: the source is asked (HEAD and, without vram, the header).
 		asks bool
+		// wantAuth is the Authorization of every request the source gets.
+		wantAuth string
 	}{{
 		name:   "in the cache: estimated from the cached file",
 		lookup: ModelLookup{Cache: cacheDir, Remote: true},
@@ -162,7 +165,16 @@ func TestNeedsOfFetchedModels(t *testing.T) {
 		want:   reconcile.Need{Deferred: "the model is not in the model cache (offline: its source is not asked)"},
 	}, {
 		name:   "remote: estimated from the header; the size and a differing digest from the source",
-		lookup: ModelLookup{Cache: cacheDir, Remote: true, Token: modelToken},
+		lookup: ModelLookup{Cache: cacheDir, Remote: true, Auth: fetch.Auth{Token: fetch.StaticToken(modelToken), Hosts: []string{"127.0.0.1"}}},
+		pool:   llamaSourcePool("chat", remoteURL, declaredDigest, 0),
+		want:   reconcile.Need{PerGPU: bigNeed.PerGPU, Source: vram.SourceGGUF, Bytes: bigSize},
+		wantWarnings: []string{"the source's file has digest " + otherDigest + ", the config says " + declaredDigest +
+			": the fetch will fail (model_digest_mismatch)"},
+		asks:     true,
+		wantAuth: "Bearer " + modelToken,
+	}, {
+		name:   "remote, a host the token is not for: asked without the token",
+		lookup: ModelLookup{Cache: cacheDir, Remote: true, Auth: fetch.Auth{Token: fetch.StaticToken(modelToken), Hosts: []string{fetch.DefaultTokenHost}}},
 		pool:   llamaSourcePool("chat", remoteURL, declaredDigest, 0),
 		want:   reconcile.Need{PerGPU: bigNeed.PerGPU, Source: vram.SourceGGUF, Bytes: bigSize},
 		wantWarnings: []string{"the source's file has digest " + otherDigest + ", the config says " + declaredDigest +
@@ -203,9 +215,9 @@ func TestNeedsOfFetchedModels(t *testing.T) {
 			if asked != tc.asks {
 				t.Errorf("the source got %q; want it asked: %v", after[len(before):], tc.asks)
 			}
-			for _, a := range auth[len(before):] {
-				if want := "Bearer " + tc.lookup.Token; tc.lookup.Token != "" && a != want {
-					t.Errorf("the source got Authorization %q; want the token", a)
+			for i, a := range auth[len(before):] {
+				if a != tc.wantAuth {
+					t.Errorf("request %q got Authorization %q; want %q", after[len(before)+i], a, tc.wantAuth)
 				}
 			}
 		})

@@ -193,7 +193,7 @@ var hints = map[string]string{
 	ClassInsufficientDisk: "free disk space under the model cache (--model-cache), raise --model-cache-max, " +
 		"or let the cache's GC remove models no pool uses (--cache-grace)",
 	ClassFetchHTTP: "check model.source (a 404 is a wrong URL, file or revision; 401 or 403 a private source: set " +
-		"--model-token-file or POOL_MANAGERD_MODEL_TOKEN); a 5xx or 429 is the source's and is retried with backoff",
+		"--model-token-file or POOL_MANAGERD_MODEL_TOKEN, and list its host in --model-token-hosts); a 5xx or 429 is the source's and is retried with backoff",
 	ClassFetchStalled: "the source sent nothing for --fetch-stall-timeout: check the network and the source; " +
 		"the download resumes from the bytes already on disk at the next try",
 	ClassFetchNetwork: "the node could not reach the source (DNS, refused, reset): check its network, proxy and firewall; " +

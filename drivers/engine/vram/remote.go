@@ -12,6 +12,7 @@ import (
 
 	gguf "github.com/gpustack/gguf-parser-go"
 
+	"github.com/poolmanagerd/pool-managerd/drivers/model/fetch"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
 
@@ -53,15 +54,15 @@ func RemoteClient(c *http.Client) Option {
 // ForRemote is For for a pool whose model is not on this machine but at
 // rawURL (its model.source's URL): the declared `vram` when it has one,
 // else, for a llama.cpp pool, the estimate from the GGUF header at rawURL
-// (EstimateGGUFRemote, with the token), with the pool's context size, split
-// and flash attention.
-func ForRemote(ctx context.Context, pool *schema.Pool, rawURL, token string, opts ...Option) (Estimate, error) {
+// (EstimateGGUFRemote, with auth), with the pool's context size, split and
+// flash attention.
+func ForRemote(ctx context.Context, pool *schema.Pool, rawURL string, auth fetch.Auth, opts ...Option) (Estimate, error) {
 	split, declared, err := declaredNeed(pool)
 	if err != nil || declared != nil {
 		return *declared, err
 	}
 	opts = append([]Option{FlashAttention(flashAttention(pool))}, opts...)
-	return EstimateGGUFRemote(ctx, rawURL, token, pool.Model.Ctx, split, opts...)
+	return EstimateGGUFRemote(ctx, rawURL, auth, pool.Model.Ctx, split, opts...)
 }
 
 // EstimateGGUFRemote is EstimateGGUF for a GGUF file at an HTTP(S) URL (a
@@ -69,15 +70,18 @@ func ForRemote(ctx context.Context, pool *schema.Pool, rawURL, token string, opt
 // file's header, with range requests of a bounded size, so `plan` can check
 // a model that is not on the machine.
 //
-// The token (may be empty) is sent to the URL's host only. The source's
-// redirects are followed first with HEAD requests (the Hub redirects to a
-// CDN with a signed URL); gguf-parser-go then reads the final URL, with the
-// token only when that is still on the source's host (its bearer option
-// would send it on every hop). The whole estimate is bounded by
-// RemoteTimeout. Sharded models (NAME-00001-of-0000N.gguf) are not estimated
+// The token of auth goes only where fetch.TokenAllowed says, from rawURL.
+// The source's redirects are followed first with HEAD requests (the Hub
+// redirects to a CDN with a signed URL); gguf-parser-go then reads the
+// final URL, with the token only when TokenAllowed allows it there (that is,
+// no redirect changed the scheme, host or port). gguf-parser-go's bearer
+// option sends the token on every request its own client makes, redirects
+// included, and it takes no client of ours: a host the token is allowed to
+// that answers the GETs with a redirect its HEAD did not show would still
+// get it on the next hop. The whole estimate is bounded by RemoteTimeout. Sharded models (NAME-00001-of-0000N.gguf) are not estimated
 // remotely. A source that cannot be reached is an error, which plan reports
 // as a warning.
-func EstimateGGUFRemote(ctx context.Context, rawURL, token string, ctxSize int, split []float64, opts ...Option) (Estimate, error) {
+func EstimateGGUFRemote(ctx context.Context, rawURL string, auth fetch.Auth, ctxSize int, split []float64, opts ...Option) (Estimate, error) {
 	o := options{flashAttention: true, remoteTimeout: DefaultRemoteTimeout, remoteBufferSize: DefaultRemoteBufferSize}
 	for _, opt := range opts {
 		opt(&o)
@@ -98,7 +102,7 @@ func EstimateGGUFRemote(ctx context.Context, rawURL, token string, ctxSize int, 
 		defer cancel()
 	}
 
-	final, sameHost, err := followRedirects(ctx, o.remoteClient, rawURL, token)
+	final, token, err := followRedirects(ctx, o.remoteClient, rawURL, auth)
 	if err != nil {
 		return Estimate{}, fmt.Errorf("model %s: %w", rawURL, err)
 	}
@@ -107,7 +111,7 @@ func EstimateGGUFRemote(ctx context.Context, rawURL, token string, ctxSize int, 
 		gguf.SkipCache(),
 		gguf.UseBufferSize(o.remoteBufferSize),
 	}
-	if token != "" && sameHost {
+	if token != "" {
 		readOpts = append(readOpts, gguf.UseBearerAuth(token))
 	}
 	// gguf-parser-go's remote reader now and then misreads a header (an
@@ -131,10 +135,10 @@ func EstimateGGUFRemote(ctx context.Context, rawURL, token string, ctxSize int, 
 	return estimateFile(gf, rawURL, ctxSize, split, cum, o)
 }
 
-// followRedirects follows rawURL's redirects with HEAD requests, sending the
-// token to rawURL's host only. It returns the final URL and whether it is on
-// rawURL's host.
-func followRedirects(ctx context.Context, c *http.Client, rawURL, token string) (final string, sameHost bool, err error) {
+// followRedirects follows rawURL's redirects with HEAD requests, each with
+// the token when fetch.TokenAllowed allows it from rawURL. It returns the
+// final URL and the token for it ("" when it may not have it).
+func followRedirects(ctx context.Context, c *http.Client, rawURL string, auth fetch.Auth) (final, token string, err error) {
 	var cc http.Client
 	if c != nil {
 		cc = *c
@@ -142,21 +146,25 @@ func followRedirects(ctx context.Context, c *http.Client, rawURL, token string) 
 	cc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	first, err := url.Parse(rawURL)
 	if err != nil {
-		return "", false, err
+		return "", "", err
 	}
 	cur := first
 	for hop := 0; hop <= 10; hop++ {
 		req, err := http.NewRequestWithContext(ctx, http.MethodHead, cur.String(), nil)
 		if err != nil {
-			return "", false, err
+			return "", "", err
 		}
 		req.Header.Set("Accept-Encoding", "identity")
-		if token != "" && cur.Host == first.Host {
-			req.Header.Set("Authorization", "Bearer "+token)
+		tok, err := auth.For(first, cur)
+		if err != nil {
+			return "", "", err
+		}
+		if tok != "" {
+			req.Header.Set("Authorization", "Bearer "+tok)
 		}
 		resp, err := cc.Do(req)
 		if err != nil {
-			return "", false, fmt.Errorf("HEAD: %w", err)
+			return "", "", fmt.Errorf("HEAD: %w", err)
 		}
 		_, _ = io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
@@ -164,16 +172,16 @@ func followRedirects(ctx context.Context, c *http.Client, rawURL, token string) 
 		case resp.StatusCode >= 300 && resp.StatusCode < 400 && resp.Header.Get("Location") != "":
 			next, err := cur.Parse(resp.Header.Get("Location"))
 			if err != nil {
-				return "", false, fmt.Errorf("bad redirect: %w", err)
+				return "", "", fmt.Errorf("bad redirect: %w", err)
 			}
 			cur = next
 		case resp.StatusCode >= 400:
-			return "", false, fmt.Errorf("HEAD: HTTP %d %s", resp.StatusCode, http.StatusText(resp.StatusCode))
+			return "", "", fmt.Errorf("HEAD: HTTP %d %s", resp.StatusCode, http.StatusText(resp.StatusCode))
 		default:
-			return cur.String(), cur.Host == first.Host, nil
+			return cur.String(), tok, nil
 		}
 	}
-	return "", false, errors.New("more than 10 redirects")
+	return "", "", errors.New("more than 10 redirects")
 }
 
 // parseRemote reads the header of the GGUF file at url, turning the

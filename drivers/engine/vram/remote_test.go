@@ -11,10 +11,16 @@ import (
 	gguf "github.com/gpustack/gguf-parser-go"
 
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/vram"
+	"github.com/poolmanagerd/pool-managerd/drivers/model/fetch"
 	"github.com/poolmanagerd/pool-managerd/testkit/modelserver"
 )
 
 const remoteToken = "hf_remote_secret"
+
+// tokenFor is the remote token, allowed to hosts.
+func tokenFor(hosts ...string) fetch.Auth {
+	return fetch.Auth{Token: fetch.StaticToken(remoteToken), Hosts: hosts}
+}
 
 // hostOf is the Host header a request to base (a server's URL) carries.
 func hostOf(base string) string { return strings.TrimPrefix(base, "http://") }
@@ -45,7 +51,9 @@ func TestEstimateGGUFRemoteReadsOnlyTheHeader(t *testing.T) {
 	origin, cdn := hostOf(srv.URL), hostOf(srv.LocalhostURL())
 
 	split := []float64{0.5, 0.5}
-	got, err := vram.EstimateGGUFRemote(context.Background(), srv.URL+resolve, remoteToken, 4096, split,
+	// localhost is listed too: a redirect to another host drops the token
+	// all the same.
+	got, err := vram.EstimateGGUFRemote(context.Background(), srv.URL+resolve, tokenFor("127.0.0.1", "localhost"), 4096, split,
 		vram.RemoteBufferSize(buf))
 	if err != nil {
 		t.Fatal(err)
@@ -100,7 +108,7 @@ func TestEstimateGGUFRemoteErrors(t *testing.T) {
 		{"sharded", srv.URL + "/m-00001-of-00003.gguf", "shards"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := vram.EstimateGGUFRemote(context.Background(), tc.url, "", 4096, []float64{1})
+			_, err := vram.EstimateGGUFRemote(context.Background(), tc.url, fetch.Auth{}, 4096, []float64{1})
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("EstimateGGUFRemote = %v; want an error with %q", err, tc.want)
 			}
@@ -108,21 +116,53 @@ func TestEstimateGGUFRemoteErrors(t *testing.T) {
 	}
 }
 
-func TestEstimateGGUFRemoteSameHostGetsTheToken(t *testing.T) {
-	srv := modelserver.Start(t, nil)
-	if err := srv.PutFile("/model.gguf", modelTiny); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := vram.EstimateGGUFRemote(context.Background(), srv.URL+"/model.gguf", remoteToken, 2048, []float64{1}); err != nil {
-		t.Fatal(err)
-	}
-	reqs := srv.Requests()
-	if len(reqs) < 2 || len(srv.GETsOf("/model.gguf")) == 0 {
-		t.Fatalf("requests %+v; want the redirect check and the header reads", reqs)
-	}
-	for i, r := range reqs {
-		if r.Authorization != "Bearer "+remoteToken {
-			t.Errorf("request %d (%s %s) carried Authorization %q; want the token", i, r.Method, r.Path, r.Authorization)
-		}
+// TestEstimateGGUFRemoteToken: the HEADs and the header reads carry the
+// token only to a listed host, and not after a redirect to another port.
+func TestEstimateGGUFRemoteToken(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// hosts returns the token's hosts, given the file server's address.
+		hosts func(addr string) []string
+		// redirect: the source is another server on 127.0.0.1 that
+		// redirects to the file's server (another port).
+		redirect             bool
+		originAuth, fileAuth string
+	}{
+		{name: "listed host", hosts: func(string) []string { return []string{"127.0.0.1"} }, fileAuth: "Bearer " + remoteToken},
+		{name: "listed host and port", hosts: func(addr string) []string { return []string{addr} }, fileAuth: "Bearer " + remoteToken},
+		{name: "unlisted host", hosts: func(string) []string { return []string{fetch.DefaultTokenHost} }},
+		{name: "listed host, another port", hosts: func(string) []string { return []string{"127.0.0.1:1"} }},
+		{name: "redirect to another port", hosts: func(string) []string { return []string{"127.0.0.1"} }, redirect: true, originAuth: "Bearer " + remoteToken},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := modelserver.Start(t, nil)
+			if err := srv.PutFile("/model.gguf", modelTiny); err != nil {
+				t.Fatal(err)
+			}
+			src := srv.URL + "/model.gguf"
+			var origin *modelserver.Server
+			if tc.redirect {
+				origin = modelserver.Start(t, nil)
+				origin.Redirect("/model.gguf", srv.URL+"/model.gguf", nil)
+				src = origin.URL + "/model.gguf"
+			}
+			if _, err := vram.EstimateGGUFRemote(context.Background(), src, tokenFor(tc.hosts(hostOf(srv.URL))...), 2048, []float64{1}); err != nil {
+				t.Fatal(err)
+			}
+			reqs := srv.Requests()
+			if len(reqs) < 2 || len(srv.GETsOf("/model.gguf")) == 0 {
+				t.Fatalf("requests %+v; want the redirect check and the header reads", reqs)
+			}
+			for i, r := range reqs {
+				if r.Authorization != tc.fileAuth {
+					t.Errorf("request %d (%s %s) to the file's server carried Authorization %q; want %q", i, r.Method, r.Path, r.Authorization, tc.fileAuth)
+				}
+			}
+			if tc.redirect {
+				if o := origin.Requests(); len(o) == 0 || o[0].Authorization != tc.originAuth {
+					t.Errorf("the source got %+v; want its first request with Authorization %q", o, tc.originAuth)
+				}
+			}
+		})
 	}
 }

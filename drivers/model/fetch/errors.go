@@ -77,7 +77,7 @@ func httpError(url string, code int) *Error {
 	case code == http.StatusNotFound:
 		e.Hint = "not found at the source — check the path and the revision"
 	case code == http.StatusUnauthorized || code == http.StatusForbidden:
-		e.Hint = "the source refuses access: set the token (--model-token-file, or POOL_MANAGERD_MODEL_TOKEN)"
+		e.Hint = "the source refuses access: set the token (--model-token-file, or POOL_MANAGERD_MODEL_TOKEN) and list the source's host in --model-token-hosts (https only)"
 	case code == http.StatusTooManyRequests:
 		e.Hint, e.Temporary = "the source limits the request rate; retried later", true
 	case code >= 500:

@@ -3,7 +3,10 @@
 //
 //	c, _ := cache.Open(dir, cache.Options{MaxSize: maxBytes})
 //	f := fetch.New(c, fetch.Options{
-//		Token:        fetch.TokenFromEnvOrFile("POOL_MANAGERD_MODEL_TOKEN", tokenFile),
+//		Auth: fetch.Auth{
+//			Token: fetch.TokenFromFileOrEnv(tokenFile, "POOL_MANAGERD_MODEL_TOKEN"),
+//			Hosts: []string{fetch.DefaultTokenHost},
+//		},
 //		Parallel:     2,
 //		StallTimeout: 60 * time.Second,
 //	})
@@ -21,9 +24,10 @@
 // verification record that later lookups trust without re-hashing. Errors
 // are *Error with a Class, a Message, a Hint and, for HTTP errors, a Code.
 //
-// The token is sent to the source's host only: never to another host a
-// redirect leads to (the Hub redirects to a CDN), never logged, never in an
-// error.
+// The token goes only where TokenAllowed says: to a source on one of
+// Auth.Hosts, over https (or http on a listed loopback host), and never on
+// a redirect that changes the scheme, host or port (the Hub redirects to a
+// CDN); it is never logged, never in an error.
 package fetch
 
 import (
@@ -35,6 +39,7 @@ import (
 	"io"
 	"io/fs"
 	"net/http"
+	"net/url"
 	"os"
 	"path"
 	"slices"
@@ -59,38 +64,17 @@ const (
 	DefaultRetryBackoff = time.Second
 )
 
-// TokenSource returns the token for the sources, "" for none. It is called
-// for every download, so a rotated token file is picked up.
-type TokenSource func() (string, error)
-
-// TokenFromEnvOrFile reads the token from the environment variable env, else
-// from file (when not empty); neither gives no token.
-func TokenFromEnvOrFile(env, file string) TokenSource {
-	return func() (string, error) {
-		if t := strings.TrimSpace(os.Getenv(env)); t != "" {
-			return t, nil
-		}
-		if file == "" {
-			return "", nil
-		}
-		b, err := os.ReadFile(file)
-		if err != nil {
-			return "", fmt.Errorf("token file: %w", err)
-		}
-		return strings.TrimSpace(string(b)), nil
-	}
-}
-
 // Options configure a Fetcher. The zero value works: default client, no
 // token, the defaults above.
 type Options struct {
 	// Client makes the requests; nil means a client with no overall timeout
 	// (the stall timeout bounds a download). Its CheckRedirect is wrapped
-	// so that Authorization never follows a redirect to another host.
+	// so that Authorization never follows a redirect that TokenAllowed
+	// refuses.
 	Client *http.Client
-	// Token gives the token sent as "Authorization: Bearer" to the source's
-	// host; nil means none.
-	Token TokenSource
+	// Auth is the token sent as "Authorization: Bearer" and the hosts it
+	// may go to; the zero value sends none.
+	Auth Auth
 	// Parallel is how many downloads run at once; 0 means DefaultParallel.
 	Parallel int
 	// StallTimeout fails a download (ClassStalled) that receives less than
@@ -179,25 +163,25 @@ func New(c *cache.Cache, opts Options) *Fetcher {
 	return &Fetcher{
 		cache:   c,
 		opts:    opts,
-		client:  sameHostAuthClient(opts.Client),
+		client:  tokenGuardClient(opts.Client, opts.Auth.Hosts),
 		slots:   make(chan struct{}, opts.Parallel),
 		flights: map[string]*flight{},
 		dirs:    map[string]*dirProgress{},
 	}
 }
 
-// sameHostAuthClient returns a copy of c (or a new client) whose redirects
-// drop Authorization whenever they leave the original request's host: Go's
-// client already drops it for hosts that are not the same or a subdomain;
-// this drops it for subdomains too.
-func sameHostAuthClient(c *http.Client) *http.Client {
+// tokenGuardClient returns a copy of c (or a new client) whose redirects
+// drop Authorization unless TokenAllowed allows it for the URL the redirect
+// leads to, from the first request's URL: Go's client keeps it for the same
+// host on another port or scheme, and for a subdomain.
+func tokenGuardClient(c *http.Client, hosts []string) *http.Client {
 	var cc http.Client
 	if c != nil {
 		cc = *c
 	}
 	next := cc.CheckRedirect
 	cc.CheckRedirect = func(req *http.Request, via []*http.Request) error {
-		if len(via) > 0 && req.URL.Hostname() != via[0].URL.Hostname() {
+		if len(via) > 0 && !TokenAllowed(hosts, via[0].URL, req.URL) {
 			req.Header.Del("Authorization")
 		}
 		if next != nil {
@@ -722,10 +706,10 @@ func (d *download) mismatchNoRemove(what string) error {
 	}
 }
 
-// get sends GET url, from byte offset when it is not 0, with the token for
-// the URL's host.
-func (f *Fetcher) get(ctx context.Context, url string, offset int64) (*http.Response, error) {
-	req, err := f.newRequest(ctx, http.MethodGet, url)
+// get sends GET url, from byte offset when it is not 0, with the token if
+// TokenAllowed allows it for url.
+func (f *Fetcher) get(ctx context.Context, rawURL string, offset int64) (*http.Response, error) {
+	req, err := f.newRequest(ctx, http.MethodGet, nil, rawURL)
 	if err != nil {
 		return nil, err
 	}
@@ -735,22 +719,26 @@ func (f *Fetcher) get(ctx context.Context, url string, offset int64) (*http.Resp
 	return f.client.Do(req)
 }
 
-func (f *Fetcher) newRequest(ctx context.Context, method, url string) (*http.Request, error) {
-	req, err := http.NewRequestWithContext(ctx, method, url, nil)
+// newRequest makes a request for rawURL, with the token when TokenAllowed
+// allows it for rawURL reached from origin (nil: rawURL is the source's
+// URL itself).
+func (f *Fetcher) newRequest(ctx context.Context, method string, origin *url.URL, rawURL string) (*http.Request, error) {
+	req, err := http.NewRequestWithContext(ctx, method, rawURL, nil)
 	if err != nil {
-		return nil, fmt.Errorf("fetch %s: %w", url, err)
+		return nil, fmt.Errorf("fetch %s: %w", rawURL, err)
 	}
 	// Byte ranges of the file itself, never of a compressed encoding.
 	req.Header.Set("Accept-Encoding", "identity")
 	req.Header.Set("User-Agent", "pool-managerd")
-	if f.opts.Token != nil {
-		tok, err := f.opts.Token()
-		if err != nil {
-			return nil, fmt.Errorf("fetch %s: %w", url, err)
-		}
-		if tok != "" {
-			req.Header.Set("Authorization", "Bearer "+tok)
-		}
+	if origin == nil {
+		origin = req.URL
+	}
+	tok, err := f.opts.Auth.For(origin, req.URL)
+	if err != nil {
+		return nil, fmt.Errorf("fetch %s: %w", rawURL, err)
+	}
+	if tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
 	}
 	return req, nil
 }

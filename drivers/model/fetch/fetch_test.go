@@ -21,6 +21,12 @@ import (
 
 const token = "hf_secret_token_value"
 
+// loopbackAuth sends token to the test servers' host, 127.0.0.1 (over
+// http: allowed for a listed loopback host).
+func loopbackAuth() fetch.Auth {
+	return fetch.Auth{Token: fetch.StaticToken(token), Hosts: []string{"127.0.0.1"}}
+}
+
 func digestOf(b []byte) string { return modelserver.SHA256(b) }
 
 // model is a file's bytes: distinct per size, so that a wrong offset
@@ -306,7 +312,7 @@ func TestHTTPErrors(t *testing.T) {
 		t.Run(strconv.Itoa(tc.code), func(t *testing.T) {
 			srv := modelserver.Start(t, nil)
 			srv.Fail("/m.gguf", tc.code)
-			f := newFetcher(t, t.TempDir(), cache.Options{}, fetch.Options{Token: func() (string, error) { return token, nil }})
+			f := newFetcher(t, t.TempDir(), cache.Options{}, fetch.Options{Auth: loopbackAuth()})
 			_, err := f.Fetch(context.Background(), fetch.Request{URL: srv.URL + "/m.gguf", SHA256: digestOf([]byte("x"))})
 			fe := wantClass(t, err, fetch.ClassHTTP)
 			if fe.Code != tc.code || !strings.Contains(fe.Hint, tc.hint) || fe.Temporary != tc.temporary {
@@ -396,23 +402,112 @@ func crossHost(t *testing.T, path string, data []byte, extra http.Header) (origi
 	return origin, cdn
 }
 
-func TestTokenStaysOnTheSourceHost(t *testing.T) {
+// TestTokenGoesOnlyToListedHosts downloads from loopback servers (a
+// listed host, an unlisted one, redirects to another host name, to another
+// port, and within one server) and checks which requests carried the token.
+func TestTokenGoesOnlyToListedHosts(t *testing.T) {
 	data := model(32 << 10)
-	origin, cdn := crossHost(t, "/m.gguf", data, nil)
-	f := newFetcher(t, t.TempDir(), cache.Options{}, fetch.Options{Token: func() (string, error) { return token, nil }})
-	if !strings.HasPrefix(origin.URL, "http://127.0.0.1:") {
-		t.Fatalf("origin at %s; the test needs it on 127.0.0.1", origin.URL)
-	}
-	p, err := f.Fetch(context.Background(), fetch.Request{URL: origin.URL + "/m.gguf", SHA256: digestOf(data)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	wantVerified(t, f, p, data)
-	if got := origin.Requests(); len(got) != 1 || got[0].Authorization != "Bearer "+token {
-		t.Errorf("origin saw %+v; want one request with the token", got)
-	}
-	if got := cdn.Requests(); len(got) != 1 || got[0].Authorization != "" {
-		t.Errorf("the other host saw %+v; want one request without Authorization", got)
+	for _, tc := range []struct {
+		name string
+		// setup returns the source URL and the servers to check.
+		setup func(t *testing.T) (src string, origin, next *modelserver.Server)
+		hosts []string
+		// originAuth, nextAuth: the Authorization each server must see.
+		originAuth, nextAuth string
+	}{{
+		name: "listed host",
+		setup: func(t *testing.T) (string, *modelserver.Server, *modelserver.Server) {
+			srv := modelserver.Start(t, map[string][]byte{"/m.gguf": data})
+			return srv.URL + "/m.gguf", srv, nil
+		},
+		hosts:      []string{"127.0.0.1"},
+		originAuth: "Bearer " + token,
+	}, {
+		name: "listed host and port",
+		setup: func(t *testing.T) (string, *modelserver.Server, *modelserver.Server) {
+			srv := modelserver.Start(t, map[string][]byte{"/m.gguf": data})
+			return srv.URL + "/m.gguf", srv, nil
+		},
+		hosts:      nil, // set from the server's address below
+		originAuth: "Bearer " + token,
+	}, {
+		name: "unlisted host (the default list)",
+		setup: func(t *testing.T) (string, *modelserver.Server, *modelserver.Server) {
+			srv := modelserver.Start(t, map[string][]byte{"/m.gguf": data})
+			return srv.URL + "/m.gguf", srv, nil
+		},
+		hosts: []string{fetch.DefaultTokenHost},
+	}, {
+		name: "listed host, another port listed",
+		setup: func(t *testing.T) (string, *modelserver.Server, *modelserver.Server) {
+			srv := modelserver.Start(t, map[string][]byte{"/m.gguf": data})
+			return srv.URL + "/m.gguf", srv, nil
+		},
+		hosts: []string{"127.0.0.1:1"},
+	}, {
+		name: "redirect to another host name",
+		setup: func(t *testing.T) (string, *modelserver.Server, *modelserver.Server) {
+			origin, cdn := crossHost(t, "/m.gguf", data, nil)
+			return origin.URL + "/m.gguf", origin, cdn
+		},
+		hosts:      []string{"127.0.0.1", "localhost"},
+		originAuth: "Bearer " + token,
+	}, {
+		name: "redirect to another port of the same host",
+		setup: func(t *testing.T) (string, *modelserver.Server, *modelserver.Server) {
+			other := modelserver.Start(t, map[string][]byte{"/m.gguf": data})
+			origin := modelserver.Start(t, nil)
+			origin.Redirect("/m.gguf", other.URL+"/m.gguf", nil)
+			return origin.URL + "/m.gguf", origin, other
+		},
+		hosts:      []string{"127.0.0.1"},
+		originAuth: "Bearer " + token,
+	}, {
+		name: "redirect within the source's host and port",
+		setup: func(t *testing.T) (string, *modelserver.Server, *modelserver.Server) {
+			srv := modelserver.Start(t, map[string][]byte{"/blob/m.gguf": data})
+			srv.Redirect("/m.gguf", srv.URL+"/blob/m.gguf", nil)
+			return srv.URL + "/m.gguf", srv, nil
+		},
+		hosts:      []string{"127.0.0.1"},
+		originAuth: "Bearer " + token,
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			src, origin, next := tc.setup(t)
+			if !strings.HasPrefix(origin.URL, "http://127.0.0.1:") {
+				t.Fatalf("origin at %s; the test needs it on 127.0.0.1", origin.URL)
+			}
+			hosts := tc.hosts
+			if hosts == nil {
+				hosts = []string{strings.TrimPrefix(origin.URL, "http://")}
+			}
+			auth := fetch.Auth{Token: fetch.StaticToken(token), Hosts: hosts}
+			f := newFetcher(t, t.TempDir(), cache.Options{}, fetch.Options{Auth: auth})
+			p, err := f.Fetch(context.Background(), fetch.Request{URL: src, FileName: "m.gguf", SHA256: digestOf(data)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantVerified(t, f, p, data)
+			if _, err := f.Resolve(context.Background(), src); err != nil {
+				t.Fatal(err)
+			}
+			check := func(who string, srv *modelserver.Server, want string) {
+				t.Helper()
+				got := srv.Requests()
+				if len(got) == 0 {
+					t.Errorf("%s saw no request", who)
+				}
+				for _, r := range got {
+					if r.Authorization != want {
+						t.Errorf("%s: %s %s%s carried Authorization %q; want %q", who, r.Method, r.Host, r.Path, r.Authorization, want)
+					}
+				}
+			}
+			check("the source", origin, tc.originAuth)
+			if next != nil {
+				check("the redirect's target", next, tc.nextAuth)
+			}
+		})
 	}
 }
 
@@ -457,7 +552,7 @@ func TestResolve(t *testing.T) {
 		"X-Linked-Etag": {`"` + claimed + `"`},
 		"X-Linked-Size": {"123456789"},
 	})
-	f := newFetcher(t, t.TempDir(), cache.Options{}, fetch.Options{Token: func() (string, error) { return token, nil }})
+	f := newFetcher(t, t.TempDir(), cache.Options{}, fetch.Options{Auth: loopbackAuth()})
 	r, err := f.Resolve(context.Background(), origin.URL+"/org/repo/resolve/c/m.gguf")
 	if err != nil {
 		t.Fatal(err)

@@ -23,7 +23,7 @@ type Remote struct {
 }
 
 // Resolve asks the source about url with HEAD requests, following redirects
-// itself (the token goes to the first host only): the Hub answers the
+// itself (with the token only where TokenAllowed says, from url): the Hub answers the
 // resolve URL with a redirect carrying X-Linked-Size and X-Linked-Etag (the
 // LFS file's size and sha256), which Resolve reads before following it. It is
 // for plans: the size to show, and the digest to warn about when it is not
@@ -41,12 +41,9 @@ func (f *Fetcher) Resolve(ctx context.Context, rawURL string) (Remote, error) {
 		if hop > 10 {
 			return Remote{}, &Error{Class: ClassNetwork, Message: fmt.Sprintf("HEAD %s: more than 10 redirects", rawURL)}
 		}
-		req, err := f.newRequest(ctx, http.MethodHead, cur.String())
+		req, err := f.newRequest(ctx, http.MethodHead, first, cur.String())
 		if err != nil {
 			return Remote{}, err
-		}
-		if cur.Hostname() != first.Hostname() {
-			req.Header.Del("Authorization")
 		}
 		resp, err := noFollow.Do(req)
 		if err != nil {
