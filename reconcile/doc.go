@@ -50,7 +50,9 @@ events name the phase the lifecycle gives.
 	Fetching    no     await (its start downloads the model into the model cache;
 	                   nothing is spawned until the file is verified)
 	Preloading  no     await (loading, or healthy with its placement not verified), adopt
-	Ready       yes    none, update (in place), replace (the stop has not begun yet)
+	Ready       yes    none, update (in place), replace (the stop has not begun yet:
+	                   a new spec's model downloads first; a failed download
+	                   leaves the engine serving, replace again at At)
 	Unready     no     wait (backoff until At), start, restart (health failing, driver
 	                   error), record-exit (died after Ready, not yet recorded)
 	Draining    no     none while the stop runs; after a daemon restart mid-stop:
@@ -61,7 +63,11 @@ events name the phase the lifecycle gives.
 Draining begins the moment the executor begins a stop: it marks the engine's
 record (EngineRecord.DrainingSince) before the drain, so a router reading
 `ready` never sends traffic to an engine being stopped. A failure recorded
-against a running engine (a driver error on its GPU) makes it Unready at once.
+against a running engine (a driver error on its GPU) makes it Unready at once;
+a failed fetch never is a running engine's (its model is on disk): it is the
+failure of a replace, which the engine's record marks (ReplaceFailed), so
+that the replace is tried again when the backoff allows, the engine serving
+meanwhile.
 
 A pool that leaves the config is not stopped at once: the daemon keeps it in
 the desired state as Desired.Settling until its removal settles (serve

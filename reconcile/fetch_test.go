@@ -3,8 +3,10 @@ package reconcile
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu"
+	"github.com/poolmanagerd/pool-managerd/reconcile/restart"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
 
@@ -176,5 +178,49 @@ func TestDiffSpecsShowsModelSource(t *testing.T) {
 	got := diffSpecs(old, new)
 	if len(got) != 1 || got[0].Path != "model.source" {
 		t.Errorf("diffSpecs = %+v; want one change, of model.source", got)
+	}
+}
+
+// A replace whose start failed while its engine ran (the new spec's model
+// could not be fetched) is planned again with the engine's pid, for when the
+// backoff allows (NotBefore), not at once: no hot loop of failed fetches.
+// A later config change replaces at once.
+func TestPlanRetriesAFailedReplaceAfterTheBackoff(t *testing.T) {
+	old := sourcePool("chat", 10)
+	changed := sourcePool("chat", 10)
+	changed.Model.SHA256 = strings.Repeat("b", 64)
+	again := sourcePool("chat", 10)
+	again.Model.SHA256 = strings.Repeat("c", 64)
+	next := propertyNow.Add(30 * time.Second)
+	history := restart.Record{ConsecutiveFailures: 1, NextRetry: next, Failures: []time.Time{propertyNow.Add(-time.Second)},
+		LastError: &restart.ErrorRecord{Class: restart.ClassFetchHTTP, Message: "HTTP 404", Time: propertyNow.Add(-time.Second)}}
+	observed := func(p *schema.Pool) Observed {
+		return Observed{Node: "gpu-01", Source: "sim", GPUs: []gpu.Device{defectGPU(24, map[int]uint64{42: 10})}, Models: map[string]int64{old.Model.Digest(): 1 << 30},
+			Engines: map[string]Engine{"chat": {Pool: "chat", SpecHash: SpecHash(old), Spec: old, PID: 42, Alive: true, Health: HealthOK, Recorded: true,
+				ReadyAt: propertyNow.Add(-time.Hour), ReplaceFailed: SpecHash(p)}},
+			Pools: map[string]restart.Record{"chat": history}}
+	}
+	for _, tc := range []struct {
+		name          string
+		desired       *schema.Pool
+		wantNotBefore *time.Time
+	}{
+		{"the spec that failed: after the backoff", changed, &next},
+		{"a spec changed since: at once", again, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := observed(changed)
+			p := Plan(defectDesired(tc.desired), o, propertyNow)
+			if len(p.Changes) != 1 {
+				t.Fatalf("want one change:\n%s", planText(p))
+			}
+			c := p.Changes[0]
+			if c.Action != Replace || c.PID != 42 {
+				t.Fatalf("change %s pid %d, want a replace of pid 42:\n%s", c.Action, c.PID, planText(p))
+			}
+			if (c.NotBefore == nil) != (tc.wantNotBefore == nil) || (c.NotBefore != nil && !c.NotBefore.Equal(*tc.wantNotBefore)) {
+				t.Errorf("notBefore %v, want %v", c.NotBefore, tc.wantNotBefore)
+			}
+		})
 	}
 }

@@ -2,6 +2,7 @@ package reconcile
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -118,8 +119,8 @@ type Status struct {
 	// Ready: a router may send the pool traffic. Only in phase Ready.
 	Ready bool
 	// Next is what comes next, and At when it may happen: the end of the
-	// backoff (NextWait) or of the breaker's cool-down (NextBlocked); zero
-	// means now.
+	// backoff (NextWait, and NextReplace after a replace's failed start) or
+	// of the breaker's cool-down (NextBlocked, NextReplace); zero means now.
 	Next Next
 	At   time.Time
 	// Breaker is the circuit breaker's state at the time asked about.
@@ -147,7 +148,7 @@ func Lifecycle(f Facts, now time.Time) Status {
 	case f.Spec == nil:
 		return unwanted(e)
 	case e != nil && e.Alive:
-		return running(f.Spec, f.wanted(), e, f.History, now)
+		return running(f.Spec, f.wanted(), e, f.History, f.Fetch, now)
 	}
 	return stopped(f, f.wanted(), e, now)
 }
@@ -179,7 +180,7 @@ func unwanted(e *Engine) Status {
 }
 
 // running decides about a pool whose engine runs.
-func running(spec *schema.Pool, hash string, e *Engine, history restart.Record, now time.Time) Status {
+func running(spec *schema.Pool, hash string, e *Engine, history restart.Record, fetch *Fetch, now time.Time) Status {
 	t := restart.FromRecord(spec.Restart, history, nil)
 	if !e.ReadyAt.IsZero() {
 		t.Ready(e.ReadyAt)
@@ -203,7 +204,9 @@ func running(spec *schema.Pool, hash string, e *Engine, history restart.Record, 
 		}
 		// The engine serves the old spec until its stop begins (then
 		// Draining); a replace that cannot start (no memory for the new
-		// spec) leaves it serving.
+		// spec) leaves it serving. So does the download of the new spec's
+		// model (model.source): the engine is stopped only once the model
+		// is in the cache, and a failed fetch leaves it serving.
 		s = healthy(e, s)
 		s.Next = NextReplace
 		switch {
@@ -213,6 +216,12 @@ func running(spec *schema.Pool, hash string, e *Engine, history restart.Record, 
 			s.Reason = fmt.Sprintf("engine pid %d fails its health check, and its spec changed", e.PID)
 		default:
 			s.Reason = "fields that need a new engine changed"
+		}
+		switch {
+		case fetch != nil:
+			s.Reason += "; the new model downloads while the engine serves the old spec: " + fetch.Progress()
+		case e.ReplaceFailed == hash:
+			s = retryReplace(spec, history, s, now)
 		}
 		return s
 	case e.Health == HealthFailing:
@@ -232,6 +241,27 @@ func running(spec *schema.Pool, hash string, e *Engine, history restart.Record, 
 	s.Next = NextNone
 	if !s.Ready {
 		s.Next = NextAwait
+	}
+	return s
+}
+
+// retryReplace decides when a replace is tried again whose start failed
+// while the engine ran (the new spec's model could not be fetched): when
+// the pool's backoff, or its breaker's cool-down, allows (At). The failures
+// are the replace's, not the running engine's: the breaker is theirs.
+func retryReplace(spec *schema.Pool, history restart.Record, s Status, now time.Time) Status {
+	t := restart.FromRecord(spec.Restart, history, nil)
+	s.Breaker = t.BreakerState()
+	failed := "its start failed"
+	if history.LastError != nil {
+		failed = fmt.Sprintf("its start failed (%s)", history.LastError.Class)
+	}
+	switch d := t.Decide(now); d.Action {
+	case restart.Wait, restart.Blocked:
+		s.At = d.At
+		s.Reason += fmt.Sprintf("; %s: next try at %s (in %v)", failed, d.At.UTC().Format(time.RFC3339), d.Delay.Round(time.Second))
+	default:
+		s.Reason += "; " + failed + ": trying again"
 	}
 	return s
 }
@@ -259,8 +289,10 @@ func healthy(e *Engine, s Status) Status {
 func stopped(f Facts, hash string, e *Engine, now time.Time) Status {
 	spec, history := f.Spec, f.History
 	t := restart.FromRecord(spec.Restart, history, nil)
-	if e != nil && e.SpecHash != hash {
-		t.ConfigChanged(now) // a config change closes the breaker and clears the backoff
+	if e != nil && e.SpecHash != hash && e.ReplaceFailed != hash {
+		// A config change closes the breaker and clears the backoff; the
+		// failed tries of the spec it brought (ReplaceFailed) count.
+		t.ConfigChanged(now)
 	}
 	s := Status{Breaker: t.BreakerState()}
 	if e != nil && ExitUnrecorded(e.ReadyAt, history) {
@@ -332,9 +364,12 @@ func exitReason(e *Engine) string {
 }
 
 // FailedSinceReady reports whether a failure was recorded after an engine
-// became Ready at readyAt (zero: it never did): one of its own.
+// became Ready at readyAt (zero: it never did): one of its own. A failed
+// fetch of a model is never a running engine's (its model is on disk): it
+// is the failure of a replace that left the engine running.
 func FailedSinceReady(readyAt time.Time, history restart.Record) bool {
-	return !readyAt.IsZero() && history.LastError != nil && history.LastError.Time.After(readyAt)
+	return !readyAt.IsZero() && history.LastError != nil && history.LastError.Time.After(readyAt) &&
+		!slices.Contains(restart.FetchClasses, history.LastError.Class)
 }
 
 // ExitUnrecorded reports whether an engine that was Ready at readyAt (zero:
@@ -368,7 +403,8 @@ func WithRecord(e *Engine, rec *EngineRecord) *Engine {
 		// unless it is only an intent, and it loads until recorded Ready.
 		n := &Engine{Pool: rec.Pool, Generation: rec.Generation, SpecHash: rec.SpecHash, Spec: rec.Spec,
 			PID: rec.PID, Port: rec.Port, Recorded: true, Intent: rec.PID == 0 && rec.Intent, Alive: rec.PID != 0,
-			Health: HealthLoading, Unverified: rec.ReadyAt.IsZero(), ReadyAt: rec.ReadyAt, Draining: !rec.DrainingSince.IsZero()}
+			Health: HealthLoading, Unverified: rec.ReadyAt.IsZero(), ReadyAt: rec.ReadyAt, Draining: !rec.DrainingSince.IsZero(),
+			ReplaceFailed: rec.ReplaceFailed}
 		if !rec.ReadyAt.IsZero() {
 			n.Health = HealthOK
 		}
@@ -378,6 +414,7 @@ func WithRecord(e *Engine, rec *EngineRecord) *Engine {
 	c.Recorded, c.SpecHash, c.Spec = true, rec.SpecHash, rec.Spec
 	c.ReadyAt, c.Unverified = rec.ReadyAt, rec.ReadyAt.IsZero()
 	c.Draining = !rec.DrainingSince.IsZero()
+	c.ReplaceFailed = rec.ReplaceFailed
 	if c.Alive && !rec.ReadyAt.IsZero() && c.Health == HealthLoading {
 		c.Health = HealthOK // recorded Ready since the observation
 	}

@@ -47,6 +47,14 @@ func TestLifecycle(t *testing.T) {
 		r.BreakerState, r.BreakerOpenedAt, r.BreakerRetryAt, r.BreakerOpenCount = "open", opened, retry, 1
 		return r
 	}
+	// fetchFailed is a replace's failed fetch of the changed spec's model at
+	// at, while the engine ran (Ready an hour before).
+	fetchFailed := func(at time.Time, n int) restart.Record {
+		r := failedAt(at, n)
+		r.LastError.Class, r.LastError.Message = restart.ClassFetchHTTP, "GET https://models.example/m.gguf: HTTP 404 Not Found"
+		return r
+	}
+	replaceFailed := func(e *Engine) { e.ReplaceFailed = SpecHash(changed) }
 	halfOpen := func(tryAt time.Time) restart.Record {
 		r := open(tryAt.Add(-5*time.Minute), tryAt)
 		r.BreakerState = "half-open"
@@ -75,6 +83,25 @@ func TestLifecycle(t *testing.T) {
 			Status{Phase: Pending, Next: NextStart}},
 		{"spec changed, stop not begun: still serving", Facts{Spec: changed, Engine: live(nil)},
 			Status{Phase: Ready, Ready: true, Next: NextReplace}},
+		{"spec changed, its model downloads: still serving", Facts{Spec: changed, Engine: live(nil), Fetch: &Fetch{Done: 10}},
+			Status{Phase: Ready, Ready: true, Next: NextReplace}},
+		{"its replace's fetch failed: serving, next try after the backoff", Facts{Spec: changed, Engine: live(replaceFailed), History: fetchFailed(now.Add(-time.Second), 1)},
+			Status{Phase: Ready, Ready: true, Next: NextReplace, At: now.Add(time.Second)}},
+		{"its replace's fetch failed, backoff elapsed: replace now", Facts{Spec: changed, Engine: live(replaceFailed), History: fetchFailed(now.Add(-time.Minute), 1)},
+			Status{Phase: Ready, Ready: true, Next: NextReplace}},
+		{"its replace's fetches opened the breaker: serving, next try after the cool-down", Facts{Spec: changed, Engine: live(replaceFailed),
+			History: func() restart.Record {
+				r := fetchFailed(now.Add(-time.Minute), 5)
+				r.BreakerState, r.BreakerOpenedAt, r.BreakerRetryAt, r.BreakerOpenCount = "open", now.Add(-time.Minute), now.Add(4*time.Minute), 1
+				return r
+			}()},
+			Status{Phase: Ready, Ready: true, Next: NextReplace, At: now.Add(4 * time.Minute), Breaker: restart.Open}},
+		{"a fetch failed for a spec changed again since: replace now", Facts{Spec: changed, Engine: live(func(e *Engine) { e.ReplaceFailed = "another" }), History: fetchFailed(now.Add(-time.Second), 1)},
+			Status{Phase: Ready, Ready: true, Next: NextReplace}},
+		{"config back to the running spec after a failed replace: no restart", Facts{Spec: spec, Engine: live(replaceFailed), History: fetchFailed(now.Add(-time.Second), 1)},
+			Status{Phase: Ready, Ready: true, Next: NextNone}},
+		{"engine gone, its replace's fetch failed: the backoff counts", Facts{Spec: changed, Engine: dead(replaceFailed), History: fetchFailed(now.Add(-time.Second), 1)},
+			Status{Phase: Unready, Next: NextWait, At: now.Add(time.Second)}},
 		{"failing health", Facts{Spec: spec, Engine: live(func(e *Engine) { e.Health = HealthFailing })},
 			Status{Phase: Unready, Next: NextRestart}},
 		{"found by its marker", Facts{Spec: spec, Engine: live(func(e *Engine) { e.Recorded, e.ReadyAt = false, time.Time{} })},

@@ -80,7 +80,8 @@ type Change struct {
 	Fields []FieldChange `json:"fields,omitempty"`
 	// Blocker says why a blocked pool will not run.
 	Blocker *Blocker `json:"blocker,omitempty"`
-	// NotBefore is when the backoff allows a restart.
+	// NotBefore is when the backoff allows a restart (or the next try of a
+	// replace whose start failed while its engine ran).
 	NotBefore *time.Time `json:"notBefore,omitempty"`
 	// Need is the VRAM the start needs on each masked GPU, against what is free.
 	Need []GPUNeed `json:"need,omitempty"`
@@ -380,6 +381,12 @@ func (p *planner) decide(pool *schema.Pool) (Change, *Unchanged) {
 		return c, nil
 	case NextReplace:
 		c.Action, c.PID, c.Fields = Replace, e.PID, diffSpecs(e.Spec, pool)
+		if !st.At.IsZero() {
+			// Its start failed while the engine ran: the next try waits
+			// for the backoff (the engine serves meanwhile).
+			at := st.At.UTC()
+			c.NotBefore = &at
+		}
 	case NextRestart:
 		c.Action, c.PID = Restart, e.PID
 	case NextStart, NextWait, NextRecordExit:

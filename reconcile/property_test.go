@@ -293,7 +293,9 @@ func checkPlan(desired Desired, observed Observed, plan *NodePlan) []string {
 				fail("%s %s: engine %+v, pid %d, need %v", c.Action, c.Pool, e, c.PID, c.Need)
 			}
 		}
-		if c.NotBefore != nil && (c.Action != Restart && c.Action != Create && c.Action != Blocked || !c.NotBefore.After(propertyNow)) {
+		// A replace waits only to try again a spec whose start failed.
+		retry := c.Action == Replace && known && e.ReplaceFailed == c.SpecHash
+		if c.NotBefore != nil && (c.Action != Restart && c.Action != Create && c.Action != Blocked && !retry || !c.NotBefore.After(propertyNow)) {
 			fail("%s %s: notBefore %v", c.Action, c.Pool, c.NotBefore)
 		}
 	}

@@ -28,6 +28,12 @@ type EngineRecord struct {
 	// DrainingSince is when a stop of the engine began (drain, SIGTERM,
 	// grace, SIGKILL); zero while none has. The pool is not ready from then on.
 	DrainingSince time.Time `json:"drainingSince,omitzero"`
+	// ReplaceFailed is the hash of a spec whose start failed while this
+	// engine was the pool's (its model could not be fetched; the engine, if
+	// it runs, keeps serving): the next try of that spec waits for the
+	// pool's backoff, and its config change is not counted again at each
+	// try. Empty when none failed.
+	ReplaceFailed string `json:"replaceFailed,omitzero"`
 	// Spec is the pool spec the engine was started from, for field-level plan reasons.
 	Spec *schema.Pool `json:"spec,omitzero"`
 	// Argv is the engine's command line, checked when a later run adopts it.

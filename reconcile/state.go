@@ -170,6 +170,9 @@ type Engine struct {
 	ReadyAt time.Time `json:"readyAt,omitzero"`
 	// Draining: a stop of the engine has begun (its record says so).
 	Draining bool `json:"draining,omitempty"`
+	// ReplaceFailed is the hash of a spec whose start failed while this
+	// engine was the pool's (EngineRecord.ReplaceFailed).
+	ReplaceFailed string `json:"replaceFailed,omitempty"`
 }
 
 // device returns the observed GPU with the given index.

@@ -21,7 +21,9 @@ type Pool struct {
 	// GPUs: ...").
 	Reason string `json:"reason,omitempty"`
 	// Fetch is the download of the pool's model (model.source) that its
-	// start waits on, in phase Fetching; nil otherwise.
+	// start waits on: in phase Fetching, or while a replace downloads the
+	// new spec's model and the running engine serves the old one; nil
+	// otherwise.
 	Fetch *Fetch `json:"fetch,omitempty"`
 	// Preload is the engine's model load; nil when no engine was started.
 	Preload *Preload `json:"preload,omitempty"`
@@ -40,7 +42,9 @@ type Pool struct {
 	BreakerRetryAt time.Time `json:"breakerRetryAt,omitzero"`
 	// LastError is the pool's last failure; nil when none.
 	LastError *LastError `json:"lastError,omitempty"`
-	// NextRetry is when the next start is tried, while a backoff or an open breaker waits.
+	// NextRetry is when the next start is tried, while a backoff or an open
+	// breaker waits (also a replace whose start failed while its engine
+	// serves on).
 	NextRetry time.Time `json:"nextRetry,omitzero"`
 	// RemovalAt is set while the pool, gone from the config, waits for its
 	// removal to settle: its engine is stopped then unless it comes back.

@@ -492,16 +492,21 @@ func startingEngines(plan *reconcile.NodePlan) []schema.Engine {
 func writeOutcomes(w io.Writer, res executor.Result) {
 	ready, failed := 0, 0
 	for _, o := range res.Outcomes {
-		switch o.Phase {
-		case reconcile.Ready:
+		switch {
+		case o.KeptRunning:
+			failed++ // its replace failed; the engine serves the old spec
+		case o.Phase == reconcile.Ready:
 			ready++
-		case reconcile.Failed, reconcile.Unready:
+		case o.Phase == reconcile.Failed || o.Phase == reconcile.Unready:
 			failed++
 		}
 	}
 	fmt.Fprintf(w, "\nApply done: %d Ready, %d failed or blocked, %d stopped.\n", ready, failed, len(res.Outcomes)-ready-failed)
 	for _, o := range res.Outcomes {
-		if o.Failure != nil {
+		switch {
+		case o.KeptRunning && o.Failure != nil:
+			fmt.Fprintf(w, "  %s: %s on its old spec, not replaced (%s): %s\n", o.Pool, o.Phase, o.Failure.Class, o.Failure.Message)
+		case o.Failure != nil:
 			fmt.Fprintf(w, "  %s: %s (%s): %s\n", o.Pool, o.Phase, o.Failure.Class, o.Failure.Message)
 		}
 	}

@@ -370,13 +370,15 @@ func overlaps(a, b []int) bool {
 
 // launchChange runs one change of a plan as its pool's op. A change that
 // stops a running engine marks it draining first, so that from the moment
-// the stop is decided the pool is ready nowhere.
+// the stop is decided the pool is ready nowhere; a replace that fetches its
+// new model first decides its stop only once the model is in the cache (the
+// executor marks it then), and serves the old spec meanwhile.
 func (d *Daemon) launchChange(c reconcile.Change) {
 	o := &op{kind: opApply, specHash: c.SpecHash, devices: c.Devices}
 	if c.Action == reconcile.Delete {
 		o.kind = opStop
 	}
-	if c.PID != 0 && (c.Action == reconcile.Delete || c.Action == reconcile.Replace || c.Action == reconcile.Restart) {
+	if c.PID != 0 && (c.Action == reconcile.Delete || c.Action == reconcile.Replace || c.Action == reconcile.Restart) && !executor.FetchesFirst(c) {
 		d.exec.BeginStop(c.Pool, c.PID)
 	}
 	d.launchPlan(c.Pool, o, &reconcile.NodePlan{Node: d.opts.Node, Source: d.opts.Source, Changes: []reconcile.Change{c}})

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -194,6 +195,11 @@ type Outcome struct {
 	// recorded (an engine found dead): when its backoff (or its breaker's
 	// cool-down) allows the start. The caller waits or looks again then.
 	NotBefore time.Time `json:"notBefore,omitzero"`
+	// KeptRunning is set when a replace failed before it stopped the
+	// pool's engine (the new spec's model could not be fetched): the
+	// engine serves the spec it was started from, Phase is its phase, and
+	// Failure is the replace's.
+	KeptRunning bool `json:"keptRunning,omitempty"`
 }
 
 // Result is what an apply did.
@@ -201,10 +207,11 @@ type Result struct {
 	Outcomes []Outcome
 }
 
-// Failed reports whether any pool failed or stayed blocked.
+// Failed reports whether any pool failed or stayed blocked, or a replace
+// failed and left its engine serving the old spec.
 func (r Result) Failed() bool {
 	for _, o := range r.Outcomes {
-		if o.Phase == reconcile.Failed || o.Phase == reconcile.Unready {
+		if o.Phase == reconcile.Failed || o.Phase == reconcile.Unready || o.KeptRunning {
 			return true
 		}
 	}
@@ -263,6 +270,12 @@ func (x *Executor) mutate(fn func(st *state.State)) error {
 // then starts, adoptions and restarts in parallel, each waited on until
 // Ready or failed; pools that were still loading when planned are waited on too.
 //
+// A replace whose new spec's model has a source (FetchesFirst) is the
+// exception: its engine serves the old spec while the model downloads, and
+// is stopped only once the model is in the cache; a failed fetch stops
+// nothing. The other starts do not wait for that download, except those on
+// a GPU the replaced engine holds, which wait for its stop.
+//
 // The state file is read at the first Apply and kept in memory after: one
 // Executor is the state file's only writer, and a daemon runs several
 // Applies at once (one per pool that needs work) on the same Executor.
@@ -279,11 +292,25 @@ func (x *Executor) Apply(ctx context.Context, plan *reconcile.NodePlan) (Result,
 	}
 	// Stops: deletes, and the running engines of replaces and restarts, in
 	// parallel. A pool whose stop fails is reported failed; the others go on.
+	// The engines of replaces that fetch first stop later, each once its
+	// model is in the cache.
 	var wg sync.WaitGroup
 	stopFailed := map[string]bool{}
 	var stopMu sync.Mutex
 	var errs []error
+	failStop := func(c reconcile.Change, err error) Outcome {
+		stopMu.Lock()
+		stopFailed[c.Pool], errs = true, append(errs, err)
+		stopMu.Unlock()
+		x.report(c.Pool, reconcile.Unready, &restart.Failure{Class: restart.ClassExited, Message: err.Error()}, "could not stop: %v", err)
+		return Outcome{Pool: c.Pool, Action: c.Action, Phase: reconcile.Unready, Failure: &restart.Failure{Class: "stop_failed", Message: err.Error()}}
+	}
+	leaving := map[string]*leavingEngine{}
 	for _, c := range plan.Changes {
+		if FetchesFirst(c) {
+			leaving[c.Pool] = &leavingEngine{devices: x.devicesOf(c), stopped: make(chan struct{})}
+			continue
+		}
 		if c.Action != reconcile.Delete && !((c.Action == reconcile.Replace || c.Action == reconcile.Restart) && c.PID != 0) {
 			continue
 		}
@@ -291,11 +318,7 @@ func (x *Executor) Apply(ctx context.Context, plan *reconcile.NodePlan) (Result,
 		go func() {
 			defer wg.Done()
 			if err := x.stop(ctx, c); err != nil {
-				stopMu.Lock()
-				stopFailed[c.Pool], errs = true, append(errs, err)
-				stopMu.Unlock()
-				x.report(c.Pool, reconcile.Unready, &restart.Failure{Class: restart.ClassExited, Message: err.Error()}, "could not stop: %v", err)
-				add(Outcome{Pool: c.Pool, Action: c.Action, Phase: reconcile.Unready, Failure: &restart.Failure{Class: "stop_failed", Message: err.Error()}})
+				add(failStop(c, err))
 				return
 			}
 			if c.Action == reconcile.Delete {
@@ -313,18 +336,24 @@ func (x *Executor) Apply(ctx context.Context, plan *reconcile.NodePlan) (Result,
 		if stopFailed[c.Pool] {
 			continue
 		}
-		switch c.Action {
-		case reconcile.Update:
+		switch {
+		case leaving[c.Pool] != nil:
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				add(x.replaceFetchingFirst(ctx, c, leaving[c.Pool], failStop))
+			}()
+		case c.Action == reconcile.Update:
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				add(x.update(ctx, c))
 			}()
-		case reconcile.Create, reconcile.Replace, reconcile.Restart, reconcile.Adopt:
+		case c.Action == reconcile.Create || c.Action == reconcile.Replace || c.Action == reconcile.Restart || c.Action == reconcile.Adopt:
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				add(x.start(ctx, c))
+				add(x.start(ctx, c, startWith{await: awaitLeaving(c, leaving)}))
 			}()
 		}
 	}
@@ -343,6 +372,143 @@ func (x *Executor) Apply(ctx context.Context, plan *reconcile.NodePlan) (Result,
 		return res, ctx.Err()
 	}
 	return res, errors.Join(errs...)
+}
+
+// FetchesFirst reports whether a change is a replace of a running engine
+// whose new spec's model has a source: its model is got into the cache
+// (fetched, or found there) while the engine serves the old spec, and the
+// engine is stopped only then. A caller that marks an engine draining the
+// moment it decides to stop it (BeginStop) does not for such a change: the
+// stop begins only once the model is there.
+func FetchesFirst(c reconcile.Change) bool {
+	return c.Action == reconcile.Replace && c.PID != 0 && c.Spec != nil && c.Spec.Model.Source != ""
+}
+
+// leavingEngine is the engine of a replace that fetches first, which other
+// starts on its GPUs wait for: stopped is closed once it is stopped, or
+// once the replace ended without stopping it.
+type leavingEngine struct {
+	devices []int
+	stopped chan struct{}
+}
+
+// devicesOf is the GPUs the running engine of a change holds: its recorded
+// spec's mask, or the change's.
+func (x *Executor) devicesOf(c reconcile.Change) []int {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if rec, ok := x.st.Engines[c.Pool]; ok && rec.Spec != nil {
+		return rec.Spec.Devices
+	}
+	return c.Devices
+}
+
+// awaitLeaving returns what a start waits for before it books GPU memory:
+// the stops of the replaced engines that hold a GPU of its mask and wait
+// for their models (nil when none do).
+func awaitLeaving(c reconcile.Change, leaving map[string]*leavingEngine) func(context.Context) error {
+	if c.Spec == nil {
+		return nil
+	}
+	var wait []chan struct{}
+	for pool, l := range leaving {
+		if pool != c.Pool && slices.ContainsFunc(l.devices, func(d int) bool { return slices.Contains(c.Spec.Devices, d) }) {
+			wait = append(wait, l.stopped)
+		}
+	}
+	if len(wait) == 0 {
+		return nil
+	}
+	return func(ctx context.Context) error {
+		for _, ch := range wait {
+			select {
+			case <-ch:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		return nil
+	}
+}
+
+// replaceFetchingFirst runs a replace whose new spec's model has a source
+// (FetchesFirst): the model is got into the cache while the old engine
+// serves, and the engine is stopped only once it is there, then the new
+// one started. A failed fetch stops nothing: the engine serves the old spec
+// on, and the failure is the replace's (replaceFailed).
+func (x *Executor) replaceFetchingFirst(ctx context.Context, c reconcile.Change, l *leavingEngine, failStop func(reconcile.Change, error) Outcome) Outcome {
+	gone := sync.OnceFunc(func() { close(l.stopped) })
+	defer gone()
+	local, f := x.fetchModel(ctx, c.Spec, c.PID)
+	if f != nil {
+		return x.outcome(c, x.replaceFailed(ctx, c, *f))
+	}
+	if ctx.Err() != nil {
+		// Interrupted with the model in the cache: nothing was stopped.
+		return x.outcome(c, x.replaceFailed(ctx, c, restart.Failure{}))
+	}
+	if err := x.stop(ctx, c); err != nil {
+		return failStop(c, err)
+	}
+	gone()
+	return x.start(ctx, c, startWith{model: local})
+}
+
+// replaceFailed records the failure of a replace whose start failed before
+// it stopped the pool's engine, which serves the old spec on: a failure for
+// the backoff and the breaker (the first try of a new spec closes the
+// breaker and clears the backoff, as a config change does), and the spec
+// marked on the engine's record (ReplaceFailed), so that the lifecycle
+// tries it again when the backoff allows, not at once. The outcome's phase
+// is the lifecycle's for the running engine. When ctx is done (an
+// interrupted apply), nothing failed: nothing is recorded.
+func (x *Executor) replaceFailed(ctx context.Context, c reconcile.Change, f restart.Failure) Outcome {
+	pool := c.Spec
+	x.mu.Lock()
+	rec, recorded := x.st.Engines[pool.ID]
+	x.mu.Unlock()
+	if ctx.Err() != nil {
+		phase := x.servingPhase(c, rec, x.history(pool.ID))
+		x.report(pool.ID, phase, nil, "interrupted; engine pid %d serves the old spec on", c.PID)
+		return Outcome{Pool: pool.ID, Phase: phase, KeptRunning: true}
+	}
+	t := x.tracker(pool)
+	if rec.ReplaceFailed != c.SpecHash {
+		t.ConfigChanged(x.now()) // its first try: the old spec's failures are not the new one's
+	}
+	t.Failed(x.now(), f)
+	if err := x.mutate(func(st *state.State) {
+		st.Pools[pool.ID] = t.Record()
+		if r, ok := st.Engines[pool.ID]; ok {
+			r.ReplaceFailed = c.SpecHash
+			st.Engines[pool.ID] = r
+		}
+	}); err != nil {
+		x.report(pool.ID, reconcile.Unready, nil, "could not record the failure in the state file: %v", err)
+	}
+	if recorded {
+		rec.ReplaceFailed = c.SpecHash
+	}
+	if f.Hint == "" {
+		f.Hint = restart.Hint(f.Class)
+	}
+	o := Outcome{Pool: pool.ID, Phase: x.servingPhase(c, rec, t.Record()), Failure: &f, NotBefore: t.NextRetry(), KeptRunning: true}
+	if t.BreakerState() == restart.Open {
+		o.NotBefore = t.BreakerRetryAt()
+	}
+	x.report(pool.ID, o.Phase, &f, "%s; engine pid %d serves the old spec on; next try %s", f.Message, c.PID, describeDecision(t.Decide(x.now())))
+	return o
+}
+
+// servingPhase is the lifecycle's phase of a pool whose engine (the
+// change's pid, recorded as rec) runs on after its replace failed.
+func (x *Executor) servingPhase(c reconcile.Change, rec reconcile.EngineRecord, history restart.Record) reconcile.Phase {
+	e := reconcile.WithRecord(nil, &rec)
+	if rec.PID != c.PID {
+		// Found by its marker, not recorded with its pid.
+		e = &reconcile.Engine{Pool: c.Pool, PID: c.PID, SpecHash: rec.SpecHash, Alive: true, Health: reconcile.HealthOK}
+	}
+	return reconcile.Lifecycle(reconcile.Facts{Spec: c.Spec, Engine: e, History: history}, x.now()).Phase
 }
 
 // stop stops the running engine of a delete or replace.

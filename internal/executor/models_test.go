@@ -3,7 +3,9 @@ package executor
 import (
 	"context"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/poolmanagerd/pool-managerd/drivers/model/fetch"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
@@ -194,6 +196,111 @@ func TestDeferredNeedIsCheckedAfterTheFetch(t *testing.T) {
 			}
 			if got := h.driver.requests[0].Need; got != uint64(tc.vram) {
 				t.Errorf("spawn's need %d, want %d", got, tc.vram)
+			}
+		})
+	}
+}
+
+// Regression (issue 15 review): a replace stopped the running engine first
+// and fetched the new spec's model after, so the pool was down for the whole
+// download and stayed down when the fetch failed. The model is got first,
+// while the engine serves the old spec (Ready, its replace next); the engine
+// is stopped only once the model is in the cache. A failed fetch stops
+// nothing: the failure is the replace's, and its next try waits for the
+// backoff.
+func TestReplaceFetchesBeforeItStopsTheEngine(t *testing.T) {
+	const cached = "/var/lib/pool-managerd/models/sha256/" + testDigest + "/model.gguf"
+	notFound := &fetch.Error{Class: fetch.ClassHTTP, Code: 404, Message: "GET https://models.example/m/other.gguf: HTTP 404 Not Found"}
+	for _, tc := range []struct {
+		name     string
+		fetchErr error
+	}{
+		{"fetched: then stopped and replaced", nil},
+		{"404: the engine serves on", notFound},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			old := sourcePool()
+			h := newHarness(t, readyState(old, 4242, time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)))
+			h.x.GPUs = oneGPU{}
+			stopped := false
+			h.driver.procs[4242] = &fakeProcess{pid: 4242, done: make(chan struct{}), onStop: func() { stopped = true }}
+			changed := sourcePool()
+			changed.Model.Source = "https://models.example/m/other.gguf"
+			changed.Model.SHA256 = strings.Repeat("b", 64)
+			var during reconcile.Status
+			var fetching map[string]reconcile.Fetch
+			var stoppedDuring bool
+			m := &fakeModels{path: cached, err: tc.fetchErr, during: func() {
+				stoppedDuring, fetching = stopped, h.x.Fetches()
+				during = h.lifecycleOf(t, changed)
+			}}
+			h.x.Models = m
+			c := reconcile.Change{Action: reconcile.Replace, Pool: old.ID, PID: 4242, Spec: changed, SpecHash: reconcile.SpecHash(changed),
+				Need: []reconcile.GPUNeed{{Index: 0, Need: 2 << 30, Free: 24 << 30}}}
+			if !FetchesFirst(c) {
+				t.Fatal("FetchesFirst is false for a replace of a running engine by a spec with a source")
+			}
+			res, _ := h.x.Apply(context.Background(), &reconcile.NodePlan{Node: "gpu-01", Changes: []reconcile.Change{c}})
+
+			if stoppedDuring {
+				t.Error("the engine was stopped before its replace's model was in the cache")
+			}
+			if !during.Ready || during.Phase != reconcile.Ready || during.Next != reconcile.NextReplace {
+				t.Errorf("while the model downloads: %+v, want Ready (serving the old spec) with its replace next", during)
+			}
+			if _, ok := fetching[old.ID]; !ok {
+				t.Errorf("while the model downloads, Fetches() = %v, want the pool's progress", fetching)
+			}
+			if m.calls != 1 {
+				t.Errorf("%d calls to Models.Ensure, want 1", m.calls)
+			}
+			if len(res.Outcomes) != 1 {
+				t.Fatalf("outcomes %+v, want one", res.Outcomes)
+			}
+			o := res.Outcomes[0]
+			st, _ := h.x.State()
+			if tc.fetchErr == nil {
+				if !stopped || h.driver.starts != 1 {
+					t.Fatalf("stopped %v, %d spawns; want the engine stopped, then one spawn", stopped, h.driver.starts)
+				}
+				if got := h.driver.requests[0].Pool.Model.Path; got != cached {
+					t.Errorf("spawned with model path %q, want the cache's %q", got, cached)
+				}
+				if o.KeptRunning {
+					t.Errorf("outcome %+v: kept running after the engine was stopped", o)
+				}
+				return
+			}
+			if stopped || h.driver.starts != 0 {
+				t.Fatalf("stopped %v, %d spawns; want the engine left running, nothing spawned", stopped, h.driver.starts)
+			}
+			if !o.KeptRunning || o.Phase != reconcile.Ready || o.Failure == nil || o.Failure.Class != restart.ClassFetchHTTP || o.Failure.Hint == "" || o.NotBefore.IsZero() {
+				t.Errorf("outcome %+v (failure %+v), want kept running, Ready, fetch_http with a hint, a next try", o, o.Failure)
+			}
+			if !res.Failed() {
+				t.Error("Result.Failed() is false for a replace that failed")
+			}
+			rec := st.Engines[old.ID]
+			if rec.PID != 4242 || !rec.DrainingSince.IsZero() || rec.SpecHash != reconcile.SpecHash(old) || rec.ReplaceFailed != c.SpecHash {
+				t.Errorf("engine record %+v, want pid 4242 not draining, the old spec, the new spec's failure marked", rec)
+			}
+			history := st.Pools[old.ID]
+			if history.LastError == nil || history.LastError.Class != restart.ClassFetchHTTP || !history.NextRetry.Equal(o.NotBefore) {
+				t.Errorf("history %+v, want the fetch_http failure and its backoff", history)
+			}
+			after := h.lifecycleOf(t, changed)
+			if !after.Ready || after.Next != reconcile.NextReplace || !after.At.Equal(history.NextRetry) {
+				t.Errorf("after the failure: %+v, want Ready, the replace next at the backoff's end %v", after, history.NextRetry)
+			}
+			// The next try, once the backoff allows, fails again: the
+			// backoff grows (the config change is not counted again).
+			h.now = history.NextRetry
+			if _, err := h.x.Apply(context.Background(), &reconcile.NodePlan{Node: "gpu-01", Changes: []reconcile.Change{c}}); err != nil {
+				t.Fatal(err)
+			}
+			st, _ = h.x.State()
+			if got := st.Pools[old.ID].ConsecutiveFailures; got != 2 || stopped {
+				t.Errorf("after a second failed try: %d consecutive failures, stopped %v; want 2, still running", got, stopped)
 			}
 		})
 	}

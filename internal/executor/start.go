@@ -18,10 +18,11 @@ import (
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
 
-// start runs one pool's start: the VRAM check (nothing is spawned when the
-// GPUs lack the memory), the intent recorded, the spawn with the marker, the
-// pid recorded, the preload watched until healthy, the placement verified.
-func (x *Executor) start(ctx context.Context, c reconcile.Change) Outcome {
+// start runs one pool's start: the model fetched (model.source), the VRAM
+// check (nothing is spawned when the GPUs lack the memory), the intent
+// recorded, the spawn with the marker, the pid recorded, the preload watched
+// until healthy, the placement verified.
+func (x *Executor) start(ctx context.Context, c reconcile.Change, with startWith) Outcome {
 	pool := c.Spec
 	if c.Action == reconcile.Adopt {
 		return x.adopt(ctx, c)
@@ -35,9 +36,18 @@ func (x *Executor) start(ctx context.Context, c reconcile.Change) Outcome {
 	spawn := pool
 	needs, ram := c.Need, c.RAM
 	if pool.Model.Source != "" {
-		local, f := x.fetchModel(ctx, pool)
+		local, f := with.model, (*restart.Failure)(nil)
+		if local == "" {
+			local, f = x.fetchModel(ctx, pool, 0)
+		}
 		if f != nil {
-			return x.outcome(c, x.failed(ctx, pool, *f))
+			o := x.failed(ctx, pool, *f)
+			if c.Action == reconcile.Replace && ctx.Err() == nil {
+				// Its engine is gone (found dead): the next try of this
+				// spec waits for the backoff all the same.
+				x.markReplaceFailed(pool.ID, c.SpecHash)
+			}
+			return x.outcome(c, o)
 		}
 		cp := *pool
 		cp.Model.Path = local
@@ -48,6 +58,11 @@ func (x *Executor) start(ctx context.Context, c reconcile.Change) Outcome {
 			if needs, ram, f = x.fetchedNeed(ctx, spawn, ram); f != nil {
 				return x.outcome(c, x.failed(ctx, pool, *f))
 			}
+		}
+	}
+	if with.await != nil {
+		if err := with.await(ctx); err != nil {
+			return x.outcome(c, x.failed(ctx, pool, restart.Failure{Class: restart.ClassSpawnFailed, Message: err.Error()}))
 		}
 	}
 	masked, err := x.maskedGPUs(ctx, pool)
@@ -110,10 +125,21 @@ func (x *Executor) start(ctx context.Context, c reconcile.Change) Outcome {
 	return x.outcome(c, x.awaitReady(ctx, pool, p, now))
 }
 
+// startWith is what a start is given besides its change.
+type startWith struct {
+	// model is the path of the pool's model in the cache, when it was got
+	// before the start (a replace that fetches first); empty otherwise.
+	model string
+	// await, when set, is waited for before GPU memory is booked: the
+	// stops of other engines on the pool's GPUs.
+	await func(context.Context) error
+}
+
 // fetchModel gets the pool's model into the cache (Models) and returns its
-// path there. While a download runs the pool is Fetching (Fetches), and
-// its first and last reports are events.
-func (x *Executor) fetchModel(ctx context.Context, pool *schema.Pool) (string, *restart.Failure) {
+// path there. While a download runs the pool is Fetching (Fetches), or, for
+// a replace, serving its old spec with engine pid serving; the download's
+// first and last reports are events.
+func (x *Executor) fetchModel(ctx context.Context, pool *schema.Pool, serving int) (string, *restart.Failure) {
 	if x.Models == nil {
 		return "", &restart.Failure{Class: restart.ClassModelNotCached,
 			Message: fmt.Sprintf("the pool's model comes from %s, and this pool-managerd has no model cache to fetch it into", pool.Model.Source),
@@ -123,6 +149,10 @@ func (x *Executor) fetchModel(ctx context.Context, pool *schema.Pool) (string, *
 	var mu sync.Mutex
 	finished := false // no report after Ensure returned counts
 	began := x.now()
+	meanwhile := ""
+	if serving != 0 {
+		meanwhile = fmt.Sprintf("; engine pid %d serves the old spec until the model is in the cache", serving)
+	}
 	progress := func(f reconcile.Fetch) {
 		mu.Lock()
 		if finished {
@@ -133,7 +163,7 @@ func (x *Executor) fetchModel(ctx context.Context, pool *schema.Pool) (string, *
 		mu.Unlock()
 		once.Do(func() {
 			x.emit(Event{Pool: pool.ID, Phase: reconcile.Fetching, Engine: pool.Engine, FetchBegins: true,
-				Message: fmt.Sprintf("fetching model %s (sha256 %s)", pool.Model.Source, shortDigest(CacheDigest(pool.Model)))})
+				Message: fmt.Sprintf("fetching model %s (sha256 %s)%s", pool.Model.Source, shortDigest(CacheDigest(pool.Model)), meanwhile)})
 		})
 	}
 	local, err := x.Models.Ensure(ctx, pool, progress)
@@ -213,12 +243,25 @@ func (x *Executor) settleDeath(ctx context.Context, c reconcile.Change) (Outcome
 			}
 		}
 	}
-	if c.Action == reconcile.Replace && rec.SpecHash != c.SpecHash {
+	if c.Action == reconcile.Replace && rec.SpecHash != c.SpecHash && rec.ReplaceFailed != c.SpecHash {
+		// A config change closes the breaker and clears the backoff, once:
+		// the failed tries of this spec (ReplaceFailed) count.
 		t := x.tracker(pool)
-		t.ConfigChanged(x.now()) // a config change closes the breaker and clears the backoff
+		t.ConfigChanged(x.now())
 		_ = x.saveTracker(pool.ID, t)
 	}
 	return Outcome{}, false
+}
+
+// markReplaceFailed marks on the pool's engine record, when it has one,
+// that a start of the spec specHash failed (EngineRecord.ReplaceFailed).
+func (x *Executor) markReplaceFailed(pool, specHash string) {
+	_ = x.mutate(func(st *state.State) {
+		if r, ok := st.Engines[pool]; ok && r.SpecHash != specHash {
+			r.ReplaceFailed = specHash
+			st.Engines[pool] = r
+		}
+	})
 }
 
 // RecordExit records the failure of a pool's engine that exited by itself

@@ -133,7 +133,7 @@ const probeWorkers = 16
 func engineOf(ctx context.Context, rec reconcile.EngineRecord, pool restart.Record, health func(context.Context, int, bool) engine.Health, sessions *sessionIndex) reconcile.Engine {
 	e := reconcile.Engine{
 		Pool: rec.Pool, Generation: rec.Generation, SpecHash: rec.SpecHash, Spec: rec.Spec,
-		PID: rec.PID, Port: rec.Port, Recorded: true, ReadyAt: rec.ReadyAt,
+		PID: rec.PID, Port: rec.Port, Recorded: true, ReadyAt: rec.ReadyAt, ReplaceFailed: rec.ReplaceFailed,
 	}
 	if rec.PID == 0 {
 		e.Intent = rec.Intent

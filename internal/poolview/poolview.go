@@ -122,6 +122,9 @@ func Render(id string, st reconcile.Status, f reconcile.Facts, in Input) api.Poo
 	switch st.Next {
 	case reconcile.NextWait:
 		row.NextRetry = st.At
+	case reconcile.NextReplace:
+		// Zero unless a replace's start failed while its engine ran.
+		row.NextRetry = st.At
 	case reconcile.NextBlocked:
 		// The next try is the breaker's half-open one, not the backoff's.
 		row.NextRetry, row.BreakerRetryAt = st.At, st.At
@@ -150,7 +153,8 @@ func Render(id string, st reconcile.Status, f reconcile.Facts, in Input) api.Poo
 			row.GPUs = held(in.Observed, o)
 		}
 	}
-	if st.Phase == reconcile.Fetching && f.Fetch != nil {
+	if f.Fetch != nil && (st.Phase == reconcile.Fetching || st.Next == reconcile.NextReplace) {
+		// Fetching, or a replace's download while the engine serves the old spec.
 		row.Fetch = &api.Fetch{BytesDone: f.Fetch.Done, BytesTotal: f.Fetch.Total, BytesPerSecond: f.Fetch.BytesPerSecond, StartedAt: f.Fetch.Since}
 	}
 	row.Preload = preload(row, engineRec, recorded, in.Now)
