@@ -116,7 +116,10 @@ func uuidsAcrossNodes(d *Desired, broken map[string]bool) Diagnostics {
 		field string
 		pos   Pos
 	}
-	var decls []decl
+	// Group the declarations by UUID first: a position is a lookup in the
+	// CUE value, too dear for every GPU of a fleet on every load, so only
+	// the UUIDs declared on two nodes or more get theirs.
+	byUUID := map[string][]decl{}
 	for _, name := range d.SortedNodeNames() {
 		n := d.Nodes[name]
 		if broken["nodes."+name] {
@@ -126,8 +129,19 @@ func uuidsAcrossNodes(d *Desired, broken map[string]bool) Diagnostics {
 			if g.UUID == "" {
 				continue
 			}
-			field := fmt.Sprintf("gpus[%d].uuid", i)
-			decls = append(decls, decl{n, i, field, n.Source.Of(field)})
+			u := strings.ToLower(g.UUID)
+			byUUID[u] = append(byUUID[u], decl{node: n, i: i})
+		}
+	}
+	var decls []decl
+	for _, ds := range byUUID {
+		if !slices.ContainsFunc(ds[1:], func(x decl) bool { return x.node != ds[0].node }) {
+			continue
+		}
+		for _, x := range ds {
+			x.field = fmt.Sprintf("gpus[%d].uuid", x.i)
+			x.pos = x.node.Source.Of(x.field)
+			decls = append(decls, x)
 		}
 	}
 	slices.SortStableFunc(decls, func(a, b decl) int {
@@ -137,7 +151,10 @@ func uuidsAcrossNodes(d *Desired, broken map[string]bool) Diagnostics {
 		if c := a.pos.Line - b.pos.Line; c != 0 {
 			return c
 		}
-		return a.pos.Column - b.pos.Column
+		if c := a.pos.Column - b.pos.Column; c != 0 {
+			return c
+		}
+		return strings.Compare(a.node.Name, b.node.Name)
 	})
 	var diags Diagnostics
 	first := map[string]decl{}
