@@ -5,6 +5,7 @@ package e2e
 import (
 	"bytes"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -17,6 +18,8 @@ import (
 	"github.com/poolmanagerd/pool-managerd/drivers/model/cache"
 	"github.com/poolmanagerd/pool-managerd/internal/api"
 	"github.com/poolmanagerd/pool-managerd/reconcile"
+	"github.com/poolmanagerd/pool-managerd/schema"
+	"github.com/poolmanagerd/pool-managerd/schema/modelsource"
 	"github.com/poolmanagerd/pool-managerd/testkit/ggufgen"
 	"github.com/poolmanagerd/pool-managerd/testkit/modelserver"
 )
@@ -342,4 +345,85 @@ func TestFetchInsufficientDisk(t *testing.T) {
 	}
 	w.noEngine("a")
 	w.wantNotCached(modelserver.SHA256(data), true)
+}
+
+// TestFetchModelDirectory: a vllm pool whose source is a base URL and whose
+// model is a directory declared by a manifest (model.files): the daemon
+// fetches each file once into the cache entry named by the manifest's
+// digest, starts the engine on that directory, and a second daemon on the
+// same state directory fetches nothing.
+func TestFetchModelDirectory(t *testing.T) {
+	t.Parallel()
+	contents := map[string][]byte{
+		"config.json":       []byte(`{"architectures": ["LlamaForCausalLM"], "hidden_size": 64}` + "\n"),
+		"tokenizer.json":    []byte(`{"version": "1.0", "model": {"type": "BPE", "vocab": {"a": 0, "b": 1}}}` + "\n"),
+		"model.safetensors": bytes.Repeat([]byte("safetensors\x00"), 3<<10), // 36 KiB
+	}
+	const base = "/org/model/"
+	served := map[string][]byte{}
+	var manifest modelsource.Manifest
+	for _, name := range []string{"config.json", "tokenizer.json", "model.safetensors"} {
+		data := contents[name]
+		served[base+name] = data
+		manifest.Files = append(manifest.Files, modelsource.File{Path: name, SHA256: modelserver.SHA256(data), Size: int64(len(data))})
+	}
+	srv := modelserver.Start(t, served)
+	w := newWorkspace(t)
+	w.writeConfig(pool{ID: "v", Engine: "vllm", Source: srv.URL + base, Files: manifest.Files, VRAM: "4Gi"})
+	digest := schema.Model{Files: manifest.Files}.Digest()
+	dir := filepath.Join(w.state, "models", "sha256", digest)
+
+	d := w.serve()
+	p := d.waitPools("v")["v"]
+	contains(t, "v's engine command line", cmdline(t, p.PID), "serve "+dir+" ")
+	wantDir := func(when string) {
+		t.Helper()
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatalf("%s: the model directory: %v", when, err)
+		}
+		var names []string
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		if want := slices.Sorted(maps.Keys(contents)); !slices.Equal(names, want) {
+			t.Errorf("%s: %s holds %v; want exactly the manifest's files %v", when, dir, names, want)
+		}
+		for name, data := range contents {
+			if got, err := os.ReadFile(filepath.Join(dir, name)); err != nil || !bytes.Equal(got, data) {
+				t.Errorf("%s: %s: %d bytes, %v; want the served %d bytes", when, name, len(got), err, len(data))
+			}
+		}
+		if _, verified, err := w.modelCache().LookupManifest(manifest); !verified || err != nil {
+			t.Errorf("%s: the cache's lookup of the manifest: verified %v, %v; want verified", when, verified, err)
+		}
+	}
+	wantDir("after the first run")
+	wantGETs := func(when string) {
+		t.Helper()
+		gets := srv.GETs()
+		for name, data := range contents {
+			if g := srv.GETsOf(base + name); len(g) != 1 || g[0].Sent != int64(len(data)) {
+				t.Errorf("%s: GETs of %s: %+v; want one that got its %d bytes", when, name, g, len(data))
+			}
+		}
+		if len(gets) != len(contents) {
+			t.Errorf("%s: %d GETs in all: %+v; want %d, one per file", when, len(gets), gets, len(contents))
+		}
+	}
+	wantGETs("after the first run")
+	d.term()
+
+	d2 := w.serve()
+	p2 := d2.waitPools("v")["v"]
+	contains(t, "v's engine command line after the restart", cmdline(t, p2.PID), "serve "+dir+" ")
+	if p2.Fetch != nil {
+		t.Errorf("pool v after the restart shows a fetch: %+v", *p2.Fetch)
+	}
+	wantGETs("after the second run")
+	wantDir("after the second run")
+	d2.term()
+	if phases := d2.phasesOf("v"); slices.Contains(phases, "Fetching") {
+		t.Errorf("the second daemon's pool v went through %v; want no Fetching", phases)
+	}
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/poolmanagerd/pool-managerd/drivers/engine/proc"
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu/sim"
 	"github.com/poolmanagerd/pool-managerd/internal/state"
+	"github.com/poolmanagerd/pool-managerd/schema/modelsource"
 	"github.com/poolmanagerd/pool-managerd/testkit/syncbuf"
 	"github.com/poolmanagerd/pool-managerd/testkit/testenv"
 )
@@ -89,8 +90,10 @@ type pool struct {
 	ID     string
 	Engine string // default llamacpp
 	Model  string // default: a file models/ID.gguf, created, unless Source is set
-	// Source and SHA256 declare a model the daemon fetches (model.source).
+	// Source and SHA256 declare a model the daemon fetches (model.source);
+	// Files, in place of SHA256, the manifest of a model directory (vllm).
 	Source, SHA256 string
+	Files          []modelsource.File
 	Ctx            int
 	Devices        []int // default [0]
 	Split          string
@@ -140,7 +143,7 @@ func (w *workspace) poolSpec(p pool) testenv.Pool {
 	vars := map[string]string{"FAKE_ENGINE_LOAD_DELAY": "100ms"}
 	maps.Copy(vars, p.Env)
 	return testenv.Pool{
-		ID: p.ID, Node: w.node, Engine: p.Engine, Model: p.Model, Source: p.Source, SHA256: p.SHA256, Ctx: p.Ctx, Devices: p.Devices, Split: p.Split,
+		ID: p.ID, Node: w.node, Engine: p.Engine, Model: p.Model, Source: p.Source, SHA256: p.SHA256, Files: p.Files, Ctx: p.Ctx, Devices: p.Devices, Split: p.Split,
 		VRAM: p.VRAM, Share: p.Share, Env: vars, Restart: p.Restart,
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/poolmanagerd/pool-managerd/drivers/gpu/sim"
+	"github.com/poolmanagerd/pool-managerd/schema/modelsource"
 )
 
 // cueHeader opens every config file written here.
@@ -73,8 +74,10 @@ type Pool struct {
 	// Model is the model file's path; Ctx its context size.
 	Model string
 	// Source and SHA256, when Source is set, are the model's source
-	// (model.source) and digest, in place of Model.
+	// (model.source) and digest, in place of Model; Files, in place of
+	// SHA256, is the manifest of a model directory (model.files).
 	Source, SHA256 string
+	Files          []modelsource.File
 	Ctx            int
 	// Devices is the device mask.
 	Devices []int
@@ -100,7 +103,7 @@ type Pool struct {
 //	3 pools: "ID": {
 //	4 	node:    "NODE"
 //	5 	engine:  "ENGINE"
-//	6 	model: path: "MODEL"          (or model: {path: "MODEL", ctx: CTX})
+//	6 	model: path: "MODEL"          (or model: {path: "MODEL", ctx: CTX}, or model: {source: …})
 //	7 	devices: [0, 1]
 //	8 	split:   [...]                 then flags, port, vram, share, env, restart
 func (p Pool) CUE() string { return cueHeader + p.body() }
@@ -115,10 +118,25 @@ func (p Pool) body() string {
 	fmt.Fprintf(&b, "\tnode:    %q\n", p.Node)
 	fmt.Fprintf(&b, "\tengine:  %q\n", engine)
 	switch {
-	case p.Source != "" && p.Ctx != 0:
-		fmt.Fprintf(&b, "\tmodel: {source: %q, sha256: %q, ctx: %d}\n", p.Source, p.SHA256, p.Ctx)
 	case p.Source != "":
-		fmt.Fprintf(&b, "\tmodel: {source: %q, sha256: %q}\n", p.Source, p.SHA256)
+		fmt.Fprintf(&b, "\tmodel: {source: %q", p.Source)
+		if p.SHA256 != "" {
+			fmt.Fprintf(&b, ", sha256: %q", p.SHA256)
+		}
+		if len(p.Files) > 0 {
+			b.WriteString(", files: [")
+			for i, f := range p.Files {
+				if i > 0 {
+					b.WriteString(", ")
+				}
+				fmt.Fprintf(&b, "{path: %q, sha256: %q, size: %d}", f.Path, f.SHA256, f.Size)
+			}
+			b.WriteString("]")
+		}
+		if p.Ctx != 0 {
+			fmt.Fprintf(&b, ", ctx: %d", p.Ctx)
+		}
+		b.WriteString("}\n")
 	case p.Ctx != 0:
 		fmt.Fprintf(&b, "\tmodel: {path: %q, ctx: %d}\n", p.Model, p.Ctx)
 	case p.Model != "":
