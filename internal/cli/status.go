@@ -191,11 +191,7 @@ func writeCacheUsage(w io.Writer, u *executor.CacheUsage) error {
 	if u.Models != 1 {
 		models = fmt.Sprintf("%d models", u.Models)
 	}
-	size := fmt.Sprintf("%.1f GiB", float64(u.Bytes)/(1<<30))
-	if u.Bytes < 1<<30 {
-		size = fmt.Sprintf("%.1f MiB", float64(u.Bytes)/(1<<20))
-	}
-	line := fmt.Sprintf("\nModel cache %s: %s, %s", u.Dir, models, size)
+	line := fmt.Sprintf("\nModel cache %s: %s, %s", u.Dir, models, reconcile.ByteSize(u.Bytes))
 	switch u.PartialDownloads {
 	case 0:
 	case 1:
