@@ -219,7 +219,7 @@ func runApply(cmd *cobra.Command, target string, src gpuSource, node, stateDir s
 		}
 		configDir, node, nodeGiven = saved.Config, saved.Node, true
 	}
-	s, err := openNodeSession(cmd, configDir, src, node, stateDir, nodeGiven, observe.ModelLookup{Cache: models.cacheDir(stateDir), Offline: models.offline})
+	s, err := openNodeSession(cmd, configDir, src, node, stateDir, nodeGiven, models.cachedLookup(stateDir))
 	if err != nil {
 		return fmt.Errorf("apply: %w", err)
 	}

@@ -6,6 +6,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/poolmanagerd/pool-managerd/internal/observe"
+
 	"github.com/poolmanagerd/pool-managerd/drivers/model/fetch"
 )
 
@@ -67,6 +69,12 @@ func (m *modelFlags) cacheDir(stateDir string) string {
 		return m.cache
 	}
 	return filepath.Join(stateDir, "models")
+}
+
+// cachedLookup is where apply and serve look fetched models up: the model
+// cache and --offline, never a source (they fetch rather than ask).
+func (m *modelFlags) cachedLookup(stateDir string) observe.ModelLookup {
+	return observe.ModelLookup{Cache: m.cacheDir(stateDir), Offline: m.offline}
 }
 
 // maxBytes parses --model-cache-max: 0 when there is no cap.

@@ -27,7 +27,6 @@ import (
 	"github.com/poolmanagerd/pool-managerd/internal/daemon"
 	"github.com/poolmanagerd/pool-managerd/internal/gitsource"
 	"github.com/poolmanagerd/pool-managerd/internal/metrics"
-	"github.com/poolmanagerd/pool-managerd/internal/observe"
 	"github.com/poolmanagerd/pool-managerd/schema"
 )
 
@@ -308,7 +307,7 @@ func runServe(cmd *cobra.Command, f serveFlags) error {
 		Logger: log, Registry: reg, Resync: f.resync, Debounce: f.debounce, HealthEvery: f.healthEvery, Notify: sdNotify(log),
 		RemovalSettle: f.removalSettle, AllowEmpty: f.allowEmpty, Git: git, ReadyWhen: readyWhen,
 		Fetcher: fetcher, CacheGrace: f.models.grace,
-		Models: observe.ModelLookup{Cache: f.models.cacheDir(stateDir), Offline: f.models.offline},
+		Models: f.models.cachedLookup(stateDir),
 		Step:   crashStep(),
 	})
 	if err != nil {
