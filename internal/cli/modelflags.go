@@ -6,9 +6,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/poolmanagerd/pool-managerd/internal/observe"
-
 	"github.com/poolmanagerd/pool-managerd/drivers/model/fetch"
+	"github.com/poolmanagerd/pool-managerd/internal/observe"
 )
 
 // ModelTokenEnv holds the token sent to model sources (model.source), as an
